@@ -1,0 +1,151 @@
+# medfl build. Everything is found by wildcard so that adding a module means adding a
+# .h/.c pair, not editing this file:
+#   common/*.c           -> build/libmedfl.a (shared by all programs and tests)
+#   common/*.cu          -> CUDA backend, only when nvcc is found and USE_CUDA != 0
+#   node/*.c             -> bin/medfl-node
+#   aggregator/*.c       -> bin/medfl-aggregator
+#   tests/bench/*.c      -> bin/medfl-bench
+#   tests/unit/test_*.c  -> build/tests/test_* (cmocka), run by `make test`
+#   tests/integration/*.sh run by `make test` after the unit tests
+#   tests/fuzz/fuzz_*.c  -> build/fuzz/fuzz_* (clang libFuzzer), `make fuzz`
+# SANITIZE=1 builds the same tree with ASan+UBSan into build-san/ (binaries in build-san/bin).
+
+SANITIZE ?= 0
+USE_CUDA ?= 1
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+BIN   ?= build-san/bin
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+BIN   ?= bin
+SANFLAGS :=
+endif
+
+CC      ?= cc
+PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -pthread -I. -I$(BUILD) $(PKG_CFLAGS) $(SANFLAGS)
+LDFLAGS += -pthread $(SANFLAGS)
+LDLIBS  += $(PKG_LIBS) -lm
+
+# CUDA toolkit: PATH first, then the usual install location.
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+ifneq ($(USE_CUDA),0)
+ifneq ($(NVCC),)
+HAVE_CUDA := 1
+endif
+endif
+CU_SRC := $(wildcard common/*.cu)
+ifeq ($(HAVE_CUDA),1)
+CFLAGS  += -DMEDFL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+CU_OBJ  := $(patsubst common/%.cu,$(BUILD)/common/%.cu.o,$(CU_SRC))
+CUDA_MSG := CUDA toolkit found at $(CUDA_HOME): building the cuBLAS backend
+else
+CU_OBJ  :=
+CUDA_MSG := CUDA toolkit not used (USE_CUDA=$(USE_CUDA), nvcc '$(NVCC)'): CPU backend only
+endif
+
+PROTO_C := $(BUILD)/proto/medfl.pb-c.c
+PROTO_H := $(BUILD)/proto/medfl.pb-c.h
+COMMON_SRC := $(wildcard common/*.c)
+COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC)) $(BUILD)/proto/medfl.pb-c.o $(CU_OBJ)
+NODE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard node/*.c))
+AGG_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard aggregator/*.c))
+BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/bench/*.c))
+# Programs' modules other than main.c are linked into unit tests too.
+NODE_LIB_OBJ := $(filter-out $(BUILD)/node/main.o,$(NODE_OBJ))
+AGG_LIB_OBJ  := $(filter-out $(BUILD)/aggregator/main.o,$(AGG_OBJ))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+LIB := $(BUILD)/libmedfl.a
+
+PROGRAMS := $(BIN)/medfl-node $(BIN)/medfl-aggregator $(BIN)/medfl-bench
+
+.PHONY: all deps test unit integration bench demo fuzz clean cuda-info
+all: cuda-info $(PROGRAMS)
+
+cuda-info:
+	@echo "medfl: $(CUDA_MSG)"
+
+deps:
+	@bash deploy/install-deps.sh
+
+$(PROTO_C) $(PROTO_H): proto/medfl.proto
+	@mkdir -p $(BUILD)/proto
+	protoc-c --c_out=$(BUILD) proto/medfl.proto
+
+# Every object may include the generated protocol header.
+$(BUILD)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
+	$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
+
+$(BUILD)/common/%.cu.o: common/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC -c $< -o $@
+
+$(LIB): $(COMMON_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/medfl-node: $(NODE_OBJ) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/medfl-aggregator: $(AGG_OBJ) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/medfl-bench: $(BENCH_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+unit: all $(UNIT_BIN)
+	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-unit.sh $(UNIT_BIN)
+
+integration: all
+	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-integration.sh
+
+test: deps
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/bench/run-all.sh $(BIN)/medfl-bench
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@bash deploy/demo.sh
+
+# libFuzzer targets need clang; they link the library sources directly (not $(LIB), which
+# may be built by another compiler) with the fuzzer and sanitizer instrumentation.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) \
+  -fsanitize=fuzzer,address,undefined
+fuzz: $(FUZZ_BIN)
+build-fuzz/proto/medfl.pb-c.c: proto/medfl.proto
+	@mkdir -p build-fuzz/proto
+	protoc-c --c_out=build-fuzz proto/medfl.proto
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(wildcard node/*.c) build-fuzz/proto/medfl.pb-c.c
+	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c)) \
+	  build-fuzz/proto/medfl.pb-c.c $(PKG_LIBS) -lm
+
+clean:
+	rm -rf build build-san build-fuzz bin
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

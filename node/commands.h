@@ -1,0 +1,5 @@
+/* Entry points of medfl-node's subcommands (argv[0] is the subcommand name). */
+#ifndef MEDFL_NODE_COMMANDS_H
+#define MEDFL_NODE_COMMANDS_H
+
+#endif

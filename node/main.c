@@ -1,0 +1,14 @@
+/* medfl-node: the hospital's training node and its tools. Each subcommand lives with the
+ * module that implements it; this file only lists them. */
+#include "common/cli.h"
+#include "node/commands.h"
+
+static const cli_command_t s_commands[] = {
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    return cli_dispatch("medfl-node", "hospital training node for federated fine-tuning",
+                        s_commands, argc, argv);
+}

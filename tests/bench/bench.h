@@ -1,0 +1,15 @@
+/* Benchmarks of medfl-bench and the helpers they share. */
+#ifndef MEDFL_BENCH_H
+#define MEDFL_BENCH_H
+
+#include <time.h>
+
+/* Monotonic seconds. */
+static inline double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+#endif

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every tests/integration/*.sh with MEDFL_BIN pointing at the binaries under test.
+# Each script prints "PASS name" / "SKIP name: reason" and exits 0 (pass), 77 (skip) or
+# anything else (fail).
+set -u
+: "${MEDFL_BIN:?MEDFL_BIN must name the folder with medfl-node and medfl-aggregator}"
+export MEDFL_BIN
+pass=0; skip=0; fail=0; failed=()
+for t in tests/integration/*.sh; do
+  [ -e "$t" ] || continue
+  echo "=== $(basename "$t")"
+  bash "$t"; rc=$?
+  case $rc in
+    0) pass=$((pass+1));;
+    77) skip=$((skip+1));;
+    *) fail=$((fail+1)); failed+=("$(basename "$t")");;
+  esac
+done
+echo "integration tests: $pass passed, $skip skipped, $fail failed ${failed[*]:-}"
+[ $fail -eq 0 ]

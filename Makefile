@@ -24,7 +24,7 @@ SANFLAGS :=
 endif
 
 CC      ?= cc
-PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson
+PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

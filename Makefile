@@ -82,12 +82,16 @@ $(PROTO_C) $(PROTO_H): proto/medfl.proto
 	protoc-c --c_out=$(BUILD) proto/medfl.proto
 
 # Every object may include the generated protocol header.
+# V=1 shows full command lines.
+Q := $(if $(V),,@)
 $(BUILD)/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
-	$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
 
 $(BUILD)/common/%.cu.o: common/%.cu
 	@mkdir -p $(dir $@)

@@ -447,10 +447,11 @@ double dp_rng_gaussian(dp_rng_t *self)
         return self->spare;
     }
     double r = sqrt(-2.0 * log(dp_rng_uniform_pos(self)));
-    double t = 2.0 * M_PI * s_uniform53(self);
-    self->spare = r * sin(t);
+    double t = 2.0 * M_PI * s_uniform53(self), sn, cs;
+    sincos(t, &sn, &cs);
+    self->spare = r * sn;
     self->have_spare = true;
-    return r * cos(t);
+    return r * cs;
 }
 
 /* ================================================================ mechanism */
@@ -528,10 +529,10 @@ int dp_add_noise(dp_rng_t *rng, float *v, size_t P, double std)
     if (!(std >= 0.0) || isinf(std))
         return medfl_error_set(MEDFL_EINVAL, "noise std %g: must be finite and >= 0", std);
     if (std == 0.0) return 0;
-    double grid = dp_noise_grid(std);
+    double grid = dp_noise_grid(std), inv = 1.0 / grid; /* powers of two: exact */
     for (size_t j = 0; j < P; j++) {
         double x = (double)v[j] + std * dp_rng_gaussian(rng);
-        v[j] = (float)(nearbyint(x / grid) * grid);
+        v[j] = (float)(nearbyint(x * inv) * grid);
     }
     return 0;
 }

@@ -537,6 +537,24 @@ int dp_add_noise(dp_rng_t *rng, float *v, size_t P, double std)
     return 0;
 }
 
+int dp_noise_draw(dp_rng_t *rng, double *noise, size_t P, double std)
+{
+    if (!(std >= 0.0) || isinf(std))
+        return medfl_error_set(MEDFL_EINVAL, "noise std %g: must be finite and >= 0", std);
+    for (size_t j = 0; j < P; j++) noise[j] = std == 0.0 ? 0.0 : std * dp_rng_gaussian(rng);
+    return 0;
+}
+
+int dp_noise_apply(float *v, const double *noise, size_t P, double std)
+{
+    if (!(std >= 0.0) || isinf(std))
+        return medfl_error_set(MEDFL_EINVAL, "noise std %g: must be finite and >= 0", std);
+    if (std == 0.0) return 0;
+    double grid = dp_noise_grid(std), inv = 1.0 / grid;
+    for (size_t j = 0; j < P; j++) v[j] = (float)(nearbyint(((double)v[j] + noise[j]) * inv) * grid);
+    return 0;
+}
+
 int dp_privatize(float *grads, size_t batch, size_t P, double clip, double sigma,
                  dp_rng_t *rng, float *out, dp_clip_stats_t *stats)
 {

@@ -122,6 +122,14 @@ int dp_sum_rows(const float *grads, size_t batch, size_t P, float *sum);
 int dp_add_noise(dp_rng_t *rng, float *v, size_t P, double std);
 double dp_noise_grid(double std);
 
+/* The same in two halves, so the noise (which does not depend on the data) can be drawn
+ * ahead, e.g. by a thread while the device computes the step's gradients:
+ * dp_noise_draw fills noise[j] = std·z_j; dp_noise_apply adds it to v and snaps.
+ * draw + apply on the same rng state gives exactly dp_add_noise's result. A dp_rng_t is
+ * not thread-safe: give the drawing thread its own. */
+int dp_noise_draw(dp_rng_t *rng, double *noise, size_t P, double std);
+int dp_noise_apply(float *v, const double *noise, size_t P, double std);
+
 /* One DP-SGD step's gradient: clip rows of grads in place, sum, add N(0, σ²C²) noise.
  * out[P] receives the NOISY SUM; the trainer divides it by the EXPECTED batch size q·N
  * (not by the realised batch size, which would depend on the data). batch may be 0

@@ -352,6 +352,19 @@ static void test_noise_statistics(void **state)
     assert_int_equal(dp_add_noise(rng, w, 4, 1e-3), 0);
     assert_true(fabs(w[0] - 100) < 0.02 && fabs(w[1] + 100) < 0.02 && fabs(w[3] - 5) < 0.02);
     assert_int_equal(dp_add_noise(rng, w, 4, -1.0), -1);
+    /* draw + apply == add_noise from the same stream position. */
+    dp_rng_t *r1 = dp_rng_new_seeded(5), *r2 = dp_rng_new_seeded(5);
+    float a[1001], b[1001];
+    double noise[1001];
+    for (int j = 0; j < 1001; j++) a[j] = b[j] = (float)(j * 0.01 - 5);
+    assert_int_equal(dp_add_noise(r1, a, 1001, 0.37), 0);
+    assert_int_equal(dp_noise_draw(r2, noise, 1001, 0.37), 0);
+    assert_int_equal(dp_noise_apply(b, noise, 1001, 0.37), 0);
+    assert_memory_equal(a, b, sizeof a);
+    assert_int_equal(dp_noise_draw(r2, noise, 1001, NAN), -1);
+    assert_int_equal(dp_noise_apply(b, noise, 1001, INFINITY), -1);
+    dp_rng_destroy(&r1);
+    dp_rng_destroy(&r2);
     dp_rng_destroy(&rng);
     free(v);
 }

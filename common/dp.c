@@ -9,6 +9,7 @@
 #include "common/dp.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,19 +20,20 @@
 /* ================================================================ accountant */
 
 static double s_default_orders[DP_DEFAULT_ORDERS_N];
-static bool s_default_ready;
+static pthread_once_t s_default_once = PTHREAD_ONCE_INIT;
+
+static void s_fill_default_orders(void)
+{
+    /* Written in the same IEEE operations as Opacus' `1 + x / 10.0`, so 2.0, 3.0, ... come
+     * out exactly integral and take the integer path, as in Python. */
+    size_t k = 0;
+    for (int x = 1; x < 100; x++) s_default_orders[k++] = 1.0 + (double)x / 10.0;
+    for (int a = 12; a < 64; a++) s_default_orders[k++] = (double)a;
+}
 
 const double *dp_default_orders(size_t *n_out)
 {
-    /* Written in the same IEEE operations as Opacus' `1 + x / 10.0`, so 2.0, 3.0, ... come
-     * out exactly integral and take the integer path, as in Python. Idempotent, so a race
-     * between two first callers writes the same values. */
-    if (!s_default_ready) {
-        size_t k = 0;
-        for (int x = 1; x < 100; x++) s_default_orders[k++] = 1.0 + (double)x / 10.0;
-        for (int a = 12; a < 64; a++) s_default_orders[k++] = (double)a;
-        s_default_ready = true;
-    }
+    pthread_once(&s_default_once, s_fill_default_orders);
     if (n_out) *n_out = DP_DEFAULT_ORDERS_N;
     return s_default_orders;
 }

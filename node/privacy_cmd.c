@@ -36,8 +36,9 @@ typedef struct {
 } privacy_conf_t;
 
 static const cfg_option_t s_privacy_options[] = {
-    {"state_dir", CFG_PATH, offsetof(privacy_conf_t, state_dir), 0, 0, NULL, false, NULL,
-     "folder of the node's persistent state (the privacy ledger lives here)"},
+    /* Same default as the daemon's node_config_table. */
+    {"state_dir", CFG_PATH, offsetof(privacy_conf_t, state_dir), 0, 0, "/var/lib/medfl/node",
+     false, NULL, "folder for the node's state (privacy ledger, received model versions)"},
     {"privacy.epsilon_budget", CFG_DOUBLE, offsetof(privacy_conf_t, epsilon_budget), 1e-3, 1e3,
      NULL, true, NULL, "total epsilon this node may ever spend"},
     {"privacy.delta", CFG_DOUBLE, offsetof(privacy_conf_t, delta), 1e-15, 0.1, NULL, false,
@@ -87,6 +88,7 @@ static int s_number(const char *opt, const char *text, double *out)
 static int s_read_node_conf(const char *path, privacy_conf_t *out)
 {
     memset(out, 0, sizeof *out);
+    if (cfg_set_defaults(s_privacy_options, out) != 0) return -1;
     FILE *f = fopen(path, "r");
     if (!f) return medfl_error_set(MEDFL_ECONFIG, "%s: cannot open: %s", path, strerror(errno));
     char line[4096], section[128] = "";
@@ -128,11 +130,11 @@ static int s_read_node_conf(const char *path, privacy_conf_t *out)
     }
     fclose(f);
     for (int i = 0; rc == 0 && i < 3; i++)
-        if (!seen[i])
+        if (!seen[i] && !s_privacy_options[i].def)
             rc = medfl_error_set(MEDFL_ECONFIG, "%s: required key '%s' is missing", path,
                                  s_privacy_options[i].name);
     /* A relative state_dir is relative to the config's folder, as in the daemon. */
-    if (rc == 0 && out->state_dir[0] != '/') {
+    if (rc == 0 && seen[0] && out->state_dir[0] != '/') {
         const char *slash = strrchr(path, '/');
         if (slash) {
             char buf[CFG_STR_MAX * 2];

@@ -83,6 +83,9 @@ PY
   printf 'state_dir = state\n[privacy]\ndelta = 1e-5\n' >"$tmp/conf/missing.conf"
   "$NODE" privacy -c "$tmp/conf/missing.conf" >/dev/null 2>"$tmp/err" && fail "missing budget accepted"
   grep -q "missing.conf: required key 'privacy.epsilon_budget'" "$tmp/err" || fail "missing key message: $(cat "$tmp/err")"
+  printf 'state_dir = state\n[privacy]\nepsilon_budget = -3\ndelta = 1e-5\n' >"$tmp/conf/neg.conf"
+  "$NODE" privacy -c "$tmp/conf/neg.conf" >/dev/null 2>"$tmp/err" && fail "negative budget accepted"
+  grep -q "neg.conf:3: key 'privacy.epsilon_budget'" "$tmp/err" || fail "bad value message: $(cat "$tmp/err")"
 else
   echo "note: python3 sqlite3 not available, ledger history part not run"
 fi

@@ -503,6 +503,34 @@ int dp_clip_rows(float *grads, size_t batch, size_t P, double clip, dp_clip_stat
     return 0;
 }
 
+int dp_clip_scales(const float *norms, size_t batch, double clip, double norm_rel_err,
+                   float *scales, dp_clip_stats_t *stats)
+{
+    if (!(clip > 0.0) || isinf(clip))
+        return medfl_error_set(MEDFL_EINVAL, "clipping norm C=%g: must be finite and > 0", clip);
+    if (!(norm_rel_err >= 0.0 && norm_rel_err < 0.5))
+        return medfl_error_set(MEDFL_EINVAL, "norm relative error %g: must be in [0, 0.5)",
+                               norm_rel_err);
+    dp_clip_stats_t st = {.rows = batch};
+    double norm_sum = 0.0, limit = clip / (1.0 + norm_rel_err);
+    for (size_t b = 0; b < batch; b++) {
+        double norm = norms[b];
+        if (!isfinite(norm) || norm < 0.0)
+            return medfl_error_set(MEDFL_EINVAL, "per-example gradient %zu: norm %g", b, norm);
+        norm_sum += norm;
+        if (norm > st.max_norm) st.max_norm = norm;
+        if (norm <= limit) {
+            scales[b] = 1.0f;
+            continue;
+        }
+        st.clipped++;
+        scales[b] = (float)(limit / norm * DP_CLIP_SHRINK);
+    }
+    st.mean_norm = batch ? norm_sum / (double)batch : 0.0;
+    if (stats) *stats = st;
+    return 0;
+}
+
 int dp_sum_rows(const float *grads, size_t batch, size_t P, float *sum)
 {
     double *acc = calloc(P ? P : 1, sizeof(double));

@@ -114,6 +114,16 @@ typedef struct {
  * NULL. */
 int dp_clip_rows(float *grads, size_t batch, size_t P, double clip, dp_clip_stats_t *stats);
 
+/* Clipping factors from row norms computed elsewhere, e.g. on the GPU by the model
+ * backend's row_norms, so that the clipped sum is one product scales[1, B] @ rows[B, P]
+ * on the device and only P floats travel to the host for the noise. norm_rel_err bounds
+ * the relative error of those norms (float accumulation over P terms: pass e.g. 1e-4 for a
+ * blocked/pairwise sum, P·2^-24 for a naive one); the factor is shrunk by it so the true
+ * norm of every scaled row is ≤ C. scales[b] = 1 exactly when norms[b] ≤ C / (1 +
+ * norm_rel_err). Non-finite or negative norms are an error. stats may be NULL. */
+int dp_clip_scales(const float *norms, size_t batch, double clip, double norm_rel_err,
+                   float *scales, dp_clip_stats_t *stats);
+
 /* sum[P] = Σ_b grads[b, :] (after dp_clip_rows), accumulated in double. */
 int dp_sum_rows(const float *grads, size_t batch, size_t P, float *sum);
 

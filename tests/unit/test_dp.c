@@ -301,6 +301,39 @@ static void test_clipping(void **state)
         for (size_t j = 0; j < P; j++) n1 += (double)orig[b * P + j] * orig[b * P + j];
         assert_true(sqrt(n1) <= 1e-4);
     }
+    /* Scales from (float) norms computed elsewhere: the scaled rows' true norms ≤ C, the
+     * small rows get exactly 1, and s^T G equals the clipped sum. */
+    {
+        float norms[12], scales[12];
+        s_fill_grads(orig, B, P, rng);
+        for (size_t b = 0; b < B; b++) {
+            double n0 = 0;
+            for (size_t j = 0; j < P; j++) n0 += (double)orig[b * P + j] * orig[b * P + j];
+            /* a norm that is off by a relative 5e-5, as a float reduction could be */
+            norms[b] = (float)(sqrt(n0) * (b % 2 ? 1 - 5e-5 : 1 + 5e-5));
+        }
+        dp_clip_stats_t st2;
+        assert_int_equal(dp_clip_scales(norms, B, 1.0, 1e-4, scales, &st2), 0);
+        assert_int_equal(st2.clipped, 4);
+        for (size_t b = 0; b < B; b++) {
+            double n1 = 0;
+            for (size_t j = 0; j < P; j++) {
+                double x = (double)(scales[b] * orig[b * P + j]);
+                n1 += x * x;
+            }
+            assert_true(sqrt(n1) <= 1.0);
+            if (b % 3 != 2) assert_true(scales[b] == 1.0f);
+            else assert_true(sqrt(n1) >= 1.0 - 3e-4);
+        }
+        assert_int_equal(dp_clip_scales(norms, B, 1e6, 1e-4, scales, &st2), 0);
+        assert_int_equal(st2.clipped, 0);
+        for (size_t b = 0; b < B; b++) assert_true(scales[b] == 1.0f);
+        norms[2] = NAN;
+        assert_int_equal(dp_clip_scales(norms, B, 1.0, 1e-4, scales, NULL), -1);
+        norms[2] = -1;
+        assert_int_equal(dp_clip_scales(norms, B, 1.0, 1e-4, scales, NULL), -1);
+        assert_int_equal(dp_clip_scales(norms, B, 1.0, 0.7, scales, NULL), -1);
+    }
     /* Errors: non-finite gradient, bad C. */
     g[3 * P + 17] = NAN;
     assert_int_equal(dp_clip_rows(g, B, P, C, NULL), -1);

@@ -4,6 +4,7 @@
 #include "node/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"privacy", cmd_privacy, "privacy budget: what-if calculator, spent/remaining, history"},
     {NULL, NULL, NULL},
 };
 

@@ -4,6 +4,7 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"dp", bench_dp, "DP-SGD clip + noise cost on a MiniLM-sized LoRA vector"},
     {NULL, NULL, NULL},
 };
 

@@ -177,9 +177,9 @@ int keys_hex_decode_public(const char *text, uint8_t out[KEYS_SIGN_PUBLIC_BYTES]
 
 void keys_key_id(const uint8_t key[KEYS_CURVE_BYTES], char out[KEYS_ID_LEN + 1])
 {
-    uint8_t h[KEYS_ID_LEN / 2];
+    uint8_t h[crypto_generichash_BYTES];
     crypto_generichash(h, sizeof h, key, KEYS_CURVE_BYTES, NULL, 0);
-    sodium_bin2hex(out, KEYS_ID_LEN + 1, h, sizeof h);
+    sodium_bin2hex(out, KEYS_ID_LEN + 1, h, KEYS_ID_LEN / 2);
 }
 
 keys_t *keys_generate(void)

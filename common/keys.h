@@ -60,7 +60,8 @@ int keys_hex_decode_public(const char *text, uint8_t out[KEYS_SIGN_PUBLIC_BYTES]
                            const char *what) __attribute__((warn_unused_result));
 
 /* Short, non-secret fingerprint of a public key for logs and tables: the first 8 bytes of
- * BLAKE2b(key) in hex. Two different keys never share a prefix by accident in practice,
+ * BLAKE2b-256(key) in hex (the same id as wire_key_id, so logs of the transport and the
+ * `nodes` table match). Two different keys never share a prefix by accident in practice,
  * and the id does not reveal more than the public key itself. */
 void keys_key_id(const uint8_t key[KEYS_CURVE_BYTES], char out[KEYS_ID_LEN + 1]);
 

@@ -1,7 +1,9 @@
 /* Key folder I/O for CURVE and Ed25519 key pairs. Text formats (Z85 for CURVE, hex for
  * Ed25519) are what operators paste into enrollment and configs, so they stay readable;
  * every loaded secret is cross-checked against its public file, which catches both
- * corruption and a folder assembled from two different keygens. */
+ * corruption and a folder assembled from two different keygens. Files are replaced with
+ * service_write_file (mkstemp creates its temporary 0600, so a secret never exists with a
+ * looser mode, even briefly; a crash leaves the old or the complete new file). */
 #include "common/keys.h"
 
 #include <errno.h>
@@ -16,6 +18,7 @@
 #include <zmq.h>
 
 #include "common/error.h"
+#include "common/service.h"
 
 #define KEYS_FILE_MAX 512 /* no key file is longer; anything bigger is not a key file */
 
@@ -77,58 +80,6 @@ static int s_read_text(const char *path, char *buf, size_t size, bool secret)
         buf[--used] = '\0';
     size_t lead = strspn(buf, " \t\r\n");
     if (lead) memmove(buf, buf + lead, used - lead + 1);
-    return 0;
-}
-
-/* Atomic replace: a crash leaves either the old file or the complete new one, never a
- * truncated key. mkstemp creates the temporary 0600, so a secret never exists with a
- * looser mode, even briefly. */
-static int s_write_atomic(const char *path, const char *text, mode_t mode)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
-        return medfl_error_set(MEDFL_EINVAL, "%s: path too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path,
-                               strerror(errno));
-    size_t len = strlen(text), off = 0;
-    int rc = 0;
-    while (off < len) {
-        ssize_t n = write(fd, text + off, len - off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            rc = medfl_error_set(MEDFL_EIO, "%s: write error: %s", tmp, strerror(errno));
-            break;
-        }
-        off += (size_t)n;
-    }
-    if (rc == 0 && fchmod(fd, mode) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: chmod: %s", tmp, strerror(errno));
-    if (rc == 0 && fsync(fd) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: fsync: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && rc == 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: close: %s", tmp, strerror(errno));
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: rename: %s", path, strerror(errno));
-    if (rc != 0) {
-        unlink(tmp);
-        return rc;
-    }
-    /* The rename itself must reach the disk too. */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) {
-        if (slash == dir) slash[1] = '\0'; else *slash = '\0';
-    } else {
-        strcpy(dir, ".");
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
     return 0;
 }
 
@@ -292,26 +243,26 @@ int keys_save(const keys_t *self, const char *dir, bool overwrite)
     if (rc == 0) {
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "curve.key");
-        rc = s_write_atomic(path, text, 0600);
+        rc = service_write_file(path, text, 0600);
     }
     if (rc == 0) {
         sodium_bin2hex(text, sizeof text - 1, self->sign_secret, sizeof self->sign_secret);
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "identity.key");
-        rc = s_write_atomic(path, text, 0600);
+        rc = service_write_file(path, text, 0600);
     }
     /* Public files last: a folder with public but no secret files never exists. */
     if (rc == 0 && keys_z85_encode(self->curve_public, text) != 0) rc = -1;
     if (rc == 0) {
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "curve.pub");
-        rc = s_write_atomic(path, text, 0644);
+        rc = service_write_file(path, text, 0644);
     }
     if (rc == 0) {
         sodium_bin2hex(text, sizeof text - 1, self->sign_public, sizeof self->sign_public);
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "identity.pub");
-        rc = s_write_atomic(path, text, 0644);
+        rc = service_write_file(path, text, 0644);
     }
     sodium_memzero(text, sizeof text);
     return rc;

@@ -28,9 +28,9 @@ typedef struct {
     int64_t revoked_at;                 /* unix seconds; 0 while active */
     bool connected;
     int64_t last_seen;                  /* unix seconds; 0 = never */
-    char device[32];                    /* capabilities from the last hello */
+    char device[129];                   /* capabilities from the last hello */
     int64_t n_records;
-    char software[64];
+    char software[65];
 } store_node_t;
 
 /* Opens (creating when missing) the registry at path: WAL, a busy timeout so that tools

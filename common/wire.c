@@ -1355,6 +1355,8 @@ struct wire_client_t {
     uint64_t connections;
     bool connected;
     bool auth_refused;
+    bool handshake_failed; /* libzmq drops the connection for good: we redial */
+    int64_t failed_at_ms;
     int64_t last_rx_ms; /* -1 = never */
     int64_t last_hb_ms;
 };
@@ -1506,12 +1508,16 @@ static void s_monitor_drain(wire_client_t *self)
                          self->endpoint, value);
             self->auth_refused = true;
             self->connected = false;
+            self->handshake_failed = true;
+            self->failed_at_ms = s_now_ms();
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             LOG_WARN(NET, "handshake with %s failed (wrong server key or protocol, code %u)",
                      self->endpoint, value);
             self->connected = false;
+            self->handshake_failed = true;
+            self->failed_at_ms = s_now_ms();
             break;
         default:
             break;
@@ -1519,9 +1525,23 @@ static void s_monitor_drain(wire_client_t *self)
     }
 }
 
+/* libzmq treats a failed handshake (ZAP refusal included) as a protocol error and gives
+ * the connection up instead of reconnecting. A refused node may be enrolled a minute
+ * later, so we dial again every reconnect_ivl_max_ms; each attempt is one handshake. */
+static void s_redial(wire_client_t *self)
+{
+    if (!self->handshake_failed || s_now_ms() - self->failed_at_ms < self->opts.reconnect_ivl_max_ms)
+        return;
+    self->handshake_failed = false;
+    zmq_disconnect(self->dealer, self->endpoint); /* ENOENT when libzmq already dropped it */
+    if (zmq_connect(self->dealer, self->endpoint) != 0)
+        LOG_WARN(NET, "reconnect to %s: %s", self->endpoint, zmq_strerror(errno));
+}
+
 uint64_t wire_client_connections(wire_client_t *self)
 {
     s_monitor_drain(self);
+    s_redial(self);
     return self->connections;
 }
 
@@ -1569,6 +1589,7 @@ int wire_client_send(wire_client_t *self, Medfl__MsgType type, uint64_t round_id
 int wire_client_tick(wire_client_t *self)
 {
     s_monitor_drain(self);
+    s_redial(self);
     int64_t now = s_now_ms();
     if (!self->connected || now - self->last_hb_ms < self->opts.heartbeat_ivl_ms)
         return 0;

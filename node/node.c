@@ -33,8 +33,6 @@ struct node_t {
     uint64_t n_records;
     wire_client_t *client;
     wire_options_t wire_opts;
-    int64_t refused_retry_at_ms; /* 0 = not refused */
-    int64_t refused_backoff_ms;
     uint64_t connections_seen;
     bool need_hello;
     bool hello_sent;
@@ -107,6 +105,8 @@ static int s_resolve_device(const char *want, char *out, size_t size)
     return 0;
 }
 
+/* A refused handshake (key not enrolled yet) is redialled by wire every
+ * reconnect_ivl_max_ms, so enrolling the node is all an operator has to do. */
 static int s_connect(node_t *self)
 {
     wire_client_destroy(&self->client);
@@ -117,30 +117,6 @@ static int s_connect(node_t *self)
     self->hello_sent = false;
     self->welcomed = false;
     return self->client ? 0 : -1;
-}
-
-/* libzmq gives up on a connection whose handshake the server refused (ZAP 400), so a
- * node that was not enrolled yet, or was enrolled a moment after it started, would never
- * get in. The node therefore reconnects itself, backing off from 1 s to 60 s: enrolling
- * it at the aggregator is then all an operator has to do. */
-static int s_retry_refused(node_t *self, int64_t now)
-{
-    if (!wire_client_auth_refused(self->client)) {
-        self->refused_retry_at_ms = 0;
-        return 0;
-    }
-    if (!self->refused_retry_at_ms) {
-        if (!self->refused_backoff_ms) self->refused_backoff_ms = 1000;
-        self->refused_retry_at_ms = now + self->refused_backoff_ms;
-        LOG_WARN(NET, "the aggregator refused this node's key %s (not enrolled, or revoked): "
-                 "retrying in %lld s", self->key_id, (long long)(self->refused_backoff_ms / 1000));
-        return 0;
-    }
-    if (now < self->refused_retry_at_ms) return 0;
-    self->refused_retry_at_ms = 0;
-    self->refused_backoff_ms = self->refused_backoff_ms * 2 > 60000 ? 60000
-                                                                    : self->refused_backoff_ms * 2;
-    return s_connect(self);
 }
 
 node_t *node_new(const node_config_t *cfg)
@@ -227,7 +203,6 @@ static void s_on_welcome(node_t *self, const Medfl__Welcome *w)
     char hex[2 * WIRE_INSTANCE_ID_LEN + 1];
     sodium_bin2hex(hex, sizeof hex, self->instance, WIRE_INSTANCE_ID_LEN);
     self->welcomed = true;
-    self->refused_backoff_ms = 0;
     if (restarted)
         LOG_INFO(NET, "welcomed again by a restarted aggregator (instance %s)", hex);
     else
@@ -274,10 +249,6 @@ int node_run(node_t *self)
 {
     const int64_t silence_ms = self->cfg.heartbeat_ivl_ms * self->cfg.heartbeat_misses;
     while (!service_stop_requested()) {
-        if (s_retry_refused(self, service_now_ms()) != 0) {
-            LOG_ERROR(NET, "cannot reconnect: %s", medfl_error_message());
-            return 1;
-        }
         uint64_t conns = wire_client_connections(self->client);
         if (conns != self->connections_seen) {
             if (self->connections_seen)

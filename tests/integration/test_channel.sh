@@ -3,7 +3,8 @@
 # chosen at run time and everything in a temporary folder:
 #   keygen on both sides (0600 secrets; a loose secret file is refused), enroll node A,
 #   start aggregator and node A -> A listed as connected by `nodes` and `status`;
-#   node B with an unenrolled key is refused and the aggregator logs B's key id;
+#   node B with an unenrolled key is refused and the aggregator logs B's key id, and gets
+#   in by itself once enrolled;
 #   `revoke A` cuts A off without restarting the aggregator (A exits 3, listed revoked);
 #   re-enroll A, SIGKILL the aggregator, restart it on the same endpoint -> A reconnects by
 #   itself; bad configs (unknown key, wrong type, out of range) fail naming file:line:key;
@@ -149,6 +150,11 @@ else fail "node B's refusal not logged with key id $B_KID" "$T/agg.log" "$T/b.lo
 if wait_until 5 grep -q "refused this node's key" "$T/b.log" && ! node_is hospital-b "enrolled yes"
 then pass "node B told it was refused and never listed"
 else fail "node B state" "$T/b.log"; fi
+B_PUB=$(field curve_public <"$T/b/keygen.out")
+"$AGG" enroll hospital-b "$B_PUB" -c "$AC" >"$T/enroll-b.out" 2>&1
+if wait_until 15 node_is hospital-b "enrolled yes" && alive b; then
+  pass "node B admitted once enrolled, without restarting either side"
+else fail "node B not admitted after enrollment" "$T/agg.log" "$T/b.log"; fi
 kill -TERM "${PIDS[b]}" 2>/dev/null; wait "${PIDS[b]}" 2>/dev/null; unset 'PIDS[b]'
 
 # ---- revoke without restart --------------------------------------------------------------

@@ -73,6 +73,21 @@ static store_t *s_open_registry(const char *config_path, agg_config_t *cfg)
     return store_open(path);
 }
 
+/* Running = the recorded process exists, did not record a clean stop, and refreshed
+ * alive_at recently: a SIGKILLed daemon leaves its last facts behind but stops refreshing
+ * them, and its sessions' "connected" flags are stale until the next start resets them. */
+static bool s_daemon_running(store_t *store)
+{
+    char pid_text[32] = "0", alive[32] = "0", stopped[32] = "0";
+    store_meta_get(store, "pid", pid_text, sizeof pid_text);
+    store_meta_get(store, "alive_at", alive, sizeof alive);
+    store_meta_get(store, "stopped_at", stopped, sizeof stopped);
+    long pid = strtol(pid_text, NULL, 10);
+    long long age = (long long)time(NULL) - strtoll(alive, NULL, 10);
+    return pid > 0 && strtoll(stopped, NULL, 10) == 0 &&
+           (kill((pid_t)pid, 0) == 0 || errno == EPERM) && age <= 10;
+}
+
 int cmd_agg_run(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -92,7 +107,7 @@ int cmd_agg_run(int argc, char **argv)
         service_signals_install() != 0)
         return cli_fail(PROG);
     LOG_INFO(CONFIG, "configuration loaded from %s", path);
-    aggregator_t *agg = aggregator_new(&cfg);
+    aggregator_t *agg = aggregator_new(&cfg, path);
     int rc = 1;
     if (!agg) {
         LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());
@@ -214,8 +229,9 @@ int cmd_agg_nodes(int argc, char **argv)
     const char *usage = PROG " nodes [-c CONFIG]";
     if (cli_wants_help(argc, argv)) {
         printf("Usage: %s\n\n"
-               "Lists enrolled and revoked nodes: id, key id, state, connected, last seen (UTC),\n"
-               "device and number of records from the node's last hello.\n", usage);
+               "Lists enrolled and revoked nodes: id, key id, state, connected (always no while\n"
+               "the daemon is not running), last seen (UTC), device and number of records from\n"
+               "the node's last hello.\n", usage);
         return 0;
     }
     const char *path = agg_config_take_path(&argc, argv);
@@ -226,6 +242,7 @@ int cmd_agg_nodes(int argc, char **argv)
     store_node_t *nodes = NULL;
     size_t n = 0;
     int rc = store_node_list(store, &nodes, &n);
+    bool running = s_daemon_running(store);
     store_destroy(&store);
     if (rc != 0) return cli_fail(PROG);
     printf("%-20s %-16s %-8s %-9s %-20s %-10s %s\n", "NODE", "KEY_ID", "STATE", "CONNECTED",
@@ -237,7 +254,8 @@ int cmd_agg_nodes(int argc, char **argv)
         char records[32] = "-";
         if (nodes[i].last_seen) snprintf(records, sizeof records, "%lld", (long long)nodes[i].n_records);
         printf("%-20s %-16s %-8s %-9s %-20s %-10s %s\n", nodes[i].node_id, id,
-               nodes[i].revoked_at ? "revoked" : "enrolled", nodes[i].connected ? "yes" : "no",
+               nodes[i].revoked_at ? "revoked" : "enrolled",
+               running && nodes[i].connected ? "yes" : "no",
                seen, nodes[i].device[0] ? nodes[i].device : "-", records);
     }
     free(nodes);
@@ -259,14 +277,12 @@ int cmd_agg_status(int argc, char **argv)
     agg_config_t cfg;
     store_t *store = s_open_registry(path, &cfg);
     if (!store) return cli_fail(PROG);
-    char instance[64] = "-", endpoint[CFG_STR_MAX] = "-", pid_text[32] = "0", alive[32] = "0",
-         stopped[32] = "0", started[32] = "0";
+    char instance[64] = "-", endpoint[CFG_STR_MAX] = "-", pid_text[32] = "0", started[32] = "0";
     store_meta_get(store, "instance", instance, sizeof instance);
     store_meta_get(store, "endpoint", endpoint, sizeof endpoint);
     store_meta_get(store, "pid", pid_text, sizeof pid_text);
-    store_meta_get(store, "alive_at", alive, sizeof alive);
-    store_meta_get(store, "stopped_at", stopped, sizeof stopped);
     store_meta_get(store, "started_at", started, sizeof started);
+    bool running = s_daemon_running(store);
     store_node_t *nodes = NULL;
     size_t n = 0;
     int rc = store_node_list(store, &nodes, &n);
@@ -279,12 +295,7 @@ int cmd_agg_status(int argc, char **argv)
         if (nodes[i].connected && !nodes[i].revoked_at) connected++;
     }
     free(nodes);
-    /* Running = the recorded process exists and refreshed alive_at recently: a SIGKILLed
-     * daemon leaves its last facts behind but stops refreshing them. */
     long pid = strtol(pid_text, NULL, 10);
-    long long age = (long long)time(NULL) - strtoll(alive, NULL, 10);
-    bool running = pid > 0 && strtoll(stopped, NULL, 10) == 0 &&
-                   (kill((pid_t)pid, 0) == 0 || errno == EPERM) && age <= 10;
     char started_text[32];
     service_format_time(strtoll(started, NULL, 10), started_text, sizeof started_text);
     printf("running: %s\n", running ? "yes" : "no");

@@ -33,6 +33,7 @@ typedef struct {
 
 struct aggregator_t {
     agg_config_t cfg;
+    char config_path[CFG_STR_MAX];
     keys_t *keys;
     store_t *store;
     wire_server_t *server;
@@ -303,7 +304,7 @@ static int s_record_start(aggregator_t *self)
     return 0;
 }
 
-aggregator_t *aggregator_new(const agg_config_t *cfg)
+aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
 {
     aggregator_t *self = calloc(1, sizeof *self);
     if (!self) {
@@ -311,6 +312,7 @@ aggregator_t *aggregator_new(const agg_config_t *cfg)
         return NULL;
     }
     self->cfg = *cfg;
+    snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     char path[CFG_STR_MAX + 32];
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
@@ -399,12 +401,24 @@ int aggregator_step(aggregator_t *self, int timeout_ms)
     return rc;
 }
 
+void aggregator_reload(aggregator_t *self, const agg_config_t *fresh)
+{
+    service_config_reload(agg_config_table, &self->cfg, fresh, self->config_path);
+}
+
 int aggregator_run(aggregator_t *self)
 {
     while (!service_stop_requested()) {
-        if (service_reload_requested())
-            LOG_INFO(CONFIG, "SIGHUP: configuration reload is not supported yet; restart to apply "
-                     "changes (enrollment changes apply by themselves)");
+        if (service_reload_requested()) {
+            agg_config_t fresh;
+            if (!self->config_path[0])
+                LOG_WARN(CONFIG, "SIGHUP: no configuration file to reload");
+            else if (agg_config_load(&fresh, self->config_path) != 0)
+                LOG_ERROR(CONFIG, "SIGHUP: configuration not reloaded, keeping the running one: %s",
+                          medfl_error_message());
+            else
+                aggregator_reload(self, &fresh);
+        }
         aggregator_step(self, AGG_TICK_MS);
     }
     LOG_INFO(MAIN, "stop requested: shutting down");

@@ -1,6 +1,7 @@
 /* Daemon plumbing shared by medfl-node and medfl-aggregator. The two signal flags are the
  * only process-wide state: a signal handler cannot be handed a context pointer, and
- * everything else a daemon owns lives in its own object. */
+ * everything else a daemon owns lives in its own object. The chosen log sink is kept too,
+ * next to the process-wide log it belongs to. */
 #include "common/service.h"
 
 #include <errno.h>
@@ -17,6 +18,7 @@
 
 static volatile sig_atomic_t s_stop;
 static volatile sig_atomic_t s_reload;
+static FILE *s_log_sink; /* the sink service_log_setup chose, NULL = stderr */
 
 static void s_on_stop(int sig)
 {
@@ -80,8 +82,21 @@ int service_log_setup(const char *program, const char *instance, const char *lev
         setvbuf(sink, NULL, _IOLBF, 0);
         *opened = sink;
     }
+    s_log_sink = sink;
     log_configure(sink, lv, fmt);
     log_set_identity(program, instance);
+    return 0;
+}
+
+int service_log_relevel(const char *level, const char *format)
+{
+    log_level_t lv;
+    log_format_t fmt;
+    if (log_level_parse(level, &lv) != 0)
+        return medfl_error_set(MEDFL_ECONFIG, "key 'log.level': unknown level '%s'", level);
+    if (log_format_parse(format, &fmt) != 0)
+        return medfl_error_set(MEDFL_ECONFIG, "key 'log.format': unknown format '%s'", format);
+    log_configure(s_log_sink, lv, fmt);
     return 0;
 }
 
@@ -166,4 +181,27 @@ void service_format_time(int64_t unix_s, char *out, size_t size)
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(out, size, "%Y-%m-%d %H:%M:%SZ", &tm);
+}
+
+int service_config_reload(const cfg_option_t *table, void *cur, const void *fresh, const char *path)
+{
+    char names[512];
+    if (cfg_diff_nonreloadable(table, cur, fresh, names, sizeof names) > 0)
+        LOG_WARN(CONFIG, "%s: changed options that need a restart, not applied: %s", path, names);
+    int applied = 0;
+    for (const cfg_option_t *o = table; o->name; o++) {
+        if (!o->reloadable || !cfg_option_differs(o, cur, fresh)) continue;
+        size_t size = o->type == CFG_INT ? sizeof(int64_t)
+                      : o->type == CFG_DOUBLE ? sizeof(double)
+                      : o->type == CFG_BOOL ? sizeof(bool) : CFG_STR_MAX;
+        memcpy((char *)cur + o->offset, (const char *)fresh + o->offset, size);
+        LOG_INFO(CONFIG, "%s: option %s changed", path, o->name);
+        applied++;
+    }
+    const cfg_option_t *lv = cfg_find(table, "log.level"), *fmt = cfg_find(table, "log.format");
+    if (lv && fmt &&
+        service_log_relevel((const char *)cur + lv->offset, (const char *)cur + fmt->offset) != 0)
+        LOG_WARN(CONFIG, "%s", medfl_error_message());
+    LOG_INFO(CONFIG, "configuration reloaded from %s (%d option(s) changed)", path, applied);
+    return applied;
 }

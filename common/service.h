@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "common/config.h"
+
 /* Installs SIGTERM/SIGINT (stop) and SIGHUP (reload) handlers that only set flags, and
  * ignores SIGPIPE. Clears both flags. */
 int service_signals_install(void);
@@ -23,6 +25,16 @@ bool service_reload_requested(void);
 int service_log_setup(const char *program, const char *instance, const char *level,
                       const char *format, const char *file, FILE **opened)
     __attribute__((warn_unused_result));
+
+/* Changes level and format of the log configured by service_log_setup, keeping its sink
+ * (SIGHUP reload of log.level / log.format). */
+int service_log_relevel(const char *level, const char *format) __attribute__((warn_unused_result));
+
+/* SIGHUP reload of a program's config: logs (as warnings) the options of fresh that differ
+ * from cur but need a restart, copies the reloadable ones that differ into cur (logging
+ * each), and re-levels the log from the new log.level / log.format when the table has
+ * them. Returns the number of options applied. */
+int service_config_reload(const cfg_option_t *table, void *cur, const void *fresh, const char *path);
 
 /* Creates path and its missing parents with mode (existing folders are kept). */
 int service_mkdir_p(const char *path, mode_t mode) __attribute__((warn_unused_result));

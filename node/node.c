@@ -26,6 +26,7 @@
 
 struct node_t {
     node_config_t cfg;
+    char config_path[CFG_STR_MAX];
     keys_t *keys;
     uint8_t agg_public[KEYS_CURVE_BYTES];
     char key_id[KEYS_ID_LEN + 1];
@@ -119,7 +120,7 @@ static int s_connect(node_t *self)
     return self->client ? 0 : -1;
 }
 
-node_t *node_new(const node_config_t *cfg)
+node_t *node_new(const node_config_t *cfg, const char *config_path)
 {
     node_t *self = calloc(1, sizeof *self);
     if (!self) {
@@ -127,6 +128,7 @@ node_t *node_new(const node_config_t *cfg)
         return NULL;
     }
     self->cfg = *cfg;
+    snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
     if (!self->keys) goto fail;
@@ -249,6 +251,16 @@ int node_run(node_t *self)
 {
     const int64_t silence_ms = self->cfg.heartbeat_ivl_ms * self->cfg.heartbeat_misses;
     while (!service_stop_requested()) {
+        if (service_reload_requested()) {
+            node_config_t fresh;
+            if (!self->config_path[0])
+                LOG_WARN(CONFIG, "SIGHUP: no configuration file to reload");
+            else if (node_config_load(&fresh, self->config_path) != 0)
+                LOG_ERROR(CONFIG, "SIGHUP: configuration not reloaded, keeping the running one: %s",
+                          medfl_error_message());
+            else
+                service_config_reload(node_config_table, &self->cfg, &fresh, self->config_path);
+        }
         uint64_t conns = wire_client_connections(self->client);
         if (conns != self->connections_seen) {
             if (self->connections_seen)

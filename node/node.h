@@ -23,10 +23,11 @@ typedef struct node_t node_t;
 
 /* Loads keys and the aggregator's public key, counts the local records, resolves the
  * device and connects (asynchronously: libzmq retries until the aggregator is there). */
-node_t *node_new(const node_config_t *cfg);
+node_t *node_new(const node_config_t *cfg, const char *config_path);
 void node_destroy(node_t **self_p);
 
-/* Runs until SIGTERM/SIGINT (returns 0) or revocation (returns NODE_EXIT_REVOKED). */
+/* Runs until SIGTERM/SIGINT (returns 0) or revocation (returns NODE_EXIT_REVOKED). SIGHUP
+ * re-reads config_path and applies its reloadable options (log level and format). */
 int node_run(node_t *self);
 
 /* Counts the records of a JSON-lines file (non-blank lines) or a CSV file (records after

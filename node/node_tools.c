@@ -44,7 +44,7 @@ int cmd_node_run(int argc, char **argv)
         service_signals_install() != 0)
         return cli_fail(PROG);
     LOG_INFO(CONFIG, "configuration loaded from %s", path);
-    node_t *node = node_new(&cfg);
+    node_t *node = node_new(&cfg, path);
     int rc = 1;
     if (!node) {
         LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());

@@ -198,6 +198,21 @@ if [ -n "$inst1" ] && [ "$inst1" != "$inst2" ] && grep -q "instance $inst2" "$T/
   pass "node A welcomed by the new instance $inst2"
 else fail "instance ids '$inst1' / '$inst2'" "$T/a2.log"; fi
 
+# ---- SIGHUP reload ------------------------------------------------------------------------
+sed -i 's/^level = debug/level = info/; s/^heartbeat_timeout_ms = 1500/heartbeat_timeout_ms = 1600/' "$AC"
+kill -HUP "${PIDS[agg]}"
+if wait_until 10 grep -q "option log.level changed" "$T/agg2.log" &&
+  grep -q "not applied: net.heartbeat_timeout_ms" "$T/agg2.log"; then
+  pass "SIGHUP applies log.level and reports net.heartbeat_timeout_ms as needing a restart"
+else fail "SIGHUP reload" "$T/agg2.log"; fi
+cp "$AC" "$T/agg/good.conf"
+echo "bogus = 1" >>"$AC"
+kill -HUP "${PIDS[agg]}"
+if wait_until 10 grep -q "configuration not reloaded.*bogus" "$T/agg2.log" && alive agg; then
+  pass "SIGHUP with a broken config keeps the running configuration"
+else fail "SIGHUP with a broken config" "$T/agg2.log"; fi
+cp "$T/agg/good.conf" "$AC"
+
 # ---- bad configurations --------------------------------------------------------------------
 bad_config() { # bad_config PROGRAM NAME LINE KEY TEXT
   local prog=$1 name=$2 line=$3 key=$4 text=$5

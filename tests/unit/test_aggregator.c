@@ -101,7 +101,7 @@ static void s_start(fixture_t *fx, const char *name)
     assert_int_equal(store_enroll(tool, "site-1", fx->node_keys->curve_public, NULL, false), 0);
     store_destroy(&tool);
 
-    fx->agg = aggregator_new(&fx->cfg);
+    fx->agg = aggregator_new(&fx->cfg, NULL);
     if (!fx->agg) fail_msg("aggregator_new: %s", medfl_error_message());
 
     fx->ctx = zmq_ctx_new();
@@ -419,7 +419,7 @@ static void test_config_rules(void **state)
     p = s_write_conf("n5.conf", "node_id = site-1\nkey_dir = nokeys\nstate_dir = nstate\n"
                                 "[aggregator]\nendpoint = tcp://127.0.0.1:1\npublic_key_file = k.pub\n");
     assert_int_equal(node_config_load(&n, p), 0);
-    assert_null(node_new(&n));
+    assert_null(node_new(&n, p));
     assert_non_null(strstr(medfl_error_message(), "nokeys/curve.pub"));
 }
 

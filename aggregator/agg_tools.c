@@ -23,14 +23,21 @@
 
 #define PROG "medfl-aggregator"
 
-/* Rejects any flag left after the caller took its own; positional count checked too. */
+/* Rejects any flag left after the caller took its own; positional count checked too.
+ * Z85's alphabet includes '-', so a 40-character argument is a key, never an option;
+ * "--" also ends the options. Positionals are compacted to argv[1..]. */
 static int s_check_args(int argc, char **argv, int want_positional, const char *usage)
 {
     int positional = 0;
+    bool options = true;
     for (int i = 1; i < argc; i++) {
-        if (argv[i][0] == '-' && argv[i][1])
+        if (options && strcmp(argv[i], "--") == 0) {
+            options = false;
+            continue;
+        }
+        if (options && argv[i][0] == '-' && argv[i][1] && strlen(argv[i]) != KEYS_Z85_LEN)
             return medfl_error_set(MEDFL_EINVAL, "unknown option '%s' (usage: %s)", argv[i], usage);
-        positional++;
+        argv[++positional] = argv[i];
     }
     if (positional != want_positional)
         return medfl_error_set(MEDFL_EINVAL, "expected %d argument(s), got %d (usage: %s)",

@@ -4,6 +4,7 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {NULL, NULL, NULL},
 };
 

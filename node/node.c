@@ -138,7 +138,10 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
         medfl_error_prefix("aggregator public key: ");
         goto fail;
     }
-    if (s_resolve_device(cfg->device, self->device, sizeof self->device) != 0) goto fail;
+    if (s_resolve_device(cfg->device, self->device, sizeof self->device) != 0) {
+        if (config_path) medfl_error_prefix("%s: ", config_path);
+        goto fail;
+    }
     if (cfg->records[0]) {
         if (node_count_records(cfg->records, cfg->records_format, &self->n_records) != 0) {
             /* No data yet is a normal state for a freshly installed node. */

@@ -77,7 +77,7 @@ cuda-info:
 deps:
 	@bash deploy/install-deps.sh
 
-$(PROTO_C) $(PROTO_H): proto/medfl.proto
+$(PROTO_C) $(PROTO_H) &: proto/medfl.proto
 	@mkdir -p $(BUILD)/proto
 	protoc-c --c_out=$(BUILD) proto/medfl.proto
 

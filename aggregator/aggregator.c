@@ -408,9 +408,12 @@ void aggregator_reload(aggregator_t *self, const agg_config_t *fresh)
 
 int aggregator_run(aggregator_t *self)
 {
+    /* Keys, state and sockets are up by now: tell systemd (Type=notify) we serve. */
+    (void)service_notify("READY=1\nSTATUS=serving");
     while (!service_stop_requested()) {
         if (service_reload_requested()) {
             agg_config_t fresh;
+            (void)service_notify("RELOADING=1");
             if (!self->config_path[0])
                 LOG_WARN(CONFIG, "SIGHUP: no configuration file to reload");
             else if (agg_config_load(&fresh, self->config_path) != 0)
@@ -418,10 +421,12 @@ int aggregator_run(aggregator_t *self)
                           medfl_error_message());
             else
                 aggregator_reload(self, &fresh);
+            (void)service_notify("READY=1");
         }
         aggregator_step(self, AGG_TICK_MS);
     }
     LOG_INFO(MAIN, "stop requested: shutting down");
+    (void)service_notify("STOPPING=1");
     return 0;
 }
 

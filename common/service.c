@@ -4,6 +4,9 @@
  * next to the process-wide log it belongs to. */
 #include "common/service.h"
 
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -204,4 +207,28 @@ int service_config_reload(const cfg_option_t *table, void *cur, const void *fres
         LOG_WARN(CONFIG, "%s", medfl_error_message());
     LOG_INFO(CONFIG, "configuration reloaded from %s (%d option(s) changed)", path, applied);
     return applied;
+}
+
+/* systemd notification protocol, spoken directly so a Type=notify unit works without
+ * linking libsystemd; outside systemd (no $NOTIFY_SOCKET) it is a no-op. */
+int service_notify(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path) return 0;
+    size_t len = strlen(path);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if ((path[0] != '/' && path[0] != '@') || len >= sizeof sa.sun_path)
+        return medfl_error_set(MEDFL_EINVAL, "NOTIFY_SOCKET '%s' is not a socket path", path);
+    memcpy(sa.sun_path, path, len);
+    if (path[0] == '@') sa.sun_path[0] = '\0'; /* abstract namespace */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return medfl_error_set(MEDFL_EIO, "notify socket: %s", strerror(errno));
+    socklen_t sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    ssize_t n = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, sl);
+    int err = errno;
+    close(fd);
+    if (n < 0) return medfl_error_set(MEDFL_EIO, "notify '%s': %s", path, strerror(err));
+    return 0;
 }

@@ -49,4 +49,8 @@ int64_t service_now_ms(void);
 /* "2026-11-21 23:10:00Z" for a unix time, "-" for 0. */
 void service_format_time(int64_t unix_s, char *out, size_t size);
 
+/* Sends a systemd notification such as "READY=1\nSTATUS=serving" to $NOTIFY_SOCKET (path or
+ * @abstract name). Returns 0 when sent or when not running under systemd, -1 on failure. */
+int service_notify(const char *state);
+
 #endif

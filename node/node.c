@@ -252,10 +252,13 @@ static int s_on_message(node_t *self, const wire_msg_t *msg)
 
 int node_run(node_t *self)
 {
+    /* Keys, state and sockets are up by now: tell systemd (Type=notify) we serve. */
+    (void)service_notify("READY=1\nSTATUS=serving");
     const int64_t silence_ms = self->cfg.heartbeat_ivl_ms * self->cfg.heartbeat_misses;
     while (!service_stop_requested()) {
         if (service_reload_requested()) {
             node_config_t fresh;
+            (void)service_notify("RELOADING=1");
             if (!self->config_path[0])
                 LOG_WARN(CONFIG, "SIGHUP: no configuration file to reload");
             else if (node_config_load(&fresh, self->config_path) != 0)
@@ -263,6 +266,7 @@ int node_run(node_t *self)
                           medfl_error_message());
             else
                 service_config_reload(node_config_table, &self->cfg, &fresh, self->config_path);
+            (void)service_notify("READY=1");
         }
         uint64_t conns = wire_client_connections(self->client);
         if (conns != self->connections_seen) {
@@ -303,5 +307,6 @@ int node_run(node_t *self)
         wire_msg_close(&msg);
     }
     LOG_INFO(MAIN, "stop requested: shutting down");
+    (void)service_notify("STOPPING=1");
     return 0;
 }

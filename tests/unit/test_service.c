@@ -1,4 +1,4 @@
-/* Signal flags and the sd_notify protocol: real signals set the flags exactly once, and
+/* common/service: signal flags and the sd_notify protocol: real signals set the flags exactly once, and
  * notifications arrive on a socket that plays systemd's part (path and abstract names). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,20 +14,20 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "common/daemon.h"
+#include "common/service.h"
 
 static void test_signals_set_flags(void **state)
 {
     (void)state;
-    assert_int_equal(daemon_signals_install(), 0);
-    assert_false(daemon_reload_requested());
+    assert_int_equal(service_signals_install(), 0);
+    assert_false(service_reload_requested());
     raise(SIGHUP);
-    assert_true(daemon_reload_requested());
-    assert_false(daemon_reload_requested()); /* consumed */
-    assert_false(daemon_stop_requested());
+    assert_true(service_reload_requested());
+    assert_false(service_reload_requested()); /* consumed */
+    assert_false(service_stop_requested());
     raise(SIGPIPE); /* ignored, must not kill us */
     raise(SIGTERM);
-    assert_true(daemon_stop_requested());
+    assert_true(service_stop_requested());
 }
 
 static int s_listen(const char *name, bool abstract)
@@ -56,14 +56,14 @@ static void test_notify(void **state)
 {
     (void)state;
     unsetenv("NOTIFY_SOCKET");
-    assert_int_equal(daemon_notify("READY=1"), 0); /* not under systemd: no-op */
+    assert_int_equal(service_notify("READY=1"), 0); /* not under systemd: no-op */
 
     char path[64];
     snprintf(path, sizeof path, "/tmp/medfl-notify-%d", (int)getpid());
     unlink(path);
     int fd = s_listen(path, false);
     setenv("NOTIFY_SOCKET", path, 1);
-    assert_int_equal(daemon_notify("READY=1\nSTATUS=serving"), 0);
+    assert_int_equal(service_notify("READY=1\nSTATUS=serving"), 0);
     s_expect(fd, "READY=1\nSTATUS=serving");
     close(fd);
     unlink(path);
@@ -72,14 +72,14 @@ static void test_notify(void **state)
     snprintf(abs_name, sizeof abs_name, "@medfl-notify-%d", (int)getpid());
     fd = s_listen(abs_name, true);
     setenv("NOTIFY_SOCKET", abs_name, 1);
-    assert_int_equal(daemon_notify("STOPPING=1"), 0);
+    assert_int_equal(service_notify("STOPPING=1"), 0);
     s_expect(fd, "STOPPING=1");
     close(fd);
 
     setenv("NOTIFY_SOCKET", "relative/path", 1);
-    assert_int_equal(daemon_notify("READY=1"), -1);
+    assert_int_equal(service_notify("READY=1"), -1);
     setenv("NOTIFY_SOCKET", "/tmp/medfl-no-such-socket", 1);
-    assert_int_equal(daemon_notify("READY=1"), -1);
+    assert_int_equal(service_notify("READY=1"), -1);
     unsetenv("NOTIFY_SOCKET");
 }
 

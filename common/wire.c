@@ -739,6 +739,9 @@ static int s_fill_msg(wire_msg_t *msg, zmq_msg_t *env, zmq_msg_t *bulk, bool has
 
 static int s_common_sockopts(void *sock, const wire_options_t *o)
 {
+    /* ZMTP carries the TTL in deciseconds in 16 bits: libzmq refuses more than 6553.5 s.
+     * A longer timeout still applies on our side through ZMQ_HEARTBEAT_TIMEOUT. */
+    int ttl = o->heartbeat_timeout_ms > 6553500 ? 6553500 : o->heartbeat_timeout_ms;
     int linger = 500;
     int64_t maxmsg = (int64_t)(o->max_bulk > WIRE_ENVELOPE_MAX ? o->max_bulk : WIRE_ENVELOPE_MAX);
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -746,7 +749,7 @@ static int s_common_sockopts(void *sock, const wire_options_t *o)
         zmq_setsockopt(sock, ZMQ_SNDTIMEO, &o->send_timeout_ms, sizeof(int)) != 0 ||
         zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &o->heartbeat_ivl_ms, sizeof(int)) != 0 ||
         zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &o->heartbeat_timeout_ms, sizeof(int)) != 0 ||
-        zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &o->heartbeat_timeout_ms, sizeof(int)) != 0)
+        zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &ttl, sizeof ttl) != 0)
         return medfl_error_set(MEDFL_EINVAL, "socket options: %s", zmq_strerror(errno));
     return 0;
 }
@@ -754,7 +757,7 @@ static int s_common_sockopts(void *sock, const wire_options_t *o)
 static int s_check_options(const wire_options_t *o)
 {
     if (o->heartbeat_ivl_ms <= 0 || o->heartbeat_timeout_ms <= o->heartbeat_ivl_ms ||
-        o->heartbeat_timeout_ms > 6553500 || o->reconnect_ivl_ms <= 0 ||
+        o->reconnect_ivl_ms <= 0 ||
         o->reconnect_ivl_max_ms < o->reconnect_ivl_ms || o->send_timeout_ms < 0 ||
         o->max_bulk == 0 || o->max_bulk > (size_t)INT64_MAX)
         return medfl_error_set(MEDFL_EINVAL,

@@ -754,6 +754,16 @@ static void test_plain_mode(void **state)
     wire_msg_close(&m);
     wire_client_destroy(&c);
     wire_server_destroy(&srv);
+    /* option checks: the timeout must exceed the interval; a timeout beyond what ZMTP's
+     * TTL field holds (6553.5 s) is accepted */
+    o.heartbeat_timeout_ms = o.heartbeat_ivl_ms;
+    assert_null(wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &o));
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    o.heartbeat_timeout_ms = 10000000;
+    srv = wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &o);
+    assert_non_null(srv);
+    wire_server_destroy(&srv);
+    o = s_fast_opts();
     /* half a key set is an error */
     assert_null(wire_server_new("tcp://127.0.0.1:*", s_server.sk, NULL, &o));
     assert_null(wire_client_new("tcp://127.0.0.1:1", s_server.pk, NULL, NULL, "x", &o));

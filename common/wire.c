@@ -551,6 +551,16 @@ int wire_encode(Medfl__MsgType type, uint64_t round_id, const char *sender,
     }
     medfl__envelope__pack(&env, ebuf);
     free(bbuf);
+    /* Hold outgoing messages to the receiver's rules (ids, key sizes, limits): a daemon bug
+     * then fails here, with a precise reason, instead of as an Error from the peer. */
+    wire_decoded_t check;
+    if (wire_decode(ebuf, elen, &check) < 0) {
+        free(ebuf);
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", medfl_error_message());
+        return medfl_error_set(MEDFL_EINVAL, "wire_encode: refusing to send: %s", reason);
+    }
+    wire_decoded_clear(&check);
     *out = ebuf;
     *out_len = elen;
     return 0;

@@ -841,17 +841,17 @@ static void s_zap_handle(wire_server_t *self, void *sock)
     size_t nf = 0;
     int more = 1;
     while (more) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sock, 0) < 0) {
-            zmq_msg_close(&m);
+        zmq_msg_t spare, *m = nf < MAXF ? &f[nf] : &spare; /* frames past MAXF: dropped */
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, 0) < 0) {
+            zmq_msg_close(m);
             break;
         }
-        more = zmq_msg_more(&m);
-        if (nf < MAXF)
-            f[nf++] = m;
+        more = zmq_msg_more(m);
+        if (m == &spare)
+            zmq_msg_close(m);
         else
-            zmq_msg_close(&m);
+            nf++;
     }
     if (nf < 6)
         goto out; /* libzmq never sends this; a REP socket cannot leave it unanswered, but

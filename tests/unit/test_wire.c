@@ -676,6 +676,32 @@ static void test_bad_frames_rejected_server_survives(void **state)
     wire_server_stats_t st;
     wire_server_stats(srv, &st);
     assert_int_equal(st.rejected, 8);
+
+    /* a burst of random messages (1-3 frames of random bytes, some starting like a real
+     * envelope): every one is answered, none stops the server */
+    uint8_t rnd[2048];
+    for (int i = 0; i < 100; i++) {
+        int frames = 1 + (int)randombytes_uniform(3);
+        for (int f = 0; f < frames; f++) {
+            size_t sz = 1 + randombytes_uniform(sizeof rnd);
+            randombytes_buf(rnd, sz);
+            if (f == 0 && i % 2 && sz > 4) /* field 1 = version 1, field 2 = a type */
+                rnd[0] = 0x08, rnd[1] = 0x01, rnd[2] = 0x10, rnd[3] = (uint8_t)(i % 17);
+            zmq_send(raw, rnd, sz, f + 1 < frames ? ZMQ_SNDMORE : 0);
+        }
+    }
+    int handled = 0;
+    wire_msg_t m;
+    while (handled < 100) {
+        int rc = s_srv_recv(srv, &m);
+        assert_int_not_equal(rc, 0); /* each arrives and is handled, none is lost */
+        wire_msg_close(&m);
+        handled++;
+    }
+    char sink[4096];
+    while (zmq_recv(raw, sink, sizeof sink, ZMQ_DONTWAIT) >= 0)
+        ; /* the Error replies */
+    s_raw_send_good(srv, raw);
     zmq_close(raw);
     zmq_ctx_term(ctx);
     wire_server_destroy(&srv);

@@ -551,6 +551,16 @@ int wire_encode(Medfl__MsgType type, uint64_t round_id, const char *sender,
     }
     medfl__envelope__pack(&env, ebuf);
     free(bbuf);
+    /* Hold outgoing messages to the receiver's rules (ids, key sizes, limits): a daemon bug
+     * then fails here, with a precise reason, instead of as an Error from the peer. */
+    wire_decoded_t check;
+    if (wire_decode(ebuf, elen, &check) < 0) {
+        free(ebuf);
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", medfl_error_message());
+        return medfl_error_set(MEDFL_EINVAL, "wire_encode: refusing to send: %s", reason);
+    }
+    wire_decoded_clear(&check);
     *out = ebuf;
     *out_len = elen;
     return 0;
@@ -739,6 +749,9 @@ static int s_fill_msg(wire_msg_t *msg, zmq_msg_t *env, zmq_msg_t *bulk, bool has
 
 static int s_common_sockopts(void *sock, const wire_options_t *o)
 {
+    /* ZMTP carries the TTL in deciseconds in 16 bits: libzmq refuses more than 6553.5 s.
+     * A longer timeout still applies on our side through ZMQ_HEARTBEAT_TIMEOUT. */
+    int ttl = o->heartbeat_timeout_ms > 6553500 ? 6553500 : o->heartbeat_timeout_ms;
     int linger = 500;
     int64_t maxmsg = (int64_t)(o->max_bulk > WIRE_ENVELOPE_MAX ? o->max_bulk : WIRE_ENVELOPE_MAX);
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -746,7 +759,7 @@ static int s_common_sockopts(void *sock, const wire_options_t *o)
         zmq_setsockopt(sock, ZMQ_SNDTIMEO, &o->send_timeout_ms, sizeof(int)) != 0 ||
         zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &o->heartbeat_ivl_ms, sizeof(int)) != 0 ||
         zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &o->heartbeat_timeout_ms, sizeof(int)) != 0 ||
-        zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &o->heartbeat_timeout_ms, sizeof(int)) != 0)
+        zmq_setsockopt(sock, ZMQ_HEARTBEAT_TTL, &ttl, sizeof ttl) != 0)
         return medfl_error_set(MEDFL_EINVAL, "socket options: %s", zmq_strerror(errno));
     return 0;
 }
@@ -754,7 +767,7 @@ static int s_common_sockopts(void *sock, const wire_options_t *o)
 static int s_check_options(const wire_options_t *o)
 {
     if (o->heartbeat_ivl_ms <= 0 || o->heartbeat_timeout_ms <= o->heartbeat_ivl_ms ||
-        o->heartbeat_timeout_ms > 6553500 || o->reconnect_ivl_ms <= 0 ||
+        o->reconnect_ivl_ms <= 0 ||
         o->reconnect_ivl_max_ms < o->reconnect_ivl_ms || o->send_timeout_ms < 0 ||
         o->max_bulk == 0 || o->max_bulk > (size_t)INT64_MAX)
         return medfl_error_set(MEDFL_EINVAL,
@@ -828,17 +841,17 @@ static void s_zap_handle(wire_server_t *self, void *sock)
     size_t nf = 0;
     int more = 1;
     while (more) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sock, 0) < 0) {
-            zmq_msg_close(&m);
+        zmq_msg_t spare, *m = nf < MAXF ? &f[nf] : &spare; /* frames past MAXF: dropped */
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, 0) < 0) {
+            zmq_msg_close(m);
             break;
         }
-        more = zmq_msg_more(&m);
-        if (nf < MAXF)
-            f[nf++] = m;
+        more = zmq_msg_more(m);
+        if (m == &spare)
+            zmq_msg_close(m);
         else
-            zmq_msg_close(&m);
+            nf++;
     }
     if (nf < 6)
         goto out; /* libzmq never sends this; a REP socket cannot leave it unanswered, but

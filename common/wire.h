@@ -34,7 +34,8 @@
 #define WIRE_KEY_ID_LEN 16     /* hex chars of wire_key_id() (8 bytes) */
 #define WIRE_SERVER_SENDER "aggregator" /* Envelope.sender of server messages */
 
-/* Largest Envelope frame accepted (body limit of the largest type + envelope fields). */
+/* Largest Envelope frame accepted, checked before parsing; the largest per-type body limit
+ * is 2 MiB (wire_body_limit), the rest is headroom for the envelope fields. */
 #define WIRE_ENVELOPE_MAX ((size_t)4 << 20)
 /* Default largest bulk frame (wire_options_t.max_bulk); also ZMQ_MAXMSGSIZE, so libzmq
  * drops a peer announcing a bigger frame before allocating it. */

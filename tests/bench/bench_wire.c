@@ -4,10 +4,10 @@
  * same process, so the ratio says what the wire layer costs on this machine whatever its
  * speed (issue 2 target: wire_curve_vs_baseline >= 0.8).
  *
- * The three measurements are interleaved rep by rep and each reports its median, so a
- * burst of load from other processes hits all of them alike. Every transfer is timed
- * from the send call until the receiver holds the whole message; connections are
- * established (handshake done) before the clock starts. MB = 10^6 bytes. */
+ * The three measurements are interleaved rep by rep (in rotating order) and each reports
+ * its median, so a burst of load from other processes hits all of them alike. Every
+ * transfer is timed from the send call until the receiver holds the whole message;
+ * connections are established (handshake done) before the clock starts. MB = 10^6 bytes. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,11 +243,18 @@ int bench_wire(int argc, char **argv)
     crypto_box_keypair(k.cpk, k.csk);
     if (s_wire_open(&wc, &k, true) < 0 || s_wire_open(&wp, &k, false) < 0 || s_raw_open(&raw, &k) < 0)
         goto done;
+    /* The order rotates each rep so that no variant always runs first (cold caches,
+     * allocator state) or right after the expensive plain transfer. */
     for (long r = 0; r < reps; r++) {
-        if ((t_base[r] = s_raw_once(&raw, buf, size)) < 0 ||
-            (t_curve[r] = s_wire_once(&wc, buf, size)) < 0 ||
-            (t_plain[r] = s_wire_once(&wp, buf, size)) < 0)
-            goto done;
+        for (int v = 0; v < 3; v++) {
+            int which = (int)((r + v) % 3);
+            double t = which == 0   ? s_raw_once(&raw, buf, size)
+                       : which == 1 ? s_wire_once(&wc, buf, size)
+                                    : s_wire_once(&wp, buf, size);
+            if (t < 0)
+                goto done;
+            (which == 0 ? t_base : which == 1 ? t_curve : t_plain)[r] = t;
+        }
     }
     double mb = (double)size / 1e6;
     double curve = mb / s_median(t_curve, (int)reps), plain = mb / s_median(t_plain, (int)reps);

@@ -2,7 +2,8 @@
  * Envelope frame goes through wire_decode (size check, envelope, version, type, body,
  * field validation) and must be rejected or accepted without a crash, leak or UB. What is
  * accepted must survive a re-encode / re-decode round trip unchanged in type, round and
- * sender, and the bulk-frame rule is exercised with a length taken from the input.
+ * sender, re-encoding must then be byte-for-byte stable, and the bulk-frame rule is
+ * exercised with a length taken from the input.
  * Seeds: tests/fuzz/corpus/envelope/ (one valid message of each kind). */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +31,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* we produced something we would refuse */
         if (d2.type != d.type || d2.round_id != d.round_id || strcmp(d2.sender, d.sender) != 0)
             abort();
+        /* Encoding is canonical: re-encoding what we decoded from our own bytes gives the
+         * same bytes (so signatures over encoded messages are stable). */
+        uint8_t *buf2 = NULL;
+        size_t len2 = 0;
+        if (wire_encode(d2.type, d2.round_id, d2.sender, d2.body.any, &buf2, &len2) != 0 ||
+            len2 != len || memcmp(buf, buf2, len) != 0)
+            abort();
+        free(buf2);
         wire_decoded_clear(&d2);
         free(buf);
     }

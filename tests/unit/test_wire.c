@@ -86,6 +86,19 @@ static Medfl__Hello *s_hello(Medfl__Hello *h, Medfl__Capabilities *c, const char
     return h;
 }
 
+/* Builds a raw envelope with arbitrary fields, bypassing wire_encode's checks. */
+static size_t s_raw_envelope(uint8_t *out, uint32_t version, int type, const char *sender,
+                             const uint8_t *body, size_t body_len)
+{
+    Medfl__Envelope e = MEDFL__ENVELOPE__INIT;
+    e.protocol_version = version;
+    e.type = (Medfl__MsgType)type;
+    e.sender = (char *)sender;
+    e.body.data = (uint8_t *)body;
+    e.body.len = body_len;
+    return medfl__envelope__pack(&e, out);
+}
+
 /* ---- pure decoding ------------------------------------------------------------------ */
 
 static void test_encode_decode_round_trip(void **state)
@@ -137,31 +150,25 @@ static void test_encode_decode_round_trip(void **state)
     assert_string_equal(d.body.round_start->secagg->participants[2], "c");
     wire_decoded_clear(&d);
     free(buf);
-    /* threshold above the participant count is refused. */
+    /* threshold above the participant count is refused, by the receiver (raw bytes) and
+     * already by the sender */
     sa.threshold = 4;
-    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 9, WIRE_SERVER_SENDER, &rs.base, &buf, &len), 0);
-    assert_int_equal(wire_decode(buf, len, &d), -1);
+    rs.round_id = 0;
+    uint8_t body[512], raw[600];
+    size_t blen = medfl__round_start__pack(&rs, body);
+    len = s_raw_envelope(raw, 1, MEDFL__MSG_TYPE__MSG_ROUND_START, WIRE_SERVER_SENDER, body, blen);
+    assert_int_equal(wire_decode(raw, len, &d), -1);
     assert_non_null(strstr(medfl_error_message(), "secagg.threshold"));
-    free(buf);
-    /* body round id must match the envelope's */
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 0, WIRE_SERVER_SENDER, &rs.base, &buf, &len), -1);
+    assert_non_null(strstr(medfl_error_message(), "secagg.threshold"));
+    /* body round id must match the envelope's (raw envelope says round 0) */
     sa.threshold = 2;
-    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 8, WIRE_SERVER_SENDER, &rs.base, &buf, &len), 0);
-    assert_int_equal(wire_decode(buf, len, &d), -1);
+    rs.round_id = 9;
+    blen = medfl__round_start__pack(&rs, body);
+    len = s_raw_envelope(raw, 1, MEDFL__MSG_TYPE__MSG_ROUND_START, WIRE_SERVER_SENDER, body, blen);
+    assert_int_equal(wire_decode(raw, len, &d), -1);
     assert_non_null(strstr(medfl_error_message(), "round_id"));
-    free(buf);
-}
-
-/* Builds a raw envelope with arbitrary fields, bypassing wire_encode's checks. */
-static size_t s_raw_envelope(uint8_t *out, uint32_t version, int type, const char *sender,
-                             const uint8_t *body, size_t body_len)
-{
-    Medfl__Envelope e = MEDFL__ENVELOPE__INIT;
-    e.protocol_version = version;
-    e.type = (Medfl__MsgType)type;
-    e.sender = (char *)sender;
-    e.body.data = (uint8_t *)body;
-    e.body.len = body_len;
-    return medfl__envelope__pack(&e, out);
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 8, WIRE_SERVER_SENDER, &rs.base, &buf, &len), -1);
 }
 
 static void test_decode_rejects_bad_input(void **state)
@@ -234,6 +241,18 @@ static void test_decode_rejects_bad_input(void **state)
     size_t olen;
     assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_HELLO, 0, "a", &ak.base, &out, &olen), -1);
     assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    /* ... and a body the receiver would refuse: the same rules apply on the way out */
+    uint8_t idpk[32] = {0};
+    Medfl__Hello h;
+    Medfl__Capabilities c;
+    s_hello(&h, &c, "a", idpk);
+    h.identity_pk.len = 16;
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_HELLO, 0, "a", &h.base, &out, &olen), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    assert_non_null(strstr(medfl_error_message(), "identity_pk"));
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_UPDATE, 0, "a", NULL, &out, &olen), -1);
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_HEARTBEAT, 0, "a", NULL, &out, &olen), 0);
+    free(out);
 }
 
 static void test_bulk_rules(void **state)
@@ -657,6 +676,32 @@ static void test_bad_frames_rejected_server_survives(void **state)
     wire_server_stats_t st;
     wire_server_stats(srv, &st);
     assert_int_equal(st.rejected, 8);
+
+    /* a burst of random messages (1-3 frames of random bytes, some starting like a real
+     * envelope): every one is answered, none stops the server */
+    uint8_t rnd[2048];
+    for (int i = 0; i < 100; i++) {
+        int frames = 1 + (int)randombytes_uniform(3);
+        for (int f = 0; f < frames; f++) {
+            size_t sz = 1 + randombytes_uniform(sizeof rnd);
+            randombytes_buf(rnd, sz);
+            if (f == 0 && i % 2 && sz > 4) /* field 1 = version 1, field 2 = a type */
+                rnd[0] = 0x08, rnd[1] = 0x01, rnd[2] = 0x10, rnd[3] = (uint8_t)(i % 17);
+            zmq_send(raw, rnd, sz, f + 1 < frames ? ZMQ_SNDMORE : 0);
+        }
+    }
+    int handled = 0;
+    wire_msg_t m;
+    while (handled < 100) {
+        int rc = s_srv_recv(srv, &m);
+        assert_int_not_equal(rc, 0); /* each arrives and is handled, none is lost */
+        wire_msg_close(&m);
+        handled++;
+    }
+    char sink[4096];
+    while (zmq_recv(raw, sink, sizeof sink, ZMQ_DONTWAIT) >= 0)
+        ; /* the Error replies */
+    s_raw_send_good(srv, raw);
     zmq_close(raw);
     zmq_ctx_term(ctx);
     wire_server_destroy(&srv);
@@ -754,6 +799,16 @@ static void test_plain_mode(void **state)
     wire_msg_close(&m);
     wire_client_destroy(&c);
     wire_server_destroy(&srv);
+    /* option checks: the timeout must exceed the interval; a timeout beyond what ZMTP's
+     * TTL field holds (6553.5 s) is accepted */
+    o.heartbeat_timeout_ms = o.heartbeat_ivl_ms;
+    assert_null(wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &o));
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    o.heartbeat_timeout_ms = 10000000;
+    srv = wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &o);
+    assert_non_null(srv);
+    wire_server_destroy(&srv);
+    o = s_fast_opts();
     /* half a key set is an error */
     assert_null(wire_server_new("tcp://127.0.0.1:*", s_server.sk, NULL, &o));
     assert_null(wire_client_new("tcp://127.0.0.1:1", s_server.pk, NULL, NULL, "x", &o));

@@ -4,6 +4,7 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"compress", bench_compress, "update compression: wire ratio, speed, accuracy cost"},
     {NULL, NULL, NULL},
 };
 

@@ -144,7 +144,7 @@ void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme)
     cfg->bits = 8;
     cfg->max_nodes = 16;
     cfg->clip = 0.0f;
-    cfg->k_frac = scheme == COMPRESS_SECAGG ? 0.25 : 0.02;
+    cfg->k_frac = scheme == COMPRESS_SECAGG ? 0.25 : 0.03;
 }
 
 unsigned compress_ring_width(uint32_t bits, uint32_t max_nodes)

@@ -50,7 +50,7 @@ typedef struct {
     float clip;          /* R: weighted coordinates are clipped to [-R, R] */
 } compress_config_t;
 
-/* Defaults of the scheme: PLAIN k_frac 0.02, chunk 256; SECAGG b = 8, k_frac 0.25,
+/* Defaults of the scheme: PLAIN k_frac 0.03, chunk 256; SECAGG b = 8, k_frac 0.25,
  * max_nodes 16, clip 0 (must be set: it depends on the update's scale). Error feedback on. */
 void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme);
 /* Checks every field, naming the bad one (MEDFL_ECONFIG). */

@@ -4,6 +4,7 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"secagg", bench_secagg, "secure aggregation round in-process: mask, unmask, bytes"},
     {NULL, NULL, NULL},
 };
 

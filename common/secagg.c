@@ -1271,16 +1271,30 @@ int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
     }
     int rc = -1;
     uint8_t sk[32], pk[32];
+    /* Lagrange coefficients depend only on which holders answered: with the complete graph
+     * every node has the same first t holders, so they are computed once and reused. */
+    uint64_t *lx = malloc(t * sizeof *lx), *lambda = malloc(t * sizeof *lambda);
+    bool have_lambda = false;
+    if (!lx || !lambda) {
+        medfl_error_set(MEDFL_ENOMEM, "secagg server: %u Lagrange coefficients", t);
+        goto done;
+    }
     for (uint32_t u = 0; u < n; u++) {
         size_t base = (size_t)u * (s->p.k + 1);
+        if (!s->is_surv[u] && !s->is_drop[u]) continue;
+        if (!have_lambda || memcmp(lx, s->rev_x + base, t * sizeof *lx) != 0) {
+            memcpy(lx, s->rev_x + base, t * sizeof *lx);
+            if (shamir_lagrange(lx, t, lambda) < 0) goto done;
+            have_lambda = true;
+        }
         if (s->is_surv[u]) {
-            if (shamir_combine(s->rev_x + base, s->rev + base, t, jobs[nj].seed) < 0) {
+            if (shamir_combine_lagrange(lambda, s->rev + base, t, jobs[nj].seed) < 0) {
                 medfl_error_prefix("secagg: self-mask seed of node %u: ", u);
                 goto done;
             }
             jobs[nj++].sign = -1;
         } else if (s->is_drop[u]) {
-            if (shamir_combine(s->rev_x + base, s->rev + base, t, sk) < 0) {
+            if (shamir_combine_lagrange(lambda, s->rev + base, t, sk) < 0) {
                 medfl_error_prefix("secagg: mask key of node %u: ", u);
                 goto done;
             }
@@ -1310,6 +1324,8 @@ int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
     s_server_wipe_reveals(s);
     rc = 0;
 done:
+    free(lx);
+    free(lambda);
     sodium_memzero(sk, sizeof sk);
     sodium_memzero(jobs, cap * sizeof *jobs);
     free(jobs);

@@ -107,17 +107,10 @@ int shamir_split(const uint8_t secret[SHAMIR_SECRET_BYTES], uint32_t t, const ui
     return 0;
 }
 
-int shamir_combine(const uint64_t *xs, const shamir_share_t *shares, size_t count,
-                   uint8_t secret[SHAMIR_SECRET_BYTES])
+int shamir_lagrange(const uint64_t *xs, size_t count, uint64_t *lambda)
 {
     if (count < 1) return medfl_error_set(MEDFL_EINVAL, "shamir: no shares to combine");
     if (s_check_points(xs, count) < 0) return -1;
-    for (size_t k = 0; k < count; k++)
-        for (int l = 0; l < SHAMIR_LIMBS; l++)
-            if (shares[k].y[l] >= SHAMIR_P)
-                return medfl_error_set(MEDFL_ECRYPTO, "shamir: share %zu limb %d outside field", k, l);
-    uint64_t *lambda = malloc(count * sizeof *lambda);
-    if (!lambda) return medfl_error_set(MEDFL_ENOMEM, "shamir: %zu coefficients", count);
     /* lambda_i = prod_{j != i} x_j / (x_j - x_i): numerators and denominators multiplied
      * separately so each coefficient costs one inversion. */
     for (size_t i = 0; i < count; i++) {
@@ -129,6 +122,16 @@ int shamir_combine(const uint64_t *xs, const shamir_share_t *shares, size_t coun
         }
         lambda[i] = shamir_mul(num, shamir_inv(den));
     }
+    return 0;
+}
+
+int shamir_combine_lagrange(const uint64_t *lambda, const shamir_share_t *shares, size_t count,
+                            uint8_t secret[SHAMIR_SECRET_BYTES])
+{
+    for (size_t k = 0; k < count; k++)
+        for (int l = 0; l < SHAMIR_LIMBS; l++)
+            if (shares[k].y[l] >= SHAMIR_P)
+                return medfl_error_set(MEDFL_ECRYPTO, "shamir: share %zu limb %d outside field", k, l);
     uint64_t limbs[SHAMIR_LIMBS];
     int bad = 0;
     for (int l = 0; l < SHAMIR_LIMBS; l++) {
@@ -137,15 +140,25 @@ int shamir_combine(const uint64_t *xs, const shamir_share_t *shares, size_t coun
         limbs[l] = acc;
         bad |= acc > UINT32_MAX;
     }
-    free(lambda);
     if (bad) {
         sodium_memzero(limbs, sizeof limbs);
         return medfl_error_set(MEDFL_ECRYPTO,
                                "shamir: reconstructed value out of range (inconsistent shares)");
     }
-    for (int l = 0; l < SHAMIR_LIMBS; l++) {
+    for (int l = 0; l < SHAMIR_LIMBS; l++)
         for (int b = 0; b < 4; b++) secret[4 * l + b] = (uint8_t)(limbs[l] >> (8 * b));
-    }
     sodium_memzero(limbs, sizeof limbs);
     return 0;
+}
+
+int shamir_combine(const uint64_t *xs, const shamir_share_t *shares, size_t count,
+                   uint8_t secret[SHAMIR_SECRET_BYTES])
+{
+    if (count < 1) return medfl_error_set(MEDFL_EINVAL, "shamir: no shares to combine");
+    uint64_t *lambda = malloc(count * sizeof *lambda);
+    if (!lambda) return medfl_error_set(MEDFL_ENOMEM, "shamir: %zu coefficients", count);
+    int rc = shamir_lagrange(xs, count, lambda);
+    if (rc == 0) rc = shamir_combine_lagrange(lambda, shares, count, secret);
+    free(lambda);
+    return rc;
 }

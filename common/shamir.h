@@ -35,6 +35,15 @@ int shamir_split(const uint8_t secret[SHAMIR_SECRET_BYTES], uint32_t t, const ui
 int shamir_combine(const uint64_t *xs, const shamir_share_t *shares, size_t count,
                    uint8_t secret[SHAMIR_SECRET_BYTES]) __attribute__((warn_unused_result));
 
+/* The same in two steps, so a caller reconstructing many secrets from one set of holders
+ * (the aggregator, complete graph) computes the Lagrange coefficients at 0 once:
+ * shamir_lagrange fills lambda[0..count-1] for the points; shamir_combine_lagrange applies
+ * them. */
+int shamir_lagrange(const uint64_t *xs, size_t count, uint64_t *lambda)
+    __attribute__((warn_unused_result));
+int shamir_combine_lagrange(const uint64_t *lambda, const shamir_share_t *shares, size_t count,
+                            uint8_t secret[SHAMIR_SECRET_BYTES]) __attribute__((warn_unused_result));
+
 /* Field helpers, exposed for tests. */
 uint64_t shamir_mul(uint64_t a, uint64_t b);
 uint64_t shamir_inv(uint64_t a);

@@ -471,6 +471,10 @@ secagg_client_t *secagg_client_new(const secagg_params_t *p, uint32_t self,
         medfl_error_set(MEDFL_EINVAL, "secagg client: node %u outside roster of %u", self, p->n);
         return NULL;
     }
+    if (!identity_sk || !identity_pks) {
+        medfl_error_set(MEDFL_EINVAL, "secagg client %u: identity keys missing", self);
+        return NULL;
+    }
     secagg_client_t *c = calloc(1, sizeof *c);
     if (!c) goto oom;
     c->p = *p;
@@ -860,6 +864,10 @@ secagg_server_t *secagg_server_new(const secagg_params_t *p, const uint8_t *iden
         return NULL;
     }
     if (secagg_params_validate(p) < 0) return NULL;
+    if (!identity_pks) {
+        medfl_error_set(MEDFL_EINVAL, "secagg server: enrolled identity keys missing");
+        return NULL;
+    }
     secagg_server_t *s = calloc(1, sizeof *s);
     if (!s) goto oom;
     s->p = *p;
@@ -1243,10 +1251,69 @@ done:
     return rc;
 }
 
+/* One (dropped node d, surviving neighbour v) pair whose mask seed the server re-derives. */
+typedef struct {
+    const uint8_t *sk; /* d's reconstructed mask key */
+    const uint8_t *pk; /* v's advertised s_pk */
+    uint32_t d, v;
+    s_job_t *job;
+} s_pair_t;
+
+typedef struct {
+    s_pair_t *pairs;
+    size_t lo, hi;
+    uint64_t round_id;
+    int failed;
+    uint32_t bad_d, bad_v;
+} s_dpart_t;
+
+static void *s_derive_run(void *arg)
+{
+    s_dpart_t *p = arg;
+    for (size_t i = p->lo; i < p->hi; i++) {
+        s_pair_t *q = &p->pairs[i];
+        if (s_derive(q->job->seed, s_mask_label, p->round_id, q->d, q->v, q->sk, q->pk) < 0) {
+            p->failed = 1, p->bad_d = q->d, p->bad_v = q->v;
+            return NULL;
+        }
+        /* v added +PRG when v < d, -PRG when v > d: undo it */
+        q->job->sign = q->v < q->d ? -1 : +1;
+    }
+    return NULL;
+}
+
+/* X25519 + hash per pair: ~|dropped| * k scalar multiplications, split over the threads
+ * (with the complete graph and n = 500 this is ~22 000 of them). */
+static int s_derive_pairs(s_pair_t *pairs, size_t np, uint64_t round_id, int threads)
+{
+    if (threads > 16) threads = 16;
+    if ((size_t)threads > np) threads = np ? (int)np : 1;
+    s_dpart_t parts[16];
+    pthread_t tid[16];
+    int started[16] = {0};
+    for (int i = 0; i < threads; i++)
+        parts[i] = (s_dpart_t){pairs, np * i / threads, np * (i + 1) / threads, round_id, 0, 0, 0};
+    for (int i = 1; i < threads; i++)
+        started[i] = pthread_create(&tid[i], NULL, s_derive_run, &parts[i]) == 0;
+    s_derive_run(&parts[0]);
+    for (int i = 1; i < threads; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            s_derive_run(&parts[i]);
+    }
+    for (int i = 0; i < threads; i++)
+        if (parts[i].failed)
+            return medfl_error_set(MEDFL_ECRYPTO, "secagg: X25519 of dropped node %u's key with "
+                                   "node %u's failed (low-order point)", parts[i].bad_d,
+                                   parts[i].bad_v);
+    return 0;
+}
+
 int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
 {
     if (s_server_expect(s, SECAGG_S_UNMASK, "finish") < 0) return -1;
-    uint32_t c4 = 0, t = s->p.t, n = s->p.n;
+    uint32_t c4 = 0, t = s->p.t, n = s->p.n, n_drop = 0;
     for (uint32_t u = 0; u < n; u++)
         if (s->has[4][u]) s->set[4][c4++] = u;
     s->set_n[4] = c4;
@@ -1259,26 +1326,24 @@ int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
             LOG_WARN(AGG, "%s", medfl_error_message());
             return s_server_abort(s);
         }
+        n_drop += s->is_drop[u];
     }
     /* one job per survivor self-mask, one per (dropped, surviving neighbour) pair */
-    size_t cap = s->set_n[3], nj = 0;
-    for (uint32_t d = 0; d < n; d++)
-        if (s->is_drop[d]) cap += s->p.k;
+    size_t cap = s->set_n[3] + (size_t)n_drop * s->p.k, nj = 0, np = 0;
     s_job_t *jobs = malloc((cap ? cap : 1) * sizeof *jobs);
-    if (!jobs) {
-        medfl_error_set(MEDFL_ENOMEM, "secagg server: %zu unmask jobs", cap);
-        return s_server_abort(s);
-    }
-    int rc = -1;
-    uint8_t sk[32], pk[32];
-    /* Lagrange coefficients depend only on which holders answered: with the complete graph
-     * every node has the same first t holders, so they are computed once and reused. */
+    s_pair_t *pairs = malloc(((size_t)n_drop * s->p.k + 1) * sizeof *pairs);
+    uint8_t *dsk = malloc(((size_t)n_drop + 1) * 32); /* reconstructed mask keys */
     uint64_t *lx = malloc(t * sizeof *lx), *lambda = malloc(t * sizeof *lambda);
-    bool have_lambda = false;
-    if (!lx || !lambda) {
-        medfl_error_set(MEDFL_ENOMEM, "secagg server: %u Lagrange coefficients", t);
+    int rc = -1;
+    uint8_t pk[32];
+    uint32_t di = 0;
+    if (!jobs || !pairs || !dsk || !lx || !lambda) {
+        medfl_error_set(MEDFL_ENOMEM, "secagg server: %zu unmask jobs", cap);
         goto done;
     }
+    /* Lagrange coefficients depend only on which holders answered: with the complete graph
+     * every node has the same first t holders, so they are computed once and reused. */
+    bool have_lambda = false;
     for (uint32_t u = 0; u < n; u++) {
         size_t base = (size_t)u * (s->p.k + 1);
         if (!s->is_surv[u] && !s->is_drop[u]) continue;
@@ -1293,31 +1358,30 @@ int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
                 goto done;
             }
             jobs[nj++].sign = -1;
-        } else if (s->is_drop[u]) {
-            if (shamir_combine_lagrange(lambda, s->rev + base, t, sk) < 0) {
-                medfl_error_prefix("secagg: mask key of node %u: ", u);
-                goto done;
-            }
-            /* the advertised public key authenticates the reconstruction */
-            crypto_scalarmult_base(pk, sk);
-            if (sodium_memcmp(pk, s->keys[u].s_pk, 32) != 0) {
-                medfl_error_set(MEDFL_ECRYPTO, "secagg: reconstructed mask key of node %u does "
-                                "not match its advertised public key", u);
-                goto done;
-            }
-            uint32_t k = secagg_graph_neighbours(s->g, u, s->nbuf);
-            for (uint32_t i = 0; i < k; i++) {
-                uint32_t v = s->nbuf[i];
-                if (!s->is_surv[v]) continue;
-                if (s_derive(jobs[nj].seed, s_mask_label, s->p.round_id, u, v, sk,
-                             s->keys[v].s_pk) < 0)
-                    goto done;
-                /* v added +PRG when v < u, -PRG when v > u: undo it */
-                jobs[nj++].sign = v < u ? -1 : +1;
-            }
-            sodium_memzero(sk, sizeof sk);
+            continue;
+        }
+        uint8_t *sk = dsk + 32 * (size_t)di++;
+        if (shamir_combine_lagrange(lambda, s->rev + base, t, sk) < 0) {
+            medfl_error_prefix("secagg: mask key of node %u: ", u);
+            goto done;
+        }
+        /* the advertised public key authenticates the reconstruction */
+        crypto_scalarmult_base(pk, sk);
+        if (sodium_memcmp(pk, s->keys[u].s_pk, 32) != 0) {
+            medfl_error_set(MEDFL_ECRYPTO, "secagg: reconstructed mask key of node %u does not "
+                            "match its advertised public key", u);
+            goto done;
+        }
+        uint32_t k = secagg_graph_neighbours(s->g, u, s->nbuf);
+        for (uint32_t i = 0; i < k; i++) {
+            uint32_t v = s->nbuf[i];
+            if (s->is_surv[v])
+                pairs[np++] = (s_pair_t){sk, s->keys[v].s_pk, u, v, NULL};
         }
     }
+    for (size_t i = 0; i < np; i++) pairs[i].job = &jobs[nj + i];
+    if (s_derive_pairs(pairs, np, s->p.round_id, s->threads) < 0) goto done;
+    nj += np;
     s_apply(s->sum, s->p.m, jobs, nj, s->threads);
     memcpy(sum, s->sum, s->p.m * sizeof *sum);
     s->state = SECAGG_S_DONE;
@@ -1326,8 +1390,10 @@ int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
 done:
     free(lx);
     free(lambda);
-    sodium_memzero(sk, sizeof sk);
-    sodium_memzero(jobs, cap * sizeof *jobs);
+    free(pairs);
+    if (dsk) sodium_memzero(dsk, ((size_t)n_drop + 1) * 32);
+    free(dsk);
+    if (jobs) sodium_memzero(jobs, (cap ? cap : 1) * sizeof *jobs);
     free(jobs);
     return rc < 0 ? s_server_abort(s) : 0;
 }

@@ -555,6 +555,62 @@ static void test_protocol_order_enforced(void **state)
     s_fix_close(&f);
 }
 
+/* A wrong share of a dropped node's mask key is caught (range check or the advertised public
+ * key) and aborts the round; duplicate or out-of-phase masked inputs are refused. */
+static void test_corrupted_reveal_aborts(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 5, 1100);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    uint8_t *b, *rq;
+    size_t l, rq_len;
+    uint32_t x[64] = {0};
+    for (uint32_t u = 0; u < 5; u++) {
+        assert_int_equal(secagg_server_shares_delivery(f.srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(f.cl[u], b, l), 0);
+        free(b);
+        if (u == 4) continue; /* node 4 drops before its masked input */
+        assert_int_equal(secagg_client_masked_input(f.cl[u], x, &b, &l), 0);
+        assert_int_equal(secagg_server_add_masked(f.srv, b, l), 0);
+        assert_int_equal(secagg_server_add_masked(f.srv, b, l), -1); /* duplicate */
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    assert_int_equal(secagg_client_masked_input(f.cl[4], x, &b, &l), 0);
+    assert_int_equal(secagg_server_add_masked(f.srv, b, l), -1); /* too late */
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    free(b);
+    assert_int_equal(secagg_server_unmask_request(f.srv, &rq, &rq_len), 0);
+    for (uint32_t u = 0; u < 4; u++) {
+        assert_int_equal(secagg_client_handle_unmask(f.cl[u], rq, rq_len, &b, &l), 0);
+        if (u == 0) {
+            secagg_unmask_resp_t rs;
+            assert_int_equal(secagg_unmask_resp_decode(b, l, &rs), 0);
+            int hit = 0;
+            for (uint32_t i = 0; i < rs.count; i++)
+                if (rs.entries[i].node == 4) {
+                    assert_int_equal(rs.entries[i].kind, SECAGG_REVEAL_SK);
+                    rs.entries[i].share.y[0] = (rs.entries[i].share.y[0] + 1) % SHAMIR_P;
+                    hit = 1;
+                }
+            assert_true(hit);
+            secagg_buf_free(b, l);
+            assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+            secagg_unmask_resp_clear(&rs);
+        }
+        assert_int_equal(secagg_server_add_unmask(f.srv, b, l), 0);
+        secagg_buf_free(b, l);
+    }
+    free(rq);
+    uint32_t sum[64];
+    assert_int_equal(secagg_server_finish(f.srv, sum), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+    assert_int_equal(secagg_server_state(f.srv), SECAGG_S_ABORTED);
+    s_fix_close(&f);
+}
+
 /* ---- fixed point ---- */
 
 static void test_fixed_point(void **state)
@@ -887,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_tampered_ciphertext_rejected),
         cmocka_unit_test(test_honest_node_refuses_double_reveal),
         cmocka_unit_test(test_protocol_order_enforced),
+        cmocka_unit_test(test_corrupted_reveal_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, s_teardown);
 }

@@ -4,7 +4,8 @@
  * happen after ShareKeys and before MaskedInput: the costliest case for the server, which
  * must then rebuild each dropped node's mask key and re-expand its pairwise masks. The
  * baseline is one ChaCha20 mask expansion of m values measured in the same process, so the
- * server time also prints as a machine-independent count of mask expansions. */
+ * server's CPU time also prints as a machine-independent count of mask expansions
+ * (secagg_server_prg_equiv, to compare with secagg_server_expansions, the work required). */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,13 +110,19 @@ int bench_secagg(int argc, char **argv)
     for (uint32_t u = 0; u < n; u++)
         if (!(cl[u] = secagg_client_new(&p, u, id_sk + 64 * u, id_pk))) goto out;
 
-    /* baseline: one mask expansion of m values */
+    /* baseline: one mask expansion of m values, best of 3 (wall and CPU) */
     uint8_t seed[32];
     randombytes_buf(seed, sizeof seed);
     memset(sum, 0, m * 4);
-    double t0 = bench_now();
-    secagg_prg_accumulate(sum, m, seed, +1);
-    double prg_s = bench_now() - t0;
+    double prg_s = 1e9, prg_cpu = 1e9, t0, c0;
+    for (int rep = 0; rep < 3; rep++) {
+        t0 = bench_now();
+        c0 = s_cpu_now();
+        secagg_prg_accumulate(sum, m, seed, +1);
+        double w = bench_now() - t0, c = s_cpu_now() - c0;
+        prg_s = w < prg_s ? w : prg_s;
+        prg_cpu = c < prg_cpu ? c : prg_cpu;
+    }
 
     for (uint32_t u = 0; u < n; u++) {
         if (secagg_client_advertise(cl[u], &b, &l) < 0 || secagg_server_add_keys(srv, b, l) < 0)
@@ -134,7 +141,7 @@ int bench_secagg(int argc, char **argv)
         free(b2), b2 = NULL;
     }
     if (secagg_server_close_shares(srv) < 0) goto out;
-    double mask_s = 0, sum_s = 0, server_cpu = 0, c0;
+    double mask_s = 0, sum_s = 0, server_cpu = 0;
     uint32_t n_masked = 0;
     for (uint32_t u = 0; u < n; u++) {
         if (secagg_server_shares_delivery(srv, u, &b, &l) < 0 ||
@@ -212,7 +219,8 @@ int bench_secagg(int argc, char **argv)
     printf("secagg_server_s: %.4f s\n", server_s);
     printf("secagg_server_cpu_s: %.4f s\n", server_cpu);
     printf("secagg_server_expansions: %llu expansions\n", (unsigned long long)expansions);
-    printf("secagg_server_prg_equiv: %.1f expansions\n", server_s / prg_s);
+    /* CPU seconds over the CPU seconds of one expansion: stable on a loaded machine */
+    printf("secagg_server_prg_equiv: %.1f expansions\n", server_cpu / prg_cpu);
     printf("secagg_bytes_per_node: %.0f B\n", total_bytes / n_masked);
     printf("secagg_correct: 1 bool\n");
     status = 0;

@@ -15,5 +15,6 @@ static inline double bench_now(void)
 int bench_dp(int argc, char **argv);
 int bench_wire(int argc, char **argv);
 int bench_compress(int argc, char **argv);
+int bench_secagg(int argc, char **argv);
 
 #endif

@@ -2,4 +2,6 @@
 #ifndef MEDFL_NODE_COMMANDS_H
 #define MEDFL_NODE_COMMANDS_H
 
+int cmd_import_model(int argc, char **argv);
+
 #endif

@@ -4,6 +4,7 @@
 #include "node/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
     {NULL, NULL, NULL},
 };
 

@@ -3,5 +3,6 @@
 #define MEDFL_NODE_COMMANDS_H
 
 int cmd_privacy(int argc, char **argv);
+int cmd_import_model(int argc, char **argv);
 
 #endif

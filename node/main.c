@@ -5,6 +5,7 @@
 
 static const cli_command_t s_commands[] = {
     {"privacy", cmd_privacy, "privacy budget: what-if calculator, spent/remaining, history"},
+    {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
     {NULL, NULL, NULL},
 };
 

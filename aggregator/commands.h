@@ -2,4 +2,9 @@
 #ifndef MEDFL_AGGREGATOR_COMMANDS_H
 #define MEDFL_AGGREGATOR_COMMANDS_H
 
+int cmd_versions(int argc, char **argv);
+int cmd_rollback(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_init_version(int argc, char **argv);
+
 #endif

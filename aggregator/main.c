@@ -4,6 +4,10 @@
 #include "aggregator/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"versions", cmd_versions, "list the signed version chain (verify with --key-dir)"},
+    {"rollback", cmd_rollback, "move the head back to VERSION (history kept)"},
+    {"export", cmd_export, "export VERSION as a Hugging Face PEFT adapter (--peft DIR)"},
+    {"init-version", cmd_init_version, "seed the federation from a PEFT adapter"},
     {NULL, NULL, NULL},
 };
 

@@ -728,7 +728,7 @@ static int s_scan(vs_store_t *s, bool clean)
     }
     closedir(d);
     if (rc < 0) return rc;
-    qsort(s->versions, s->n_versions, sizeof *s->versions, s_cmp_u64);
+    if (s->n_versions) qsort(s->versions, s->n_versions, sizeof *s->versions, s_cmp_u64);
     if (clean) {
         /* Tensor files newer than the last manifest belong to a version whose manifest was
          * never written: it does not exist, and the next commit reuses its number. */
@@ -817,7 +817,8 @@ uint64_t vs_store_head(const vs_store_t *s)
 
 bool vs_store_has(const vs_store_t *s, uint64_t version)
 {
-    return version && bsearch(&version, s->versions, s->n_versions, sizeof *s->versions, s_cmp_u64);
+    return version && s->n_versions &&
+           bsearch(&version, s->versions, s->n_versions, sizeof *s->versions, s_cmp_u64);
 }
 
 const uint64_t *vs_store_versions(const vs_store_t *s, size_t *count)

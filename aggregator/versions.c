@@ -794,3 +794,61 @@ done:
     vs_store_destroy(&s);
     return rc;
 }
+
+/* ---------------------------------------------------------------- round step */
+
+int versions_next(vs_store_t *s, const uint8_t sk[VS_SK_BYTES], const strategy_params_t *p,
+                  const float *weighted_sum, size_t numel, double weight_total, uint64_t round,
+                  const vs_participant_t *participants, size_t n_participants,
+                  const vs_metric_t *metrics, size_t n_metrics, uint64_t *version_out)
+{
+    if (sodium_init() < 0) return medfl_error_set(MEDFL_ECRYPTO, "libsodium failed to initialise");
+    uint64_t head = vs_store_head(s);
+    if (!head)
+        return medfl_error_set(MEDFL_ESTATE, "%s: no version to start from: seed one with init-version",
+                               vs_store_dir(s));
+    uint8_t pk[VS_PK_BYTES];
+    crypto_sign_ed25519_sk_to_pk(pk, sk);
+    vs_manifest_t *base = NULL, *m = NULL;
+    float *x = NULL;
+    strategy_t *opt = NULL;
+    int rc = -1;
+    if (vs_store_verify(s, head, pk, &base, &x) < 0) goto done;
+    if (numel != base->numel) {
+        medfl_error_set(MEDFL_EINVAL, "round %llu: weighted sum has %zu floats, head v%llu has %zu",
+                        (unsigned long long)round, numel, (unsigned long long)head, base->numel);
+        goto done;
+    }
+    char path[4096];
+    strategy_state_path(vs_store_dir(s), head, path, sizeof path);
+    if (p->kind == STRATEGY_FEDADAM && access(path, F_OK) == 0) {
+        if (!(opt = strategy_load(path, p, numel))) goto done;
+    } else if (!(opt = strategy_new(p, numel))) {
+        goto done;
+    }
+    if (strategy_step(opt, x, weighted_sum, weight_total) < 0) goto done;
+    if (!(m = vs_manifest_new())) goto done;
+    for (size_t i = 0; i < base->n_tensors; i++)
+        if (vs_manifest_add_tensor(m, base->tensors[i].name, base->tensors[i].ndim, base->tensors[i].shape) < 0)
+            goto done;
+    for (size_t i = 0; i < base->n_attrs; i++)
+        if (vs_manifest_set_attr(m, base->attrs[i].key, base->attrs[i].value) < 0) goto done;
+    for (size_t i = 0; i < n_participants; i++)
+        if (vs_manifest_add_participant(m, participants[i].node, participants[i].weight) < 0) goto done;
+    for (size_t i = 0; i < n_metrics; i++)
+        if (vs_manifest_set_metric(m, metrics[i].name, metrics[i].value) < 0) goto done;
+    m->round = round;
+    if (p->kind == STRATEGY_FEDADAM) {
+        strategy_state_path(vs_store_dir(s), vs_store_latest(s) + 1, path, sizeof path);
+        if (strategy_save(opt, path) < 0) goto done;
+    }
+    if (vs_store_commit(s, m, x, sk) < 0) goto done;
+    if (version_out) *version_out = m->version;
+    rc = 0;
+done:
+    vs_manifest_destroy(&base);
+    vs_manifest_destroy(&m);
+    strategy_destroy(&opt);
+    free(x);
+    return rc;
+}

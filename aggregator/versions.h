@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aggregator/strategy.h"
 #include "common/version_store.h"
 
 /* "<state_dir>/versions" */
@@ -43,6 +44,20 @@ int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *
  * a .safetensors file) into a manifest (tensor table in the model's layout order, attributes
  * lora_r, lora_alpha, target_modules, base_model) and a flat vector. */
 int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_out, float **flat_out)
+    __attribute__((warn_unused_result));
+
+/* One round's server step, end to end: loads and verifies the head version, continues the
+ * server optimizer from the head's saved state (fresh when none), applies
+ * x <- step(x, S, W) (aggregator/strategy), and commits the result as a new signed version
+ * (parent = head) carrying the head's tensor table and attributes plus this round's id,
+ * participants with their weights, and aggregated metrics. The optimizer state is saved as
+ * opt_v<new>.bin BEFORE the version is committed, so a crash in between leaves at worst an
+ * unused state file that the next attempt overwrites. weighted_sum holds numel floats in
+ * the head's table layout. sk: the aggregator's 64-byte Ed25519 secret key. */
+int versions_next(vs_store_t *s, const uint8_t sk[VS_SK_BYTES], const strategy_params_t *p,
+                  const float *weighted_sum, size_t numel, double weight_total, uint64_t round,
+                  const vs_participant_t *participants, size_t n_participants,
+                  const vs_metric_t *metrics, size_t n_metrics, uint64_t *version_out)
     __attribute__((warn_unused_result));
 
 int cmd_versions(int argc, char **argv);

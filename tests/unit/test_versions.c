@@ -572,6 +572,70 @@ static void test_key_files(void **state)
     assert_int_equal(versions_read_hex_key(hex, pk, sizeof pk, false), -1);
 }
 
+static void test_round_step(void **state)
+{
+    fx_t *fx = *state;
+    vs_store_t *s = s_chain(fx, 1);
+    float *x1 = NULL;
+    assert_int_equal(vs_store_load(s, 1, NULL, &x1), 0);
+    float sum[N_FLAT];
+    for (int i = 0; i < N_FLAT; i++) sum[i] = (float)(i % 4) * 0.5f; /* S; W = 2 */
+    vs_participant_t parts[2] = {{"hospital-a", 0.5}, {"hospital-c", 1.5}};
+    vs_metric_t metrics[1] = {{"val_loss", 0.25}};
+    strategy_params_t avg;
+    strategy_params_default(&avg, STRATEGY_FEDAVG);
+    uint64_t v = 0;
+    assert_int_equal(versions_next(s, fx->sk, &avg, sum, N_FLAT, 2.0, 11, parts, 2, metrics, 1, &v), 0);
+    assert_int_equal(v, 2);
+    vs_manifest_t *m = NULL;
+    float *x2 = NULL;
+    assert_int_equal(vs_store_verify(s, 2, fx->pk, &m, &x2), 0);
+    for (int i = 0; i < N_FLAT; i++) assert_true(x2[i] == (float)((double)x1[i] + sum[i] / 2.0));
+    assert_int_equal(m->parent, 1);
+    assert_int_equal(m->round, 11);
+    assert_string_equal(m->participants[1].node, "hospital-c");
+    assert_true(m->participants[1].weight == 1.5);
+    assert_string_equal(vs_manifest_attr(m, "lora_alpha"), "16"); /* carried from the head */
+    assert_int_equal(m->n_tensors, 4);
+    vs_manifest_destroy(&m);
+
+    /* FedAdam: state saved per version; after a rollback the rolled-back version's state
+     * is continued, not the newest one. */
+    strategy_params_t adam;
+    strategy_params_default(&adam, STRATEGY_FEDADAM);
+    assert_int_equal(versions_next(s, fx->sk, &adam, sum, N_FLAT, 2.0, 12, parts, 2, NULL, 0, &v), 0);
+    assert_int_equal(versions_next(s, fx->sk, &adam, sum, N_FLAT, 2.0, 13, parts, 2, NULL, 0, &v), 0);
+    assert_int_equal(v, 4);
+    char path[256];
+    strategy_state_path(fx->store, 4, path, sizeof path);
+    strategy_t *st = strategy_load(path, &adam, N_FLAT);
+    assert_non_null(st);
+    assert_int_equal(strategy_steps(st), 2);
+    strategy_destroy(&st);
+    assert_int_equal(vs_store_rollback(s, 3), 0);
+    assert_int_equal(versions_next(s, fx->sk, &adam, sum, N_FLAT, 2.0, 14, parts, 2, NULL, 0, &v), 0);
+    assert_int_equal(v, 5);
+    strategy_state_path(fx->store, 5, path, sizeof path);
+    st = strategy_load(path, &adam, N_FLAT);
+    assert_int_equal(strategy_steps(st), 2); /* continued from v3's state (1 step) */
+    strategy_destroy(&st);
+    m = vs_store_manifest(s, 5);
+    assert_int_equal(m->parent, 3);
+    vs_manifest_destroy(&m);
+
+    /* Wrong size, and a tampered head, are refused before anything is written. */
+    assert_int_equal(versions_next(s, fx->sk, &avg, sum, N_FLAT - 1, 2.0, 15, parts, 2, NULL, 0, &v), -1);
+    char json[256];
+    s_path(fx, 5, "json", json, sizeof json);
+    s_edit(json, "\"round\":\t14", "\"round\":\t15");
+    assert_int_equal(versions_next(s, fx->sk, &avg, sum, N_FLAT, 2.0, 15, parts, 2, NULL, 0, &v), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+    assert_int_equal(vs_store_latest(s), 5);
+    free(x1);
+    free(x2);
+    vs_store_destroy(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -587,6 +651,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_refuses_nonfinite, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_peft_roundtrip, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_key_files, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_round_step, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

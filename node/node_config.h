@@ -23,6 +23,13 @@ typedef struct {
     int64_t heartbeat_misses;
     char records[CFG_STR_MAX];
     char records_format[CFG_STR_MAX];
+    /* federated rounds (node/round.c) */
+    char agg_identity_key[CFG_STR_MAX];
+    char round_trainer[CFG_STR_MAX];
+    int64_t synth_records;
+    int64_t synth_step_ms;
+    double epsilon_budget;
+    double dp_delta;
     char log_level[CFG_STR_MAX];
     char log_format[CFG_STR_MAX];
     char log_file[CFG_STR_MAX];

@@ -353,10 +353,13 @@ static size_t s_announce(rounds_t *self, uint64_t v, uint64_t round_id, char *co
         LOG_ERROR(AGG, "cannot announce version %" PRIu64 ": %s", v, medfl_error_message());
         return 0;
     }
-    for (size_t i = 0; i < n; i++) {
-        known_t *k = s_known(self, ids[i]);
-        if (k && k->version < v) k->version = v;
-    }
+    /* Only a send to every node proves each got it; otherwise a later Hello or a
+     * BASE_MISMATCH decline tells what a node holds. */
+    if ((size_t)sent == n)
+        for (size_t i = 0; i < n; i++) {
+            known_t *k = s_known(self, ids[i]);
+            if (k && k->version < v) k->version = v;
+        }
     return bytes;
 }
 
@@ -631,7 +634,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
              : comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK    ? "randk"
              : comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE ? "quantize"
                                                                                : "none",
-             self->m, self->numel, cfg->dp_enabled ? ", DP-SGD" : "");
+             comp.k ? comp.k : self->m, self->numel, cfg->dp_enabled ? ", DP-SGD" : "");
     free(plist);
     if (self->secure)
         LOG_INFO(AGG, "round %" PRIu64 ": secure aggregation n %u, neighbours %u, threshold %u",
@@ -1187,6 +1190,11 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
         LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
                  reason);
         if (p) p->declined = true;
+        if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
+            /* It lacks versions we assumed it had: the next round re-sends the chain. */
+            known_t *k = s_known(self, who);
+            if (k) k->version = 0;
+        }
         return 1;
     }
     if (!self->round_id || msg->round_id != self->round_id) {

@@ -12,4 +12,6 @@ static inline double bench_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int bench_train(int argc, char **argv);
+
 #endif

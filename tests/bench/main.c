@@ -4,6 +4,7 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
     {NULL, NULL, NULL},
 };
 

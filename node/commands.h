@@ -2,4 +2,7 @@
 #ifndef MEDFL_NODE_COMMANDS_H
 #define MEDFL_NODE_COMMANDS_H
 
+int cmd_check_data(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+
 #endif

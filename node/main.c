@@ -4,6 +4,8 @@
 #include "node/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"check-data", cmd_check_data, "schema checks and de-identification gate over the records"},
+    {"synth", cmd_synth, "write synthetic de-identified clinical records for K sites"},
     {NULL, NULL, NULL},
 };
 

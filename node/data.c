@@ -20,6 +20,7 @@ struct records_t {
     char **labels;      /* owned copies of the label names */
     size_t n_labels, labels_cap;
     size_t skipped;     /* unknown labels dropped on request */
+    size_t skipped_empty; /* empty texts dropped on request */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -133,6 +134,7 @@ const record_t *records_get(const records_t *self, size_t i) { return i < self->
 record_t *records_at(records_t *self, size_t i) { return i < self->n ? &self->recs[i] : NULL; }
 size_t records_n_labels(const records_t *self) { return self->n_labels; }
 size_t records_skipped(const records_t *self) { return self->skipped; }
+size_t records_skipped_empty(const records_t *self) { return self->skipped_empty; }
 
 const char *records_label_name(const records_t *self, int label)
 {
@@ -186,6 +188,10 @@ static int s_add_record(s_load_t *ld, size_t record_no, size_t line, const char 
     const records_opts_t *o = ld->opts;
     const char *tf = o->text_field;
     size_t max = o->max_text_bytes ? o->max_text_bytes : DATA_DEFAULT_MAX_TEXT_BYTES;
+    if (text_len == 0 && o->skip_empty_text) {
+        ld->set->skipped_empty++;
+        return 0;
+    }
     if (text_len == 0)
         return medfl_error_set(MEDFL_EFORMAT, "%s:%zu: record %zu: field '%s' is empty",
                                ld->name, line, record_no, tf);
@@ -520,11 +526,12 @@ int records_load_buffer(records_t *self, const char *name, const char *buf, size
     }
     int rc = opts.format == DATA_FORMAT_CSV ? s_load_csv(&ld, buf, len)
                                             : s_load_jsonl(&ld, buf, len);
-    if (rc == 0 && self->n == 0 && self->skipped == 0)
+    if (rc == 0 && self->n == 0 && self->skipped == 0 && self->skipped_empty == 0)
         rc = medfl_error_set(MEDFL_EFORMAT, "%s: no records", ld.name);
     if (rc == 0 && self->n == 0)
-        rc = medfl_error_set(MEDFL_EFORMAT, "%s: no records left: all %zu had labels outside "
-                             "the configured set", ld.name, self->skipped);
+        rc = medfl_error_set(MEDFL_EFORMAT, "%s: no records left: %zu had labels outside the "
+                             "configured set, %zu had empty texts", ld.name, self->skipped,
+                             self->skipped_empty);
     if (rc != 0) {
         s_clear(self);
         return -1;
@@ -532,6 +539,9 @@ int records_load_buffer(records_t *self, const char *name, const char *buf, size
     if (self->skipped)
         LOG_INFO(DATA, "%s: skipped %zu records whose label is not in the configured set "
                  "(skip_unknown_labels); kept %zu", ld.name, self->skipped, self->n);
+    if (self->skipped_empty)
+        LOG_INFO(DATA, "%s: skipped %zu records with an empty text (skip_empty_text); kept %zu",
+                 ld.name, self->skipped_empty, self->n);
     return 0;
 }
 

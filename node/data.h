@@ -36,6 +36,7 @@ typedef struct {
     const char *const *labels;   /* label names, index = class id; NULL = collect from data */
     size_t n_labels;
     bool skip_unknown_labels;    /* drop (and count) records whose label is not in labels */
+    bool skip_empty_text;        /* drop (and count) records whose text is empty */
     size_t max_text_bytes;       /* 0 = DATA_DEFAULT_MAX_TEXT_BYTES */
 } records_opts_t;
 
@@ -66,8 +67,9 @@ record_t *records_at(records_t *self, size_t i);
 void records_replace_text(records_t *self, size_t i, char *text, size_t len);
 size_t records_n_labels(const records_t *self);
 const char *records_label_name(const records_t *self, int label);
-/* Records dropped because of skip_unknown_labels. */
+/* Records dropped because of skip_unknown_labels / skip_empty_text. */
 size_t records_skipped(const records_t *self);
+size_t records_skipped_empty(const records_t *self);
 /* Count of records per label: counts must hold records_n_labels() entries. */
 void records_label_counts(const records_t *self, size_t *counts);
 

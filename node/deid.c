@@ -874,12 +874,22 @@ static void s_rule_street(s_scan_t *s)
             box = k > 0;
         }
         if (!k) continue;
+        if (!box) {
+            /* "Operating Suite #3" is a room, not an address. */
+            size_t w = i;
+            while (w > 0 && s_space(s->t[w - 1])) w--;
+            size_t ws = w;
+            while (ws > 0 && s_alpha(s->t[ws - 1])) ws--;
+            if (w > ws && (s_lit(s, ws, "operating") || s_lit(s, ws, "operative") ||
+                           s_lit(s, ws, "procedure") || s_lit(s, ws, "endoscopy") ||
+                           s_lit(s, ws, "surgical") || s_lit(s, ws, "recovery")))
+                continue;
+        }
         size_t p = s_skip_ws(s, i + k);
         if (s_at(s, p) == '#') p = s_skip_ws(s, p + 1);
         size_t digits;
         size_t b = s_id_token(s, p, &digits);
         if (b == p || digits == 0 || b - p > 8) continue;
-        (void)box;
         s_add(s, DEID_ADDRESS, i, b);
         i = b;
     }
@@ -976,7 +986,7 @@ static void s_rule_residence(s_scan_t *s)
         size_t end = 0, words = 0;
         while (words < 3) {
             size_t w = s_capword(s, p);
-            if (!w || w < 2) break;
+            if (!w || w < 2 || !s_lower(s_at(s, p + 1))) break; /* "LIVING IN HOUSEHOLD" */
             if (s_exact_any(s, p, not_places)) break;
             if (s_exact_any(s, p, s_states) && words == 0) break; /* a state is allowed */
             end = p + w;
@@ -1178,7 +1188,9 @@ static void s_rule_name(s_scan_t *s)
     static const char *const not_name_before_label[] = {"drug", "medication", "med", "brand",
                                                         "generic", "product", "test", "study",
                                                         "procedure", "device", "file", "user",
-                                                        "trade", "chemical", "disease", NULL};
+                                                        "trade", "chemical", "disease", "model",
+                                                        "program", "company", "facility",
+                                                        "hospital", "clinic", "practice", NULL};
     for (size_t i = 0; i < s->len; i++) {
         if (!s_wstart(s, i) || !s_alpha(s->t[i])) continue;
         size_t k;
@@ -1252,6 +1264,14 @@ static void s_rule_name(s_scan_t *s)
                 size_t tk = s_exact_any(s, p, titles);
                 if (tk) p = s_skip_ws(s, p + tk);
                 size_t e = skip ? 0 : s_name_seq(s, p, 1, 1, NULL);
+                /* Forms write "Name: Roe, Jane": the given name after the comma too. */
+                if (e && s_at(s, e) == ',') {
+                    size_t q = s_skip_ws(s, e + 1);
+                    if (!s_exact_any(s, q, credentials)) {
+                        size_t e2 = s_name_seq(s, q, 0, 1, NULL);
+                        if (e2) e = e2;
+                    }
+                }
                 if (e) { s_add(s, DEID_NAME, p, e); i = e; continue; }
             }
         }
@@ -1468,6 +1488,7 @@ int data_config_to_opts(const data_config_t *cfg, const char *records_path,
     if (cfg->text_field[0]) opts->text_field = cfg->text_field;
     opts->label_field = cfg->label_field;
     opts->skip_unknown_labels = cfg->skip_unknown_labels;
+    opts->skip_empty_text = cfg->skip_empty_text;
     opts->max_text_bytes = cfg->max_text_bytes > 0 ? (size_t)cfg->max_text_bytes
                                                    : DATA_DEFAULT_MAX_TEXT_BYTES;
     if (cfg->labels[0]) {
@@ -1557,13 +1578,14 @@ static void s_check_usage(FILE *out)
             "3 when records are flagged under policy refuse, 1 on a records or config error.\n\n"
             "  -c FILE                 node config: [data] records, format, text_field,\n"
             "                          label_field, labels, skip_unknown_labels,\n"
-            "                          max_text_bytes; [deid] policy\n"
+            "                          skip_empty_text, max_text_bytes; [deid] policy\n"
             "  --records FILE          records file (overrides data.records)\n"
             "  --format jsonl|csv      default: from the file name\n"
             "  --text-field F          default: text\n"
             "  --label-field F         default: label (\"\" = unlabelled records)\n"
             "  --labels A,B,C          label set (default: as found in the data)\n"
             "  --skip-unknown-labels   drop and count records whose label is not in --labels\n"
+            "  --skip-empty-text       drop and count records with an empty text\n"
             "  --max-text-bytes N      default: 1048576\n"
             "  --policy refuse|redact|off   default: refuse\n"
             "  --redacted-out FILE     with --policy redact: write the redacted records as JSONL\n");
@@ -1604,7 +1626,7 @@ int cmd_check_data(int argc, char **argv)
     const char *conf = NULL, *records = NULL, *format = NULL, *text_field = NULL,
                *label_field = NULL, *labels = NULL, *policy = NULL, *max_bytes = NULL,
                *redacted_out = NULL;
-    bool skip_unknown = false;
+    bool skip_unknown = false, skip_empty = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = NULL;
@@ -1618,6 +1640,7 @@ int cmd_check_data(int argc, char **argv)
         else if (strcmp(a, "--max-text-bytes") == 0) slot = &max_bytes;
         else if (strcmp(a, "--redacted-out") == 0) slot = &redacted_out;
         else if (strcmp(a, "--skip-unknown-labels") == 0) { skip_unknown = true; continue; }
+        else if (strcmp(a, "--skip-empty-text") == 0) { skip_empty = true; continue; }
         else {
             fprintf(stderr, "medfl-node check-data: unknown option '%s'\n", a);
             s_check_usage(stderr);
@@ -1646,6 +1669,7 @@ int cmd_check_data(int argc, char **argv)
         (max_bytes && cfg_set(s_check_options, &cfg, "data.max_text_bytes", max_bytes, origin) != 0))
         return cli_fail("medfl-node");
     if (skip_unknown) cfg.data.skip_unknown_labels = true;
+    if (skip_empty) cfg.data.skip_empty_text = true;
     deid_policy_t pol;
     if (deid_policy_parse(cfg.data.policy, &pol) != 0) return cli_fail("medfl-node");
     if (redacted_out && pol != DEID_POLICY_REDACT) {
@@ -1671,7 +1695,8 @@ int cmd_check_data(int argc, char **argv)
             status = cli_fail("medfl-node");
         } else {
             printf("records: %zu\n", records_count(set));
-            if (records_skipped(set)) printf("skipped_records: %zu\n", records_skipped(set));
+            if (records_skipped(set) || records_skipped_empty(set))
+                printf("skipped_records: %zu\n", records_skipped(set) + records_skipped_empty(set));
             printf("flagged_records: %zu\n", flagged);
             fflush(stdout);
             if (pol == DEID_POLICY_OFF)

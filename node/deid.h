@@ -78,6 +78,7 @@ typedef struct {
     char label_field[CFG_STR_MAX];   /* data.label_field */
     char labels[CFG_STR_MAX];        /* data.labels: comma-separated label set ("" = from data) */
     bool skip_unknown_labels;/* data.skip_unknown_labels */
+    bool skip_empty_text;    /* data.skip_empty_text */
     int64_t max_text_bytes;  /* data.max_text_bytes */
     char policy[CFG_STR_MAX];        /* deid.policy: refuse|redact|off */
 } data_config_t;
@@ -95,6 +96,8 @@ typedef struct {
      "comma-separated label set, index = class id; empty = labels as found in the data"},     \
     {"data.skip_unknown_labels", CFG_BOOL, offsetof(T, m.skip_unknown_labels), 0, 0, "false", \
      false, NULL, "drop (and count) records whose label is not in data.labels"},              \
+    {"data.skip_empty_text", CFG_BOOL, offsetof(T, m.skip_empty_text), 0, 0, "false", false,  \
+     NULL, "drop (and count) records with an empty text instead of failing"},                 \
     {"data.max_text_bytes", CFG_INT, offsetof(T, m.max_text_bytes), 1, 1 << 30, "1048576",    \
      false, NULL, "largest note text accepted, in bytes"},                                    \
     {"deid.policy", CFG_ENUM, offsetof(T, m.policy), 0, 0, "refuse", true,                    \

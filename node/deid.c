@@ -796,8 +796,9 @@ static const char *const s_street_suffixes[] = {
     "Parkway", "Pkwy.", "Pkwy", "Square", "Sq.", "Trail", "Trl.", "Plaza", "Alley", "Row",
     "Crescent", "Pike", "Turnpike", "Expressway", "Freeway", NULL};
 
-static const char *const s_directions[] = {"N", "S", "E", "W", "NE", "NW", "SE", "SW", "N.",
-                                           "S.", "E.", "W.", "North", "South", "East", "West",
+/* Dotted forms first: "N." must not match as "N" and stop at the period. */
+static const char *const s_directions[] = {"N.", "S.", "E.", "W.", "N", "S", "E", "W", "NE",
+                                           "NW", "SE", "SW", "North", "South", "East", "West",
                                            NULL};
 
 /* Capitalised word at i ("Main", "O'Neil", "MLK"); returns its length or 0. */

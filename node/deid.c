@@ -542,9 +542,13 @@ static void s_rule_date_numeric(s_scan_t *s)
             if (strlen(*c) == w - ws && s_lit(s, ws, *c)) ctx = 1;
         if (!ctx) continue;
         size_t q = s_skip_ws(s, e2);
-        static const char *const dose[] = {"tab", "tabs", "tablet", "tablets", "cap", "pill",
-                                           "mg", "ml", "dose", "strength", "normal", "saline",
-                                           "of", "teaspoon", "tsp", "inch", "cup", NULL};
+        static const char *const dose[] = {
+            "tab", "tabs", "tablet", "tablets", "cap", "caps", "capsule", "pill", "pills", "mg",
+            "mcg", "g", "kg", "ml", "l", "liter", "liters", "lpm", "dose", "doses", "strength",
+            "normal", "saline", "of", "teaspoon", "tsp", "tablespoon", "tbsp", "inch", "inches",
+            "cup", "cups", "cm", "mm", "unit", "units", "hour", "hours", "hr", "hrs", "day",
+            "days", "mile", "miles", "block", "blocks", "puff", "puffs", "ounce", "oz", "vial",
+            "strength", "power", "the", "and", "or", NULL};
         if (s_kw_any(s, q, dose)) continue;
         s_add(s, DEID_DATE, i, e2);
         i = e2;
@@ -745,6 +749,7 @@ static void s_rule_ids(s_scan_t *s, const s_idkw_t *kws, deid_rule_t rule)
         size_t k = 0;
         int strong = 0;
         for (const s_idkw_t *kw = kws; kw->kw && !k; kw++) {
+            if (s_lc(s->t[i]) != s_lc((unsigned char)kw->kw[0])) continue;
             /* All-caps acronyms (MRN, DEA, NPI, FIN) must be written in capitals. */
             int acronym = 1;
             for (const char *c = kw->kw; *c; c++) if (s_lower((unsigned char)*c)) acronym = 0;
@@ -1264,7 +1269,12 @@ static void s_rule_name(s_scan_t *s)
                     p++;
                 size_t tk = s_exact_any(s, p, titles);
                 if (tk) p = s_skip_ws(s, p + tk);
-                size_t e = skip ? 0 : s_name_seq(s, p, 1, 1, NULL);
+                int ntok = 0;
+                size_t e = skip ? 0 : s_name_seq(s, p, 1, 1, &ntok);
+                /* "ANESTHESIOLOGIST:, Monitored anesthesia care": one capitalised word that
+                 * a lower-case word follows starts a sentence, it is not a name. */
+                if (e && ntok == 1 && s_space(s_at(s, e)) && s_lower(s_at(s, s_skip_ws(s, e))))
+                    e = 0;
                 /* Forms write "Name: Roe, Jane": the given name after the comma too. */
                 if (e && s_at(s, e) == ',') {
                     size_t q = s_skip_ws(s, e + 1);

@@ -464,7 +464,10 @@ static size_t s_day(const s_scan_t *s, size_t i)
     for (const char *const *x = suf; *x; x++)
         if (s_lit(s, i + n, *x)) { k = n + 2; break; }
     if (!s_wend(s, i + k)) return 0;
-    if (k == n && !s_num_right_ok(s, i + k)) return 0;
+    /* "February 6,2007": a comma glued to the year still ends the day. */
+    if (k == n && !s_num_right_ok(s, i + k) &&
+        !(s_at(s, i + k) == ',' && s_ndigits(s, i + k + 1) == 4))
+        return 0;
     return k;
 }
 
@@ -490,7 +493,9 @@ static const char *const s_date_ctx[] = {"on", "dated", "date", "dob", "d.o.b", 
 static void s_rule_date_numeric(s_scan_t *s)
 {
     for (size_t i = 0; i < s->len; i++) {
-        if (!s_digit(s->t[i]) || !s_num_left_ok(s, i)) continue;
+        if (!s_digit(s->t[i])) continue;
+        /* Letters or a comma may touch a full date ("discharged1/19/93", ",9/8/95,"). */
+        if (i > 0 && (s_digit(s->t[i - 1]) || strchr("./-:", s->t[i - 1]))) continue;
         size_t n1 = s_ndigits(s, i);
         unsigned char sep = s_at(s, i + n1);
         if (sep != '/' && sep != '-' && sep != '.') continue;
@@ -531,7 +536,7 @@ static void s_rule_date_numeric(s_scan_t *s)
         /* m/d without a year: only after a date word ("seen on 3/14"), and not a dose
          * ("on 1/2 tab") or a fraction, blood pressure or score, which lack such a word. */
         if (sep != '/' || !s_num_right_ok(s, e2)) continue;
-        if (!(a >= 1 && a <= 12 && b >= 1 && b <= 31)) continue;
+        if (!(a >= 1 && a <= 12 && b >= 1 && b <= 31) || !s_num_left_ok(s, i)) continue;
         size_t w = i;
         while (w > 0 && s_space(s->t[w - 1])) w--;
         size_t ws = w;

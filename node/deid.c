@@ -1100,7 +1100,8 @@ static const char *const s_not_names[] = {
     "nephrology", "dermatology", "oncology", "hematology", "urology", "surgery", "pediatrics",
     "obstetrics", "gynecology", "psychiatry", "rheumatology", "ophthalmology", "otolaryngology",
     "ent", "anesthesiology", "podiatry", "infectious", "diseases", "disease", "associates",
-    "group", "practice", "services", "hospitalist", "intensivist", "cancer", "type",
+    "group", "practice", "services", "hospitalist", "hospitalists", "intensivist",
+    "intensivists", "cancer", "type",
     NULL};
 
 static int s_not_name(const s_scan_t *s, size_t i, size_t k)

@@ -165,14 +165,14 @@ static int s_num_right_ok(const s_scan_t *s, size_t j)
     return 1;
 }
 
-/* Case-insensitive search for any of words in [a, b), at word starts. */
+/* True when one of words starts a word within the window bytes before pos, on the same
+ * line (a phone word on the previous line of a list belongs to another entry). */
 static int s_context_before(const s_scan_t *s, size_t pos, size_t window,
                             const char *const *words)
 {
     size_t a = pos > window ? pos - window : 0;
-    for (size_t i = a; i < pos; i++) {
-        if (s->t[i] == '\n') { a = i + 1; continue; }
-    }
+    for (size_t i = pos; i > a; i--)
+        if (s->t[i - 1] == '\n') { a = i; break; }
     for (size_t i = a; i < pos; i++)
         for (const char *const *w = words; *w; w++) {
             size_t n = s_lit(s, i, *w);
@@ -387,10 +387,9 @@ static void s_rule_phone(s_scan_t *s)
             p += 2;
             cc = 1;
         }
-        int paren = 0, plain_sep = 0, ok = 0, need_ctx = 0;
+        int plain_sep = 0, ok = 0, need_ctx = 0;
         size_t end = 0;
         if (s_at(s, p) == '(' && s_ndigits(s, p + 1) == 3 && s_at(s, p + 4) == ')') {
-            paren = 1;
             p += 5;
             if (s_at(s, p) == ' ' || s_at(s, p) == '-') p++;
             if (s_ndigits(s, p) == 3 && (s_at(s, p + 3) == '-' || s_at(s, p + 3) == '.' ||
@@ -416,7 +415,6 @@ static void s_rule_phone(s_scan_t *s)
             need_ctx = 1;
         }
         if (!ok || !s_num_right_ok(s, end)) continue;
-        (void)paren;
         if (need_ctx && !s_context_before(s, start, 40, s_phone_ctx)) continue;
         end = s_phone_ext(s, end);
         deid_rule_t rule = s_context_before(s, start, 30, fax_ctx) ? DEID_FAX : DEID_PHONE;

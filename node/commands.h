@@ -3,5 +3,7 @@
 #define MEDFL_NODE_COMMANDS_H
 
 int cmd_import_model(int argc, char **argv);
+int cmd_check_data(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 #endif

@@ -9,5 +9,7 @@ int cmd_privacy(int argc, char **argv);
 int cmd_node_run(int argc, char **argv);
 int cmd_node_keygen(int argc, char **argv);
 int cmd_node_example_config(int argc, char **argv);
+int cmd_train_local(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

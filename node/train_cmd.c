@@ -239,6 +239,9 @@ int cmd_train_local(int argc, char **argv)
         if (trainer_train_steps(t, todo, &st) != 0) goto fail;
         printf("epoch: %d\ntrain_loss: %.6f\ntrain_examples_per_s: %.2f\n", e + 1, st.mean_loss,
                st.seconds > 0 ? (double)st.examples / st.seconds : 0);
+        if (st.dp)
+            printf("dp_mean_grad_norm: %.4f\ndp_clipped_fraction: %.4f\n", st.mean_grad_norm,
+                   st.examples ? (double)st.clipped / (double)st.examples : 0.0);
         if (nva) {
             if (trainer_evaluate(t, TRAIN_SPLIT_VALID, &ev) != 0) goto fail;
             s_print_eval("valid_", &ev);

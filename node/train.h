@@ -208,7 +208,9 @@ void trainer_set_data_step(trainer_t *t, long data_step);
 int trainer_save(trainer_t *t, const char *path, bool with_optimizer)
     __attribute__((warn_unused_result));
 /* Loads an adapter written by trainer_save: refuses a different base model, rank, alpha,
- * targets, pooling or label set; restores optimizer state and step when present. */
+ * targets, pooling or label set; restores optimizer state and step when present, and sets
+ * the data position to that step (right for train-local; a daemon whose rounds reset the
+ * optimizer keeps its own data position and restores it with trainer_set_data_step). */
 int trainer_load(trainer_t *t, const char *path) __attribute__((warn_unused_result));
 
 /* Progress display: on a terminal (isatty(stderr)) a one-line bar redrawn in place, else an

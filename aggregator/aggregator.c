@@ -223,6 +223,12 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
         s_on_hello(self, msg);
         return;
     }
+    if (!p && rounds_on_message(self->rounds, msg, service_now_ms()) == 1) {
+        /* A round message from an enrolled node (CURVE proved who it is) whose session
+         * timed out while it trained without sending heartbeats: the round still counts
+         * it; the node says hello again by itself once its loop runs. */
+        return;
+    }
     if (!p) {
         /* Typically a node whose session predates a restart of this daemon: asking for a
          * hello lets it re-establish the session at once. */

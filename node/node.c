@@ -23,6 +23,7 @@
 #include "common/wire.h"
 #include "node/ledger.h"
 #include "node/round.h"
+#include "node/round_model.h"
 
 #define NODE_RECV_SLICE_MS 200
 
@@ -45,6 +46,7 @@ struct node_t {
     uint8_t instance[WIRE_INSTANCE_ID_LEN];
     ledger_t *ledger;
     synth_trainer_t *synth;
+    model_trainer_t *model;
     node_round_t *round;     /* NULL when no aggregator.identity_key is configured */
 };
 
@@ -84,10 +86,17 @@ static int s_rounds_setup(node_t *self)
     self->ledger = ledger_open(path, cfg->train.epsilon_budget, cfg->train.delta, LEDGER_CREATE);
     if (!self->ledger) return -1;
     round_trainer_t trainer;
-    self->synth = synth_trainer_new(cfg->node_id, (uint32_t)cfg->synth_records,
-                                    (uint32_t)cfg->synth_step_ms);
-    if (!self->synth) return -1;
-    synth_trainer_bind(self->synth, &trainer);
+    if (strcmp(cfg->round_trainer, "synthetic") == 0) {
+        self->synth = synth_trainer_new(cfg->node_id, (uint32_t)cfg->synth_records,
+                                        (uint32_t)cfg->synth_step_ms);
+        if (!self->synth) return -1;
+        synth_trainer_bind(self->synth, &trainer);
+    } else {
+        self->model = model_trainer_new(cfg);
+        if (!self->model) return medfl_error_prefix("round.trainer = model: ");
+        model_trainer_bind(self->model, &trainer);
+        self->n_records = model_trainer_records(self->model);
+    }
     node_round_opts_t opts = {
         .node_id = cfg->node_id,
         .state_dir = cfg->state_dir,
@@ -233,6 +242,7 @@ void node_destroy(node_t **self_p)
     node_t *self = *self_p;
     node_round_destroy(&self->round);
     synth_trainer_destroy(&self->synth);
+    model_trainer_destroy(&self->model);
     ledger_destroy(&self->ledger);
     wire_client_destroy(&self->client);
     keys_destroy(&self->keys);

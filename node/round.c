@@ -350,6 +350,14 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         return;
     }
     size_t numel = m->numel;
+    if (self->trainer.check_layout && self->trainer.check_layout(self->trainer.ctx, m) != 0) {
+        snprintf(text, sizeof text, "base version %" PRIu64 ": %s", rs->base_version,
+                 medfl_error_message());
+        vs_manifest_destroy(&m);
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH, text);
+        return;
+    }
     vs_manifest_destroy(&m);
 
     bool secure = sa->enabled;
@@ -853,6 +861,7 @@ static int s_synth_eval(void *ctx, const float *x, size_t n, double *loss, doubl
 
 void synth_trainer_bind(synth_trainer_t *s, round_trainer_t *t)
 {
+    t->check_layout = NULL;
     t->ctx = s;
     t->train = s_synth_train;
     t->evaluate = s_synth_eval;

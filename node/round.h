@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/version_store.h"
 #include "common/wire.h"
 #include "node/ledger.h"
 
@@ -48,6 +49,9 @@ typedef struct {
     /* Validation metrics of the trainable vector x[n]. */
     int (*evaluate)(void *ctx, const float *x, size_t n, double *loss, double *accuracy,
                     double *macro_f1, uint64_t *n_eval);
+    /* Optional: refuses (-1, error set) a version whose tensor table (names, sizes, order)
+     * is not this trainer's layout, before anything is trained on it. */
+    int (*check_layout)(void *ctx, const vs_manifest_t *m);
 } round_trainer_t;
 
 typedef struct {

@@ -108,7 +108,7 @@ static void s_node_round(fed_t *f, size_t i)
 {
     char sdir[800];
     snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
-    round_trainer_t tr = {&f->tt[i], s_train, s_eval};
+    round_trainer_t tr = {&f->tt[i], s_train, s_eval, NULL};
     node_round_opts_t o = {f->ids[i], sdir, f->sk[i], f->pk[i], f->agg_pk, f->ledger[i]};
     f->node[i] = node_round_new(&o, &tr, f->client[i]);
     assert_non_null(f->node[i]);

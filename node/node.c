@@ -53,7 +53,7 @@ struct node_t {
 #define NODE_LEDGER_FILE "privacy_ledger.db" /* as `medfl-node privacy` reads it */
 
 /* The aggregator's identity key: 64 hex digits given directly or in a file. */
-static int s_load_agg_identity(const char *value, uint8_t out[KEYS_SIGN_PUBLIC_BYTES])
+int node_load_agg_identity(const char *value, uint8_t out[KEYS_SIGN_PUBLIC_BYTES])
 {
     char text[256];
     if (strlen(value) == 2 * KEYS_SIGN_PUBLIC_BYTES && value[0] != '/' && value[0] != '.')
@@ -80,7 +80,7 @@ static int s_rounds_setup(node_t *self)
         return 0;
     }
     uint8_t agg_pk[KEYS_SIGN_PUBLIC_BYTES];
-    if (s_load_agg_identity(cfg->agg_identity_key, agg_pk) != 0) return -1;
+    if (node_load_agg_identity(cfg->agg_identity_key, agg_pk) != 0) return -1;
     char path[CFG_STR_MAX + 32];
     snprintf(path, sizeof path, "%s/" NODE_LEDGER_FILE, cfg->state_dir);
     self->ledger = ledger_open(path, cfg->train.epsilon_budget, cfg->train.delta, LEDGER_CREATE);

@@ -16,6 +16,8 @@
 #include "common/log.h"
 #include "common/model.h"
 #include "common/safetensors.h"
+#include "common/version_store.h"
+#include "node/node.h"
 #include "node/commands.h"
 #include "node/data.h"
 #include "node/deid.h"
@@ -331,4 +333,68 @@ done:
     unlink(tmp);
     trainer_destroy(&t);
     return rc == 0 ? 0 : cli_fail("medfl-node init-adapter");
+}
+
+/* ---- export-adapter ---- */
+
+int cmd_export_adapter(int argc, char **argv)
+{
+    const char *usage = "medfl-node export-adapter -c node.conf --version V -o ADAPTER.h5";
+    if (cli_wants_help(argc, argv)) {
+        printf("Usage: %s\n\n"
+               "Verifies global version V in this node's version store (state_dir/versions,\n"
+               "signature by aggregator.identity_key and the chain) and writes it as an adapter\n"
+               "file that `medfl-node eval --adapter` and `train-local` read.\n", usage);
+        return 0;
+    }
+    const char *conf = NULL, *out = NULL, *ver = NULL;
+    for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) conf = argv[++i];
+        else if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--output")) && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--version") && i + 1 < argc) ver = argv[++i];
+        else {
+            medfl_error_set(MEDFL_EINVAL, "unexpected argument '%s' (usage: %s)", argv[i], usage);
+            return cli_fail("medfl-node export-adapter");
+        }
+    }
+    char *end = NULL;
+    unsigned long long v = ver ? strtoull(ver, &end, 10) : 0;
+    if (!conf || !out || !ver || !end || *end || v == 0) {
+        medfl_error_set(MEDFL_EINVAL, "-c, --version (>= 1) and -o are required (usage: %s)", usage);
+        return cli_fail("medfl-node export-adapter");
+    }
+    node_config_t cfg;
+    if (cfg_set_defaults(node_config_table, &cfg) != 0 ||
+        cfg_load_subset(node_config_table, &cfg, conf) != 0)
+        return cli_fail("medfl-node export-adapter");
+    uint8_t pk[32];
+    char dir[CFG_STR_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/versions", cfg.state_dir);
+    model_trainer_t m = {0};
+    vs_store_t *vs = NULL;
+    vs_manifest_t *man = NULL;
+    float *flat = NULL;
+    int rc = -1;
+    if (node_load_agg_identity(cfg.agg_identity_key, pk) != 0) goto done;
+    if (!(vs = vs_store_open(dir, false)) || vs_store_verify(vs, v, pk, &man, &flat) != 0) goto done;
+    if (!(m.t = s_trainer(&cfg, false))) goto done;
+    const model_t *mo = trainer_model(m.t);
+    for (size_t i = 0; i < model_trainable_count(mo); i++) m.packed += model_trainable_tensor(mo, i)->numel;
+    if (s_check_layout(&m, man) != 0) goto done;
+    if (!(m.pad = calloc(trainer_n_params(m.t), sizeof *m.pad))) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        goto done;
+    }
+    s_unpack(&m, flat, m.pad);
+    if (trainer_set_params(m.t, m.pad, trainer_n_params(m.t)) != 0 || trainer_save(m.t, out, false) != 0)
+        goto done;
+    printf("version: %llu\nadapter: %s\n", v, out);
+    rc = 0;
+done:
+    free(m.pad);
+    trainer_destroy(&m.t);
+    vs_manifest_destroy(&man);
+    free(flat);
+    vs_store_destroy(&vs);
+    return rc == 0 ? 0 : cli_fail("medfl-node export-adapter");
 }

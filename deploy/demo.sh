@@ -12,7 +12,7 @@
 #   centralized_macro_f1: Y
 #   local_only_mean_macro_f1: Z
 # Knobs (environment): DEMO_ROUNDS (4), DEMO_LOCAL_STEPS (8), DEMO_RECORDS (200 per site),
-# DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (0.6), DEMO_COMPRESSION (quantize; or none,
+# DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (0.6), DEMO_Q (sampling rate 0.12), DEMO_COMPRESSION (quantize; or none,
 # randk). Budget: about 5 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,6 +26,7 @@ SEQ=${DEMO_SEQ:-48}
 DP=${DEMO_DP:-on}
 NOISE=${DEMO_NOISE:-0.6}
 COMP=${DEMO_COMPRESSION:-quantize}
+Q=${DEMO_Q:-0.12}
 D="$PWD/.demo"
 CACHE="$PWD/.cache"
 PIDS=()
@@ -92,7 +93,7 @@ max_seq_len = $SEQ
 dp = $DP
 noise_multiplier = $NOISE
 clip_norm = 1.0
-sample_rate = 0.12
+sample_rate = $Q
 delta = 1e-5
 [compression]
 scheme = $COMP
@@ -132,7 +133,7 @@ valid_fraction = 0.15
 threads = 1
 seed = 1
 [privacy]
-epsilon_budget = 20
+epsilon_budget = 50
 delta = 1e-5
 EOF
 }

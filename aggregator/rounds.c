@@ -729,17 +729,24 @@ static void s_commit(rounds_t *self, const float *sum, double weight_total, int6
     if (s_exec(self->db, "UPDATE rounds SET version = ?, updated_at = ? WHERE round_id = ?",
                "iii", (int64_t)v, (int64_t)time(NULL), (int64_t)self->round_id) != 0)
         LOG_ERROR(AGG, "%s", medfl_error_message());
+    uint64_t parent = self->head;
     if (s_load_head(self) != 0) LOG_ERROR(AGG, "reloading the head: %s", medfl_error_message());
     LOG_INFO(AGG, "round %" PRIu64 ": version %" PRIu64 " committed from %zu updates "
              "(weight total %.4f, %s)", self->round_id, v, np, weight_total,
              self->cfg->fed_strategy);
-    /* Everyone connected gets it: participants evaluate it, the others keep up to date. */
-    size_t bytes = s_announce(self, v, self->round_id, self->live, self->n_live);
+    /* Every connected node holding the parent gets it (participants evaluate it); the
+     * others receive the chain when they are next selected. */
+    char **to = calloc(self->n_live ? self->n_live : 1, sizeof *to);
+    size_t n_to = 0;
+    for (size_t i = 0; to && i < self->n_live; i++) {
+        known_t *k = s_known(self, self->live[i]);
+        if (k && k->version >= parent) to[n_to++] = self->live[i];
+    }
+    size_t bytes = to ? s_announce(self, v, self->round_id, to, n_to) : 0;
+    free(to);
     for (size_t i = 0; i < self->n_parts; i++) {
-        bool live = false;
-        for (size_t j = 0; j < self->n_live; j++)
-            if (strcmp(self->live[j], self->parts[i].id) == 0) live = true;
-        if (live) self->parts[i].bytes_down += bytes;
+        known_t *k = s_known(self, self->parts[i].id);
+        if (k && k->version >= v) self->parts[i].bytes_down += bytes;
     }
     s_enter(self, ROUNDS_EVAL, now, self->cfg->fed_eval_ms);
 }

@@ -107,8 +107,15 @@ struct backend {
     void (*adamw)(backend_t *b, float *p, const float *g, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay,
                   long step);
-    /* Per-row L2 norms of rows[n_rows, n] into norms[n_rows] (used by DP-SGD clipping). */
-    void (*row_norms)(backend_t *b, float *norms, const float *rows, int n_rows, size_t n);
+    /* DP-SGD clipping helpers over per-example gradient rows [n_rows, n] (device memory);
+     * norms_host and weights_host are small HOST arrays of n_rows floats.
+     * row_norms: L2 norm of each row (accumulated in double).
+     * rows_weighted_sum: out[j] = sum_e weights[e] * rows[e, j] (e.g. clip factors
+     * min(1, C / norm_e), then noise is added to out by the caller). */
+    void (*row_norms)(backend_t *b, float *norms_host, const float *rows, int n_rows,
+                      size_t n);
+    void (*rows_weighted_sum)(backend_t *b, float *out, const float *rows,
+                              const float *weights_host, int n_rows, size_t n);
 
     void (*destroy)(backend_t *b);
 };

@@ -644,6 +644,20 @@ static void s_row_norms(backend_t *b, float *norms, const float *rows, int n_row
     S_T1(elementwise);
 }
 
+static void s_rows_weighted_sum(backend_t *b, float *out, const float *rows,
+                                const float *weights, int n_rows, size_t n)
+{
+    S_T0;
+    memset(out, 0, n * sizeof(float));
+    for (int r = 0; r < n_rows; r++) {
+        const float *x = rows + (size_t)r * n;
+        float w = weights[r];
+        for (size_t j = 0; j < n; j++)
+            out[j] += w * x[j];
+    }
+    S_T1(elementwise);
+}
+
 static void s_destroy(backend_t *b)
 {
     free(b);
@@ -687,6 +701,7 @@ backend_t *backend_cpu_new(int threads)
     b->rows_sum = s_rows_sum;
     b->adamw = s_adamw;
     b->row_norms = s_row_norms;
+    b->rows_weighted_sum = s_rows_weighted_sum;
     b->destroy = s_destroy;
     return b;
 }

@@ -342,6 +342,21 @@ static void test_per_example(void **state)
     printf("per-example: sum/B vs batch gradient rel err %.3g\n", err);
     assert_true(err < 1e-5);
 
+    /* clipping helpers: norms of the rows, weighted sum with weights 1/B == batch mean */
+    float norms[8], w[8];
+    be->row_norms(be, norms, pe, r.B, n);
+    for (int e = 0; e < r.B; e++) {
+        double s2 = 0.0;
+        for (size_t j = 0; j < n; j++)
+            s2 += (double)pe_host[e * n + j] * pe_host[e * n + j];
+        assert_float_equal(norms[e], sqrt(s2), 1e-5 * sqrt(s2));
+        w[e] = 1.0f / (float)r.B;
+    }
+    float *wsum = calloc(n, sizeof(float));
+    be->rows_weighted_sum(be, wsum, pe, w, r.B, n);
+    assert_true(s_rel_err(wsum, sum, n) < 1e-6);
+    free(wsum);
+
     /* each per-example row == gradient of a batch holding only that example */
     for (int e = 0; e < r.B; e++) {
         model_batch_t one = {r.ids + e * r.T, r.types + e * r.T, r.mask + e * r.T,

@@ -220,8 +220,9 @@ static int s_add_tensor(model_tensor_t **tab, size_t *n, size_t *cap, size_t *nu
     t->shape[1] = d1 > 0 ? d1 : 0;
     t->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
     t->offset = *numel;
-    /* keep every tensor 16-float (64-byte) aligned for vector loads */
-    *numel += (t->numel + 15) / 16 * 16;
+    /* packed without padding: the flat trainable vector is exactly the parameters (what is
+     * clipped, noised and summed), and q/k/v stay contiguous for any hidden size */
+    *numel += t->numel;
     return 0;
 }
 
@@ -346,8 +347,8 @@ static void s_cut_base(model_t *m)
     }
 }
 
-/* The q/k/v weights (and biases) must be exactly contiguous for the fused [3C, C] product:
- * C*C and C are padded to 16 floats by s_add_tensor, so require C % 16 == 0 or check. */
+/* The q/k/v weights (and biases) must be exactly contiguous for the fused [3C, C] product;
+ * the tables are packed, so this holds by construction and is checked once here. */
 static bool s_qkv_contiguous(const model_t *m)
 {
     for (int l = 0; l < m->cfg.layers; l++) {
@@ -373,12 +374,6 @@ model_t *model_new(const model_config_t *cfg, backend_t *be)
     }
     if (model_config_check(cfg) != 0)
         return NULL;
-    if (cfg->hidden % 16 != 0) {
-        medfl_error_set(MEDFL_EUNSUPPORTED,
-                        "model config: hidden %d must be a multiple of 16 (fused q/k/v layout)",
-                        cfg->hidden);
-        return NULL;
-    }
     model_t *m = calloc(1, sizeof *m);
     if (m == NULL) {
         medfl_error_set(MEDFL_ENOMEM, "model: out of memory");
@@ -1085,9 +1080,6 @@ int model_backward_per_example(model_t *m, float *per_example)
 {
     if (per_example == NULL)
         return medfl_error_set(MEDFL_EINVAL, "model: per-example buffer is NULL");
-    /* padding between tensors (sizes-table alignment) must read as zero */
-    if (m->have_forward)
-        m->be->memset0(m->be, per_example, (size_t)m->B * m->tr_numel * sizeof(float));
     return s_backward(m, per_example);
 }
 

@@ -24,7 +24,7 @@ SANFLAGS :=
 endif
 
 CC      ?= cc
-PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson
+PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -77,17 +77,21 @@ cuda-info:
 deps:
 	@bash deploy/install-deps.sh
 
-$(PROTO_C) $(PROTO_H): proto/medfl.proto
+$(PROTO_C) $(PROTO_H) &: proto/medfl.proto
 	@mkdir -p $(BUILD)/proto
 	protoc-c --c_out=$(BUILD) proto/medfl.proto
 
 # Every object may include the generated protocol header.
+# V=1 shows full command lines.
+Q := $(if $(V),,@)
 $(BUILD)/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
-	$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
+	@$(if $(V),,echo "  CC      $<")
+	$(Q)$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
 
 $(BUILD)/common/%.cu.o: common/%.cu
 	@mkdir -p $(dir $@)

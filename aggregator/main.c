@@ -4,6 +4,13 @@
 #include "aggregator/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"run", cmd_agg_run, "run the aggregation service (-c aggregator.conf)"},
+    {"keygen", cmd_agg_keygen, "create the aggregator's CURVE and identity key pairs"},
+    {"enroll", cmd_agg_enroll, "admit a node: enroll NODE_ID PUBKEY"},
+    {"revoke", cmd_agg_revoke, "revoke a node's enrollment: revoke NODE_ID"},
+    {"nodes", cmd_agg_nodes, "list enrolled nodes and their connection state"},
+    {"status", cmd_agg_status, "show whether the service runs, its endpoint, connected nodes"},
+    {"example-config", cmd_agg_example_config, "print a commented config with every option"},
     {NULL, NULL, NULL},
 };
 

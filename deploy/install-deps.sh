@@ -8,7 +8,8 @@ PACKAGES=(
   build-essential pkg-config
   libzmq3-dev libsodium-dev libopenblas-dev libhdf5-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libcmocka-dev libsqlite3-dev libcjson-dev
+  libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev
+  prometheus  # test-only: promtool checks the metrics endpoint strictly
   clang libclang-rt-14-dev
   python3
 )

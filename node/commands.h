@@ -2,4 +2,9 @@
 #ifndef MEDFL_NODE_COMMANDS_H
 #define MEDFL_NODE_COMMANDS_H
 
+int cmd_privacy(int argc, char **argv);
+int cmd_node_run(int argc, char **argv);
+int cmd_node_keygen(int argc, char **argv);
+int cmd_node_example_config(int argc, char **argv);
+
 #endif

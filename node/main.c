@@ -4,6 +4,10 @@
 #include "node/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"privacy", cmd_privacy, "privacy budget: what-if calculator, spent/remaining, history"},
+    {"run", cmd_node_run, "run the hospital node (-c node.conf)"},
+    {"keygen", cmd_node_keygen, "create this node's CURVE and identity key pairs"},
+    {"example-config", cmd_node_example_config, "print a commented config with every option"},
     {NULL, NULL, NULL},
 };
 

@@ -13,5 +13,7 @@ static inline double bench_now(void)
 }
 
 int bench_train(int argc, char **argv);
+int bench_dp(int argc, char **argv);
+int bench_wire(int argc, char **argv);
 
 #endif

@@ -5,6 +5,8 @@
 
 static const cli_command_t s_benches[] = {
     {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
+    {"dp", bench_dp, "DP-SGD clip + noise cost on a MiniLM-sized LoRA vector"},
+    {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {NULL, NULL, NULL},
 };
 

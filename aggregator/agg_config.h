@@ -1,0 +1,43 @@
+/* medfl-aggregator's configuration: one option table (common/config.h) describing
+ * agg_config_t. Later features add their options here, as rows of the same table, so that
+ * `medfl-aggregator example-config` and configs/aggregator.example.conf stay complete. */
+#ifndef MEDFL_AGG_CONFIG_H
+#define MEDFL_AGG_CONFIG_H
+
+#include <stdint.h>
+
+#include "common/config.h"
+
+/* Used when -c is not given. */
+#define AGG_CONFIG_DEFAULT_PATH "/etc/medfl/aggregator.conf"
+
+typedef struct {
+    char name[CFG_STR_MAX];          /* instance name in logs */
+    char key_dir[CFG_STR_MAX];
+    char state_dir[CFG_STR_MAX];
+    char bind[CFG_STR_MAX];
+    int64_t heartbeat_ivl_ms;
+    int64_t heartbeat_timeout_ms;
+    int64_t max_update_mib;
+    int64_t registry_poll_ms;
+    char log_level[CFG_STR_MAX];
+    char log_format[CFG_STR_MAX];
+    char log_file[CFG_STR_MAX];
+} agg_config_t;
+
+extern const cfg_option_t agg_config_table[];
+
+/* Loads path (defaults first), then checks rules that tie options together; errors name
+ * the file and the keys. */
+int agg_config_load(agg_config_t *cfg, const char *path) __attribute__((warn_unused_result));
+
+/* Path of the registry database and of the bound-endpoint file inside state_dir. */
+void agg_config_registry_path(const agg_config_t *cfg, char *out, size_t size);
+void agg_config_endpoint_path(const agg_config_t *cfg, char *out, size_t size);
+
+/* Shared option parsing of the tools: "-c FILE" / "--config FILE" anywhere in argv.
+ * Returns the path (AGG_CONFIG_DEFAULT_PATH when absent) and removes the pair from argv,
+ * updating *argc, so the caller sees only positional arguments and its own flags. */
+const char *agg_config_take_path(int *argc, char **argv);
+
+#endif

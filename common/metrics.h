@@ -1,0 +1,43 @@
+/* Prometheus metrics for the node and the aggregator: a small registry of counter and gauge
+ * families (optionally with one label, e.g. node="hospital-a") rendered in the Prometheus
+ * text exposition format 0.0.4, and served over HTTP by libmicrohttpd on 127.0.0.1 by
+ * default, because metrics reveal operational facts (ε spent, participation) that belong
+ * on the hospital's monitoring network, not the internet. Thread-safe: the training
+ * thread, the network loop and the HTTP thread update and read it concurrently. */
+#ifndef MEDFL_METRICS_H
+#define MEDFL_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct metrics_t metrics_t;
+
+typedef enum { METRIC_COUNTER, METRIC_GAUGE } metric_kind_t;
+
+/* prefix is prepended to every family name ("medfl_node" -> "medfl_node_rounds_joined_total"). */
+metrics_t *metrics_new(const char *prefix);
+void metrics_destroy(metrics_t **self_p);
+
+/* Declares a family. label_name is NULL for a family without labels. Counters must end in
+ * "_total". Returns 0, or -1 for an invalid or duplicate name. */
+int metrics_declare(metrics_t *self, const char *name, metric_kind_t kind, const char *help,
+                    const char *label_name) __attribute__((warn_unused_result));
+
+/* Sets a gauge, or adds to a counter (delta >= 0). label_value is NULL for unlabelled
+ * families. Returns -1 for an undeclared family, a negative counter delta, or a missing
+ * or unexpected label. */
+int metrics_set(metrics_t *self, const char *name, const char *label_value, double value);
+int metrics_add(metrics_t *self, const char *name, const char *label_value, double delta);
+/* Reads a sample back (tests, status commands); -1 when absent. */
+int metrics_get(metrics_t *self, const char *name, const char *label_value, double *out);
+
+/* Renders the exposition text; *out is malloc'd and NUL-terminated. */
+int metrics_render(metrics_t *self, char **out, size_t *len);
+
+/* Serves GET /metrics on address:port (port 0 picks a free port). */
+int metrics_serve(metrics_t *self, const char *address, uint16_t port)
+    __attribute__((warn_unused_result));
+/* The port actually bound, 0 when not serving. */
+uint16_t metrics_port(const metrics_t *self);
+
+#endif

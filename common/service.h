@@ -1,0 +1,56 @@
+/* What both medfl daemons need around their event loop: signal handlers that only set
+ * flags (the loop polls them, so no work ever runs in signal context), logging configured
+ * from the config's log.* options, a monotonic clock, and crash-safe small files (the
+ * bound-endpoint file tests and operators read). */
+#ifndef MEDFL_SERVICE_H
+#define MEDFL_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "common/config.h"
+
+/* Installs SIGTERM/SIGINT (stop) and SIGHUP (reload) handlers that only set flags, and
+ * ignores SIGPIPE. Clears both flags. */
+int service_signals_install(void);
+bool service_stop_requested(void);
+/* Returns and clears the reload flag. */
+bool service_reload_requested(void);
+
+/* Configures the process log from option values: level debug|info|warn|error, format
+ * text|json, file "" for stderr or a path opened for appending (*opened receives the
+ * FILE to fclose at exit, NULL for stderr). */
+int service_log_setup(const char *program, const char *instance, const char *level,
+                      const char *format, const char *file, FILE **opened)
+    __attribute__((warn_unused_result));
+
+/* Changes level and format of the log configured by service_log_setup, keeping its sink
+ * (SIGHUP reload of log.level / log.format). */
+int service_log_relevel(const char *level, const char *format) __attribute__((warn_unused_result));
+
+/* SIGHUP reload of a program's config: logs (as warnings) the options of fresh that differ
+ * from cur but need a restart, copies the reloadable ones that differ into cur (logging
+ * each), and re-levels the log from the new log.level / log.format when the table has
+ * them. Returns the number of options applied. */
+int service_config_reload(const cfg_option_t *table, void *cur, const void *fresh, const char *path);
+
+/* Creates path and its missing parents with mode (existing folders are kept). */
+int service_mkdir_p(const char *path, mode_t mode) __attribute__((warn_unused_result));
+
+/* Replaces path atomically with text (temp file, fsync, rename, fsync of the folder). */
+int service_write_file(const char *path, const char *text, mode_t mode)
+    __attribute__((warn_unused_result));
+
+/* Milliseconds of CLOCK_MONOTONIC, for timeouts that must not jump with the wall clock. */
+int64_t service_now_ms(void);
+
+/* "2026-11-21 23:10:00Z" for a unix time, "-" for 0. */
+void service_format_time(int64_t unix_s, char *out, size_t size);
+
+/* Sends a systemd notification such as "READY=1\nSTATUS=serving" to $NOTIFY_SOCKET (path or
+ * @abstract name). Returns 0 when sent or when not running under systemd, -1 on failure. */
+int service_notify(const char *state);
+
+#endif

@@ -1,0 +1,312 @@
+/* Event loop of the node daemon. The node never trusts its own idea of "connected": a new
+ * handshake (wire_client_connections), an aggregator that asks for a hello (Error STATE,
+ * e.g. after its restart), a Welcome with a new instance id, or heartbeat_misses periods
+ * of silence all lead to a fresh Hello, so the session heals itself without an operator.
+ * A revocation is final: the node logs it and exits with NODE_EXIT_REVOKED. */
+#include "node/node.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#ifdef MEDFL_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/log.h"
+#include "common/service.h"
+#include "common/wire.h"
+
+#define NODE_RECV_SLICE_MS 200
+
+struct node_t {
+    node_config_t cfg;
+    char config_path[CFG_STR_MAX];
+    keys_t *keys;
+    uint8_t agg_public[KEYS_CURVE_BYTES];
+    char key_id[KEYS_ID_LEN + 1];
+    char device[64];
+    uint64_t n_records;
+    wire_client_t *client;
+    wire_options_t wire_opts;
+    uint64_t connections_seen;
+    bool need_hello;
+    bool hello_sent;
+    bool welcomed;
+    int64_t hello_at_ms;
+    bool have_instance;
+    uint8_t instance[WIRE_INSTANCE_ID_LEN];
+};
+
+int node_count_records(const char *path, const char *format, uint64_t *out)
+{
+    *out = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return medfl_error_set(errno == ENOENT ? MEDFL_ENOTFOUND : MEDFL_EIO, "%s: cannot open: %s",
+                               path, strerror(errno));
+    bool csv = strcmp(format, "csv") == 0;
+    bool in_quotes = false, has_content = false, header_pending = csv;
+    uint64_t n = 0;
+    int c;
+    while ((c = fgetc(f)) != EOF) {
+        if (csv && c == '"') in_quotes = !in_quotes;
+        if (c == '\n' && !in_quotes) {
+            if (has_content) {
+                if (header_pending) header_pending = false;
+                else n++;
+            }
+            has_content = false;
+        } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
+            has_content = true;
+        }
+    }
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    if (failed) return medfl_error_set(MEDFL_EIO, "%s: read error", path);
+    if (has_content && !header_pending) n++; /* last record without a newline */
+    *out = n;
+    return 0;
+}
+
+/* "auto" takes a CUDA GPU when one is visible; asking for "cuda" without one is an
+ * error rather than a silent fallback, because the operator asked for it explicitly. */
+static int s_resolve_device(const char *want, char *out, size_t size)
+{
+    int gpus = 0;
+#ifdef MEDFL_HAVE_CUDA
+    if (strcmp(want, "cpu") != 0 && cudaGetDeviceCount(&gpus) != cudaSuccess) gpus = 0;
+    if (gpus > 0) {
+        struct cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
+            snprintf(out, size, "cuda:0 %s", prop.name);
+            return 0;
+        }
+        snprintf(out, size, "cuda:0");
+        return 0;
+    }
+#endif
+    if (strcmp(want, "cuda") == 0)
+        return medfl_error_set(MEDFL_EDEVICE, "key 'device': cuda requested but %s",
+#ifdef MEDFL_HAVE_CUDA
+                               "no CUDA device is visible"
+#else
+                               "this build has no CUDA backend"
+#endif
+        );
+    (void)gpus;
+    if (strcmp(want, "auto") == 0)
+        LOG_INFO(TRAIN, "device auto: no CUDA GPU available, using the CPU");
+    snprintf(out, size, "cpu");
+    return 0;
+}
+
+/* A refused handshake (key not enrolled yet) is redialled by wire every
+ * reconnect_ivl_max_ms, so enrolling the node is all an operator has to do. */
+static int s_connect(node_t *self)
+{
+    wire_client_destroy(&self->client);
+    self->client = wire_client_new(self->cfg.agg_endpoint, self->agg_public,
+                                   self->keys->curve_public, self->keys->curve_secret,
+                                   self->cfg.node_id, &self->wire_opts);
+    self->connections_seen = 0;
+    self->hello_sent = false;
+    self->welcomed = false;
+    return self->client ? 0 : -1;
+}
+
+node_t *node_new(const node_config_t *cfg, const char *config_path)
+{
+    node_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    self->cfg = *cfg;
+    snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
+    if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
+    self->keys = keys_load(cfg->key_dir);
+    if (!self->keys) goto fail;
+    keys_key_id(self->keys->curve_public, self->key_id);
+    const char *agg_key = cfg->agg_public_key[0] ? cfg->agg_public_key : cfg->agg_public_key_file;
+    if (keys_load_curve_public(agg_key, self->agg_public) != 0) {
+        medfl_error_prefix("aggregator public key: ");
+        goto fail;
+    }
+    if (s_resolve_device(cfg->device, self->device, sizeof self->device) != 0) {
+        if (config_path) medfl_error_prefix("%s: ", config_path);
+        goto fail;
+    }
+    if (cfg->records[0]) {
+        if (node_count_records(cfg->records, cfg->records_format, &self->n_records) != 0) {
+            /* No data yet is a normal state for a freshly installed node. */
+            LOG_WARN(DATA, "%s; announcing 0 records", medfl_error_message());
+            self->n_records = 0;
+        }
+    }
+    wire_options_default(&self->wire_opts);
+    self->wire_opts.heartbeat_ivl_ms = (int)cfg->heartbeat_ivl_ms;
+    int64_t timeout = cfg->heartbeat_ivl_ms * cfg->heartbeat_misses;
+    self->wire_opts.heartbeat_timeout_ms = timeout > 1000000000 ? 1000000000 : (int)timeout;
+    if (s_connect(self) != 0) goto fail;
+    char agg_id[KEYS_ID_LEN + 1];
+    keys_key_id(self->agg_public, agg_id);
+    LOG_INFO(NET, "node %s (key %s) connecting to %s (aggregator key %s); device %s, %llu records",
+             cfg->node_id, self->key_id, cfg->agg_endpoint, agg_id, self->device,
+             (unsigned long long)self->n_records);
+    return self;
+fail:
+    node_destroy(&self);
+    return NULL;
+}
+
+void node_destroy(node_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    node_t *self = *self_p;
+    wire_client_destroy(&self->client);
+    keys_destroy(&self->keys);
+    free(self);
+    *self_p = NULL;
+}
+
+static int s_send_hello(node_t *self)
+{
+    Medfl__Capabilities caps = MEDFL__CAPABILITIES__INIT;
+    caps.device = self->device;
+    caps.n_records = self->n_records;
+    caps.software_version = (char *)MEDFL_SOFTWARE_VERSION;
+    Medfl__Hello hello = MEDFL__HELLO__INIT;
+    hello.node_id = self->cfg.node_id;
+    hello.identity_pk.data = self->keys->sign_public;
+    hello.identity_pk.len = KEYS_SIGN_PUBLIC_BYTES;
+    hello.capabilities = &caps;
+    if (wire_client_send(self->client, MEDFL__MSG_TYPE__MSG_HELLO, 0, &hello.base, NULL, 0, NULL,
+                         NULL) != 0)
+        return -1;
+    self->hello_sent = true;
+    self->welcomed = false;
+    self->hello_at_ms = service_now_ms();
+    LOG_DEBUG(NET, "hello sent");
+    return 0;
+}
+
+static void s_on_welcome(node_t *self, const Medfl__Welcome *w)
+{
+    bool restarted = false;
+    if (w->instance_id.len == WIRE_INSTANCE_ID_LEN) {
+        restarted = self->have_instance &&
+                    sodium_memcmp(self->instance, w->instance_id.data, WIRE_INSTANCE_ID_LEN) != 0;
+        memcpy(self->instance, w->instance_id.data, WIRE_INSTANCE_ID_LEN);
+        self->have_instance = true;
+    }
+    char hex[2 * WIRE_INSTANCE_ID_LEN + 1];
+    sodium_bin2hex(hex, sizeof hex, self->instance, WIRE_INSTANCE_ID_LEN);
+    self->welcomed = true;
+    if (restarted)
+        LOG_INFO(NET, "welcomed again by a restarted aggregator (instance %s)", hex);
+    else
+        LOG_INFO(NET, "welcomed by the aggregator (instance %s)", hex);
+}
+
+/* Returns 1 when the node must stop because it was revoked. */
+static int s_on_message(node_t *self, const wire_msg_t *msg)
+{
+    switch (msg->type) {
+    case MEDFL__MSG_TYPE__MSG_WELCOME:
+        s_on_welcome(self, msg->body.welcome);
+        return 0;
+    case MEDFL__MSG_TYPE__MSG_ERROR: {
+        const Medfl__Error *e = msg->body.error;
+        const char *text = e->text ? e->text : "";
+        if (e->code == MEDFL__ERROR_CODE__ERROR_REVOKED) {
+            LOG_ERROR(NET, "the aggregator revoked this node (key %s): %s; stopping", self->key_id,
+                      text);
+            return 1;
+        }
+        if (e->code == MEDFL__ERROR_CODE__ERROR_STATE && !strcmp(text, "say hello first")) {
+            /* A heartbeat that overtook our hello draws this answer too; the hello in
+             * flight will be welcomed. */
+            if (!self->welcomed && self->hello_sent &&
+                service_now_ms() - self->hello_at_ms < self->cfg.heartbeat_ivl_ms *
+                                                           self->cfg.heartbeat_misses)
+                return 0;
+            LOG_INFO(NET, "the aggregator has no session for this node (restarted?): saying hello");
+            self->need_hello = true;
+            return 0;
+        }
+        LOG_WARN(NET, "the aggregator reports error %d: %s", (int)e->code, text);
+        return 0;
+    }
+    default:
+        LOG_WARN(NET, "%s from the aggregator is not handled by this node version",
+                 wire_type_name(msg->type));
+        return 0;
+    }
+}
+
+int node_run(node_t *self)
+{
+    /* Keys, state and sockets are up by now: tell systemd (Type=notify) we serve. */
+    (void)service_notify("READY=1\nSTATUS=serving");
+    const int64_t silence_ms = self->cfg.heartbeat_ivl_ms * self->cfg.heartbeat_misses;
+    while (!service_stop_requested()) {
+        if (service_reload_requested()) {
+            node_config_t fresh;
+            (void)service_notify("RELOADING=1");
+            if (!self->config_path[0])
+                LOG_WARN(CONFIG, "SIGHUP: no configuration file to reload");
+            else if (node_config_load(&fresh, self->config_path) != 0)
+                LOG_ERROR(CONFIG, "SIGHUP: configuration not reloaded, keeping the running one: %s",
+                          medfl_error_message());
+            else
+                service_config_reload(node_config_table, &self->cfg, &fresh, self->config_path);
+            (void)service_notify("READY=1");
+        }
+        uint64_t conns = wire_client_connections(self->client);
+        if (conns != self->connections_seen) {
+            if (self->connections_seen)
+                LOG_INFO(NET, "reconnected to the aggregator (handshake %llu)",
+                         (unsigned long long)conns);
+            self->connections_seen = conns;
+            self->need_hello = true;
+        }
+        int64_t now = service_now_ms();
+        if (!self->welcomed && self->hello_sent && now - self->hello_at_ms > silence_ms) {
+            LOG_WARN(NET, "no welcome within %lld ms: saying hello again", (long long)silence_ms);
+            self->need_hello = true;
+        }
+        if (self->welcomed) {
+            int64_t quiet = wire_client_ms_since_rx(self->client);
+            if (quiet > silence_ms) {
+                LOG_WARN(NET, "nothing from the aggregator for %lld ms: saying hello again",
+                         (long long)quiet);
+                self->welcomed = false;
+                self->need_hello = true;
+            }
+        }
+        /* Before the first handshake a hello would only wait in libzmq's queue. */
+        if (self->need_hello && conns > 0) {
+            if (s_send_hello(self) == 0)
+                self->need_hello = false;
+            else
+                LOG_WARN(NET, "cannot send hello: %s", medfl_error_message());
+        }
+        wire_msg_t msg;
+        memset(&msg, 0, sizeof msg);
+        int rc = wire_client_recv(self->client, &msg, NODE_RECV_SLICE_MS);
+        if (rc == 1 && s_on_message(self, &msg) == 1) {
+            wire_msg_close(&msg);
+            return NODE_EXIT_REVOKED;
+        }
+        wire_msg_close(&msg);
+    }
+    LOG_INFO(MAIN, "stop requested: shutting down");
+    (void)service_notify("STOPPING=1");
+    return 0;
+}

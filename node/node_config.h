@@ -1,0 +1,40 @@
+/* medfl-node's configuration: one option table (common/config.h) describing
+ * node_config_t. Later features (training, privacy, data) add their options here as rows
+ * of the same table, so `medfl-node example-config` and configs/node.example.conf stay
+ * complete. */
+#ifndef MEDFL_NODE_CONFIG_H
+#define MEDFL_NODE_CONFIG_H
+
+#include <stdint.h>
+
+#include "common/config.h"
+
+#define NODE_CONFIG_DEFAULT_PATH "/etc/medfl/node.conf"
+
+typedef struct {
+    char node_id[CFG_STR_MAX];
+    char key_dir[CFG_STR_MAX];
+    char state_dir[CFG_STR_MAX];
+    char device[CFG_STR_MAX];
+    char agg_endpoint[CFG_STR_MAX];
+    char agg_public_key[CFG_STR_MAX];
+    char agg_public_key_file[CFG_STR_MAX];
+    int64_t heartbeat_ivl_ms;
+    int64_t heartbeat_misses;
+    char records[CFG_STR_MAX];
+    char records_format[CFG_STR_MAX];
+    char log_level[CFG_STR_MAX];
+    char log_format[CFG_STR_MAX];
+    char log_file[CFG_STR_MAX];
+} node_config_t;
+
+extern const cfg_option_t node_config_table[];
+
+/* Loads path over the defaults, then checks rules across options (node id syntax,
+ * exactly one way of giving the aggregator's public key); errors name file and key. */
+int node_config_load(node_config_t *cfg, const char *path) __attribute__((warn_unused_result));
+
+/* "-c FILE" / "--config FILE" anywhere in argv, removed from it; default path otherwise. */
+const char *node_config_take_path(int *argc, char **argv);
+
+#endif

@@ -1,0 +1,93 @@
+/* common/service: signal flags and the sd_notify protocol: real signals set the flags exactly once, and
+ * notifications arrive on a socket that plays systemd's part (path and abstract names). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/service.h"
+
+static void test_signals_set_flags(void **state)
+{
+    (void)state;
+    assert_int_equal(service_signals_install(), 0);
+    assert_false(service_reload_requested());
+    raise(SIGHUP);
+    assert_true(service_reload_requested());
+    assert_false(service_reload_requested()); /* consumed */
+    assert_false(service_stop_requested());
+    raise(SIGPIPE); /* ignored, must not kill us */
+    raise(SIGTERM);
+    assert_true(service_stop_requested());
+}
+
+static int s_listen(const char *name, bool abstract)
+{
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(name);
+    memcpy(sa.sun_path, name, len);
+    if (abstract) sa.sun_path[0] = '\0';
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa,
+                          (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)), 0);
+    return fd;
+}
+
+static void s_expect(int fd, const char *want)
+{
+    char buf[256];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, want);
+}
+
+static void test_notify(void **state)
+{
+    (void)state;
+    unsetenv("NOTIFY_SOCKET");
+    assert_int_equal(service_notify("READY=1"), 0); /* not under systemd: no-op */
+
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/medfl-notify-%d", (int)getpid());
+    unlink(path);
+    int fd = s_listen(path, false);
+    setenv("NOTIFY_SOCKET", path, 1);
+    assert_int_equal(service_notify("READY=1\nSTATUS=serving"), 0);
+    s_expect(fd, "READY=1\nSTATUS=serving");
+    close(fd);
+    unlink(path);
+
+    char abs_name[64];
+    snprintf(abs_name, sizeof abs_name, "@medfl-notify-%d", (int)getpid());
+    fd = s_listen(abs_name, true);
+    setenv("NOTIFY_SOCKET", abs_name, 1);
+    assert_int_equal(service_notify("STOPPING=1"), 0);
+    s_expect(fd, "STOPPING=1");
+    close(fd);
+
+    setenv("NOTIFY_SOCKET", "relative/path", 1);
+    assert_int_equal(service_notify("READY=1"), -1);
+    setenv("NOTIFY_SOCKET", "/tmp/medfl-no-such-socket", 1);
+    assert_int_equal(service_notify("READY=1"), -1);
+    unsetenv("NOTIFY_SOCKET");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_signals_set_flags),
+        cmocka_unit_test(test_notify),
+    };
+    return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
+}

@@ -42,9 +42,16 @@ HAVE_CUDA := 1
 endif
 endif
 CU_SRC := $(wildcard common/*.cu)
+# Turing (T4), Ampere (A100/A10/A30), Hopper (H100) machine code + Hopper PTX that the driver
+# JIT-compiles for newer GPUs; override with e.g. make CUDA_ARCH="-arch=native".
+CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+  -gencode arch=compute_86,code=sm_86 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90
 ifeq ($(HAVE_CUDA),1)
 CFLAGS  += -DMEDFL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+# --no-as-needed: every program carries the GPU backend (ldd shows libcublas), even one that
+# reaches it only through backend_new at run time
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed
 CU_OBJ  := $(patsubst common/%.cu,$(BUILD)/common/%.cu.o,$(CU_SRC))
 CUDA_MSG := CUDA toolkit found at $(CUDA_HOME): building the cuBLAS backend
 else
@@ -95,7 +102,8 @@ $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
 
 $(BUILD)/common/%.cu.o: common/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC -c $< -o $@
+	@$(if $(V),,echo "  NVCC    $<")
+	$(Q)$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC,-fno-threadsafe-statics,-fno-exceptions,-Wall,-Wextra -Werror all-warnings $(CUDA_ARCH) -MD -MP -MF $@.d -c $< -o $@
 
 $(LIB): $(COMMON_OBJ)
 	@rm -f $@

@@ -117,6 +117,12 @@ struct backend {
     void (*rows_weighted_sum)(backend_t *b, float *out, const float *rows,
                               const float *weights_host, int n_rows, size_t n);
 
+    /* Asynchronous backends (CUDA) cannot report a kernel's failure from a void entry: they
+     * record the first error and skip later work. status waits for queued work and returns
+     * 0, or -1 with that error as the medfl error (code and message). NULL (the CPU backend,
+     * which cannot fail after allocation) means always 0; call it through backend_status. */
+    int (*status)(backend_t *b);
+
     void (*destroy)(backend_t *b);
 };
 
@@ -126,6 +132,10 @@ backend_t *backend_cpu_new(int threads);
 /* Backend by name: "cpu", "cuda", "auto" (cuda when built and a GPU is present, else cpu,
  * logged once). Returns NULL with a medfl error when the device cannot be used. */
 backend_t *backend_new(const char *device, int threads);
+
+/* 0 when every queued operation so far succeeded, else -1 with the backend's first error
+ * (see the status entry). Synchronises an asynchronous backend. Safe with NULL (returns 0). */
+int backend_status(backend_t *b);
 
 /* Frees the backend; safe with NULL and twice. */
 void backend_destroy(backend_t **self_p);

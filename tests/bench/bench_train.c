@@ -167,6 +167,8 @@ int bench_train(int argc, char **argv)
     }
     double elapsed = bench_now() - t_start;
     double cpu_used = s_cpu_seconds() - cpu_start;
+    if (rc == 0 && backend_status(be) != 0) /* a GPU kernel or cuBLAS call failed */
+        rc = -1;
     if (rc != 0) {
         free(ids), free(mask), free(labels);
         model_destroy(&m);

@@ -190,7 +190,11 @@ static void s_free(backend_t *b, void *p)
 {
     if (p == NULL)
         return;
-    cudaError_t e = cudaFree(p); /* waits for queued work using p */
+    /* queued kernels may still use p: wait for the stream (cudaFree's own implicit
+     * synchronisation is not documented for non-blocking streams) */
+    if (!s_impl(b)->failed)
+        S_CU(b, cudaStreamSynchronize(s_impl(b)->stream));
+    cudaError_t e = cudaFree(p);
     s_check_cuda(b, e, "cudaFree");
 }
 
@@ -243,13 +247,14 @@ static int s_status(backend_t *b)
     return 0;
 }
 
-/* Device scratch of at least bytes, grown on demand (freeing waits for queued users). */
+/* Device scratch of at least bytes, grown on demand (after the queued users are done). */
 static void *s_scratch(backend_t *b, size_t bytes)
 {
     s_cuda_t *c = s_impl(b);
     if (c->scratch_cap >= bytes)
         return c->scratch;
     if (c->scratch) {
+        S_CU(b, cudaStreamSynchronize(c->stream));
         s_check_cuda(b, cudaFree(c->scratch), "cudaFree(scratch)");
         c->scratch = NULL;
         c->scratch_cap = 0;
@@ -961,6 +966,8 @@ static void s_destroy(backend_t *b)
 {
     s_cuda_t *c = s_impl(b);
     if (c) {
+        if (c->stream)
+            cudaStreamSynchronize(c->stream); /* errors are moot now */
         if (c->scratch)
             cudaFree(c->scratch);
         if (c->blas)

@@ -49,6 +49,7 @@ typedef struct {
     void *scratch;       /* small device buffer: clipping weights, row-norm accumulators */
     size_t scratch_cap;
     char name[320];
+    cudaDeviceProp prop;
 } s_cuda_t;
 
 static s_cuda_t *s_impl(backend_t *b)
@@ -979,10 +980,14 @@ static void s_destroy(backend_t *b)
     free(b);
 }
 
+/* cuBLAS math mode from c->tf32, and the backend's name, which says whether TF32 is on */
 static void s_set_math(backend_t *b)
 {
     s_cuda_t *c = s_impl(b);
     S_CB(b, cublasSetMathMode(c->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    snprintf(c->name, sizeof c->name, "cuda (%s, sm_%d%d, cuBLAS%s)", c->prop.name,
+             c->prop.major, c->prop.minor, c->tf32 ? ", TF32" : "");
+    b->name = c->name;
 }
 
 extern "C" int backend_cuda_set_tf32(backend_t *b, bool on)
@@ -1033,10 +1038,9 @@ extern "C" backend_t *backend_cuda_new(int threads)
     const char *tf = getenv("MEDFL_CUDA_TF32");
     c->tf32 = tf && strcmp(tf, "1") == 0;
 
-    cudaDeviceProp prop;
     S_CU(b, cudaGetDevice(&c->device));
     if (!c->failed)
-        S_CU(b, cudaGetDeviceProperties(&prop, c->device));
+        S_CU(b, cudaGetDeviceProperties(&c->prop, c->device));
     if (!c->failed)
         S_CU(b, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     if (!c->failed)
@@ -1053,9 +1057,6 @@ extern "C" backend_t *backend_cuda_new(int threads)
         medfl_error_set(MEDFL_EDEVICE, "device = cuda: cannot start the GPU backend: %s", msg);
         return NULL;
     }
-    snprintf(c->name, sizeof c->name, "cuda (%s, sm_%d%d, cuBLAS%s)", prop.name, prop.major,
-             prop.minor, c->tf32 ? ", TF32" : "");
-    b->name = c->name;
     b->threads = 1; /* host threads: the CPU only queues work */
     b->alloc = s_alloc;
     b->free = s_free;

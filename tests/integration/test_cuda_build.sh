@@ -15,7 +15,9 @@ skip() { echo "SKIP $name: $*"; exit 77; }
 
 nvcc=$(command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 [ -n "$nvcc" ] || skip "nvcc not found (CUDA toolkit absent): CPU-only build"
-info=$(make --no-print-directory -s cuda-info 2>&1) || fail "make cuda-info failed: $info"
+# (a parent make's flags, e.g. USE_CUDA=0, reach this make through MAKEFLAGS)
+info=$(make --no-print-directory -s cuda-info 2>/dev/null | grep '^medfl:') \
+  || fail "make cuda-info printed no 'medfl:' line"
 case "$info" in
   *"building the cuBLAS backend"*) ;;
   *"USE_CUDA=0"*) skip "built with USE_CUDA=0 ($info)" ;;

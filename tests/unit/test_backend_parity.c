@@ -155,6 +155,11 @@ static void test_device_selection(void **state)
 
     int gpus = 0;
 #ifdef MEDFL_HAVE_CUDA
+    b = backend_new("cpu", 1);
+    assert_non_null(b);
+    assert_int_equal(backend_cuda_set_tf32(b, true), -1); /* TF32 is a CUDA-only switch */
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    backend_destroy(&b);
     char why[256] = "";
     gpus = backend_cuda_device_count(why, sizeof why);
     printf("CUDA devices: %d%s%s\n", gpus, gpus ? "" : ": ", gpus ? "" : why);
@@ -172,6 +177,12 @@ static void test_device_selection(void **state)
         assert_non_null(b);
         assert_int_equal(b->kind, BACKEND_CUDA);
         printf("cuda backend: %s\n", b->name);
+#ifdef MEDFL_HAVE_CUDA
+        assert_int_equal(backend_cuda_set_tf32(b, true), 0);
+        assert_non_null(strstr(b->name, "TF32"));
+        assert_int_equal(backend_cuda_set_tf32(b, false), 0);
+        assert_null(strstr(b->name, "TF32"));
+#endif
         backend_destroy(&b);
     } else {
         /* explicit cuda without a GPU is an error naming the cause, never a silent CPU */

@@ -37,7 +37,9 @@ extern "C" {
 
 #define S_THREADS 256          /* threads per block of every kernel */
 #define S_ROWS_PER_BLOCK (S_THREADS / 32) /* warp-per-row kernels */
+#ifndef S_MAX_BLOCKS /* the host emulator lowers it to exercise the grid-stride loops */
 #define S_MAX_BLOCKS (1u << 20) /* grid-stride loops cover the rest */
+#endif
 
 typedef struct {
     int device;
@@ -154,11 +156,17 @@ __device__ __forceinline__ size_t s_gstride(void)
     return (size_t)gridDim.x * blockDim.x;
 }
 
-/* Warp-per-row kernels: row index of this warp; blockDim.x is a multiple of 32, so every
- * lane of a warp gets the same row and whole warps leave together (full-mask shuffles). */
+/* Warp-per-row kernels: first row of this warp and the stride over rows (the grid is capped
+ * at S_MAX_BLOCKS); blockDim.x is a multiple of 32, so every lane of a warp walks the same
+ * rows and whole warps leave the loop together (full-mask shuffles stay convergent). */
 __device__ __forceinline__ size_t s_warp_row(void)
 {
     return ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+}
+
+__device__ __forceinline__ size_t s_warp_stride(void)
+{
+    return (size_t)gridDim.x * blockDim.x / 32;
 }
 
 /* ------------------------------------------------------------------ memory */
@@ -388,31 +396,30 @@ static void s_embed(backend_t *b, float *out, const int32_t *ids, const int32_t 
 __global__ void k_ln_fwd(float *x, float *rstd, float *y, const float *w, const float *bias,
                          int N, int C, float eps)
 {
-    size_t row = s_warp_row();
     int lane = threadIdx.x & 31;
-    if (row >= (size_t)N)
-        return;
-    float *xr = x + row * C;
-    double s = 0.0;
-    for (int j = lane; j < C; j += 32)
-        s += xr[j];
-    s = s_warp_sum_d(s);
-    float mean = (float)(s / C);
-    double v = 0.0;
-    for (int j = lane; j < C; j += 32) {
-        float d = xr[j] - mean;
-        v += (double)d * d;
-    }
-    v = s_warp_sum_d(v);
-    float rs = 1.0f / sqrtf((float)(v / C) + eps);
-    if (lane == 0)
-        rstd[row] = rs;
-    float *yr = y ? y + row * C : NULL;
-    for (int j = lane; j < C; j += 32) {
-        float h = (xr[j] - mean) * rs;
-        xr[j] = h;
-        if (yr)
-            yr[j] = h * w[j] + bias[j];
+    for (size_t row = s_warp_row(); row < (size_t)N; row += s_warp_stride()) {
+        float *xr = x + row * C;
+        double s = 0.0;
+        for (int j = lane; j < C; j += 32)
+            s += xr[j];
+        s = s_warp_sum_d(s);
+        float mean = (float)(s / C);
+        double v = 0.0;
+        for (int j = lane; j < C; j += 32) {
+            float d = xr[j] - mean;
+            v += (double)d * d;
+        }
+        v = s_warp_sum_d(v);
+        float rs = 1.0f / sqrtf((float)(v / C) + eps);
+        if (lane == 0)
+            rstd[row] = rs;
+        float *yr = y ? y + row * C : NULL;
+        for (int j = lane; j < C; j += 32) {
+            float h = (xr[j] - mean) * rs;
+            xr[j] = h;
+            if (yr)
+                yr[j] = h * w[j] + bias[j];
+        }
     }
 }
 
@@ -458,23 +465,22 @@ static void s_layernorm_affine(backend_t *b, float *y, const float *xhat, const 
 __global__ void k_ln_bwd(float *dx, const float *dy, const float *xhat, const float *rstd,
                          const float *w, int N, int C)
 {
-    size_t row = s_warp_row();
     int lane = threadIdx.x & 31;
-    if (row >= (size_t)N)
-        return;
-    const float *dyr = dy + row * C, *h = xhat + row * C;
-    double sg = 0.0, sgh = 0.0;
-    for (int j = lane; j < C; j += 32) {
-        float g = dyr[j] * w[j];
-        sg += g;
-        sgh += (double)g * h[j];
+    for (size_t row = s_warp_row(); row < (size_t)N; row += s_warp_stride()) {
+        const float *dyr = dy + row * C, *h = xhat + row * C;
+        double sg = 0.0, sgh = 0.0;
+        for (int j = lane; j < C; j += 32) {
+            float g = dyr[j] * w[j];
+            sg += g;
+            sgh += (double)g * h[j];
+        }
+        sg = s_warp_sum_d(sg);
+        sgh = s_warp_sum_d(sgh);
+        float mg = (float)(sg / C), mgh = (float)(sgh / C), rs = rstd[row];
+        float *dxr = dx + row * C;
+        for (int j = lane; j < C; j += 32)
+            dxr[j] = rs * (dyr[j] * w[j] - mg - h[j] * mgh);
     }
-    sg = s_warp_sum_d(sg);
-    sgh = s_warp_sum_d(sgh);
-    float mg = (float)(sg / C), mgh = (float)(sgh / C), rs = rstd[row];
-    float *dxr = dx + row * C;
-    for (int j = lane; j < C; j += 32)
-        dxr[j] = rs * (dyr[j] * w[j] - mg - h[j] * mgh);
 }
 
 static void s_layernorm_bwd(backend_t *b, float *dx, const float *dy, const float *xhat,
@@ -582,32 +588,31 @@ static void s_gelu_bwd(backend_t *b, float *d, const float *in, size_t n)
 __global__ void k_softmax_fwd(float *S, const int32_t *mask, size_t rows, int H, int T,
                               float scale)
 {
-    size_t r = s_warp_row();
     int lane = threadIdx.x & 31;
-    if (r >= rows)
-        return;
-    const int32_t *m = mask + (r / ((size_t)H * T)) * T;
-    float *s = S + r * T;
-    float mx = -INFINITY;
-    for (int k = lane; k < T; k += 32)
-        if (m[k] && s[k] > mx)
-            mx = s[k];
-    mx = s_warp_max_f(mx);
-    if (mx == -INFINITY) { /* uniform across the warp: every lane takes this branch */
+    for (size_t r = s_warp_row(); r < rows; r += s_warp_stride()) {
+        const int32_t *m = mask + (r / ((size_t)H * T)) * T;
+        float *s = S + r * T;
+        float mx = -INFINITY;
         for (int k = lane; k < T; k += 32)
-            s[k] = 0.0f;
-        return;
+            if (m[k] && s[k] > mx)
+                mx = s[k];
+        mx = s_warp_max_f(mx);
+        if (mx == -INFINITY) { /* uniform across the warp: every lane takes this branch */
+            for (int k = lane; k < T; k += 32)
+                s[k] = 0.0f;
+            continue;
+        }
+        float sum = 0.0f;
+        for (int k = lane; k < T; k += 32) {
+            float e = m[k] ? expf((s[k] - mx) * scale) : 0.0f;
+            s[k] = e;
+            sum += e;
+        }
+        sum = s_warp_sum_f(sum);
+        float inv = 1.0f / sum;
+        for (int k = lane; k < T; k += 32)
+            s[k] *= inv;
     }
-    float sum = 0.0f;
-    for (int k = lane; k < T; k += 32) {
-        float e = m[k] ? expf((s[k] - mx) * scale) : 0.0f;
-        s[k] = e;
-        sum += e;
-    }
-    sum = s_warp_sum_f(sum);
-    float inv = 1.0f / sum;
-    for (int k = lane; k < T; k += 32)
-        s[k] *= inv;
 }
 
 static void s_softmax_masked_fwd(backend_t *b, float *S, const int32_t *mask, int B, int H,
@@ -627,18 +632,17 @@ static void s_softmax_masked_fwd(backend_t *b, float *S, const int32_t *mask, in
 /* One warp per row: dS = scale * P * (dP - sum(dP * P)), in place over dP. */
 __global__ void k_softmax_bwd(float *dP, const float *P, size_t rows, int T, float scale)
 {
-    size_t r = s_warp_row();
     int lane = threadIdx.x & 31;
-    if (r >= rows)
-        return;
-    float *d = dP + r * T;
-    const float *p = P + r * T;
-    float dot = 0.0f;
-    for (int k = lane; k < T; k += 32)
-        dot += d[k] * p[k];
-    dot = s_warp_sum_f(dot);
-    for (int k = lane; k < T; k += 32)
-        d[k] = scale * p[k] * (d[k] - dot);
+    for (size_t r = s_warp_row(); r < rows; r += s_warp_stride()) {
+        float *d = dP + r * T;
+        const float *p = P + r * T;
+        float dot = 0.0f;
+        for (int k = lane; k < T; k += 32)
+            dot += d[k] * p[k];
+        dot = s_warp_sum_f(dot);
+        for (int k = lane; k < T; k += 32)
+            d[k] = scale * p[k] * (d[k] - dot);
+    }
 }
 
 static void s_softmax_bwd(backend_t *b, float *dP, const float *P, size_t rows, int T,

@@ -5,7 +5,8 @@
 # WHY: see emu.h; this is how the CUDA backend is reviewed where no GPU exists.
 # Usage: bash tests/cuda-emu/run.sh [--asan]   (from the repository root; needs g++ >= 10)
 #   MEDFL_EMU_SRC=file.cu runs a modified copy instead (e.g. to check that a planted bug is
-#   caught).
+#   caught). MEDFL_EMU_MAX_BLOCKS=N caps every grid at N blocks, so that the kernels'
+#   grid-stride loops (which real sizes reach only beyond millions of rows) are exercised.
 # Exit status: the test's (0 = every case passed).
 set -eu
 san=""
@@ -18,7 +19,9 @@ sed -E 's/([A-Za-z_][A-Za-z_0-9]*)<<<(.*)>>>\(/EMU_LAUNCH(\1, \2)(/' \
 if grep -q '<<<' "$tmp/backend_cuda_emu.cc"; then
   echo "cuda-emu: a kernel launch was not rewritten:"; grep -n '<<<' "$tmp/backend_cuda_emu.cc"; exit 1
 fi
-g++ -std=c++20 -O1 -g $san -I. -Itests/cuda-emu/include -c "$tmp/backend_cuda_emu.cc" \
+defs=""
+[ -n "${MEDFL_EMU_MAX_BLOCKS:-}" ] && defs="-DS_MAX_BLOCKS=${MEDFL_EMU_MAX_BLOCKS}u"
+g++ -std=c++20 -O1 -g $san $defs -I. -Itests/cuda-emu/include -c "$tmp/backend_cuda_emu.cc" \
   -o "$tmp/backend_cuda_emu.o"
 pkgs="openblas hdf5-serial"
 cc -std=c11 -O1 -g $san -D_GNU_SOURCE -DMEDFL_HAVE_CUDA=1 -pthread -I. $(pkg-config --cflags $pkgs) \

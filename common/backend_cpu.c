@@ -382,7 +382,7 @@ static inline void s_vgauss(s_v4f x, s_v4f *cdf, s_v4f *pdf)
 /* ---- gelu (erf form, as BERT's "gelu") ---- */
 
 typedef struct {
-    float *out;
+    float *out, *deriv;
     const float *in;
 } s_gelu_ctx;
 
@@ -393,44 +393,39 @@ static void s_gelu_fwd_range(void *vc, size_t i0, size_t i1)
     for (; i + 4 <= i1; i += 4) {
         s_v4f x = s_vload(c->in + i), cdf, pdf;
         s_vgauss(x, &cdf, &pdf);
+        if (c->deriv)
+            s_vstore(c->deriv + i, cdf + x * pdf);
         s_vstore(c->out + i, x * cdf);
     }
     for (; i < i1; i++) {
         float x = c->in[i];
-        c->out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        if (c->deriv)
+            c->deriv[i] = cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+        c->out[i] = x * cdf;
     }
 }
 
-static void s_gelu_fwd(backend_t *b, float *out, const float *in, size_t n)
+static void s_gelu_fwd(backend_t *b, float *out, float *deriv, const float *in, size_t n)
 {
     S_T0;
-    s_gelu_ctx c = {out, in};
+    s_gelu_ctx c = {out, deriv, in};
     s_parallel(b, n, n * 8, s_gelu_fwd_range, &c);
     S_T1(elementwise);
 }
 
-static void s_gelu_bwd_range(void *vc, size_t i0, size_t i1)
+static void s_mul_range(void *vc, size_t i0, size_t i1)
 {
     s_gelu_ctx *c = vc;
-    size_t i = i0;
-    for (; i + 4 <= i1; i += 4) {
-        s_v4f x = s_vload(c->in + i), cdf, pdf;
-        s_vgauss(x, &cdf, &pdf);
-        s_vstore(c->out + i, s_vload(c->out + i) * (cdf + x * pdf));
-    }
-    for (; i < i1; i++) {
-        float x = c->in[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        c->out[i] *= cdf + x * pdf;
-    }
+    for (size_t i = i0; i < i1; i++)
+        c->out[i] *= c->in[i];
 }
 
-static void s_gelu_bwd(backend_t *b, float *d, const float *in, size_t n)
+static void s_mul(backend_t *b, float *y, const float *x, size_t n)
 {
     S_T0;
-    s_gelu_ctx c = {d, in};
-    s_parallel(b, n, n * 8, s_gelu_bwd_range, &c);
+    s_gelu_ctx c = {y, NULL, x};
+    s_parallel(b, n, n * 2, s_mul_range, &c);
     S_T1(elementwise);
 }
 
@@ -692,7 +687,7 @@ backend_t *backend_cpu_new(int threads)
     b->add_bias = s_add_bias;
     b->add = s_add;
     b->gelu_fwd = s_gelu_fwd;
-    b->gelu_bwd = s_gelu_bwd;
+    b->mul = s_mul;
     b->softmax_masked_fwd = s_softmax_masked_fwd;
     b->softmax_bwd = s_softmax_bwd;
     b->pool_fwd = s_pool_fwd;

@@ -77,6 +77,65 @@ static void s_parallel(backend_t *b, size_t n, size_t work, s_range_fn fn, void 
     }
 }
 
+/* ---- 4-wide vector math (GCC/Clang vector extensions, SSE2 baseline) ----
+ * WHY: erff/expf from libm are scalar calls and GELU (erf) plus softmax (exp) were a third
+ * of a training step. These versions are branch-free so the compiler emits SIMD without
+ * -ffast-math: exp by range reduction (x = n ln2 + r) and a degree-6 polynomial (relative
+ * error < 3e-7 on the clamped range), erf by Abramowitz-Stegun 7.1.26 (absolute error
+ * < 1.5e-7), whose exp(-z^2) factor is also the Gaussian density GELU's derivative needs. */
+
+typedef float s_v4f __attribute__((vector_size(16)));
+typedef int32_t s_v4i __attribute__((vector_size(16)));
+
+static inline s_v4f s_v4(float a)
+{
+    return (s_v4f){a, a, a, a};
+}
+
+static inline s_v4f s_vsel(s_v4i m, s_v4f a, s_v4f b)
+{
+    return (s_v4f)(((s_v4i)a & m) | ((s_v4i)b & ~m));
+}
+
+static inline s_v4f s_vload(const float *p)
+{
+    s_v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void s_vstore(float *p, s_v4f v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline s_v4f s_vexp(s_v4f x)
+{
+    x = s_vsel(x < s_v4(-87.0f), s_v4(-87.0f), x);
+    x = s_vsel(x > s_v4(88.0f), s_v4(88.0f), x);
+    s_v4f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    s_v4f r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    s_v4f p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666667f +
+                                      r * (0.0083333333f + r * 0.0013888889f)))));
+    s_v4i e = (__builtin_convertvector(n, s_v4i) + 127) << 23;
+    return p * (s_v4f)e;
+}
+
+/* cdf = Phi(x) = 0.5 (1 + erf(x / sqrt 2)), pdf = phi(x) */
+static inline void s_vgauss(s_v4f x, s_v4f *cdf, s_v4f *pdf)
+{
+    s_v4f z = x * 0.70710678118654752f;
+    s_v4i neg = z < s_v4(0.0f);
+    s_v4f az = s_vsel(neg, -z, z);
+    s_v4f e = s_vexp(-az * az); /* = exp(-x^2 / 2) */
+    s_v4f t = 1.0f / (1.0f + 0.3275911f * az);
+    s_v4f poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
+                      t * (-1.453152027f + t * 1.061405429f))));
+    s_v4f erf_abs = 1.0f - poly * e;
+    *cdf = 0.5f * (1.0f + s_vsel(neg, -erf_abs, erf_abs));
+    *pdf = 0.39894228040143268f * e;
+}
+
 #define S_T0 double s_t0 = b->profile ? s_now() : 0.0
 #define S_T1(field)                                                                          \
     do {                                                                                     \
@@ -193,25 +252,44 @@ typedef struct {
     float eps;
 } s_ln_ctx;
 
+static inline float s_hsum(s_v4f v)
+{
+    return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
 static void s_ln_fwd_rows(void *vc, size_t r0, size_t r1)
 {
     s_ln_ctx *c = vc;
     int C = c->C;
     for (size_t r = r0; r < r1; r++) {
         float *x = c->x + r * C;
-        double sum = 0.0;
-        for (int j = 0; j < C; j++)
+        /* two-pass mean / variance with 4 partial sums each: rows are a few hundred long */
+        s_v4f vs = s_v4(0.0f);
+        int j = 0;
+        for (; j + 4 <= C; j += 4)
+            vs += s_vload(x + j);
+        float sum = s_hsum(vs);
+        for (; j < C; j++)
             sum += x[j];
-        float mean = (float)(sum / C);
-        double var = 0.0;
-        for (int j = 0; j < C; j++) {
-            float d = x[j] - mean;
-            var += (double)d * d;
+        float mean = sum / (float)C;
+        s_v4f vv = s_v4(0.0f);
+        for (j = 0; j + 4 <= C; j += 4) {
+            s_v4f d = s_vload(x + j) - mean;
+            vv += d * d;
         }
-        float rs = 1.0f / sqrtf((float)(var / C) + c->eps);
+        float var = s_hsum(vv);
+        for (; j < C; j++)
+            var += (x[j] - mean) * (x[j] - mean);
+        float rs = 1.0f / sqrtf(var / (float)C + c->eps);
         c->rstd[r] = rs;
         float *y = c->y ? c->y + r * C : NULL;
-        for (int j = 0; j < C; j++) {
+        for (j = 0; j + 4 <= C; j += 4) {
+            s_v4f h = (s_vload(x + j) - mean) * rs;
+            s_vstore(x + j, h);
+            if (y)
+                s_vstore(y + j, h * s_vload(c->w + j) + s_vload(c->bias + j));
+        }
+        for (; j < C; j++) {
             float h = (x[j] - mean) * rs;
             x[j] = h;
             if (y)
@@ -258,14 +336,25 @@ static void s_ln_bwd_rows(void *vc, size_t r0, size_t r1)
         const float *dy = c->dy + r * C;
         const float *h = c->xhat + r * C;
         float *dx = c->dx + r * C;
-        double sg = 0.0, sgh = 0.0;
-        for (int j = 0; j < C; j++) {
+        s_v4f vg = s_v4(0.0f), vgh = s_v4(0.0f);
+        int j = 0;
+        for (; j + 4 <= C; j += 4) {
+            s_v4f g = s_vload(dy + j) * s_vload(c->w + j);
+            vg += g;
+            vgh += g * s_vload(h + j);
+        }
+        float sg = s_hsum(vg), sgh = s_hsum(vgh);
+        for (; j < C; j++) {
             float g = dy[j] * c->w[j];
             sg += g;
-            sgh += (double)g * h[j];
+            sgh += g * h[j];
         }
-        float mg = (float)(sg / C), mgh = (float)(sgh / C), rs = c->crstd[r];
-        for (int j = 0; j < C; j++)
+        float mg = sg / (float)C, mgh = sgh / (float)C, rs = c->crstd[r];
+        /* dx may alias dy: each element is read before it is written */
+        for (j = 0; j + 4 <= C; j += 4)
+            s_vstore(dx + j, rs * (s_vload(dy + j) * s_vload(c->w + j) - mg -
+                                   s_vload(h + j) * mgh));
+        for (; j < C; j++)
             dx[j] = rs * (dy[j] * c->w[j] - mg - h[j] * mgh);
     }
 }
@@ -318,65 +407,6 @@ static void s_add(backend_t *b, float *y, const float *x, size_t n)
     s_add_ctx c = {y, x, 0, 0};
     s_parallel(b, n, n * 2, s_add_range, &c);
     S_T1(elementwise);
-}
-
-/* ---- 4-wide vector math (GCC/Clang vector extensions, SSE2 baseline) ----
- * WHY: erff/expf from libm are scalar calls and GELU (erf) plus softmax (exp) were a third
- * of a training step. These versions are branch-free so the compiler emits SIMD without
- * -ffast-math: exp by range reduction (x = n ln2 + r) and a degree-6 polynomial (relative
- * error < 3e-7 on the clamped range), erf by Abramowitz-Stegun 7.1.26 (absolute error
- * < 1.5e-7), whose exp(-z^2) factor is also the Gaussian density GELU's derivative needs. */
-
-typedef float s_v4f __attribute__((vector_size(16)));
-typedef int32_t s_v4i __attribute__((vector_size(16)));
-
-static inline s_v4f s_v4(float a)
-{
-    return (s_v4f){a, a, a, a};
-}
-
-static inline s_v4f s_vsel(s_v4i m, s_v4f a, s_v4f b)
-{
-    return (s_v4f)(((s_v4i)a & m) | ((s_v4i)b & ~m));
-}
-
-static inline s_v4f s_vload(const float *p)
-{
-    s_v4f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void s_vstore(float *p, s_v4f v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static inline s_v4f s_vexp(s_v4f x)
-{
-    x = s_vsel(x < s_v4(-87.0f), s_v4(-87.0f), x);
-    x = s_vsel(x > s_v4(88.0f), s_v4(88.0f), x);
-    s_v4f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    s_v4f r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-    s_v4f p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666667f +
-                                      r * (0.0083333333f + r * 0.0013888889f)))));
-    s_v4i e = (__builtin_convertvector(n, s_v4i) + 127) << 23;
-    return p * (s_v4f)e;
-}
-
-/* cdf = Phi(x) = 0.5 (1 + erf(x / sqrt 2)), pdf = phi(x) */
-static inline void s_vgauss(s_v4f x, s_v4f *cdf, s_v4f *pdf)
-{
-    s_v4f z = x * 0.70710678118654752f;
-    s_v4i neg = z < s_v4(0.0f);
-    s_v4f az = s_vsel(neg, -z, z);
-    s_v4f e = s_vexp(-az * az); /* = exp(-x^2 / 2) */
-    s_v4f t = 1.0f / (1.0f + 0.3275911f * az);
-    s_v4f poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
-                      t * (-1.453152027f + t * 1.061405429f))));
-    s_v4f erf_abs = 1.0f - poly * e;
-    *cdf = 0.5f * (1.0f + s_vsel(neg, -erf_abs, erf_abs));
-    *pdf = 0.39894228040143268f * e;
 }
 
 /* ---- gelu (erf form, as BERT's "gelu") ---- */
@@ -448,7 +478,17 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
         const int32_t *m = c->mask + bidx * T;
         float *s = c->S + r * T;
         float mx = -INFINITY;
-        for (int k = 0; k < T; k++)
+        int k = 0;
+        s_v4f vmx = s_v4(-INFINITY);
+        for (; k + 4 <= T; k += 4) {
+            s_v4i mk;
+            memcpy(&mk, m + k, sizeof mk);
+            s_v4f v = s_vsel(mk != 0, s_vload(s + k), s_v4(-INFINITY));
+            vmx = s_vsel(v > vmx, v, vmx);
+        }
+        for (int j = 0; j < 4; j++)
+            mx = vmx[j] > mx ? vmx[j] : mx;
+        for (; k < T; k++)
             if (m[k] && s[k] > mx)
                 mx = s[k];
         if (mx == -INFINITY) { /* no key at all: an all-padding example; output zeros */
@@ -456,7 +496,7 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
             continue;
         }
         float sum = 0.0f;
-        int k = 0;
+        k = 0;
         s_v4f vsum = s_v4(0.0f);
         for (; k + 4 <= T; k += 4) {
             s_v4i mk;
@@ -473,7 +513,9 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
             sum += e;
         }
         float inv = 1.0f / sum;
-        for (k = 0; k < T; k++)
+        for (k = 0; k + 4 <= T; k += 4)
+            s_vstore(s + k, s_vload(s + k) * inv);
+        for (; k < T; k++)
             s[k] *= inv;
     }
 }
@@ -496,10 +538,16 @@ static void s_softmax_bwd_rows(void *vc, size_t r0, size_t r1)
     for (size_t r = r0; r < r1; r++) {
         float *d = c->S + r * T;
         const float *p = c->P + r * T;
-        float dot = 0.0f;
-        for (int k = 0; k < T; k++)
+        s_v4f vdot = s_v4(0.0f);
+        int k = 0;
+        for (; k + 4 <= T; k += 4)
+            vdot += s_vload(d + k) * s_vload(p + k);
+        float dot = vdot[0] + vdot[1] + vdot[2] + vdot[3];
+        for (; k < T; k++)
             dot += d[k] * p[k];
-        for (int k = 0; k < T; k++)
+        for (k = 0; k + 4 <= T; k += 4)
+            s_vstore(d + k, c->scale * s_vload(p + k) * (s_vload(d + k) - dot));
+        for (; k < T; k++)
             d[k] = c->scale * p[k] * (d[k] - dot);
     }
 }

@@ -28,6 +28,7 @@ typedef enum { BACKEND_CPU = 0, BACKEND_CUDA = 1 } backend_kind_t;
  * class of kernel, callers read it after a step. */
 typedef struct {
     double gemm;        /* sgemm and batched sgemm */
+    double gemm_batched;/* of which batched sgemm (attention's per-head products) */
     double elementwise; /* layernorm, gelu, softmax, adds, pooling, embeddings, optimizer */
 } backend_profile_t;
 

@@ -207,6 +207,7 @@ static void s_sgemm_batched(backend_t *b, bool ta, bool tb, int M, int N, int K,
                         A + o * sao + i * sai, lda, B + o * sbo + i * sbi, ldb, beta,
                         C + o * sco + i * sci, ldc);
     S_T1(gemm);
+    S_T1(gemm_batched);
 }
 
 /* ---- embeddings ---- */

@@ -3,7 +3,9 @@
  * WHY: the encoder's time is in sgemm (OpenBLAS threads it); the rest (LayerNorm, GELU with
  * erf, masked softmax) is memory-bound but still a tenth of a step on two cores, so it is
  * parallelised too, with threads started per call (tens of microseconds, against kernels of
- * milliseconds) instead of a pool that would sit beside OpenBLAS' own. */
+ * milliseconds) instead of a pool that would sit beside OpenBLAS' own.
+ * One CPU backend is driven by one thread at a time: OpenBLAS' thread count is process-wide
+ * and sgemm_batched lowers it to 1 while it spreads small products over its own threads. */
 #include "common/backend.h"
 
 #include <cblas.h>

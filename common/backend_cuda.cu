@@ -357,7 +357,9 @@ static void s_sgemm_batched(backend_t *b, bool ta, bool tb, int M, int N, int K,
             s_gemm_strided(b, ta, tb, M, N, K, alpha, A + i * sai, lda, sao, B + i * sbi, ldb,
                            sbo, beta, C + i * sci, ldc, sco, n_outer);
     }
-    S_T1(gemm);
+    S_T1(gemm); /* gemm_batched is the batched share of gemm (backend.h) */
+    if (b->profile)
+        b->prof.gemm_batched += s_now() - s_t0;
 }
 
 /* ------------------------------------------------------------------ embeddings */
@@ -539,44 +541,44 @@ static void s_add(backend_t *b, float *y, const float *x, size_t n)
 
 /* ------------------------------------------------------------------ gelu (erf form) */
 
-__global__ void k_gelu_fwd(float *out, const float *in, size_t n)
-{
-    for (size_t i = s_gid(); i < n; i += s_gstride()) {
-        float x = in[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    }
-}
-
-static void s_gelu_fwd(backend_t *b, float *out, const float *in, size_t n)
-{
-    S_GUARD(b);
-    if (n == 0)
-        return;
-    S_T0;
-    k_gelu_fwd<<<s_blocks(n, S_THREADS), S_THREADS, 0, s_impl(b)->stream>>>(out, in, n);
-    S_LAUNCHED(b, "k_gelu_fwd");
-    S_T1(elementwise);
-}
-
-/* d *= Phi(x) + x phi(x) */
-__global__ void k_gelu_bwd(float *d, const float *in, size_t n)
+/* out = x Phi(x); deriv (when given) = gelu'(x) = Phi(x) + x phi(x), kept by the forward so
+ * that the backward is one multiply. out may alias in: each thread reads x before writing. */
+__global__ void k_gelu_fwd(float *out, float *deriv, const float *in, size_t n)
 {
     for (size_t i = s_gid(); i < n; i += s_gstride()) {
         float x = in[i];
         float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        d[i] *= cdf + x * pdf;
+        if (deriv)
+            deriv[i] = cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+        out[i] = x * cdf;
     }
 }
 
-static void s_gelu_bwd(backend_t *b, float *d, const float *in, size_t n)
+static void s_gelu_fwd(backend_t *b, float *out, float *deriv, const float *in, size_t n)
 {
     S_GUARD(b);
     if (n == 0)
         return;
     S_T0;
-    k_gelu_bwd<<<s_blocks(n, S_THREADS), S_THREADS, 0, s_impl(b)->stream>>>(d, in, n);
-    S_LAUNCHED(b, "k_gelu_bwd");
+    k_gelu_fwd<<<s_blocks(n, S_THREADS), S_THREADS, 0, s_impl(b)->stream>>>(out, deriv, in, n);
+    S_LAUNCHED(b, "k_gelu_fwd");
+    S_T1(elementwise);
+}
+
+__global__ void k_mul(float *y, const float *x, size_t n)
+{
+    for (size_t i = s_gid(); i < n; i += s_gstride())
+        y[i] *= x[i];
+}
+
+static void s_mul(backend_t *b, float *y, const float *x, size_t n)
+{
+    S_GUARD(b);
+    if (n == 0)
+        return;
+    S_T0;
+    k_mul<<<s_blocks(n, S_THREADS), S_THREADS, 0, s_impl(b)->stream>>>(y, x, n);
+    S_LAUNCHED(b, "k_mul");
     S_T1(elementwise);
 }
 
@@ -1077,7 +1079,7 @@ extern "C" backend_t *backend_cuda_new(int threads)
     b->add_bias = s_add_bias;
     b->add = s_add;
     b->gelu_fwd = s_gelu_fwd;
-    b->gelu_bwd = s_gelu_bwd;
+    b->mul = s_mul;
     b->softmax_masked_fwd = s_softmax_masked_fwd;
     b->softmax_bwd = s_softmax_bwd;
     b->pool_fwd = s_pool_fwd;

@@ -55,7 +55,8 @@ typedef struct {
     float *ctx;     /* [N, C] heads concatenated, input of attention.output.dense */
     float *xhat1;   /* [N, C] normalised input of attention.output.LayerNorm */
     float *rstd1;   /* [N] */
-    float *hpre;    /* [N, F] intermediate.dense output before GELU */
+    float *dgelu;   /* [N, F] gelu'(intermediate.dense output), saved by the forward */
+    float *g;       /* [N, F] gelu output, kept only when output.dense has an adapter */
     float *xhat2;   /* [N, C] normalised input of output.LayerNorm */
     float *rstd2;   /* [N] */
 } s_layer_act;
@@ -636,7 +637,10 @@ static size_t s_cut_arena(model_t *m, float *base, int B, int T)
         TAKE(a->ctx, N * C);
         TAKE(a->xhat1, N * C);
         TAKE(a->rstd1, N);
-        TAKE(a->hpre, N * F);
+        TAKE(a->dgelu, N * F);
+        a->g = NULL;
+        if (m->lora[l * MODEL_N_TARGETS + T_FO].on)
+            TAKE(a->g, N * F);
         TAKE(a->xhat2, N * C);
         TAKE(a->rstd2, N);
     }
@@ -804,18 +808,20 @@ static void s_layer_forward(model_t *m, int l, const float *x, float *out)
     be->layernorm_fwd(be, a->xhat1, a->rstd1, m->h1, w->ln1w, w->ln1b, N, C,
                       c->layer_norm_eps);
 
-    /* hpre[N, F] = h1 @ Wfi^T + bfi (+ LoRA); g = gelu(hpre) */
-    be->sgemm(be, false, true, N, F, C, 1.0f, m->h1, C, w->wfi, C, 0.0f, a->hpre, F);
-    be->add_bias(be, a->hpre, F, w->bfi, N, F);
+    /* g[N, F] = gelu(h1 @ Wfi^T + bfi (+ LoRA)), in place; dgelu = gelu' for backward.
+     * g itself is kept only when output.dense's adapter needs it as input. */
+    float *g = lo[T_FO].on ? a->g : m->g;
+    be->sgemm(be, false, true, N, F, C, 1.0f, m->h1, C, w->wfi, C, 0.0f, g, F);
+    be->add_bias(be, g, F, w->bfi, N, F);
     if (lo[T_FI].on)
-        s_lora_fwd(m, &lo[T_FI], m->h1, C, a->u[T_FI], a->hpre, F, N);
-    be->gelu_fwd(be, m->g, a->hpre, (size_t)N * F);
+        s_lora_fwd(m, &lo[T_FI], m->h1, C, a->u[T_FI], g, F, N);
+    be->gelu_fwd(be, g, a->dgelu, g, (size_t)N * F);
 
     /* xhat2 <- g @ Wfo^T + bfo (+ LoRA) + h1, then LayerNorm: xhat2, rstd2, out [N, C] */
-    be->sgemm(be, false, true, N, C, F, 1.0f, m->g, F, w->wfo, F, 0.0f, a->xhat2, C);
+    be->sgemm(be, false, true, N, C, F, 1.0f, g, F, w->wfo, F, 0.0f, a->xhat2, C);
     be->add_bias(be, a->xhat2, C, w->bfo, N, C);
     if (lo[T_FO].on)
-        s_lora_fwd(m, &lo[T_FO], m->g, F, a->u[T_FO], a->xhat2, C, N);
+        s_lora_fwd(m, &lo[T_FO], g, F, a->u[T_FO], a->xhat2, C, N);
     be->add(be, a->xhat2, m->h1, (size_t)N * C);
     be->layernorm_fwd(be, a->xhat2, a->rstd2, out, w->ln2w, w->ln2b, N, C, c->layer_norm_eps);
 }
@@ -839,17 +845,15 @@ static void s_layer_backward(model_t *m, int l, float *d, bool need_dx, float *p
      * d(ffn out) at once */
     be->layernorm_bwd(be, d, d, a->xhat2, a->rstd2, w->ln2w, N, C);
 
-    /* LoRA on output.dense: its input g = gelu(hpre) is rebuilt into m->g first */
-    if (lo[T_FO].on) {
-        be->gelu_fwd(be, m->g, a->hpre, (size_t)N * F);
-        s_lora_bwd_weights(m, &lo[T_FO], m->g, F, a->u[T_FO], d, C, m->dU + T_FO * NR, N, pe,
+    /* LoRA on output.dense: its input g was kept by the forward */
+    if (lo[T_FO].on)
+        s_lora_bwd_weights(m, &lo[T_FO], a->g, F, a->u[T_FO], d, C, m->dU + T_FO * NR, N, pe,
                            pe_scale);
-    }
-    /* dg [N, F] = d [N, C] @ Wfo [C, F] (+ LoRA input part); then d(hpre) = dg * gelu'(hpre) */
+    /* dg [N, F] = d [N, C] @ Wfo [C, F] (+ LoRA input part); then d(pre-GELU) = dg * gelu' */
     be->sgemm(be, false, false, N, F, C, 1.0f, d, C, w->wfo, F, 0.0f, m->g, F);
     if (lo[T_FO].on)
         s_lora_bwd_input(m, &lo[T_FO], m->dU + T_FO * NR, m->g, F, N);
-    be->gelu_bwd(be, m->g, a->hpre, (size_t)N * F);
+    be->mul(be, m->g, a->dgelu, (size_t)N * F);
 
     /* LoRA on intermediate.dense: input h1 rebuilt from xhat1 */
     if (lo[T_FI].on) {
@@ -857,7 +861,7 @@ static void s_layer_backward(model_t *m, int l, float *d, bool need_dx, float *p
         s_lora_bwd_weights(m, &lo[T_FI], m->h1, C, a->u[T_FI], m->g, F, m->dU + T_FI * NR, N,
                            pe, pe_scale);
     }
-    /* d(h1) [N, C] = d (residual) + dhpre [N, F] @ Wfi [F, C] (+ LoRA input part) */
+    /* d(h1) [N, C] = d (residual) + d(pre-GELU) [N, F] @ Wfi [F, C] (+ LoRA input part) */
     be->sgemm(be, false, false, N, C, F, 1.0f, m->g, F, w->wfi, C, 1.0f, d, C);
     if (lo[T_FI].on)
         s_lora_bwd_input(m, &lo[T_FI], m->dU + T_FI * NR, d, C, N);

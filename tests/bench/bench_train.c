@@ -193,6 +193,7 @@ int bench_train(int argc, char **argv)
         printf("train_time_backward_s: %.4f s/step\n", t_bwd / steps);
         printf("train_time_optimizer_s: %.5f s/step\n", t_opt / steps);
         printf("train_time_sgemm_s: %.4f s/step\n", be->prof.gemm / steps);
+        printf("train_time_sgemm_attention_s: %.4f s/step\n", be->prof.gemm_batched / steps);
         printf("train_time_elementwise_s: %.4f s/step\n", be->prof.elementwise / steps);
     }
     free(ids), free(mask), free(labels);

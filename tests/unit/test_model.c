@@ -519,6 +519,79 @@ static void test_finite_differences_cls(void **state)
     s_fd_check(POOL_CLS);
 }
 
+/* ------------------------------------------------------------ threads */
+
+/* The threaded paths (row kernels split over pthreads above 64k floats, attention products
+ * spread over threads) give what one thread gives: a model large enough to take them. */
+static void s_run_threads(int threads, float *logits, float *grads, float *pe, size_t n)
+{
+    model_config_t cfg;
+    model_config_default(&cfg);
+    cfg.vocab_size = 50;
+    cfg.hidden = 64;
+    cfg.layers = 2;
+    cfg.heads = 4;
+    cfg.ffn = 256;
+    cfg.max_position = 64;
+    cfg.num_labels = 3;
+    cfg.lora_targets = LORA_ALL;
+    backend_t *be = backend_cpu_new(threads);
+    model_t *m = model_new(&cfg, be);
+    assert_non_null(m);
+    model_base_init_random(m, 5, 0.3f);
+    model_init_trainable(m, 9);
+    assert_int_equal(model_trainable_numel(m), n);
+    float *p = calloc(n, sizeof(float));
+    model_trainable_get(m, p, n);
+    for (size_t i = 0; i < n; i++) /* non-zero lora_B everywhere */
+        p[i] += 0.01f * (float)((int)((i * 37) % 11) - 5);
+    model_trainable_set(m, p, n);
+    enum { B = 4, T = 64 };
+    static int32_t ids[B * T], mask[B * T], labels[B] = {0, 1, 2, 1};
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (i * 13 + 7) % 50;
+        mask[i] = (i % T) < T - 9 * (i / T); /* 64, 55, 46, 37 real tokens */
+    }
+    model_batch_t in = {ids, NULL, mask, labels, B, T};
+    float loss;
+    assert_int_equal(model_forward(m, &in, &loss, logits), 0);
+    model_zero_grad(m);
+    assert_int_equal(model_backward(m), 0);
+    assert_int_equal(model_grad_get(m, grads, n), 0);
+    float *dev = model_per_example_buffer(m, B);
+    assert_int_equal(model_backward_per_example(m, dev), 0);
+    be->download(be, pe, dev, (size_t)B * n * sizeof(float));
+    free(p);
+    model_destroy(&m);
+    backend_destroy(&be);
+}
+
+static void test_threads_agree(void **state)
+{
+    (void)state;
+    /* n_trainable for the config above: 2 layers x (4 x (8*64 + 64*8) + 2 x (8*64 + 256*8))
+     * + head 3*64 + 3 */
+    size_t n = 2 * (4 * 1024 + 2 * (512 + 2048)) + 195;
+    float l1[12], l2[12];
+    float *g1 = calloc(n, sizeof(float)), *g2 = calloc(n, sizeof(float));
+    float *p1 = calloc(4 * n, sizeof(float)), *p2 = calloc(4 * n, sizeof(float));
+    s_run_threads(1, l1, g1, p1, n);
+    s_run_threads(2, l2, g2, p2, n);
+    double el = s_rel_err(l2, l1, 12), eg = s_rel_err(g2, g1, n), ep = s_rel_err(p2, p1, 4 * n);
+    printf("threads 2 vs 1: logits %.3g, gradients %.3g, per-example %.3g\n", el, eg, ep);
+    assert_true(el < 1e-5);
+    assert_true(eg < 1e-4);
+    assert_true(ep < 1e-4);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(g1[i]));
+    assert_true(gmax > 0.0);
+    free(g1);
+    free(g2);
+    free(p1);
+    free(p2);
+}
+
 /* ------------------------------------------------------------ optimizer */
 
 static void test_adamw(void **state)
@@ -782,6 +855,7 @@ int main(void)
         cmocka_unit_test(test_per_example),
         cmocka_unit_test(test_finite_differences_mean),
         cmocka_unit_test(test_finite_differences_cls),
+        cmocka_unit_test(test_threads_agree),
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_training_reduces_loss),
         cmocka_unit_test(test_bad_input),

@@ -8,6 +8,7 @@ static const cli_command_t s_benches[] = {
     {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {"compress", bench_compress, "update compression: wire ratio, speed, accuracy cost"},
     {"secagg", bench_secagg, "secure aggregation round in-process: mask, unmask, bytes"},
+    {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
     {NULL, NULL, NULL},
 };
 

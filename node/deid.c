@@ -1510,8 +1510,16 @@ int data_config_to_opts(const data_config_t *cfg, const char *records_path,
         if (data_labels_parse(cfg->labels, labels_out, n_labels_out) != 0) return -1;
         opts->labels = (const char *const *)*labels_out;
         opts->n_labels = *n_labels_out;
+    } else if (cfg->top_labels > 0) {
+        if (data_top_labels(path, opts, (size_t)cfg->top_labels, labels_out, n_labels_out) != 0)
+            return -1;
+        opts->labels = (const char *const *)*labels_out;
+        opts->n_labels = *n_labels_out;
+        LOG_INFO(DATA, "%s: label set = the %zu most frequent labels (data.top_labels)", path,
+                 *n_labels_out);
     } else if (cfg->skip_unknown_labels) {
-        return medfl_error_set(MEDFL_ECONFIG, "data.skip_unknown_labels needs data.labels");
+        return medfl_error_set(MEDFL_ECONFIG, "data.skip_unknown_labels needs data.labels or "
+                               "data.top_labels");
     }
     return 0;
 }
@@ -1593,13 +1601,15 @@ static void s_check_usage(FILE *out)
             "3 when records are flagged under policy refuse, 1 on a records or config error.\n\n"
             "  -c FILE                 node config: [data] records, format, text_field,\n"
             "                          label_field, labels, skip_unknown_labels,\n"
-            "                          skip_empty_text, max_text_bytes; [deid] policy\n"
+            "                          skip_empty_text, max_text_bytes, top_labels;\n"
+            "                          [deid] policy\n"
             "  --records FILE          records file (overrides data.records)\n"
             "  --format jsonl|csv      default: from the file name\n"
             "  --text-field F          default: text\n"
             "  --label-field F         default: label (\"\" = unlabelled records)\n"
             "  --labels A,B,C          label set (default: as found in the data)\n"
-            "  --skip-unknown-labels   drop and count records whose label is not in --labels\n"
+            "  --top-labels K          label set = the K most frequent labels of the file\n"
+            "  --skip-unknown-labels   drop and count records whose label is not in the set\n"
             "  --skip-empty-text       drop and count records with an empty text\n"
             "  --max-text-bytes N      default: 1048576\n"
             "  --policy refuse|redact|off   default: refuse\n"
@@ -1640,7 +1650,7 @@ int cmd_check_data(int argc, char **argv)
     if (cfg_set_defaults(s_check_options, &cfg) != 0) return cli_fail("medfl-node");
     const char *conf = NULL, *records = NULL, *format = NULL, *text_field = NULL,
                *label_field = NULL, *labels = NULL, *policy = NULL, *max_bytes = NULL,
-               *redacted_out = NULL;
+               *redacted_out = NULL, *top_labels = NULL;
     bool skip_unknown = false, skip_empty = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1654,6 +1664,7 @@ int cmd_check_data(int argc, char **argv)
         else if (strcmp(a, "--policy") == 0) slot = &policy;
         else if (strcmp(a, "--max-text-bytes") == 0) slot = &max_bytes;
         else if (strcmp(a, "--redacted-out") == 0) slot = &redacted_out;
+        else if (strcmp(a, "--top-labels") == 0) slot = &top_labels;
         else if (strcmp(a, "--skip-unknown-labels") == 0) { skip_unknown = true; continue; }
         else if (strcmp(a, "--skip-empty-text") == 0) { skip_empty = true; continue; }
         else {
@@ -1681,7 +1692,8 @@ int cmd_check_data(int argc, char **argv)
         (label_field && cfg_set(s_check_options, &cfg, "data.label_field", label_field, origin) != 0) ||
         (labels && cfg_set(s_check_options, &cfg, "data.labels", labels, origin) != 0) ||
         (policy && cfg_set(s_check_options, &cfg, "deid.policy", policy, origin) != 0) ||
-        (max_bytes && cfg_set(s_check_options, &cfg, "data.max_text_bytes", max_bytes, origin) != 0))
+        (max_bytes && cfg_set(s_check_options, &cfg, "data.max_text_bytes", max_bytes, origin) != 0) ||
+        (top_labels && cfg_set(s_check_options, &cfg, "data.top_labels", top_labels, origin) != 0))
         return cli_fail("medfl-node");
     if (skip_unknown) cfg.data.skip_unknown_labels = true;
     if (skip_empty) cfg.data.skip_empty_text = true;

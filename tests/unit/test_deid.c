@@ -324,6 +324,25 @@ static void test_config_to_opts(void **state)
     strcpy(c.records, "x.parquet");
     c.skip_unknown_labels = false;
     assert_int_equal(data_config_to_opts(&c, NULL, &o, &labels, &n), -1);
+    /* top_labels: the K most frequent labels of the file, others skipped when asked. */
+    strcpy(c.records, "tests/data/deid/clean.jsonl");
+    strcpy(c.text_field, "text");
+    strcpy(c.label_field, "label");
+    c.top_labels = 2;
+    c.skip_unknown_labels = true;
+    c.max_text_bytes = 0;
+    assert_int_equal(data_config_to_opts(&c, NULL, &o, &labels, &n), 0);
+    assert_int_equal(n, 2);
+    records_t *set = records_new();
+    assert_int_equal(records_load_file(set, c.records, &o), 0);
+    assert_int_equal(records_n_labels(set), 2);
+    assert_true(records_skipped(set) > 0);
+    size_t counts[2];
+    records_label_counts(set, counts);
+    assert_true(counts[0] >= counts[1]);
+    assert_int_equal(counts[0] + counts[1] + records_skipped(set), 150);
+    records_destroy(&set);
+    data_labels_free(labels, n);
 }
 
 int main(void)

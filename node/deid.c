@@ -1059,6 +1059,20 @@ static const char *const s_not_names[] = {
     "respiratory", "constitutional", "eyes", "ears", "nose", "throat", "mouth",
     "lymphatic", "hematologic", "endocrine", "mg", "ml", "iv", "po", "prn", "bid", "tid",
     "qid", "daily", "weekly", "monthly", "once", "twice", "mr", "mrs", "ms", "dr",
+    "active", "demographics", "profile", "preferences", "goals", "position", "identity",
+    "living", "deceased", "alive", "died", "passed", "healthy", "cardiology", "pulmonology",
+    "gastroenterology", "neurology", "orthopedics", "orthopaedics", "endocrinology",
+    "nephrology", "dermatology", "oncology", "hematology", "urology", "surgery", "pediatrics",
+    "obstetrics", "gynecology", "psychiatry", "rheumatology", "ophthalmology", "otolaryngology",
+    "ent", "anesthesiology", "podiatry", "infectious", "diseases", "disease", "associates",
+    "group", "practice", "services", "hospitalist", "hospitalists", "intensivist",
+    "intensivists", "cancer", "type",
+    "medicare", "medicaid", "english", "spanish", "caucasian", "african", "american",
+    "hispanic", "asian", "latino", "christian", "muslim", "jewish", "catholic", "er", "ed",
+    "icu", "or", "pacu", "ccu", "nicu", "picu", "ct", "mri", "ekg", "ecg", "echo", "cxr",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "january", "february", "march", "april", "june", "july", "august", "september",
+    "october", "november", "december", "ok", "okay", "thank", "thanks", "sincerely",
     /* eponyms and capitalised medical words */
     "crohn", "crohn's", "parkinson", "parkinson's", "hodgkin", "hodgkin's", "non-hodgkin",
     "apgar", "glasgow", "babinski", "foley", "alzheimer", "alzheimer's", "addison",
@@ -1086,34 +1100,25 @@ static const char *const s_not_names[] = {
     "ativan", "xanax", "keflex", "cipro", "bactrim", "zithromax", "flagyl", "synthroid",
     "advil", "motrin", "aleve", "aspirin", "heparin", "lovenox", "eliquis", "xarelto",
     "plavix", "glucophage", "lantus", "humalog", "novolog", "ventolin", "albuterol",
-    "medicare", "medicaid", "english", "spanish", "caucasian", "african", "american",
-    "hispanic", "asian", "latino", "christian", "muslim", "jewish", "catholic", "er", "ed",
-    "icu", "or", "pacu", "ccu", "nicu", "picu", "ct", "mri", "ekg", "ecg", "echo", "cxr",
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
-    "january", "february", "march", "april", "june", "july", "august", "september",
-    "october", "november", "december", "ok", "okay", "thank", "thanks", "sincerely",
-    "active", "demographics", "profile", "preferences", "goals", "position", "identity",
-    "living", "deceased", "alive", "died", "passed", "healthy", "cardiology", "pulmonology",
-    "gastroenterology", "neurology", "orthopedics", "orthopaedics", "endocrinology",
-    "nephrology", "dermatology", "oncology", "hematology", "urology", "surgery", "pediatrics",
-    "obstetrics", "gynecology", "psychiatry", "rheumatology", "ophthalmology", "otolaryngology",
-    "ent", "anesthesiology", "podiatry", "infectious", "diseases", "disease", "associates",
-    "group", "practice", "services", "hospitalist", "hospitalists", "intensivist",
-    "intensivists", "cancer", "type",
     NULL};
 
-static int s_not_name(const s_scan_t *s, size_t i, size_t k)
+/* general_only: compare with the general words only, not the eponyms and drug names that
+ * follow "crohn" in the list. A name's later tokens and signature names use it, because
+ * eponyms are common surnames too ("Dr. John Murphy", "Ann Wilson, MD"). */
+static int s_not_name_ex(const s_scan_t *s, size_t i, size_t k, int general_only)
 {
     /* Compare without a possessive 's so that "Crohn's" matches "crohn". */
     size_t kk = k;
     if (kk > 2 && (s->t[i + kk - 1] == 's' || s->t[i + kk - 1] == 'S') && s->t[i + kk - 2] == '\'')
         kk -= 2;
     for (const char *const *w = s_not_names; *w; w++) {
+        if (general_only && strcmp(*w, "crohn") == 0) break;
         size_t L = strlen(*w);
         if ((L == k || L == kk) && s_lit(s, i, *w)) return 1;
     }
     return 0;
 }
+
 
 /* A name token at i: "Smith", "O'Brien", "McDonald", "Smith-Jones", "José", an initial
  * "J." or (when caps_ok) an all-capitals "SMITH". Returns its length or 0. */
@@ -1134,8 +1139,10 @@ static size_t s_name_token(const s_scan_t *s, size_t i, int caps_ok)
     return k;
 }
 
-/* A sequence of 1-4 name tokens separated by single spaces; the first must not be a
- * known non-name word (any later one ends the sequence). Returns the end or 0. */
+/* A sequence of 1-4 name tokens separated by single spaces. check_first: 1 = the first
+ * token must not be a known non-name word or eponym, 2 = not a general word (eponyms are
+ * surnames after a title: "Doctor Wilson"), 0 = no check. A later general word ends the
+ * sequence. Returns the end or 0. */
 static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_first, int *ntok)
 {
     size_t end = 0;
@@ -1144,7 +1151,9 @@ static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_fir
         size_t k = s_name_token(s, p, caps_ok);
         if (!k) break;
         int initial = k == 2 && s->t[p + 1] == '.';
-        if (!initial && (tokens > 0 || check_first) && s_not_name(s, p, k)) break;
+        if (!initial && tokens == 0 && check_first && s_not_name_ex(s, p, k, check_first == 2))
+            break;
+        if (!initial && tokens > 0 && s_not_name_ex(s, p, k, 1)) break;
         tokens++;
         if (!initial) full = 1;
         end = p + k;
@@ -1214,7 +1223,7 @@ static void s_rule_name(s_scan_t *s)
                      * "Father") need a name that is not a known word. */
                     int strict = !s_upper(s->t[i]) || s_lit(s, i, "Nurse") || s_lit(s, i, "Sister") ||
                                  s_lit(s, i, "Father") || s_lit(s, i, "Doctor");
-                    size_t e = s_name_seq(s, p, 1, strict, NULL);
+                    size_t e = s_name_seq(s, p, 1, strict ? 2 : 0, NULL);
                     if (e) { s_add(s, DEID_NAME, p, e); i = e; continue; }
                 }
             }
@@ -1274,7 +1283,7 @@ static void s_rule_name(s_scan_t *s)
                 size_t tk = s_exact_any(s, p, titles);
                 if (tk) p = s_skip_ws(s, p + tk);
                 int ntok = 0;
-                size_t e = skip ? 0 : s_name_seq(s, p, 1, 1, &ntok);
+                size_t e = skip ? 0 : s_name_seq(s, p, 1, 2, &ntok);
                 /* "ANESTHESIOLOGIST:, Monitored anesthesia care": one capitalised word that
                  * a lower-case word follows starts a sentence, it is not a name. */
                 if (e && ntok == 1 && s_space(s_at(s, e)) && s_lower(s_at(s, s_skip_ws(s, e))))
@@ -1306,7 +1315,7 @@ static void s_rule_name(s_scan_t *s)
             while (p < s->len && (s_space(s->t[p]) || s->t[p] == '\n' || s->t[p] == '\r')) p++;
             size_t tk = s_exact_any(s, p, titles);
             if (tk) p = s_skip_ws(s, p + tk);
-            size_t e = s_name_seq(s, p, 1, 1, NULL);
+            size_t e = s_name_seq(s, p, 1, 2, NULL);
             if (e) { s_add(s, DEID_NAME, p, e); i = e; continue; }
         }
     }
@@ -1331,7 +1340,7 @@ static void s_rule_name(s_scan_t *s)
             size_t k = s_name_token(s, a, 0);
             if (k == 0 || k != e - a) break;
             int initial = k == 2 && s->t[a + 1] == '.';
-            if (!initial && s_not_name(s, a, k)) break;
+            if (!initial && s_not_name_ex(s, a, k, 1)) break;
             tokens++;
             if (!initial) full++;
             start = a;

@@ -232,6 +232,12 @@ static void test_redact_output(void **state)
     assert_int_equal(deid_redact(&t, &len), 4);
     assert_string_equal(t, "Dr. [NAME] saw the [AGE_OVER_89]-year-old on [DATE]; MRN: [MRN].");
     assert_int_equal(len, strlen(t));
+    free(t);
+    /* Surnames that are eponyms too are still names after a title or before a degree. */
+    t = strdup("Dr. John Murphy and Ann Wilson, MD; positive Murphy sign.");
+    len = strlen(t);
+    assert_int_equal(deid_redact(&t, &len), 2);
+    assert_string_equal(t, "Dr. [NAME] and [NAME], MD; positive Murphy sign.");
     /* Clean text is left alone. */
     assert_int_equal(deid_redact(&t, &len), 0);
     free(t);

@@ -487,6 +487,8 @@ static const char *const s_date_ctx[] = {"on", "dated", "date", "dob", "d.o.b", 
                                          "till", "admitted", "admission", "discharged",
                                          "discharge", "seen", "visit", "born", "dos",
                                          "surgery", "deceased", "died", NULL};
+/* Words that precede fractions as often as dates: only m/yy after them ("in 12/07"). */
+static const char *const s_date_ctx_weak[] = {"in", "by", "before", "after", "through", NULL};
 
 static void s_rule_date_numeric(s_scan_t *s)
 {
@@ -498,6 +500,15 @@ static void s_rule_date_numeric(s_scan_t *s)
         unsigned char sep = s_at(s, i + n1);
         if (sep != '/' && sep != '-' && sep != '.') continue;
         size_t p2 = i + n1 + 1, n2 = s_ndigits(s, p2);
+        if (n1 <= 2 && n2 == 4 && sep == '/') {
+            /* month/year "03/2008" */
+            long m = s_num(s, i, n1), y = s_num(s, p2, 4);
+            if (m >= 1 && m <= 12 && y >= 1900 && y <= 2099 && s_num_right_ok(s, p2 + 4)) {
+                s_add(s, DEID_DATE, i, p2 + 4);
+                i = p2 + 4;
+            }
+            continue;
+        }
         if (n2 < 1 || n2 > 2) continue;
         if (n1 == 4) {
             /* yyyy-mm-dd */
@@ -514,9 +525,9 @@ static void s_rule_date_numeric(s_scan_t *s)
         }
         if (n1 > 2) continue;
         long a = s_num(s, i, n1), b = s_num(s, p2, n2);
-        if (!s_valid_md(a, b)) continue;
         size_t e2 = p2 + n2;
         if (s_at(s, e2) == sep && s_digit(s_at(s, e2 + 1))) {
+            if (!s_valid_md(a, b)) continue;
             size_t n3 = s_ndigits(s, e2 + 1);
             int ok = 0;
             if (n3 == 4) {
@@ -531,19 +542,28 @@ static void s_rule_date_numeric(s_scan_t *s)
             }
             continue;
         }
-        /* m/d without a year: only after a date word ("seen on 3/14"), and not a dose
-         * ("on 1/2 tab") or a fraction, blood pressure or score, which lack such a word. */
+        /* m/d or m/yy without more: only after a date word ("seen on 3/14", "transplant in
+         * 12/07"), and not a dose ("on 1/2 tab"), a fraction, blood pressure or score,
+         * which lack such a word, nor a pain score ("pain in 8/10"). */
         if (sep != '/' || !s_num_right_ok(s, e2)) continue;
-        if (!(a >= 1 && a <= 12 && b >= 1 && b <= 31) || !s_num_left_ok(s, i)) continue;
+        if (!(a >= 1 && a <= 12 && b >= 0 && (b <= 31 || n2 == 2)) || !s_num_left_ok(s, i))
+            continue;
+        static const char *const scale_ctx[] = {"pain", "score", "scale", "rated", "rates",
+                                                "severity", "intensity", "strength", NULL};
+        if (b == 10 && s_context_before(s, i, 40, scale_ctx)) continue;
         size_t w = i;
         while (w > 0 && s_space(s->t[w - 1])) w--;
         size_t ws = w;
         while (ws > 0 && (s_alpha(s->t[ws - 1]) || s->t[ws - 1] == '.')) ws--;
         if (ws == w) continue;
-        int ctx = 0;
+        int ctx = 0, weak = 0;
         for (const char *const *c = s_date_ctx; *c && !ctx; c++)
             if (strlen(*c) == w - ws && s_lit(s, ws, *c)) ctx = 1;
+        for (const char *const *c = s_date_ctx_weak; *c && !ctx; c++)
+            if (strlen(*c) == w - ws && s_lit(s, ws, *c)) ctx = weak = 1;
         if (!ctx) continue;
+        /* After the weak words ("in 1/2 NS", "in 1/5 lymph nodes") only m/yy counts. */
+        if (weak && n2 != 2) continue;
         size_t q = s_skip_ws(s, e2);
         static const char *const dose[] = {
             "tab", "tabs", "tablet", "tablets", "cap", "caps", "capsule", "pill", "pills", "mg",

@@ -169,6 +169,11 @@ static void test_rules_positive(void **state)
         {"14 Mar 2021", DEID_DATE},
         {"on the 3rd of May", DEID_DATE},
         {"since March 2019", DEID_DATE},
+        {"kidney transplant in 12/07", DEID_DATE},
+        {"rectal exam done on 10/99.", DEID_DATE},
+        {"PSA from 7/2008 (4.2)", DEID_DATE},
+        {"discharged1/19/93.", DEID_DATE},
+        {"on February 6,2007", DEID_DATE},
         {"(555) 123-4567", DEID_PHONE},
         {"+1 555 123 4567", DEID_PHONE},
         {"Fax: 555-987-6543", DEID_FAX},
@@ -216,7 +221,8 @@ static void test_rules_clinical_negatives(void **state)
         "Operating Suite 3", "call if fever above 101.5", "ICD-10 K50.90", "L4-L5",
         "T2N1M0", "Gleason 3+4=7", "MS flare", "ratio 1:1", "taking into account 3 factors",
         "may improve in March", "Epstein-Barr virus", "Wolff-Parkinson-White", "",
-        "HR 95 bpm, SpO2 92%", "weight 92 kg",
+        "HR 95 bpm, SpO2 92%", "weight 92 kg", "1 g in 1/2 NS", "in 1/5 lymph nodes",
+        "pain in 8/10", "on 3/4 L of oxygen", "on 1/2 tablet", "pressures 31/14/21 mmHg",
     };
     for (size_t i = 0; i < sizeof clean / sizeof clean[0]; i++) {
         uint32_t m = s_mask(clean[i]);

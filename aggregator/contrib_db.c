@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "common/cli.h"
 
 #include "common/error.h"
 #include "common/log.h"
@@ -58,6 +61,28 @@ contrib_db_t *contrib_db_open(const char *path)
         contrib_db_destroy(&self);
         return NULL;
     }
+    return self;
+}
+
+contrib_db_t *contrib_db_open_readonly(const char *path)
+{
+    contrib_db_t *self = calloc(1, sizeof *self);
+    if (!self || !(self->path = strdup(path))) {
+        free(self);
+        medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    if (access(path, R_OK) != 0) {
+        medfl_error_set(MEDFL_ENOTFOUND, "%s: no contribution history yet (no round has been weighed)", path);
+        contrib_db_destroy(&self);
+        return NULL;
+    }
+    if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        s_fail(self, "cannot open");
+        contrib_db_destroy(&self);
+        return NULL;
+    }
+    sqlite3_busy_timeout(self->db, 5000);
     return self;
 }
 
@@ -272,5 +297,49 @@ int contrib_db_history(contrib_db_t *db, const char *node,
     }
     if (rc == 0 && r != SQLITE_DONE) rc = s_fail(db, "history");
     sqlite3_finalize(st);
+    return rc;
+}
+
+static int s_print_row(void *ctx, const contrib_row_t *row)
+{
+    size_t *count = ctx;
+    printf("%-6llu %-20s %-8.4f %-9.0f %-8.2f %-7.2f %-8.3f %-11.3f %-6.3f\n",
+           (unsigned long long)row->round, row->node, row->c.weight, row->n_samples, row->c.size,
+           row->c.z, row->c.quality, row->c.reliability, row->c.loo);
+    (*count)++;
+    return 0;
+}
+
+int cmd_weights(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        printf("Usage: medfl-aggregator weights [--state DIR] [--node ID]\n\n"
+               "Prints each round's contribution weight of each node with its components:\n"
+               "sample count, size = sqrt(n), robust z of the reported validation loss, quality\n"
+               "factor, reliability and leave-one-out factor (docs/contribution-weighting.md).\n"
+               "  --state DIR   aggregator state_dir (default /var/lib/medfl-aggregator)\n"
+               "  --node ID     only this node's history\n");
+        return 0;
+    }
+    const char *state = "/var/lib/medfl-aggregator", *node = NULL;
+    for (int i = 1; i < argc; i++) {
+        if ((strcmp(argv[i], "--state") == 0 || strcmp(argv[i], "--node") == 0) && i + 1 < argc) {
+            if (argv[i][2] == 's') state = argv[++i];
+            else node = argv[++i];
+        } else {
+            medfl_error_set(MEDFL_EINVAL, "unexpected argument '%s'", argv[i]);
+            return cli_fail("medfl-aggregator weights");
+        }
+    }
+    char path[4096];
+    contrib_db_path(state, path, sizeof path);
+    contrib_db_t *db = contrib_db_open_readonly(path);
+    if (!db) return cli_fail("medfl-aggregator weights");
+    printf("%-6s %-20s %-8s %-9s %-8s %-7s %-8s %-11s %-6s\n", "ROUND", "NODE", "WEIGHT", "N", "SIZE",
+           "Z", "QUALITY", "RELIABILITY", "LOO");
+    size_t count = 0;
+    int rc = contrib_db_history(db, node, s_print_row, &count) < 0 ? cli_fail("medfl-aggregator weights") : 0;
+    if (rc == 0) printf("rows: %zu\n", count);
+    contrib_db_destroy(&db);
     return rc;
 }

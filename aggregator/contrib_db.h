@@ -22,6 +22,8 @@
 typedef struct contrib_db_t contrib_db_t;
 
 contrib_db_t *contrib_db_open(const char *path);
+/* For readers (`weights`, `status`, `report`): refuses a missing file instead of creating it. */
+contrib_db_t *contrib_db_open_readonly(const char *path);
 void contrib_db_destroy(contrib_db_t **self_p);
 /* "<state_dir>/contrib.db" */
 void contrib_db_path(const char *state_dir, char *out, size_t size);
@@ -60,5 +62,9 @@ typedef struct {
  * round then node. A non-zero return from fn stops the walk and is returned. */
 int contrib_db_history(contrib_db_t *db, const char *node,
                        int (*fn)(void *ctx, const contrib_row_t *row), void *ctx);
+
+/* medfl-aggregator weights [--state DIR] [--node ID]: the stored weights per round and node
+ * with every component of the formula (docs/contribution-weighting.md). */
+int cmd_weights(int argc, char **argv);
 
 #endif

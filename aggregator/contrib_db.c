@@ -317,11 +317,11 @@ int cmd_weights(int argc, char **argv)
                "Prints each round's contribution weight of each node with its components:\n"
                "sample count, size = sqrt(n), robust z of the reported validation loss, quality\n"
                "factor, reliability and leave-one-out factor (docs/contribution-weighting.md).\n"
-               "  --state DIR   aggregator state_dir (default /var/lib/medfl-aggregator)\n"
+               "  --state DIR   aggregator state_dir (default /var/lib/medfl/aggregator)\n"
                "  --node ID     only this node's history\n");
         return 0;
     }
-    const char *state = "/var/lib/medfl-aggregator", *node = NULL;
+    const char *state = "/var/lib/medfl/aggregator", *node = NULL;
     for (int i = 1; i < argc; i++) {
         if ((strcmp(argv[i], "--state") == 0 || strcmp(argv[i], "--node") == 0) && i + 1 < argc) {
             if (argv[i][2] == 's') state = argv[++i];

@@ -9,6 +9,5 @@ int cmd_node_example_config(int argc, char **argv);
 int cmd_import_model(int argc, char **argv);
 int cmd_check_data(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
-int cmd_import_model(int argc, char **argv);
 
 #endif

@@ -11,7 +11,6 @@ static const cli_command_t s_commands[] = {
     {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
     {"check-data", cmd_check_data, "schema checks and de-identification gate over the records"},
     {"synth", cmd_synth, "write synthetic de-identified clinical records for K sites"},
-    {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
     {NULL, NULL, NULL},
 };
 

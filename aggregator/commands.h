@@ -14,5 +14,6 @@ int cmd_rollback(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_init_version(int argc, char **argv);
 int cmd_weights(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@ PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev
   prometheus  # test-only: promtool checks the metrics endpoint strictly
+  chromium    # test-only: renders the HTML report for the screenshot test
   clang libclang-rt-14-dev
   python3
 )

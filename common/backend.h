@@ -28,6 +28,7 @@ typedef enum { BACKEND_CPU = 0, BACKEND_CUDA = 1 } backend_kind_t;
  * class of kernel, callers read it after a step. */
 typedef struct {
     double gemm;        /* sgemm and batched sgemm */
+    double gemm_batched;/* of which batched sgemm (attention's per-head products) */
     double elementwise; /* layernorm, gelu, softmax, adds, pooling, embeddings, optimizer */
 } backend_profile_t;
 
@@ -79,10 +80,11 @@ struct backend {
     void (*add_bias)(backend_t *b, float *y, int ldy, const float *bias, int N, int C);
     /* y[i] += x[i] */
     void (*add)(backend_t *b, float *y, const float *x, size_t n);
-    /* out = gelu(in) with erf, as BERT; out may alias in. */
-    void (*gelu_fwd)(backend_t *b, float *out, const float *in, size_t n);
-    /* d[i] *= gelu'(in[i]) */
-    void (*gelu_bwd)(backend_t *b, float *d, const float *in, size_t n);
+    /* out = gelu(in) with erf, as BERT; out may alias in. When deriv != NULL it also gets
+     * gelu'(in), so the backward is one multiply instead of a second erf and exp. */
+    void (*gelu_fwd)(backend_t *b, float *out, float *deriv, const float *in, size_t n);
+    /* y[i] *= x[i] */
+    void (*mul)(backend_t *b, float *y, const float *x, size_t n);
     /* Rows of S[B, H, T, T] in place: softmax over keys with key_mask[b, k] == 0 excluded
      * (probability exactly 0), after multiplying by scale. */
     void (*softmax_masked_fwd)(backend_t *b, float *S, const int32_t *key_mask, int B, int H,
@@ -107,8 +109,15 @@ struct backend {
     void (*adamw)(backend_t *b, float *p, const float *g, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay,
                   long step);
-    /* Per-row L2 norms of rows[n_rows, n] into norms[n_rows] (used by DP-SGD clipping). */
-    void (*row_norms)(backend_t *b, float *norms, const float *rows, int n_rows, size_t n);
+    /* DP-SGD clipping helpers over per-example gradient rows [n_rows, n] (device memory);
+     * norms_host and weights_host are small HOST arrays of n_rows floats.
+     * row_norms: L2 norm of each row (accumulated in double).
+     * rows_weighted_sum: out[j] = sum_e weights[e] * rows[e, j] (e.g. clip factors
+     * min(1, C / norm_e), then noise is added to out by the caller). */
+    void (*row_norms)(backend_t *b, float *norms_host, const float *rows, int n_rows,
+                      size_t n);
+    void (*rows_weighted_sum)(backend_t *b, float *out, const float *rows,
+                              const float *weights_host, int n_rows, size_t n);
 
     void (*destroy)(backend_t *b);
 };

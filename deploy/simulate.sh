@@ -48,7 +48,12 @@ if [ "$FAULT" = 1 ] && [ "$N" -lt 2 ]; then
   echo "simulate: --fault stops one hospital and needs at least 2" >&2; exit 2
 fi
 
-say() { echo "simulate: $*"; }
+# Progress and failures go to stderr; stdout carries only the summary, so that its last
+# line is `rounds_completed: R` for whoever pipes it.
+# fd 3 is the original stderr: a trap may run inside a function whose output is redirected
+# (a polled check), and its messages must still reach the user.
+exec 3>&2
+say() { echo "simulate: $*" >&3; }
 T0=$SECONDS
 elapsed() { echo "$((SECONDS - T0)) s"; }
 
@@ -92,7 +97,7 @@ show_logs() {
     name=$($ENGINE inspect --format '{{.Name}}' "$c" 2>/dev/null)
     echo "--- logs of ${name#/} (last 20 lines)"
     $ENGINE logs --tail 20 "$c" 2>&1 | sed 's/^/    /'
-  done
+  done >&3
 }
 
 cleanup() {
@@ -159,7 +164,7 @@ for ((k = 1; k <= N; k++)); do HOSPITALS+=("hospital-$k"); done
 # ---- up --------------------------------------------------------------------------------
 say "project $PROJECT: aggregator + $N hospitals, $R round(s)$([ "$FAULT" = 1 ] && echo ', fault scenario')"
 say "base model folder: $MEDFL_BASE_MODEL"
-compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "compose up failed"; }
+compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up failed"; }
 
 c=$(cid init)
 [ -n "$c" ] || fail "no init container"

@@ -12,6 +12,9 @@ PACKAGES=(
   prometheus  # test-only: promtool checks the metrics endpoint strictly
   clang libclang-rt-14-dev
   python3
+  # test-only: tests/integration/test_compose.sh runs the container simulation with podman
+  # (no Docker engine on CI); netavark + aardvark-dns resolve compose service names
+  podman podman-compose runc netavark aardvark-dns
 )
 
 missing=()

@@ -103,6 +103,7 @@ show_logs() {
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
+  [ -n "$INTERRUPTED" ] && say "interrupted by $INTERRUPTED"
   if [ "${KEEP:-0}" = 1 ]; then
     say "KEEP=1: leaving project $PROJECT (remove with: ${COMPOSE[*]} -p $PROJECT -f $FILE down -v)"
     exit $status
@@ -123,7 +124,9 @@ cleanup() {
   exit $status
 }
 trap cleanup EXIT
-trap 'say "interrupted"; exit 130' INT TERM
+INTERRUPTED=
+trap 'INTERRUPTED=SIGINT; exit 130' INT
+trap 'INTERRUPTED=SIGTERM; exit 143' TERM
 
 fail() {
   say "FAIL: $*"

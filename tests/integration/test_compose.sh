@@ -120,7 +120,7 @@ until grep -q "^simulate: init done" "$T/term.log" || [ $SECONDS -ge $end ]; do 
 kill -TERM $pid
 wait $pid
 rc=$?
-if [ $rc -ne 0 ] && grep -q "^simulate: interrupted" "$T/term.log" &&
+if [ $rc -ne 0 ] && grep -q "^simulate: interrupted by SIGTERM" "$T/term.log" &&
   grep -q "^simulate: tearing down" "$T/term.log"; then
   pass "SIGTERM mid-run: simulate.sh stops (rc $rc) and tears down"
 else fail "SIGTERM mid-run (rc $rc)" "$T/term.log"; fi

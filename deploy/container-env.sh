@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # ENGINE and COMPOSE are for the sourcing script
 # Sourced by deploy/build-images.sh and deploy/simulate.sh: picks the container engine and
 # prepares it, so that both scripts agree on it.
 #
@@ -44,8 +45,11 @@ medfl_engine_setup() {
     echo "container-env: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
-      apt-get update -qq >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
-        { echo "container-env: installing ${missing[*]} failed" >&2; return 77; }
+      # a stale or absent package list is the usual reason: refresh it once
+      if ! { apt-get update -qq >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2; }; then
+        echo "container-env: installing ${missing[*]} failed" >&2
+        return 77
+      fi
     fi
   fi
   if [ "$(id -u)" -ne 0 ]; then

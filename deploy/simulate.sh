@@ -106,7 +106,7 @@ cleanup() {
   [ -n "$INTERRUPTED" ] && say "interrupted by $INTERRUPTED"
   if [ "${KEEP:-0}" = 1 ]; then
     say "KEEP=1: leaving project $PROJECT (remove with: ${COMPOSE[*]} -p $PROJECT -f $FILE down -v)"
-    exit $status
+    exit "$status"
   fi
   say "tearing down $PROJECT"
   compose down -v -t 5 >"$WORK/down.log" 2>&1
@@ -121,7 +121,7 @@ cleanup() {
     $ENGINE network rm -f "$n" >/dev/null 2>&1
   done
   rm -rf "$WORK"
-  exit $status
+  exit "$status"
 }
 trap cleanup EXIT
 INTERRUPTED=

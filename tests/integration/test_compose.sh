@@ -13,7 +13,7 @@
 # The image is built from its own non-sanitized, CPU-only binaries (build-container/), not
 # from MEDFL_BIN, so the sanitizer pass of the suite skips it rather than repeat it.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$PWD
 
 failures=0

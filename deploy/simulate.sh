@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs a simulated medfl consortium in containers on this machine and reports how it went.
 #
-#   deploy/simulate.sh [--hospitals N] [--rounds R] [--fault] [--timeout S]
+#   deploy/simulate.sh [--hospitals N] [--rounds R] [--fault] [--timeout S] [--no-build]
 #
-# Builds the image (deploy/build-images.sh), brings up deploy/docker-compose.yml (or, for
-# N != 3, the file deploy/gen-compose.sh writes for N hospitals), waits until the aggregator
-# lists all N hospitals as connected, then waits for R completed federation rounds, and
+# Builds the image (deploy/build-images.sh; --no-build uses $MEDFL_IMAGE as it is), brings
+# up deploy/docker-compose.yml (or, for N != 3, the file deploy/gen-compose.sh writes for N
+# hospitals), waits until the aggregator lists all N hospitals as connected, then waits for R completed federation rounds, and
 # prints a summary whose last line is `rounds_completed: R`.
 #
 # --fault: one hospital (the last) is stopped mid-run (after the first round, or right after
@@ -29,13 +29,14 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=deploy/container-env.sh
 . "$REPO/deploy/container-env.sh"
 
-N=3 R=1 FAULT=0 TIMEOUT=180
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+N=3 R=1 FAULT=0 TIMEOUT=180 BUILD=1
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --hospitals) N=${2:-}; shift 2 ;;
     --rounds) R=${2:-}; shift 2 ;;
     --fault) FAULT=1; shift ;;
+    --no-build) BUILD=0; shift ;;
     --timeout) TIMEOUT=${2:-}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "simulate: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -65,8 +66,12 @@ if [ $rc -ne 0 ]; then
 fi
 say "engine: $ENGINE (${COMPOSE[*]})"
 
-"$REPO/deploy/build-images.sh" || { say "FAIL: building the image failed"; exit 1; }
 export MEDFL_IMAGE=${MEDFL_IMAGE:-localhost/medfl:sim}
+if [ $BUILD = 1 ]; then
+  "$REPO/deploy/build-images.sh" || { say "FAIL: building the image failed"; exit 1; }
+elif ! $ENGINE image inspect "$MEDFL_IMAGE" >/dev/null 2>&1; then
+  say "FAIL: --no-build, and there is no image $MEDFL_IMAGE"; exit 1
+fi
 
 export MEDFL_BASE_MODEL=${MEDFL_BASE_MODEL:-$REPO/deploy/model}
 MEDFL_BASE_MODEL=$(cd "$MEDFL_BASE_MODEL" 2>/dev/null && pwd) ||

@@ -5,8 +5,9 @@
 #
 # Builds the image (deploy/build-images.sh; --no-build uses $MEDFL_IMAGE as it is), brings
 # up deploy/docker-compose.yml (or, for N != 3, the file deploy/gen-compose.sh writes for N
-# hospitals), waits until the aggregator lists all N hospitals as connected, then waits for R completed federation rounds, and
-# prints a summary whose last line is `rounds_completed: R`.
+# hospitals), waits until the aggregator lists all N hospitals as connected, then waits
+# for R completed federation rounds, and prints a summary whose last line is
+# `rounds_completed: R`.
 #
 # --fault: one hospital (the last) is stopped mid-run (after the first round, or right after
 # connecting when R = 0) and the aggregator is restarted; the run must still finish: the
@@ -30,7 +31,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$REPO/deploy/container-env.sh"
 
 N=3 R=1 FAULT=0 TIMEOUT=180 BUILD=1
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --hospitals) N=${2:-}; shift 2 ;;

@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --engine) MEDFL_ENGINE=$2; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     --base) BASE=$2; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "build-images: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -111,4 +111,6 @@ if [ "$have" = "$hash" ]; then
 fi
 say "podman build (target staged, FROM scratch, $(du -sh "$ROOT" | cut -f1)) -> $TAG"
 podman build --target staged --label "medfl.context=$hash" -f "$CTX/Dockerfile" -t "$TAG" "$CTX" >&2
+# The image this one replaced is left untagged: drop it (only images of this script).
+podman image prune -f --filter label=medfl.context >/dev/null 2>&1 || true
 say "built $TAG (context $hash)"

@@ -26,7 +26,7 @@ out=
 while [ $# -gt 0 ]; do
   case "$1" in
     -o) out=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *)
       [[ "$1" =~ ^[1-9][0-9]{0,2}$ ]] || { echo "gen-compose: N must be 1..999, got '$1'" >&2; exit 2; }
       n=$1; shift ;;

@@ -66,6 +66,11 @@ left_behind() { # left_behind PROJECT -> prints what still exists
   $ENGINE volume ls -q | grep "^$1_"
   $ENGINE network ls --format '{{.Name}}' | grep "^$1_"
 }
+progress() { # the run's timed milestones, for reading CI logs
+  grep -E "^simulate: (init done|all [0-9]+ hospitals connected|fault: [0-9]+ hospitals)" "$1" |
+    sed 's/^/    /'
+  return 0
+}
 check_clean() { # check_clean LOG WHAT
   local p
   p=$(project_of "$1")
@@ -83,6 +88,7 @@ if [ $rc -eq 0 ] && grep -q "^simulate: all 4 hospitals connected" "$T/connect.l
   [ "$(grep -cE '^  hospital-[1-4] +[0-9a-f]{16} +enrolled +yes ' "$T/connect.out")" = 4 ]; then
   pass "4 hospitals (generated compose file) connected, summary ends with rounds_completed: 0 ($((SECONDS - t0)) s)"
 else fail "connect phase with 4 hospitals (rc $rc)" "$T/connect.log" "$T/connect.out"; fi
+progress "$T/connect.log"
 check_clean "$T/connect.log" "connect phase"
 
 # ---- fault scenario, committed 3-hospital file -----------------------------------------------
@@ -97,6 +103,7 @@ if [ $rc -eq 0 ] && grep -q "^simulate: fault: stopped hospital-3" "$T/fault.log
   [ "$(tail -n 1 "$T/fault.out")" = "rounds_completed: 0" ]; then
   pass "fault: hospital-3 stopped, aggregator restarted, hospitals 1-2 reconnected ($((SECONDS - t0)) s)"
 else fail "fault scenario (rc $rc)" "$T/fault.log" "$T/fault.out"; fi
+progress "$T/fault.log"
 check_clean "$T/fault.log" "fault scenario"
 
 # ---- rounds: refused clearly without the round runtime, else one real round --------------------

@@ -13,6 +13,9 @@ PACKAGES=(
   chromium    # test-only: renders the HTML report for the screenshot test
   clang libclang-rt-14-dev
   python3
+  # test-only: tests/integration/test_compose.sh runs the container simulation with podman
+  # (no Docker engine on CI); netavark + aardvark-dns resolve compose service names
+  podman podman-compose runc netavark aardvark-dns
 )
 
 missing=()

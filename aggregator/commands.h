@@ -9,5 +9,11 @@ int cmd_agg_revoke(int argc, char **argv);
 int cmd_agg_nodes(int argc, char **argv);
 int cmd_agg_status(int argc, char **argv);
 int cmd_agg_example_config(int argc, char **argv);
+int cmd_versions(int argc, char **argv);
+int cmd_rollback(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_init_version(int argc, char **argv);
+int cmd_weights(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

@@ -11,6 +11,12 @@ static const cli_command_t s_commands[] = {
     {"nodes", cmd_agg_nodes, "list enrolled nodes and their connection state"},
     {"status", cmd_agg_status, "show whether the service runs, its endpoint, connected nodes"},
     {"example-config", cmd_agg_example_config, "print a commented config with every option"},
+    {"versions", cmd_versions, "list the signed version chain (verify with --key-dir)"},
+    {"rollback", cmd_rollback, "move the head back to VERSION (history kept)"},
+    {"export", cmd_export, "export VERSION as a Hugging Face PEFT adapter (--peft DIR)"},
+    {"init-version", cmd_init_version, "seed the federation from a PEFT adapter"},
+    {"report", cmd_report, "write a self-contained HTML report of the federation (-o FILE)"},
+    {"weights", cmd_weights, "contribution weights per round and node, with components"},
     {NULL, NULL, NULL},
 };
 

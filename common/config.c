@@ -136,7 +136,7 @@ int cfg_set(const cfg_option_t *table, void *out, const char *key, const char *v
     return s_assign(o, out, value, origin, NULL);
 }
 
-int cfg_load(const cfg_option_t *table, void *out, const char *path)
+static int s_load(const cfg_option_t *table, void *out, const char *path, bool subset)
 {
     char base_dir[CFG_STR_MAX] = "";
     const char *slash = strrchr(path, '/');
@@ -213,6 +213,7 @@ int cfg_load(const cfg_option_t *table, void *out, const char *path)
         else
             snprintf(full, sizeof full, "%s", key);
         const cfg_option_t *o = cfg_find(table, full);
+        if (!o && subset) continue; /* another program's key: its own loader checks it */
         if (!o) {
             rc = medfl_error_set(MEDFL_ECONFIG, "%s: unknown key '%s'", origin, full);
             break;
@@ -236,6 +237,16 @@ int cfg_load(const cfg_option_t *table, void *out, const char *path)
     free(seen_line);
     fclose(f);
     return rc;
+}
+
+int cfg_load(const cfg_option_t *table, void *out, const char *path)
+{
+    return s_load(table, out, path, false);
+}
+
+int cfg_load_subset(const cfg_option_t *table, void *out, const char *path)
+{
+    return s_load(table, out, path, true);
 }
 
 bool cfg_option_differs(const cfg_option_t *o, const void *a, const void *b)

@@ -48,6 +48,13 @@ int cfg_set_defaults(const cfg_option_t *table, void *out);
 int cfg_load(const cfg_option_t *table, void *out, const char *path)
     __attribute__((warn_unused_result));
 
+/* Like cfg_load, but keys absent from table are skipped: for tools that read a few options
+ * of another program's config (e.g. `medfl-node privacy -c node.conf` reads the privacy
+ * keys while the daemon is stopped). Syntax errors and bad values of the table's keys are
+ * still errors naming file, line and key. */
+int cfg_load_subset(const cfg_option_t *table, void *out, const char *path)
+    __attribute__((warn_unused_result));
+
 /* Applies one "key=value" override (CLI --set), same checks as the file. */
 int cfg_set(const cfg_option_t *table, void *out, const char *key, const char *value,
             const char *origin) __attribute__((warn_unused_result));

@@ -6,5 +6,8 @@ int cmd_privacy(int argc, char **argv);
 int cmd_node_run(int argc, char **argv);
 int cmd_node_keygen(int argc, char **argv);
 int cmd_node_example_config(int argc, char **argv);
+int cmd_import_model(int argc, char **argv);
+int cmd_check_data(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 #endif

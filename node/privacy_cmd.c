@@ -88,63 +88,7 @@ static int s_number(const char *opt, const char *text, double *out)
 static int s_read_node_conf(const char *path, privacy_conf_t *out)
 {
     memset(out, 0, sizeof *out);
-    if (cfg_set_defaults(s_privacy_options, out) != 0) return -1;
-    FILE *f = fopen(path, "r");
-    if (!f) return medfl_error_set(MEDFL_ECONFIG, "%s: cannot open: %s", path, strerror(errno));
-    char line[4096], section[128] = "";
-    unsigned lineno = 0, seen[3] = {0, 0, 0};
-    int rc = 0;
-    while (rc == 0 && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        s[strcspn(s, "\r\n")] = '\0';
-        if (!*s || *s == '#' || *s == ';') continue;
-        if (*s == '[') {
-            char *close = strchr(s, ']');
-            if (close) snprintf(section, sizeof section, "%.*s", (int)(close - s - 1), s + 1);
-            continue;
-        }
-        char *eq = strchr(s, '=');
-        if (!eq) continue; /* the daemon's loader reports malformed lines */
-        char *kend = eq;
-        while (kend > s && (kend[-1] == ' ' || kend[-1] == '\t')) kend--;
-        char key[256];
-        snprintf(key, sizeof key, "%s%s%.*s", section, section[0] ? "." : "", (int)(kend - s), s);
-        const cfg_option_t *o = cfg_find(s_privacy_options, key);
-        if (!o) continue;
-        char *v = eq + 1;
-        while (*v == ' ' || *v == '\t') v++;
-        char *hash = strstr(v, " #");
-        if (*v != '"' && hash) *hash = '\0';
-        size_t vl = strlen(v);
-        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) v[--vl] = '\0';
-        if (vl >= 2 && v[0] == '"' && v[vl - 1] == '"') {
-            v[vl - 1] = '\0';
-            v++;
-        }
-        char origin[CFG_STR_MAX + 32];
-        snprintf(origin, sizeof origin, "%s:%u", path, lineno);
-        rc = cfg_set(s_privacy_options, out, key, v, origin);
-        seen[o - s_privacy_options] = lineno;
-    }
-    fclose(f);
-    for (int i = 0; rc == 0 && i < 3; i++)
-        if (!seen[i] && !s_privacy_options[i].def)
-            rc = medfl_error_set(MEDFL_ECONFIG, "%s: required key '%s' is missing", path,
-                                 s_privacy_options[i].name);
-    /* A relative state_dir is relative to the config's folder, as in the daemon. */
-    if (rc == 0 && seen[0] && out->state_dir[0] != '/') {
-        const char *slash = strrchr(path, '/');
-        if (slash) {
-            char buf[CFG_STR_MAX * 2];
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)(slash - path), path, out->state_dir);
-            if (strlen(buf) >= CFG_STR_MAX)
-                return medfl_error_set(MEDFL_ECONFIG, "%s: state_dir path too long", path);
-            snprintf(out->state_dir, sizeof out->state_dir, "%s", buf);
-        }
-    }
-    return rc;
+    return cfg_load_subset(s_privacy_options, out, path);
 }
 
 static int s_print_entry(const ledger_entry_t *e, void *arg)

@@ -53,6 +53,14 @@ static int s_setup(void **state)
     return mkdtemp(s_dir) ? 0 : -1;
 }
 
+static int s_teardown(void **state)
+{
+    (void)state;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 static void test_loads_values_and_defaults(void **state)
 {
     (void)state;
@@ -138,6 +146,20 @@ static void test_example_is_loadable(void **state)
     assert_int_equal(c.epochs, 3);
 }
 
+static void test_subset_skips_foreign_keys(void **state)
+{
+    (void)state;
+    demo_config_t c;
+    const char *p = s_write("subset.conf", "name = a\nforeign = 1\n[other]\nkey = x\n[train]\nepochs = 4\n");
+    assert_int_equal(cfg_load(s_table, &c, p), -1); /* the full loader refuses */
+    assert_int_equal(cfg_load_subset(s_table, &c, p), 0);
+    assert_int_equal(c.epochs, 4);
+    /* Known keys are still checked. */
+    p = s_write("subset.conf", "name = a\nforeign = 1\n[train]\nepochs = 0\n");
+    assert_int_equal(cfg_load_subset(s_table, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "subset.conf:4: key 'train.epochs'"));
+}
+
 static void test_error_table(void **state)
 {
     (void)state;
@@ -186,8 +208,9 @@ int main(void)
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_reload_diff),
         cmocka_unit_test(test_example_is_loadable),
+        cmocka_unit_test(test_subset_skips_foreign_keys),
         cmocka_unit_test(test_error_table),
         cmocka_unit_test(test_log_json),
     };
-    return cmocka_run_group_tests_name("config", tests, s_setup, NULL);
+    return cmocka_run_group_tests_name("config", tests, s_setup, s_teardown);
 }

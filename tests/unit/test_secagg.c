@@ -1,0 +1,1013 @@
+/* Secure aggregation (common/secagg, secagg_msg, shamir): in-process protocol runs with the
+ * complete graph (n = 3, 10, 50) and SecAgg+ (n = 50, k = 10) under dropouts at every phase,
+ * exact sums, aborts below threshold, the refusal to reveal both shares of a node, fresh
+ * masks per round, signature and ciphertext tampering, fixed-point bounds, Shamir, the
+ * neighbour graph and the strict message parsers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/secagg.h"
+#include "common/shamir.h"
+
+#define M 1000
+
+/* drop phase of a node: it stops before the given step */
+enum { KEEP = 0, BEFORE_ADVERTISE, BEFORE_SHARE, BEFORE_MASKED, BEFORE_UNMASK };
+
+typedef struct {
+    uint32_t n, k, t;
+    uint64_t round_id;
+    const uint8_t *drop;       /* n entries, or NULL */
+    const uint32_t *inputs;    /* n * M, or NULL for random */
+    const uint8_t *graph_seed; /* fixed seed or NULL */
+    uint8_t *captured;         /* if set: node 0's masked values (M * 4 bytes) */
+    /* results */
+    int aborted_at;            /* 0 = finished; 1..4 = close_keys/shares/masked/finish failed */
+    uint32_t sum[M];
+    uint32_t expect[M];
+} run_t;
+
+static uint8_t *s_id_pk, *s_id_sk;
+static uint32_t s_ids;
+
+static void s_identities(uint32_t n)
+{
+    if (s_ids >= n) return;
+    free(s_id_pk);
+    free(s_id_sk);
+    s_id_pk = malloc((size_t)n * crypto_sign_PUBLICKEYBYTES);
+    s_id_sk = malloc((size_t)n * crypto_sign_SECRETKEYBYTES);
+    for (uint32_t u = 0; u < n; u++)
+        crypto_sign_keypair(s_id_pk + 32 * u, s_id_sk + 64 * u);
+    s_ids = n;
+}
+
+static void s_check_disjoint(const secagg_server_t *s, uint32_t n)
+{
+    for (uint32_t u = 0; u < n; u++) {
+        uint32_t nb, nsk;
+        secagg_server_revealed(s, u, &nb, &nsk);
+        assert_false(nb > 0 && nsk > 0);
+    }
+}
+
+/* Runs one round in-process; the server output must equal the plain sum of U3's inputs. */
+static void s_run(run_t *r)
+{
+    uint32_t n = r->n;
+    s_identities(n);
+    secagg_params_t p;
+    assert_int_equal(secagg_params_init(&p, r->round_id, n, r->k, r->t, M), 0);
+    if (r->graph_seed) memcpy(p.graph_seed, r->graph_seed, 32);
+    secagg_server_t *srv = secagg_server_new(&p, s_id_pk, 2);
+    assert_non_null(srv);
+    secagg_client_t **cl = calloc(n, sizeof *cl);
+    uint32_t *in = malloc((size_t)n * M * sizeof *in);
+    uint8_t *drop = calloc(n, 1);
+    if (r->drop) memcpy(drop, r->drop, n);
+    if (r->inputs) memcpy(in, r->inputs, (size_t)n * M * 4);
+    else randombytes_buf(in, (size_t)n * M * 4);
+    for (uint32_t u = 0; u < n; u++) {
+        cl[u] = secagg_client_new(&p, u, s_id_sk + 64 * u, s_id_pk);
+        assert_non_null(cl[u]);
+    }
+    uint8_t *buf, *buf2;
+    size_t len, len2;
+    r->aborted_at = 0;
+    for (uint32_t i = 0; i < M; i++) r->sum[i] = 0xA5A5A5A5u; /* sentinel: must survive aborts */
+    /* round 0 */
+    for (uint32_t u = 0; u < n; u++) {
+        if (drop[u] == BEFORE_ADVERTISE) continue;
+        assert_int_equal(secagg_client_advertise(cl[u], &buf, &len), 0);
+        assert_int_equal(secagg_server_add_keys(srv, buf, len), 0);
+        free(buf);
+    }
+    if (secagg_server_close_keys(srv) < 0) {
+        r->aborted_at = 1;
+        goto out;
+    }
+    /* round 1 */
+    for (uint32_t u = 0; u < n; u++) {
+        if (drop[u] == BEFORE_ADVERTISE) continue;
+        assert_int_equal(secagg_server_keys_broadcast(srv, u, &buf, &len), 0);
+        if (drop[u] != BEFORE_SHARE) {
+            assert_int_equal(secagg_client_handle_keys(cl[u], buf, len, &buf2, &len2), 0);
+            assert_int_equal(secagg_server_add_shares(srv, buf2, len2), 0);
+            free(buf2);
+        }
+        free(buf);
+    }
+    if (secagg_server_close_shares(srv) < 0) {
+        r->aborted_at = 2;
+        goto out;
+    }
+    /* round 2 */
+    for (uint32_t u = 0; u < n; u++) {
+        if (drop[u] == BEFORE_ADVERTISE || drop[u] == BEFORE_SHARE) continue;
+        assert_int_equal(secagg_server_shares_delivery(srv, u, &buf, &len), 0);
+        assert_int_equal(secagg_client_handle_shares(cl[u], buf, len), 0);
+        free(buf);
+        if (drop[u] == BEFORE_MASKED) continue;
+        assert_int_equal(secagg_client_masked_input(cl[u], in + (size_t)u * M, &buf, &len), 0);
+        assert_int_equal(len, secagg_masked_size(M));
+        if (u == 0 && r->captured) memcpy(r->captured, buf + len - 4 * M, 4 * M);
+        assert_int_equal(secagg_server_add_masked(srv, buf, len), 0);
+        free(buf);
+    }
+    if (secagg_server_close_masked(srv) < 0) {
+        r->aborted_at = 3;
+        assert_int_equal(secagg_server_unmask_request(srv, &buf, &len), -1);
+        goto out;
+    }
+    memset(r->expect, 0, sizeof r->expect);
+    for (uint32_t u = 0; u < n; u++)
+        if (!drop[u] || drop[u] == BEFORE_UNMASK)
+            for (uint32_t i = 0; i < M; i++) r->expect[i] += in[(size_t)u * M + i];
+    /* round 3 */
+    uint8_t *rq;
+    size_t rq_len;
+    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
+    for (uint32_t u = 0; u < n; u++) {
+        if (drop[u] && drop[u] != BEFORE_UNMASK) continue;
+        if (drop[u] == BEFORE_UNMASK) continue;
+        assert_int_equal(secagg_client_handle_unmask(cl[u], rq, rq_len, &buf, &len), 0);
+        assert_int_equal(secagg_client_state(cl[u]), SECAGG_C_DONE);
+        assert_int_equal(secagg_server_add_unmask(srv, buf, len), 0);
+        secagg_buf_free(buf, len);
+    }
+    free(rq);
+    s_check_disjoint(srv, n);
+    if (secagg_server_finish(srv, r->sum) < 0) {
+        r->aborted_at = 4;
+        goto out;
+    }
+    assert_int_equal(secagg_server_state(srv), SECAGG_S_DONE);
+    assert_memory_equal(r->sum, r->expect, sizeof r->sum);
+out:
+    if (r->aborted_at) {
+        assert_int_equal(secagg_server_state(srv), SECAGG_S_ABORTED);
+        for (uint32_t i = 0; i < M; i++) assert_int_equal(r->sum[i], 0xA5A5A5A5u);
+        assert_int_equal(secagg_server_finish(srv, r->sum), -1);
+    }
+    for (uint32_t u = 0; u < n; u++) secagg_client_destroy(&cl[u]);
+    secagg_server_destroy(&srv);
+    free(cl);
+    free(in);
+    free(drop);
+}
+
+/* Spreads `per` dropouts over each of the four phases, starting at node `first`. */
+static void s_spread(uint8_t *drop, uint32_t n, uint32_t first, uint32_t stride, uint32_t per)
+{
+    memset(drop, 0, n);
+    uint32_t u = first;
+    for (int ph = BEFORE_ADVERTISE; ph <= BEFORE_UNMASK; ph++)
+        for (uint32_t i = 0; i < per; i++, u = (u + stride) % n) drop[u] = (uint8_t)ph;
+}
+
+static void test_n3_every_phase(void **state)
+{
+    (void)state;
+    static run_t r;
+    memset(&r, 0, sizeof r);
+    r.n = 3, r.k = 2, r.t = 2, r.round_id = 1;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    /* n - t = 1 dropout at each phase in turn */
+    for (uint8_t ph = BEFORE_ADVERTISE; ph <= BEFORE_UNMASK; ph++) {
+        for (uint32_t who = 0; who < 3; who++) {
+            uint8_t drop[3] = {0};
+            drop[who] = ph;
+            r.drop = drop;
+            r.round_id++;
+            s_run(&r);
+            assert_int_equal(r.aborted_at, 0);
+        }
+    }
+}
+
+static void test_n10_dropouts_up_to_n_minus_t(void **state)
+{
+    (void)state;
+    static run_t r;
+    uint8_t drop[10];
+    memset(&r, 0, sizeof r);
+    r.n = 10, r.k = 9, r.t = 6, r.round_id = 100, r.drop = drop;
+    s_spread(drop, 10, 1, 3, 1); /* 4 = n - t dropouts, one per phase */
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    /* all n - t dropouts at a single phase */
+    for (uint8_t ph = BEFORE_ADVERTISE; ph <= BEFORE_UNMASK; ph++) {
+        memset(drop, 0, sizeof drop);
+        for (uint32_t u = 2; u < 6; u++) drop[u] = ph;
+        r.round_id++;
+        s_run(&r);
+        assert_int_equal(r.aborted_at, 0);
+    }
+}
+
+static void test_n10_below_threshold_aborts(void **state)
+{
+    (void)state;
+    static run_t r;
+    uint8_t drop[10];
+    memset(&r, 0, sizeof r);
+    r.n = 10, r.k = 9, r.t = 6, r.round_id = 200, r.drop = drop;
+    /* 5 > n - t dropouts at each phase: the abort comes at the next close */
+    for (uint8_t ph = BEFORE_ADVERTISE; ph <= BEFORE_UNMASK; ph++) {
+        memset(drop, 0, sizeof drop);
+        for (uint32_t u = 0; u < 5; u++) drop[2 * u] = ph;
+        r.round_id++;
+        s_run(&r);
+        assert_int_equal(r.aborted_at, ph);
+        assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    }
+    /* mixed: 3 never mask, 2 never answer -> 5 answers < t at the end */
+    memset(drop, 0, sizeof drop);
+    drop[0] = drop[1] = drop[2] = BEFORE_MASKED;
+    drop[3] = drop[4] = BEFORE_UNMASK;
+    r.round_id++;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 4);
+}
+
+static void test_n50_complete(void **state)
+{
+    (void)state;
+    static run_t r;
+    uint8_t drop[50];
+    memset(&r, 0, sizeof r);
+    r.n = 50, r.k = 49, r.t = 26, r.round_id = 300, r.drop = drop;
+    s_spread(drop, 50, 3, 7, 6); /* 24 = n - t dropouts, 6 per phase */
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+}
+
+static void test_n50_secagg_plus(void **state)
+{
+    (void)state;
+    static run_t r;
+    uint8_t drop[50], seed[32];
+    memset(seed, 7, sizeof seed);
+    memset(&r, 0, sizeof r);
+    r.n = 50, r.k = 10, r.t = 6, r.round_id = 400, r.drop = drop, r.graph_seed = seed;
+    s_spread(drop, 50, 0, 13, 2); /* 8 dropouts, 2 per phase, spread over the ring */
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    /* a whole neighbourhood gone: unmasking cannot finish, so nothing is revealed */
+    secagg_params_t p;
+    assert_int_equal(secagg_params_init(&p, 401, 50, 10, 6, M), 0);
+    memcpy(p.graph_seed, seed, 32);
+    secagg_graph_t *g = secagg_graph_new(&p);
+    uint32_t nb[10];
+    assert_int_equal(secagg_graph_neighbours(g, 5, nb), 10);
+    memset(drop, 0, sizeof drop);
+    for (int i = 0; i < 6; i++) drop[nb[i]] = BEFORE_MASKED;
+    r.round_id = 401;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 3);
+    secagg_graph_destroy(&g);
+    secagg_graph_destroy(&g);
+}
+
+static void test_masks_fresh_every_round(void **state)
+{
+    (void)state;
+    static run_t r;
+    static uint32_t inputs[5 * M];
+    static uint8_t a[4 * M], b[4 * M];
+    for (size_t i = 0; i < 5 * M; i++) inputs[i] = (uint32_t)i;
+    memset(&r, 0, sizeof r);
+    r.n = 5, r.k = 4, r.t = 3, r.inputs = inputs;
+    r.round_id = 500, r.captured = a;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    r.round_id = 501, r.captured = b;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    assert_memory_not_equal(a, b, sizeof a);
+    /* the masked vector is not the input */
+    assert_memory_not_equal(a, inputs, sizeof a);
+    /* same round id again (e.g. a restarted round): still fresh keys, fresh masks */
+    r.round_id = 501, r.captured = a;
+    s_run(&r);
+    assert_memory_not_equal(a, b, sizeof a);
+}
+
+/* ---- a round driven step by step, for tampering and refusal tests ---- */
+
+typedef struct {
+    secagg_params_t p;
+    secagg_server_t *srv;
+    secagg_client_t *cl[6];
+    uint32_t n;
+} fix_t;
+
+static void s_fix_open(fix_t *f, uint32_t n, uint64_t round_id)
+{
+    s_identities(8);
+    f->n = n;
+    assert_int_equal(secagg_params_init(&f->p, round_id, n, n - 1, 3, 64), 0);
+    f->srv = secagg_server_new(&f->p, s_id_pk, 1);
+    assert_non_null(f->srv);
+    for (uint32_t u = 0; u < n; u++) f->cl[u] = secagg_client_new(&f->p, u, s_id_sk + 64 * u, s_id_pk);
+}
+
+static void s_fix_close(fix_t *f)
+{
+    for (uint32_t u = 0; u < f->n; u++) secagg_client_destroy(&f->cl[u]);
+    secagg_server_destroy(&f->srv);
+}
+
+static void s_fix_keys(fix_t *f)
+{
+    uint8_t *b;
+    size_t l;
+    for (uint32_t u = 0; u < f->n; u++) {
+        assert_int_equal(secagg_client_advertise(f->cl[u], &b, &l), 0);
+        assert_int_equal(secagg_server_add_keys(f->srv, b, l), 0);
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_keys(f->srv), 0);
+}
+
+static void s_fix_shares(fix_t *f)
+{
+    uint8_t *b, *b2;
+    size_t l, l2;
+    for (uint32_t u = 0; u < f->n; u++) {
+        assert_int_equal(secagg_server_keys_broadcast(f->srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_keys(f->cl[u], b, l, &b2, &l2), 0);
+        assert_int_equal(secagg_server_add_shares(f->srv, b2, l2), 0);
+        free(b);
+        free(b2);
+    }
+    assert_int_equal(secagg_server_close_shares(f->srv), 0);
+}
+
+static void s_fix_masked(fix_t *f)
+{
+    uint8_t *b;
+    size_t l;
+    uint32_t x[64] = {0};
+    for (uint32_t u = 0; u < f->n; u++) {
+        assert_int_equal(secagg_server_shares_delivery(f->srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(f->cl[u], b, l), 0);
+        free(b);
+        assert_int_equal(secagg_client_masked_input(f->cl[u], x, &b, &l), 0);
+        assert_int_equal(secagg_server_add_masked(f->srv, b, l), 0);
+        free(b);
+    }
+}
+
+static void s_expect_key_rejection(const secagg_broadcast_t *bc, fix_t *f)
+{
+    uint8_t *b, *b2 = NULL;
+    size_t l, l2;
+    assert_int_equal(secagg_broadcast_encode(bc, &b, &l), 0);
+    assert_int_equal(secagg_client_handle_keys(f->cl[0], b, l, &b2, &l2), -1);
+    assert_null(b2);
+    assert_int_equal(secagg_client_state(f->cl[0]), SECAGG_C_ABORTED);
+    free(b);
+}
+
+static void test_unsigned_or_wrongly_signed_keys_rejected(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 4; variant++) {
+        fix_t f;
+        s_fix_open(&f, 4, 600 + variant);
+        s_fix_keys(&f);
+        uint8_t *b;
+        size_t l;
+        assert_int_equal(secagg_server_keys_broadcast(f.srv, 0, &b, &l), 0);
+        secagg_broadcast_t bc;
+        assert_int_equal(secagg_broadcast_decode(b, l, &bc), 0);
+        free(b);
+        assert_int_equal(bc.count, 3);
+        secagg_keys_t *e = &bc.entries[1];
+        if (variant == 0) memset(e->sig, 0, sizeof e->sig);          /* unsigned */
+        if (variant == 1) e->s_pk[5] ^= 1;                          /* key swapped in transit */
+        if (variant == 2) {                                          /* signed by another node */
+            uint8_t msg[256];
+            size_t o = strlen("medfl-secagg-keys-v1");
+            memcpy(msg, "medfl-secagg-keys-v1", o);
+            for (int i = 0; i < 8; i++) msg[o + i] = (uint8_t)(bc.round_id >> (8 * i));
+            for (int i = 0; i < 4; i++) msg[o + 8 + i] = (uint8_t)(e->node >> (8 * i));
+            memcpy(msg + o + 12, e->c_pk, 32);
+            memcpy(msg + o + 44, e->s_pk, 32);
+            crypto_sign_detached(e->sig, NULL, msg, o + 76, s_id_sk + 64 * 3);
+        }
+        if (variant == 3) bc.round_id++;                             /* replay into another round */
+        s_expect_key_rejection(&bc, &f);
+        if (variant != 3) assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+        /* the server rejects the same forged AdvertiseKeys too */
+        secagg_advertise_t a = {.round_id = f.p.round_id, .keys = *e};
+        a.keys.node = 1;
+        secagg_server_t *s2 = secagg_server_new(&f.p, s_id_pk, 1);
+        assert_int_equal(secagg_advertise_encode(&a, &b, &l), 0);
+        if (variant < 3) assert_int_equal(secagg_server_add_keys(s2, b, l), -1);
+        free(b);
+        secagg_server_destroy(&s2);
+        secagg_broadcast_clear(&bc);
+        s_fix_close(&f);
+    }
+}
+
+static void test_tampered_ciphertext_rejected(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 3; variant++) {
+        fix_t f;
+        s_fix_open(&f, 4, 700 + variant);
+        s_fix_keys(&f);
+        s_fix_shares(&f);
+        uint8_t *b;
+        size_t l;
+        assert_int_equal(secagg_server_shares_delivery(f.srv, 0, &b, &l), 0);
+        secagg_shares_t d;
+        assert_int_equal(secagg_shares_decode(SECAGG_MSG_SHARES_DELIVERY, b, l, &d), 0);
+        free(b);
+        assert_int_equal(d.count, 3);
+        if (variant == 0) d.entries[1].ct[40] ^= 0x10;   /* body */
+        if (variant == 1) d.entries[1].ct[3] ^= 0x01;    /* nonce */
+        if (variant == 2) {                              /* swap two senders' ciphertexts */
+            uint8_t tmp[SECAGG_CT_BYTES];
+            memcpy(tmp, d.entries[1].ct, sizeof tmp);
+            memcpy(d.entries[1].ct, d.entries[2].ct, sizeof tmp);
+            memcpy(d.entries[2].ct, tmp, sizeof tmp);
+        }
+        assert_int_equal(secagg_shares_encode(SECAGG_MSG_SHARES_DELIVERY, &d, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(f.cl[0], b, l), -1);
+        assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+        assert_int_equal(secagg_client_state(f.cl[0]), SECAGG_C_ABORTED);
+        free(b);
+        secagg_shares_clear(&d);
+        s_fix_close(&f);
+    }
+}
+
+static int s_request(fix_t *f, uint32_t who, const uint32_t *surv, uint32_t ns,
+                     const uint32_t *drop, uint32_t nd)
+{
+    secagg_unmask_req_t rq = {.round_id = f->p.round_id, .n_survivors = ns,
+                              .survivors = (uint32_t *)surv, .n_dropped = nd,
+                              .dropped = (uint32_t *)drop};
+    uint8_t *b, *out = NULL;
+    size_t l, ol = 0;
+    assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
+    int rc = secagg_client_handle_unmask(f->cl[who], b, l, &out, &ol);
+    free(b);
+    if (rc == 0) {
+        secagg_unmask_resp_t rs;
+        assert_int_equal(secagg_unmask_resp_decode(out, ol, &rs), 0);
+        /* an answer never holds two kinds for one node (entries are strictly increasing) */
+        for (uint32_t i = 1; i < rs.count; i++) assert_true(rs.entries[i].node > rs.entries[i - 1].node);
+        secagg_unmask_resp_clear(&rs);
+        secagg_buf_free(out, ol);
+    } else {
+        assert_null(out);
+    }
+    return rc;
+}
+
+static void test_honest_node_refuses_double_reveal(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 5, 800);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    s_fix_masked(&f);
+    /* node 2 both survivor and dropped */
+    const uint32_t both_s[] = {0, 1, 2, 3}, both_d[] = {2};
+    assert_int_equal(s_request(&f, 0, both_s, 4, both_d, 1), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EPERM);
+    assert_int_equal(secagg_client_state(f.cl[0]), SECAGG_C_ABORTED);
+    /* the requester itself declared dropped (its s_sk would be asked of others) */
+    const uint32_t s1[] = {0, 2, 3, 4}, d1[] = {1};
+    assert_int_equal(s_request(&f, 1, s1, 4, d1, 1), -1);
+    /* fewer survivors than t */
+    const uint32_t s2[] = {2, 3}, d2[] = {0, 1, 4};
+    assert_int_equal(s_request(&f, 2, s2, 2, d2, 3), -1);
+    /* a valid request is answered once, a second (different) one is refused */
+    const uint32_t s3[] = {0, 1, 3, 4}, d3[] = {2};
+    assert_int_equal(s_request(&f, 3, s3, 4, d3, 1), 0);
+    const uint32_t s4[] = {0, 1, 2, 3, 4};
+    assert_int_equal(s_request(&f, 3, s4, 5, NULL, 0), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    s_fix_close(&f);
+
+    /* the server rejects an answer holding a share it did not ask for */
+    s_fix_open(&f, 4, 801);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    s_fix_masked(&f);
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    secagg_unmask_resp_t rs = {.round_id = 801, .sender = 0, .count = 1};
+    secagg_reveal_t e = {.node = 1, .kind = SECAGG_REVEAL_SK};
+    rs.entries = &e;
+    uint8_t *b;
+    size_t l;
+    assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+    assert_int_equal(secagg_server_add_unmask(f.srv, b, l), -1);
+    free(b);
+    uint32_t nb, nsk;
+    secagg_server_revealed(f.srv, 1, &nb, &nsk);
+    assert_int_equal(nb + nsk, 0);
+    s_fix_close(&f);
+}
+
+static void test_protocol_order_enforced(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 3, 900);
+    uint8_t *b = NULL;
+    size_t l;
+    uint32_t x[64] = {0};
+    assert_int_equal(secagg_client_masked_input(f.cl[0], x, &b, &l), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    assert_int_equal(secagg_server_close_shares(f.srv), -1);
+    s_fix_keys(&f);
+    /* duplicate keys and keys after close */
+    assert_int_equal(secagg_client_advertise(f.cl[0], &b, &l), -1);
+    /* no unmask request before the masked inputs are closed */
+    assert_int_equal(secagg_server_unmask_request(f.srv, &b, &l), -1);
+    /* wrong round in a KeysBroadcast */
+    secagg_broadcast_t bc = {.round_id = 901, .count = 0};
+    assert_int_equal(secagg_broadcast_encode(&bc, &b, &l), 0);
+    uint8_t *o = NULL;
+    size_t ol;
+    assert_int_equal(secagg_client_handle_keys(f.cl[1], b, l, &o, &ol), -1);
+    free(b);
+    s_fix_close(&f);
+}
+
+/* A wrong share of a dropped node's mask key is caught (range check or the advertised public
+ * key) and aborts the round; duplicate or out-of-phase masked inputs are refused. */
+static void test_corrupted_reveal_aborts(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 5, 1100);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    uint8_t *b, *rq;
+    size_t l, rq_len;
+    uint32_t x[64] = {0};
+    for (uint32_t u = 0; u < 5; u++) {
+        assert_int_equal(secagg_server_shares_delivery(f.srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(f.cl[u], b, l), 0);
+        free(b);
+        if (u == 4) continue; /* node 4 drops before its masked input */
+        assert_int_equal(secagg_client_masked_input(f.cl[u], x, &b, &l), 0);
+        assert_int_equal(secagg_server_add_masked(f.srv, b, l), 0);
+        assert_int_equal(secagg_server_add_masked(f.srv, b, l), -1); /* duplicate */
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    assert_int_equal(secagg_client_masked_input(f.cl[4], x, &b, &l), 0);
+    assert_int_equal(secagg_server_add_masked(f.srv, b, l), -1); /* too late */
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    free(b);
+    assert_int_equal(secagg_server_unmask_request(f.srv, &rq, &rq_len), 0);
+    for (uint32_t u = 0; u < 4; u++) {
+        assert_int_equal(secagg_client_handle_unmask(f.cl[u], rq, rq_len, &b, &l), 0);
+        if (u == 0) {
+            secagg_unmask_resp_t rs;
+            assert_int_equal(secagg_unmask_resp_decode(b, l, &rs), 0);
+            int hit = 0;
+            for (uint32_t i = 0; i < rs.count; i++)
+                if (rs.entries[i].node == 4) {
+                    assert_int_equal(rs.entries[i].kind, SECAGG_REVEAL_SK);
+                    /* limb 3 (key bytes 12..15): a change in limb 0 could hit only the
+                     * three low bits X25519 clamps away and leave an equivalent key */
+                    rs.entries[i].share.y[3] = (rs.entries[i].share.y[3] + 12345) % SHAMIR_P;
+                    hit = 1;
+                }
+            assert_true(hit);
+            secagg_buf_free(b, l);
+            assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+            secagg_unmask_resp_clear(&rs);
+        }
+        assert_int_equal(secagg_server_add_unmask(f.srv, b, l), 0);
+        secagg_buf_free(b, l);
+    }
+    free(rq);
+    uint32_t sum[64];
+    assert_int_equal(secagg_server_finish(f.srv, sum), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+    assert_int_equal(secagg_server_state(f.srv), SECAGG_S_ABORTED);
+    s_fix_close(&f);
+}
+
+/* Vectors longer than the PRG block, split across 3 server threads at block-aligned
+ * boundaries, with an odd tail: the multi-threaded expansion path gives the exact sum. */
+static void test_long_vector_threads(void **state)
+{
+    (void)state;
+    const uint64_t m = 3 * 4096 * 3 + 37;
+    const uint32_t n = 4;
+    s_identities(n);
+    secagg_params_t p;
+    assert_int_equal(secagg_params_init(&p, 1200, n, 3, 3, m), 0);
+    secagg_server_t *srv = secagg_server_new(&p, s_id_pk, 3);
+    secagg_client_t *cl[4];
+    uint32_t *x = malloc(m * 4), *want = calloc(m, 4), *sum = malloc(m * 4);
+    uint8_t *b, *b2;
+    size_t l, l2;
+    for (uint32_t u = 0; u < n; u++) {
+        cl[u] = secagg_client_new(&p, u, s_id_sk + 64 * u, s_id_pk);
+        assert_int_equal(secagg_client_advertise(cl[u], &b, &l), 0);
+        assert_int_equal(secagg_server_add_keys(srv, b, l), 0);
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_keys(srv), 0);
+    for (uint32_t u = 0; u < n; u++) {
+        assert_int_equal(secagg_server_keys_broadcast(srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_keys(cl[u], b, l, &b2, &l2), 0);
+        assert_int_equal(secagg_server_add_shares(srv, b2, l2), 0);
+        free(b);
+        free(b2);
+    }
+    assert_int_equal(secagg_server_close_shares(srv), 0);
+    for (uint32_t u = 0; u < n; u++) {
+        assert_int_equal(secagg_server_shares_delivery(srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(cl[u], b, l), 0);
+        free(b);
+        if (u == 2) continue; /* dropped: its pairwise masks are re-expanded by the server */
+        randombytes_buf(x, m * 4);
+        for (uint64_t i = 0; i < m; i++) want[i] += x[i];
+        assert_int_equal(secagg_client_masked_input(cl[u], x, &b, &l), 0);
+        assert_int_equal(secagg_server_add_masked(srv, b, l), 0);
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_masked(srv), 0);
+    uint8_t *rq;
+    size_t rq_len;
+    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
+    for (uint32_t u = 0; u < n; u++) {
+        if (u == 2) continue;
+        assert_int_equal(secagg_client_handle_unmask(cl[u], rq, rq_len, &b, &l), 0);
+        assert_int_equal(secagg_server_add_unmask(srv, b, l), 0);
+        secagg_buf_free(b, l);
+    }
+    free(rq);
+    assert_int_equal(secagg_server_finish(srv, sum), 0);
+    assert_memory_equal(sum, want, m * 4);
+    for (uint32_t u = 0; u < n; u++) secagg_client_destroy(&cl[u]);
+    secagg_server_destroy(&srv);
+    free(x);
+    free(want);
+    free(sum);
+}
+
+/* ---- fixed point ---- */
+
+static void test_fixed_point(void **state)
+{
+    (void)state;
+    secagg_fixed_t fx = {.scale = 65536, .clip = 1.0, .max_weight = 4.0};
+    assert_int_equal(secagg_fixed_check(&fx, 100), 0);
+    /* 8192 * (1 * 4 * 65536 + 0.5) > 2^31 - 1 */
+    assert_int_equal(secagg_fixed_check(&fx, 8192), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    assert_int_equal(secagg_fixed_check(&fx, 8191), 0);
+    secagg_fixed_t bad = {.scale = 0, .clip = 1, .max_weight = 1};
+    assert_int_equal(secagg_fixed_check(&bad, 1), -1);
+
+    float x[M], y[M];
+    uint32_t e[M];
+    for (int i = 0; i < M; i++) x[i] = (float)sin(i * 0.37) * 1.5f; /* some beyond the clip */
+    assert_int_equal(secagg_encode(&fx, x, M, 1.0, e), 0);
+    assert_int_equal(secagg_decode(&fx, e, M, 1.0, y), 0);
+    for (int i = 0; i < M; i++) {
+        float c = x[i] > 1 ? 1 : x[i] < -1 ? -1 : x[i];
+        assert_true(fabsf(y[i] - c) <= 1.0f / 65536);
+    }
+    assert_int_equal(secagg_encode(&fx, x, M, 4.5, e), -1); /* weight above max */
+    assert_int_equal(secagg_encode(&fx, x, M, -1, e), -1);
+    x[17] = NAN;
+    assert_int_equal(secagg_encode(&fx, x, M, 1.0, e), -1);
+
+    /* weighted average survives masking: encode with weights, aggregate, divide */
+    uint32_t n = 4;
+    static uint32_t in[4 * M];
+    static float xs[4][M];
+    double w[4] = {1.0, 2.5, 0.5, 4.0}, wsum = 0;
+    for (uint32_t u = 0; u < n; u++) {
+        for (int i = 0; i < M; i++) xs[u][i] = (float)cos(i * 0.1 + u) * 0.8f;
+        assert_int_equal(secagg_encode(&fx, xs[u], M, w[u], in + u * M), 0);
+        wsum += w[u];
+    }
+    static run_t r;
+    memset(&r, 0, sizeof r);
+    r.n = n, r.k = 3, r.t = 3, r.round_id = 1000, r.inputs = in;
+    s_run(&r);
+    assert_int_equal(r.aborted_at, 0);
+    assert_int_equal(secagg_decode(&fx, r.sum, M, wsum, y), 0);
+    for (int i = 0; i < M; i++) {
+        double want = 0;
+        for (uint32_t u = 0; u < n; u++) want += w[u] * xs[u][i];
+        want /= wsum;
+        assert_true(fabs(y[i] - want) <= 1.0 / 65536);
+    }
+    /* negative sums decode as negative */
+    uint32_t neg = (uint32_t)-65536;
+    assert_int_equal(secagg_decode(&fx, &neg, 1, 1.0, y), 0);
+    assert_true(y[0] == -1.0f);
+}
+
+/* ---- Shamir ---- */
+
+static void test_shamir(void **state)
+{
+    (void)state;
+    uint8_t secret[32], got[32];
+    randombytes_buf(secret, sizeof secret);
+    uint64_t xs[20];
+    shamir_share_t sh[20];
+    for (int i = 0; i < 20; i++) xs[i] = (uint64_t)(3 * i + 1);
+    assert_int_equal(shamir_split(secret, 7, xs, 20, sh), 0);
+    /* any 7: take the last 7, then every third one */
+    assert_int_equal(shamir_combine(xs + 13, sh + 13, 7, got), 0);
+    assert_memory_equal(got, secret, 32);
+    uint64_t px[7];
+    shamir_share_t ps[7];
+    for (int i = 0; i < 7; i++) px[i] = xs[i * 3], ps[i] = sh[i * 3];
+    assert_int_equal(shamir_combine(px, ps, 7, got), 0);
+    assert_memory_equal(got, secret, 32);
+    /* all 20 work too */
+    assert_int_equal(shamir_combine(xs, sh, 20, got), 0);
+    assert_memory_equal(got, secret, 32);
+    /* 6 do not give the secret */
+    int r6 = shamir_combine(xs, sh, 6, got);
+    assert_true(r6 != 0 || memcmp(got, secret, 32) != 0);
+    /* a corrupted share is caught by the range check (or at least does not give the secret) */
+    ps[2].y[3] = (ps[2].y[3] + 1) % SHAMIR_P;
+    int rc = shamir_combine(px, ps, 7, got);
+    assert_true(rc != 0 || memcmp(got, secret, 32) != 0);
+    /* argument checks */
+    assert_int_equal(shamir_split(secret, 0, xs, 20, sh), -1);
+    assert_int_equal(shamir_split(secret, 21, xs, 20, sh), -1);
+    xs[4] = xs[3];
+    assert_int_equal(shamir_split(secret, 3, xs, 20, sh), -1);
+    xs[4] = 0;
+    assert_int_equal(shamir_split(secret, 3, xs, 20, sh), -1);
+    /* field arithmetic */
+    assert_int_equal(shamir_mul(shamir_inv(12345), 12345), 1);
+    assert_int_equal(shamir_mul(SHAMIR_P - 1, SHAMIR_P - 1), 1);
+    /* t > 64 uses the heap path */
+    uint64_t bx[100];
+    shamir_share_t bs[100];
+    for (int i = 0; i < 100; i++) bx[i] = (uint64_t)i + 1;
+    assert_int_equal(shamir_split(secret, 70, bx, 100, bs), 0);
+    assert_int_equal(shamir_combine(bx + 30, bs + 30, 70, got), 0);
+    assert_memory_equal(got, secret, 32);
+}
+
+/* ---- graph ---- */
+
+static void test_graph(void **state)
+{
+    (void)state;
+    secagg_params_t p;
+    assert_int_equal(secagg_params_init(&p, 1, 50, 10, 6, 10), 0);
+    secagg_graph_t *g = secagg_graph_new(&p), *g2 = secagg_graph_new(&p);
+    uint32_t nb[49], nb2[49];
+    for (uint32_t u = 0; u < 50; u++) {
+        assert_int_equal(secagg_graph_neighbours(g, u, nb), 10);
+        assert_int_equal(secagg_graph_neighbours(g2, u, nb2), 10);
+        assert_memory_equal(nb, nb2, 10 * sizeof *nb); /* deterministic */
+        uint32_t deg = 0;
+        for (uint32_t v = 0; v < 50; v++) {
+            assert_int_equal(secagg_graph_adjacent(g, u, v), secagg_graph_adjacent(g, v, u));
+            deg += secagg_graph_adjacent(g, u, v);
+        }
+        assert_int_equal(deg, 10);
+        for (int i = 0; i < 10; i++) {
+            assert_true(secagg_graph_adjacent(g, u, nb[i]));
+            if (i) assert_true(nb[i] > nb[i - 1]);
+        }
+    }
+    secagg_graph_destroy(&g2);
+    p.graph_seed[0] ^= 1;
+    g2 = secagg_graph_new(&p);
+    int differ = 0;
+    for (uint32_t u = 0; u < 50 && !differ; u++) {
+        secagg_graph_neighbours(g, u, nb);
+        secagg_graph_neighbours(g2, u, nb2);
+        differ = memcmp(nb, nb2, 10 * sizeof *nb) != 0;
+    }
+    assert_true(differ);
+    secagg_graph_destroy(&g);
+    secagg_graph_destroy(&g2);
+    /* complete graph */
+    assert_int_equal(secagg_params_init(&p, 1, 50, 49, 26, 10), 0);
+    g = secagg_graph_new(&p);
+    assert_int_equal(secagg_graph_neighbours(g, 7, nb), 49);
+    assert_false(secagg_graph_adjacent(g, 7, 7));
+    secagg_graph_destroy(&g);
+    /* parameter validation and defaults */
+    assert_int_equal(secagg_params_init(&p, 1, 50, 9, 5, 10), -1);  /* odd k < n - 1 */
+    assert_int_equal(secagg_params_init(&p, 1, 50, 10, 12, 10), -1); /* t > k + 1 */
+    assert_int_equal(secagg_params_init(&p, 1, 1, 0, 0, 10), -1);
+    assert_int_equal(secagg_default_neighbours(500), 18);
+    assert_int_equal(secagg_default_neighbours(100), 14);
+    assert_int_equal(secagg_default_neighbours(5), 4);
+    assert_int_equal(secagg_default_threshold(18), 10);
+}
+
+/* ---- message codecs ---- */
+
+/* Every strict prefix and a one-byte extension of a valid encoding must be rejected. */
+static void s_strict(const uint8_t *b, size_t l, int (*dec)(const uint8_t *, size_t))
+{
+    assert_int_equal(dec(b, l), 0);
+    uint8_t *ext = malloc(l + 1);
+    memcpy(ext, b, l);
+    ext[l] = 0;
+    assert_int_equal(dec(ext, l + 1), -1);
+    for (size_t cut = 0; cut < l; cut++) assert_int_equal(dec(ext, cut), -1);
+    ext[2] ^= 0x7f; /* version */
+    assert_int_equal(dec(ext, l), -1);
+    free(ext);
+}
+
+static int s_dec_params(const uint8_t *b, size_t l)
+{
+    secagg_params_t p;
+    return secagg_params_decode(b, l, &p);
+}
+static int s_dec_bc(const uint8_t *b, size_t l)
+{
+    secagg_broadcast_t m;
+    int rc = secagg_broadcast_decode(b, l, &m);
+    secagg_broadcast_clear(&m);
+    return rc;
+}
+static int s_dec_sk(const uint8_t *b, size_t l)
+{
+    secagg_shares_t m;
+    int rc = secagg_shares_decode(SECAGG_MSG_SHARE_KEYS, b, l, &m);
+    secagg_shares_clear(&m);
+    return rc;
+}
+static int s_dec_masked(const uint8_t *b, size_t l)
+{
+    secagg_masked_t m;
+    return secagg_masked_decode(b, l, &m);
+}
+static int s_dec_req(const uint8_t *b, size_t l)
+{
+    secagg_unmask_req_t m;
+    int rc = secagg_unmask_req_decode(b, l, &m);
+    secagg_unmask_req_clear(&m);
+    return rc;
+}
+static int s_dec_resp(const uint8_t *b, size_t l)
+{
+    secagg_unmask_resp_t m;
+    int rc = secagg_unmask_resp_decode(b, l, &m);
+    secagg_unmask_resp_clear(&m);
+    return rc;
+}
+
+static void test_codecs_strict(void **state)
+{
+    (void)state;
+    uint8_t *b;
+    size_t l;
+    secagg_params_t p, q;
+    assert_int_equal(secagg_params_init(&p, 77, 20, 8, 5, 1234), 0);
+    assert_int_equal(secagg_params_encode(&p, &b, &l), 0);
+    s_strict(b, l, s_dec_params);
+    assert_int_equal(secagg_params_decode(b, l, &q), 0);
+    assert_memory_equal(&p, &q, sizeof p);
+    secagg_broadcast_t bcq;
+    assert_int_equal(secagg_broadcast_decode(b, l, &bcq), -1); /* wrong type */
+    free(b);
+
+    secagg_keys_t ks[3] = {{.node = 1}, {.node = 4}, {.node = 9}};
+    ks[1].c_pk[0] = 0x42;
+    secagg_broadcast_t bc = {.round_id = 5, .count = 3, .entries = ks};
+    assert_int_equal(secagg_broadcast_encode(&bc, &b, &l), 0);
+    s_strict(b, l, s_dec_bc);
+    assert_int_equal(secagg_broadcast_decode(b, l, &bcq), 0);
+    assert_int_equal(bcq.count, 3);
+    assert_memory_equal(&bcq.entries[1], &ks[1], sizeof ks[1]);
+    secagg_broadcast_clear(&bcq);
+    free(b);
+    ks[2].node = 4; /* not increasing */
+    assert_int_equal(secagg_broadcast_encode(&bc, &b, &l), 0);
+    assert_int_equal(s_dec_bc(b, l), -1);
+    free(b);
+
+    secagg_cipher_t cs[2] = {{.peer = 2}, {.peer = 3}};
+    secagg_shares_t sh = {.round_id = 5, .owner = 1, .count = 2, .entries = cs};
+    assert_int_equal(secagg_shares_encode(SECAGG_MSG_SHARE_KEYS, &sh, &b, &l), 0);
+    s_strict(b, l, s_dec_sk);
+    secagg_shares_t shq;
+    assert_int_equal(secagg_shares_decode(SECAGG_MSG_SHARES_DELIVERY, b, l, &shq), -1);
+    free(b);
+    cs[0].peer = 1; /* share addressed to its own sender */
+    assert_int_equal(secagg_shares_encode(SECAGG_MSG_SHARE_KEYS, &sh, &b, &l), 0);
+    assert_int_equal(s_dec_sk(b, l), -1);
+    free(b);
+
+    l = secagg_masked_size(10);
+    b = calloc(1, l);
+    secagg_masked_write_header(b, 5, 3, 10);
+    s_strict(b, l, s_dec_masked);
+    secagg_masked_write_header(b, 5, 3, 11); /* count disagrees with length */
+    assert_int_equal(s_dec_masked(b, l), -1);
+    secagg_masked_write_header(b, 5, 3, (uint64_t)1 << 40); /* absurd count */
+    assert_int_equal(s_dec_masked(b, l), -1);
+    free(b);
+
+    uint32_t sv[3] = {0, 2, 5}, dr[1] = {3};
+    secagg_unmask_req_t rq = {.round_id = 5, .n_survivors = 3, .survivors = sv, .n_dropped = 1,
+                              .dropped = dr};
+    assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
+    s_strict(b, l, s_dec_req);
+    free(b);
+    sv[2] = 2;
+    assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
+    assert_int_equal(s_dec_req(b, l), -1);
+    free(b);
+
+    secagg_reveal_t rv[2] = {{.node = 1, .kind = 0}, {.node = 2, .kind = 1}};
+    rv[1].share.y[7] = SHAMIR_P - 1;
+    secagg_unmask_resp_t rs = {.round_id = 5, .sender = 1, .count = 2, .entries = rv};
+    assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+    s_strict(b, l, s_dec_resp);
+    free(b);
+    rv[1].share.y[7] = SHAMIR_P; /* outside the field */
+    assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+    assert_int_equal(s_dec_resp(b, l), -1);
+    free(b);
+    rv[1].share.y[7] = 0;
+    rv[1].kind = 2;
+    assert_int_equal(secagg_unmask_resp_encode(&rs, &b, &l), 0);
+    assert_int_equal(s_dec_resp(b, l), -1);
+    free(b);
+
+    /* header problems */
+    uint8_t junk[SECAGG_HDR_BYTES] = {'S', 'A', SECAGG_WIRE_VERSION, 99};
+    secagg_msg_type_t ty;
+    uint64_t rid;
+    assert_int_equal(secagg_msg_peek(junk, sizeof junk, &ty, &rid), -1);
+    junk[3] = SECAGG_MSG_MASKED_INPUT;
+    assert_int_equal(secagg_msg_peek(junk, sizeof junk, &ty, &rid), 0);
+    assert_int_equal(ty, SECAGG_MSG_MASKED_INPUT);
+    junk[0] = 'X';
+    assert_int_equal(secagg_msg_peek(junk, sizeof junk, &ty, &rid), -1);
+    assert_int_equal(secagg_msg_peek(NULL, 0, &ty, &rid), -1);
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    free(s_id_pk);
+    free(s_id_sk);
+    s_id_pk = s_id_sk = NULL;
+    s_ids = 0;
+    return 0;
+}
+
+int main(void)
+{
+    if (sodium_init() < 0) return 1;
+    log_configure(NULL, LOG_LEVEL_ERROR, LOG_FORMAT_TEXT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shamir),
+        cmocka_unit_test(test_graph),
+        cmocka_unit_test(test_codecs_strict),
+        cmocka_unit_test(test_fixed_point),
+        cmocka_unit_test(test_n3_every_phase),
+        cmocka_unit_test(test_n10_dropouts_up_to_n_minus_t),
+        cmocka_unit_test(test_n10_below_threshold_aborts),
+        cmocka_unit_test(test_n50_complete),
+        cmocka_unit_test(test_n50_secagg_plus),
+        cmocka_unit_test(test_masks_fresh_every_round),
+        cmocka_unit_test(test_unsigned_or_wrongly_signed_keys_rejected),
+        cmocka_unit_test(test_tampered_ciphertext_rejected),
+        cmocka_unit_test(test_honest_node_refuses_double_reveal),
+        cmocka_unit_test(test_protocol_order_enforced),
+        cmocka_unit_test(test_corrupted_reveal_aborts),
+        cmocka_unit_test(test_long_vector_threads),
+    };
+    return cmocka_run_group_tests(tests, NULL, s_teardown);
+}

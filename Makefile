@@ -152,17 +152,29 @@ demo: deps
 # may be built by another compiler) with the fuzzer and sanitizer instrumentation.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
-FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) \
-  -fsanitize=fuzzer,address,undefined
+# Library objects are instrumented with fuzzer-no-link (coverage without a main) and built
+# once; each target then links its harness with -fsanitize=fuzzer.
+FUZZ_SAN := -fsanitize=address,undefined
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) $(FUZZ_SAN)
+FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c))
+FUZZ_LIB_OBJ := $(patsubst %.c,build-fuzz/obj/%.o,$(FUZZ_LIB_SRC)) build-fuzz/obj/proto/medfl.pb-c.o
 fuzz: $(FUZZ_BIN)
-build-fuzz/proto/medfl.pb-c.c: proto/medfl.proto
+.SECONDARY: $(FUZZ_LIB_OBJ)
+build-fuzz/proto/medfl.pb-c.c build-fuzz/proto/medfl.pb-c.h &: proto/medfl.proto
 	@mkdir -p build-fuzz/proto
 	protoc-c --c_out=build-fuzz proto/medfl.proto
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(wildcard node/*.c) build-fuzz/proto/medfl.pb-c.c
-	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c)) \
-	  build-fuzz/proto/medfl.pb-c.c $(PKG_LIBS) -lm
+build-fuzz/obj/%.o: %.c build-fuzz/proto/medfl.pb-c.h
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CLANG   $<")
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build-fuzz/obj/proto/medfl.pb-c.o: build-fuzz/proto/medfl.pb-c.c
+	@mkdir -p $(dir $@)
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	@$(if $(V),,echo "  FUZZ    $@")
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm
 
 clean:
 	rm -rf build build-san build-fuzz bin
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) build-fuzz -name '*.d' 2>/dev/null)

@@ -42,9 +42,16 @@ HAVE_CUDA := 1
 endif
 endif
 CU_SRC := $(wildcard common/*.cu)
+# Turing (T4), Ampere (A100/A10/A30), Hopper (H100) machine code + Hopper PTX that the driver
+# JIT-compiles for newer GPUs; override with e.g. make CUDA_ARCH="-arch=native".
+CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+  -gencode arch=compute_86,code=sm_86 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90
 ifeq ($(HAVE_CUDA),1)
 CFLAGS  += -DMEDFL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+# --no-as-needed: every program carries the GPU backend (ldd shows libcublas), even one that
+# reaches it only through backend_new at run time
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed
 CU_OBJ  := $(patsubst common/%.cu,$(BUILD)/common/%.cu.o,$(CU_SRC))
 CUDA_MSG := CUDA toolkit found at $(CUDA_HOME): building the cuBLAS backend
 else
@@ -95,27 +102,33 @@ $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
 
 $(BUILD)/common/%.cu.o: common/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC -c $< -o $@
+	@$(if $(V),,echo "  NVCC    $<")
+	$(Q)$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC,-fno-threadsafe-statics,-fno-exceptions,-Wall,-Wextra -Werror all-warnings $(CUDA_ARCH) -MD -MP -MF $@.d -c $< -o $@
 
 $(LIB): $(COMMON_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@$(if $(V),,echo "  AR      $@")
+	$(Q)ar rcs $@ $^
 
 $(BIN)/medfl-node: $(NODE_OBJ) $(LIB)
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(V),,echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/medfl-aggregator: $(AGG_OBJ) $(LIB)
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(V),,echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/medfl-bench: $(BENCH_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(if $(V),,echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	@$(if $(V),,echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 unit: all $(UNIT_BIN)
 	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-unit.sh $(UNIT_BIN)
@@ -139,17 +152,29 @@ demo: deps
 # may be built by another compiler) with the fuzzer and sanitizer instrumentation.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
-FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) \
-  -fsanitize=fuzzer,address,undefined
+# Library objects are instrumented with fuzzer-no-link (coverage without a main) and built
+# once; each target then links its harness with -fsanitize=fuzzer.
+FUZZ_SAN := -fsanitize=address,undefined
+FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) $(FUZZ_SAN)
+FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c))
+FUZZ_LIB_OBJ := $(patsubst %.c,build-fuzz/obj/%.o,$(FUZZ_LIB_SRC)) build-fuzz/obj/proto/medfl.pb-c.o
 fuzz: $(FUZZ_BIN)
-build-fuzz/proto/medfl.pb-c.c: proto/medfl.proto
+.SECONDARY: $(FUZZ_LIB_OBJ)
+build-fuzz/proto/medfl.pb-c.c build-fuzz/proto/medfl.pb-c.h &: proto/medfl.proto
 	@mkdir -p build-fuzz/proto
 	protoc-c --c_out=build-fuzz proto/medfl.proto
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(wildcard node/*.c) build-fuzz/proto/medfl.pb-c.c
-	clang $(FUZZ_CFLAGS) -o $@ $< $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c)) \
-	  build-fuzz/proto/medfl.pb-c.c $(PKG_LIBS) -lm
+build-fuzz/obj/%.o: %.c build-fuzz/proto/medfl.pb-c.h
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  CLANG   $<")
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+build-fuzz/obj/proto/medfl.pb-c.o: build-fuzz/proto/medfl.pb-c.c
+	@mkdir -p $(dir $@)
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	@$(if $(V),,echo "  FUZZ    $@")
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm
 
 clean:
 	rm -rf build build-san build-fuzz bin
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) build-fuzz -name '*.d' 2>/dev/null)

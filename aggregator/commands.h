@@ -13,5 +13,7 @@ int cmd_versions(int argc, char **argv);
 int cmd_rollback(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_init_version(int argc, char **argv);
+int cmd_weights(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

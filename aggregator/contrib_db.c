@@ -3,11 +3,15 @@
  * `report` can read a whole federation's weighting history from one small file. */
 #include "aggregator/contrib_db.h"
 
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "common/cli.h"
 
 #include "common/error.h"
 #include "common/log.h"
@@ -35,6 +39,10 @@ static const char s_schema[] =
     "CREATE TABLE IF NOT EXISTS weights(round INTEGER NOT NULL, node TEXT NOT NULL,"
     " weight REAL NOT NULL, n_samples REAL NOT NULL, size REAL NOT NULL, z REAL NOT NULL,"
     " quality REAL NOT NULL, reliability REAL NOT NULL, loo REAL NOT NULL, raw REAL NOT NULL,"
+    " created INTEGER NOT NULL, PRIMARY KEY(round, node));"
+    /* Per round and node: bytes on the wire and the privacy loss the node reported. */
+    "CREATE TABLE IF NOT EXISTS round_stats(round INTEGER NOT NULL, node TEXT NOT NULL,"
+    " bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL, epsilon REAL,"
     " created INTEGER NOT NULL, PRIMARY KEY(round, node));";
 
 contrib_db_t *contrib_db_open(const char *path)
@@ -58,6 +66,28 @@ contrib_db_t *contrib_db_open(const char *path)
         contrib_db_destroy(&self);
         return NULL;
     }
+    return self;
+}
+
+contrib_db_t *contrib_db_open_readonly(const char *path)
+{
+    contrib_db_t *self = calloc(1, sizeof *self);
+    if (!self || !(self->path = strdup(path))) {
+        free(self);
+        medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    if (access(path, R_OK) != 0) {
+        medfl_error_set(MEDFL_ENOTFOUND, "%s: no contribution history yet (no round has been weighed)", path);
+        contrib_db_destroy(&self);
+        return NULL;
+    }
+    if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        s_fail(self, "cannot open");
+        contrib_db_destroy(&self);
+        return NULL;
+    }
+    sqlite3_busy_timeout(self->db, 5000);
     return self;
 }
 
@@ -271,6 +301,135 @@ int contrib_db_history(contrib_db_t *db, const char *node,
         if ((rc = fn(ctx, &row)) != 0) break;
     }
     if (rc == 0 && r != SQLITE_DONE) rc = s_fail(db, "history");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int s_print_row(void *ctx, const contrib_row_t *row)
+{
+    size_t *count = ctx;
+    printf("%-6llu %-20s %-8.4f %-9.0f %-8.2f %-7.2f %-8.3f %-11.3f %-6.3f\n",
+           (unsigned long long)row->round, row->node, row->c.weight, row->n_samples, row->c.size,
+           row->c.z, row->c.quality, row->c.reliability, row->c.loo);
+    (*count)++;
+    return 0;
+}
+
+int cmd_weights(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        printf("Usage: medfl-aggregator weights [--state DIR] [--node ID]\n\n"
+               "Prints each round's contribution weight of each node with its components:\n"
+               "sample count, size = sqrt(n), robust z of the reported validation loss, quality\n"
+               "factor, reliability and leave-one-out factor (docs/contribution-weighting.md).\n"
+               "  --state DIR   aggregator state_dir (default /var/lib/medfl/aggregator)\n"
+               "  --node ID     only this node's history\n");
+        return 0;
+    }
+    const char *state = "/var/lib/medfl/aggregator", *node = NULL;
+    for (int i = 1; i < argc; i++) {
+        if ((strcmp(argv[i], "--state") == 0 || strcmp(argv[i], "--node") == 0) && i + 1 < argc) {
+            if (argv[i][2] == 's') state = argv[++i];
+            else node = argv[++i];
+        } else {
+            medfl_error_set(MEDFL_EINVAL, "unexpected argument '%s'", argv[i]);
+            return cli_fail("medfl-aggregator weights");
+        }
+    }
+    char path[4096];
+    contrib_db_path(state, path, sizeof path);
+    contrib_db_t *db = contrib_db_open_readonly(path);
+    if (!db) return cli_fail("medfl-aggregator weights");
+    printf("%-6s %-20s %-8s %-9s %-8s %-7s %-8s %-11s %-6s\n", "ROUND", "NODE", "WEIGHT", "N", "SIZE",
+           "Z", "QUALITY", "RELIABILITY", "LOO");
+    size_t count = 0;
+    int rc = contrib_db_history(db, node, s_print_row, &count) < 0 ? cli_fail("medfl-aggregator weights") : 0;
+    if (rc == 0) printf("rows: %zu\n", count);
+    contrib_db_destroy(&db);
+    return rc;
+}
+
+int contrib_db_record_round_stats(contrib_db_t *db, uint64_t round, const char *node,
+                                  uint64_t bytes_up, uint64_t bytes_down, double epsilon)
+{
+    sqlite3_stmt *st;
+    /* Bytes accumulate over a round's messages; epsilon keeps the latest reported value. */
+    if (sqlite3_prepare_v2(db->db,
+                           "INSERT INTO round_stats(round, node, bytes_up, bytes_down, epsilon, created)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(round, node) DO UPDATE SET"
+                           " bytes_up = bytes_up + ?3, bytes_down = bytes_down + ?4,"
+                           " epsilon = COALESCE(?5, epsilon)", -1, &st, NULL) != SQLITE_OK)
+        return s_fail(db, "record round stats");
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)round);
+    sqlite3_bind_text(st, 2, node, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)bytes_up);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)bytes_down);
+    if (isnan(epsilon)) sqlite3_bind_null(st, 5);
+    else sqlite3_bind_double(st, 5, epsilon);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)time(NULL));
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : s_fail(db, "record round stats");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int contrib_db_foreach_round_stats(contrib_db_t *db,
+                                   int (*fn)(void *ctx, const contrib_round_stats_t *row), void *ctx)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->db,
+                           "SELECT round, node, bytes_up, bytes_down, epsilon FROM round_stats"
+                           " ORDER BY round, node", -1, &st, NULL) != SQLITE_OK)
+        return s_fail(db, "round stats");
+    int r, rc = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        contrib_round_stats_t row;
+        row.round = (uint64_t)sqlite3_column_int64(st, 0);
+        row.node = (const char *)sqlite3_column_text(st, 1);
+        row.bytes_up = (uint64_t)sqlite3_column_int64(st, 2);
+        row.bytes_down = (uint64_t)sqlite3_column_int64(st, 3);
+        row.epsilon = sqlite3_column_type(st, 4) == SQLITE_NULL ? NAN : sqlite3_column_double(st, 4);
+        if ((rc = fn(ctx, &row)) != 0) break;
+    }
+    if (rc == 0 && r != SQLITE_DONE) rc = s_fail(db, "round stats");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int contrib_db_foreach_participation(contrib_db_t *db,
+                                     int (*fn)(void *ctx, uint64_t round, const char *node,
+                                               bool completed), void *ctx)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->db, "SELECT round, node, completed FROM participation ORDER BY round, node",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_fail(db, "participation");
+    int r, rc = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = fn(ctx, (uint64_t)sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+                sqlite3_column_int(st, 2) != 0);
+        if (rc != 0) break;
+    }
+    if (rc == 0 && r != SQLITE_DONE) rc = s_fail(db, "participation");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int contrib_db_foreach_report(contrib_db_t *db,
+                              int (*fn)(void *ctx, const char *node, uint64_t version, double loss,
+                                        double accuracy, double macro_f1, int64_t n), void *ctx)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->db, "SELECT node, version, loss, accuracy, macro_f1, n FROM reports"
+                           " ORDER BY version, node", -1, &st, NULL) != SQLITE_OK)
+        return s_fail(db, "reports");
+    int r, rc = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = fn(ctx, (const char *)sqlite3_column_text(st, 0), (uint64_t)sqlite3_column_int64(st, 1),
+                sqlite3_column_double(st, 2), sqlite3_column_double(st, 3), sqlite3_column_double(st, 4),
+                sqlite3_column_int64(st, 5));
+        if (rc != 0) break;
+    }
+    if (rc == 0 && r != SQLITE_DONE) rc = s_fail(db, "reports");
     sqlite3_finalize(st);
     return rc;
 }

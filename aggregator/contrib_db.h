@@ -9,7 +9,8 @@
  *   participation(round, node, completed, created)                   PK (round, node)
  *   reliability(node, value, selected, completed)                    PK node
  *   weights(round, node, weight, n_samples, size, z, quality, reliability, loo, raw, created)
- *                                                                    PK (round, node) */
+ *                                                                    PK (round, node)
+ *   round_stats(round, node, bytes_up, bytes_down, epsilon, created) PK (round, node) */
 #ifndef MEDFL_CONTRIB_DB_H
 #define MEDFL_CONTRIB_DB_H
 
@@ -22,6 +23,8 @@
 typedef struct contrib_db_t contrib_db_t;
 
 contrib_db_t *contrib_db_open(const char *path);
+/* For readers (`weights`, `status`, `report`): refuses a missing file instead of creating it. */
+contrib_db_t *contrib_db_open_readonly(const char *path);
 void contrib_db_destroy(contrib_db_t **self_p);
 /* "<state_dir>/contrib.db" */
 void contrib_db_path(const char *state_dir, char *out, size_t size);
@@ -60,5 +63,32 @@ typedef struct {
  * round then node. A non-zero return from fn stops the walk and is returned. */
 int contrib_db_history(contrib_db_t *db, const char *node,
                        int (*fn)(void *ctx, const contrib_row_t *row), void *ctx);
+
+/* Adds a round's bytes on the wire for a node (accumulating over the round's messages) and
+ * the privacy loss it reported (NAN = not reported; a later report replaces it). */
+int contrib_db_record_round_stats(contrib_db_t *db, uint64_t round, const char *node,
+                                  uint64_t bytes_up, uint64_t bytes_down, double epsilon);
+
+typedef struct {
+    uint64_t round;
+    const char *node;
+    uint64_t bytes_up, bytes_down;
+    double epsilon; /* NAN when the node reported none */
+} contrib_round_stats_t;
+
+/* Walks of the stored history, ordered by round (version) then node, for `report`. A
+ * non-zero return from fn stops the walk and is returned. */
+int contrib_db_foreach_round_stats(contrib_db_t *db,
+                                   int (*fn)(void *ctx, const contrib_round_stats_t *row), void *ctx);
+int contrib_db_foreach_participation(contrib_db_t *db,
+                                     int (*fn)(void *ctx, uint64_t round, const char *node,
+                                               bool completed), void *ctx);
+int contrib_db_foreach_report(contrib_db_t *db,
+                              int (*fn)(void *ctx, const char *node, uint64_t version, double loss,
+                                        double accuracy, double macro_f1, int64_t n), void *ctx);
+
+/* medfl-aggregator weights [--state DIR] [--node ID]: the stored weights per round and node
+ * with every component of the formula (docs/contribution-weighting.md). */
+int cmd_weights(int argc, char **argv);
 
 #endif

@@ -15,6 +15,8 @@ static const cli_command_t s_commands[] = {
     {"rollback", cmd_rollback, "move the head back to VERSION (history kept)"},
     {"export", cmd_export, "export VERSION as a Hugging Face PEFT adapter (--peft DIR)"},
     {"init-version", cmd_init_version, "seed the federation from a PEFT adapter"},
+    {"report", cmd_report, "write a self-contained HTML report of the federation (-o FILE)"},
+    {"weights", cmd_weights, "contribution weights per round and node, with components"},
     {NULL, NULL, NULL},
 };
 

@@ -553,7 +553,7 @@ static int s_parse(int argc, char **argv, s_args_t *a)
         if (i + 1 >= argc) return medfl_error_set(MEDFL_EINVAL, "option '%s' needs a value", o);
         *slot = argv[++i];
     }
-    if (!a->state) a->state = "/var/lib/medfl-aggregator";
+    if (!a->state) a->state = "/var/lib/medfl/aggregator";
     return 0;
 }
 
@@ -604,7 +604,7 @@ int cmd_versions(int argc, char **argv)
                "parent, round, participants, hash prefix, creation time (UTC) and aggregated\n"
                "metrics. With the aggregator's public key every version is verified (signature,\n"
                "tensors, metadata, chain to genesis) and the listing fails on the first refusal.\n"
-               "  --state DIR     aggregator state_dir (default /var/lib/medfl-aggregator)\n"
+               "  --state DIR     aggregator state_dir (default /var/lib/medfl/aggregator)\n"
                "  --key-dir DIR   folder holding identity.pub\n"
                "  --pubkey K      Ed25519 public key as 64 hex digits or a file holding them\n");
         return 0;

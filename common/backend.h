@@ -28,6 +28,7 @@ typedef enum { BACKEND_CPU = 0, BACKEND_CUDA = 1 } backend_kind_t;
  * class of kernel, callers read it after a step. */
 typedef struct {
     double gemm;        /* sgemm and batched sgemm */
+    double gemm_batched;/* of which batched sgemm (attention's per-head products) */
     double elementwise; /* layernorm, gelu, softmax, adds, pooling, embeddings, optimizer */
 } backend_profile_t;
 
@@ -79,10 +80,11 @@ struct backend {
     void (*add_bias)(backend_t *b, float *y, int ldy, const float *bias, int N, int C);
     /* y[i] += x[i] */
     void (*add)(backend_t *b, float *y, const float *x, size_t n);
-    /* out = gelu(in) with erf, as BERT; out may alias in. */
-    void (*gelu_fwd)(backend_t *b, float *out, const float *in, size_t n);
-    /* d[i] *= gelu'(in[i]) */
-    void (*gelu_bwd)(backend_t *b, float *d, const float *in, size_t n);
+    /* out = gelu(in) with erf, as BERT; out may alias in. When deriv != NULL it also gets
+     * gelu'(in), so the backward is one multiply instead of a second erf and exp. */
+    void (*gelu_fwd)(backend_t *b, float *out, float *deriv, const float *in, size_t n);
+    /* y[i] *= x[i] */
+    void (*mul)(backend_t *b, float *y, const float *x, size_t n);
     /* Rows of S[B, H, T, T] in place: softmax over keys with key_mask[b, k] == 0 excluded
      * (probability exactly 0), after multiplying by scale. */
     void (*softmax_masked_fwd)(backend_t *b, float *S, const int32_t *key_mask, int B, int H,
@@ -107,8 +109,21 @@ struct backend {
     void (*adamw)(backend_t *b, float *p, const float *g, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay,
                   long step);
-    /* Per-row L2 norms of rows[n_rows, n] into norms[n_rows] (used by DP-SGD clipping). */
-    void (*row_norms)(backend_t *b, float *norms, const float *rows, int n_rows, size_t n);
+    /* DP-SGD clipping helpers over per-example gradient rows [n_rows, n] (device memory);
+     * norms_host and weights_host are small HOST arrays of n_rows floats.
+     * row_norms: L2 norm of each row (accumulated in double).
+     * rows_weighted_sum: out[j] = sum_e weights[e] * rows[e, j] (e.g. clip factors
+     * min(1, C / norm_e), then noise is added to out by the caller). */
+    void (*row_norms)(backend_t *b, float *norms_host, const float *rows, int n_rows,
+                      size_t n);
+    void (*rows_weighted_sum)(backend_t *b, float *out, const float *rows,
+                              const float *weights_host, int n_rows, size_t n);
+
+    /* Asynchronous backends (CUDA) cannot report a kernel's failure from a void entry: they
+     * record the first error and skip later work. status waits for queued work and returns
+     * 0, or -1 with that error as the medfl error (code and message). NULL (the CPU backend,
+     * which cannot fail after allocation) means always 0; call it through backend_status. */
+    int (*status)(backend_t *b);
 
     void (*destroy)(backend_t *b);
 };
@@ -119,6 +134,10 @@ backend_t *backend_cpu_new(int threads);
 /* Backend by name: "cpu", "cuda", "auto" (cuda when built and a GPU is present, else cpu,
  * logged once). Returns NULL with a medfl error when the device cannot be used. */
 backend_t *backend_new(const char *device, int threads);
+
+/* 0 when every queued operation so far succeeded, else -1 with the backend's first error
+ * (see the status entry). Synchronises an asynchronous backend. Safe with NULL (returns 0). */
+int backend_status(backend_t *b);
 
 /* Frees the backend; safe with NULL and twice. */
 void backend_destroy(backend_t **self_p);

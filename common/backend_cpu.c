@@ -3,7 +3,9 @@
  * WHY: the encoder's time is in sgemm (OpenBLAS threads it); the rest (LayerNorm, GELU with
  * erf, masked softmax) is memory-bound but still a tenth of a step on two cores, so it is
  * parallelised too, with threads started per call (tens of microseconds, against kernels of
- * milliseconds) instead of a pool that would sit beside OpenBLAS' own. */
+ * milliseconds) instead of a pool that would sit beside OpenBLAS' own.
+ * One CPU backend is driven by one thread at a time: OpenBLAS' thread count is process-wide
+ * and sgemm_batched lowers it to 1 while it spreads small products over its own threads. */
 #include "common/backend.h"
 
 #include <cblas.h>
@@ -77,249 +79,6 @@ static void s_parallel(backend_t *b, size_t n, size_t work, s_range_fn fn, void 
     }
 }
 
-#define S_T0 double s_t0 = b->profile ? s_now() : 0.0
-#define S_T1(field)                                                                          \
-    do {                                                                                     \
-        if (b->profile)                                                                      \
-            b->prof.field += s_now() - s_t0;                                                 \
-    } while (0)
-
-/* ---- memory ---- */
-
-static void *s_alloc(backend_t *b, size_t bytes)
-{
-    (void)b;
-    size_t rounded = (bytes + 63) / 64 * 64;
-    if (rounded == 0)
-        rounded = 64;
-    void *p = aligned_alloc(64, rounded);
-    if (p)
-        memset(p, 0, rounded);
-    return p;
-}
-
-static void s_free(backend_t *b, void *p)
-{
-    (void)b;
-    free(p);
-}
-
-static void s_copy(backend_t *b, void *dst, const void *src, size_t bytes)
-{
-    (void)b;
-    if (bytes)
-        memmove(dst, src, bytes);
-}
-
-static void s_memset0(backend_t *b, void *dst, size_t bytes)
-{
-    (void)b;
-    if (bytes)
-        memset(dst, 0, bytes);
-}
-
-static void s_sync(backend_t *b)
-{
-    (void)b;
-}
-
-/* ---- gemm ---- */
-
-static void s_sgemm(backend_t *b, bool ta, bool tb, int M, int N, int K, float alpha,
-                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                    int ldc)
-{
-    S_T0;
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    S_T1(gemm);
-}
-
-static void s_sgemm_batched(backend_t *b, bool ta, bool tb, int M, int N, int K, float alpha,
-                            const float *A, int lda, long sao, long sai, const float *B, int ldb,
-                            long sbo, long sbi, float beta, float *C, int ldc, long sco,
-                            long sci, int n_outer, int n_inner)
-{
-    S_T0;
-    for (int o = 0; o < n_outer; o++)
-        for (int i = 0; i < n_inner; i++)
-            cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                        tb ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-                        A + o * sao + i * sai, lda, B + o * sbo + i * sbi, ldb, beta,
-                        C + o * sco + i * sci, ldc);
-    S_T1(gemm);
-}
-
-/* ---- embeddings ---- */
-
-typedef struct {
-    float *out;
-    const int32_t *ids, *types;
-    const float *wte, *wpe, *wtt;
-    int T, C;
-} s_embed_ctx;
-
-static void s_embed_rows(void *vc, size_t r0, size_t r1)
-{
-    s_embed_ctx *c = vc;
-    for (size_t r = r0; r < r1; r++) {
-        int t = (int)(r % (size_t)c->T);
-        const float *we = c->wte + (size_t)c->ids[r] * c->C;
-        const float *pe = c->wpe + (size_t)t * c->C;
-        const float *te = c->wtt + (size_t)(c->types ? c->types[r] : 0) * c->C;
-        float *o = c->out + r * c->C;
-        for (int j = 0; j < c->C; j++)
-            o[j] = we[j] + pe[j] + te[j];
-    }
-}
-
-static void s_embed(backend_t *b, float *out, const int32_t *ids, const int32_t *types,
-                    const float *wte, const float *wpe, const float *wtt, int B, int T, int C)
-{
-    S_T0;
-    s_embed_ctx c = {out, ids, types, wte, wpe, wtt, T, C};
-    s_parallel(b, (size_t)B * T, (size_t)B * T * C, s_embed_rows, &c);
-    S_T1(elementwise);
-}
-
-/* ---- layernorm ---- */
-
-typedef struct {
-    float *x, *rstd, *y;
-    const float *xhat, *dy, *w, *bias;
-    float *dx;
-    const float *crstd;
-    int C;
-    float eps;
-} s_ln_ctx;
-
-static void s_ln_fwd_rows(void *vc, size_t r0, size_t r1)
-{
-    s_ln_ctx *c = vc;
-    int C = c->C;
-    for (size_t r = r0; r < r1; r++) {
-        float *x = c->x + r * C;
-        double sum = 0.0;
-        for (int j = 0; j < C; j++)
-            sum += x[j];
-        float mean = (float)(sum / C);
-        double var = 0.0;
-        for (int j = 0; j < C; j++) {
-            float d = x[j] - mean;
-            var += (double)d * d;
-        }
-        float rs = 1.0f / sqrtf((float)(var / C) + c->eps);
-        c->rstd[r] = rs;
-        float *y = c->y ? c->y + r * C : NULL;
-        for (int j = 0; j < C; j++) {
-            float h = (x[j] - mean) * rs;
-            x[j] = h;
-            if (y)
-                y[j] = h * c->w[j] + c->bias[j];
-        }
-    }
-}
-
-static void s_layernorm_fwd(backend_t *b, float *x, float *rstd, float *y, const float *w,
-                            const float *bias, int N, int C, float eps)
-{
-    S_T0;
-    s_ln_ctx c = {.x = x, .rstd = rstd, .y = y, .w = w, .bias = bias, .C = C, .eps = eps};
-    s_parallel(b, (size_t)N, (size_t)N * C * 2, s_ln_fwd_rows, &c);
-    S_T1(elementwise);
-}
-
-static void s_ln_affine_rows(void *vc, size_t r0, size_t r1)
-{
-    s_ln_ctx *c = vc;
-    int C = c->C;
-    for (size_t r = r0; r < r1; r++) {
-        const float *h = c->xhat + r * C;
-        float *y = c->y + r * C;
-        for (int j = 0; j < C; j++)
-            y[j] = h[j] * c->w[j] + c->bias[j];
-    }
-}
-
-static void s_layernorm_affine(backend_t *b, float *y, const float *xhat, const float *w,
-                               const float *bias, int N, int C)
-{
-    S_T0;
-    s_ln_ctx c = {.y = y, .xhat = xhat, .w = w, .bias = bias, .C = C};
-    s_parallel(b, (size_t)N, (size_t)N * C * 2, s_ln_affine_rows, &c);
-    S_T1(elementwise);
-}
-
-static void s_ln_bwd_rows(void *vc, size_t r0, size_t r1)
-{
-    s_ln_ctx *c = vc;
-    int C = c->C;
-    for (size_t r = r0; r < r1; r++) {
-        const float *dy = c->dy + r * C;
-        const float *h = c->xhat + r * C;
-        float *dx = c->dx + r * C;
-        double sg = 0.0, sgh = 0.0;
-        for (int j = 0; j < C; j++) {
-            float g = dy[j] * c->w[j];
-            sg += g;
-            sgh += (double)g * h[j];
-        }
-        float mg = (float)(sg / C), mgh = (float)(sgh / C), rs = c->crstd[r];
-        for (int j = 0; j < C; j++)
-            dx[j] = rs * (dy[j] * c->w[j] - mg - h[j] * mgh);
-    }
-}
-
-static void s_layernorm_bwd(backend_t *b, float *dx, const float *dy, const float *xhat,
-                            const float *rstd, const float *w, int N, int C)
-{
-    S_T0;
-    s_ln_ctx c = {.dx = dx, .dy = dy, .xhat = xhat, .crstd = rstd, .w = w, .C = C};
-    s_parallel(b, (size_t)N, (size_t)N * C * 3, s_ln_bwd_rows, &c);
-    S_T1(elementwise);
-}
-
-/* ---- adds, bias ---- */
-
-typedef struct {
-    float *y;
-    const float *x;
-    int ld, C;
-} s_add_ctx;
-
-static void s_add_bias_rows(void *vc, size_t r0, size_t r1)
-{
-    s_add_ctx *c = vc;
-    for (size_t r = r0; r < r1; r++) {
-        float *y = c->y + r * c->ld;
-        for (int j = 0; j < c->C; j++)
-            y[j] += c->x[j];
-    }
-}
-
-static void s_add_bias(backend_t *b, float *y, int ldy, const float *bias, int N, int C)
-{
-    S_T0;
-    s_add_ctx c = {y, bias, ldy, C};
-    s_parallel(b, (size_t)N, (size_t)N * C, s_add_bias_rows, &c);
-    S_T1(elementwise);
-}
-
-static void s_add_range(void *vc, size_t i0, size_t i1)
-{
-    s_add_ctx *c = vc;
-    for (size_t i = i0; i < i1; i++)
-        c->y[i] += c->x[i];
-}
-
-static void s_add(backend_t *b, float *y, const float *x, size_t n)
-{
-    S_T0;
-    s_add_ctx c = {y, x, 0, 0};
-    s_parallel(b, n, n * 2, s_add_range, &c);
-    S_T1(elementwise);
-}
-
 /* ---- 4-wide vector math (GCC/Clang vector extensions, SSE2 baseline) ----
  * WHY: erff/expf from libm are scalar calls and GELU (erf) plus softmax (exp) were a third
  * of a training step. These versions are branch-free so the compiler emits SIMD without
@@ -379,10 +138,315 @@ static inline void s_vgauss(s_v4f x, s_v4f *cdf, s_v4f *pdf)
     *pdf = 0.39894228040143268f * e;
 }
 
-/* ---- gelu (erf form, as BERT's "gelu") ---- */
+#define S_T0 double s_t0 = b->profile ? s_now() : 0.0
+#define S_T1(field)                                                                          \
+    do {                                                                                     \
+        if (b->profile)                                                                      \
+            b->prof.field += s_now() - s_t0;                                                 \
+    } while (0)
+
+/* ---- memory ---- */
+
+static void *s_alloc(backend_t *b, size_t bytes)
+{
+    (void)b;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (rounded == 0)
+        rounded = 64;
+    void *p = aligned_alloc(64, rounded);
+    if (p)
+        memset(p, 0, rounded);
+    return p;
+}
+
+static void s_free(backend_t *b, void *p)
+{
+    (void)b;
+    free(p);
+}
+
+static void s_copy(backend_t *b, void *dst, const void *src, size_t bytes)
+{
+    (void)b;
+    if (bytes)
+        memmove(dst, src, bytes);
+}
+
+static void s_memset0(backend_t *b, void *dst, size_t bytes)
+{
+    (void)b;
+    if (bytes)
+        memset(dst, 0, bytes);
+}
+
+static void s_sync(backend_t *b)
+{
+    (void)b;
+}
+
+/* ---- gemm ---- */
+
+static void s_sgemm(backend_t *b, bool ta, bool tb, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc)
+{
+    S_T0;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    S_T1(gemm);
+}
+
+typedef struct {
+    bool ta, tb;
+    int M, N, K, lda, ldb, ldc, n_inner;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    long sao, sai, sbo, sbi, sco, sci;
+} s_batch_ctx;
+
+static void s_batch_range(void *vc, size_t i0, size_t i1)
+{
+    s_batch_ctx *c = vc;
+    for (size_t idx = i0; idx < i1; idx++) {
+        long o = (long)(idx / (size_t)c->n_inner), i = (long)(idx % (size_t)c->n_inner);
+        cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans,
+                    c->tb ? CblasTrans : CblasNoTrans, c->M, c->N, c->K, c->alpha,
+                    c->A + o * c->sao + i * c->sai, c->lda, c->B + o * c->sbo + i * c->sbi,
+                    c->ldb, c->beta, c->C + o * c->sco + i * c->sci, c->ldc);
+    }
+}
+
+/* Attention's products are many small ones (T x T x D per head, ~0.5 MFLOP): OpenBLAS
+ * splits each over its threads and synchronises per product, which made them a quarter of
+ * the sgemm time for a twentieth of the FLOPs. Small products are instead distributed over
+ * threads whole, each run single-threaded (OpenBLAS runs a call on the calling thread when
+ * its thread count is 1; the count is restored after). */
+static void s_sgemm_batched(backend_t *b, bool ta, bool tb, int M, int N, int K, float alpha,
+                            const float *A, int lda, long sao, long sai, const float *B, int ldb,
+                            long sbo, long sbi, float beta, float *C, int ldc, long sco,
+                            long sci, int n_outer, int n_inner)
+{
+    S_T0;
+    s_batch_ctx c = {ta, tb, M, N, K, lda, ldb, ldc, n_inner, alpha, beta, A, B, C,
+                     sao, sai, sbo, sbi, sco, sci};
+    size_t count = (size_t)n_outer * (size_t)n_inner;
+    double flops = 2.0 * M * N * K;
+    if (b->threads > 1 && count >= (size_t)b->threads && flops < 8.0e6) {
+        openblas_set_num_threads(1);
+        s_parallel(b, count, (size_t)-1, s_batch_range, &c);
+        openblas_set_num_threads(b->threads);
+    } else {
+        s_batch_range(&c, 0, count);
+    }
+    S_T1(gemm);
+    S_T1(gemm_batched);
+}
+
+/* ---- embeddings ---- */
 
 typedef struct {
     float *out;
+    const int32_t *ids, *types;
+    const float *wte, *wpe, *wtt;
+    int T, C;
+} s_embed_ctx;
+
+static void s_embed_rows(void *vc, size_t r0, size_t r1)
+{
+    s_embed_ctx *c = vc;
+    for (size_t r = r0; r < r1; r++) {
+        int t = (int)(r % (size_t)c->T);
+        const float *we = c->wte + (size_t)c->ids[r] * c->C;
+        const float *pe = c->wpe + (size_t)t * c->C;
+        const float *te = c->wtt + (size_t)(c->types ? c->types[r] : 0) * c->C;
+        float *o = c->out + r * c->C;
+        for (int j = 0; j < c->C; j++)
+            o[j] = we[j] + pe[j] + te[j];
+    }
+}
+
+static void s_embed(backend_t *b, float *out, const int32_t *ids, const int32_t *types,
+                    const float *wte, const float *wpe, const float *wtt, int B, int T, int C)
+{
+    S_T0;
+    s_embed_ctx c = {out, ids, types, wte, wpe, wtt, T, C};
+    s_parallel(b, (size_t)B * T, (size_t)B * T * C, s_embed_rows, &c);
+    S_T1(elementwise);
+}
+
+/* ---- layernorm ---- */
+
+typedef struct {
+    float *x, *rstd, *y;
+    const float *xhat, *dy, *w, *bias;
+    float *dx;
+    const float *crstd;
+    int C;
+    float eps;
+} s_ln_ctx;
+
+static inline float s_hsum(s_v4f v)
+{
+    return (v[0] + v[1]) + (v[2] + v[3]);
+}
+
+static void s_ln_fwd_rows(void *vc, size_t r0, size_t r1)
+{
+    s_ln_ctx *c = vc;
+    int C = c->C;
+    for (size_t r = r0; r < r1; r++) {
+        float *x = c->x + r * C;
+        /* two-pass mean / variance with 4 partial sums each: rows are a few hundred long */
+        s_v4f vs = s_v4(0.0f);
+        int j = 0;
+        for (; j + 4 <= C; j += 4)
+            vs += s_vload(x + j);
+        float sum = s_hsum(vs);
+        for (; j < C; j++)
+            sum += x[j];
+        float mean = sum / (float)C;
+        s_v4f vv = s_v4(0.0f);
+        for (j = 0; j + 4 <= C; j += 4) {
+            s_v4f d = s_vload(x + j) - mean;
+            vv += d * d;
+        }
+        float var = s_hsum(vv);
+        for (; j < C; j++)
+            var += (x[j] - mean) * (x[j] - mean);
+        float rs = 1.0f / sqrtf(var / (float)C + c->eps);
+        c->rstd[r] = rs;
+        float *y = c->y ? c->y + r * C : NULL;
+        for (j = 0; j + 4 <= C; j += 4) {
+            s_v4f h = (s_vload(x + j) - mean) * rs;
+            s_vstore(x + j, h);
+            if (y)
+                s_vstore(y + j, h * s_vload(c->w + j) + s_vload(c->bias + j));
+        }
+        for (; j < C; j++) {
+            float h = (x[j] - mean) * rs;
+            x[j] = h;
+            if (y)
+                y[j] = h * c->w[j] + c->bias[j];
+        }
+    }
+}
+
+static void s_layernorm_fwd(backend_t *b, float *x, float *rstd, float *y, const float *w,
+                            const float *bias, int N, int C, float eps)
+{
+    S_T0;
+    s_ln_ctx c = {.x = x, .rstd = rstd, .y = y, .w = w, .bias = bias, .C = C, .eps = eps};
+    s_parallel(b, (size_t)N, (size_t)N * C * 2, s_ln_fwd_rows, &c);
+    S_T1(elementwise);
+}
+
+static void s_ln_affine_rows(void *vc, size_t r0, size_t r1)
+{
+    s_ln_ctx *c = vc;
+    int C = c->C;
+    for (size_t r = r0; r < r1; r++) {
+        const float *h = c->xhat + r * C;
+        float *y = c->y + r * C;
+        for (int j = 0; j < C; j++)
+            y[j] = h[j] * c->w[j] + c->bias[j];
+    }
+}
+
+static void s_layernorm_affine(backend_t *b, float *y, const float *xhat, const float *w,
+                               const float *bias, int N, int C)
+{
+    S_T0;
+    s_ln_ctx c = {.y = y, .xhat = xhat, .w = w, .bias = bias, .C = C};
+    s_parallel(b, (size_t)N, (size_t)N * C * 2, s_ln_affine_rows, &c);
+    S_T1(elementwise);
+}
+
+static void s_ln_bwd_rows(void *vc, size_t r0, size_t r1)
+{
+    s_ln_ctx *c = vc;
+    int C = c->C;
+    for (size_t r = r0; r < r1; r++) {
+        const float *dy = c->dy + r * C;
+        const float *h = c->xhat + r * C;
+        float *dx = c->dx + r * C;
+        s_v4f vg = s_v4(0.0f), vgh = s_v4(0.0f);
+        int j = 0;
+        for (; j + 4 <= C; j += 4) {
+            s_v4f g = s_vload(dy + j) * s_vload(c->w + j);
+            vg += g;
+            vgh += g * s_vload(h + j);
+        }
+        float sg = s_hsum(vg), sgh = s_hsum(vgh);
+        for (; j < C; j++) {
+            float g = dy[j] * c->w[j];
+            sg += g;
+            sgh += g * h[j];
+        }
+        float mg = sg / (float)C, mgh = sgh / (float)C, rs = c->crstd[r];
+        /* dx may alias dy: each element is read before it is written */
+        for (j = 0; j + 4 <= C; j += 4)
+            s_vstore(dx + j, rs * (s_vload(dy + j) * s_vload(c->w + j) - mg -
+                                   s_vload(h + j) * mgh));
+        for (; j < C; j++)
+            dx[j] = rs * (dy[j] * c->w[j] - mg - h[j] * mgh);
+    }
+}
+
+static void s_layernorm_bwd(backend_t *b, float *dx, const float *dy, const float *xhat,
+                            const float *rstd, const float *w, int N, int C)
+{
+    S_T0;
+    s_ln_ctx c = {.dx = dx, .dy = dy, .xhat = xhat, .crstd = rstd, .w = w, .C = C};
+    s_parallel(b, (size_t)N, (size_t)N * C * 3, s_ln_bwd_rows, &c);
+    S_T1(elementwise);
+}
+
+/* ---- adds, bias ---- */
+
+typedef struct {
+    float *y;
+    const float *x;
+    int ld, C;
+} s_add_ctx;
+
+static void s_add_bias_rows(void *vc, size_t r0, size_t r1)
+{
+    s_add_ctx *c = vc;
+    for (size_t r = r0; r < r1; r++) {
+        float *y = c->y + r * c->ld;
+        for (int j = 0; j < c->C; j++)
+            y[j] += c->x[j];
+    }
+}
+
+static void s_add_bias(backend_t *b, float *y, int ldy, const float *bias, int N, int C)
+{
+    S_T0;
+    s_add_ctx c = {y, bias, ldy, C};
+    s_parallel(b, (size_t)N, (size_t)N * C, s_add_bias_rows, &c);
+    S_T1(elementwise);
+}
+
+static void s_add_range(void *vc, size_t i0, size_t i1)
+{
+    s_add_ctx *c = vc;
+    for (size_t i = i0; i < i1; i++)
+        c->y[i] += c->x[i];
+}
+
+static void s_add(backend_t *b, float *y, const float *x, size_t n)
+{
+    S_T0;
+    s_add_ctx c = {y, x, 0, 0};
+    s_parallel(b, n, n * 2, s_add_range, &c);
+    S_T1(elementwise);
+}
+
+/* ---- gelu (erf form, as BERT's "gelu") ---- */
+
+typedef struct {
+    float *out, *deriv;
     const float *in;
 } s_gelu_ctx;
 
@@ -393,44 +457,39 @@ static void s_gelu_fwd_range(void *vc, size_t i0, size_t i1)
     for (; i + 4 <= i1; i += 4) {
         s_v4f x = s_vload(c->in + i), cdf, pdf;
         s_vgauss(x, &cdf, &pdf);
+        if (c->deriv)
+            s_vstore(c->deriv + i, cdf + x * pdf);
         s_vstore(c->out + i, x * cdf);
     }
     for (; i < i1; i++) {
         float x = c->in[i];
-        c->out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        if (c->deriv)
+            c->deriv[i] = cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+        c->out[i] = x * cdf;
     }
 }
 
-static void s_gelu_fwd(backend_t *b, float *out, const float *in, size_t n)
+static void s_gelu_fwd(backend_t *b, float *out, float *deriv, const float *in, size_t n)
 {
     S_T0;
-    s_gelu_ctx c = {out, in};
+    s_gelu_ctx c = {out, deriv, in};
     s_parallel(b, n, n * 8, s_gelu_fwd_range, &c);
     S_T1(elementwise);
 }
 
-static void s_gelu_bwd_range(void *vc, size_t i0, size_t i1)
+static void s_mul_range(void *vc, size_t i0, size_t i1)
 {
     s_gelu_ctx *c = vc;
-    size_t i = i0;
-    for (; i + 4 <= i1; i += 4) {
-        s_v4f x = s_vload(c->in + i), cdf, pdf;
-        s_vgauss(x, &cdf, &pdf);
-        s_vstore(c->out + i, s_vload(c->out + i) * (cdf + x * pdf));
-    }
-    for (; i < i1; i++) {
-        float x = c->in[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-        c->out[i] *= cdf + x * pdf;
-    }
+    for (size_t i = i0; i < i1; i++)
+        c->out[i] *= c->in[i];
 }
 
-static void s_gelu_bwd(backend_t *b, float *d, const float *in, size_t n)
+static void s_mul(backend_t *b, float *y, const float *x, size_t n)
 {
     S_T0;
-    s_gelu_ctx c = {d, in};
-    s_parallel(b, n, n * 8, s_gelu_bwd_range, &c);
+    s_gelu_ctx c = {y, NULL, x};
+    s_parallel(b, n, n * 2, s_mul_range, &c);
     S_T1(elementwise);
 }
 
@@ -453,7 +512,17 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
         const int32_t *m = c->mask + bidx * T;
         float *s = c->S + r * T;
         float mx = -INFINITY;
-        for (int k = 0; k < T; k++)
+        int k = 0;
+        s_v4f vmx = s_v4(-INFINITY);
+        for (; k + 4 <= T; k += 4) {
+            s_v4i mk;
+            memcpy(&mk, m + k, sizeof mk);
+            s_v4f v = s_vsel(mk != 0, s_vload(s + k), s_v4(-INFINITY));
+            vmx = s_vsel(v > vmx, v, vmx);
+        }
+        for (int j = 0; j < 4; j++)
+            mx = vmx[j] > mx ? vmx[j] : mx;
+        for (; k < T; k++)
             if (m[k] && s[k] > mx)
                 mx = s[k];
         if (mx == -INFINITY) { /* no key at all: an all-padding example; output zeros */
@@ -461,7 +530,7 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
             continue;
         }
         float sum = 0.0f;
-        int k = 0;
+        k = 0;
         s_v4f vsum = s_v4(0.0f);
         for (; k + 4 <= T; k += 4) {
             s_v4i mk;
@@ -478,7 +547,9 @@ static void s_softmax_rows(void *vc, size_t r0, size_t r1)
             sum += e;
         }
         float inv = 1.0f / sum;
-        for (k = 0; k < T; k++)
+        for (k = 0; k + 4 <= T; k += 4)
+            s_vstore(s + k, s_vload(s + k) * inv);
+        for (; k < T; k++)
             s[k] *= inv;
     }
 }
@@ -501,10 +572,16 @@ static void s_softmax_bwd_rows(void *vc, size_t r0, size_t r1)
     for (size_t r = r0; r < r1; r++) {
         float *d = c->S + r * T;
         const float *p = c->P + r * T;
-        float dot = 0.0f;
-        for (int k = 0; k < T; k++)
+        s_v4f vdot = s_v4(0.0f);
+        int k = 0;
+        for (; k + 4 <= T; k += 4)
+            vdot += s_vload(d + k) * s_vload(p + k);
+        float dot = vdot[0] + vdot[1] + vdot[2] + vdot[3];
+        for (; k < T; k++)
             dot += d[k] * p[k];
-        for (int k = 0; k < T; k++)
+        for (k = 0; k + 4 <= T; k += 4)
+            s_vstore(d + k, c->scale * s_vload(p + k) * (s_vload(d + k) - dot));
+        for (; k < T; k++)
             d[k] = c->scale * p[k] * (d[k] - dot);
     }
 }
@@ -644,6 +721,20 @@ static void s_row_norms(backend_t *b, float *norms, const float *rows, int n_row
     S_T1(elementwise);
 }
 
+static void s_rows_weighted_sum(backend_t *b, float *out, const float *rows,
+                                const float *weights, int n_rows, size_t n)
+{
+    S_T0;
+    memset(out, 0, n * sizeof(float));
+    for (int r = 0; r < n_rows; r++) {
+        const float *x = rows + (size_t)r * n;
+        float w = weights[r];
+        for (size_t j = 0; j < n; j++)
+            out[j] += w * x[j];
+    }
+    S_T1(elementwise);
+}
+
 static void s_destroy(backend_t *b)
 {
     free(b);
@@ -678,7 +769,7 @@ backend_t *backend_cpu_new(int threads)
     b->add_bias = s_add_bias;
     b->add = s_add;
     b->gelu_fwd = s_gelu_fwd;
-    b->gelu_bwd = s_gelu_bwd;
+    b->mul = s_mul;
     b->softmax_masked_fwd = s_softmax_masked_fwd;
     b->softmax_bwd = s_softmax_bwd;
     b->pool_fwd = s_pool_fwd;
@@ -687,6 +778,7 @@ backend_t *backend_cpu_new(int threads)
     b->rows_sum = s_rows_sum;
     b->adamw = s_adamw;
     b->row_norms = s_row_norms;
+    b->rows_weighted_sum = s_rows_weighted_sum;
     b->destroy = s_destroy;
     return b;
 }

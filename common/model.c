@@ -55,7 +55,8 @@ typedef struct {
     float *ctx;     /* [N, C] heads concatenated, input of attention.output.dense */
     float *xhat1;   /* [N, C] normalised input of attention.output.LayerNorm */
     float *rstd1;   /* [N] */
-    float *hpre;    /* [N, F] intermediate.dense output before GELU */
+    float *dgelu;   /* [N, F] gelu'(intermediate.dense output), saved by the forward */
+    float *g;       /* [N, F] gelu output, kept only when output.dense has an adapter */
     float *xhat2;   /* [N, C] normalised input of output.LayerNorm */
     float *rstd2;   /* [N] */
 } s_layer_act;
@@ -220,8 +221,9 @@ static int s_add_tensor(model_tensor_t **tab, size_t *n, size_t *cap, size_t *nu
     t->shape[1] = d1 > 0 ? d1 : 0;
     t->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
     t->offset = *numel;
-    /* keep every tensor 16-float (64-byte) aligned for vector loads */
-    *numel += (t->numel + 15) / 16 * 16;
+    /* packed without padding: the flat trainable vector is exactly the parameters (what is
+     * clipped, noised and summed), and q/k/v stay contiguous for any hidden size */
+    *numel += t->numel;
     return 0;
 }
 
@@ -346,8 +348,8 @@ static void s_cut_base(model_t *m)
     }
 }
 
-/* The q/k/v weights (and biases) must be exactly contiguous for the fused [3C, C] product:
- * C*C and C are padded to 16 floats by s_add_tensor, so require C % 16 == 0 or check. */
+/* The q/k/v weights (and biases) must be exactly contiguous for the fused [3C, C] product;
+ * the tables are packed, so this holds by construction and is checked once here. */
 static bool s_qkv_contiguous(const model_t *m)
 {
     for (int l = 0; l < m->cfg.layers; l++) {
@@ -373,12 +375,6 @@ model_t *model_new(const model_config_t *cfg, backend_t *be)
     }
     if (model_config_check(cfg) != 0)
         return NULL;
-    if (cfg->hidden % 16 != 0) {
-        medfl_error_set(MEDFL_EUNSUPPORTED,
-                        "model config: hidden %d must be a multiple of 16 (fused q/k/v layout)",
-                        cfg->hidden);
-        return NULL;
-    }
     model_t *m = calloc(1, sizeof *m);
     if (m == NULL) {
         medfl_error_set(MEDFL_ENOMEM, "model: out of memory");
@@ -641,7 +637,10 @@ static size_t s_cut_arena(model_t *m, float *base, int B, int T)
         TAKE(a->ctx, N * C);
         TAKE(a->xhat1, N * C);
         TAKE(a->rstd1, N);
-        TAKE(a->hpre, N * F);
+        TAKE(a->dgelu, N * F);
+        a->g = NULL;
+        if (m->lora[l * MODEL_N_TARGETS + T_FO].on)
+            TAKE(a->g, N * F);
         TAKE(a->xhat2, N * C);
         TAKE(a->rstd2, N);
     }
@@ -809,18 +808,20 @@ static void s_layer_forward(model_t *m, int l, const float *x, float *out)
     be->layernorm_fwd(be, a->xhat1, a->rstd1, m->h1, w->ln1w, w->ln1b, N, C,
                       c->layer_norm_eps);
 
-    /* hpre[N, F] = h1 @ Wfi^T + bfi (+ LoRA); g = gelu(hpre) */
-    be->sgemm(be, false, true, N, F, C, 1.0f, m->h1, C, w->wfi, C, 0.0f, a->hpre, F);
-    be->add_bias(be, a->hpre, F, w->bfi, N, F);
+    /* g[N, F] = gelu(h1 @ Wfi^T + bfi (+ LoRA)), in place; dgelu = gelu' for backward.
+     * g itself is kept only when output.dense's adapter needs it as input. */
+    float *g = lo[T_FO].on ? a->g : m->g;
+    be->sgemm(be, false, true, N, F, C, 1.0f, m->h1, C, w->wfi, C, 0.0f, g, F);
+    be->add_bias(be, g, F, w->bfi, N, F);
     if (lo[T_FI].on)
-        s_lora_fwd(m, &lo[T_FI], m->h1, C, a->u[T_FI], a->hpre, F, N);
-    be->gelu_fwd(be, m->g, a->hpre, (size_t)N * F);
+        s_lora_fwd(m, &lo[T_FI], m->h1, C, a->u[T_FI], g, F, N);
+    be->gelu_fwd(be, g, a->dgelu, g, (size_t)N * F);
 
     /* xhat2 <- g @ Wfo^T + bfo (+ LoRA) + h1, then LayerNorm: xhat2, rstd2, out [N, C] */
-    be->sgemm(be, false, true, N, C, F, 1.0f, m->g, F, w->wfo, F, 0.0f, a->xhat2, C);
+    be->sgemm(be, false, true, N, C, F, 1.0f, g, F, w->wfo, F, 0.0f, a->xhat2, C);
     be->add_bias(be, a->xhat2, C, w->bfo, N, C);
     if (lo[T_FO].on)
-        s_lora_fwd(m, &lo[T_FO], m->g, F, a->u[T_FO], a->xhat2, C, N);
+        s_lora_fwd(m, &lo[T_FO], g, F, a->u[T_FO], a->xhat2, C, N);
     be->add(be, a->xhat2, m->h1, (size_t)N * C);
     be->layernorm_fwd(be, a->xhat2, a->rstd2, out, w->ln2w, w->ln2b, N, C, c->layer_norm_eps);
 }
@@ -844,17 +845,15 @@ static void s_layer_backward(model_t *m, int l, float *d, bool need_dx, float *p
      * d(ffn out) at once */
     be->layernorm_bwd(be, d, d, a->xhat2, a->rstd2, w->ln2w, N, C);
 
-    /* LoRA on output.dense: its input g = gelu(hpre) is rebuilt into m->g first */
-    if (lo[T_FO].on) {
-        be->gelu_fwd(be, m->g, a->hpre, (size_t)N * F);
-        s_lora_bwd_weights(m, &lo[T_FO], m->g, F, a->u[T_FO], d, C, m->dU + T_FO * NR, N, pe,
+    /* LoRA on output.dense: its input g was kept by the forward */
+    if (lo[T_FO].on)
+        s_lora_bwd_weights(m, &lo[T_FO], a->g, F, a->u[T_FO], d, C, m->dU + T_FO * NR, N, pe,
                            pe_scale);
-    }
-    /* dg [N, F] = d [N, C] @ Wfo [C, F] (+ LoRA input part); then d(hpre) = dg * gelu'(hpre) */
+    /* dg [N, F] = d [N, C] @ Wfo [C, F] (+ LoRA input part); then d(pre-GELU) = dg * gelu' */
     be->sgemm(be, false, false, N, F, C, 1.0f, d, C, w->wfo, F, 0.0f, m->g, F);
     if (lo[T_FO].on)
         s_lora_bwd_input(m, &lo[T_FO], m->dU + T_FO * NR, m->g, F, N);
-    be->gelu_bwd(be, m->g, a->hpre, (size_t)N * F);
+    be->mul(be, m->g, a->dgelu, (size_t)N * F);
 
     /* LoRA on intermediate.dense: input h1 rebuilt from xhat1 */
     if (lo[T_FI].on) {
@@ -862,7 +861,7 @@ static void s_layer_backward(model_t *m, int l, float *d, bool need_dx, float *p
         s_lora_bwd_weights(m, &lo[T_FI], m->h1, C, a->u[T_FI], m->g, F, m->dU + T_FI * NR, N,
                            pe, pe_scale);
     }
-    /* d(h1) [N, C] = d (residual) + dhpre [N, F] @ Wfi [F, C] (+ LoRA input part) */
+    /* d(h1) [N, C] = d (residual) + d(pre-GELU) [N, F] @ Wfi [F, C] (+ LoRA input part) */
     be->sgemm(be, false, false, N, C, F, 1.0f, m->g, F, w->wfi, C, 1.0f, d, C);
     if (lo[T_FI].on)
         s_lora_bwd_input(m, &lo[T_FI], m->dU + T_FI * NR, d, C, N);
@@ -1085,9 +1084,6 @@ int model_backward_per_example(model_t *m, float *per_example)
 {
     if (per_example == NULL)
         return medfl_error_set(MEDFL_EINVAL, "model: per-example buffer is NULL");
-    /* padding between tensors (sizes-table alignment) must read as zero */
-    if (m->have_forward)
-        m->be->memset0(m->be, per_example, (size_t)m->B * m->tr_numel * sizeof(float));
     return s_backward(m, per_example);
 }
 

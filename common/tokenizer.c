@@ -348,12 +348,13 @@ const char *tokenizer_token(const tokenizer_t *self, int32_t id)
     return (id >= 0 && (size_t)id < self->count) ? self->tokens[id] : NULL;
 }
 
-/* Greedy longest-match-first WordPiece of one word (n code points). scratch holds at least
- * 2 + 4 * n bytes, off n + 1 entries. */
-static int s_wordpiece(const tokenizer_t *self, const uint32_t *word, size_t n, char *scratch,
-                       size_t *off, s_ids_t *out)
+/* Greedy longest-match-first WordPiece of one word (n code points). Words longer than the
+ * limit are [UNK] before any work, so the buffers have a fixed size. */
+static int s_wordpiece(const tokenizer_t *self, const uint32_t *word, size_t n, s_ids_t *out)
 {
     if (n > TOKENIZER_MAX_WORD_CHARS) return s_push(out, self->unk);
+    char scratch[2 + 4 * TOKENIZER_MAX_WORD_CHARS + 4];
+    size_t off[TOKENIZER_MAX_WORD_CHARS + 1];
     char *bytes = scratch + 2; /* room for the "##" prefix in front */
     off[0] = 0;
     for (size_t i = 0; i < n; i++) off[i + 1] = off[i] + s_encode(word[i], bytes + off[i]);
@@ -393,10 +394,8 @@ static int s_segment(const tokenizer_t *self, const unsigned char *s, size_t len
     /* Each input byte yields at most one code point, each code point at most 5 normalized
      * ones (CJK: ' ' + up to 3 + ' '). */
     uint32_t *norm = malloc((5 * len + 1) * sizeof *norm);
-    char *scratch = malloc(4 * len * 5 + 8);
-    size_t *off = malloc((5 * len + 2) * sizeof *off);
     int rc = 0;
-    if (!norm || !scratch || !off) {
+    if (!norm) {
         rc = medfl_error_set(MEDFL_ENOMEM, "tokenizer: out of memory for %zu bytes", len);
         goto done;
     }
@@ -430,15 +429,13 @@ static int s_segment(const tokenizer_t *self, const unsigned char *s, size_t len
         bool end = i == nn || norm[i] == ' ';
         bool punct = !end && s_class_fast(self, norm[i]) == UC_PUNCT;
         if (end || punct) {
-            if (i > start) rc = s_wordpiece(self, norm + start, i - start, scratch, off, out);
-            if (punct && rc == 0) rc = s_wordpiece(self, norm + i, 1, scratch, off, out);
+            if (i > start) rc = s_wordpiece(self, norm + start, i - start, out);
+            if (punct && rc == 0) rc = s_wordpiece(self, norm + i, 1, out);
             start = i + 1;
         }
     }
 done:
     free(norm);
-    free(scratch);
-    free(off);
     return rc;
 }
 

@@ -1428,6 +1428,12 @@ wire_client_t *wire_client_new(const char *endpoint, const uint8_t *server_publi
     if (s_common_sockopts(self->dealer, &self->opts) < 0 ||
         zmq_setsockopt(self->dealer, ZMQ_RECONNECT_IVL, &self->opts.reconnect_ivl_ms, sizeof(int)) != 0 ||
         zmq_setsockopt(self->dealer, ZMQ_RECONNECT_IVL_MAX, &self->opts.reconnect_ivl_max_ms,
+                       sizeof(int)) != 0 ||
+        /* A reconnect to an address that no longer answers (the aggregator restarted under
+         * another IP, as containers do) would otherwise hang in the kernel's SYN retries for
+         * about two minutes; giving up after the peer-gone time makes libzmq retry soon and
+         * resolve the host name again. */
+        zmq_setsockopt(self->dealer, ZMQ_CONNECT_TIMEOUT, &self->opts.heartbeat_timeout_ms,
                        sizeof(int)) != 0) {
         medfl_error_set(MEDFL_EINVAL, "socket options: %s", zmq_strerror(errno));
         goto fail;

@@ -10,8 +10,12 @@ PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler
   libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev
   prometheus  # test-only: promtool checks the metrics endpoint strictly
+  chromium    # test-only: renders the HTML report for the screenshot test
   clang libclang-rt-14-dev
   python3
+  # test-only: tests/integration/test_compose.sh runs the container simulation with podman
+  # (no Docker engine on CI); netavark + aardvark-dns resolve compose service names
+  podman podman-compose runc netavark aardvark-dns
 )
 
 missing=()

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "node/deid.h"
 
 struct records_t {
     record_t *recs;
@@ -229,10 +230,18 @@ static int s_add_record(s_load_t *ld, size_t record_no, size_t line, const char 
                 ld->set->skipped++;
                 return 0;
             } else {
-                /* Label names are category names from the config, not patient data. */
+                /* A label is a category name, but a misconfigured column (label_field naming
+                 * the note) would put note text here: echo it only when it is short and the
+                 * PHI gate finds nothing in it. */
+                size_t ll = strlen(label_name);
+                if (ll <= 80 && deid_scan_mask(label_name, ll) == 0)
+                    return medfl_error_set(MEDFL_EFORMAT, "%s:%zu: record %zu: field '%s': "
+                                           "unknown label '%s' (not in the configured label "
+                                           "set)", ld->name, line, record_no, lf, label_name);
                 return medfl_error_set(MEDFL_EFORMAT, "%s:%zu: record %zu: field '%s': unknown "
-                                       "label '%.80s' (not in the configured label set)",
-                                       ld->name, line, record_no, lf, label_name);
+                                       "label (%zu bytes, not shown: it looks like note text; "
+                                       "check the label column)", ld->name, line, record_no,
+                                       lf, ll);
             }
         }
     }

@@ -487,6 +487,8 @@ static const char *const s_date_ctx[] = {"on", "dated", "date", "dob", "d.o.b", 
                                          "till", "admitted", "admission", "discharged",
                                          "discharge", "seen", "visit", "born", "dos",
                                          "surgery", "deceased", "died", NULL};
+/* Words that precede fractions as often as dates: only m/yy after them ("in 12/07"). */
+static const char *const s_date_ctx_weak[] = {"in", "by", "before", "after", "through", NULL};
 
 static void s_rule_date_numeric(s_scan_t *s)
 {
@@ -498,6 +500,15 @@ static void s_rule_date_numeric(s_scan_t *s)
         unsigned char sep = s_at(s, i + n1);
         if (sep != '/' && sep != '-' && sep != '.') continue;
         size_t p2 = i + n1 + 1, n2 = s_ndigits(s, p2);
+        if (n1 <= 2 && n2 == 4 && sep == '/') {
+            /* month/year "03/2008" */
+            long m = s_num(s, i, n1), y = s_num(s, p2, 4);
+            if (m >= 1 && m <= 12 && y >= 1900 && y <= 2099 && s_num_right_ok(s, p2 + 4)) {
+                s_add(s, DEID_DATE, i, p2 + 4);
+                i = p2 + 4;
+            }
+            continue;
+        }
         if (n2 < 1 || n2 > 2) continue;
         if (n1 == 4) {
             /* yyyy-mm-dd */
@@ -514,9 +525,9 @@ static void s_rule_date_numeric(s_scan_t *s)
         }
         if (n1 > 2) continue;
         long a = s_num(s, i, n1), b = s_num(s, p2, n2);
-        if (!s_valid_md(a, b)) continue;
         size_t e2 = p2 + n2;
         if (s_at(s, e2) == sep && s_digit(s_at(s, e2 + 1))) {
+            if (!s_valid_md(a, b)) continue;
             size_t n3 = s_ndigits(s, e2 + 1);
             int ok = 0;
             if (n3 == 4) {
@@ -531,19 +542,28 @@ static void s_rule_date_numeric(s_scan_t *s)
             }
             continue;
         }
-        /* m/d without a year: only after a date word ("seen on 3/14"), and not a dose
-         * ("on 1/2 tab") or a fraction, blood pressure or score, which lack such a word. */
+        /* m/d or m/yy without more: only after a date word ("seen on 3/14", "transplant in
+         * 12/07"), and not a dose ("on 1/2 tab"), a fraction, blood pressure or score,
+         * which lack such a word, nor a pain score ("pain in 8/10"). */
         if (sep != '/' || !s_num_right_ok(s, e2)) continue;
-        if (!(a >= 1 && a <= 12 && b >= 1 && b <= 31) || !s_num_left_ok(s, i)) continue;
+        if (!(a >= 1 && a <= 12 && b >= 0 && (b <= 31 || n2 == 2)) || !s_num_left_ok(s, i))
+            continue;
+        static const char *const scale_ctx[] = {"pain", "score", "scale", "rated", "rates",
+                                                "severity", "intensity", "strength", NULL};
+        if (b == 10 && s_context_before(s, i, 40, scale_ctx)) continue;
         size_t w = i;
         while (w > 0 && s_space(s->t[w - 1])) w--;
         size_t ws = w;
         while (ws > 0 && (s_alpha(s->t[ws - 1]) || s->t[ws - 1] == '.')) ws--;
         if (ws == w) continue;
-        int ctx = 0;
+        int ctx = 0, weak = 0;
         for (const char *const *c = s_date_ctx; *c && !ctx; c++)
             if (strlen(*c) == w - ws && s_lit(s, ws, *c)) ctx = 1;
+        for (const char *const *c = s_date_ctx_weak; *c && !ctx; c++)
+            if (strlen(*c) == w - ws && s_lit(s, ws, *c)) ctx = weak = 1;
         if (!ctx) continue;
+        /* After the weak words ("in 1/2 NS", "in 1/5 lymph nodes") only m/yy counts. */
+        if (weak && n2 != 2) continue;
         size_t q = s_skip_ws(s, e2);
         static const char *const dose[] = {
             "tab", "tabs", "tablet", "tablets", "cap", "caps", "capsule", "pill", "pills", "mg",
@@ -1059,6 +1079,20 @@ static const char *const s_not_names[] = {
     "respiratory", "constitutional", "eyes", "ears", "nose", "throat", "mouth",
     "lymphatic", "hematologic", "endocrine", "mg", "ml", "iv", "po", "prn", "bid", "tid",
     "qid", "daily", "weekly", "monthly", "once", "twice", "mr", "mrs", "ms", "dr",
+    "active", "demographics", "profile", "preferences", "goals", "position", "identity",
+    "living", "deceased", "alive", "died", "passed", "healthy", "cardiology", "pulmonology",
+    "gastroenterology", "neurology", "orthopedics", "orthopaedics", "endocrinology",
+    "nephrology", "dermatology", "oncology", "hematology", "urology", "surgery", "pediatrics",
+    "obstetrics", "gynecology", "psychiatry", "rheumatology", "ophthalmology", "otolaryngology",
+    "ent", "anesthesiology", "podiatry", "infectious", "diseases", "disease", "associates",
+    "group", "practice", "services", "hospitalist", "hospitalists", "intensivist",
+    "intensivists", "cancer", "type",
+    "medicare", "medicaid", "english", "spanish", "caucasian", "african", "american",
+    "hispanic", "asian", "latino", "christian", "muslim", "jewish", "catholic", "er", "ed",
+    "icu", "or", "pacu", "ccu", "nicu", "picu", "ct", "mri", "ekg", "ecg", "echo", "cxr",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "january", "february", "march", "april", "june", "july", "august", "september",
+    "october", "november", "december", "ok", "okay", "thank", "thanks", "sincerely",
     /* eponyms and capitalised medical words */
     "crohn", "crohn's", "parkinson", "parkinson's", "hodgkin", "hodgkin's", "non-hodgkin",
     "apgar", "glasgow", "babinski", "foley", "alzheimer", "alzheimer's", "addison",
@@ -1086,34 +1120,25 @@ static const char *const s_not_names[] = {
     "ativan", "xanax", "keflex", "cipro", "bactrim", "zithromax", "flagyl", "synthroid",
     "advil", "motrin", "aleve", "aspirin", "heparin", "lovenox", "eliquis", "xarelto",
     "plavix", "glucophage", "lantus", "humalog", "novolog", "ventolin", "albuterol",
-    "medicare", "medicaid", "english", "spanish", "caucasian", "african", "american",
-    "hispanic", "asian", "latino", "christian", "muslim", "jewish", "catholic", "er", "ed",
-    "icu", "or", "pacu", "ccu", "nicu", "picu", "ct", "mri", "ekg", "ecg", "echo", "cxr",
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
-    "january", "february", "march", "april", "june", "july", "august", "september",
-    "october", "november", "december", "ok", "okay", "thank", "thanks", "sincerely",
-    "active", "demographics", "profile", "preferences", "goals", "position", "identity",
-    "living", "deceased", "alive", "died", "passed", "healthy", "cardiology", "pulmonology",
-    "gastroenterology", "neurology", "orthopedics", "orthopaedics", "endocrinology",
-    "nephrology", "dermatology", "oncology", "hematology", "urology", "surgery", "pediatrics",
-    "obstetrics", "gynecology", "psychiatry", "rheumatology", "ophthalmology", "otolaryngology",
-    "ent", "anesthesiology", "podiatry", "infectious", "diseases", "disease", "associates",
-    "group", "practice", "services", "hospitalist", "hospitalists", "intensivist",
-    "intensivists", "cancer", "type",
     NULL};
 
-static int s_not_name(const s_scan_t *s, size_t i, size_t k)
+/* general_only: compare with the general words only, not the eponyms and drug names that
+ * follow "crohn" in the list. A name's later tokens and signature names use it, because
+ * eponyms are common surnames too ("Dr. John Murphy", "Ann Wilson, MD"). */
+static int s_not_name_ex(const s_scan_t *s, size_t i, size_t k, int general_only)
 {
     /* Compare without a possessive 's so that "Crohn's" matches "crohn". */
     size_t kk = k;
     if (kk > 2 && (s->t[i + kk - 1] == 's' || s->t[i + kk - 1] == 'S') && s->t[i + kk - 2] == '\'')
         kk -= 2;
     for (const char *const *w = s_not_names; *w; w++) {
+        if (general_only && strcmp(*w, "crohn") == 0) break;
         size_t L = strlen(*w);
         if ((L == k || L == kk) && s_lit(s, i, *w)) return 1;
     }
     return 0;
 }
+
 
 /* A name token at i: "Smith", "O'Brien", "McDonald", "Smith-Jones", "José", an initial
  * "J." or (when caps_ok) an all-capitals "SMITH". Returns its length or 0. */
@@ -1134,8 +1159,10 @@ static size_t s_name_token(const s_scan_t *s, size_t i, int caps_ok)
     return k;
 }
 
-/* A sequence of 1-4 name tokens separated by single spaces; the first must not be a
- * known non-name word (any later one ends the sequence). Returns the end or 0. */
+/* A sequence of 1-4 name tokens separated by single spaces. check_first: 1 = the first
+ * token must not be a known non-name word or eponym, 2 = not a general word (eponyms are
+ * surnames after a title: "Doctor Wilson"), 0 = no check. A later general word ends the
+ * sequence. Returns the end or 0. */
 static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_first, int *ntok)
 {
     size_t end = 0;
@@ -1144,7 +1171,9 @@ static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_fir
         size_t k = s_name_token(s, p, caps_ok);
         if (!k) break;
         int initial = k == 2 && s->t[p + 1] == '.';
-        if (!initial && (tokens > 0 || check_first) && s_not_name(s, p, k)) break;
+        if (!initial && tokens == 0 && check_first && s_not_name_ex(s, p, k, check_first == 2))
+            break;
+        if (!initial && tokens > 0 && s_not_name_ex(s, p, k, 1)) break;
         tokens++;
         if (!initial) full = 1;
         end = p + k;
@@ -1214,7 +1243,7 @@ static void s_rule_name(s_scan_t *s)
                      * "Father") need a name that is not a known word. */
                     int strict = !s_upper(s->t[i]) || s_lit(s, i, "Nurse") || s_lit(s, i, "Sister") ||
                                  s_lit(s, i, "Father") || s_lit(s, i, "Doctor");
-                    size_t e = s_name_seq(s, p, 1, strict, NULL);
+                    size_t e = s_name_seq(s, p, 1, strict ? 2 : 0, NULL);
                     if (e) { s_add(s, DEID_NAME, p, e); i = e; continue; }
                 }
             }
@@ -1274,7 +1303,7 @@ static void s_rule_name(s_scan_t *s)
                 size_t tk = s_exact_any(s, p, titles);
                 if (tk) p = s_skip_ws(s, p + tk);
                 int ntok = 0;
-                size_t e = skip ? 0 : s_name_seq(s, p, 1, 1, &ntok);
+                size_t e = skip ? 0 : s_name_seq(s, p, 1, 2, &ntok);
                 /* "ANESTHESIOLOGIST:, Monitored anesthesia care": one capitalised word that
                  * a lower-case word follows starts a sentence, it is not a name. */
                 if (e && ntok == 1 && s_space(s_at(s, e)) && s_lower(s_at(s, s_skip_ws(s, e))))
@@ -1306,7 +1335,7 @@ static void s_rule_name(s_scan_t *s)
             while (p < s->len && (s_space(s->t[p]) || s->t[p] == '\n' || s->t[p] == '\r')) p++;
             size_t tk = s_exact_any(s, p, titles);
             if (tk) p = s_skip_ws(s, p + tk);
-            size_t e = s_name_seq(s, p, 1, 1, NULL);
+            size_t e = s_name_seq(s, p, 1, 2, NULL);
             if (e) { s_add(s, DEID_NAME, p, e); i = e; continue; }
         }
     }
@@ -1331,7 +1360,7 @@ static void s_rule_name(s_scan_t *s)
             size_t k = s_name_token(s, a, 0);
             if (k == 0 || k != e - a) break;
             int initial = k == 2 && s->t[a + 1] == '.';
-            if (!initial && s_not_name(s, a, k)) break;
+            if (!initial && s_not_name_ex(s, a, k, 1)) break;
             tokens++;
             if (!initial) full++;
             start = a;
@@ -1510,8 +1539,16 @@ int data_config_to_opts(const data_config_t *cfg, const char *records_path,
         if (data_labels_parse(cfg->labels, labels_out, n_labels_out) != 0) return -1;
         opts->labels = (const char *const *)*labels_out;
         opts->n_labels = *n_labels_out;
+    } else if (cfg->top_labels > 0) {
+        if (data_top_labels(path, opts, (size_t)cfg->top_labels, labels_out, n_labels_out) != 0)
+            return -1;
+        opts->labels = (const char *const *)*labels_out;
+        opts->n_labels = *n_labels_out;
+        LOG_INFO(DATA, "%s: label set = the %zu most frequent labels (data.top_labels)", path,
+                 *n_labels_out);
     } else if (cfg->skip_unknown_labels) {
-        return medfl_error_set(MEDFL_ECONFIG, "data.skip_unknown_labels needs data.labels");
+        return medfl_error_set(MEDFL_ECONFIG, "data.skip_unknown_labels needs data.labels or "
+                               "data.top_labels");
     }
     return 0;
 }
@@ -1593,13 +1630,15 @@ static void s_check_usage(FILE *out)
             "3 when records are flagged under policy refuse, 1 on a records or config error.\n\n"
             "  -c FILE                 node config: [data] records, format, text_field,\n"
             "                          label_field, labels, skip_unknown_labels,\n"
-            "                          skip_empty_text, max_text_bytes; [deid] policy\n"
+            "                          skip_empty_text, max_text_bytes, top_labels;\n"
+            "                          [deid] policy\n"
             "  --records FILE          records file (overrides data.records)\n"
             "  --format jsonl|csv      default: from the file name\n"
             "  --text-field F          default: text\n"
             "  --label-field F         default: label (\"\" = unlabelled records)\n"
             "  --labels A,B,C          label set (default: as found in the data)\n"
-            "  --skip-unknown-labels   drop and count records whose label is not in --labels\n"
+            "  --top-labels K          label set = the K most frequent labels of the file\n"
+            "  --skip-unknown-labels   drop and count records whose label is not in the set\n"
             "  --skip-empty-text       drop and count records with an empty text\n"
             "  --max-text-bytes N      default: 1048576\n"
             "  --policy refuse|redact|off   default: refuse\n"
@@ -1640,7 +1679,7 @@ int cmd_check_data(int argc, char **argv)
     if (cfg_set_defaults(s_check_options, &cfg) != 0) return cli_fail("medfl-node");
     const char *conf = NULL, *records = NULL, *format = NULL, *text_field = NULL,
                *label_field = NULL, *labels = NULL, *policy = NULL, *max_bytes = NULL,
-               *redacted_out = NULL;
+               *redacted_out = NULL, *top_labels = NULL;
     bool skip_unknown = false, skip_empty = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1654,6 +1693,7 @@ int cmd_check_data(int argc, char **argv)
         else if (strcmp(a, "--policy") == 0) slot = &policy;
         else if (strcmp(a, "--max-text-bytes") == 0) slot = &max_bytes;
         else if (strcmp(a, "--redacted-out") == 0) slot = &redacted_out;
+        else if (strcmp(a, "--top-labels") == 0) slot = &top_labels;
         else if (strcmp(a, "--skip-unknown-labels") == 0) { skip_unknown = true; continue; }
         else if (strcmp(a, "--skip-empty-text") == 0) { skip_empty = true; continue; }
         else {
@@ -1681,7 +1721,8 @@ int cmd_check_data(int argc, char **argv)
         (label_field && cfg_set(s_check_options, &cfg, "data.label_field", label_field, origin) != 0) ||
         (labels && cfg_set(s_check_options, &cfg, "data.labels", labels, origin) != 0) ||
         (policy && cfg_set(s_check_options, &cfg, "deid.policy", policy, origin) != 0) ||
-        (max_bytes && cfg_set(s_check_options, &cfg, "data.max_text_bytes", max_bytes, origin) != 0))
+        (max_bytes && cfg_set(s_check_options, &cfg, "data.max_text_bytes", max_bytes, origin) != 0) ||
+        (top_labels && cfg_set(s_check_options, &cfg, "data.top_labels", top_labels, origin) != 0))
         return cli_fail("medfl-node");
     if (skip_unknown) cfg.data.skip_unknown_labels = true;
     if (skip_empty) cfg.data.skip_empty_text = true;

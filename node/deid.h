@@ -80,6 +80,7 @@ typedef struct {
     bool skip_unknown_labels;/* data.skip_unknown_labels */
     bool skip_empty_text;    /* data.skip_empty_text */
     int64_t max_text_bytes;  /* data.max_text_bytes */
+    int64_t top_labels;      /* data.top_labels: K most frequent labels when labels is "" */
     char policy[CFG_STR_MAX];        /* deid.policy: refuse|redact|off */
 } data_config_t;
 
@@ -100,11 +101,15 @@ typedef struct {
      NULL, "drop (and count) records with an empty text instead of failing"},                 \
     {"data.max_text_bytes", CFG_INT, offsetof(T, m.max_text_bytes), 1, 1 << 30, "1048576",    \
      false, NULL, "largest note text accepted, in bytes"},                                    \
+    {"data.top_labels", CFG_INT, offsetof(T, m.top_labels), 0, 100000, "0", false, NULL,      \
+     "with data.labels empty: use the K most frequent labels of the file (local experiments; " \
+     "a federation must list data.labels so that class ids agree); 0 = off"},                 \
     {"deid.policy", CFG_ENUM, offsetof(T, m.policy), 0, 0, "refuse", true,                    \
      "refuse|redact|off", "PHI gate: refuse to train, redact spans, or off"}
 
 /* Fills opts from a loaded data_config_t (labels parsed into *labels_out, free with
- * data_labels_free). */
+ * data_labels_free). records_path overrides cfg->records; with data.top_labels the file is
+ * read once to count labels. */
 int data_config_to_opts(const data_config_t *cfg, const char *records_path,
                         records_opts_t *opts, char ***labels_out, size_t *n_labels_out)
     __attribute__((warn_unused_result));

@@ -27,6 +27,14 @@ static void s_usage(void)
            "  prints train_examples_per_s and train_peak_rss_mb (and phase times with --profile)\n");
 }
 
+static double s_cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
+}
+
 static int s_int_arg(const char *name, const char *v, int lo, int hi, int *out)
 {
     char *end = NULL;
@@ -121,12 +129,13 @@ int bench_train(int argc, char **argv)
     oc.total_steps = warmup + steps + 1;
     float *pe = per_example ? model_per_example_buffer(m, B) : NULL;
 
-    double t_fwd = 0, t_bwd = 0, t_opt = 0, t_start = 0, loss_sum = 0;
+    double t_fwd = 0, t_bwd = 0, t_opt = 0, t_start = 0, loss_sum = 0, cpu_start = 0;
     int rc = 0;
     for (int s = 1; s <= warmup + steps && rc == 0; s++) {
         if (s == warmup + 1) {
             be->synchronize(be);
             t_start = bench_now();
+            cpu_start = s_cpu_seconds();
             be->profile = profile;
             memset(&be->prof, 0, sizeof be->prof);
             t_fwd = t_bwd = t_opt = 0;
@@ -157,6 +166,9 @@ int bench_train(int argc, char **argv)
             loss_sum += loss;
     }
     double elapsed = bench_now() - t_start;
+    double cpu_used = s_cpu_seconds() - cpu_start;
+    if (rc == 0 && backend_status(be) != 0) /* a GPU kernel or cuBLAS call failed */
+        rc = -1;
     if (rc != 0) {
         free(ids), free(mask), free(labels);
         model_destroy(&m);
@@ -171,6 +183,9 @@ int bench_train(int argc, char **argv)
     printf("train_examples_per_s: %.2f ex/s\n", (double)B * steps / elapsed);
     printf("train_step_s: %.4f s\n", elapsed / steps);
     printf("train_peak_rss_mb: %.1f MB\n", ru.ru_maxrss / 1024.0);
+    /* CPU seconds (user + system, all threads) per example: less sensitive than wall time
+     * to other processes on a shared machine, though it counts BLAS threads' spin-waits */
+    printf("train_cpu_s_per_example: %.4f s\n", cpu_used / ((double)B * steps));
     printf("train_activation_arena_mb: %.1f MB\n", model_arena_bytes(m) / 1048576.0);
     printf("train_mean_loss: %.4f\n", loss_sum / steps);
     if (profile) {
@@ -178,6 +193,7 @@ int bench_train(int argc, char **argv)
         printf("train_time_backward_s: %.4f s/step\n", t_bwd / steps);
         printf("train_time_optimizer_s: %.5f s/step\n", t_opt / steps);
         printf("train_time_sgemm_s: %.4f s/step\n", be->prof.gemm / steps);
+        printf("train_time_sgemm_attention_s: %.4f s/step\n", be->prof.gemm_batched / steps);
         printf("train_time_elementwise_s: %.4f s/step\n", be->prof.elementwise / steps);
     }
     free(ids), free(mask), free(labels);

@@ -4,7 +4,7 @@
 # the chain, roll back and check the next version's parent, refuse a tampered manifest and
 # a tampered tensor file, refuse a loosely-permissioned key, and export a version that
 # Hugging Face PEFT loads with the same tensors and the same logits as the seeding adapter
-# (tests/ref/check_peft_export.py; that part is skipped when torch/peft are absent).
+# (tests/ref/check_peft_version_export.py; that part is skipped when torch/peft are absent).
 set -u
 AGG="$MEDFL_BIN/medfl-aggregator"
 name=test_versions
@@ -83,7 +83,7 @@ echo "$out" | grep -q "verified" || fail "export: $out"
 grep -q '"peft_type":.*"LORA"' "$tmp/peft/adapter_config.json" || fail "adapter_config: no LORA"
 grep -q '"base_model_name_or_path":.*"tiny-bert"' "$tmp/peft/adapter_config.json" || fail "base model attr lost"
 if command -v python3 >/dev/null; then
-  python3 tests/ref/check_peft_export.py "$tmp/peft" "$st/versions/v000004.h5" \
+  python3 tests/ref/check_peft_version_export.py "$tmp/peft" "$st/versions/v000004.h5" \
     --same-as tests/ref/fixtures/tiny_peft 2>/dev/null | tail -1 > "$tmp/py.out"
   rc=${PIPESTATUS[0]}
   case $rc in

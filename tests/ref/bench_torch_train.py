@@ -67,15 +67,19 @@ def main():
     for _ in range(args.warmup):
         step()
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.steps):
         step()
     dt = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"train_device: torch {torch.__version__} cpu, {torch.get_num_threads()} threads, "
           f"attention {args.attn}")
     print(f"train_examples_per_s: {args.batch * args.steps / dt:.2f} ex/s")
     print(f"train_step_s: {dt / args.steps:.4f} s")
     print(f"train_peak_rss_mb: {rss:.1f} MB")
+    print(f"train_cpu_s_per_example: {cpu / (args.batch * args.steps):.4f} s")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ FIRST = ["Jane", "John", "Maria", "Robert", "Aisha", "Wei", "Olga", "Samuel", "P
 LAST = ["Roe", "Doe", "Okafor", "Lindqvist", "Nakamura", "Hernandez", "Kowalski", "Brennan",
         "Abernathy", "Castellano", "Whitfield", "Osei", "Van Der Berg", "O'Donnell",
         "McAllister", "Petrovic", "Haddad", "Sorensen", "Tremblay", "Müller", "García",
-        "Fitzgerald", "Delacroix", "Ashworth", "Quintero"]
+        "Fitzgerald", "Delacroix", "Ashworth", "Quintero",
+        # surnames that are also eponyms: the gate must not let them through as "medical"
+        "Murphy", "Wilson", "Baker", "Allen", "Bell"]
 CITIES = [("Springfield", "IL"), ("Boston", "MA"), ("Dayton", "OH"), ("Fresno", "CA"),
           ("Tacoma", "WA"), ("Albany", "NY"), ("Tulsa", "OK"), ("Eugene", "OR"),
           ("Macon", "GA"), ("Provo", "UT")]
@@ -323,6 +325,10 @@ def build_phi_record(i):
         tmpl, v, rule, extra = p()
         pre, post = tmpl.split("{v}")
         needle = v
+        # A one-word name can also be an eponym elsewhere in the note ("Doctor Murphy" vs
+        # "Murphy's sign"): its needle carries the word before it.
+        if rule == "NAME" and " " not in v and pre.endswith(" "):
+            needle = pre.split()[-1] + " " + v
         if extra and extra[0] == "needle":
             needle = extra[1]
         if extra and extra[0] == "ADDRESS":

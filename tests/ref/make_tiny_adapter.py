@@ -8,7 +8,7 @@
   tests/ref/fixtures/versions_key/  a TEST-ONLY Ed25519 key pair in medfl's key-file form
       (identity.key: 128 hex digits of seed||public, identity.pub: 64 hex digits).
 `medfl-aggregator init-version --from tests/ref/fixtures/tiny_peft` seeds a store from it, so
-the import path is checked against PEFT's own writer, and check_peft_export.py checks the
+the import path is checked against PEFT's own writer, and check_peft_version_export.py checks the
 export path against PEFT's own loader.
 Run from the repository root: python3 tests/ref/make_tiny_adapter.py"""
 import os

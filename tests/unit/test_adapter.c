@@ -1,7 +1,7 @@
 /* Adapter files: write/read round trip with and without optimizer state, validation of
  * shapes against r and labels, refusal of foreign or future files, and the PEFT export:
  * names, adapter_config.json fields, the target_modules regex for the FFN output, and (when
- * python3 with peft is installed) loading by PEFT itself via tests/ref/check_peft_adapter.py. */
+ * python3 with peft is installed) loading by PEFT itself via tests/ref/check_peft_export.py. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -167,6 +167,21 @@ static void test_round_trip(void **state)
     adapter_free(&b);
     adapter_free(&b); /* safe twice */
 
+    /* Readable by h5py (when installed): metadata, labels, tensors and optimizer state. */
+    if (system("python3 -c 'import h5py' >/dev/null 2>&1") == 0) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd,
+                 "python3 -c \"import h5py,sys; f=h5py.File(sys.argv[1],'r'); "
+                 "assert f.attrs['format']=='medfl-adapter' and f.attrs['r']==4; "
+                 "assert [x.decode() for x in f['labels'][()]][0]=='cardiology'; "
+                 "t=f['tensors']['classifier.weight']; assert t.shape==(3,32); "
+                 "assert f['optimizer'].attrs['step']==123; "
+                 "assert len(f['optimizer/m'])==len(f['tensors'])==10\" '%s'", path);
+        assert_int_equal(system(cmd), 0);
+    } else {
+        printf("note: python3 with h5py absent, h5py read check skipped\n");
+    }
+
     /* Without optimizer state. */
     f->a.has_optimizer = false;
     assert_int_equal(adapter_write(path, &f->a), 0);
@@ -263,7 +278,7 @@ static int s_peft_check(const char *dirs)
 {
     if (system("python3 -c 'import peft, torch, transformers' >/dev/null 2>&1") != 0) return 77;
     char cmd[1400];
-    snprintf(cmd, sizeof cmd, "python3 tests/ref/check_peft_adapter.py "
+    snprintf(cmd, sizeof cmd, "python3 tests/ref/check_peft_export.py "
                               "tests/ref/fixtures/tiny_bert %s", dirs);
     int st = system(cmd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 1;

@@ -124,6 +124,10 @@ static void test_jsonl_errors(void **state)
                "in.data:3:", "record 2", "field 'label' is missing");
     EXPECT_ERR("{\"text\": \"a\", \"label\": \"oncology\"}\n", &o, "field 'label'",
                "unknown label 'oncology'");
+    /* A label column holding note text is not echoed into the error (it may be PHI). */
+    s_expect_error("{\"text\": \"a\", \"label\": \"Seen by Dr. Smith on 03/14/2021\"}\n", 58, &o,
+                   "unknown label (31 bytes, not shown", NULL);
+    assert_null(strstr(medfl_error_message(), "Smith"));
     EXPECT_ERR("[\"text\", \"label\"]\n", &o, "expected a JSON object, got array");
     EXPECT_ERR("{\"text\": \"a\", \"label\": \"neurology\"} {\"x\": 1}\n", &o,
                "unexpected data after the JSON object");

@@ -169,6 +169,11 @@ static void test_rules_positive(void **state)
         {"14 Mar 2021", DEID_DATE},
         {"on the 3rd of May", DEID_DATE},
         {"since March 2019", DEID_DATE},
+        {"kidney transplant in 12/07", DEID_DATE},
+        {"rectal exam done on 10/99.", DEID_DATE},
+        {"PSA from 7/2008 (4.2)", DEID_DATE},
+        {"discharged1/19/93.", DEID_DATE},
+        {"on February 6,2007", DEID_DATE},
         {"(555) 123-4567", DEID_PHONE},
         {"+1 555 123 4567", DEID_PHONE},
         {"Fax: 555-987-6543", DEID_FAX},
@@ -216,7 +221,8 @@ static void test_rules_clinical_negatives(void **state)
         "Operating Suite 3", "call if fever above 101.5", "ICD-10 K50.90", "L4-L5",
         "T2N1M0", "Gleason 3+4=7", "MS flare", "ratio 1:1", "taking into account 3 factors",
         "may improve in March", "Epstein-Barr virus", "Wolff-Parkinson-White", "",
-        "HR 95 bpm, SpO2 92%", "weight 92 kg",
+        "HR 95 bpm, SpO2 92%", "weight 92 kg", "1 g in 1/2 NS", "in 1/5 lymph nodes",
+        "pain in 8/10", "on 3/4 L of oxygen", "on 1/2 tablet", "pressures 31/14/21 mmHg",
     };
     for (size_t i = 0; i < sizeof clean / sizeof clean[0]; i++) {
         uint32_t m = s_mask(clean[i]);
@@ -232,6 +238,12 @@ static void test_redact_output(void **state)
     assert_int_equal(deid_redact(&t, &len), 4);
     assert_string_equal(t, "Dr. [NAME] saw the [AGE_OVER_89]-year-old on [DATE]; MRN: [MRN].");
     assert_int_equal(len, strlen(t));
+    free(t);
+    /* Surnames that are eponyms too are still names after a title or before a degree. */
+    t = strdup("Dr. John Murphy and Ann Wilson, MD; positive Murphy sign.");
+    len = strlen(t);
+    assert_int_equal(deid_redact(&t, &len), 2);
+    assert_string_equal(t, "Dr. [NAME] and [NAME], MD; positive Murphy sign.");
     /* Clean text is left alone. */
     assert_int_equal(deid_redact(&t, &len), 0);
     free(t);
@@ -324,6 +336,25 @@ static void test_config_to_opts(void **state)
     strcpy(c.records, "x.parquet");
     c.skip_unknown_labels = false;
     assert_int_equal(data_config_to_opts(&c, NULL, &o, &labels, &n), -1);
+    /* top_labels: the K most frequent labels of the file, others skipped when asked. */
+    strcpy(c.records, "tests/data/deid/clean.jsonl");
+    strcpy(c.text_field, "text");
+    strcpy(c.label_field, "label");
+    c.top_labels = 2;
+    c.skip_unknown_labels = true;
+    c.max_text_bytes = 0;
+    assert_int_equal(data_config_to_opts(&c, NULL, &o, &labels, &n), 0);
+    assert_int_equal(n, 2);
+    records_t *set = records_new();
+    assert_int_equal(records_load_file(set, c.records, &o), 0);
+    assert_int_equal(records_n_labels(set), 2);
+    assert_true(records_skipped(set) > 0);
+    size_t counts[2];
+    records_label_counts(set, counts);
+    assert_true(counts[0] >= counts[1]);
+    assert_int_equal(counts[0] + counts[1] + records_skipped(set), 150);
+    records_destroy(&set);
+    data_labels_free(labels, n);
 }
 
 int main(void)

@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/model.h"
+#include "common/model_io.h"
 #include "common/tokenizer.h"
 #include "node/importer.h"
 
@@ -68,11 +69,6 @@ static cJSON *s_parse_file(const char *path)
     return j;
 }
 
-static int s_load(void *ctx, const named_tensor_t *t)
-{
-    return model_base_set(ctx, t->name, t->data, named_tensor_numel(t));
-}
-
 static void test_minilm_embeddings(void **state)
 {
     (void)state;
@@ -95,20 +91,13 @@ static void test_minilm_embeddings(void **state)
     const base_config_t *bc = base_file_config(bf);
     model_config_t cfg;
     model_config_default(&cfg);
-    cfg.vocab_size = (int)bc->vocab_size;
-    cfg.hidden = (int)bc->hidden_size;
-    cfg.layers = (int)bc->num_hidden_layers;
-    cfg.heads = (int)bc->num_attention_heads;
-    cfg.ffn = (int)bc->intermediate_size;
-    cfg.max_position = (int)bc->max_position_embeddings;
-    cfg.type_vocab = (int)bc->type_vocab_size;
-    cfg.layer_norm_eps = (float)bc->layer_norm_eps;
+    model_config_from_base(&cfg, bc);
     cfg.pooling = POOL_MEAN;
     backend_t *be = backend_new("cpu", 2);
     assert_non_null(be);
     model_t *m = model_new(&cfg, be);
     assert_non_null(m);
-    if (base_file_foreach_tensor(bf, s_load, m) != 0) fail_msg("load: %s", medfl_error_message());
+    if (model_load_base(m, bf) != 0) fail_msg("load: %s", medfl_error_message());
     tokenizer_t *tok = base_file_tokenizer(bf);
     assert_non_null(tok);
 

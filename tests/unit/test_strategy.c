@@ -363,6 +363,14 @@ static void test_history_db(void **state)
     assert_int_equal(contrib_db_history(db, NULL, s_collect, &count), 0);
     assert_int_equal(count, 6);
     contrib_db_destroy(&db);
+    /* The reader command over the same file; a missing history is an error, not created. */
+    char *argv1[] = {"weights", "--state", s_dir, "--node", "c", NULL};
+    assert_int_equal(cmd_weights(5, argv1), 0);
+    char *argv2[] = {"weights", "--state", "/nonexistent", NULL};
+    assert_int_equal(cmd_weights(3, argv2), 1);
+    assert_int_equal(access("/nonexistent/contrib.db", F_OK), -1);
+    char *argv3[] = {"weights", "--bogus", NULL};
+    assert_int_equal(cmd_weights(2, argv3), 1);
     assert_null(contrib_db_open("/nonexistent/dir/contrib.db"));
     assert_int_equal(medfl_error_code(), MEDFL_EDB);
 }

@@ -11,7 +11,7 @@
  *   the data stream is a pure function of the step counter, so a checkpoint only needs the
  *   step to continue identically.
  * - With DP, batches are Poisson samples at rate q from the CSPRNG (the accountant assumes
- *   exactly this sampler), processed in physical chunks of at most 2 * batch_size so a
+ *   exactly this sampler), processed in physical chunks of at most min(2 * batch_size, 64) so a
  *   large draw cannot exhaust memory; the clipped per-example gradients are summed across
  *   chunks, noise is added once, and the sum is divided by the EXPECTED batch size q * N,
  *   never by the realised one (which would leak the batch size). An empty draw still takes
@@ -421,6 +421,15 @@ void trainer_set_progress(trainer_t *t, bool on, const char *label)
 
 /* ------------------------------------------------------------------ batches */
 
+/* Examples per forward pass outside plain training steps (DP chunks, evaluation): twice the
+ * batch, capped so that a large expected DP batch does not size the activation arena by it
+ * (MiniLM at 128 tokens needs ~19 MB of activations per example). */
+static size_t s_chunk(const trainer_t *t)
+{
+    size_t c = (size_t)t->cfg.batch_size * 2;
+    return c > 64 ? 64 : c;
+}
+
 static int s_reserve(trainer_t *t, size_t B)
 {
     if (B <= t->cap_b) return 0;
@@ -501,7 +510,7 @@ static int s_dp_gradient(trainer_t *t, const size_t *ex, size_t n, double diviso
 {
     double *acc = calloc(t->P, sizeof(double));
     if (!acc) return medfl_error_set(MEDFL_ENOMEM, "trainer: out of memory");
-    size_t chunk = (size_t)t->cfg.batch_size * 2;
+    size_t chunk = s_chunk(t);
     int rc = 0;
     for (size_t off = 0; off < n && rc == 0; off += chunk)
         rc = s_dp_chunk(t, ex + off, n - off < chunk ? n - off : chunk, acc, loss_sum, st);
@@ -729,7 +738,7 @@ int trainer_evaluate(trainer_t *t, int split, train_eval_t *out)
         free(truth); free(pred);
         return medfl_error_set(MEDFL_ENOMEM, "evaluate: out of memory");
     }
-    size_t chunk = (size_t)t->cfg.batch_size * 2;
+    size_t chunk = s_chunk(t);
     double loss_sum = 0;
     int rc = 0;
     for (size_t off = 0; off < n && rc == 0; off += chunk) {

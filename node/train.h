@@ -37,7 +37,7 @@ typedef struct {
     char lora_targets[CFG_STR_MAX];  /* model.lora.targets: "query,value" */
     int64_t labels_top_k;            /* model.labels_top_k: 0 = data.labels */
     int64_t epochs;                  /* train.epochs */
-    int64_t max_steps;               /* train.max_steps: 0 = epochs decide */
+    int64_t max_steps;               /* train.max_steps: stop early; 0 = run all epochs */
     int64_t batch_size;              /* train.batch_size */
     double lr;                       /* train.lr */
     double warmup_fraction;          /* train.warmup_fraction */
@@ -73,7 +73,8 @@ typedef struct {
     {"train.epochs", CFG_INT, offsetof(T, m.epochs), 1, 100000, "3", false, NULL,             \
      "passes over the training split (train-local)"},                                         \
     {"train.max_steps", CFG_INT, offsetof(T, m.max_steps), 0, 100000000, "0", false, NULL,    \
-     "stop after this many optimizer steps; 0 = run all epochs"},                             \
+     "stop after this many optimizer steps (the schedule still spans train.epochs; resume "   \
+     "with --checkpoint); 0 = run all epochs"},                                               \
     {"train.batch_size", CFG_INT, offsetof(T, m.batch_size), 1, 4096, "16", false, NULL,      \
      "examples per step (DP: expected examples per step)"},                                   \
     {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 10, "5e-4", false, NULL,                \

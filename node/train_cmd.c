@@ -199,13 +199,15 @@ int cmd_train_local(int argc, char **argv)
            trainer_split_size(t, TRAIN_SPLIT_TEST), n_labels);
     double dp_q = 0, dp_sigma = 0;
     long spe = trainer_steps_per_epoch(t);
-    long total = c.train.max_steps > 0 ? (long)c.train.max_steps : spe * (long)c.train.epochs;
+    /* The schedule (and the DP plan) span train.epochs; train.max_steps only stops the run
+     * early, so a run stopped there and resumed from its checkpoint is the same run. */
+    long total = spe * (long)c.train.epochs;
     if (c.train.dp) {
         /* An epoch of DP-SGD is 1/q Poisson steps; σ is planned over the whole run. */
         double q = c.train.sample_rate > 0 ? c.train.sample_rate
                                            : fmin(1.0, (double)c.train.batch_size / (double)ntr);
         spe = (long)fmax(1.0, floor(1.0 / q + 0.5));
-        total = c.train.max_steps > 0 ? (long)c.train.max_steps : spe * (long)c.train.epochs;
+        total = spe * (long)c.train.epochs;
         double sigma;
         if (trainer_dp_plan(t, total, &q, &sigma) != 0 ||
             trainer_set_dp(t, true, q, sigma, c.train.clip_norm) != 0)
@@ -227,10 +229,11 @@ int cmd_train_local(int argc, char **argv)
         }
     }
     train_eval_t ev = {0};
+    long stop = c.train.max_steps > 0 && c.train.max_steps < total ? (long)c.train.max_steps : total;
     int epochs = (int)((total + spe - 1) / spe);
-    for (int e = (int)(trainer_step(t) / spe); e < epochs; e++) {
+    for (int e = (int)(trainer_step(t) / spe); e < epochs && trainer_step(t) < stop; e++) {
         long todo = (long)(e + 1) * spe;
-        if (todo > total) todo = total;
+        if (todo > stop) todo = stop;
         todo -= trainer_step(t);
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", e + 1, epochs);

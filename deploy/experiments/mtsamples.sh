@@ -6,8 +6,11 @@
 #
 # Needs ../shared/data/mtsamples/mtsamples.csv.gz (never committed) and the PyPI package;
 # exits 77 (skip) without them. Usage: deploy/experiments/mtsamples.sh [WORKDIR] [RUNS]
-#   RUNS: any of "plain dp8 dp3" (default all three). Env: EPOCHS (1), LR (1e-3),
-#   SEQ (128), THREADS (2), MEDFL_BIN (bin).
+#   RUNS: any of "plain dp8 dp3 dp8b16" (default "plain dp8 dp3"). Env: EPOCHS (1),
+#   LR (1e-3), DP_BATCH (64), DP_LR (2e-3), SEQ (128), THREADS (2), MEDFL_BIN (bin).
+#   dp8 / dp3 use an expected batch of DP_BATCH (DP-SGD needs larger batches: the noise on
+#   the averaged gradient is sigma*C/batch); dp8b16 is DP at epsilon 8 with the non-private
+#   run's batch 16 and lr, for comparison.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bin="${MEDFL_BIN:-$root/bin}"
@@ -23,7 +26,7 @@ cd "$work"
 [ -f mtsamples.jsonl ] || python3 "$root/tests/ref/mtsamples_prep.py" "$csv" mtsamples.jsonl --top 10 >labels.txt
 [ -f minilm.h5 ] || "$bin/medfl-node" import-model --hf "$minilm" -o minilm.h5 >/dev/null
 
-conf() { # $1 = name, $2 = privacy section
+conf() { # $1 = name, $2 = privacy section, $3 = batch, $4 = lr
     cat >"$1.conf" <<CONF
 # MTSamples experiment: 10 most frequent specialties, held-out test split by seed.
 [data]
@@ -37,8 +40,8 @@ base = minilm.h5
 labels_top_k = 10
 [train]
 epochs = ${EPOCHS:-1}
-batch_size = 16
-lr = ${LR:-1e-3}
+batch_size = $3
+lr = $4
 warmup_fraction = 0.1
 max_seq_len = ${SEQ:-128}
 seed = 1
@@ -49,15 +52,11 @@ threads = ${THREADS:-2}
 $2
 CONF
 }
-conf plain "enabled = false"
-conf dp8 "enabled = true
-target_epsilon = 8
-delta = 1e-5
-clip_norm = 1.0"
-conf dp3 "enabled = true
-target_epsilon = 3
-delta = 1e-5
-clip_norm = 1.0"
+dp() { printf 'enabled = true\ntarget_epsilon = %s\ndelta = 1e-5\nclip_norm = 1.0\n' "$1"; }
+conf plain "enabled = false" 16 "${LR:-1e-3}"
+conf dp8 "$(dp 8)" "${DP_BATCH:-64}" "${DP_LR:-2e-3}"
+conf dp3 "$(dp 3)" "${DP_BATCH:-64}" "${DP_LR:-2e-3}"
+conf dp8b16 "$(dp 8)" 16 "${LR:-1e-3}"
 
 for r in $runs; do
     echo "== $r: $bin/medfl-node train-local -c $work/$r.conf --device cpu -o $work/$r.h5"

@@ -73,6 +73,19 @@ done
   >"$tmp/file.out" 2>/dev/null || fail "eval --records"
 [ "$(val n "$tmp/file.out")" = "$(grep -c . "$tmp/synth/site-1/test.jsonl")" ] || fail "eval --records n"
 
+# ... --checkpoint: a run stopped after epoch 1 and restarted ends where an uninterrupted
+# run ends (same eval figures)
+"$node" train-local -c "$tmp/node.conf" --max-steps 13 --checkpoint "$tmp/ck.h5" -o "$tmp/part.h5" \
+  >"$tmp/part.out" 2>/dev/null || fail "train-local --checkpoint (part 1)"
+"$node" train-local -c "$tmp/node.conf" --checkpoint "$tmp/ck.h5" -o "$tmp/resumed.h5" \
+  >"$tmp/resumed.out" 2>"$tmp/resumed.err" || fail "train-local --checkpoint (resume)"
+grep -q "resumed from" "$tmp/resumed.err" || fail "no 'resumed from' log line"
+[ "$(grep -c '^epoch: ' "$tmp/resumed.out")" -eq 1 ] || fail "resumed run should train 1 epoch"
+for k in loss accuracy macro_f1; do
+  a=$(val "valid_$k" "$tmp/resumed.out"); b=$(val "valid_$k" "$tmp/train.out")
+  [ "$a" = "$b" ] || fail "resumed run valid_$k '$a' differs from the uninterrupted '$b'"
+done
+
 # 3. DP-SGD: sigma from the accountant's inverse, epsilon within the target
 sed 's/^threads = 1$/threads = 1\n[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0/' \
   "$tmp/node.conf" >"$tmp/dp.conf"

@@ -177,6 +177,13 @@ print(f"round {k} (id {rid}): participants {parts}; version {ver}; global valida
 PY
   done
   [ "${done_rounds:-0}" -ge "$ROUNDS" ] && break
+  aborted=$("$AGG" status -c "$AC" 2>/dev/null | field rounds_aborted)
+  if [ "${aborted:-0}" -ge 3 ]; then
+    echo "demo: $aborted rounds aborted; last reason:" >&2
+    grep "aborted in phase" "$D/agg/agg.log" | tail -1 >&2
+    grep "declined round" "$D/agg/agg.log" | tail -1 >&2
+    exit 1
+  fi
   for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { echo "demo: a daemon died; see $D/*/*.log" >&2; exit 1; }; done
   sleep 1
 done

@@ -7,7 +7,8 @@
 #
 # Output: per round participants, global validation accuracy and macro-F1 (mean of the
 # hospitals' reports weighted by their validation sizes), bytes on the wire; epsilon spent
-# per hospital; at the end the lines
+# per hospital; then the baselines (same steps and the same DP-SGD setting as the federation)
+# and at the end the lines
 #   federated_macro_f1: X
 #   centralized_macro_f1: Y
 #   local_only_mean_macro_f1: Z
@@ -133,6 +134,10 @@ valid_fraction = 0.15
 threads = 1
 seed = 1
 [privacy]
+enabled = $([ "$DP" = on ] && echo true || echo false)
+noise_multiplier = $NOISE
+clip_norm = 1.0
+sample_rate = $Q
 epsilon_budget = 50
 delta = 1e-5
 EOF
@@ -202,7 +207,7 @@ HEAD=$("$AGG" versions --state "$D/agg/state" --key-dir "$D/agg/keys" | awk '$1 
 evalf1() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field macro_f1; }
 FED=$(evalf1 "$D/h1/node.conf" "$D/federated.h5")
 TOTAL=$((ROUNDS * STEPS))
-say "baselines with the same optimizer steps per hospital ($TOTAL), no DP: each hospital alone, and centralized"
+say "baselines with the same optimizer steps per hospital ($TOTAL) and the same DP-SGD setting ($DP): each hospital alone, and centralized"
 for i in 1 2 3; do
   "$NODE" train-local -c "$D/h$i/node.conf" --device cpu --max-steps "$TOTAL" -o "$D/h$i/local.h5" >"$D/h$i/local.out" 2>"$D/h$i/local.log" &
   PIDS+=($!)

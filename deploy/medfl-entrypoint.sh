@@ -138,6 +138,10 @@ state_dir = /state
 bind = tcp://0.0.0.0:$port
 heartbeat_interval_ms = $heartbeat_ms
 heartbeat_timeout_ms = $((heartbeat_ms * 5))
+[federation]
+# the simulation has no model: rounds train the nodes' synthetic least-squares task from a
+# zero vector (federation.genesis_zero_dim); MEDFL_AGGREGATOR_CONF_EXTRA may add more keys
+genesis_zero_dim = 64
 [log]
 level = $log_level
 ${MEDFL_AGGREGATOR_CONF_EXTRA:-}
@@ -158,12 +162,15 @@ device = cpu
 [aggregator]
 endpoint = tcp://${MEDFL_AGGREGATOR_HOST:-aggregator}:$port
 public_key_file = /aggregator/curve.pub
+identity_key = /aggregator/identity.pub
 [net]
 heartbeat_interval_ms = $heartbeat_ms
 heartbeat_misses = 5
 [data]
 records = /data/train.jsonl
 format = jsonl
+[round]
+trainer = synthetic
 [log]
 level = $log_level
 ${MEDFL_NODE_CONF_EXTRA:-}

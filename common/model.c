@@ -1096,6 +1096,26 @@ void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step)
                  step < 1 ? 1 : step);
 }
 
+int model_adamw_state_get(const model_t *m, float *m_out, float *v_out, size_t n)
+{
+    if (n != m->tr_numel)
+        return medfl_error_set(MEDFL_EINVAL, "model: optimizer state has %zu floats, got %zu",
+                               m->tr_numel, n);
+    m->be->download(m->be, m_out, m->adam_m, n * sizeof(float));
+    m->be->download(m->be, v_out, m->adam_v, n * sizeof(float));
+    return 0;
+}
+
+int model_adamw_state_set(model_t *m, const float *m_in, const float *v_in, size_t n)
+{
+    if (n != m->tr_numel)
+        return medfl_error_set(MEDFL_EINVAL, "model: optimizer state has %zu floats, got %zu",
+                               m->tr_numel, n);
+    m->be->upload(m->be, m->adam_m, m_in, n * sizeof(float));
+    m->be->upload(m->be, m->adam_v, v_in, n * sizeof(float));
+    return 0;
+}
+
 void model_adamw_reset(model_t *m)
 {
     m->be->memset0(m->be, m->adam_m, m->tr_numel * sizeof(float));

@@ -170,6 +170,10 @@ int model_embed(model_t *m, const model_batch_t *in, float *out);
 
 /* AdamW step on the trainable buffer with the scheduled learning rate of 1-based step. */
 void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step);
+/* AdamW first and second moments (n_trainable floats each, layout of the sizes table) out
+ * of / into the model: checkpoints, so that a restarted trainer continues bit for bit. */
+int model_adamw_state_get(const model_t *m, float *m_out, float *v_out, size_t n);
+int model_adamw_state_set(model_t *m, const float *m_in, const float *v_in, size_t n);
 /* Clears AdamW m and v. */
 void model_adamw_reset(model_t *m);
 

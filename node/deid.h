@@ -85,8 +85,8 @@ typedef struct {
 } data_config_t;
 
 #define DEID_CFG_OPTIONS(T, m)                                                                \
-    {"data.records", CFG_PATH, offsetof(T, m.records), 0, 0, NULL, false, NULL,               \
-     "records file (JSONL or CSV) the node trains on"},                                       \
+    {"data.records", CFG_PATH, offsetof(T, m.records), 0, 0, "", false, NULL,                 \
+     "records file (JSONL or CSV) the node trains on (empty = none yet)"},                   \
     {"data.format", CFG_ENUM, offsetof(T, m.format), 0, 0, "auto", false, "auto|jsonl|csv",   \
      "records format; auto = from the file name (.jsonl/.csv)"},                              \
     {"data.text_field", CFG_STRING, offsetof(T, m.text_field), 0, 0, "text", false, NULL,     \

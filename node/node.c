@@ -142,8 +142,12 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
         if (config_path) medfl_error_prefix("%s: ", config_path);
         goto fail;
     }
-    if (cfg->records[0]) {
-        if (node_count_records(cfg->records, cfg->records_format, &self->n_records) != 0) {
+    if (cfg->data.records[0]) {
+        data_format_t df = DATA_FORMAT_JSONL;
+        if (strcmp(cfg->data.format, "auto") == 0) (void)data_format_guess(cfg->data.records, &df);
+        else df = strcmp(cfg->data.format, "csv") == 0 ? DATA_FORMAT_CSV : DATA_FORMAT_JSONL;
+        if (node_count_records(cfg->data.records, df == DATA_FORMAT_CSV ? "csv" : "jsonl",
+                               &self->n_records) != 0) {
             /* No data yet is a normal state for a freshly installed node. */
             LOG_WARN(DATA, "%s; announcing 0 records", medfl_error_message());
             self->n_records = 0;

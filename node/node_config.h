@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "node/deid.h"
+#include "node/train.h"
 
 #define NODE_CONFIG_DEFAULT_PATH "/etc/medfl/node.conf"
 
@@ -21,8 +23,8 @@ typedef struct {
     char agg_public_key_file[CFG_STR_MAX];
     int64_t heartbeat_ivl_ms;
     int64_t heartbeat_misses;
-    char records[CFG_STR_MAX];
-    char records_format[CFG_STR_MAX];
+    data_config_t data;   /* [data] and [deid]: shared with check-data */
+    train_config_t train; /* [model], [train], [privacy] */
     char log_level[CFG_STR_MAX];
     char log_format[CFG_STR_MAX];
     char log_file[CFG_STR_MAX];

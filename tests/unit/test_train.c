@@ -1,0 +1,449 @@
+/* The trainer (node/train.h) on a tiny random BERT written to a base file here, with a small
+ * vocabulary and an easy synthetic task (the label is carried by which of three word groups
+ * a note draws its keywords from, among shared filler words):
+ * - training lowers the loss and beats chance clearly on the validation split;
+ * - checkpoint (adapter + AdamW state) -> restore in a fresh trainer -> the continuation is
+ *   bit-identical to the uninterrupted run;
+ * - DP-SGD: noise makes two privatized gradients of the same batch differ, with a spread
+ *   that matches sigma * C / divisor; with sigma = 0 and a huge C the privatized gradient
+ *   equals the plain mean gradient (per-example path sanity); Poisson steps report
+ *   accountant steps and an (almost surely) empty batch still moves the parameters;
+ * - a federated round returns delta = local - global and evaluate_vector leaves the
+ *   trainer's parameters alone;
+ * - errors: unknown label, missing base file, max_seq_len beyond the model, duplicate or
+ *   too few labels, bad LoRA targets, an adapter with another label set. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/base_file.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "node/data.h"
+#include "node/train.h"
+
+static char s_dir[] = "/tmp/medfl-test-train-XXXXXX";
+static char s_base[600];
+
+static const char *const s_groups[3][4] = {
+    {"cough", "wheeze", "sputum", "dyspnea"},
+    {"fracture", "cast", "knee", "splint"},
+    {"rash", "itch", "lesion", "eczema"},
+};
+static const char *const s_filler[] = {"patient", "reports", "history", "today", "follow",
+                                       "stable", "denies", "fever", "plan", "review"};
+static const char *const s_labels[3] = {"pulm", "ortho", "derm"};
+
+static uint64_t s_rng(uint64_t *s)
+{
+    *s += 0x9E3779B97F4A7C15ull;
+    uint64_t z = *s;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Tiny BERT (hidden 32, 2 layers, 4 heads, ffn 64, 64 positions) with random weights and a
+ * vocabulary of specials + the task's words. */
+static int s_write_base(const char *path)
+{
+    base_config_t c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.model_type, sizeof c.model_type, "bert");
+    snprintf(c.hidden_act, sizeof c.hidden_act, "gelu");
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.intermediate_size = 64;
+    c.max_position_embeddings = 64;
+    c.type_vocab_size = 2;
+    c.pad_token_id = 0;
+    c.layer_norm_eps = 1e-12;
+    c.do_lower_case = true;
+    const char *vocab[64];
+    size_t nv = 0;
+    const char *spec[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","};
+    for (size_t i = 0; i < 7; i++) vocab[nv++] = spec[i];
+    for (int g = 0; g < 3; g++)
+        for (int w = 0; w < 4; w++) vocab[nv++] = s_groups[g][w];
+    for (size_t i = 0; i < 10; i++) vocab[nv++] = s_filler[i];
+    c.vocab_size = (int64_t)nv;
+    base_tensor_spec_t *specs;
+    size_t ns;
+    if (base_tensor_specs(&c, &specs, &ns) != 0) return -1;
+    named_tensor_t *ts = calloc(ns, sizeof *ts);
+    uint64_t st = 42;
+    for (size_t i = 0; i < ns; i++) {
+        ts[i].name = specs[i].name;
+        ts[i].ndim = specs[i].ndim;
+        size_t n = 1;
+        for (int d = 0; d < specs[i].ndim; d++) {
+            ts[i].shape[d] = specs[i].shape[d];
+            n *= (size_t)specs[i].shape[d];
+        }
+        ts[i].data = malloc(n * sizeof(float));
+        bool ln = strstr(specs[i].name, "LayerNorm") != NULL;
+        bool bias = strstr(specs[i].name, "bias") != NULL;
+        for (size_t j = 0; j < n; j++) {
+            double u = (double)(s_rng(&st) >> 11) / 9007199254740992.0;
+            ts[i].data[j] = ln && !bias ? 1.0f : bias ? 0.0f : (float)((u - 0.5) * 0.2);
+        }
+    }
+    int rc = base_file_write(path, &c, vocab, nv, ts, ns, "test_train");
+    for (size_t i = 0; i < ns; i++) free(ts[i].data);
+    free(ts);
+    free(specs);
+    return rc;
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    log_configure(stderr, LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
+    if (!mkdtemp(s_dir)) return -1;
+    snprintf(s_base, sizeof s_base, "%s/base.h5", s_dir);
+    if (s_write_base(s_base) != 0) {
+        fprintf(stderr, "base: %s\n", medfl_error_message());
+        return -1;
+    }
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* n JSONL records of the task, labels cycling; bad_label puts an unknown label on record 5. */
+static char *s_jsonl(size_t n, uint64_t seed, bool bad_label, size_t *len)
+{
+    size_t cap = n * 200 + 64, off = 0;
+    char *buf = malloc(cap);
+    uint64_t st = seed;
+    for (size_t i = 0; i < n; i++) {
+        int lab = (int)(i % 3);
+        off += (size_t)snprintf(buf + off, cap - off, "{\"text\": \"");
+        for (int w = 0; w < 8; w++) {
+            const char *word = (s_rng(&st) % 3 == 0) ? s_groups[lab][s_rng(&st) % 4]
+                                                      : s_filler[s_rng(&st) % 10];
+            off += (size_t)snprintf(buf + off, cap - off, "%s%s", w ? " " : "", word);
+        }
+        off += (size_t)snprintf(buf + off, cap - off, " %s.\", \"label\": \"%s\"}\n",
+                                s_groups[lab][s_rng(&st) % 4],
+                                bad_label && i == 5 ? "neuro" : s_labels[lab]);
+    }
+    *len = off;
+    return buf;
+}
+
+static train_config_t s_cfg(void)
+{
+    train_config_t c;
+    train_config_defaults(&c);
+    snprintf(c.base, sizeof c.base, "%s", s_base);
+    c.lora_r = 4;
+    c.max_seq_len = 16;
+    c.batch_size = 8;
+    c.lr = 5e-3;
+    c.threads = 1;
+    c.valid_fraction = 0.2;
+    c.seed = 7;
+    return c;
+}
+
+static records_t *s_records(size_t n, uint64_t seed)
+{
+    size_t len;
+    char *buf = s_jsonl(n, seed, false, &len);
+    records_opts_t o;
+    records_opts_init(&o);
+    o.labels = s_labels;
+    o.n_labels = 3;
+    records_t *set = records_new();
+    assert_non_null(set);
+    if (records_load_buffer(set, "synthetic.jsonl", buf, len, &o) != 0)
+        fail_msg("records: %s", medfl_error_message());
+    free(buf);
+    return set;
+}
+
+static trainer_t *s_trainer(const train_config_t *c, size_t n_records)
+{
+    trainer_t *t = trainer_new(c, "cpu", s_labels, 3);
+    if (!t) fail_msg("trainer_new: %s", medfl_error_message());
+    records_t *set = s_records(n_records, 11);
+    if (trainer_set_records(t, set, false) != 0) fail_msg("records: %s", medfl_error_message());
+    records_destroy(&set);
+    return t;
+}
+
+static void test_learns_easy_task(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    trainer_t *t = s_trainer(&c, 240);
+    assert_int_equal(trainer_split_size(t, TRAIN_SPLIT_TRAIN) + trainer_split_size(t, TRAIN_SPLIT_VALID), 240);
+    long spe = trainer_steps_per_epoch(t);
+    trainer_set_schedule(t, spe / 2, spe * 6);
+    train_eval_t before, after;
+    assert_int_equal(trainer_evaluate(t, TRAIN_SPLIT_VALID, &before), 0);
+    train_stats_t first, last;
+    for (int e = 0; e < 6; e++) {
+        train_stats_t st;
+        assert_int_equal(trainer_train_steps(t, spe, &st), 0);
+        assert_int_equal(st.steps, spe);
+        assert_false(st.dp);
+        if (e == 0) first = st;
+        last = st;
+    }
+    assert_int_equal(trainer_evaluate(t, TRAIN_SPLIT_VALID, &after), 0);
+    printf("loss %.4f -> %.4f (valid %.4f -> %.4f), accuracy %.3f -> %.3f, macro-F1 %.3f\n",
+           first.mean_loss, last.mean_loss, before.loss, after.loss, before.accuracy,
+           after.accuracy, after.macro_f1);
+    assert_true(last.mean_loss < 0.7 * first.mean_loss);
+    assert_true(after.loss < before.loss);
+    assert_true(after.accuracy > 0.75); /* chance is 1/3 */
+    assert_true(after.macro_f1 > 0.7);
+    assert_int_equal(after.n, trainer_split_size(t, TRAIN_SPLIT_VALID));
+    train_eval_t base;
+    assert_int_equal(trainer_majority_baseline(t, TRAIN_SPLIT_VALID, &base), 0);
+    assert_true(base.accuracy < 0.5 && after.macro_f1 > base.macro_f1 + 0.3);
+    trainer_destroy(&t);
+    trainer_destroy(&t); /* safe twice */
+}
+
+static void test_checkpoint_continues_identically(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    trainer_t *a = s_trainer(&c, 120);
+    long spe = trainer_steps_per_epoch(a);
+    trainer_set_schedule(a, 2, spe * 3);
+    assert_int_equal(trainer_train_steps(a, spe + 2, NULL), 0); /* mid-epoch */
+    char ck[700];
+    snprintf(ck, sizeof ck, "%s/ckpt.h5", s_dir);
+    assert_int_equal(trainer_save(a, ck, true), 0);
+    assert_int_equal(trainer_train_steps(a, spe, NULL), 0);
+
+    trainer_t *b = s_trainer(&c, 120);
+    trainer_set_schedule(b, 2, spe * 3);
+    assert_int_equal(trainer_load(b, ck), 0);
+    assert_int_equal(trainer_step(b), spe + 2);
+    assert_int_equal(trainer_train_steps(b, spe, NULL), 0);
+    size_t P = trainer_n_params(a);
+    float *pa = malloc(P * sizeof(float)), *pb = malloc(P * sizeof(float));
+    assert_int_equal(trainer_get_params(a, pa, P), 0);
+    assert_int_equal(trainer_get_params(b, pb, P), 0);
+    size_t diff = 0;
+    for (size_t j = 0; j < P; j++) diff += pa[j] != pb[j];
+    if (diff) fail_msg("%zu of %zu parameters differ after restore + continuation", diff, P);
+
+    /* Without optimizer state the restore is NOT the same run: the test can fail. */
+    trainer_t *d = s_trainer(&c, 120);
+    trainer_set_schedule(d, 2, spe * 3);
+    char ad[700];
+    snprintf(ad, sizeof ad, "%s/adapter-only.h5", s_dir);
+    assert_int_equal(trainer_save(b, ad, false), 0);
+    assert_int_equal(trainer_load(d, ad), 0);
+    assert_int_equal(trainer_step(d), 0);
+    assert_int_equal(trainer_get_params(d, pa, P), 0);
+    for (size_t j = 0; j < P; j++) assert_true(pa[j] == pb[j]); /* weights restored */
+    free(pa); free(pb);
+    trainer_destroy(&a); trainer_destroy(&b); trainer_destroy(&d);
+}
+
+static void test_dp_gradient(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    trainer_t *t = s_trainer(&c, 120);
+    size_t P = trainer_n_params(t);
+    size_t idx[8] = {0, 3, 5, 9, 12, 20, 31, 40};
+    float *plain = malloc(P * sizeof(float)), *g1 = malloc(P * sizeof(float)),
+          *g2 = malloc(P * sizeof(float));
+    assert_int_equal(trainer_batch_gradient(t, idx, 8, false, 8, plain), 0);
+    /* sigma = 0, huge C: clipped sum / n is the mean gradient. */
+    assert_false(trainer_rng_is_seeded(t));
+    assert_int_equal(trainer_use_seeded_rng(t, 5), 0);
+    assert_true(trainer_rng_is_seeded(t));
+    assert_int_equal(trainer_set_dp(t, true, 0.1, 0.0, 1e9), 0);
+    assert_int_equal(trainer_batch_gradient(t, idx, 8, true, 8, g1), 0);
+    double maxrel = 0, scale = 0;
+    for (size_t j = 0; j < P; j++) scale = fmax(scale, fabs(plain[j]));
+    for (size_t j = 0; j < P; j++) maxrel = fmax(maxrel, fabs(g1[j] - plain[j]) / scale);
+    printf("sigma 0, C 1e9: max |dp - plain| / max|plain| = %.3g\n", maxrel);
+    assert_true(scale > 0 && maxrel < 1e-4);
+    /* Noise: two privatized gradients of the same batch differ, by about sigma*C/divisor. */
+    double sigma = 2.0, C = 0.5, div = 8;
+    assert_int_equal(trainer_set_dp(t, true, 0.1, sigma, C), 0);
+    assert_int_equal(trainer_batch_gradient(t, idx, 8, true, div, g1), 0);
+    assert_int_equal(trainer_batch_gradient(t, idx, 8, true, div, g2), 0);
+    double ss = 0;
+    size_t same = 0;
+    for (size_t j = 0; j < P; j++) {
+        double d = (double)g1[j] - g2[j];
+        ss += d * d;
+        same += g1[j] == g2[j];
+    }
+    double sd = sqrt(ss / (double)P / 2.0), want = sigma * C / div;
+    printf("noise sd %.5f (expected %.5f), %zu of %zu equal\n", sd, want, same, P);
+    assert_true(same < P / 100);
+    assert_true(fabs(sd - want) < 0.1 * want);
+    /* Clipping: with a tiny C and no noise every example contributes at most C. */
+    assert_int_equal(trainer_set_dp(t, true, 0.1, 0.0, 1e-3), 0);
+    assert_int_equal(trainer_batch_gradient(t, idx, 8, true, 1.0, g1), 0);
+    double norm = 0;
+    for (size_t j = 0; j < P; j++) norm += (double)g1[j] * g1[j];
+    assert_true(sqrt(norm) <= 8 * 1e-3 * (1 + 1e-5));
+    assert_true(sqrt(norm) > 1e-4);
+    /* Bad settings */
+    assert_int_equal(trainer_set_dp(t, true, 0.0, 1.0, 1.0), -1);
+    assert_int_equal(trainer_set_dp(t, true, 0.1, -1.0, 1.0), -1);
+    assert_int_equal(trainer_set_dp(t, true, 0.1, 1.0, 0.0), -1);
+    assert_int_equal(trainer_batch_gradient(t, (size_t[]){100000}, 1, false, 1, g1), -1);
+    free(plain); free(g1); free(g2);
+    trainer_destroy(&t);
+}
+
+static void test_dp_steps_and_round(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    c.dp = true;
+    c.target_epsilon = 8;
+    trainer_t *t = s_trainer(&c, 120);
+    assert_int_equal(trainer_use_seeded_rng(t, 9), 0);
+    double q, sigma;
+    assert_int_equal(trainer_dp_plan(t, 30, &q, &sigma), 0);
+    assert_true(fabs(q - 8.0 / (double)trainer_split_size(t, TRAIN_SPLIT_TRAIN)) < 1e-12);
+    assert_true(sigma > 0.3 && sigma < 5);
+    assert_int_equal(trainer_set_dp(t, true, q, sigma, 1.0), 0);
+    size_t P = trainer_n_params(t);
+    float *g = malloc(P * sizeof(float)), *delta = malloc(P * sizeof(float)),
+          *after = malloc(P * sizeof(float));
+    assert_int_equal(trainer_get_params(t, g, P), 0);
+    train_stats_t st;
+    assert_int_equal(trainer_round(t, g, P, 6, delta, &st), 0);
+    assert_true(st.dp);
+    assert_int_equal(st.steps, 6);
+    assert_int_equal(st.dp_steps, 6);
+    assert_int_equal(st.examples_total, trainer_split_size(t, TRAIN_SPLIT_TRAIN));
+    assert_int_equal(trainer_get_params(t, after, P), 0);
+    double dn = 0;
+    for (size_t j = 0; j < P; j++) {
+        assert_true(fabsf(after[j] - g[j] - delta[j]) <= 1e-6f * (1 + fabsf(after[j])));
+        dn += fabs(delta[j]);
+    }
+    assert_true(dn > 0);
+    /* evaluate_vector: the given vector is evaluated, own parameters untouched. */
+    train_eval_t e1, e2;
+    assert_int_equal(trainer_evaluate_vector(t, g, P, TRAIN_SPLIT_VALID, &e1), 0);
+    float *now = malloc(P * sizeof(float));
+    assert_int_equal(trainer_get_params(t, now, P), 0);
+    assert_memory_equal(now, after, P * sizeof(float));
+    assert_int_equal(trainer_set_params(t, g, P), 0);
+    assert_int_equal(trainer_evaluate(t, TRAIN_SPLIT_VALID, &e2), 0);
+    assert_true(e1.loss == e2.loss && e1.n == e2.n);
+    /* An (almost surely) empty Poisson batch still steps with noise only. */
+    assert_int_equal(trainer_set_dp(t, true, 1e-9, 1.0, 1.0), 0);
+    assert_int_equal(trainer_train_steps(t, 1, &st), 0);
+    assert_int_equal(st.examples, 0);
+    assert_int_equal(st.dp_steps, 1);
+    assert_int_equal(trainer_get_params(t, now, P), 0);
+    size_t changed = 0;
+    for (size_t j = 0; j < P; j++) changed += now[j] != g[j];
+    assert_true(changed > P / 2);
+    assert_int_equal(trainer_round(t, g, P, 0, delta, &st), -1);
+    free(g); free(delta); free(after); free(now);
+    trainer_destroy(&t);
+}
+
+static void s_expect(bool failed, const char *needle)
+{
+    assert_true(failed);
+    if (!strstr(medfl_error_message(), needle))
+        fail_msg("error '%s' lacks '%s'", medfl_error_message(), needle);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    /* unknown label: the records reader names line and field */
+    size_t len;
+    char *buf = s_jsonl(20, 3, true, &len);
+    records_opts_t o;
+    records_opts_init(&o);
+    o.labels = s_labels;
+    o.n_labels = 3;
+    records_t *set = records_new();
+    s_expect(records_load_buffer(set, "bad.jsonl", buf, len, &o) != 0, "neuro");
+    s_expect(true, "bad.jsonl:6");
+    records_destroy(&set);
+    free(buf);
+
+    train_config_t c = s_cfg();
+    snprintf(c.base, sizeof c.base, "%s/missing.h5", s_dir);
+    s_expect(trainer_new(&c, "cpu", s_labels, 3) == NULL, "missing.h5");
+    c = s_cfg();
+    c.max_seq_len = 65;
+    s_expect(trainer_new(&c, "cpu", s_labels, 3) == NULL, "max_seq_len");
+    c = s_cfg();
+    snprintf(c.lora_targets, sizeof c.lora_targets, "query,bogus");
+    s_expect(trainer_new(&c, "cpu", s_labels, 3) == NULL, "model.lora.targets");
+    c = s_cfg();
+    const char *dup[] = {"a", "b", "a"};
+    s_expect(trainer_new(&c, "cpu", dup, 3) == NULL, "appears twice");
+    s_expect(trainer_new(&c, "cpu", dup, 1) == NULL, "at least 2");
+    c.dp = true;
+    c.noise_multiplier = 0;
+    c.target_epsilon = 0;
+    trainer_t *t = trainer_new(&c, "cpu", s_labels, 3);
+    assert_non_null(t);
+    train_eval_t ev;
+    s_expect(trainer_evaluate(t, TRAIN_SPLIT_VALID, &ev) != 0, "not loaded");
+    s_expect(trainer_train_steps(t, 1, NULL) != 0, "training split is empty");
+    double q, sigma;
+    s_expect(trainer_dp_plan(t, 10, &q, &sigma) != 0, "no training records");
+    records_t *rs = s_records(30, 4);
+    assert_int_equal(trainer_set_records(t, rs, false), 0);
+    s_expect(trainer_dp_plan(t, 10, &q, &sigma) != 0, "target_epsilon");
+    /* an adapter with another label set is refused */
+    const char *other[] = {"pulm", "ortho", "cardio"};
+    trainer_t *u = trainer_new(&c, "cpu", other, 3);
+    assert_non_null(u);
+    char ad[700];
+    snprintf(ad, sizeof ad, "%s/other.h5", s_dir);
+    assert_int_equal(trainer_save(u, ad, false), 0);
+    s_expect(trainer_load(t, ad) != 0, "cardio");
+    const char *four[] = {"pulm", "ortho", "derm", "cardio"};
+    trainer_t *w = trainer_new(&c, "cpu", four, 4);
+    assert_non_null(w);
+    s_expect(trainer_set_records(w, rs, false) != 0, "3 labels but the model has 4");
+    int split;
+    s_expect(train_split_parse("validation", &split) != 0, "validation");
+    records_destroy(&rs);
+    trainer_destroy(&t); trainer_destroy(&u); trainer_destroy(&w);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_learns_easy_task),
+        cmocka_unit_test(test_checkpoint_continues_identically),
+        cmocka_unit_test(test_dp_gradient),
+        cmocka_unit_test(test_dp_steps_and_round),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}

@@ -34,6 +34,70 @@ const cfg_option_t agg_config_table[] = {
      "text lines, or JSON lines for log shippers"},
     {"log.file", CFG_PATH, O(log_file), 0, 0, "", false, NULL,
      "append the log to this file; empty = standard error (journald under systemd)"},
+    {"federation.rounds", CFG_INT, O(fed_rounds), 0, 1e9, "0", true, NULL,
+     "rounds to run, then idle; 0 = run rounds forever"},
+    {"federation.min_nodes", CFG_INT, O(fed_min_nodes), 1, 4096, "2", true, NULL,
+     "a round starts only when this many enrolled nodes are connected"},
+    {"federation.max_nodes", CFG_INT, O(fed_max_nodes), 1, 1024, "100", true, NULL,
+     "most nodes selected for one round"},
+    {"federation.quorum", CFG_DOUBLE, O(fed_quorum), 0, 1, "0.5", true, NULL,
+     "fraction of the selected nodes whose update must reach the sum, else the round aborts"},
+    {"federation.secure_aggregation", CFG_BOOL, O(fed_secure), 0, 0, "on", true, NULL,
+     "on: the aggregator learns only the weighted sum (SecAgg); off: plain updates"},
+    {"federation.threshold", CFG_DOUBLE, O(fed_threshold), 0.01, 1, "0.5", true, NULL,
+     "SecAgg threshold t as a fraction of the k + 1 holders of a node's shares (at least 2)"},
+    {"federation.neighbours", CFG_INT, O(fed_neighbours), 0, 4096, "0", true, NULL,
+     "SecAgg+ neighbours k per node; 0 = 2 ceil(log2 n), or the complete graph when smaller"},
+    {"federation.select_wait_ms", CFG_INT, O(fed_select_wait_ms), 0, 3600000, "1000", true, NULL,
+     "once min_nodes are connected, wait this long for more before starting"},
+    {"federation.keys_deadline_ms", CFG_INT, O(fed_keys_ms), 100, 3600000, "10000", true, NULL,
+     "secure phase 0: time for AdvertiseKeys"},
+    {"federation.shares_deadline_ms", CFG_INT, O(fed_shares_ms), 100, 3600000, "10000", true,
+     NULL, "secure phase 1: time for ShareKeys"},
+    {"federation.train_deadline_ms", CFG_INT, O(fed_train_ms), 100, 86400000, "600000", true,
+     NULL, "time for local training and the (masked) update"},
+    {"federation.unmask_deadline_ms", CFG_INT, O(fed_unmask_ms), 100, 3600000, "10000", true,
+     NULL, "secure phase 3: time for UnmaskResponse"},
+    {"federation.eval_deadline_ms", CFG_INT, O(fed_eval_ms), 0, 86400000, "60000", true, NULL,
+     "time for nodes to evaluate a new version and report before the next round"},
+    {"federation.retry_ms", CFG_INT, O(fed_retry_ms), 0, 3600000, "2000", true, NULL,
+     "pause after an aborted round"},
+    {"federation.strategy", CFG_ENUM, O(fed_strategy), 0, 0, "fedavg", true, "fedavg|fedadam",
+     "server step from the weighted sum"},
+    {"federation.server_lr", CFG_DOUBLE, O(fed_server_lr), 0, 100, "0", true, NULL,
+     "server learning rate; 0 = the strategy's default (FedAvg 1, FedAdam 0.01)"},
+    {"federation.weighting", CFG_ENUM, O(fed_weighting), 0, 0, "contribution", true,
+     "uniform|contribution",
+     "node weights: equal, or from records, reported quality and reliability"},
+    {"federation.genesis_zero_dim", CFG_INT, O(fed_genesis_dim), 0, 1e8, "0", false, NULL,
+     "testing without a model: an empty version store gets a zero vector of this size"},
+    {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 10, "0.0005", true, NULL,
+     "local learning rate sent in RoundStart"},
+    {"federation.local_steps", CFG_INT, O(fed_local_steps), 1, 1e6, "20", true, NULL,
+     "local optimizer steps per round"},
+    {"federation.batch_size", CFG_INT, O(fed_batch_size), 1, 65536, "16", true, NULL,
+     "local batch size (expected batch under DP: sample_rate x records)"},
+    {"federation.max_seq_len", CFG_INT, O(fed_max_seq_len), 8, 8192, "128", true, NULL,
+     "tokens per record"},
+    {"privacy.dp", CFG_BOOL, O(dp_enabled), 0, 0, "on", true, NULL,
+     "DP-SGD on the nodes (each node's ledger admits or declines every round)"},
+    {"privacy.noise_multiplier", CFG_DOUBLE, O(dp_noise), 0, 1000, "1.0", true, NULL,
+     "sigma of DP-SGD"},
+    {"privacy.clip_norm", CFG_DOUBLE, O(dp_clip), 0, 1e6, "1.0", true, NULL,
+     "per-example L2 clipping norm C"},
+    {"privacy.sample_rate", CFG_DOUBLE, O(dp_sample_rate), 0, 1, "0.02", true, NULL,
+     "Poisson sampling rate q"},
+    {"privacy.delta", CFG_DOUBLE, O(dp_delta), 0, 0.1, "1e-5", true, NULL,
+     "delta of the (epsilon, delta) guarantee"},
+    {"compression.scheme", CFG_ENUM, O(comp_scheme), 0, 0, "auto", true,
+     "auto|none|topk|quantize|randk",
+     "auto: topk in plain mode, randk with secure aggregation; topk needs secure_aggregation off"},
+    {"compression.bits", CFG_INT, O(comp_bits), 2, 16, "8", true, NULL,
+     "levels per coordinate in the secure modes (quantize/randk)"},
+    {"compression.k_frac", CFG_DOUBLE, O(comp_k_frac), 1e-6, 1, "0.25", true, NULL,
+     "fraction of coordinates sent (topk, randk)"},
+    {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.05", true, NULL,
+     "secure modes: each weighted coordinate is clipped to [-clip, clip]"},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 
@@ -51,6 +115,14 @@ int agg_config_load(agg_config_t *cfg, const char *path)
     if (strncmp(cfg->bind, "tcp://", 6) != 0 && strncmp(cfg->bind, "ipc://", 6) != 0)
         return medfl_error_set(MEDFL_ECONFIG, "%s: key 'net.bind': '%s' is not a tcp:// or ipc:// "
                                "endpoint", path, cfg->bind);
+    if (cfg->fed_min_nodes > cfg->fed_max_nodes)
+        return medfl_error_set(MEDFL_ECONFIG, "%s: keys 'federation.min_nodes' (%lld) and "
+                               "'federation.max_nodes' (%lld): min exceeds max", path,
+                               (long long)cfg->fed_min_nodes, (long long)cfg->fed_max_nodes);
+    if (cfg->fed_secure && strcmp(cfg->comp_scheme, "topk") == 0)
+        return medfl_error_set(MEDFL_ECONFIG, "%s: key 'compression.scheme': topk sends "
+                               "different coordinates per node and cannot be summed under "
+                               "secure aggregation; use randk or quantize", path);
     return 0;
 }
 

@@ -23,6 +23,28 @@ typedef struct {
     char log_level[CFG_STR_MAX];
     char log_format[CFG_STR_MAX];
     char log_file[CFG_STR_MAX];
+    /* [federation]: rounds (aggregator/rounds.c) */
+    int64_t fed_rounds;            /* 0 = forever */
+    int64_t fed_min_nodes, fed_max_nodes;
+    double fed_quorum;             /* fraction of the selected nodes whose update must count */
+    bool fed_secure;
+    double fed_threshold;          /* secagg t as a fraction of the k + 1 share holders */
+    int64_t fed_neighbours;        /* SecAgg+ k; 0 = default for n */
+    int64_t fed_select_wait_ms, fed_keys_ms, fed_shares_ms, fed_train_ms, fed_unmask_ms;
+    int64_t fed_eval_ms, fed_retry_ms;
+    char fed_strategy[CFG_STR_MAX];
+    double fed_server_lr;
+    char fed_weighting[CFG_STR_MAX];
+    int64_t fed_genesis_dim;
+    double fed_lr;
+    int64_t fed_local_steps, fed_batch_size, fed_max_seq_len;
+    /* [privacy] */
+    bool dp_enabled;
+    double dp_noise, dp_clip, dp_sample_rate, dp_delta;
+    /* [compression] */
+    char comp_scheme[CFG_STR_MAX];
+    int64_t comp_bits;
+    double comp_k_frac, comp_clip;
 } agg_config_t;
 
 extern const cfg_option_t agg_config_table[];

@@ -14,6 +14,7 @@
 #include "aggregator/agg_config.h"
 #include "aggregator/aggregator.h"
 #include "aggregator/commands.h"
+#include "aggregator/rounds.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/keys.h"
@@ -310,6 +311,9 @@ int cmd_agg_status(int argc, char **argv)
            started_text);
     printf("enrolled: %zu\nrevoked: %zu\nconnected: %zu\n", enrolled, revoked,
            running ? connected : (size_t)0);
+    char db_path[CFG_STR_MAX + 32];
+    agg_config_registry_path(&cfg, db_path, sizeof db_path);
+    rounds_print_status(db_path, stdout);
     return running ? 0 : 3;
 }
 

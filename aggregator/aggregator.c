@@ -21,6 +21,8 @@
 #include "common/service.h"
 #include "common/store.h"
 #include "common/wire.h"
+#include "aggregator/rounds.h"
+#include "aggregator/versions.h"
 
 #define AGG_TICK_MS 250 /* housekeeping period: timeouts, registry poll, status heartbeat */
 
@@ -29,6 +31,8 @@ typedef struct {
     char key_id[KEYS_ID_LEN + 1];
     int64_t last_rx_ms;      /* monotonic time of the last message */
     int64_t last_written_s;  /* last_seen already written to the registry */
+    uint8_t identity_pk[KEYS_SIGN_PUBLIC_BYTES]; /* pinned identity, checked at hello */
+    uint64_t n_records;      /* announced in hello */
 } agg_peer_t;
 
 struct aggregator_t {
@@ -45,6 +49,8 @@ struct aggregator_t {
     unsigned socket_errors;
     agg_peer_t *peers;  /* nodes that said Hello on their current connection */
     size_t n_peers, cap_peers;
+    rounds_t *rounds;   /* the federation's round state machine */
+    rounds_peer_t *round_peers;
 };
 
 static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
@@ -193,6 +199,9 @@ static void s_on_hello(aggregator_t *self, const wire_msg_t *msg)
     snprintf(p->key_id, sizeof p->key_id, "%s", key_id);
     p->last_rx_ms = service_now_ms();
     p->last_written_s = now_s;
+    memcpy(p->identity_pk, hello->identity_pk.data, KEYS_SIGN_PUBLIC_BYTES);
+    p->n_records = n_records;
+    rounds_on_hello(self->rounds, who, caps ? caps->model_version : 0);
 
     Medfl__Welcome welcome = MEDFL__WELCOME__INIT;
     welcome.instance_id.data = (uint8_t *)wire_server_instance_id(self->server);
@@ -207,11 +216,17 @@ static void s_on_hello(aggregator_t *self, const wire_msg_t *msg)
              device[0] ? device : "?", (unsigned long long)n_records, software[0] ? software : "?");
 }
 
-static void s_on_message(aggregator_t *self, const wire_msg_t *msg)
+static void s_on_message(aggregator_t *self, wire_msg_t *msg)
 {
     agg_peer_t *p = s_peer_find(self, msg->node_id);
     if (msg->type == MEDFL__MSG_TYPE__MSG_HELLO) {
         s_on_hello(self, msg);
+        return;
+    }
+    if (!p && rounds_on_message(self->rounds, msg, service_now_ms()) == 1) {
+        /* A round message from an enrolled node (CURVE proved who it is) whose session
+         * timed out while it trained without sending heartbeats: the round still counts
+         * it; the node says hello again by itself once its loop runs. */
         return;
     }
     if (!p) {
@@ -237,7 +252,8 @@ static void s_on_message(aggregator_t *self, const wire_msg_t *msg)
                  msg->body.error->text ? msg->body.error->text : "");
         break;
     default:
-        LOG_WARN(NET, "unexpected %s from node %s: no round is in progress",
+        if (rounds_on_message(self->rounds, msg, service_now_ms()) == 1) break;
+        LOG_WARN(NET, "unexpected %s from node %s: not handled by the aggregator",
                  wire_type_name(msg->type), p->node_id);
         s_send_error(self, p->node_id, MEDFL__ERROR_CODE__ERROR_STATE, "no round in progress");
         break;
@@ -336,6 +352,13 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
     if (store_data_version(self->store, &self->data_version) != 0) goto fail;
     if (s_reload_allowlist(self) != 0) goto fail;
     if (s_record_start(self) != 0) goto fail;
+    {
+        char vdir[CFG_STR_MAX + 16];
+        versions_dir(cfg->state_dir, vdir, sizeof vdir);
+        self->rounds = rounds_new(&self->cfg, self->server, path, vdir, self->keys->sign_secret,
+                                  self->keys->sign_public);
+        if (!self->rounds) goto fail;
+    }
     char key_id[KEYS_ID_LEN + 1];
     keys_key_id(self->keys->curve_public, key_id);
     LOG_INFO(NET, "aggregator %s listening on %s (instance %s, server key %s)", cfg->name,
@@ -358,6 +381,8 @@ void aggregator_destroy(aggregator_t **self_p)
             store_meta_set(self->store, "stopped_at", num) != 0)
             LOG_WARN(AGG, "registry: %s", medfl_error_message());
     }
+    rounds_destroy(&self->rounds);
+    free(self->round_peers);
     wire_server_destroy(&self->server);
     store_destroy(&self->store);
     keys_destroy(&self->keys);
@@ -369,6 +394,20 @@ void aggregator_destroy(aggregator_t **self_p)
 const char *aggregator_endpoint(const aggregator_t *self)
 {
     return wire_server_endpoint(self->server);
+}
+
+/* The rounds see the live sessions; deadlines are checked at every step. */
+static void s_rounds_tick(aggregator_t *self)
+{
+    rounds_peer_t *rp = realloc(self->round_peers, (self->n_peers + 1) * sizeof *rp);
+    if (!rp) return;
+    self->round_peers = rp;
+    for (size_t i = 0; i < self->n_peers; i++) {
+        rp[i].node_id = self->peers[i].node_id;
+        rp[i].identity_pk = self->peers[i].identity_pk;
+        rp[i].n_records = self->peers[i].n_records;
+    }
+    rounds_tick(self->rounds, rp, self->n_peers, service_now_ms());
 }
 
 int aggregator_step(aggregator_t *self, int timeout_ms)
@@ -398,6 +437,7 @@ int aggregator_step(aggregator_t *self, int timeout_ms)
         }
     }
     wire_msg_close(&msg);
+    s_rounds_tick(self);
     return rc;
 }
 
@@ -433,4 +473,9 @@ int aggregator_run(aggregator_t *self)
 size_t aggregator_session_count(const aggregator_t *self)
 {
     return self->n_peers;
+}
+
+rounds_t *aggregator_rounds(aggregator_t *self)
+{
+    return self->rounds;
 }

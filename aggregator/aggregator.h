@@ -33,6 +33,9 @@ void aggregator_reload(aggregator_t *self, const agg_config_t *fresh);
 /* Number of nodes with a live session (said Hello, not timed out or revoked). */
 size_t aggregator_session_count(const aggregator_t *self);
 
+/* The round state machine (aggregator/rounds.h), for status and tests. */
+struct rounds_t *aggregator_rounds(aggregator_t *self);
+
 /* The endpoint actually bound. */
 const char *aggregator_endpoint(const aggregator_t *self);
 

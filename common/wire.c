@@ -301,6 +301,15 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
             for (size_t i = 0; i < s->n_participants; i++)
                 if (s_node_id(s->participants[i], false, t, "secagg.participants") < 0)
                     return -1;
+            if (s->n_identity_pks && s->n_identity_pks != s->n_participants)
+                return medfl_error_set(MEDFL_EPROTO,
+                                       "%s: field 'secagg.identity_pks': %zu keys for %zu "
+                                       "participants", t, s->n_identity_pks, s->n_participants);
+            for (size_t i = 0; i < s->n_identity_pks; i++)
+                if (s_bytes_len(&s->identity_pks[i], 32, t, "secagg.identity_pks") < 0)
+                    return -1;
+            if (s->graph_seed.len && s_bytes_len(&s->graph_seed, 32, t, "secagg.graph_seed") < 0)
+                return -1;
             if (s->enabled && (s->threshold == 0 || s->threshold > s->n_participants))
                 return medfl_error_set(MEDFL_EPROTO,
                                        "%s: field 'secagg.threshold': %u not in 1..%zu", t,

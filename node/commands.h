@@ -11,5 +11,7 @@ int cmd_node_keygen(int argc, char **argv);
 int cmd_node_example_config(int argc, char **argv);
 int cmd_train_local(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_init_adapter(int argc, char **argv);
+int cmd_export_adapter(int argc, char **argv);
 
 #endif

@@ -21,6 +21,9 @@
 #include "common/log.h"
 #include "common/service.h"
 #include "common/wire.h"
+#include "node/ledger.h"
+#include "node/round.h"
+#include "node/round_model.h"
 
 #define NODE_RECV_SLICE_MS 200
 
@@ -41,7 +44,70 @@ struct node_t {
     int64_t hello_at_ms;
     bool have_instance;
     uint8_t instance[WIRE_INSTANCE_ID_LEN];
+    ledger_t *ledger;
+    synth_trainer_t *synth;
+    model_trainer_t *model;
+    node_round_t *round;     /* NULL when no aggregator.identity_key is configured */
 };
+
+#define NODE_LEDGER_FILE "privacy_ledger.db" /* as `medfl-node privacy` reads it */
+
+/* The aggregator's identity key: 64 hex digits given directly or in a file. */
+int node_load_agg_identity(const char *value, uint8_t out[KEYS_SIGN_PUBLIC_BYTES])
+{
+    char text[256];
+    if (strlen(value) == 2 * KEYS_SIGN_PUBLIC_BYTES && value[0] != '/' && value[0] != '.')
+        return keys_hex_decode_public(value, out, "aggregator.identity_key");
+    FILE *f = fopen(value, "r");
+    if (!f)
+        return medfl_error_set(MEDFL_ENOTFOUND, "key 'aggregator.identity_key': %s: %s", value,
+                               strerror(errno));
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r' || text[n - 1] == ' '))
+        text[--n] = 0;
+    return keys_hex_decode_public(text, out, value);
+}
+
+/* Rounds need the aggregator's identity (versions are signed with it), the privacy ledger
+ * and a trainer; without the identity key the node only keeps its session. */
+static int s_rounds_setup(node_t *self)
+{
+    const node_config_t *cfg = &self->cfg;
+    if (!cfg->agg_identity_key[0]) {
+        LOG_WARN(NET, "no aggregator.identity_key configured: this node takes part in no round");
+        return 0;
+    }
+    uint8_t agg_pk[KEYS_SIGN_PUBLIC_BYTES];
+    if (node_load_agg_identity(cfg->agg_identity_key, agg_pk) != 0) return -1;
+    char path[CFG_STR_MAX + 32];
+    snprintf(path, sizeof path, "%s/" NODE_LEDGER_FILE, cfg->state_dir);
+    self->ledger = ledger_open(path, cfg->train.epsilon_budget, cfg->train.delta, LEDGER_CREATE);
+    if (!self->ledger) return -1;
+    round_trainer_t trainer;
+    if (strcmp(cfg->round_trainer, "synthetic") == 0) {
+        self->synth = synth_trainer_new(cfg->node_id, (uint32_t)cfg->synth_records,
+                                        (uint32_t)cfg->synth_step_ms);
+        if (!self->synth) return -1;
+        synth_trainer_bind(self->synth, &trainer);
+    } else {
+        self->model = model_trainer_new(cfg);
+        if (!self->model) return medfl_error_prefix("round.trainer = model: ");
+        model_trainer_bind(self->model, &trainer);
+        self->n_records = model_trainer_records(self->model);
+    }
+    node_round_opts_t opts = {
+        .node_id = cfg->node_id,
+        .state_dir = cfg->state_dir,
+        .identity_sk = self->keys->sign_secret,
+        .identity_pk = self->keys->sign_public,
+        .agg_sign_pk = agg_pk,
+        .ledger = self->ledger,
+    };
+    self->round = node_round_new(&opts, &trainer, self->client);
+    return self->round ? 0 : -1;
+}
 
 int node_count_records(const char *path, const char *format, uint64_t *out)
 {
@@ -158,6 +224,7 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
     int64_t timeout = cfg->heartbeat_ivl_ms * cfg->heartbeat_misses;
     self->wire_opts.heartbeat_timeout_ms = timeout > 1000000000 ? 1000000000 : (int)timeout;
     if (s_connect(self) != 0) goto fail;
+    if (s_rounds_setup(self) != 0) goto fail;
     char agg_id[KEYS_ID_LEN + 1];
     keys_key_id(self->agg_public, agg_id);
     LOG_INFO(NET, "node %s (key %s) connecting to %s (aggregator key %s); device %s, %llu records",
@@ -173,6 +240,10 @@ void node_destroy(node_t **self_p)
 {
     if (!self_p || !*self_p) return;
     node_t *self = *self_p;
+    node_round_destroy(&self->round);
+    synth_trainer_destroy(&self->synth);
+    model_trainer_destroy(&self->model);
+    ledger_destroy(&self->ledger);
     wire_client_destroy(&self->client);
     keys_destroy(&self->keys);
     free(self);
@@ -185,6 +256,7 @@ static int s_send_hello(node_t *self)
     caps.device = self->device;
     caps.n_records = self->n_records;
     caps.software_version = (char *)MEDFL_SOFTWARE_VERSION;
+    caps.model_version = self->round ? node_round_model_version(self->round) : 0;
     Medfl__Hello hello = MEDFL__HELLO__INIT;
     hello.node_id = self->cfg.node_id;
     hello.identity_pk.data = self->keys->sign_public;
@@ -221,6 +293,7 @@ static void s_on_welcome(node_t *self, const Medfl__Welcome *w)
 /* Returns 1 when the node must stop because it was revoked. */
 static int s_on_message(node_t *self, const wire_msg_t *msg)
 {
+    if (self->round && node_round_on_message(self->round, msg) == 1) return 0;
     switch (msg->type) {
     case MEDFL__MSG_TYPE__MSG_WELCOME:
         s_on_welcome(self, msg->body.welcome);

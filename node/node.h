@@ -35,4 +35,8 @@ int node_run(node_t *self);
 int node_count_records(const char *path, const char *format, uint64_t *out)
     __attribute__((warn_unused_result));
 
+/* The aggregator's Ed25519 identity key from `aggregator.identity_key`: 64 hex digits, or the
+ * path of a file holding them (its identity.pub). */
+int node_load_agg_identity(const char *value, uint8_t out[32]) __attribute__((warn_unused_result));
+
 #endif

@@ -32,6 +32,16 @@ const cfg_option_t node_config_table[] = {
      "after this many heartbeat periods without any reply the node says hello again"},
     DEID_CFG_OPTIONS(node_config_t, data),
     TRAIN_CFG_OPTIONS(node_config_t, train),
+    {"aggregator.identity_key", CFG_STRING, O(agg_identity_key), 0, 0, "", false, NULL,
+     "the aggregator's Ed25519 identity key (64 hex digits, or the path of its identity.pub): "
+     "model versions must carry its signature; empty = this node takes part in no round"},
+    {"round.trainer", CFG_ENUM, O(round_trainer), 0, 0, "model", false, "model|synthetic",
+     "what trains in a round: model = the LoRA adapters of model.base on data.records; "
+     "synthetic = least squares on generated data (runtime checks without a model)"},
+    {"round.synthetic_records", CFG_INT, O(synth_records), 1, 10000000, "200", false, NULL,
+     "training rows of the synthetic trainer"},
+    {"round.synthetic_step_ms", CFG_INT, O(synth_step_ms), 0, 600000, "0", false, NULL,
+     "pause per synthetic training step (fault tests: a node that trains for a while)"},
     {"log.level", CFG_ENUM, O(log_level), 0, 0, "info", true, "debug|info|warn|error",
      "least severe level written"},
     {"log.format", CFG_ENUM, O(log_format), 0, 0, "text", true, "text|json",

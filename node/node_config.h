@@ -25,6 +25,11 @@ typedef struct {
     int64_t heartbeat_misses;
     data_config_t data;   /* [data] and [deid]: shared with check-data */
     train_config_t train; /* [model], [train], [privacy] */
+    /* federated rounds (node/round.c) */
+    char agg_identity_key[CFG_STR_MAX];
+    char round_trainer[CFG_STR_MAX];
+    int64_t synth_records;
+    int64_t synth_step_ms;
     char log_level[CFG_STR_MAX];
     char log_format[CFG_STR_MAX];
     char log_file[CFG_STR_MAX];

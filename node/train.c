@@ -334,6 +334,11 @@ const char *trainer_label(const trainer_t *t, size_t i)
 {
     return i < t->n_labels ? t->labels[i] : NULL;
 }
+const struct model *trainer_model(const trainer_t *t)
+{
+    return t->m;
+}
+
 size_t trainer_n_params(const trainer_t *t) { return t->P; }
 int trainer_get_params(const trainer_t *t, float *out, size_t n)
 {

@@ -139,6 +139,9 @@ size_t trainer_truncated(const trainer_t *t);
 size_t trainer_n_labels(const trainer_t *t);
 const char *trainer_label(const trainer_t *t, size_t i);
 size_t trainer_n_params(const trainer_t *t);   /* trainable floats */
+/* The model (its trainable tensor table: names, shapes, offsets in the padded flat vector). */
+struct model;
+const struct model *trainer_model(const trainer_t *t);
 int trainer_get_params(const trainer_t *t, float *out, size_t n);
 int trainer_set_params(trainer_t *t, const float *in, size_t n);
 

@@ -1,0 +1,1418 @@
+/* The aggregator's round state machine (see rounds.h for the phases and the recovery rule).
+ * Everything here runs on the daemon's one thread between two wire_server_recv calls, so
+ * nothing is locked; every phase change goes through s_enter() which journals it first. */
+#include "aggregator/rounds.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "aggregator/strategy.h"
+#include "aggregator/versions.h"
+#include "common/error.h"
+#include "common/fedround.h"
+#include "common/log.h"
+
+#define ROUNDS_GENESIS_TENSOR "synthetic.w"
+#define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
+
+typedef struct {
+    char id[WIRE_NODE_ID_MAX + 1];
+    uint8_t ipk[32];
+    uint64_t n_records;
+    double weight;
+    bool declined, keys, shares, input, unmask, eval;
+    uint64_t bytes_up, bytes_down;
+} part_t;
+
+typedef struct {
+    char id[WIRE_NODE_ID_MAX + 1];
+    uint64_t version;     /* latest version the node is known to hold */
+    double reliability;   /* EMA of "completed when selected" */
+} known_t;
+
+struct rounds_t {
+    const agg_config_t *cfg;
+    wire_server_t *server;
+    sqlite3 *db;
+    vs_store_t *vs;
+    uint8_t sk[64], pk[32];
+
+    rounds_phase_t phase;
+    int64_t deadline_ms;
+    int64_t idle_until_ms;
+    int64_t min_reached_ms;   /* when min_nodes were first seen connected, 0 = not yet */
+    bool warned_no_version;
+    uint64_t round_id, last_round_id, completed;
+
+    part_t *parts;
+    size_t n_parts;
+    char **roster;            /* part ids, the secagg roster order */
+
+    known_t *known;
+    size_t n_known, cap_known;
+    char **live;              /* ids of the sessions at the last tick */
+    size_t n_live;
+
+    uint64_t head;
+    vs_manifest_t *head_m;
+    float *global;
+    size_t numel;
+
+    /* the round's settings */
+    bool secure;
+    fed_encoding_t enc;
+    compress_config_t cc;
+    compress_round_t *cr;
+    uint64_t seed;
+    secagg_fixed_t fx;
+    secagg_params_t sp;
+    secagg_server_t *ss;
+    uint64_t m;               /* elements summed: numel (dense) or k (levels) */
+    double *acc;              /* plain dense / top-k: sum of w * delta */
+    uint32_t *ring_acc;       /* plain levels: ring sum */
+    double weight_in;         /* sum of the weights of the inputs in the sum */
+    size_t n_in;
+    uint64_t new_version;
+};
+
+const char *rounds_phase_name(rounds_phase_t p)
+{
+    static const char *names[] = {"idle", "keys", "shares", "input", "unmask", "eval", "done"};
+    return (unsigned)p < sizeof names / sizeof *names ? names[p] : "?";
+}
+
+/* ---- journal ---------------------------------------------------------------------------- */
+
+static const char *s_schema =
+    "CREATE TABLE IF NOT EXISTS rounds ("
+    " round_id INTEGER PRIMARY KEY, phase TEXT NOT NULL, participants TEXT NOT NULL,"
+    " base_version INTEGER NOT NULL, version INTEGER, started_at INTEGER NOT NULL,"
+    " updated_at INTEGER NOT NULL, finished_at INTEGER, outcome TEXT, reason TEXT);"
+    "CREATE TABLE IF NOT EXISTS round_evals ("
+    " round_id INTEGER NOT NULL, version INTEGER NOT NULL, node_id TEXT NOT NULL,"
+    " loss REAL, accuracy REAL, macro_f1 REAL, n INTEGER, received_at INTEGER,"
+    " PRIMARY KEY (round_id, node_id));"
+    "CREATE TABLE IF NOT EXISTS round_traffic ("
+    " round_id INTEGER NOT NULL, node_id TEXT NOT NULL, bytes_up INTEGER, bytes_down INTEGER,"
+    " weight REAL, PRIMARY KEY (round_id, node_id));";
+
+static int s_db_err(sqlite3 *db, const char *what)
+{
+    return medfl_error_set(MEDFL_EDB, "round journal: %s: %s", what, sqlite3_errmsg(db));
+}
+
+/* Runs one statement with text/int binds given as a format of 't' (text), 'i' (int64),
+ * 'd' (double), 'n' (null) inside its own transaction. */
+static int s_exec(sqlite3 *db, const char *sql, const char *types, ...)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return s_db_err(db, "begin");
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) goto fail;
+    va_list ap;
+    va_start(ap, types);
+    for (int i = 0; types[i]; i++) {
+        switch (types[i]) {
+        case 't': sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT); break;
+        case 'i': sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
+        case 'd': sqlite3_bind_double(st, i + 1, va_arg(ap, double)); break;
+        default: sqlite3_bind_null(st, i + 1); break;
+        }
+    }
+    va_end(ap);
+    if (sqlite3_step(st) != SQLITE_DONE) goto fail;
+    sqlite3_finalize(st);
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        s_db_err(db, "commit");
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    return 0;
+fail:
+    s_db_err(db, sql);
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+static void s_journal_phase(rounds_t *self)
+{
+    if (s_exec(self->db, "UPDATE rounds SET phase = ?, updated_at = ? WHERE round_id = ?", "tii",
+               rounds_phase_name(self->phase), (int64_t)time(NULL), (int64_t)self->round_id) != 0)
+        LOG_ERROR(AGG, "%s", medfl_error_message());
+}
+
+static void s_journal_end(rounds_t *self, const char *outcome, const char *reason)
+{
+    if (s_exec(self->db,
+               "UPDATE rounds SET phase = ?, outcome = ?, reason = ?, version = ?, finished_at = ?,"
+               " updated_at = ? WHERE round_id = ?",
+               "tttiiii", rounds_phase_name(self->phase), outcome, reason ? reason : "",
+               (int64_t)self->new_version, (int64_t)time(NULL), (int64_t)time(NULL),
+               (int64_t)self->round_id) != 0)
+        LOG_ERROR(AGG, "%s", medfl_error_message());
+    for (size_t i = 0; i < self->n_parts; i++) {
+        const part_t *p = &self->parts[i];
+        LOG_INFO(AGG, "round %" PRIu64 ": node %s: %" PRIu64 " B sent to the aggregator, %" PRIu64
+                 " B received, weight %.4f", self->round_id, p->id, p->bytes_up, p->bytes_down,
+                 p->weight);
+        if (s_exec(self->db,
+                   "INSERT OR REPLACE INTO round_traffic VALUES (?, ?, ?, ?, ?)", "itiid",
+                   (int64_t)self->round_id, p->id, (int64_t)p->bytes_up, (int64_t)p->bytes_down,
+                   p->weight) != 0)
+            LOG_ERROR(AGG, "%s", medfl_error_message());
+    }
+}
+
+/* A round a previous process left open: its version may already be committed (the crash
+ * came between the version and the journal), then it completed; otherwise it is aborted
+ * because its secure-aggregation state died with that process. */
+static int s_recover(rounds_t *self)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(self->db, "SELECT round_id, phase FROM rounds WHERE outcome IS NULL",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_err(self->db, "select open rounds");
+    uint64_t ids[64];
+    char phases[64][16];
+    size_t n = 0;
+    while (sqlite3_step(st) == SQLITE_ROW && n < 64) {
+        ids[n] = (uint64_t)sqlite3_column_int64(st, 0);
+        snprintf(phases[n], sizeof phases[n], "%s", (const char *)sqlite3_column_text(st, 1));
+        n++;
+    }
+    sqlite3_finalize(st);
+    size_t nv = 0;
+    const uint64_t *vers = vs_store_versions(self->vs, &nv);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t committed = 0;
+        for (size_t j = nv; j-- > 0 && !committed;) {
+            vs_manifest_t *m = vs_store_manifest(self->vs, vers[j]);
+            if (m && m->round == ids[i]) committed = vers[j];
+            vs_manifest_destroy(&m);
+        }
+        char reason[128];
+        snprintf(reason, sizeof reason, "aggregator restarted during phase %s", phases[i]);
+        int rc = committed
+                     ? s_exec(self->db,
+                              "UPDATE rounds SET outcome = 'completed', version = ?, reason = ?,"
+                              " finished_at = ?, updated_at = ? WHERE round_id = ?",
+                              "itiii", (int64_t)committed, reason, (int64_t)time(NULL),
+                              (int64_t)time(NULL), (int64_t)ids[i])
+                     : s_exec(self->db,
+                              "UPDATE rounds SET outcome = 'aborted', reason = ?, finished_at = ?,"
+                              " updated_at = ? WHERE round_id = ?",
+                              "tiii", reason, (int64_t)time(NULL), (int64_t)time(NULL),
+                              (int64_t)ids[i]);
+        if (rc != 0) return -1;
+        if (committed)
+            LOG_WARN(AGG, "round %" PRIu64 ": %s after version %" PRIu64 " was committed: "
+                     "journaled as completed", ids[i], reason, committed);
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": %s: journaled as aborted (its secure-aggregation "
+                     "state was in memory); a new round follows", ids[i], reason);
+    }
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT COALESCE(MAX(round_id), 0),"
+                           " (SELECT COUNT(*) FROM rounds WHERE outcome = 'completed') FROM rounds",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_err(self->db, "select last round");
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        self->last_round_id = (uint64_t)sqlite3_column_int64(st, 0);
+        self->completed = (uint64_t)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* ---- head version ------------------------------------------------------------------------ */
+
+static int s_genesis(rounds_t *self)
+{
+    int64_t dim = self->cfg->fed_genesis_dim;
+    vs_manifest_t *m = vs_manifest_new();
+    float *zero = calloc((size_t)dim, sizeof *zero);
+    int rc = -1;
+    if (!m || !zero) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory for the genesis version");
+        goto done;
+    }
+    if (vs_manifest_add_tensor(m, ROUNDS_GENESIS_TENSOR, 1, &dim) != 0 ||
+        vs_manifest_set_attr(m, "model", "synthetic") != 0 ||
+        vs_store_commit(self->vs, m, zero, self->sk) != 0)
+        goto done;
+    LOG_INFO(AGG, "empty version store: genesis version %" PRIu64 " = zero vector of %lld "
+             "(federation.genesis_zero_dim)", m->version, (long long)dim);
+    rc = 0;
+done:
+    vs_manifest_destroy(&m);
+    free(zero);
+    return rc;
+}
+
+/* Loads (and verifies, chain included) the head the next round starts from. */
+static int s_load_head(rounds_t *self)
+{
+    uint64_t head = vs_store_head(self->vs);
+    if (head == 0 && self->cfg->fed_genesis_dim > 0) {
+        if (s_genesis(self) != 0) return -1;
+        head = vs_store_head(self->vs);
+    }
+    if (head == 0) return medfl_error_set(MEDFL_ENOTFOUND, "no model version yet");
+    if (head == self->head && self->global) return 0;
+    vs_manifest_t *m = NULL;
+    float *flat = NULL;
+    if (vs_store_verify(self->vs, head, self->pk, &m, &flat) != 0)
+        return medfl_error_prefix("head version %" PRIu64 ": ", head);
+    vs_manifest_destroy(&self->head_m);
+    free(self->global);
+    self->head_m = m;
+    self->global = flat;
+    self->numel = m->numel;
+    self->head = head;
+    return 0;
+}
+
+/* ---- peers -------------------------------------------------------------------------------- */
+
+static known_t *s_known(rounds_t *self, const char *id)
+{
+    for (size_t i = 0; i < self->n_known; i++)
+        if (strcmp(self->known[i].id, id) == 0) return &self->known[i];
+    if (self->n_known == self->cap_known) {
+        size_t cap = self->cap_known ? 2 * self->cap_known : 16;
+        known_t *g = realloc(self->known, cap * sizeof *g);
+        if (!g) return NULL;
+        self->known = g;
+        self->cap_known = cap;
+    }
+    known_t *k = &self->known[self->n_known++];
+    memset(k, 0, sizeof *k);
+    snprintf(k->id, sizeof k->id, "%s", id);
+    k->reliability = 1.0;
+    return k;
+}
+
+void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version)
+{
+    known_t *k = s_known(self, node_id);
+    if (k) k->version = model_version;
+}
+
+static part_t *s_part(rounds_t *self, const char *id)
+{
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (strcmp(self->parts[i].id, id) == 0) return &self->parts[i];
+    return NULL;
+}
+
+static void s_free_blob(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends version v (manifest + tensors) to the nodes; round_id 0 marks a catch-up copy that
+ * needs no evaluation report. Returns the bytes of one copy, 0 on failure. */
+static size_t s_announce(rounds_t *self, uint64_t v, uint64_t round_id, char *const *ids, size_t n)
+{
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    vs_manifest_t *m = vs_store_manifest(self->vs, v);
+    char *json = m ? vs_manifest_to_json(m) : NULL;
+    if (!m || !json || vs_store_serialize(self->vs, v, &blob, &len) != 0) {
+        LOG_ERROR(AGG, "cannot announce version %" PRIu64 ": %s", v, medfl_error_message());
+        vs_manifest_destroy(&m);
+        free(json);
+        return 0;
+    }
+    Medfl__VersionAnnounce va = MEDFL__VERSION_ANNOUNCE__INIT;
+    va.version = v;
+    va.parent = m->parent;
+    va.hash.data = m->hash;
+    va.hash.len = VS_HASH_BYTES;
+    va.signature.data = m->signature;
+    va.signature.len = VS_SIG_BYTES;
+    va.manifest.data = (uint8_t *)json;
+    va.manifest.len = strlen(json);
+    size_t bytes = protobuf_c_message_get_packed_size(&va.base) + len;
+    int sent = wire_server_send_many(self->server, (const char *const *)ids, n,
+                                     MEDFL__MSG_TYPE__MSG_VERSION_ANNOUNCE, round_id, &va.base,
+                                     blob, len, s_free_blob, NULL);
+    vs_manifest_destroy(&m);
+    free(json);
+    if (sent < 0) {
+        LOG_ERROR(AGG, "cannot announce version %" PRIu64 ": %s", v, medfl_error_message());
+        return 0;
+    }
+    /* Only a send to every node proves each got it; otherwise a later Hello or a
+     * BASE_MISMATCH decline tells what a node holds. */
+    if ((size_t)sent == n)
+        for (size_t i = 0; i < n; i++) {
+            known_t *k = s_known(self, ids[i]);
+            if (k && k->version < v) k->version = v;
+        }
+    return bytes;
+}
+
+/* Sends a node the versions of the head's chain newer than what it holds, oldest first
+ * (a node installs a version only on top of its parent). */
+static void s_sync_node(rounds_t *self, part_t *p)
+{
+    known_t *k = s_known(self, p->id);
+    uint64_t have = k ? k->version : 0;
+    uint64_t chain[256];
+    size_t n = 0;
+    uint64_t v = self->head;
+    while (v > have && n < 256) {
+        chain[n++] = v;
+        vs_manifest_t *m = vs_store_manifest(self->vs, v);
+        if (!m) break;
+        v = m->parent;
+        vs_manifest_destroy(&m);
+    }
+    char *ids[1] = {p->id};
+    while (n > 0) p->bytes_down += s_announce(self, chain[--n], 0, ids, 1);
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+static int s_send(rounds_t *self, part_t *p, Medfl__MsgType type, const ProtobufCMessage *body,
+                  void *bulk, size_t bulk_len, wire_free_fn *free_fn)
+{
+    size_t bytes = protobuf_c_message_get_packed_size(body) + bulk_len;
+    if (wire_server_send(self->server, p->id, type, self->round_id, body, bulk, bulk_len,
+                         free_fn, NULL) != 0) {
+        LOG_WARN(AGG, "round %" PRIu64 ": cannot send %s to node %s: %s", self->round_id,
+                 wire_type_name(type), p->id, medfl_error_message());
+        return -1;
+    }
+    p->bytes_down += bytes;
+    return 0;
+}
+
+/* ---- round life --------------------------------------------------------------------------- */
+
+static void s_release_round(rounds_t *self)
+{
+    secagg_server_destroy(&self->ss);
+    compress_round_destroy(&self->cr);
+    free(self->acc);
+    self->acc = NULL;
+    free(self->ring_acc);
+    self->ring_acc = NULL;
+    free(self->parts);
+    self->parts = NULL;
+    free(self->roster);
+    self->roster = NULL;
+    self->n_parts = 0;
+    self->n_in = 0;
+    self->weight_in = 0;
+    self->new_version = 0;
+}
+
+static void s_enter(rounds_t *self, rounds_phase_t phase, int64_t now, int64_t deadline_ms)
+{
+    self->phase = phase;
+    self->deadline_ms = now + deadline_ms;
+    s_journal_phase(self);
+    LOG_INFO(AGG, "round %" PRIu64 ": phase %s (deadline %lld ms)", self->round_id,
+             rounds_phase_name(phase), (long long)deadline_ms);
+}
+
+static void s_update_reliability(rounds_t *self)
+{
+    for (size_t i = 0; i < self->n_parts; i++) {
+        known_t *k = s_known(self, self->parts[i].id);
+        if (k && !self->parts[i].declined)
+            k->reliability = contrib_reliability_update(k->reliability, self->parts[i].input,
+                                                        0.3);
+    }
+}
+
+static void s_after_round(rounds_t *self, int64_t now, int64_t pause_ms)
+{
+    s_release_round(self);
+    self->round_id = 0;
+    self->min_reached_ms = 0;
+    self->idle_until_ms = now + pause_ms;
+    bool done = self->cfg->fed_rounds > 0 && self->completed >= (uint64_t)self->cfg->fed_rounds;
+    self->phase = done ? ROUNDS_DONE : ROUNDS_IDLE;
+    if (done)
+        LOG_INFO(AGG, "federation finished: %" PRIu64 " rounds completed (federation.rounds)",
+                 self->completed);
+}
+
+static void s_abort(rounds_t *self, int64_t now, const char *fmt, ...)
+{
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    LOG_WARN(AGG, "round %" PRIu64 " aborted in phase %s: %s", self->round_id,
+             rounds_phase_name(self->phase), reason);
+    s_journal_end(self, "aborted", reason);
+    char text[600];
+    snprintf(text, sizeof text, "round %" PRIu64 " aborted: %s", self->round_id, reason);
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (!self->parts[i].declined)
+            wire_server_send_error(self->server, self->parts[i].id, self->round_id,
+                                   MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND, text);
+    s_update_reliability(self);
+    s_after_round(self, now, self->cfg->fed_retry_ms);
+}
+
+static int s_cmp_peer(const void *a, const void *b)
+{
+    return strcmp(((const rounds_peer_t *)a)->node_id, ((const rounds_peer_t *)b)->node_id);
+}
+
+/* Per-node weights: equal, or aggregator/strategy's contribution weights from records and
+ * reliability (quality enters once nodes report it; none here yet). Normalised to sum 1. */
+static void s_weights(rounds_t *self)
+{
+    size_t n = self->n_parts;
+    bool uniform = strcmp(self->cfg->fed_weighting, "uniform") == 0;
+    if (!uniform) {
+        contrib_params_t cp;
+        contrib_params_default(&cp);
+        contrib_input_t *in = calloc(n, sizeof *in);
+        contrib_output_t *out = calloc(n, sizeof *out);
+        if (in && out) {
+            for (size_t i = 0; i < n; i++) {
+                known_t *k = s_known(self, self->parts[i].id);
+                in[i].node = self->parts[i].id;
+                in[i].n_samples = (double)self->parts[i].n_records;
+                in[i].reliability = k ? k->reliability : 1.0;
+                in[i].loo = 1.0;
+            }
+            if (contrib_weights(&cp, in, n, out) == 0) {
+                for (size_t i = 0; i < n; i++) self->parts[i].weight = out[i].weight;
+            } else {
+                LOG_WARN(AGG, "contribution weights: %s; using equal weights",
+                         medfl_error_message());
+                uniform = true;
+            }
+        } else {
+            uniform = true;
+        }
+        free(in);
+        free(out);
+    }
+    if (uniform)
+        for (size_t i = 0; i < n; i++) self->parts[i].weight = 1.0 / (double)n;
+}
+
+static Medfl__CompressionScheme s_scheme(const rounds_t *self)
+{
+    const char *s = self->cfg->comp_scheme;
+    if (strcmp(s, "auto") == 0) s = self->secure ? "randk" : "topk";
+    if (strcmp(s, "topk") == 0) return MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK;
+    if (strcmp(s, "quantize") == 0) return MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE;
+    if (strcmp(s, "randk") == 0) return MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK;
+    return MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE;
+}
+
+static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int64_t now)
+{
+    const agg_config_t *cfg = self->cfg;
+    size_t n = n_peers < (size_t)cfg->fed_max_nodes ? n_peers : (size_t)cfg->fed_max_nodes;
+    if (n > ROUNDS_MAX_PARTICIPANTS) n = ROUNDS_MAX_PARTICIPANTS;
+    rounds_peer_t *sorted = malloc(n_peers * sizeof *sorted);
+    self->parts = calloc(n, sizeof *self->parts);
+    self->roster = calloc(n, sizeof *self->roster);
+    if (!sorted || !self->parts || !self->roster) {
+        free(sorted);
+        s_release_round(self);
+        LOG_ERROR(AGG, "out of memory starting a round");
+        return;
+    }
+    memcpy(sorted, peers, n_peers * sizeof *sorted);
+    qsort(sorted, n_peers, sizeof *sorted, s_cmp_peer);
+    /* Least recently chosen first would be fairer for max_nodes < connected; the sorted
+     * prefix is deterministic, which the roster needs anyway. */
+    for (size_t i = 0; i < n; i++) {
+        part_t *p = &self->parts[i];
+        snprintf(p->id, sizeof p->id, "%s", sorted[i].node_id);
+        memcpy(p->ipk, sorted[i].identity_pk, 32);
+        p->n_records = sorted[i].n_records;
+        self->roster[i] = p->id;
+    }
+    free(sorted);
+    self->n_parts = n;
+    self->round_id = self->last_round_id + 1;
+    self->secure = cfg->fed_secure;
+    s_weights(self);
+
+    /* Compression and secure aggregation settings. */
+    Medfl__Compression comp = MEDFL__COMPRESSION__INIT;
+    comp.scheme = s_scheme(self);
+    randombytes_buf(&self->seed, sizeof self->seed);
+    comp.seed = self->seed;
+    comp.bits = (uint32_t)cfg->comp_bits;
+    comp.clip = (float)cfg->comp_clip;
+    comp.max_nodes = (uint32_t)n;
+    if (comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK ||
+        comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK) {
+        double k = round(cfg->comp_k_frac * (double)self->numel);
+        comp.k = k < 1 ? 1 : k > (double)self->numel ? self->numel : (uint64_t)k;
+    }
+    if (fed_compression(&comp, self->secure, (uint32_t)self->numel, &self->enc, &self->cc) != 0) {
+        LOG_ERROR(AGG, "round not started: %s", medfl_error_message());
+        s_release_round(self);
+        self->round_id = 0;
+        self->idle_until_ms = now + cfg->fed_retry_ms;
+        return;
+    }
+    self->m = self->numel;
+    if (self->enc == FED_LEVELS) {
+        uint8_t seed32[COMPRESS_SEED_BYTES];
+        fed_compress_seed(self->seed, seed32);
+        self->cr = compress_round_new(&self->cc, (uint32_t)self->numel, seed32);
+        if (!self->cr) goto fail;
+        self->m = compress_round_k(self->cr);
+    }
+    if (self->secure) {
+        if (self->enc == FED_DENSE && fed_fixed_params((uint32_t)n, cfg->comp_clip, &self->fx) != 0)
+            goto fail;
+        uint32_t k = (uint32_t)cfg->fed_neighbours;
+        if (k == 0 || k >= n) k = secagg_default_neighbours((uint32_t)n);
+        if (k >= n) k = (uint32_t)n - 1;
+        uint32_t t = (uint32_t)ceil(cfg->fed_threshold * (double)(k + 1));
+        if (t < 2) t = 2;
+        if (t > k + 1) t = k + 1;
+        if (secagg_params_init(&self->sp, self->round_id, (uint32_t)n, k, t, self->m) != 0)
+            goto fail;
+        uint8_t *ipks = malloc(n * 32);
+        if (!ipks) goto fail;
+        for (size_t i = 0; i < n; i++) memcpy(ipks + 32 * i, self->parts[i].ipk, 32);
+        self->ss = secagg_server_new(&self->sp, ipks, 2);
+        free(ipks);
+        if (!self->ss) goto fail;
+    } else if (self->enc == FED_LEVELS) {
+        self->ring_acc = calloc(self->m, sizeof *self->ring_acc);
+        if (!self->ring_acc) goto fail;
+    } else {
+        self->acc = calloc(self->numel, sizeof *self->acc);
+        if (!self->acc) goto fail;
+    }
+
+    /* Journal first: a crash after this line leaves a round that recovery aborts. */
+    size_t plen = 1;
+    for (size_t i = 0; i < n; i++) plen += strlen(self->parts[i].id) + 1;
+    char *plist = calloc(plen, 1);
+    if (!plist) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (i) strcat(plist, ",");
+        strcat(plist, self->parts[i].id);
+    }
+    self->phase = self->secure ? ROUNDS_KEYS : ROUNDS_INPUT;
+    int jrc = s_exec(self->db,
+                     "INSERT INTO rounds (round_id, phase, participants, base_version, started_at,"
+                     " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     "ittiii", (int64_t)self->round_id, rounds_phase_name(self->phase), plist,
+                     (int64_t)self->head, (int64_t)time(NULL), (int64_t)time(NULL));
+    if (jrc != 0) {
+        free(plist);
+        goto fail;
+    }
+    self->last_round_id = self->round_id;
+    LOG_INFO(AGG, "round %" PRIu64 " started from version %" PRIu64 ": %zu participants [%s], "
+             "%s, compression %s (%" PRIu64 " of %zu coordinates)%s",
+             self->round_id, self->head, n, plist,
+             self->secure ? "secure aggregation" : "plain updates",
+             comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK       ? "topk"
+             : comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK    ? "randk"
+             : comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE ? "quantize"
+                                                                               : "none",
+             comp.k ? comp.k : self->m, self->numel, cfg->dp_enabled ? ", DP-SGD" : "");
+    free(plist);
+    if (self->secure)
+        LOG_INFO(AGG, "round %" PRIu64 ": secure aggregation n %u, neighbours %u, threshold %u",
+                 self->round_id, self->sp.n, self->sp.k, self->sp.t);
+
+    /* Catch-up copies of the base version first (same connection: they arrive before). */
+    for (size_t i = 0; i < n; i++) s_sync_node(self, &self->parts[i]);
+
+    Medfl__Hyperparams hp = MEDFL__HYPERPARAMS__INIT;
+    hp.lr = cfg->fed_lr;
+    hp.local_steps = (uint32_t)cfg->fed_local_steps;
+    hp.batch_size = (uint32_t)cfg->fed_batch_size;
+    hp.max_seq_len = (uint32_t)cfg->fed_max_seq_len;
+    Medfl__DpParams dp = MEDFL__DP_PARAMS__INIT;
+    dp.enabled = cfg->dp_enabled;
+    dp.noise_multiplier = cfg->dp_noise;
+    dp.clip_norm = cfg->dp_clip;
+    dp.sample_rate = cfg->dp_sample_rate;
+    dp.delta = cfg->dp_delta;
+    Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
+    ProtobufCBinaryData *pks = calloc(n, sizeof *pks);
+    if (!pks) goto fail;
+    sa.enabled = self->secure;
+    sa.participants = self->roster;
+    sa.n_participants = n;
+    if (self->secure) {
+        sa.threshold = self->sp.t;
+        sa.neighbours = self->sp.k;
+        sa.graph_seed.data = self->sp.graph_seed;
+        sa.graph_seed.len = 32;
+        sa.m = self->m;
+        for (size_t i = 0; i < n; i++) pks[i].data = self->parts[i].ipk, pks[i].len = 32;
+        sa.identity_pks = pks;
+        sa.n_identity_pks = n;
+    }
+    Medfl__RoundStart rs = MEDFL__ROUND_START__INIT;
+    rs.round_id = self->round_id;
+    rs.base_version = self->head;
+    rs.base_hash.data = self->head_m->hash;
+    rs.base_hash.len = VS_HASH_BYTES;
+    rs.hyperparams = &hp;
+    rs.dp = &dp;
+    rs.compression = &comp;
+    rs.secagg = &sa;
+    rs.deadline_ms = (uint32_t)cfg->fed_train_ms;
+    for (size_t i = 0; i < n; i++) {
+        rs.weight = self->parts[i].weight;
+        s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_ROUND_START, &rs.base, NULL, 0, NULL);
+    }
+    free(pks);
+    s_enter(self, self->phase, now, self->secure ? cfg->fed_keys_ms : cfg->fed_train_ms);
+    return;
+fail:
+    LOG_ERROR(AGG, "round %" PRIu64 " not started: %s", self->round_id, medfl_error_message());
+    s_release_round(self);
+    self->round_id = 0;
+    self->phase = ROUNDS_IDLE;
+    self->idle_until_ms = now + cfg->fed_retry_ms;
+}
+
+/* Commits the server step over the weighted sum S (numel floats) and W, announces it. */
+static void s_commit(rounds_t *self, const float *sum, double weight_total, int64_t now)
+{
+    strategy_params_t sp;
+    strategy_kind_t kind = STRATEGY_FEDAVG;
+    if (strategy_kind_parse(self->cfg->fed_strategy, &kind) != 0) kind = STRATEGY_FEDAVG;
+    strategy_params_default(&sp, kind);
+    if (self->cfg->fed_server_lr > 0) sp.lr = self->cfg->fed_server_lr;
+    vs_participant_t *parts = calloc(self->n_parts ? self->n_parts : 1, sizeof *parts);
+    if (!parts) {
+        s_abort(self, now, "out of memory");
+        return;
+    }
+    size_t np = 0;
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (self->parts[i].input) {
+            parts[np].node = self->parts[i].id;
+            parts[np].weight = self->parts[i].weight;
+            np++;
+        }
+    vs_metric_t metrics[2] = {{(char *)"contributors", (double)np},
+                              {(char *)"weight_total", weight_total}};
+    uint64_t v = 0;
+    int rc = versions_next(self->vs, self->sk, &sp, sum, self->numel, weight_total,
+                           self->round_id, parts, np, metrics, 2, &v);
+    free(parts);
+    if (rc != 0) {
+        s_abort(self, now, "server step / version commit failed: %s", medfl_error_message());
+        return;
+    }
+    self->new_version = v;
+    if (s_exec(self->db, "UPDATE rounds SET version = ?, updated_at = ? WHERE round_id = ?",
+               "iii", (int64_t)v, (int64_t)time(NULL), (int64_t)self->round_id) != 0)
+        LOG_ERROR(AGG, "%s", medfl_error_message());
+    uint64_t parent = self->head;
+    if (s_load_head(self) != 0) LOG_ERROR(AGG, "reloading the head: %s", medfl_error_message());
+    LOG_INFO(AGG, "round %" PRIu64 ": version %" PRIu64 " committed from %zu updates "
+             "(weight total %.4f, %s)", self->round_id, v, np, weight_total,
+             self->cfg->fed_strategy);
+    /* Every connected node holding the parent gets it (participants evaluate it); the
+     * others receive the chain when they are next selected. */
+    char **to = calloc(self->n_live ? self->n_live : 1, sizeof *to);
+    size_t n_to = 0;
+    for (size_t i = 0; to && i < self->n_live; i++) {
+        known_t *k = s_known(self, self->live[i]);
+        if (k && k->version >= parent) to[n_to++] = self->live[i];
+    }
+    size_t bytes = to ? s_announce(self, v, self->round_id, to, n_to) : 0;
+    free(to);
+    for (size_t i = 0; i < self->n_parts; i++) {
+        known_t *k = s_known(self, self->parts[i].id);
+        if (k && k->version >= v) self->parts[i].bytes_down += bytes;
+    }
+    s_enter(self, ROUNDS_EVAL, now, self->cfg->fed_eval_ms);
+}
+
+static size_t s_count(const rounds_t *self, size_t field_offset)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (*(const bool *)((const char *)&self->parts[i] + field_offset)) c++;
+    return c;
+}
+
+static size_t s_quorum(const rounds_t *self)
+{
+    double q = ceil(self->cfg->fed_quorum * (double)self->n_parts);
+    return q < 1 ? 1 : (size_t)q;
+}
+
+static void s_finish_plain(rounds_t *self, int64_t now)
+{
+    if (self->n_in < s_quorum(self)) {
+        s_abort(self, now, "%zu of %zu updates arrived, quorum is %zu", self->n_in, self->n_parts,
+                s_quorum(self));
+        return;
+    }
+    float *sum = calloc(self->numel ? self->numel : 1, sizeof *sum);
+    if (!sum) {
+        s_abort(self, now, "out of memory");
+        return;
+    }
+    if (self->enc == FED_LEVELS) {
+        if (compress_secagg_decode_sum(self->cr, self->ring_acc, (uint32_t)self->n_in, sum) != 0) {
+            free(sum);
+            s_abort(self, now, "decoding the sum: %s", medfl_error_message());
+            return;
+        }
+        LOG_INFO(AGG, "round %" PRIu64 ": sum checksum %" PRIu32 " over %zu inputs",
+                 self->round_id, fed_checksum(self->ring_acc, self->m), self->n_in);
+    } else {
+        for (size_t i = 0; i < self->numel; i++) sum[i] = (float)self->acc[i];
+    }
+    s_commit(self, sum, self->weight_in, now);
+    free(sum);
+}
+
+static void s_finish_secure(rounds_t *self, int64_t now)
+{
+    uint32_t *ring = calloc(self->m ? self->m : 1, sizeof *ring);
+    float *sum = calloc(self->numel ? self->numel : 1, sizeof *sum);
+    if (!ring || !sum) {
+        free(ring);
+        free(sum);
+        s_abort(self, now, "out of memory");
+        return;
+    }
+    if (secagg_server_finish(self->ss, ring) != 0) {
+        free(ring);
+        free(sum);
+        s_abort(self, now, "unmasking: %s", medfl_error_message());
+        return;
+    }
+    uint32_t n3 = 0;
+    const uint32_t *u3 = secagg_server_set(self->ss, 3, &n3);
+    double w = 0;
+    for (uint32_t i = 0; i < n3; i++) w += self->parts[u3[i]].weight;
+    char names[1024] = "";
+    for (uint32_t i = 0; i < n3; i++) {
+        if (i) strncat(names, ",", sizeof names - strlen(names) - 1);
+        strncat(names, self->parts[u3[i]].id, sizeof names - strlen(names) - 1);
+    }
+    uint32_t check = 0;
+    int rc;
+    if (self->enc == FED_LEVELS) {
+        unsigned width = compress_round_width(self->cr);
+        uint32_t mask = width >= 32 ? 0xFFFFFFFFu : ((1u << width) - 1);
+        for (uint64_t i = 0; i < self->m; i++) check += ring[i] & mask;
+        rc = compress_secagg_decode_sum(self->cr, ring, n3, sum);
+    } else {
+        check = fed_checksum(ring, self->m);
+        rc = secagg_decode(&self->fx, ring, self->m, 1.0, sum);
+    }
+    free(ring);
+    LOG_INFO(AGG, "round %" PRIu64 ": unmasked sum checksum %" PRIu32 " over %u survivors [%s]",
+             self->round_id, check, n3, names);
+    if (rc != 0) {
+        free(sum);
+        s_abort(self, now, "decoding the unmasked sum: %s", medfl_error_message());
+        return;
+    }
+    s_commit(self, sum, w, now);
+    free(sum);
+}
+
+static void s_close_phase(rounds_t *self, int64_t now)
+{
+    const agg_config_t *cfg = self->cfg;
+    switch (self->phase) {
+    case ROUNDS_KEYS: {
+        if (secagg_server_close_keys(self->ss) != 0) {
+            s_abort(self, now, "%s", medfl_error_message());
+            return;
+        }
+        uint32_t n1 = 0;
+        const uint32_t *u1 = secagg_server_set(self->ss, 1, &n1);
+        for (uint32_t i = 0; i < n1; i++) {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            Medfl__KeysBroadcast kb;
+            if (secagg_server_keys_broadcast(self->ss, u1[i], &buf, &len) != 0 ||
+                fed_broadcast_to_proto(buf, len, self->roster, self->n_parts, &kb) != 0) {
+                LOG_ERROR(AGG, "round %" PRIu64 ": keys for node %s: %s", self->round_id,
+                          self->parts[u1[i]].id, medfl_error_message());
+                free(buf);
+                continue;
+            }
+            free(buf);
+            s_send(self, &self->parts[u1[i]], MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST, &kb.base, NULL,
+                   0, NULL);
+            fed_proto_free_broadcast(&kb);
+        }
+        s_enter(self, ROUNDS_SHARES, now, cfg->fed_shares_ms);
+        return;
+    }
+    case ROUNDS_SHARES: {
+        if (secagg_server_close_shares(self->ss) != 0) {
+            s_abort(self, now, "%s", medfl_error_message());
+            return;
+        }
+        uint32_t n2 = 0;
+        const uint32_t *u2 = secagg_server_set(self->ss, 2, &n2);
+        for (uint32_t i = 0; i < n2; i++) {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            Medfl__SharesDelivery sd = MEDFL__SHARES_DELIVERY__INIT;
+            if (secagg_server_shares_delivery(self->ss, u2[i], &buf, &len) != 0 ||
+                fed_shares_to_proto(SECAGG_MSG_SHARES_DELIVERY, buf, len, self->roster,
+                                    self->n_parts, &sd.shares, &sd.n_shares) != 0) {
+                LOG_ERROR(AGG, "round %" PRIu64 ": shares for node %s: %s", self->round_id,
+                          self->parts[u2[i]].id, medfl_error_message());
+                free(buf);
+                continue;
+            }
+            free(buf);
+            s_send(self, &self->parts[u2[i]], MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY, &sd.base,
+                   NULL, 0, NULL);
+            fed_proto_free_shares(sd.shares, sd.n_shares);
+        }
+        s_enter(self, ROUNDS_INPUT, now, cfg->fed_train_ms);
+        return;
+    }
+    case ROUNDS_INPUT:
+        if (!self->secure) {
+            s_finish_plain(self, now);
+            return;
+        }
+        if (self->n_in < s_quorum(self)) {
+            s_abort(self, now, "%zu of %zu masked inputs arrived, quorum is %zu", self->n_in,
+                    self->n_parts, s_quorum(self));
+            return;
+        }
+        if (secagg_server_close_masked(self->ss) != 0) {
+            s_abort(self, now, "%s", medfl_error_message());
+            return;
+        }
+        {
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            Medfl__UnmaskRequest ur;
+            if (secagg_server_unmask_request(self->ss, &buf, &len) != 0 ||
+                fed_unmask_req_to_proto(buf, len, self->roster, self->n_parts, &ur) != 0) {
+                free(buf);
+                s_abort(self, now, "unmask request: %s", medfl_error_message());
+                return;
+            }
+            free(buf);
+            for (size_t i = 0; i < self->n_parts; i++)
+                if (self->parts[i].input)
+                    s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base,
+                           NULL, 0, NULL);
+            LOG_INFO(AGG, "round %" PRIu64 ": unmask request: %zu survivors, %zu dropped",
+                     self->round_id, ur.n_survivors, ur.n_dropped);
+            fed_proto_free_unmask_req(&ur);
+        }
+        s_enter(self, ROUNDS_UNMASK, now, cfg->fed_unmask_ms);
+        return;
+    case ROUNDS_UNMASK:
+        s_finish_secure(self, now);
+        return;
+    case ROUNDS_EVAL: {
+        size_t reports = s_count(self, offsetof(part_t, eval));
+        LOG_INFO(AGG, "round %" PRIu64 " completed: version %" PRIu64 ", %zu evaluation reports",
+                 self->round_id, self->new_version, reports);
+        self->completed++;
+        s_journal_end(self, "completed", NULL);
+        s_update_reliability(self);
+        s_after_round(self, now, 0);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* True when every node still expected in this phase has answered. */
+static bool s_phase_complete(const rounds_t *self)
+{
+    size_t want = 0, got = 0;
+    for (size_t i = 0; i < self->n_parts; i++) {
+        const part_t *p = &self->parts[i];
+        switch (self->phase) {
+        case ROUNDS_KEYS: want += !p->declined; got += p->keys; break;
+        case ROUNDS_SHARES: want += p->keys; got += p->shares; break;
+        case ROUNDS_INPUT:
+            want += self->secure ? p->shares : !p->declined;
+            got += p->input;
+            break;
+        case ROUNDS_UNMASK: want += p->input; got += p->unmask; break;
+        case ROUNDS_EVAL: want += p->input; got += p->eval; break;
+        default: return false;
+        }
+    }
+    return got >= want;
+}
+
+void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int64_t now)
+{
+    /* Remember who is live, for announcements. */
+    free(self->live);
+    self->live = calloc(n_peers ? n_peers : 1, sizeof *self->live);
+    self->n_live = 0;
+    if (self->live)
+        for (size_t i = 0; i < n_peers; i++) self->live[self->n_live++] = (char *)peers[i].node_id;
+
+    if (self->phase == ROUNDS_DONE) {
+        if (self->cfg->fed_rounds == 0 || self->completed < (uint64_t)self->cfg->fed_rounds)
+            self->phase = ROUNDS_IDLE; /* rounds raised by a reload */
+        else
+            return;
+    }
+    if (self->phase == ROUNDS_IDLE) {
+        if (now < self->idle_until_ms) return;
+        if (n_peers < (size_t)self->cfg->fed_min_nodes || n_peers < 2) {
+            self->min_reached_ms = 0;
+            return;
+        }
+        if (!self->min_reached_ms) self->min_reached_ms = now;
+        if (n_peers < (size_t)self->cfg->fed_max_nodes &&
+            now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
+            return;
+        if (s_load_head(self) != 0) {
+            if (!self->warned_no_version)
+                LOG_WARN(AGG, "no round can start: %s (seed one with `medfl-aggregator "
+                         "init-version`)", medfl_error_message());
+            self->warned_no_version = true;
+            self->idle_until_ms = now + self->cfg->fed_retry_ms;
+            return;
+        }
+        self->warned_no_version = false;
+        s_start(self, peers, n_peers, now);
+        return;
+    }
+    if (now >= self->deadline_ms) {
+        if (self->phase != ROUNDS_EVAL)
+            for (size_t i = 0; i < self->n_parts; i++) {
+                const part_t *p = &self->parts[i];
+                bool missing = (self->phase == ROUNDS_KEYS && !p->declined && !p->keys) ||
+                               (self->phase == ROUNDS_SHARES && p->keys && !p->shares) ||
+                               (self->phase == ROUNDS_INPUT && !p->declined && !p->input &&
+                                (!self->secure || p->shares)) ||
+                               (self->phase == ROUNDS_UNMASK && p->input && !p->unmask);
+                if (missing)
+                    LOG_WARN(AGG, "round %" PRIu64 ": node %s missed the %s deadline: dropped",
+                             self->round_id, p->id, rounds_phase_name(self->phase));
+            }
+        s_close_phase(self, now);
+    } else if (s_phase_complete(self)) {
+        s_close_phase(self, now);
+    }
+}
+
+/* ---- incoming -------------------------------------------------------------------------- */
+
+static bool s_round_type(Medfl__MsgType t)
+{
+    switch (t) {
+    case MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS:
+    case MEDFL__MSG_TYPE__MSG_SHARE_KEYS:
+    case MEDFL__MSG_TYPE__MSG_MASKED_INPUT:
+    case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
+    case MEDFL__MSG_TYPE__MSG_UPDATE:
+    case MEDFL__MSG_TYPE__MSG_EVAL_REPORT:
+    case MEDFL__MSG_TYPE__MSG_DECLINE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static const char *s_decline_name(Medfl__DeclineReason r)
+{
+    switch (r) {
+    case MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET: return "privacy budget";
+    case MEDFL__DECLINE_REASON__DECLINE_BUSY: return "busy";
+    case MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH: return "base version mismatch";
+    case MEDFL__DECLINE_REASON__DECLINE_INSUFFICIENT_DATA: return "insufficient data";
+    case MEDFL__DECLINE_REASON__DECLINE_OPERATOR: return "paused by operator";
+    case MEDFL__DECLINE_REASON__DECLINE_DEVICE: return "device unavailable";
+    default: return "unspecified";
+    }
+}
+
+static void s_state_error(rounds_t *self, part_t *p, const char *what)
+{
+    LOG_WARN(AGG, "round %" PRIu64 ": %s from node %s refused in phase %s", self->round_id, what,
+             p->id, rounds_phase_name(self->phase));
+    wire_server_send_error(self->server, p->id, self->round_id, MEDFL__ERROR_CODE__ERROR_STATE,
+                           "message not expected in this phase of the round");
+}
+
+static void s_on_eval(rounds_t *self, part_t *p, const wire_msg_t *msg)
+{
+    const Medfl__EvalReport *e = msg->body.eval_report;
+    LOG_INFO(AGG, "round %" PRIu64 ": node %s evaluated version %" PRIu64 ": loss %.4f accuracy "
+             "%.4f macro-F1 %.4f n %" PRIu64, msg->round_id, msg->node_id, e->version, e->loss,
+             e->accuracy, e->macro_f1, e->n);
+    if (s_exec(self->db, "INSERT OR REPLACE INTO round_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               "iitdddii", (int64_t)msg->round_id, (int64_t)e->version, msg->node_id, e->loss,
+               e->accuracy, e->macro_f1, (int64_t)e->n, (int64_t)time(NULL)) != 0)
+        LOG_ERROR(AGG, "%s", medfl_error_message());
+    if (p) p->eval = true;
+}
+
+static void s_add_plain(rounds_t *self, part_t *p, const wire_msg_t *msg)
+{
+    const Medfl__Update *u = msg->body.update;
+    if (u->base_version != self->head) {
+        LOG_WARN(AGG, "round %" PRIu64 ": update from node %s trained on version %" PRIu64
+                 ", the round's base is %" PRIu64 ": rejected", self->round_id, p->id,
+                 u->base_version, self->head);
+        wire_server_send_error(self->server, p->id, self->round_id,
+                               MEDFL__ERROR_CODE__ERROR_STATE, "update on the wrong base version");
+        return;
+    }
+    double w = p->weight; /* the aggregator's weight, not what the node claims */
+    if (self->enc == FED_DENSE) {
+        if (u->dtype != MEDFL__TENSOR_DTYPE__DTYPE_F32 || u->n_elements != self->numel) {
+            s_state_error(self, p, "dense update of the wrong shape");
+            return;
+        }
+        for (size_t i = 0; i < self->numel; i++) {
+            float v;
+            memcpy(&v, msg->bulk + 4 * i, 4);
+            if (!isfinite(v)) {
+                s_state_error(self, p, "update with non-finite values");
+                return;
+            }
+        }
+        for (size_t i = 0; i < self->numel; i++) {
+            float v;
+            memcpy(&v, msg->bulk + 4 * i, 4);
+            self->acc[i] += w * (double)v;
+        }
+    } else if (self->enc == FED_TOPK) {
+        float *dense = calloc(self->numel, sizeof *dense);
+        if (!dense ||
+            compress_plain_decode(msg->bulk, msg->bulk_len, (uint32_t)self->numel, dense) != 0) {
+            LOG_WARN(AGG, "round %" PRIu64 ": update from node %s: %s: rejected", self->round_id,
+                     p->id, medfl_error_message());
+            free(dense);
+            wire_server_send_error(self->server, p->id, self->round_id,
+                                   MEDFL__ERROR_CODE__ERROR_PROTOCOL, "malformed compressed update");
+            return;
+        }
+        for (size_t i = 0; i < self->numel; i++) self->acc[i] += w * (double)dense[i];
+        free(dense);
+    } else {
+        uint32_t *ring = calloc(self->m, sizeof *ring);
+        if (!ring || compress_secagg_unpack(self->cr, msg->bulk, msg->bulk_len, ring) != 0) {
+            LOG_WARN(AGG, "round %" PRIu64 ": update from node %s: %s: rejected", self->round_id,
+                     p->id, medfl_error_message());
+            free(ring);
+            wire_server_send_error(self->server, p->id, self->round_id,
+                                   MEDFL__ERROR_CODE__ERROR_PROTOCOL, "malformed compressed update");
+            return;
+        }
+        for (uint64_t i = 0; i < self->m; i++) self->ring_acc[i] += ring[i];
+        free(ring);
+    }
+    p->input = true;
+    self->n_in++;
+    self->weight_in += w;
+    LOG_INFO(AGG, "round %" PRIu64 ": update from node %s (%zu B, %" PRIu64 " examples)",
+             self->round_id, p->id, msg->bulk_len, u->n_examples);
+}
+
+static void s_add_masked(rounds_t *self, part_t *p, uint32_t idx, const wire_msg_t *msg)
+{
+    const Medfl__MaskedInputHeader *h = msg->body.masked_input;
+    uint32_t *ring = calloc(self->m ? self->m : 1, sizeof *ring);
+    if (!ring) return;
+    int rc = 0;
+    if (self->enc == FED_LEVELS) {
+        rc = compress_secagg_unpack(self->cr, msg->bulk, msg->bulk_len, ring);
+    } else if (h->dtype != MEDFL__TENSOR_DTYPE__DTYPE_U32 || h->n_elements != self->m) {
+        rc = medfl_error_set(MEDFL_EPROTO, "masked input of %" PRIu64 " elements, round has %" PRIu64,
+                             h->n_elements, self->m);
+    } else {
+        for (uint64_t i = 0; i < self->m; i++)
+            ring[i] = (uint32_t)msg->bulk[4 * i] | (uint32_t)msg->bulk[4 * i + 1] << 8 |
+                      (uint32_t)msg->bulk[4 * i + 2] << 16 | (uint32_t)msg->bulk[4 * i + 3] << 24;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (rc == 0) rc = fed_masked_build(self->round_id, idx, ring, self->m, &buf, &len);
+    free(ring);
+    if (rc == 0) rc = secagg_server_add_masked(self->ss, buf, len);
+    free(buf);
+    if (rc != 0) {
+        LOG_WARN(AGG, "round %" PRIu64 ": masked input from node %s refused: %s", self->round_id,
+                 p->id, medfl_error_message());
+        wire_server_send_error(self->server, p->id, self->round_id,
+                               MEDFL__ERROR_CODE__ERROR_PROTOCOL, "masked input refused");
+        return;
+    }
+    p->input = true;
+    self->n_in++;
+    self->weight_in += p->weight;
+    LOG_INFO(AGG, "round %" PRIu64 ": masked input from node %s (%zu B)", self->round_id, p->id,
+             msg->bulk_len);
+}
+
+int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
+{
+    if (!s_round_type(msg->type)) return 0;
+    (void)now;
+    const char *who = msg->node_id;
+    part_t *p = self->round_id && msg->round_id == self->round_id ? s_part(self, who) : NULL;
+    if (msg->type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT) {
+        /* Late reports (after the eval deadline) are still recorded: they cost nothing. */
+        s_on_eval(self, p && self->phase == ROUNDS_EVAL ? p : NULL, msg);
+        return 1;
+    }
+    if (msg->type == MEDFL__MSG_TYPE__MSG_DECLINE) {
+        const Medfl__Decline *d = msg->body.decline;
+        char reason[1100];
+        snprintf(reason, sizeof reason, "%s%s%s", s_decline_name(d->reason),
+                 d->text && d->text[0] ? ": " : "", d->text ? d->text : "");
+        LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
+                 reason);
+        if (p) p->declined = true;
+        if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
+            /* It lacks versions we assumed it had: the next round re-sends the chain. */
+            known_t *k = s_known(self, who);
+            if (k) k->version = 0;
+        }
+        return 1;
+    }
+    if (!self->round_id || msg->round_id != self->round_id) {
+        char text[160];
+        snprintf(text, sizeof text, "round %" PRIu64 " is not in progress (current: %" PRIu64 ")",
+                 msg->round_id, self->round_id);
+        LOG_WARN(AGG, "%s from node %s for round %" PRIu64 " rejected: %s", wire_type_name(msg->type),
+                 who, msg->round_id, text);
+        wire_server_send_error(self->server, who, msg->round_id,
+                               MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND, text);
+        return 1;
+    }
+    if (!p) {
+        LOG_WARN(AGG, "%s from node %s, which is not a participant of round %" PRIu64 ": refused",
+                 wire_type_name(msg->type), who, self->round_id);
+        wire_server_send_error(self->server, who, msg->round_id, MEDFL__ERROR_CODE__ERROR_STATE,
+                               "not a participant of this round");
+        return 1;
+    }
+    p->bytes_up += (msg->body.any ? protobuf_c_message_get_packed_size(msg->body.any) : 0) +
+                   msg->bulk_len;
+    int idx = fed_roster_index(self->roster, self->n_parts, who);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc;
+    switch (msg->type) {
+    case MEDFL__MSG_TYPE__MSG_UPDATE:
+        if (self->secure || self->phase != ROUNDS_INPUT || p->input) {
+            s_state_error(self, p, "update");
+            break;
+        }
+        s_add_plain(self, p, msg);
+        break;
+    case MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS:
+        if (!self->secure || self->phase != ROUNDS_KEYS || p->keys) {
+            s_state_error(self, p, "AdvertiseKeys");
+            break;
+        }
+        rc = fed_advertise_from_proto(msg->body.advertise_keys, self->round_id, (uint32_t)idx,
+                                      &buf, &len);
+        if (rc == 0) rc = secagg_server_add_keys(self->ss, buf, len);
+        if (rc == 0) p->keys = true;
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": keys of node %s refused: %s", self->round_id, who,
+                     medfl_error_message());
+        break;
+    case MEDFL__MSG_TYPE__MSG_SHARE_KEYS:
+        if (!self->secure || self->phase != ROUNDS_SHARES || !p->keys || p->shares) {
+            s_state_error(self, p, "ShareKeys");
+            break;
+        }
+        rc = fed_shares_from_proto(SECAGG_MSG_SHARE_KEYS, msg->body.share_keys->shares,
+                                   msg->body.share_keys->n_shares, self->round_id, (uint32_t)idx,
+                                   self->roster, self->n_parts, &buf, &len);
+        if (rc == 0) rc = secagg_server_add_shares(self->ss, buf, len);
+        if (rc == 0) p->shares = true;
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": shares of node %s refused: %s", self->round_id, who,
+                     medfl_error_message());
+        break;
+    case MEDFL__MSG_TYPE__MSG_MASKED_INPUT:
+        if (!self->secure || self->phase != ROUNDS_INPUT || !p->shares || p->input) {
+            s_state_error(self, p, "MaskedInput");
+            break;
+        }
+        s_add_masked(self, p, (uint32_t)idx, msg);
+        break;
+    case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
+        if (!self->secure || self->phase != ROUNDS_UNMASK || !p->input || p->unmask) {
+            s_state_error(self, p, "UnmaskResponse");
+            break;
+        }
+        rc = fed_unmask_resp_from_proto(msg->body.unmask_response, self->round_id, (uint32_t)idx,
+                                        self->roster, self->n_parts, &buf, &len);
+        if (rc == 0) rc = secagg_server_add_unmask(self->ss, buf, len);
+        if (rc == 0) p->unmask = true;
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": unmask response of node %s refused: %s",
+                     self->round_id, who, medfl_error_message());
+        if (buf) sodium_memzero(buf, len);
+        break;
+    default:
+        break;
+    }
+    free(buf);
+    return 1;
+}
+
+/* ---- object ------------------------------------------------------------------------------ */
+
+rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char *db_path,
+                     const char *versions_dir, const uint8_t sign_sk[64], const uint8_t sign_pk[32])
+{
+    rounds_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    self->cfg = cfg;
+    self->server = server;
+    memcpy(self->sk, sign_sk, 64);
+    memcpy(self->pk, sign_pk, 32);
+    if (sqlite3_open_v2(db_path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        medfl_error_set(MEDFL_EDB, "%s: cannot open the round journal: %s", db_path,
+                        self->db ? sqlite3_errmsg(self->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(self->db, 10000);
+    if (sqlite3_exec(self->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
+                     NULL) != SQLITE_OK ||
+        sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK) {
+        s_db_err(self->db, db_path);
+        goto fail;
+    }
+    self->vs = vs_store_open(versions_dir, true);
+    if (!self->vs) goto fail;
+    if (s_recover(self) != 0) goto fail;
+    if (self->cfg->fed_rounds > 0 && self->completed >= (uint64_t)self->cfg->fed_rounds)
+        self->phase = ROUNDS_DONE;
+    LOG_INFO(AGG, "rounds: %" PRIu64 " completed so far, last round id %" PRIu64 ", head version "
+             "%" PRIu64, self->completed, self->last_round_id, vs_store_head(self->vs));
+    return self;
+fail:
+    rounds_destroy(&self);
+    return NULL;
+}
+
+void rounds_destroy(rounds_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    rounds_t *self = *self_p;
+    s_release_round(self);
+    if (self->db) sqlite3_close(self->db);
+    vs_store_destroy(&self->vs);
+    vs_manifest_destroy(&self->head_m);
+    free(self->global);
+    free(self->known);
+    free(self->live);
+    sodium_memzero(self->sk, sizeof self->sk);
+    free(self);
+    *self_p = NULL;
+}
+
+rounds_phase_t rounds_phase(const rounds_t *self) { return self->phase; }
+uint64_t rounds_current(const rounds_t *self) { return self->round_id; }
+uint64_t rounds_completed(const rounds_t *self) { return self->completed; }
+uint64_t rounds_head_version(const rounds_t *self) { return vs_store_head(self->vs); }
+
+const float *rounds_global(const rounds_t *self, size_t *numel)
+{
+    *numel = self->numel;
+    return self->global;
+}
+
+int rounds_print_status(const char *db_path, FILE *out)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        fprintf(out, "rounds_completed: 0\n");
+        return 0;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    sqlite3_stmt *st = NULL;
+    long long completed = 0, aborted = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT (SELECT COUNT(*) FROM rounds WHERE outcome = 'completed'),"
+                           " (SELECT COUNT(*) FROM rounds WHERE outcome = 'aborted')",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        completed = sqlite3_column_int64(st, 0);
+        aborted = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    fprintf(out, "rounds_completed: %lld\nrounds_aborted: %lld\n", completed, aborted);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT round_id, phase, participants, base_version, version, outcome,"
+                           " reason FROM rounds ORDER BY round_id DESC LIMIT 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        bool open = sqlite3_column_type(st, 5) == SQLITE_NULL;
+        if (open)
+            fprintf(out, "round: %lld\nphase: %s\nparticipants: %s\n", sqlite3_column_int64(st, 0),
+                    (const char *)sqlite3_column_text(st, 1),
+                    (const char *)sqlite3_column_text(st, 2));
+        else
+            fprintf(out, "round: none\nphase: idle\n");
+        fprintf(out, "last_round: %lld %s (base %lld, version %lld%s%s)\n",
+                sqlite3_column_int64(st, 0),
+                open ? "in progress" : (const char *)sqlite3_column_text(st, 5),
+                sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
+                sqlite3_column_text(st, 6) && *sqlite3_column_text(st, 6) ? ": " : "",
+                sqlite3_column_text(st, 6) ? (const char *)sqlite3_column_text(st, 6) : "");
+    } else {
+        fprintf(out, "round: none\nphase: idle\n");
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT round_id, version, SUM(accuracy * n) / SUM(n),"
+                           " SUM(macro_f1 * n) / SUM(n), COUNT(*) FROM round_evals"
+                           " GROUP BY round_id ORDER BY round_id DESC LIMIT 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 2) != SQLITE_NULL)
+        fprintf(out, "last_eval: round %lld version %lld accuracy %.4f macro_f1 %.4f reports %lld\n",
+                sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+                sqlite3_column_double(st, 2), sqlite3_column_double(st, 3),
+                sqlite3_column_int64(st, 4));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return 0;
+}

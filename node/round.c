@@ -1,0 +1,868 @@
+/* Node-side round participation (see round.h). One round at a time: a RoundStart with a
+ * higher id replaces the one in progress (the aggregator restarted or gave up on it), an
+ * Error UNKNOWN_ROUND for the current round ends it. Every failure wipes the secagg client
+ * (its secrets) and leaves the node ready for the next round. */
+#include "node/round.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "common/compress.h"
+#include "common/dp.h"
+#include "common/error.h"
+#include "common/fedround.h"
+#include "common/log.h"
+#include "common/secagg.h"
+#include "common/service.h"
+#include "common/version_store.h"
+
+#define RESIDUAL_MAGIC "MFLRES01"
+
+struct node_round_t {
+    char node_id[WIRE_NODE_ID_MAX + 1];
+    char state_dir[1024];
+    char residual_path[1100];
+    uint8_t identity_sk[64], identity_pk[32], agg_pk[32];
+    ledger_t *ledger;
+    round_trainer_t trainer;
+    wire_client_t *client;
+    vs_store_t *vs;
+    float *residual;          /* error-feedback residual (n_residual floats) */
+    size_t n_residual;
+    uint64_t contributed, declined;
+
+    /* the round in progress */
+    uint64_t round_id;
+    bool secure;
+    char **roster;
+    size_t n_roster;
+    uint32_t self_idx;
+    secagg_client_t *sc;
+    round_hparams_t hp;
+    Medfl__Compression comp;  /* copy of the round's compression settings */
+    fed_encoding_t enc;
+    compress_config_t cc;
+    double weight;
+    uint64_t base_version;
+    float *base;              /* the base version's vector */
+    size_t numel;
+    uint64_t m;
+};
+
+/* ---- residual checkpoint ---- */
+
+static void s_residual_load(node_round_t *self)
+{
+    FILE *f = fopen(self->residual_path, "rb");
+    if (!f) return;
+    char magic[8];
+    uint64_t n = 0;
+    if (fread(magic, 1, 8, f) == 8 && memcmp(magic, RESIDUAL_MAGIC, 8) == 0 &&
+        fread(&n, sizeof n, 1, f) == 1 && n > 0 && n < ((uint64_t)1 << 31)) {
+        float *r = malloc(n * sizeof *r);
+        if (r && fread(r, sizeof *r, n, f) == n) {
+            bool finite = true;
+            for (uint64_t i = 0; i < n; i++) finite = finite && isfinite(r[i]);
+            if (finite) {
+                self->residual = r;
+                self->n_residual = n;
+                r = NULL;
+                LOG_INFO(TRAIN, "compression residual of %" PRIu64 " values restored from %s", n,
+                         self->residual_path);
+            }
+        }
+        free(r);
+    }
+    if (!self->residual) LOG_WARN(TRAIN, "%s: not a valid residual checkpoint: ignored",
+                                  self->residual_path);
+    fclose(f);
+}
+
+/* temp + fsync + rename: a kill leaves the old or the new residual, never half of one. */
+static int s_residual_save(node_round_t *self)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", self->residual_path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
+    uint64_t n = self->n_residual;
+    bool ok = fwrite(RESIDUAL_MAGIC, 1, 8, f) == 8 && fwrite(&n, sizeof n, 1, f) == 1 &&
+              fwrite(self->residual, sizeof *self->residual, n, f) == n && fflush(f) == 0 &&
+              fsync(fileno(f)) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, self->residual_path) != 0) {
+        unlink(tmp);
+        return medfl_error_set(MEDFL_EIO, "%s: cannot write the residual checkpoint",
+                               self->residual_path);
+    }
+    return 0;
+}
+
+/* ---- round state ---- */
+
+static void s_end_round(node_round_t *self)
+{
+    secagg_client_destroy(&self->sc);
+    for (size_t i = 0; i < self->n_roster; i++) free(self->roster[i]);
+    free(self->roster);
+    self->roster = NULL;
+    self->n_roster = 0;
+    free(self->base);
+    self->base = NULL;
+    self->round_id = 0;
+}
+
+static void s_tick(void *ctx)
+{
+    (void)wire_client_tick((wire_client_t *)ctx);
+}
+
+static int s_send(node_round_t *self, Medfl__MsgType type, const ProtobufCMessage *body,
+                  void *bulk, size_t bulk_len, wire_free_fn *free_fn)
+{
+    if (wire_client_send(self->client, type, self->round_id, body, bulk, bulk_len, free_fn, NULL) !=
+        0) {
+        LOG_WARN(NET, "round %" PRIu64 ": cannot send %s: %s", self->round_id,
+                 wire_type_name(type), medfl_error_message());
+        return -1;
+    }
+    return 0;
+}
+
+static void s_decline(node_round_t *self, uint64_t round_id, Medfl__DeclineReason reason,
+                      const char *text)
+{
+    Medfl__Decline d = MEDFL__DECLINE__INIT;
+    d.round_id = round_id;
+    d.reason = reason;
+    char t[1000];
+    snprintf(t, sizeof t, "%s", text);
+    d.text = t;
+    LOG_WARN(NET, "declining round %" PRIu64 ": %s", round_id, text);
+    if (wire_client_send(self->client, MEDFL__MSG_TYPE__MSG_DECLINE, round_id, &d.base, NULL, 0,
+                         NULL, NULL) != 0)
+        LOG_WARN(NET, "cannot send decline: %s", medfl_error_message());
+    self->declined++;
+}
+
+static void s_free_buf(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Trains, encodes and sends this node's contribution: Update (plain) or MaskedInput. */
+static int s_train_and_send(node_round_t *self)
+{
+    size_t n = self->numel;
+    float *delta = calloc(n ? n : 1, sizeof *delta);
+    uint32_t *ring = NULL;
+    uint8_t *payload = NULL, *masked = NULL;
+    compress_t *comp = NULL;
+    compress_round_t *cr = NULL;
+    size_t payload_len = 0, masked_len = 0;
+    uint64_t n_examples = 0;
+    int rc = -1;
+    if (!delta) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory for the update");
+        goto done;
+    }
+    LOG_INFO(TRAIN, "round %" PRIu64 ": training %u local steps from version %" PRIu64 "%s",
+             self->round_id, self->hp.local_steps, self->base_version,
+             self->hp.dp ? " with DP-SGD" : "");
+    if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
+        goto done;
+    if (self->enc != FED_DENSE) {
+        if (self->n_residual != n) {
+            free(self->residual);
+            self->residual = calloc(n, sizeof *self->residual);
+            self->n_residual = self->residual ? n : 0;
+            if (!self->residual) goto done;
+        }
+        comp = compress_new(&self->cc, (uint32_t)n, NULL);
+        if (!comp || compress_residual_set(comp, self->residual, (uint32_t)n) != 0) goto done;
+    }
+    if (self->enc == FED_TOPK) {
+        size_t cap = compress_plain_max_bytes(comp);
+        payload = malloc(cap);
+        if (!payload || compress_plain_encode(comp, delta, payload, cap, &payload_len) != 0)
+            goto done;
+    } else if (self->enc == FED_LEVELS) {
+        uint8_t seed32[COMPRESS_SEED_BYTES];
+        fed_compress_seed(self->comp.seed, seed32);
+        cr = compress_round_new(&self->cc, (uint32_t)n, seed32);
+        if (!cr) goto done;
+        ring = calloc(compress_round_k(cr), sizeof *ring);
+        if (!ring || compress_secagg_encode(comp, cr, delta, (float)self->weight, ring) != 0)
+            goto done;
+    } else if (self->secure) {
+        secagg_fixed_t fx;
+        ring = calloc(n ? n : 1, sizeof *ring);
+        if (!ring || fed_fixed_params((uint32_t)self->n_roster, self->comp.clip, &fx) != 0 ||
+            secagg_encode(&fx, delta, n, self->weight, ring) != 0)
+            goto done;
+    }
+    if (comp) {
+        memcpy(self->residual, compress_residual(comp), n * sizeof *self->residual);
+        if (s_residual_save(self) != 0)
+            LOG_WARN(TRAIN, "%s", medfl_error_message()); /* training result still valid */
+    }
+
+    if (!self->secure) {
+        Medfl__Update u = MEDFL__UPDATE__INIT;
+        u.base_version = self->base_version;
+        u.n_examples = n_examples;
+        u.weight = self->weight;
+        u.compression = &self->comp;
+        void *bulk;
+        size_t bulk_len;
+        if (self->enc == FED_DENSE) {
+            u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_F32;
+            u.n_elements = n;
+            bulk = delta, bulk_len = n * sizeof *delta;
+            delta = NULL;
+        } else {
+            if (self->enc == FED_LEVELS) {
+                size_t cap = compress_round_payload_bytes(cr);
+                payload = malloc(cap);
+                if (!payload || compress_secagg_pack(cr, ring, payload, cap, &payload_len) != 0)
+                    goto done;
+            }
+            u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_I8;
+            u.n_elements = payload_len;
+            bulk = payload, bulk_len = payload_len;
+            payload = NULL;
+        }
+        if (s_send(self, MEDFL__MSG_TYPE__MSG_UPDATE, &u.base, bulk, bulk_len, s_free_buf) != 0)
+            goto done;
+        LOG_INFO(NET, "round %" PRIu64 ": update sent (%zu B, %" PRIu64 " examples)", self->round_id,
+                 bulk_len, n_examples);
+    } else {
+        uint64_t m = self->m;
+        uint32_t check = fed_checksum(ring, m);
+        if (secagg_client_masked_input(self->sc, ring, &masked, &masked_len) != 0) goto done;
+        uint32_t *y = calloc(m ? m : 1, sizeof *y);
+        if (!y || fed_masked_values(masked, masked_len, m, y) != 0) {
+            free(y);
+            goto done;
+        }
+        Medfl__MaskedInputHeader h = MEDFL__MASKED_INPUT_HEADER__INIT;
+        h.n_examples = n_examples;
+        h.compression = &self->comp;
+        void *bulk;
+        size_t bulk_len;
+        if (self->enc == FED_LEVELS) {
+            size_t cap = compress_round_payload_bytes(cr);
+            payload = malloc(cap);
+            if (!payload || compress_secagg_pack(cr, y, payload, cap, &payload_len) != 0) {
+                free(y);
+                goto done;
+            }
+            free(y);
+            h.dtype = MEDFL__TENSOR_DTYPE__DTYPE_I8;
+            h.n_elements = payload_len;
+            bulk = payload, bulk_len = payload_len;
+            payload = NULL;
+        } else {
+            uint8_t *le = (uint8_t *)y; /* rewritten in place as little-endian bytes */
+            for (uint64_t i = 0; i < m; i++) {
+                uint32_t v = y[i];
+                le[4 * i] = (uint8_t)v, le[4 * i + 1] = (uint8_t)(v >> 8);
+                le[4 * i + 2] = (uint8_t)(v >> 16), le[4 * i + 3] = (uint8_t)(v >> 24);
+            }
+            h.dtype = MEDFL__TENSOR_DTYPE__DTYPE_U32;
+            h.n_elements = m;
+            bulk = y, bulk_len = m * 4;
+        }
+        if (s_send(self, MEDFL__MSG_TYPE__MSG_MASKED_INPUT, &h.base, bulk, bulk_len, s_free_buf) !=
+            0)
+            goto done;
+        LOG_INFO(NET, "round %" PRIu64 ": masked input sent (%zu B, input checksum %" PRIu32 ")",
+                 self->round_id, bulk_len, check);
+    }
+    self->contributed++;
+    rc = 0;
+done:
+    if (rc != 0)
+        LOG_ERROR(TRAIN, "round %" PRIu64 ": no update sent: %s", self->round_id,
+                  medfl_error_message());
+    free(delta);
+    free(ring);
+    free(payload);
+    secagg_buf_free(masked, masked_len);
+    compress_destroy(&comp);
+    compress_round_destroy(&cr);
+    return rc;
+}
+
+static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
+{
+    const Medfl__RoundStart *rs = msg->body.round_start;
+    uint64_t rid = msg->round_id;
+    if (self->round_id && rid <= self->round_id) {
+        LOG_WARN(NET, "RoundStart for round %" PRIu64 " while in round %" PRIu64 ": ignored", rid,
+                 self->round_id);
+        return;
+    }
+    if (self->round_id) {
+        LOG_WARN(NET, "round %" PRIu64 " abandoned: the aggregator started round %" PRIu64,
+                 self->round_id, rid);
+        s_end_round(self);
+    }
+    const Medfl__SecAggParams *sa = rs->secagg;
+    if (!sa || sa->n_participants == 0) {
+        LOG_WARN(NET, "RoundStart %" PRIu64 " without participants: ignored", rid);
+        return;
+    }
+    int idx = fed_roster_index(sa->participants, sa->n_participants, self->node_id);
+    if (idx < 0) {
+        LOG_WARN(NET, "RoundStart %" PRIu64 " does not list this node: ignored", rid);
+        return;
+    }
+    /* Base version: held, and the same bytes the aggregator means. */
+    char text[512];
+    vs_manifest_t *bm = vs_store_has(self->vs, rs->base_version)
+                            ? vs_store_manifest(self->vs, rs->base_version)
+                            : NULL;
+    if (!bm || rs->base_hash.len != VS_HASH_BYTES ||
+        sodium_memcmp(bm->hash, rs->base_hash.data, VS_HASH_BYTES) != 0) {
+        snprintf(text, sizeof text, "base version %" PRIu64 " %s (this node holds up to %" PRIu64 ")",
+                 rs->base_version, bm ? "has another hash here" : "is not installed here",
+                 vs_store_latest(self->vs));
+        vs_manifest_destroy(&bm);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH, text);
+        return;
+    }
+    vs_manifest_destroy(&bm);
+    float *base = NULL;
+    vs_manifest_t *m = NULL;
+    if (vs_store_verify(self->vs, rs->base_version, self->agg_pk, &m, &base) != 0) {
+        snprintf(text, sizeof text, "base version %" PRIu64 " does not verify: %s",
+                 rs->base_version, medfl_error_message());
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH, text);
+        return;
+    }
+    size_t numel = m->numel;
+    if (self->trainer.check_layout && self->trainer.check_layout(self->trainer.ctx, m) != 0) {
+        snprintf(text, sizeof text, "base version %" PRIu64 ": %s", rs->base_version,
+                 medfl_error_message());
+        vs_manifest_destroy(&m);
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH, text);
+        return;
+    }
+    vs_manifest_destroy(&m);
+
+    bool secure = sa->enabled;
+    fed_encoding_t enc;
+    compress_config_t cc;
+    if (fed_compression(rs->compression, secure, (uint32_t)numel, &enc, &cc) != 0) {
+        snprintf(text, sizeof text, "%s", medfl_error_message());
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);
+        return;
+    }
+    const Medfl__Hyperparams *h = rs->hyperparams;
+    const Medfl__DpParams *dp = rs->dp;
+    round_hparams_t hp = {0};
+    hp.round_id = rid;
+    hp.lr = h->lr;
+    hp.local_steps = h->local_steps ? h->local_steps : 1;
+    hp.batch_size = h->batch_size ? h->batch_size : 1;
+    hp.max_seq_len = h->max_seq_len;
+    hp.dp = dp && dp->enabled;
+    if (hp.dp) {
+        hp.noise_multiplier = dp->noise_multiplier;
+        hp.clip_norm = dp->clip_norm;
+        hp.sample_rate = dp->sample_rate;
+        hp.delta = dp->delta;
+    }
+    hp.tick = s_tick;
+    hp.tick_ctx = self->client;
+
+    /* The ledger decides before anything is trained (and records the decision). */
+    if (hp.dp) {
+        char reason[LEDGER_REASON_MAX] = "";
+        double eps = 0;
+        int adm = self->ledger ? ledger_admit_round(self->ledger, (int64_t)rid, hp.sample_rate,
+                                                    hp.noise_multiplier, hp.local_steps, &eps,
+                                                    reason, sizeof reason)
+                               : 0;
+        if (!self->ledger) snprintf(reason, sizeof reason, "no privacy ledger configured");
+        if (adm < 0) snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
+        if (adm != 1) {
+            free(base);
+            s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
+            return;
+        }
+        LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
+                 rid, eps);
+    }
+
+    self->round_id = rid;
+    self->secure = secure;
+    self->hp = hp;
+    self->enc = enc;
+    self->cc = cc;
+    medfl__compression__init(&self->comp);
+    if (rs->compression) {
+        self->comp.scheme = rs->compression->scheme;
+        self->comp.bits = rs->compression->bits;
+        self->comp.k = rs->compression->k;
+        self->comp.seed = rs->compression->seed;
+        self->comp.clip = rs->compression->clip;
+        self->comp.max_nodes = rs->compression->max_nodes;
+    }
+    self->weight = rs->weight;
+    self->base_version = rs->base_version;
+    self->base = base;
+    self->numel = numel;
+    self->self_idx = (uint32_t)idx;
+    self->roster = calloc(sa->n_participants, sizeof *self->roster);
+    if (!self->roster) goto fail;
+    for (size_t i = 0; i < sa->n_participants; i++) {
+        self->roster[i] = strdup(sa->participants[i]);
+        if (!self->roster[i]) goto fail;
+        self->n_roster = i + 1;
+    }
+    LOG_INFO(NET, "round %" PRIu64 ": joined (%s, %zu participants, weight %.4f, base version %"
+             PRIu64 ")", rid, secure ? "secure aggregation" : "plain", sa->n_participants,
+             self->weight, self->base_version);
+    if (!secure) {
+        s_train_and_send(self);
+        s_end_round(self);
+        return;
+    }
+
+    /* Secure: the roster's identity keys come with the round (pinned by the aggregator at
+     * enrollment); ours must be among them as ours. */
+    if (sa->n_identity_pks != sa->n_participants || sa->graph_seed.len != 32) {
+        medfl_error_set(MEDFL_EPROTO, "RoundStart: secure round without identity keys / graph seed");
+        goto fail;
+    }
+    if (sodium_memcmp(sa->identity_pks[idx].data, self->identity_pk, 32) != 0) {
+        medfl_error_set(MEDFL_ECRYPTO, "RoundStart lists another identity key for this node");
+        goto fail;
+    }
+    secagg_params_t sp;
+    memset(&sp, 0, sizeof sp);
+    sp.round_id = rid;
+    sp.n = (uint32_t)sa->n_participants;
+    sp.k = sa->neighbours;
+    sp.t = sa->threshold;
+    sp.m = sa->m;
+    memcpy(sp.graph_seed, sa->graph_seed.data, 32);
+    if (secagg_params_validate(&sp) != 0) goto fail;
+    uint64_t want_m = enc == FED_LEVELS ? compress_config_k(&cc, (uint32_t)numel) : numel;
+    if (sp.m != want_m) {
+        medfl_error_set(MEDFL_EPROTO, "RoundStart: secagg m %" PRIu64 ", expected %" PRIu64, sp.m,
+                        want_m);
+        goto fail;
+    }
+    self->m = sp.m;
+    uint8_t *pks = malloc(32 * sa->n_participants);
+    if (!pks) goto fail;
+    for (size_t i = 0; i < sa->n_participants; i++) memcpy(pks + 32 * i, sa->identity_pks[i].data, 32);
+    self->sc = secagg_client_new(&sp, self->self_idx, self->identity_sk, pks);
+    free(pks);
+    if (!self->sc) goto fail;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    Medfl__AdvertiseKeys ak;
+    if (secagg_client_advertise(self->sc, &buf, &len) != 0) goto fail;
+    int rc = fed_advertise_to_proto(buf, len, &ak);
+    free(buf);
+    if (rc != 0) goto fail;
+    rc = s_send(self, MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS, &ak.base, NULL, 0, NULL);
+    free(ak.c_pk.data);
+    if (rc != 0) goto fail;
+    return;
+fail:
+    LOG_ERROR(NET, "round %" PRIu64 ": leaving the round: %s", rid, medfl_error_message());
+    s_end_round(self);
+}
+
+static void s_on_keys(node_round_t *self, const wire_msg_t *msg)
+{
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    Medfl__ShareKeys sk = MEDFL__SHARE_KEYS__INIT;
+    if (fed_broadcast_from_proto(msg->body.keys_broadcast, self->round_id, self->roster,
+                                 self->n_roster, &in, &in_len) != 0 ||
+        secagg_client_handle_keys(self->sc, in, in_len, &out, &out_len) != 0 ||
+        fed_shares_to_proto(SECAGG_MSG_SHARE_KEYS, out, out_len, self->roster, self->n_roster,
+                            &sk.shares, &sk.n_shares) != 0 ||
+        s_send(self, MEDFL__MSG_TYPE__MSG_SHARE_KEYS, &sk.base, NULL, 0, NULL) != 0) {
+        LOG_ERROR(NET, "round %" PRIu64 ": keys phase failed, leaving the round: %s",
+                  self->round_id, medfl_error_message());
+        s_end_round(self);
+    }
+    fed_proto_free_shares(sk.shares, sk.n_shares);
+    free(in);
+    free(out);
+}
+
+static void s_on_shares(node_round_t *self, const wire_msg_t *msg)
+{
+    uint8_t *in = NULL;
+    size_t in_len = 0;
+    const Medfl__SharesDelivery *sd = msg->body.shares_delivery;
+    if (fed_shares_from_proto(SECAGG_MSG_SHARES_DELIVERY, sd->shares, sd->n_shares, self->round_id,
+                              self->self_idx, self->roster, self->n_roster, &in, &in_len) != 0 ||
+        secagg_client_handle_shares(self->sc, in, in_len) != 0) {
+        free(in);
+        LOG_ERROR(NET, "round %" PRIu64 ": shares phase failed, leaving the round: %s",
+                  self->round_id, medfl_error_message());
+        s_end_round(self);
+        return;
+    }
+    free(in);
+    if (s_train_and_send(self) != 0) s_end_round(self);
+}
+
+static void s_on_unmask(node_round_t *self, const wire_msg_t *msg)
+{
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    Medfl__UnmaskResponse ur = MEDFL__UNMASK_RESPONSE__INIT;
+    if (fed_unmask_req_from_proto(msg->body.unmask_request, self->round_id, self->roster,
+                                  self->n_roster, &in, &in_len) != 0 ||
+        secagg_client_handle_unmask(self->sc, in, in_len, &out, &out_len) != 0 ||
+        fed_unmask_resp_to_proto(out, out_len, self->roster, self->n_roster, &ur) != 0 ||
+        s_send(self, MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE, &ur.base, NULL, 0, NULL) != 0)
+        LOG_ERROR(NET, "round %" PRIu64 ": unmask request refused: %s", self->round_id,
+                  medfl_error_message());
+    else
+        LOG_INFO(NET, "round %" PRIu64 ": unmask response sent (%zu shares)", self->round_id,
+                 ur.n_shares);
+    fed_proto_free_unmask_resp(&ur);
+    free(in);
+    secagg_buf_free(out, out_len);
+    s_end_round(self);
+}
+
+static void s_on_version(node_round_t *self, const wire_msg_t *msg)
+{
+    const Medfl__VersionAnnounce *va = msg->body.version_announce;
+    uint64_t v = 0;
+    if (!msg->bulk) {
+        LOG_WARN(NET, "version %" PRIu64 " announced without its tensors: ignored", va->version);
+        return;
+    }
+    if (vs_store_install(self->vs, msg->bulk, msg->bulk_len, self->agg_pk, &v) != 0) {
+        LOG_ERROR(CRYPTO, "version %" PRIu64 " refused: %s", va->version, medfl_error_message());
+        return;
+    }
+    if (v != va->version) {
+        LOG_ERROR(CRYPTO, "announce names version %" PRIu64 " but carries version %" PRIu64,
+                  va->version, v);
+        return;
+    }
+    LOG_INFO(NET, "version %" PRIu64 " verified and installed", v);
+    if (msg->round_id == 0 || !self->trainer.evaluate) return; /* a catch-up copy */
+    float *flat = NULL;
+    vs_manifest_t *m = NULL;
+    if (vs_store_load(self->vs, v, &m, &flat) != 0) {
+        LOG_ERROR(NET, "version %" PRIu64 ": %s", v, medfl_error_message());
+        return;
+    }
+    Medfl__EvalReport er = MEDFL__EVAL_REPORT__INIT;
+    er.version = v;
+    if (self->trainer.evaluate(self->trainer.ctx, flat, m->numel, &er.loss, &er.accuracy,
+                               &er.macro_f1, &er.n) == 0) {
+        if (wire_client_send(self->client, MEDFL__MSG_TYPE__MSG_EVAL_REPORT, msg->round_id,
+                             &er.base, NULL, 0, NULL, NULL) != 0)
+            LOG_WARN(NET, "cannot send the evaluation: %s", medfl_error_message());
+        else
+            LOG_INFO(TRAIN, "version %" PRIu64 ": validation loss %.4f accuracy %.4f macro-F1 %.4f "
+                     "(n %" PRIu64 ")", v, er.loss, er.accuracy, er.macro_f1, er.n);
+    } else {
+        LOG_ERROR(TRAIN, "evaluating version %" PRIu64 ": %s", v, medfl_error_message());
+    }
+    vs_manifest_destroy(&m);
+    free(flat);
+}
+
+int node_round_on_message(node_round_t *self, const wire_msg_t *msg)
+{
+    switch (msg->type) {
+    case MEDFL__MSG_TYPE__MSG_ROUND_START:
+        s_on_round_start(self, msg);
+        return 1;
+    case MEDFL__MSG_TYPE__MSG_VERSION_ANNOUNCE:
+        s_on_version(self, msg);
+        return 1;
+    case MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST:
+    case MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY:
+    case MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST:
+        if (!self->round_id || msg->round_id != self->round_id || !self->sc) {
+            LOG_WARN(NET, "%s for round %" PRIu64 " ignored: this node is not in it (current %" PRIu64
+                     ")", wire_type_name(msg->type), msg->round_id, self->round_id);
+            return 1;
+        }
+        if (msg->type == MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST) s_on_keys(self, msg);
+        else if (msg->type == MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY) s_on_shares(self, msg);
+        else s_on_unmask(self, msg);
+        return 1;
+    case MEDFL__MSG_TYPE__MSG_ERROR:
+        if (msg->body.error->code == MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND && msg->round_id &&
+            msg->round_id == self->round_id) {
+            LOG_WARN(NET, "round %" PRIu64 " ended by the aggregator: %s", self->round_id,
+                     msg->body.error->text ? msg->body.error->text : "");
+            s_end_round(self);
+            return 1;
+        }
+        if (msg->body.error->code == MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND) {
+            LOG_WARN(NET, "the aggregator reports: %s",
+                     msg->body.error->text ? msg->body.error->text : "");
+            return 1;
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_t *trainer,
+                             wire_client_t *client)
+{
+    if (sodium_init() < 0) {
+        medfl_error_set(MEDFL_ECRYPTO, "libsodium initialisation failed");
+        return NULL;
+    }
+    node_round_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(self->node_id, sizeof self->node_id, "%s", opts->node_id);
+    snprintf(self->state_dir, sizeof self->state_dir, "%s", opts->state_dir);
+    snprintf(self->residual_path, sizeof self->residual_path, "%s/residual.bin", opts->state_dir);
+    memcpy(self->identity_sk, opts->identity_sk, 64);
+    memcpy(self->identity_pk, opts->identity_pk, 32);
+    memcpy(self->agg_pk, opts->agg_sign_pk, 32);
+    self->ledger = opts->ledger;
+    self->trainer = *trainer;
+    self->client = client;
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/versions", opts->state_dir);
+    self->vs = vs_store_open(dir, true);
+    if (!self->vs) {
+        node_round_destroy(&self);
+        return NULL;
+    }
+    s_residual_load(self);
+    return self;
+}
+
+void node_round_destroy(node_round_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    node_round_t *self = *self_p;
+    s_end_round(self);
+    vs_store_destroy(&self->vs);
+    free(self->residual);
+    sodium_memzero(self->identity_sk, sizeof self->identity_sk);
+    free(self);
+    *self_p = NULL;
+}
+
+uint64_t node_round_model_version(const node_round_t *self) { return vs_store_latest(self->vs); }
+uint64_t node_round_current(const node_round_t *self) { return self->round_id; }
+uint64_t node_round_contributed(const node_round_t *self) { return self->contributed; }
+uint64_t node_round_declined(const node_round_t *self) { return self->declined; }
+
+/* ---- synthetic least-squares trainer --------------------------------------------------- */
+
+struct synth_trainer_t {
+    uint64_t seed;
+    uint32_t n_train, n_valid, step_ms;
+    size_t d;
+    float *x, *y;   /* [n_train + n_valid, d], [n_train + n_valid] */
+    dp_rng_t *rng;
+};
+
+static uint64_t s_splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double s_unit(uint64_t *s) /* uniform in [-1, 1) */
+{
+    return (double)(s_splitmix(s) >> 11) * 0x1.0p-52 - 1.0;
+}
+
+synth_trainer_t *synth_trainer_new(const char *node_id, uint32_t n_records, uint32_t step_ms)
+{
+    synth_trainer_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    uint8_t h[8];
+    crypto_generichash(h, sizeof h, (const uint8_t *)node_id, strlen(node_id), NULL, 0);
+    for (int i = 0; i < 8; i++) s->seed |= (uint64_t)h[i] << (8 * i);
+    s->n_train = n_records ? n_records : 1;
+    s->n_valid = s->n_train / 4 ? s->n_train / 4 : 1;
+    s->step_ms = step_ms;
+    s->rng = dp_rng_new();
+    if (!s->rng) {
+        synth_trainer_destroy(&s);
+        return NULL;
+    }
+    return s;
+}
+
+void synth_trainer_destroy(synth_trainer_t **self_p)
+{
+    if (!self_p || !*self_p) return;
+    synth_trainer_t *s = *self_p;
+    free(s->x);
+    free(s->y);
+    dp_rng_destroy(&s->rng);
+    free(s);
+    *self_p = NULL;
+}
+
+/* Data for dimension d: w*_i = 0.5 sin(i + 1), skew_u,i = 0.2 * unit(node seed). */
+static int s_synth_data(synth_trainer_t *s, size_t d)
+{
+    if (s->x && s->d == d) return 0;
+    free(s->x);
+    free(s->y);
+    size_t rows = (size_t)s->n_train + s->n_valid;
+    s->x = malloc(rows * d * sizeof *s->x);
+    s->y = malloc(rows * sizeof *s->y);
+    if (!s->x || !s->y) return medfl_error_set(MEDFL_ENOMEM, "out of memory for synthetic data");
+    s->d = d;
+    uint64_t st = s->seed;
+    double *w = malloc(d * sizeof *w);
+    if (!w) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < d; i++) w[i] = 0.5 * sin((double)i + 1) + 0.2 * s_unit(&st);
+    for (size_t r = 0; r < rows; r++) {
+        double y = 0;
+        for (size_t i = 0; i < d; i++) {
+            float v = (float)s_unit(&st);
+            s->x[r * d + i] = v;
+            y += v * w[i];
+        }
+        s->y[r] = (float)y;
+    }
+    free(w);
+    return 0;
+}
+
+static int s_synth_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
+                         float *delta, uint64_t *n_examples)
+{
+    synth_trainer_t *s = ctx;
+    if (s_synth_data(s, n) != 0) return -1;
+    float *w = malloc(n * sizeof *w);
+    float *g = malloc(n * sizeof *g);
+    float *rows = NULL;
+    uint32_t *idx = NULL;
+    int rc = -1;
+    if (!w || !g) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory in the synthetic trainer");
+        goto done;
+    }
+    memcpy(w, global, n * sizeof *w);
+    uint64_t st = s->seed ^ (hp->round_id * 0x2545F4914F6CDD1Dull);
+    *n_examples = 0;
+    if (hp->dp) {
+        rows = malloc((size_t)s->n_train * n * sizeof *rows);
+        idx = malloc((size_t)s->n_train * sizeof *idx);
+        if (!rows || !idx) {
+            medfl_error_set(MEDFL_ENOMEM, "out of memory in the synthetic trainer");
+            goto done;
+        }
+    }
+    for (uint32_t step = 0; step < hp->local_steps; step++) {
+        if (hp->dp) {
+            size_t cnt = 0;
+            if (dp_poisson_sample(s->rng, s->n_train, hp->sample_rate, idx, &cnt) != 0) goto done;
+            for (size_t b = 0; b < cnt; b++) {
+                const float *x = s->x + (size_t)idx[b] * n;
+                double e = -s->y[idx[b]];
+                for (size_t i = 0; i < n; i++) e += (double)x[i] * w[i];
+                for (size_t i = 0; i < n; i++) rows[b * n + i] = (float)(e * x[i]);
+            }
+            if (dp_privatize(rows, cnt, n, hp->clip_norm, hp->noise_multiplier, s->rng, g, NULL) != 0)
+                goto done;
+            double expected = hp->sample_rate * s->n_train;
+            for (size_t i = 0; i < n; i++) g[i] = (float)(g[i] / expected);
+            *n_examples += cnt;
+        } else {
+            memset(g, 0, n * sizeof *g);
+            uint32_t bs = hp->batch_size < s->n_train ? hp->batch_size : s->n_train;
+            for (uint32_t b = 0; b < bs; b++) {
+                size_t r = s_splitmix(&st) % s->n_train;
+                const float *x = s->x + r * n;
+                double e = -s->y[r];
+                for (size_t i = 0; i < n; i++) e += (double)x[i] * w[i];
+                for (size_t i = 0; i < n; i++) g[i] += (float)(e * x[i] / bs);
+            }
+            *n_examples += bs;
+        }
+        for (size_t i = 0; i < n; i++) w[i] -= (float)(hp->lr * g[i]);
+        if (s->step_ms) usleep(s->step_ms * 1000u);
+        if (hp->tick) hp->tick(hp->tick_ctx);
+    }
+    for (size_t i = 0; i < n; i++) delta[i] = w[i] - global[i];
+    rc = 0;
+done:
+    free(w);
+    free(g);
+    free(rows);
+    free(idx);
+    return rc;
+}
+
+/* Loss = mean squared error on the validation rows; "accuracy" and macro-F1 treat the sign
+ * of y as a two-class label, so the report has the same fields as a classifier's. */
+static int s_synth_eval(void *ctx, const float *x, size_t n, double *loss, double *accuracy,
+                        double *macro_f1, uint64_t *n_eval)
+{
+    synth_trainer_t *s = ctx;
+    if (s_synth_data(s, n) != 0) return -1;
+    double se = 0;
+    uint64_t tp[2] = {0}, fp[2] = {0}, fn[2] = {0}, ok = 0;
+    for (uint32_t r = s->n_train; r < s->n_train + s->n_valid; r++) {
+        const float *row = s->x + (size_t)r * n;
+        double p = 0;
+        for (size_t i = 0; i < n; i++) p += (double)row[i] * x[i];
+        double e = p - s->y[r];
+        se += e * e;
+        int truth = s->y[r] >= 0, pred = p >= 0;
+        if (truth == pred) ok++, tp[truth]++;
+        else fp[pred]++, fn[truth]++;
+    }
+    double f1 = 0;
+    for (int c = 0; c < 2; c++) {
+        double denom = 2.0 * tp[c] + fp[c] + fn[c];
+        f1 += denom > 0 ? 2.0 * tp[c] / denom : 0;
+    }
+    *loss = se / s->n_valid;
+    *accuracy = (double)ok / s->n_valid;
+    *macro_f1 = f1 / 2;
+    *n_eval = s->n_valid;
+    return 0;
+}
+
+void synth_trainer_bind(synth_trainer_t *s, round_trainer_t *t)
+{
+    t->check_layout = NULL;
+    t->ctx = s;
+    t->train = s_synth_train;
+    t->evaluate = s_synth_eval;
+}

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Federated rounds end to end over CURVE on loopback, with real processes and the node's
+# synthetic least-squares trainer (round.trainer = synthetic; the version store starts from
+# a zero vector, federation.genesis_zero_dim):
+#   A. 3 nodes, 3 rounds, secure aggregation + DP-SGD + random-k compression: status says
+#      rounds_completed: 3, every node holds the same head version, and the aggregator's and
+#      each node's chain verifies with the aggregator's key (`versions --key-dir`).
+#   B. kill -9 the aggregator while a round is in its input phase: after a restart the
+#      round is journaled as aborted, no version is lost (chain verifies) and the federation
+#      finishes its rounds.
+#   C. 5 nodes, secure aggregation without compression (exact fixed point): one node is
+#      SIGKILLed while training (before its masked input), another right after sending its
+#      masked input; the round completes with the survivors and the unmasked sum's checksum
+#      equals the sum of the 4 masked-input nodes' own input checksums (mod 2^32). Both
+#      killed nodes restart with their state and contribute to a later round.
+# Prints PASS/FAIL lines; exit 0 when all pass.
+set -u
+: "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
+AGG="$MEDFL_BIN/medfl-aggregator"
+NODE="$MEDFL_BIN/medfl-node"
+
+T=$(mktemp -d /tmp/medfl-itest-federation-XXXXXX)
+declare -A PIDS=()
+cleanup() {
+  for name in "${!PIDS[@]}"; do kill -9 "${PIDS[$name]}" 2>/dev/null; done
+  wait 2>/dev/null
+  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+failures=0
+pass() { echo "PASS $1"; }
+fail() {
+  echo "FAIL $1"
+  failures=$((failures + 1))
+  shift
+  for f in "$@"; do echo "--- $f"; tail -n 30 "$f" | sed 's/^/    /'; done
+}
+wait_until() { # wait_until SECONDS COMMAND...: polls every 0.2 s
+  local limit=$1; shift
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -ge $end ] && return 1
+    sleep 0.2
+  done
+}
+start() { # start NAME LOG COMMAND...
+  local name=$1 log=$2; shift 2
+  "$@" >>"$log" 2>&1 &
+  PIDS[$name]=$!
+}
+stop9() { kill -9 "${PIDS[$1]}" 2>/dev/null; wait "${PIDS[$1]}" 2>/dev/null; unset "PIDS[$1]"; }
+field() { awk -v k="$1:" '$1 == k { print $2 }'; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+status_field() { "$AGG" status -c "$1" 2>/dev/null | field "$2"; }
+completed_at_least() { [ "$(status_field "$1" rounds_completed)" -ge "$2" ] 2>/dev/null; }
+phase_is() { [ "$(status_field "$1" phase)" = "$2" ]; }
+log_has() { grep -q -- "$2" "$1"; }
+
+# federation DIR N SECURE SCHEME ROUNDS STEP_MS MIN_NODES: folders, configs, keys, enrollment
+federation() {
+  local d=$1 n=$2 secure=$3 scheme=$4 rounds=$5 step_ms=$6 min_nodes=$7
+  mkdir -p "$d/agg"
+  cat >"$d/agg/aggregator.conf" <<EOF
+name = itest-federation
+key_dir = keys
+state_dir = state
+[net]
+bind = tcp://127.0.0.1:$(free_port)
+heartbeat_interval_ms = 200
+heartbeat_timeout_ms = 1500
+[registry]
+poll_ms = 200
+[federation]
+rounds = $rounds
+min_nodes = $min_nodes
+max_nodes = $n
+quorum = 0.5
+secure_aggregation = $secure
+threshold = 0.5
+select_wait_ms = 1500
+keys_deadline_ms = 3000
+shares_deadline_ms = 3000
+train_deadline_ms = 8000
+unmask_deadline_ms = 2000
+eval_deadline_ms = 1500
+retry_ms = 500
+genesis_zero_dim = 32
+weighting = uniform
+lr = 0.05
+local_steps = 20
+batch_size = 16
+[privacy]
+dp = on
+noise_multiplier = 1.0
+clip_norm = 1.0
+sample_rate = 0.1
+delta = 1e-5
+[compression]
+scheme = $scheme
+bits = 8
+k_frac = 0.5
+clip = 0.5
+[log]
+level = info
+EOF
+  "$AGG" keygen -c "$d/agg/aggregator.conf" >"$d/agg/keygen.out" 2>&1 || return 1
+  local ep
+  ep=$(awk '$1 == "bind" { print $3 }' "$d/agg/aggregator.conf")
+  for i in $(seq 1 "$n"); do
+    mkdir -p "$d/n$i"
+    cat >"$d/n$i/node.conf" <<EOF
+node_id = hospital-$i
+key_dir = keys
+state_dir = state
+device = cpu
+[aggregator]
+endpoint = $ep
+public_key_file = ../agg/keys/curve.pub
+identity_key = $d/agg/keys/identity.pub
+[net]
+heartbeat_interval_ms = 200
+heartbeat_misses = 5
+[round]
+trainer = synthetic
+synthetic_records = 200
+synthetic_step_ms = $step_ms
+[privacy]
+epsilon_budget = 100
+delta = 1e-5
+EOF
+    "$NODE" keygen -c "$d/n$i/node.conf" >"$d/n$i/keygen.out" 2>&1 || return 1
+    "$AGG" enroll "hospital-$i" "$(field curve_public <"$d/n$i/keygen.out")" \
+      --identity "$(field identity_public <"$d/n$i/keygen.out")" -c "$d/agg/aggregator.conf" \
+      >>"$d/agg/enroll.out" 2>&1 || return 1
+  done
+}
+start_agg() { start "$1-agg" "$2/agg/agg.log" "$AGG" run -c "$2/agg/aggregator.conf"; }
+start_node() { start "$1-n$3" "$2/n$3/node.log" "$NODE" run -c "$2/n$3/node.conf"; }
+head_hash() { # head_hash STATE_DIR: hash prefix of the head version, verified with the key
+  "$AGG" versions --state "$1" --key-dir "$2" 2>/dev/null | awk '$1 ~ /^\*/ { print $1, $5 }'
+}
+
+# ---- A + B: 3 nodes, secure + DP + compression, aggregator killed mid-round --------------
+A="$T/a"
+if ! federation "$A" 3 on randk 3 50 3; then fail "setup of federation A" "$A/agg/keygen.out"; exit 1; fi
+AC="$A/agg/aggregator.conf"
+start_agg a "$A"
+for i in 1 2 3; do start_node a "$A" "$i"; done
+
+if wait_until 60 completed_at_least "$AC" 1; then
+  pass "A: first secure round (DP, random-k) completed"
+else
+  fail "A: no round completed" "$A/agg/agg.log" "$A/n1/node.log"
+fi
+# B: kill -9 the aggregator while round 2 trains (input phase lasts ~1 s of training)
+if wait_until 30 phase_is "$AC" input && [ "$(status_field "$AC" round)" -ge 2 ]; then
+  killed_round=$(status_field "$AC" round)
+  stop9 a-agg
+  committed_before=$("$AGG" versions --state "$A/agg/state" --key-dir "$A/agg/keys" | field versions)
+  start_agg a "$A"
+  if wait_until 20 log_has "$A/agg/agg.log" "round $killed_round: aggregator restarted during phase input: journaled as aborted"
+  then pass "B: aggregator killed in phase input; restart journals round $killed_round as aborted"
+  else fail "B: restart did not journal the interrupted round" "$A/agg/agg.log"; fi
+else
+  fail "B: never saw round 2 in its input phase" "$A/agg/agg.log"
+  committed_before=0
+fi
+if wait_until 90 completed_at_least "$AC" 3; then
+  pass "A: federation finished 3 rounds (rounds_completed: 3)"
+else
+  fail "A: rounds_completed $(status_field "$AC" rounds_completed) after restart" "$A/agg/agg.log" "$A/n2/node.log"
+fi
+"$AGG" versions --state "$A/agg/state" --key-dir "$A/agg/keys" >"$A/versions.out" 2>&1
+rc=$?
+n_versions=$(field versions <"$A/versions.out")
+if [ $rc -eq 0 ] && [ "$(field verified <"$A/versions.out")" = "$n_versions" ] &&
+  [ "${n_versions:-0}" -ge "${committed_before:-0}" ] && [ "${n_versions:-0}" -eq 4 ]; then
+  pass "A: aggregator chain of $n_versions versions verifies; none lost across the kill"
+else
+  fail "A: chain does not verify or lost versions (before kill $committed_before)" "$A/versions.out"
+fi
+want=$(head_hash "$A/agg/state" "$A/agg/keys")
+same=1
+for i in 1 2 3; do
+  wait_until 10 test "$(head_hash "$A/n$i/state" "$A/agg/keys")" = "$want" || same=0
+done
+if [ $same = 1 ] && [ -n "$want" ]; then
+  pass "A: every node holds and verifies the same head version ($want)"
+else
+  fail "A: nodes differ from the aggregator's head '$want'" "$A/n1/node.log"
+fi
+if grep -q "masked input sent" "$A/n1/node.log" && grep -q "admitted by the privacy ledger" "$A/n1/node.log" &&
+  "$NODE" privacy -c "$A/n1/node.conf" >"$A/privacy.out" 2>&1 &&
+  [ "$(field rounds_admitted <"$A/privacy.out")" -ge 3 ]; then
+  pass "A: nodes sent masked inputs and their ledgers recorded the DP rounds"
+else
+  fail "A: masked inputs / ledger entries missing" "$A/n1/node.log" "$A/privacy.out"
+fi
+if grep -q "B sent to the aggregator" "$A/agg/agg.log" && "$AGG" status -c "$AC" | grep -q "^last_eval: "; then
+  pass "A: bytes per node and round logged; evaluation reports in status"
+else
+  fail "A: traffic log or evaluation reports missing" "$A/agg/agg.log"
+fi
+for name in a-agg a-n1 a-n2 a-n3; do stop9 "$name"; done
+
+# ---- C: 5 nodes, one killed before and one after its masked input ------------------------
+C="$T/c"
+if ! federation "$C" 5 on none 3 100 3; then fail "setup of federation C" "$C/agg/keygen.out"; exit 1; fi
+CC="$C/agg/aggregator.conf"
+start_agg c "$C"
+for i in 1 2 3 4 5; do start_node c "$C" "$i"; done
+# node 4 dies while training round 1; node 5 right after its masked input of round 1
+if wait_until 60 log_has "$C/n4/node.log" "round 1: training"; then stop9 c-n4; fi
+if wait_until 60 log_has "$C/n5/node.log" "round 1: masked input sent"; then stop9 c-n5; fi
+if wait_until 60 log_has "$C/agg/agg.log" "round 1: unmasked sum checksum"; then
+  line=$(grep "round 1: unmasked sum checksum" "$C/agg/agg.log")
+  got=$(echo "$line" | sed -n 's/.*checksum \([0-9]*\) over.*/\1/p')
+  survivors=$(echo "$line" | sed -n 's/.*\[\(.*\)\].*/\1/p')
+  want=0
+  for id in ${survivors//,/ }; do
+    i=${id#hospital-}
+    c=$(grep "round 1: masked input sent" "$C/n$i/node.log" | sed -n 's/.*input checksum \([0-9]*\)).*/\1/p')
+    want=$(( (want + c) % 4294967296 ))
+  done
+  if [ "$survivors" = "hospital-1,hospital-2,hospital-3,hospital-5" ] && [ "$got" = "$want" ]; then
+    pass "C: round 1 unmasked the exact sum of the 4 masked inputs (checksum $got; node 4 killed before, node 5 after masking)"
+  else
+    fail "C: survivors '$survivors', checksum $got, expected $want" "$C/agg/agg.log"
+  fi
+else
+  fail "C: round 1 did not unmask" "$C/agg/agg.log" "$C/n1/node.log"
+fi
+if wait_until 30 completed_at_least "$CC" 1 && grep -q "round 1: version 2 committed from 4 updates" "$C/agg/agg.log"
+then pass "C: round 1 committed version 2 from the 4 masked inputs"
+else fail "C: round 1 did not commit" "$C/agg/agg.log"; fi
+# the killed nodes restart with their state and take part again
+start_node c "$C" 4
+start_node c "$C" 5
+if wait_until 120 completed_at_least "$CC" 3; then
+  pass "C: federation finished 3 rounds"
+else
+  fail "C: rounds_completed $(status_field "$CC" rounds_completed)" "$C/agg/agg.log"
+fi
+rejoined=1
+for i in 4 5; do
+  grep -E "round [2-9][0-9]*: masked input sent" "$C/n$i/node.log" >/dev/null || rejoined=0
+done
+if [ $rejoined = 1 ]; then pass "C: both killed nodes rejoined and contributed to a later round"
+else fail "C: killed nodes did not contribute after restart" "$C/n4/node.log" "$C/n5/node.log"; fi
+if "$AGG" versions --state "$C/agg/state" --key-dir "$C/agg/keys" >"$C/versions.out" 2>&1; then
+  pass "C: version chain verifies"
+else
+  fail "C: version chain" "$C/versions.out"
+fi
+
+[ $failures -eq 0 ]

@@ -1,0 +1,589 @@
+/* The round state machine in-process: aggregator/rounds.c on a plain-mode wire server and
+ * three (or four) node/round.c participants on plain-mode wire clients, all driven by one
+ * loop, with a deterministic test trainer whose deltas are known, so every committed
+ * version can be checked against the exact weighted mean of the survivors' deltas.
+ * Covers plain and secure rounds (dense fixed point and quantized levels), dropouts at
+ * every secure phase, a privacy-budget decline, a stale update answered with
+ * UNKNOWN_ROUND, a base-version mismatch decline, and recovery of the journal after the
+ * aggregator object is destroyed mid-round (a simulated crash). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "aggregator/agg_config.h"
+#include "aggregator/rounds.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/service.h"
+#include "common/version_store.h"
+#include "common/wire.h"
+#include "node/ledger.h"
+#include "node/round.h"
+
+#define MAX_NODES 4
+#define DIM 8
+
+static char s_root[] = "/tmp/medfl-test-rounds-XXXXXX";
+static char s_log_path[600];
+static FILE *s_log;
+static int s_case;
+
+static bool s_log_has(const char *needle)
+{
+    fflush(s_log);
+    FILE *f = fopen(s_log_path, "r");
+    if (!f) return false;
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+typedef struct {
+    int index;
+    bool fail_train;
+} test_trainer_t;
+
+/* delta_u[i] = 0.001 (u + 1) (i + 1): distinct per node, inside every clip used below. */
+static int s_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
+                   float *delta, uint64_t *n_examples)
+{
+    (void)global;
+    (void)hp;
+    test_trainer_t *t = ctx;
+    if (t->fail_train) return medfl_error_set(MEDFL_EDEVICE, "test trainer told to fail");
+    for (size_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(t->index + 1) * (float)(i + 1);
+    *n_examples = 10;
+    return 0;
+}
+
+static int s_eval(void *ctx, const float *x, size_t n, double *loss, double *acc, double *f1,
+                  uint64_t *n_eval)
+{
+    (void)ctx;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += x[i];
+    *loss = s;
+    *acc = 0.5;
+    *f1 = 0.5;
+    *n_eval = 4;
+    return 0;
+}
+
+typedef struct {
+    char dir[700];
+    agg_config_t cfg;
+    wire_server_t *server;
+    rounds_t *rounds;
+    uint8_t agg_sk[64], agg_pk[32];
+    size_t n;
+    char ids[MAX_NODES][16];
+    uint8_t sk[MAX_NODES][64], pk[MAX_NODES][32];
+    test_trainer_t tt[MAX_NODES];
+    wire_client_t *client[MAX_NODES];
+    node_round_t *node[MAX_NODES];
+    ledger_t *ledger[MAX_NODES];
+    bool dead[MAX_NODES];
+    rounds_peer_t peers[MAX_NODES];
+    /* drop node `drop` when the aggregator enters phase `drop_at` (IDLE = never) */
+    int drop;
+    rounds_phase_t drop_at;
+    uint64_t drop_round;
+} fed_t;
+
+/* The node's round state over its existing connection (a restarted node process reads
+ * the same state folder). */
+static void s_node_round(fed_t *f, size_t i)
+{
+    char sdir[800];
+    snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
+    round_trainer_t tr = {&f->tt[i], s_train, s_eval, NULL};
+    node_round_opts_t o = {f->ids[i], sdir, f->sk[i], f->pk[i], f->agg_pk, f->ledger[i]};
+    f->node[i] = node_round_new(&o, &tr, f->client[i]);
+    assert_non_null(f->node[i]);
+}
+
+static void s_node_start(fed_t *f, size_t i, double budget)
+{
+    wire_options_t opts;
+    wire_options_default(&opts);
+    f->client[i] = wire_client_new(wire_server_endpoint(f->server), NULL, NULL, NULL, f->ids[i],
+                                   &opts);
+    assert_non_null(f->client[i]);
+    char path[800], sdir[800];
+    snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
+    assert_int_equal(service_mkdir_p(sdir, 0700), 0);
+    snprintf(path, sizeof path, "%s/ledger.db", sdir);
+    if (!f->ledger[i]) f->ledger[i] = ledger_open(path, budget, 1e-5, LEDGER_CREATE);
+    assert_non_null(f->ledger[i]);
+    f->tt[i].index = (int)i;
+    s_node_round(f, i);
+    /* The server learns a plain-mode client's route from its first message. */
+    Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;
+    assert_int_equal(wire_client_send(f->client[i], MEDFL__MSG_TYPE__MSG_HEARTBEAT, 0, &hb.base,
+                                      NULL, 0, NULL, NULL), 0);
+    f->dead[i] = false;
+}
+
+static void s_agg_start(fed_t *f)
+{
+    char db[800], vdir[800];
+    snprintf(db, sizeof db, "%s/journal.db", f->dir);
+    snprintf(vdir, sizeof vdir, "%s/versions", f->dir);
+    f->rounds = rounds_new(&f->cfg, f->server, db, vdir, f->agg_sk, f->agg_pk);
+    assert_non_null(f->rounds);
+}
+
+static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *scheme, int tiny)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "%s/case%d", s_root, ++s_case);
+    assert_int_equal(service_mkdir_p(f->dir, 0700), 0);
+    assert_int_equal(cfg_set_defaults(agg_config_table, &f->cfg), 0);
+    f->cfg.fed_rounds = 3;
+    f->cfg.fed_min_nodes = (int64_t)n;
+    f->cfg.fed_max_nodes = 10;
+    f->cfg.fed_secure = secure;
+    f->cfg.fed_select_wait_ms = 0;
+    f->cfg.fed_keys_ms = f->cfg.fed_shares_ms = f->cfg.fed_unmask_ms = 400;
+    f->cfg.fed_train_ms = 400;
+    f->cfg.fed_eval_ms = 400;
+    f->cfg.fed_retry_ms = 0;
+    f->cfg.fed_genesis_dim = DIM;
+    f->cfg.dp_enabled = false;
+    snprintf(f->cfg.fed_weighting, sizeof f->cfg.fed_weighting, "uniform");
+    snprintf(f->cfg.comp_scheme, sizeof f->cfg.comp_scheme, "%s", scheme);
+    f->cfg.comp_clip = 0.05;
+    f->cfg.comp_bits = 12;
+    crypto_sign_keypair(f->agg_pk, f->agg_sk);
+    wire_options_t opts;
+    wire_options_default(&opts);
+    f->server = wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &opts);
+    assert_non_null(f->server);
+    s_agg_start(f);
+    f->n = n;
+    f->drop = -1;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(f->ids[i], sizeof f->ids[i], "h%zu", i);
+        crypto_sign_keypair(f->pk[i], f->sk[i]);
+        f->peers[i].node_id = f->ids[i];
+        f->peers[i].identity_pk = f->pk[i];
+        f->peers[i].n_records = 100;
+        s_node_start(f, i, (int)i == tiny ? 0.001 : 100.0);
+    }
+}
+
+static void s_fed_init(fed_t *f, size_t n, bool secure, const char *scheme)
+{
+    s_fed_init_budget(f, n, secure, scheme, -1);
+}
+
+static void s_fed_free(fed_t *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        node_round_destroy(&f->node[i]);
+        wire_client_destroy(&f->client[i]);
+        ledger_destroy(&f->ledger[i]);
+    }
+    rounds_destroy(&f->rounds);
+    wire_server_destroy(&f->server);
+}
+
+/* One loop iteration: deadlines, one server message, every live client's messages. */
+static void s_step(fed_t *f)
+{
+    rounds_peer_t live[MAX_NODES];
+    size_t n_live = 0;
+    for (size_t i = 0; i < f->n; i++)
+        if (!f->dead[i] && wire_server_has_peer(f->server, f->ids[i])) live[n_live++] = f->peers[i];
+    rounds_tick(f->rounds, live, n_live, service_now_ms());
+    if (f->drop >= 0 && !f->dead[f->drop] && rounds_phase(f->rounds) == f->drop_at &&
+        rounds_current(f->rounds) == f->drop_round)
+        f->dead[f->drop] = true;
+    for (int k = 0; k < 8; k++) {
+        wire_msg_t msg;
+        memset(&msg, 0, sizeof msg);
+        int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
+        if (rc == 1) (void)rounds_on_message(f->rounds, &msg, service_now_ms());
+        wire_msg_close(&msg);
+        if (rc != 1) break;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->dead[i]) continue;
+        for (;;) {
+            wire_msg_t msg;
+            memset(&msg, 0, sizeof msg);
+            int rc = wire_client_recv(f->client[i], &msg, 0);
+            if (rc == 1) (void)node_round_on_message(f->node[i], &msg);
+            wire_msg_close(&msg);
+            if (rc != 1) break;
+        }
+    }
+}
+
+static void s_run_until_completed(fed_t *f, uint64_t completed, int64_t max_ms)
+{
+    int64_t end = service_now_ms() + max_ms;
+    while (rounds_completed(f->rounds) < completed && service_now_ms() < end) s_step(f);
+    assert_int_equal(rounds_completed(f->rounds), completed);
+}
+
+/* Head vector must be base + the weighted mean of the contributors' deltas, per round. */
+static void s_check_head(fed_t *f, const double *expected, double tol)
+{
+    size_t numel = 0;
+    const float *g = rounds_global(f->rounds, &numel);
+    assert_non_null(g);
+    assert_int_equal(numel, DIM);
+    for (size_t i = 0; i < DIM; i++) {
+        if (fabs(g[i] - expected[i]) > tol)
+            fail_msg("coordinate %zu: %.6f, expected %.6f", i, (double)g[i], expected[i]);
+    }
+}
+
+/* mean over the contributor set (bit u set) of delta_u, equal weights */
+static void s_mean_delta(unsigned set, double *out)
+{
+    int c = 0;
+    for (int u = 0; u < MAX_NODES; u++) c += (set >> u) & 1;
+    for (size_t i = 0; i < DIM; i++) {
+        double s = 0;
+        for (int u = 0; u < MAX_NODES; u++)
+            if ((set >> u) & 1) s += 0.001 * (u + 1) * (double)(i + 1);
+        out[i] = s / c;
+    }
+}
+
+static void s_three_rounds(bool secure, const char *scheme, double tol)
+{
+    fed_t f;
+    s_fed_init(&f, 3, secure, scheme);
+    s_run_until_completed(&f, 3, 20000);
+    double per[DIM], want[DIM];
+    s_mean_delta(0x7, per);
+    for (size_t i = 0; i < DIM; i++) want[i] = 3 * per[i];
+    s_check_head(&f, want, tol);
+    /* genesis + 3 versions, every node on the last one, chain verifies on each node */
+    assert_int_equal(rounds_head_version(f.rounds), 4);
+    for (int k = 0; k < 200; k++) s_step(&f); /* let the last announce land */
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(node_round_model_version(f.node[i]), 4);
+        assert_int_equal(node_round_contributed(f.node[i]), 3);
+        char vdir[800];
+        snprintf(vdir, sizeof vdir, "%s/%s/versions", f.dir, f.ids[i]);
+        assert_int_equal(versions_verify(vdir, 4, f.agg_pk), 0);
+    }
+    assert_int_equal(rounds_phase(f.rounds), ROUNDS_DONE);
+    s_fed_free(&f);
+}
+
+static void test_plain_dense(void **state)
+{
+    (void)state;
+    s_three_rounds(false, "none", 1e-6);
+}
+
+static void test_plain_topk(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, false, "topk");
+    f.cfg.comp_k_frac = 0.5;
+    s_run_until_completed(&f, 2, 20000);
+    /* top-4 of 8 with error feedback: the head moved, and only in plausible directions */
+    size_t numel = 0;
+    const float *g = rounds_global(f.rounds, &numel);
+    double moved = 0;
+    for (size_t i = 0; i < numel; i++) {
+        assert_true(g[i] >= -1e-6);
+        moved += g[i];
+    }
+    assert_true(moved > 0.01);
+    assert_true(s_log_has("compression topk (4 of 8 coordinates)"));
+    s_fed_free(&f);
+}
+
+static void test_secure_dense(void **state)
+{
+    (void)state;
+    /* fixed point: scale 2^k with clip 0.05 and 3 nodes, rounding error ~1e-9 */
+    s_three_rounds(true, "none", 1e-5);
+    assert_true(s_log_has("unmasked sum checksum"));
+}
+
+static void test_secure_quantize(void **state)
+{
+    (void)state;
+    /* 12-bit levels over [-0.05, 0.05]: step 2.4e-5 per weighted coordinate */
+    s_three_rounds(true, "quantize", 3e-4);
+}
+
+static void s_dropout_case(rounds_phase_t at, unsigned contributors)
+{
+    fed_t f;
+    s_fed_init(&f, 4, true, "none");
+    f.cfg.fed_rounds = 1;
+    f.drop = 3;
+    f.drop_at = at;
+    f.drop_round = 1;
+    s_run_until_completed(&f, 1, 20000);
+    double want[DIM];
+    s_mean_delta(contributors, want);
+    s_check_head(&f, want, 1e-5);
+    s_fed_free(&f);
+}
+
+static void test_dropout_before_keys(void **state)
+{
+    (void)state;
+    s_dropout_case(ROUNDS_KEYS, 0x7);
+}
+
+static void test_dropout_after_keys(void **state)
+{
+    (void)state;
+    s_dropout_case(ROUNDS_SHARES, 0x7);
+}
+
+static void test_dropout_after_shares(void **state)
+{
+    (void)state;
+    s_dropout_case(ROUNDS_INPUT, 0x7);
+    assert_true(s_log_has("missed the input deadline"));
+}
+
+static void test_dropout_after_masked_input(void **state)
+{
+    (void)state;
+    /* its masked input is in the sum; the others' shares remove its self-mask */
+    s_dropout_case(ROUNDS_UNMASK, 0xF);
+    assert_true(s_log_has("missed the unmask deadline"));
+}
+
+static void test_too_few_survivors_abort(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, true, "none");
+    f.cfg.fed_rounds = 1;
+    f.cfg.fed_quorum = 1.0; /* every selected node must contribute */
+    f.drop = 2;
+    f.drop_at = ROUNDS_INPUT;
+    f.drop_round = 1;
+    int64_t end = service_now_ms() + 5000;
+    while (!s_log_has("round 1 aborted") && service_now_ms() < end) s_step(&f);
+    assert_true(s_log_has("round 1 aborted in phase input: 2 of 3 masked inputs arrived"));
+    assert_int_equal(rounds_completed(f.rounds), 0);
+    assert_int_equal(rounds_head_version(f.rounds), 1); /* nothing committed */
+    /* the next round (node 2 stays away) completes with the quorum relaxed */
+    f.cfg.fed_quorum = 0.5;
+    f.cfg.fed_min_nodes = 2;
+    s_run_until_completed(&f, 1, 20000);
+    s_fed_free(&f);
+}
+
+static void test_decline_privacy_budget(void **state)
+{
+    (void)state;
+    fed_t f;
+    /* node 2's ledger has a tiny budget: it must decline, not train */
+    s_fed_init_budget(&f, 3, true, "none", 2);
+    f.cfg.dp_enabled = true;
+    f.cfg.fed_rounds = 1;
+    s_run_until_completed(&f, 1, 20000);
+    assert_int_equal(node_round_declined(f.node[2]), 1);
+    assert_int_equal(node_round_contributed(f.node[2]), 0);
+    assert_true(s_log_has("node h2 declined round 1: privacy budget"));
+    int64_t admitted = 0, declined = 0;
+    assert_int_equal(ledger_count(f.ledger[2], &admitted, &declined), 0);
+    assert_int_equal(declined, 1);
+    assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
+    assert_int_equal(admitted, 1);
+    double want[DIM];
+    s_mean_delta(0x3, want);
+    s_check_head(&f, want, 1e-5);
+    s_fed_free(&f);
+}
+
+static void test_stale_update_rejected(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, false, "none");
+    f.cfg.fed_rounds = 1;
+    s_run_until_completed(&f, 1, 20000);
+    for (int k = 0; k < 50; k++) s_step(&f);
+    /* node 0 replays an update for round 1, which is over */
+    float v[DIM] = {0};
+    Medfl__Update u = MEDFL__UPDATE__INIT;
+    u.base_version = 1;
+    u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_F32;
+    u.n_elements = DIM;
+    assert_int_equal(wire_client_send(f.client[0], MEDFL__MSG_TYPE__MSG_UPDATE, 1, &u.base, v,
+                                      sizeof v, NULL, NULL), 0);
+    bool got = false;
+    int64_t end = service_now_ms() + 3000;
+    while (!got && service_now_ms() < end) {
+        wire_msg_t msg;
+        memset(&msg, 0, sizeof msg);
+        if (wire_server_recv(f.server, &msg, 5) == 1)
+            (void)rounds_on_message(f.rounds, &msg, service_now_ms());
+        wire_msg_close(&msg);
+        if (wire_client_recv(f.client[0], &msg, 5) == 1 && msg.type == MEDFL__MSG_TYPE__MSG_ERROR &&
+            msg.body.error->code == MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND)
+            got = true;
+        wire_msg_close(&msg);
+    }
+    assert_true(got);
+    assert_true(s_log_has("UPDATE from node h0 for round 1 rejected: round 1 is not in progress"));
+    assert_int_equal(rounds_head_version(f.rounds), 2); /* nothing added */
+    s_fed_free(&f);
+}
+
+static void test_base_mismatch_decline(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    s_run_until_completed(&f, 1, 20000);
+    /* a node whose store lost its versions gets catch-up copies before the next round */
+    node_round_destroy(&f.node[1]);
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/h1/versions'", f.dir);
+    assert_int_equal(system(cmd), 0);
+    s_node_round(&f, 1);
+    rounds_on_hello(f.rounds, "h1", 0);
+    s_run_until_completed(&f, 2, 20000);
+    assert_int_equal(node_round_contributed(f.node[1]), 1);
+    assert_int_equal(node_round_declined(f.node[1]), 0);
+    /* a RoundStart naming a base the node lacks is declined, not trained on */
+    Medfl__Hyperparams hp = MEDFL__HYPERPARAMS__INIT;
+    Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
+    char *parts[1] = {f.ids[0]};
+    sa.participants = parts;
+    sa.n_participants = 1;
+    Medfl__RoundStart rs = MEDFL__ROUND_START__INIT;
+    rs.round_id = 99;
+    rs.base_version = 77;
+    rs.hyperparams = &hp;
+    rs.secagg = &sa;
+    wire_msg_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.type = MEDFL__MSG_TYPE__MSG_ROUND_START;
+    fake.round_id = 99;
+    fake.body.round_start = &rs;
+    assert_int_equal(node_round_on_message(f.node[0], &fake), 1);
+    assert_int_equal(node_round_declined(f.node[0]), 1);
+    assert_true(s_log_has("declining round 99: base version 77 is not installed here"));
+    s_fed_free(&f);
+}
+
+static void test_journal_recovery(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, true, "none");
+    f.cfg.fed_rounds = 2;
+    s_run_until_completed(&f, 1, 20000);
+    /* run round 2 into its shares phase, then "crash" the aggregator */
+    int64_t end = service_now_ms() + 5000;
+    while (!(rounds_current(f.rounds) == 2 && rounds_phase(f.rounds) == ROUNDS_SHARES) &&
+           service_now_ms() < end)
+        s_step(&f);
+    assert_int_equal(rounds_phase(f.rounds), ROUNDS_SHARES);
+    rounds_destroy(&f.rounds);
+    s_agg_start(&f);
+    assert_true(s_log_has("round 2: aggregator restarted during phase shares: journaled as aborted"));
+    assert_int_equal(rounds_completed(f.rounds), 1);
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    /* nodes follow the new round 3 (abandoning 2), and the federation finishes */
+    s_run_until_completed(&f, 2, 20000);
+    assert_int_equal(rounds_head_version(f.rounds), 3);
+    char vdir[800], db[800];
+    snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
+    assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
+    vs_store_t *vs = vs_store_open(vdir, false);
+    vs_manifest_t *m = vs_store_manifest(vs, 3);
+    assert_int_equal(m->round, 3);
+    vs_manifest_destroy(&m);
+    vs_store_destroy(&vs);
+    snprintf(db, sizeof db, "%s/journal.db", f.dir);
+    char out[2048] = "";
+    FILE *mem = fmemopen(out, sizeof out - 1, "w");
+    assert_int_equal(rounds_print_status(db, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(out, "rounds_completed: 2\n"));
+    assert_non_null(strstr(out, "rounds_aborted: 1\n"));
+    s_fed_free(&f);
+}
+
+static void test_failing_trainer_is_a_dropout(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, false, "none");
+    f.cfg.fed_rounds = 1;
+    f.tt[1].fail_train = true;
+    s_run_until_completed(&f, 1, 20000);
+    double want[DIM];
+    s_mean_delta(0x5, want);
+    s_check_head(&f, want, 1e-6);
+    assert_true(s_log_has("no update sent: test trainer told to fail"));
+    s_fed_free(&f);
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    if (sodium_init() < 0 || !mkdtemp(s_root)) return -1;
+    snprintf(s_log_path, sizeof s_log_path, "%s/rounds.log", s_root);
+    s_log = fopen(s_log_path, "w+");
+    if (!s_log) return -1;
+    log_configure(s_log, LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    fclose(s_log);
+    if (getenv("MEDFL_TEST_KEEP")) return 0; /* keep the log and stores for a post-mortem */
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plain_dense),
+        cmocka_unit_test(test_plain_topk),
+        cmocka_unit_test(test_secure_dense),
+        cmocka_unit_test(test_secure_quantize),
+        cmocka_unit_test(test_dropout_before_keys),
+        cmocka_unit_test(test_dropout_after_keys),
+        cmocka_unit_test(test_dropout_after_shares),
+        cmocka_unit_test(test_dropout_after_masked_input),
+        cmocka_unit_test(test_too_few_survivors_abort),
+        cmocka_unit_test(test_decline_privacy_budget),
+        cmocka_unit_test(test_stale_update_rejected),
+        cmocka_unit_test(test_base_mismatch_decline),
+        cmocka_unit_test(test_journal_recovery),
+        cmocka_unit_test(test_failing_trainer_is_a_dropout),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}

@@ -4,6 +4,9 @@
 #include "node/commands.h"
 
 static const cli_command_t s_commands[] = {
+    {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
+    {"check-data", cmd_check_data, "schema checks and de-identification gate over the records"},
+    {"synth", cmd_synth, "write synthetic de-identified clinical records for K sites"},
     {"privacy", cmd_privacy, "privacy budget: what-if calculator, spent/remaining, history"},
     {"train-local", cmd_train_local, "fine-tune the adapters on the local records (-c node.conf)"},
     {"eval", cmd_eval, "evaluate a saved adapter: loss, accuracy, macro-F1"},
@@ -12,9 +15,6 @@ static const cli_command_t s_commands[] = {
     {"run", cmd_node_run, "run the hospital node (-c node.conf)"},
     {"keygen", cmd_node_keygen, "create this node's CURVE and identity key pairs"},
     {"example-config", cmd_node_example_config, "print a commented config with every option"},
-    {"import-model", cmd_import_model, "import a Hugging Face BERT folder into base.h5"},
-    {"check-data", cmd_check_data, "schema checks and de-identification gate over the records"},
-    {"synth", cmd_synth, "write synthetic de-identified clinical records for K sites"},
     {NULL, NULL, NULL},
 };
 

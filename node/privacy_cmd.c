@@ -39,9 +39,11 @@ static const cfg_option_t s_privacy_options[] = {
     /* Same default as the daemon's node_config_table. */
     {"state_dir", CFG_PATH, offsetof(privacy_conf_t, state_dir), 0, 0, "/var/lib/medfl/node",
      false, NULL, "folder for the node's state (privacy ledger, received model versions)"},
+    /* Same bounds and defaults as the node table's rows (node/train.h), so the tool and the
+     * daemon always agree on the budget a config means. */
     {"privacy.epsilon_budget", CFG_DOUBLE, offsetof(privacy_conf_t, epsilon_budget), 1e-3, 1e3,
-     NULL, true, NULL, "total epsilon this node may ever spend"},
-    {"privacy.delta", CFG_DOUBLE, offsetof(privacy_conf_t, delta), 1e-15, 0.1, NULL, false,
+     "10", true, NULL, "total epsilon this node may ever spend"},
+    {"privacy.delta", CFG_DOUBLE, offsetof(privacy_conf_t, delta), 1e-15, 0.1, "1e-5", false,
      NULL, "delta of the (epsilon, delta) guarantee; well below 1 / number of records"},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };

@@ -12,10 +12,10 @@ static inline double bench_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int bench_train(int argc, char **argv);
 int bench_dp(int argc, char **argv);
 int bench_wire(int argc, char **argv);
 int bench_compress(int argc, char **argv);
 int bench_secagg(int argc, char **argv);
-int bench_train(int argc, char **argv);
 
 #endif

@@ -4,11 +4,11 @@
 #include "tests/bench/bench.h"
 
 static const cli_command_t s_benches[] = {
+    {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
     {"dp", bench_dp, "DP-SGD clip + noise cost on a MiniLM-sized LoRA vector"},
     {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {"compress", bench_compress, "update compression: wire ratio, speed, accuracy cost"},
     {"secagg", bench_secagg, "secure aggregation round in-process: mask, unmask, bytes"},
-    {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
     {NULL, NULL, NULL},
 };
 

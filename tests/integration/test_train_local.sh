@@ -86,6 +86,19 @@ for k in loss accuracy macro_f1; do
   [ "$a" = "$b" ] || fail "resumed run valid_$k '$a' differs from the uninterrupted '$b'"
 done
 
+# ... model.labels_top_k: the 3 most frequent labels, other records skipped; eval re-reads
+# the file the same way (its labels come from the adapter)
+sed 's/^labels = .*/# no data.labels/; s/^lora.r = 4$/lora.r = 4\nlabels_top_k = 3/' "$tmp/node.conf" >"$tmp/topk.conf"
+"$node" train-local -c "$tmp/topk.conf" --epochs 1 -o "$tmp/topk.h5" >"$tmp/topk.out" 2>"$tmp/topk.err" \
+  || fail "train-local labels_top_k: $(tail -2 "$tmp/topk.err")"
+[ "$(val labels "$tmp/topk.out")" = 3 ] || fail "labels_top_k = 3 gave $(val labels "$tmp/topk.out") labels"
+grep -q "skipped" "$tmp/topk.err" || fail "skipped records not reported"
+"$node" eval -c "$tmp/topk.conf" --adapter "$tmp/topk.h5" >"$tmp/topk.eval" 2>/dev/null || fail "eval labels_top_k"
+[ "$(val macro_f1 "$tmp/topk.eval")" = "$(val valid_macro_f1 "$tmp/topk.out")" ] || fail "eval differs (labels_top_k)"
+sed 's/^lora.r = 4$/lora.r = 4\nlabels_top_k = 3/' "$tmp/node.conf" >"$tmp/both.conf"
+bad_both=$("$node" train-local -c "$tmp/both.conf" 2>&1 >/dev/null) && fail "data.labels + labels_top_k accepted"
+echo "$bad_both" | grep -q "only one" || fail "data.labels + labels_top_k: $bad_both"
+
 # 3. DP-SGD: sigma from the accountant's inverse, epsilon within the target
 sed 's/^threads = 1$/threads = 1\n[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0/' \
   "$tmp/node.conf" >"$tmp/dp.conf"

@@ -86,6 +86,9 @@ EOF
       MEDFL_PORT: "7750"
       MEDFL_HEARTBEAT_MS: "\${MEDFL_HEARTBEAT_MS:-1000}"
       MEDFL_LOG_LEVEL: "\${MEDFL_LOG_LEVEL:-info}"
+      MEDFL_ROUNDS: "\${MEDFL_ROUNDS:-0}"
+      MEDFL_MIN_NODES: "\${MEDFL_MIN_NODES:-$n}"
+      MEDFL_HOSPITAL_COUNT: "$n"
       # no value: passed through from the environment of compose when set there
       MEDFL_AGGREGATOR_CONF_EXTRA:
     volumes:

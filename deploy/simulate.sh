@@ -77,6 +77,11 @@ fi
 export MEDFL_BASE_MODEL=${MEDFL_BASE_MODEL:-$REPO/deploy/model}
 MEDFL_BASE_MODEL=$(cd "$MEDFL_BASE_MODEL" 2>/dev/null && pwd) ||
   { say "FAIL: MEDFL_BASE_MODEL '$MEDFL_BASE_MODEL' is not a folder"; exit 1; }
+# R rounds, each needing every hospital, or all but the one the fault scenario stops.
+export MEDFL_ROUNDS=$R
+MEDFL_MIN_NODES=$N
+[ "$FAULT" = 1 ] && MEDFL_MIN_NODES=$((N - 1))
+export MEDFL_MIN_NODES
 
 # A unique project name: runs beside each other (CI, a developer) never share anything.
 PROJECT=medfl-sim-$$-$RANDOM

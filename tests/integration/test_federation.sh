@@ -13,6 +13,11 @@
 #      masked input; the round completes with the survivors and the unmasked sum's checksum
 #      equals the sum of the 4 masked-input nodes' own input checksums (mod 2^32). Both
 #      killed nodes restart with their state and contribute to a later round.
+#   D. privacy budget: of 2 nodes (plain mode), hospital-1's epsilon_budget allows 2 rounds of
+#      its DP setting (q 0.1, sigma 1, 20 steps a round: epsilon 5.39 after 2, 6.33 after 3):
+#      it trains rounds 1 and 2, declines round 3 with the reason logged by the aggregator
+#      (the round goes on with hospital-2), is killed with SIGKILL and restarted, and still
+#      declines; its ledger lists exactly 2 admitted rounds.
 # Prints PASS/FAIL lines; exit 0 when all pass.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
@@ -253,6 +258,39 @@ if "$AGG" versions --state "$C/agg/state" --key-dir "$C/agg/keys" >"$C/versions.
   pass "C: version chain verifies"
 else
   fail "C: version chain" "$C/versions.out"
+fi
+
+
+# ---- D: the privacy budget holds across a SIGKILL and restart ------------------------------
+D=$T/d
+federation "$D" 2 off none 0 0 2 || fail "D: setup"
+sed -i 's/^epsilon_budget = 100$/epsilon_budget = 6.0/' "$D/n1/node.conf"
+DC="$D/agg/aggregator.conf"
+start_agg d "$D"
+start_node d "$D" 1
+start_node d "$D" 2
+if wait_until 60 completed_at_least "$DC" 2 &&
+   wait_until 30 log_has "$D/agg/agg.log" "node hospital-1 declined round .*budget"; then
+  pass "D: 2 rounds trained, then the aggregator logs the node's privacy-budget decline"
+else
+  fail "D: no budget decline after 2 rounds (completed $(status_field "$DC" rounds_completed))" \
+    "$D/agg/agg.log" "$D/n1/node.log"
+fi
+stop9 d-n1
+before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
+start_node d "$D" 1
+if wait_until 60 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
+  pass "D: after SIGKILL and restart the node still declines"
+else
+  fail "D: restarted node did not decline (completed $(status_field "$DC" rounds_completed))" \
+    "$D/agg/agg.log" "$D/n1/node.log"
+fi
+"$NODE" privacy -c "$D/n1/node.conf" >"$D/privacy.out" 2>&1
+if [ "$(grep -c " admitted " "$D/privacy.out")" = 2 ] && grep -q " declined " "$D/privacy.out" &&
+   awk '$1 == "spent:" { exit !($2 > 5.38 && $2 < 5.40) }' "$D/privacy.out"; then
+  pass "D: ledger: 2 admitted rounds, declines recorded, spent epsilon 5.39"
+else
+  fail "D: ledger contents" "$D/privacy.out"
 fi
 
 [ $failures -eq 0 ]

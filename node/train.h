@@ -40,6 +40,7 @@ typedef struct {
     int64_t max_steps;               /* train.max_steps: stop early; 0 = run all epochs */
     int64_t batch_size;              /* train.batch_size */
     double lr;                       /* train.lr */
+    double head_lr;                  /* train.head_lr: 0 = train.lr */
     double warmup_fraction;          /* train.warmup_fraction */
     double weight_decay;             /* train.weight_decay */
     int64_t max_seq_len;             /* train.max_seq_len */
@@ -78,7 +79,10 @@ typedef struct {
     {"train.batch_size", CFG_INT, offsetof(T, m.batch_size), 1, 4096, "16", false, NULL,      \
      "examples per step (DP: expected examples per step)"},                                   \
     {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 10, "5e-4", false, NULL,                \
-     "peak AdamW learning rate"},                                                             \
+     "peak AdamW learning rate (of the LoRA parameters when train.head_lr is set)"},         \
+    {"train.head_lr", CFG_DOUBLE, offsetof(T, m.head_lr), 0, 10, "0", false, NULL,            \
+     "peak learning rate of the classification head; 0 = train.lr. With DP, a head_lr ~10x "  \
+     "train.lr keeps the noise from disturbing the pretrained features (docs/privacy.md)"},   \
     {"train.warmup_fraction", CFG_DOUBLE, offsetof(T, m.warmup_fraction), 0, 1, "0.1", false, \
      NULL, "fraction of the steps with a linear warm-up (then linear decay to 0)"},           \
     {"train.weight_decay", CFG_DOUBLE, offsetof(T, m.weight_decay), 0, 10, "0.01", false,     \

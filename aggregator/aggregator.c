@@ -542,7 +542,11 @@ int aggregator_run(aggregator_t *self)
      * journal instead of recovering an open round. */
     LOG_INFO(MAIN, "stop requested: shutting down");
     (void)service_notify("STOPPING=1");
+    bool in_round = rounds_current(self->rounds) != 0;
     rounds_stop(self->rounds, service_now_ms(), "aggregator stopped (SIGTERM/SIGINT)");
+    /* The ROUTER closes without linger: give libzmq's I/O thread a moment to deliver the
+     * "round aborted" errors, so nodes drop the round now rather than at the next one. */
+    if (in_round) usleep(200 * 1000);
     return 0;
 }
 

@@ -869,7 +869,7 @@ static int s_synth_train(void *ctx, const float *global, size_t n, const round_h
         for (size_t i = 0; i < n; i++) w[i] -= (float)(hp->lr * g[i]);
         if (s->step_ms) usleep(s->step_ms * 1000u);
         if (hp->tick) hp->tick(hp->tick_ctx);
-        if (hp->should_stop && hp->should_stop()) {
+        if (step + 1 < hp->local_steps && hp->should_stop && hp->should_stop()) {
             medfl_error_set(MEDFL_ESTATE, "training interrupted after %u of %u steps: the node "
                             "is stopping", step + 1, hp->local_steps);
             goto done;

@@ -112,6 +112,7 @@ struct trainer_t {
     float *feat_tmp;        /* [chunk, C] */
     float *head_rows;       /* [chunk, P] per-example head gradients */
     float *head_params;     /* [P] host copy of W [K, C] then b [K] */
+    bool (*stop)(void);     /* asked between steps; true = give up (SIGTERM) */
 };
 
 /* ------------------------------------------------------------------ setup */
@@ -792,6 +793,11 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
         s.examples += n;
         s_progress(t, k + 1, n_steps, loss_n ? loss_sum / (double)loss_n : 0, s.examples,
                    s_now() - t0, k + 1 == n_steps);
+        if (k + 1 < n_steps && t->stop && t->stop()) {
+            rc = medfl_error_set(MEDFL_ESTATE, "training interrupted after %ld of %ld steps: "
+                                 "stop requested", k + 1, n_steps);
+            break;
+        }
     }
     free(ex);
     s.seconds = s_now() - t0;
@@ -804,6 +810,8 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
     if (stats) *stats = s;
     return rc;
 }
+
+void trainer_set_stop(trainer_t *t, bool (*stop)(void)) { t->stop = stop; }
 
 int trainer_round(trainer_t *t, const float *global, size_t n, long local_steps, float *delta,
                   train_stats_t *stats)

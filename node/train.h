@@ -149,6 +149,9 @@ const struct model *trainer_model(const trainer_t *t);
 int trainer_get_params(const trainer_t *t, float *out, size_t n);
 int trainer_set_params(trainer_t *t, const float *in, size_t n);
 
+/* stop (may be NULL) is asked after every optimizer step; when it returns true the training
+ * call gives up with MEDFL_ESTATE (the node daemon passes its SIGTERM flag). */
+void trainer_set_stop(trainer_t *t, bool (*stop)(void));
 /* DP-SGD on/off with sampling rate q (> 0), noise multiplier sigma (>= 0), clip norm C. */
 int trainer_set_dp(trainer_t *t, bool on, double q, double sigma, double clip);
 /* For tests and reproducible benchmarks ONLY: noise and sampling from a seeded stream.

@@ -72,6 +72,8 @@ heartbeat_timeout_ms = 1500
 poll_ms = 200
 [log]
 level = debug
+[metrics]
+listen = 0
 EOF
 for n in a b; do
   cat >"$T/$n/node.conf" <<EOF
@@ -87,6 +89,8 @@ heartbeat_interval_ms = 200
 heartbeat_misses = 5
 [data]
 records = records.jsonl
+[metrics]
+listen = 0
 EOF
 done
 printf '{"text": "a"}\n{"text": "b"}\n\n{"text": "c"}\n' >"$T/a/records.jsonl"

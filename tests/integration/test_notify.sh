@@ -35,6 +35,8 @@ key_dir = keys
 state_dir = state
 [net]
 bind = tcp://127.0.0.1:$PORT
+[metrics]
+listen = 0
 EOF
 cat >"$T/a/node.conf" <<EOF
 node_id = hospital-a
@@ -44,6 +46,8 @@ device = cpu
 [aggregator]
 endpoint = tcp://127.0.0.1:$PORT
 public_key_file = ../agg/keys/curve.pub
+[metrics]
+listen = 0
 EOF
 "$AGG" keygen -c "$T/agg/aggregator.conf" >/dev/null 2>&1 && "$NODE" keygen -c "$T/a/node.conf" >/dev/null 2>&1 ||
   { echo "FAIL $name: keygen"; exit 1; }

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -166,27 +167,6 @@ static int s_cmp_layout(const void *a, const void *b)
 }
 
 /* ---------------------------------------------------------------- export */
-
-static int s_write_text_atomic(const char *path, const char *text)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %s", path, strerror(errno));
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    if (off != len || fchmod(fd, 0644) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(e));
-    }
-    return 0;
-}
 
 static int s_cmp_tensor_name(const void *a, const void *b)
 {
@@ -343,12 +323,7 @@ int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *
     cJSON_AddBoolToObject(cfg, "use_dora", false);
     cJSON_AddBoolToObject(cfg, "use_rslora", false);
     if (!(json = cJSON_Print(cfg))) goto oom;
-    if (s_write_text_atomic(cfg_path, json) < 0) goto done;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    if (atomic_file_replace(cfg_path, json, strlen(json), 0644) < 0) goto done;
     rc = 0;
     goto done;
 oom:

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/h5io.h"
 #include "common/safetensors.h"
@@ -244,22 +245,6 @@ static const char *s_layer_module(const char *name, char *out, size_t size)
     return out;
 }
 
-static int s_write_text(const char *path, const char *text)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %s", path, strerror(errno));
-    size_t len = strlen(text);
-    bool ok = write(fd, text, len) == (ssize_t)len && fchmod(fd, 0644) == 0 && fsync(fd) == 0;
-    ok = (close(fd) == 0) && ok;
-    if (!ok || rename(tmp, path) < 0) {
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(errno));
-    }
-    return 0;
-}
-
 static cJSON *s_string_array(char **list, size_t n)
 {
     cJSON *arr = cJSON_CreateArray();
@@ -349,7 +334,7 @@ int adapter_export_peft(const adapter_t *a, const char *dir)
         goto done;
     }
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (s_write_text(path, text) < 0) goto done;
+    if (atomic_file_replace(path, text, strlen(text), 0644) < 0) goto done;
     free(text);
     text = NULL;
     if (n_head) {
@@ -365,7 +350,7 @@ int adapter_export_peft(const adapter_t *a, const char *dir)
             goto done;
         }
         snprintf(path, sizeof path, "%s/medfl_head.json", dir);
-        if (s_write_text(path, text) < 0) goto done;
+        if (atomic_file_replace(path, text, strlen(text), 0644) < 0) goto done;
     }
     rc = 0;
 done:

@@ -123,50 +123,6 @@ int service_mkdir_p(const char *path, mode_t mode)
     return 0;
 }
 
-int service_write_file(const char *path, const char *text, mode_t mode)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
-        return medfl_error_set(MEDFL_EINVAL, "%s: path too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path,
-                               strerror(errno));
-    size_t len = strlen(text), off = 0;
-    int rc = 0;
-    while (off < len) {
-        ssize_t n = write(fd, text + off, len - off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            rc = medfl_error_set(MEDFL_EIO, "%s: write error: %s", tmp, strerror(errno));
-            break;
-        }
-        off += (size_t)n;
-    }
-    if (rc == 0 && (fchmod(fd, mode) != 0 || fsync(fd) != 0))
-        rc = medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && rc == 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: close: %s", tmp, strerror(errno));
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: rename: %s", path, strerror(errno));
-    if (rc != 0) {
-        unlink(tmp);
-        return -1;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else strcpy(dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return 0;
-}
-
 int64_t service_now_ms(void)
 {
     struct timespec ts;

@@ -1,7 +1,7 @@
 /* What both medfl daemons need around their event loop: signal handlers that only set
  * flags (the loop polls them, so no work ever runs in signal context), logging configured
- * from the config's log.* options, a monotonic clock, and crash-safe small files (the
- * bound-endpoint file tests and operators read). */
+ * from the config's log.* options, a monotonic clock, folder creation and sd_notify.
+ * Crash-safe files are common/atomic_file. */
 #ifndef MEDFL_SERVICE_H
 #define MEDFL_SERVICE_H
 
@@ -38,10 +38,6 @@ int service_config_reload(const cfg_option_t *table, void *cur, const void *fres
 
 /* Creates path and its missing parents with mode (existing folders are kept). */
 int service_mkdir_p(const char *path, mode_t mode) __attribute__((warn_unused_result));
-
-/* Replaces path atomically with text (temp file, fsync, rename, fsync of the folder). */
-int service_write_file(const char *path, const char *text, mode_t mode)
-    __attribute__((warn_unused_result));
 
 /* Milliseconds of CLOCK_MONOTONIC, for timeouts that must not jump with the wall clock. */
 int64_t service_now_ms(void);

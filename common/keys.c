@@ -19,6 +19,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/service.h"
 
 #define KEYS_FILE_MAX 512 /* no key file is longer; anything bigger is not a key file */
 
@@ -266,6 +267,25 @@ int keys_save(const keys_t *self, const char *dir, bool overwrite)
     }
     sodium_memzero(text, sizeof text);
     return rc;
+}
+
+int keys_keygen(const char *dir, bool overwrite, FILE *out, char curve_z85[KEYS_Z85_LEN + 1],
+                char identity_hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1])
+{
+    keys_t *k = keys_generate();
+    if (!k || service_mkdir_p(dir, 0700) != 0 || keys_save(k, dir, overwrite) != 0 ||
+        keys_z85_encode(k->curve_public, curve_z85) != 0) {
+        keys_destroy(&k);
+        return -1;
+    }
+    char id[KEYS_ID_LEN + 1];
+    sodium_bin2hex(identity_hex, 2 * KEYS_SIGN_PUBLIC_BYTES + 1, k->sign_public,
+                   sizeof k->sign_public);
+    keys_key_id(k->curve_public, id);
+    keys_destroy(&k);
+    fprintf(out, "key_dir: %s\ncurve_public: %s\nidentity_public: %s\nkey_id: %s\n", dir,
+            curve_z85, identity_hex, id);
+    return 0;
 }
 
 int keys_load_curve_public(const char *value_or_path, uint8_t out[KEYS_CURVE_BYTES])

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -101,6 +102,29 @@ int service_log_relevel(const char *level, const char *format)
         return medfl_error_set(MEDFL_ECONFIG, "key 'log.format': unknown format '%s'", format);
     log_configure(s_log_sink, lv, fmt);
     return 0;
+}
+
+int service_run_daemon(const service_daemon_t *d)
+{
+    FILE *log_file = NULL;
+    if (service_log_setup(d->program, d->instance, d->log_level, d->log_format, d->log_file,
+                          &log_file) != 0 ||
+        service_signals_install() != 0)
+        return cli_fail(d->program);
+    LOG_INFO(CONFIG, "configuration loaded from %s", d->config_path);
+    void *daemon = d->create(d->cfg, d->config_path);
+    int rc = 1;
+    if (!daemon) {
+        LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());
+        cli_fail(d->program);
+    } else {
+        rc = d->run(daemon);
+        d->destroy(daemon);
+        LOG_INFO(MAIN, "stopped");
+    }
+    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    if (log_file) fclose(log_file);
+    return rc;
 }
 
 int service_mkdir_p(const char *path, mode_t mode)

@@ -106,7 +106,7 @@ int atomic_file_commit(atomic_file_t **self_p)
         return rc;
     }
     int rc = 0;
-    int fd = open(self->tmp, O_RDONLY | O_CLOEXEC);
+    int fd = open(self->tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         rc = medfl_error_set(MEDFL_EIO, "%s: cannot reopen %s: %s", self->path, self->tmp,
                              strerror(errno));

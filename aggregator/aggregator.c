@@ -15,6 +15,7 @@
 
 #include <sodium.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/log.h"
@@ -372,7 +373,7 @@ static int s_record_start(aggregator_t *self)
     const char *endpoint = wire_server_endpoint(self->server);
     agg_config_endpoint_path(&self->cfg, path, sizeof path);
     snprintf(text, sizeof text, "%s\n", endpoint);
-    if (service_write_file(path, text, 0644) != 0) return -1;
+    if (atomic_file_replace(path, text, strlen(text), 0644) != 0) return -1;
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)time(NULL));
     char pid[32];

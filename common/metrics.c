@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/atomic_file.h"
 #include "common/service.h"
 
 #define METRIC_NAME_MAX 128
@@ -408,5 +409,5 @@ int metrics_start(metrics_t *self, const metrics_listen_t *listen, const char *s
     if (metrics_serve(self, listen->address, listen->port) != 0) return -1;
     char text[64];
     snprintf(text, sizeof text, "http://%s:%u/metrics\n", listen->address, self->port);
-    return service_write_file(path, text, 0644);
+    return atomic_file_replace(path, text, strlen(text), 0644);
 }

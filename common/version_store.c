@@ -235,6 +235,17 @@ static int s_unhex(const cJSON *item, const char *field, uint8_t *out, size_t n,
     return 0;
 }
 
+/* cJSON prints a double with 15 digits whenever that reads back within DBL_EPSILON, so
+ * 0.9999999999999999 became "1" and the signed hash, which covers the exact bits, no longer
+ * matched the stored manifest. 17 significant digits always read back bit for bit. */
+static cJSON *s_exact_number(double v)
+{
+    if (!isfinite(v)) return cJSON_CreateNull(); /* refused when read back */
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return cJSON_CreateRaw(buf);
+}
+
 char *vs_manifest_to_json(const vs_manifest_t *m)
 {
     char hex[2 * VS_SIG_BYTES + 1];
@@ -252,11 +263,11 @@ char *vs_manifest_to_json(const vs_manifest_t *m)
         cJSON *p = cJSON_CreateObject();
         cJSON_AddItemToArray(parts, p);
         cJSON_AddStringToObject(p, "node", m->participants[i].node);
-        cJSON_AddNumberToObject(p, "weight", m->participants[i].weight);
+        cJSON_AddItemToObject(p, "weight", s_exact_number(m->participants[i].weight));
     }
     cJSON *metrics = cJSON_AddObjectToObject(root, "metrics");
     for (size_t i = 0; metrics && i < m->n_metrics; i++)
-        cJSON_AddNumberToObject(metrics, m->metrics[i].name, m->metrics[i].value);
+        cJSON_AddItemToObject(metrics, m->metrics[i].name, s_exact_number(m->metrics[i].value));
     cJSON *attrs = cJSON_AddObjectToObject(root, "attrs");
     for (size_t i = 0; attrs && i < m->n_attrs; i++)
         cJSON_AddStringToObject(attrs, m->attrs[i].key, m->attrs[i].value);

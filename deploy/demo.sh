@@ -24,7 +24,7 @@
 # Knobs (environment): DEMO_ROUNDS (40), DEMO_LOCAL_STEPS (1), DEMO_RECORDS (600 per site),
 # DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (1.1), DEMO_Q (sampling rate 0.2),
 # DEMO_LR (10 with DP, else 3e-3), DEMO_TARGETS (none with DP, else query,value),
-# DEMO_COMPRESSION (randk; or quantize, none). Budget: about 5 minutes on 2 cores.
+# DEMO_COMPRESSION (quantize; or randk, none), DEMO_BITS (6). Budget: about 5 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${MEDFL_BIN:-bin}
@@ -36,7 +36,8 @@ RECORDS=${DEMO_RECORDS:-600}
 SEQ=${DEMO_SEQ:-48}
 DP=${DEMO_DP:-on}
 NOISE=${DEMO_NOISE:-1.1}
-COMP=${DEMO_COMPRESSION:-randk}
+COMP=${DEMO_COMPRESSION:-quantize}
+BITS=${DEMO_BITS:-6}
 Q=${DEMO_Q:-0.2}
 if [ "$DP" = on ]; then
   LR=${DEMO_LR:-10}; TARGETS=${DEMO_TARGETS:-none}; OPT=sgd
@@ -114,7 +115,7 @@ sample_rate = $Q
 delta = 1e-5
 [compression]
 scheme = $COMP
-bits = 8
+bits = $BITS
 k_frac = 0.25
 clip = 0.5
 EOF
@@ -175,7 +176,7 @@ done
 say "keys, enrollment and the signed genesis version ready ($((SECONDS - t0)) s)"
 
 # ---- the federation ---------------------------------------------------------------------------
-say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation, DP-SGD $DP (sigma $NOISE, q $Q, C 1), compression $COMP"
+say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation, DP-SGD $DP (sigma $NOISE, q $Q, C 1), compression $COMP ($BITS bits)"
 "$AGG" run -c "$AC" >"$D/agg/agg.log" 2>&1 &
 PIDS+=($!)
 for i in 1 2 3; do

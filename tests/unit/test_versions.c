@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,6 +74,9 @@ static vs_manifest_t *s_manifest(uint64_t round, float *flat, int seed)
     assert_int_equal(vs_manifest_add_participant(m, "hospital-b", 0.75), 0);
     assert_int_equal(vs_manifest_set_metric(m, "val_loss", 0.5 / (double)(round + 1)), 0);
     assert_int_equal(vs_manifest_set_metric(m, "accuracy", 0.7), 0);
+    /* A sum of weights that is one ulp below 1: cJSON's own printer wrote it as "1" and the
+     * stored manifest no longer matched its signed hash (seen in the demo at round 1). */
+    assert_int_equal(vs_manifest_set_metric(m, "weight_total", nextafter(1.0, 0.0)), 0);
     assert_int_equal(vs_manifest_set_attr(m, "lora_alpha", "16"), 0);
     for (int i = 0; i < N_FLAT; i++) flat[i] = (float)(seed * 100 + i) * 0.01f;
     return m;

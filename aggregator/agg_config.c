@@ -79,6 +79,9 @@ const cfg_option_t agg_config_table[] = {
      "local batch size (expected batch under DP: sample_rate x records)"},
     {"federation.max_seq_len", CFG_INT, O(fed_max_seq_len), 8, 8192, "128", true, NULL,
      "tokens per record"},
+    {"federation.debug_phase_hold_ms", CFG_INT, O(fed_debug_hold_ms), 0, 600000, "0", true, NULL,
+     "FOR TESTS ONLY (crash tests): keep every round phase open at least this long, and hold "
+     "between writing a version and journaling it; 0 = off (production)"},
     {"privacy.dp", CFG_BOOL, O(dp_enabled), 0, 0, "on", true, NULL,
      "DP-SGD on the nodes (each node's ledger admits or declines every round)"},
     {"privacy.noise_multiplier", CFG_DOUBLE, O(dp_noise), 0, 1000, "1.0", true, NULL,

@@ -47,6 +47,8 @@ struct rounds_t {
 
     rounds_phase_t phase;
     int64_t deadline_ms;
+    int64_t hold_until_ms;    /* federation.debug_phase_hold_ms (tests): no close before */
+    bool commit_pending;      /* version written, journal + announce held (tests) */
     int64_t idle_until_ms;
     int64_t min_reached_ms;   /* when min_nodes were first seen connected, 0 = not yet */
     bool warned_no_version;
@@ -81,6 +83,7 @@ struct rounds_t {
     double weight_in;         /* sum of the weights of the inputs in the sum */
     size_t n_in;
     uint64_t new_version;
+    double commit_weight;     /* weight total of new_version's sum */
 };
 
 const char *rounds_phase_name(rounds_phase_t p)
@@ -417,15 +420,23 @@ static void s_release_round(rounds_t *self)
     self->n_in = 0;
     self->weight_in = 0;
     self->new_version = 0;
+    self->commit_pending = false;
 }
 
+/* federation.debug_phase_hold_ms keeps each phase open (journaled, visible in `status`)
+ * for at least that long, so a crash test can SIGKILL the daemon in a phase that otherwise
+ * lasts milliseconds; messages are still taken in meanwhile, the deadline moves by the hold.
+ * 0 in production. */
 static void s_enter(rounds_t *self, rounds_phase_t phase, int64_t now, int64_t deadline_ms)
 {
+    int64_t hold = self->cfg->fed_debug_hold_ms;
     self->phase = phase;
-    self->deadline_ms = now + deadline_ms;
+    self->hold_until_ms = now + hold;
+    self->deadline_ms = now + hold + deadline_ms;
     s_journal_phase(self);
-    LOG_INFO(AGG, "round %" PRIu64 ": phase %s (deadline %lld ms)", self->round_id,
-             rounds_phase_name(phase), (long long)deadline_ms);
+    LOG_INFO(AGG, "round %" PRIu64 ": phase %s (deadline %lld ms)%s", self->round_id,
+             rounds_phase_name(phase), (long long)deadline_ms,
+             hold > 0 ? " (held open by federation.debug_phase_hold_ms, a test setting)" : "");
 }
 
 static void s_update_reliability(rounds_t *self)
@@ -695,6 +706,8 @@ fail:
     self->idle_until_ms = now + cfg->fed_retry_ms;
 }
 
+static void s_publish(rounds_t *self, int64_t now);
+
 /* Commits the server step over the weighted sum S (numel floats) and W, announces it. */
 static void s_commit(rounds_t *self, const float *sum, double weight_total, int64_t now)
 {
@@ -726,13 +739,34 @@ static void s_commit(rounds_t *self, const float *sum, double weight_total, int6
         return;
     }
     self->new_version = v;
+    self->commit_weight = weight_total;
+    if (self->cfg->fed_debug_hold_ms > 0) {
+        /* The window a crash recovery must handle: the version is in the store, the journal
+         * does not name it yet. Held open (tests only) so a test can kill the daemon here. */
+        self->commit_pending = true;
+        self->hold_until_ms = now + self->cfg->fed_debug_hold_ms;
+        LOG_WARN(AGG, "round %" PRIu64 ": version %" PRIu64 " written, journal update held %lld ms "
+                 "(federation.debug_phase_hold_ms, a test setting)", self->round_id, v,
+                 (long long)self->cfg->fed_debug_hold_ms);
+        return;
+    }
+    s_publish(self, now);
+}
+
+/* Journals the version written by s_commit, makes it the head and announces it. */
+static void s_publish(rounds_t *self, int64_t now)
+{
+    uint64_t v = self->new_version;
+    size_t np = 0;
+    for (size_t i = 0; i < self->n_parts; i++) np += self->parts[i].input;
+    self->commit_pending = false;
     if (s_exec(self->db, "UPDATE rounds SET version = ?, updated_at = ? WHERE round_id = ?",
                "iii", (int64_t)v, (int64_t)time(NULL), (int64_t)self->round_id) != 0)
         LOG_ERROR(AGG, "%s", medfl_error_message());
     uint64_t parent = self->head;
     if (s_load_head(self) != 0) LOG_ERROR(AGG, "reloading the head: %s", medfl_error_message());
     LOG_INFO(AGG, "round %" PRIu64 ": version %" PRIu64 " committed from %zu updates "
-             "(weight total %.4f, %s)", self->round_id, v, np, weight_total,
+             "(weight total %.4f, %s)", self->round_id, v, np, self->commit_weight,
              self->cfg->fed_strategy);
     /* Every connected node holding the parent gets it (participants evaluate it); the
      * others receive the chain when they are next selected. */
@@ -1008,6 +1042,11 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
         s_start(self, peers, n_peers, now);
         return;
     }
+    if (self->commit_pending) {
+        if (now >= self->hold_until_ms) s_publish(self, now);
+        return;
+    }
+    if (now < self->hold_until_ms) return;
     if (now >= self->deadline_ms) {
         if (self->phase != ROUNDS_EVAL)
             for (size_t i = 0; i < self->n_parts; i++) {
@@ -1223,6 +1262,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     }
     p->bytes_up += (msg->body.any ? protobuf_c_message_get_packed_size(msg->body.any) : 0) +
                    msg->bulk_len;
+    if (self->commit_pending) { /* the sum is final; the phase only looks open (test hold) */
+        s_state_error(self, p, wire_type_name(msg->type));
+        return 1;
+    }
     int idx = fed_roster_index(self->roster, self->n_parts, who);
     uint8_t *buf = NULL;
     size_t len = 0;

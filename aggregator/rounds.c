@@ -36,6 +36,9 @@ typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
     uint64_t version;     /* latest version the node is known to hold */
     double reliability;   /* EMA of "completed when selected" */
+    bool budget_out;      /* declined its last round for privacy budget: not selected until
+                           * it reconnects or the configuration is reloaded */
+    uint64_t seen_tick;   /* last rounds_tick that listed it as connected */
 } known_t;
 
 struct rounds_t {
@@ -62,6 +65,9 @@ struct rounds_t {
     size_t n_known, cap_known;
     char **live;              /* ids of the sessions at the last tick */
     size_t n_live;
+    uint64_t tick_no;
+    rounds_peer_t *eligible;  /* the connected nodes a round may select (budget left) */
+    char idle_reason[256];    /* why no round starts although nodes are connected; "" = none */
 
     uint64_t head;
     vs_manifest_t *head_m;
@@ -105,7 +111,9 @@ static const char *s_schema =
     " PRIMARY KEY (round_id, node_id));"
     "CREATE TABLE IF NOT EXISTS round_traffic ("
     " round_id INTEGER NOT NULL, node_id TEXT NOT NULL, bytes_up INTEGER, bytes_down INTEGER,"
-    " weight REAL, PRIMARY KEY (round_id, node_id));";
+    " weight REAL, PRIMARY KEY (round_id, node_id));"
+    "CREATE TABLE IF NOT EXISTS rounds_idle ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), reason TEXT NOT NULL, since INTEGER NOT NULL);";
 
 static int s_db_err(sqlite3 *db, const char *what)
 {
@@ -308,6 +316,35 @@ void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version
 {
     known_t *k = s_known(self, node_id);
     if (k) k->version = model_version;
+}
+
+void rounds_on_reload(rounds_t *self)
+{
+    size_t cleared = 0;
+    for (size_t i = 0; i < self->n_known; i++) {
+        cleared += self->known[i].budget_out;
+        self->known[i].budget_out = false;
+    }
+    if (cleared)
+        LOG_INFO(AGG, "configuration reloaded: %zu node(s) out of privacy budget will be asked "
+                 "again", cleared);
+}
+
+/* Journals (for `status`, another process) and logs, once per change, why connected nodes
+ * get no round; "" clears it. */
+static void s_set_idle_reason(rounds_t *self, const char *reason)
+{
+    if (strcmp(self->idle_reason, reason) == 0) return;
+    snprintf(self->idle_reason, sizeof self->idle_reason, "%s", reason);
+    int rc = reason[0] ? s_exec(self->db, "INSERT OR REPLACE INTO rounds_idle VALUES (1, ?, ?)",
+                                "ti", reason, (int64_t)time(NULL))
+                       : s_exec(self->db, "DELETE FROM rounds_idle", "");
+    if (rc != 0) LOG_ERROR(AGG, "%s", medfl_error_message());
+    if (reason[0])
+        LOG_WARN(AGG, "no round starts: %s; rounds resume when a node with budget connects, a "
+                 "node reconnects, or the configuration is reloaded (SIGHUP)", reason);
+    else
+        LOG_INFO(AGG, "rounds resume: enough connected nodes have privacy budget");
 }
 
 static part_t *s_part(rounds_t *self, const char *id)
@@ -1014,6 +1051,27 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
     if (self->live)
         for (size_t i = 0; i < n_peers; i++) self->live[self->n_live++] = (char *)peers[i].node_id;
 
+    /* A node that (re)connects may have had its privacy budget raised: ask it again. Nodes
+     * out of budget are not selected, so they cannot keep a round from reaching quorum, and
+     * an all-exhausted federation idles instead of retrying forever. */
+    self->tick_no++;
+    rounds_peer_t *el = realloc(self->eligible, (n_peers ? n_peers : 1) * sizeof *el);
+    if (el) self->eligible = el;
+    size_t n_el = 0, n_out = 0;
+    for (size_t i = 0; i < n_peers; i++) {
+        known_t *k = s_known(self, peers[i].node_id);
+        if (k && k->budget_out && k->seen_tick + 1 != self->tick_no) {
+            k->budget_out = false;
+            LOG_INFO(AGG, "node %s (out of privacy budget at its last round) connected: it will "
+                     "be asked again", k->id);
+        }
+        if (k) k->seen_tick = self->tick_no;
+        if (k && k->budget_out) n_out++;
+        else if (el) self->eligible[n_el++] = peers[i];
+    }
+    if (!el) n_el = n_peers, n_out = 0; /* out of memory: select from everyone */
+    const rounds_peer_t *cand = el ? self->eligible : peers;
+
     if (self->phase == ROUNDS_DONE) {
         if (self->cfg->fed_rounds == 0 || self->completed < (uint64_t)self->cfg->fed_rounds)
             self->phase = ROUNDS_IDLE; /* rounds raised by a reload */
@@ -1022,12 +1080,21 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
     }
     if (self->phase == ROUNDS_IDLE) {
         if (now < self->idle_until_ms) return;
-        if (n_peers < (size_t)self->cfg->fed_min_nodes || n_peers < 2) {
+        size_t need = self->cfg->fed_min_nodes > 2 ? (size_t)self->cfg->fed_min_nodes : 2;
+        if (n_el < need) {
+            char reason[256] = "";
+            if (n_out > 0 && n_el == 0)
+                snprintf(reason, sizeof reason, "all nodes out of privacy budget");
+            else if (n_out > 0 && n_el + n_out >= need)
+                snprintf(reason, sizeof reason, "%zu of %zu connected nodes out of privacy budget, "
+                         "%zu with budget left, a round needs %zu", n_out, n_el + n_out, n_el, need);
+            s_set_idle_reason(self, reason);
             self->min_reached_ms = 0;
             return;
         }
+        s_set_idle_reason(self, "");
         if (!self->min_reached_ms) self->min_reached_ms = now;
-        if (n_peers < (size_t)self->cfg->fed_max_nodes &&
+        if (n_el < (size_t)self->cfg->fed_max_nodes &&
             now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
             return;
         if (s_load_head(self) != 0) {
@@ -1039,7 +1106,7 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
             return;
         }
         self->warned_no_version = false;
-        s_start(self, peers, n_peers, now);
+        s_start(self, cand, n_el, now);
         return;
     }
     if (self->commit_pending) {
@@ -1236,6 +1303,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
         LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
                  reason);
         if (p) p->declined = true;
+        if (p && d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET) {
+            known_t *k = s_known(self, who);
+            if (k) k->budget_out = true;
+        }
         if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
             /* It lacks versions we assumed it had: the next round re-sends the chain. */
             known_t *k = s_known(self, who);
@@ -1360,6 +1431,8 @@ rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char 
         s_db_err(self->db, db_path);
         goto fail;
     }
+    /* Who was out of budget is not remembered across a restart: every node is asked again. */
+    if (s_exec(self->db, "DELETE FROM rounds_idle", "") != 0) goto fail;
     self->vs = vs_store_open(versions_dir, true);
     if (!self->vs) goto fail;
     if (s_recover(self) != 0) goto fail;
@@ -1384,6 +1457,7 @@ void rounds_destroy(rounds_t **self_p)
     free(self->global);
     free(self->known);
     free(self->live);
+    free(self->eligible);
     sodium_memzero(self->sk, sizeof self->sk);
     free(self);
     *self_p = NULL;
@@ -1398,6 +1472,20 @@ const float *rounds_global(const rounds_t *self, size_t *numel)
 {
     *numel = self->numel;
     return self->global;
+}
+
+/* "phase: idle", with the reason when connected nodes get no round (rounds_idle). */
+static void s_print_idle(sqlite3 *db, FILE *out)
+{
+    sqlite3_stmt *st = NULL;
+    fprintf(out, "round: none\n");
+    if (sqlite3_prepare_v2(db, "SELECT reason FROM rounds_idle WHERE id = 1", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        fprintf(out, "phase: idle (%s)\n", (const char *)sqlite3_column_text(st, 0));
+    else
+        fprintf(out, "phase: idle\n");
+    sqlite3_finalize(st);
 }
 
 int rounds_print_status(const char *db_path, FILE *out)
@@ -1433,7 +1521,7 @@ int rounds_print_status(const char *db_path, FILE *out)
                     (const char *)sqlite3_column_text(st, 1),
                     (const char *)sqlite3_column_text(st, 2));
         else
-            fprintf(out, "round: none\nphase: idle\n");
+            s_print_idle(db, out);
         fprintf(out, "last_round: %lld %s (base %lld, version %lld%s%s)\n",
                 sqlite3_column_int64(st, 0),
                 open ? "in progress" : (const char *)sqlite3_column_text(st, 5),
@@ -1441,7 +1529,7 @@ int rounds_print_status(const char *db_path, FILE *out)
                 sqlite3_column_text(st, 6) && *sqlite3_column_text(st, 6) ? ": " : "",
                 sqlite3_column_text(st, 6) ? (const char *)sqlite3_column_text(st, 6) : "");
     } else {
-        fprintf(out, "round: none\nphase: idle\n");
+        s_print_idle(db, out);
     }
     sqlite3_finalize(st);
     st = NULL;

@@ -73,6 +73,10 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
  * before it is asked to train on them. */
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version);
 
+/* The configuration was reloaded (SIGHUP): nodes that declined for privacy budget are
+ * selected again (the DP settings of the next round may differ). */
+void rounds_on_reload(rounds_t *self);
+
 /* Handles a round message (RoundStart answers, secagg phases, Update, EvalReport, Decline).
  * Returns 1 when the type belongs to rounds (handled, refused with an Error, or logged),
  * 0 for types this module does not handle. */

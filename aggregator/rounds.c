@@ -37,8 +37,7 @@ typedef struct {
     uint64_t version;     /* latest version the node is known to hold */
     double reliability;   /* EMA of "completed when selected" */
     bool budget_out;      /* declined its last round for privacy budget: not selected until
-                           * it reconnects or the configuration is reloaded */
-    uint64_t seen_tick;   /* last rounds_tick that listed it as connected */
+                           * it says Hello again or the configuration is reloaded */
 } known_t;
 
 struct rounds_t {
@@ -65,7 +64,6 @@ struct rounds_t {
     size_t n_known, cap_known;
     char **live;              /* ids of the sessions at the last tick */
     size_t n_live;
-    uint64_t tick_no;
     rounds_peer_t *eligible;  /* the connected nodes a round may select (budget left) */
     char idle_reason[256];    /* why no round starts although nodes are connected; "" = none */
 
@@ -315,7 +313,13 @@ static known_t *s_known(rounds_t *self, const char *id)
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version)
 {
     known_t *k = s_known(self, node_id);
-    if (k) k->version = model_version;
+    if (!k) return;
+    k->version = model_version;
+    /* A (re)started node may have had its privacy budget raised: ask it again. */
+    if (k->budget_out)
+        LOG_INFO(AGG, "node %s (out of privacy budget at its last round) said hello: it will be "
+                 "asked again", node_id);
+    k->budget_out = false;
 }
 
 void rounds_on_reload(rounds_t *self)
@@ -342,7 +346,7 @@ static void s_set_idle_reason(rounds_t *self, const char *reason)
     if (rc != 0) LOG_ERROR(AGG, "%s", medfl_error_message());
     if (reason[0])
         LOG_WARN(AGG, "no round starts: %s; rounds resume when a node with budget connects, a "
-                 "node reconnects, or the configuration is reloaded (SIGHUP)", reason);
+                 "node restarts or reconnects, or the configuration is reloaded (SIGHUP)", reason);
     else
         LOG_INFO(AGG, "rounds resume: enough connected nodes have privacy budget");
 }
@@ -1051,21 +1055,13 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
     if (self->live)
         for (size_t i = 0; i < n_peers; i++) self->live[self->n_live++] = (char *)peers[i].node_id;
 
-    /* A node that (re)connects may have had its privacy budget raised: ask it again. Nodes
-     * out of budget are not selected, so they cannot keep a round from reaching quorum, and
-     * an all-exhausted federation idles instead of retrying forever. */
-    self->tick_no++;
+    /* Nodes out of budget are not selected, so they cannot keep a round from reaching
+     * quorum, and an all-exhausted federation idles instead of retrying forever. */
     rounds_peer_t *el = realloc(self->eligible, (n_peers ? n_peers : 1) * sizeof *el);
     if (el) self->eligible = el;
     size_t n_el = 0, n_out = 0;
     for (size_t i = 0; i < n_peers; i++) {
         known_t *k = s_known(self, peers[i].node_id);
-        if (k && k->budget_out && k->seen_tick + 1 != self->tick_no) {
-            k->budget_out = false;
-            LOG_INFO(AGG, "node %s (out of privacy budget at its last round) connected: it will "
-                     "be asked again", k->id);
-        }
-        if (k) k->seen_tick = self->tick_no;
         if (k && k->budget_out) n_out++;
         else if (el) self->eligible[n_el++] = peers[i];
     }

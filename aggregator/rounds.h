@@ -70,7 +70,8 @@ void rounds_destroy(rounds_t **self_p);
 void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int64_t now_ms);
 
 /* A node (re)said Hello with the latest version it holds: versions it lacks are sent to it
- * before it is asked to train on them. */
+ * before it is asked to train on them. A node that declined for privacy budget is selected
+ * again (it may have restarted with a raised budget). */
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version);
 
 /* The configuration was reloaded (SIGHUP): nodes that declined for privacy budget are

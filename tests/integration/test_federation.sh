@@ -18,8 +18,13 @@
 #   D. privacy budget: of 2 nodes (plain mode), hospital-1's epsilon_budget allows 2 rounds of
 #      its DP setting (q 0.1, sigma 1, 20 steps a round: epsilon 5.39 after 2, 6.33 after 3):
 #      it trains rounds 1 and 2, declines round 3 with the reason logged by the aggregator
-#      (the round goes on with hospital-2), is killed with SIGKILL and restarted, and still
-#      declines; its ledger lists exactly 2 admitted rounds.
+#      (the round goes on with hospital-2); then, min_nodes being 2, no further round starts
+#      (status: "phase: idle (1 of 2 connected nodes out of privacy budget ...)") instead of
+#      endless retries. Killed with SIGKILL and restarted, it is asked again and still
+#      declines; its ledger lists exactly 2 admitted rounds. hospital-3 (with budget)
+#      connecting resumes the rounds without hospital-1; a SIGHUP reload asks hospital-1
+#      again; with only hospital-1 left, status says "phase: idle (all nodes out of privacy
+#      budget)".
 # Prints PASS/FAIL lines; exit 0 when all pass.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
@@ -325,11 +330,13 @@ else
 fi
 
 
-# ---- D: the privacy budget holds across a SIGKILL and restart ------------------------------
+# ---- D: the privacy budget holds across a SIGKILL and restart; no endless retries --------
 D=$T/d
-federation "$D" 2 off none 0 0 2 || fail "D: setup"
+# 3 enrolled, hospital-3 starts later (the node with budget that lets rounds resume)
+federation "$D" 3 off none 0 0 2 || fail "D: setup"
 sed -i 's/^epsilon_budget = 100$/epsilon_budget = 6.0/' "$D/n1/node.conf"
 DC="$D/agg/aggregator.conf"
+sed -i 's/^select_wait_ms = .*/select_wait_ms = 200/' "$DC" # 2 of max 3 connected: do not wait long
 start_agg d "$D"
 start_node d "$D" 1
 start_node d "$D" 2
@@ -340,11 +347,25 @@ else
   fail "D: no budget decline after 2 rounds (completed $(status_field "$DC" rounds_completed))" \
     "$D/agg/agg.log" "$D/n1/node.log"
 fi
+idle_budget() { "$AGG" status -c "$DC" 2>/dev/null | grep -q "^phase: idle ($1"; }
+started() { grep -c " started from version " "$D/agg/agg.log"; }
+# min_nodes 2 and only hospital-2 has budget left: the aggregator idles and says why
+if wait_until 30 idle_budget "1 of 2 connected nodes out of privacy budget"; then
+  n0=$(started)
+  sleep 2 # 4 x retry_ms
+  if [ "$(started)" = "$n0" ] && idle_budget "1 of 2 connected nodes out of privacy budget"; then
+    pass "D: with too few nodes with budget no round starts; status: $("$AGG" status -c "$DC" | grep '^phase:')"
+  else
+    fail "D: rounds kept starting while idle for budget ($n0 -> $(started))" "$D/agg/agg.log"
+  fi
+else
+  fail "D: status does not show the budget idle" "$D/agg/agg.log"
+fi
 stop9 d-n1
 before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
 start_node d "$D" 1
 if wait_until 60 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
-  pass "D: after SIGKILL and restart the node still declines"
+  pass "D: after SIGKILL and restart the node is asked again and still declines"
 else
   fail "D: restarted node did not decline (completed $(status_field "$DC" rounds_completed))" \
     "$D/agg/agg.log" "$D/n1/node.log"
@@ -355,6 +376,34 @@ if [ "$(grep -c " admitted " "$D/privacy.out")" = 2 ] && grep -q " declined " "$
   pass "D: ledger: 2 admitted rounds, declines recorded, spent epsilon 5.39"
 else
   fail "D: ledger contents" "$D/privacy.out"
+fi
+# a node with budget connects: rounds resume with hospital-2 and hospital-3
+wait_until 30 idle_budget "1 of 2 connected" || true
+done_before=$(status_field "$DC" rounds_completed)
+start_node d "$D" 3
+if wait_until 40 completed_at_least "$DC" $((done_before + 1)) &&
+   log_has "$D/agg/agg.log" "rounds resume: enough connected nodes have privacy budget" &&
+   grep -q "participants \[hospital-2,hospital-3\]" "$D/agg/agg.log"; then
+  pass "D: a node with budget connected and rounds resumed without the exhausted node"
+else
+  fail "D: rounds did not resume when hospital-3 connected" "$D/agg/agg.log"
+fi
+# a configuration reload asks the exhausted node again
+before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
+kill -HUP "${PIDS[d-agg]}"
+if wait_until 30 log_has "$D/agg/agg.log" "configuration reloaded: 1 node(s) out of privacy budget will be asked again" &&
+   wait_until 30 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
+  pass "D: after a configuration reload the exhausted node is asked again (and declines)"
+else
+  fail "D: reload did not ask hospital-1 again" "$D/agg/agg.log"
+fi
+# only the exhausted node left connected
+stop9 d-n2
+stop9 d-n3
+if wait_until 30 idle_budget "all nodes out of privacy budget)"; then
+  pass "D: status: phase: idle (all nodes out of privacy budget)"
+else
+  fail "D: status after the nodes with budget left: $("$AGG" status -c "$DC" | grep '^phase:')" "$D/agg/agg.log"
 fi
 
 [ $failures -eq 0 ]

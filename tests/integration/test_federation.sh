@@ -188,6 +188,8 @@ kill_in_phase() { # PHASE: one status call gives round and phase, the kill follo
   [ "$(field phase <<<"$st")" = "$1" ] && [ "$r" -gt "$last_round" ] 2>/dev/null || return 1
   # unmask: only before this round's version is written (the commit case comes next)
   if [ "$1" = unmask ] && grep -q "round $r: version [0-9]* written" "$A/agg/agg.log"; then return 1; fi
+  # input: while every node still trains, so their masked inputs reach the restarted daemon
+  if [ "$1" = input ] && grep -q "round $r: masked input sent" "$A"/n*/node.log; then return 1; fi
   killed_round=$r
   stop9 a-agg
 }
@@ -212,6 +214,7 @@ for phase in keys shares input unmask commit eval; do
     break
   fi
   last_round=$killed_round
+  [ $phase = input ] && input_round=$killed_round
   # Before its version exists a round is aborted (secure-aggregation state lived in memory);
   # once written it is completed. The unmask kill can race the write by a few ms: the log
   # tells which happened.
@@ -233,6 +236,13 @@ for phase in keys shares input unmask commit eval; do
     fail "B: versions lost or changed across the $phase kill" "$A/chain.before" "$A/chain.after"
   fi
 done
+# the masked inputs of the round killed in its input phase arrive at the new process: stale
+if [ -n "${input_round:-}" ] &&
+   wait_until 20 log_has "$A/agg/agg.log" "MASKED_INPUT from node hospital-[0-9] for round $input_round rejected: round $input_round is not in progress"; then
+  pass "B: masked inputs for the killed round $input_round reached the restarted aggregator and were rejected as stale"
+else
+  fail "B: no stale masked input of round ${input_round:-?} rejected" "$A/agg/agg.log"
+fi
 if [ $b_ok = 1 ]; then
   pass "B: aggregator SIGKILLed in phases keys, shares, input, unmask, after a version write, and eval; each restart journaled the round (4 aborted, 2 completed) and kept the chain"
 fi

@@ -346,7 +346,8 @@ D=$T/d
 federation "$D" 3 off none 0 0 2 || fail "D: setup"
 sed -i 's/^epsilon_budget = 100$/epsilon_budget = 6.0/' "$D/n1/node.conf"
 DC="$D/agg/aggregator.conf"
-sed -i 's/^select_wait_ms = .*/select_wait_ms = 200/' "$DC" # 2 of max 3 connected: do not wait long
+# 2 of max 3 nodes connected: do not wait long to start; training takes milliseconds here
+sed -i -e 's/^select_wait_ms = .*/select_wait_ms = 200/' -e 's/^train_deadline_ms = .*/train_deadline_ms = 2000/' "$DC"
 start_agg d "$D"
 start_node d "$D" 1
 start_node d "$D" 2

@@ -75,7 +75,7 @@ const cfg_option_t agg_config_table[] = {
      "local learning rate sent in RoundStart"},
     {"federation.local_steps", CFG_INT, O(fed_local_steps), 1, 1e6, "20", true, NULL,
      "local optimizer steps per round"},
-    {"federation.batch_size", CFG_INT, O(fed_batch_size), 1, 65536, "16", true, NULL,
+    {"federation.batch_size", CFG_INT, O(fed_batch_size), 1, 4096, "16", true, NULL,
      "local batch size (expected batch under DP: sample_rate x records)"},
     {"federation.max_seq_len", CFG_INT, O(fed_max_seq_len), 8, 8192, "128", true, NULL,
      "tokens per record"},

@@ -1,6 +1,9 @@
 /* The aggregator's round state machine, driven from the daemon's event loop (no threads):
  *
- *   IDLE -> (min_nodes connected, select_wait) -> RoundStart to the selected nodes
+ *   IDLE -> (min_nodes connected with privacy budget left, select_wait) -> RoundStart to
+ *           the selected nodes (a node that declined for budget is left out until it says
+ *           Hello again or the config is reloaded; with too few left the daemon idles and
+ *           `status` says why)
  *   secure:  KEYS (AdvertiseKeys) -> KeysBroadcast -> SHARES (ShareKeys) -> SharesDelivery
  *            -> INPUT (local training + MaskedInput) -> UnmaskRequest -> UNMASK
  *            (UnmaskResponse) -> weighted sum

@@ -591,6 +591,46 @@ static void test_journal_recovery(void **state)
     s_fed_free(&f);
 }
 
+/* A crash between writing a version and journaling it (held open by the test-only
+ * federation.debug_phase_hold_ms): the restarted aggregator journals the round completed
+ * with that version, which no node ever received; the nodes get it as a catch-up copy
+ * before the next round, and everyone ends on the same head. */
+static void test_crash_after_version_write(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_log_reset();
+    s_fed_init(&f, 3, true, "none");
+    f.cfg.fed_rounds = 2;
+    f.cfg.fed_debug_hold_ms = 150;
+    int64_t end = service_now_ms() + 10000;
+    while (!s_log_has("round 1: version 2 written, journal update held") && service_now_ms() < end)
+        s_step(&f);
+    assert_true(s_log_has("round 1: version 2 written, journal update held 150 ms"));
+    assert_int_equal(rounds_phase(f.rounds), ROUNDS_UNMASK); /* the journal has no version yet */
+    rounds_destroy(&f.rounds);
+    s_agg_start(&f);
+    assert_true(s_log_has("round 1: aggregator restarted during phase unmask after version 2 was "
+                          "committed: journaled as completed"));
+    assert_int_equal(rounds_completed(f.rounds), 1);
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    for (size_t i = 0; i < 3; i++) assert_int_equal(node_round_model_version(f.node[i]), 1);
+    /* the nodes never saw version 2: the next round sends it first */
+    for (size_t i = 0; i < 3; i++) rounds_on_hello(f.rounds, f.ids[i], 1);
+    s_run_until_completed(&f, 2, 20000);
+    for (int k = 0; k < 200; k++) s_step(&f);
+    assert_int_equal(rounds_head_version(f.rounds), 3);
+    char vdir[800];
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(node_round_model_version(f.node[i]), 3);
+        snprintf(vdir, sizeof vdir, "%s/%s/versions", f.dir, f.ids[i]);
+        assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
+    }
+    snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
+    assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
+    s_fed_free(&f);
+}
+
 static void test_failing_trainer_is_a_dropout(void **state)
 {
     (void)state;
@@ -646,6 +686,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stale_update_rejected),
         cmocka_unit_test(test_base_mismatch_decline),
         cmocka_unit_test(test_journal_recovery),
+        cmocka_unit_test(test_crash_after_version_write),
         cmocka_unit_test(test_failing_trainer_is_a_dropout),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

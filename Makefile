@@ -6,7 +6,7 @@
 #   aggregator/*.c       -> bin/medfl-aggregator
 #   tests/bench/*.c      -> bin/medfl-bench
 #   tests/unit/test_*.c  -> build/tests/test_* (cmocka), run by `make test`
-#   tests/integration/*.sh run by `make test` after the unit tests
+#   tests/integration/test_*.sh run by `make test` after the unit tests
 #   tests/fuzz/fuzz_*.c  -> build/fuzz/fuzz_* (clang libFuzzer), `make fuzz`
 # SANITIZE=1 builds the same tree with ASan+UBSan into build-san/ (binaries in build-san/bin).
 

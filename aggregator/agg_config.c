@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/metrics.h"
 
 #define O(f) offsetof(agg_config_t, f)
 
@@ -101,6 +102,9 @@ const cfg_option_t agg_config_table[] = {
      "fraction of coordinates sent (topk, randk)"},
     {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.05", true, NULL,
      "secure modes: each weighted coordinate is clipped to [-clip, clip]"},
+    {"metrics.listen", CFG_STRING, O(metrics_listen), 0, 0, "127.0.0.1:9750", false, NULL,
+     "Prometheus endpoint (GET /metrics): ADDRESS:PORT, loopback by default because the "
+     "metrics tell who takes part and with what weight" METRICS_LISTEN_HELP_SUFFIX},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 
@@ -126,6 +130,8 @@ int agg_config_load(agg_config_t *cfg, const char *path)
         return medfl_error_set(MEDFL_ECONFIG, "%s: key 'compression.scheme': topk sends "
                                "different coordinates per node and cannot be summed under "
                                "secure aggregation; use randk or quantize", path);
+    metrics_listen_t ml;
+    if (metrics_listen_parse(cfg->metrics_listen, path, "metrics.listen", &ml) != 0) return -1;
     return 0;
 }
 

@@ -46,6 +46,8 @@ typedef struct {
     char comp_scheme[CFG_STR_MAX];
     int64_t comp_bits;
     double comp_k_frac, comp_clip;
+    /* [metrics] */
+    char metrics_listen[CFG_STR_MAX];
 } agg_config_t;
 
 extern const cfg_option_t agg_config_table[];

@@ -96,6 +96,18 @@ static bool s_daemon_running(store_t *store)
            (kill((pid_t)pid, 0) == 0 || errno == EPERM) && age <= 10;
 }
 
+/* The aggregator as service_run_daemon sees it. */
+static void *s_daemon_new(const void *cfg, const char *config_path)
+{
+    return aggregator_new(cfg, config_path);
+}
+static int s_daemon_run(void *agg) { return aggregator_run(agg); }
+static void s_daemon_destroy(void *agg)
+{
+    aggregator_t *self = agg;
+    aggregator_destroy(&self);
+}
+
 int cmd_agg_run(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -109,25 +121,10 @@ int cmd_agg_run(int argc, char **argv)
     if (s_check_args(argc, argv, 0, PROG " run [-c CONFIG]") != 0) return cli_fail(PROG);
     agg_config_t cfg;
     if (agg_config_load(&cfg, path) != 0) return cli_fail(PROG);
-    FILE *log_file = NULL;
-    if (service_log_setup(PROG, cfg.name, cfg.log_level, cfg.log_format, cfg.log_file,
-                          &log_file) != 0 ||
-        service_signals_install() != 0)
-        return cli_fail(PROG);
-    LOG_INFO(CONFIG, "configuration loaded from %s", path);
-    aggregator_t *agg = aggregator_new(&cfg, path);
-    int rc = 1;
-    if (!agg) {
-        LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());
-        cli_fail(PROG);
-    } else {
-        rc = aggregator_run(agg);
-        aggregator_destroy(&agg);
-        LOG_INFO(MAIN, "stopped");
-    }
-    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
-    if (log_file) fclose(log_file);
-    return rc;
+    return service_run_daemon(&(service_daemon_t){
+        .program = PROG, .instance = cfg.name, .config_path = path, .log_level = cfg.log_level,
+        .log_format = cfg.log_format, .log_file = cfg.log_file, .cfg = &cfg,
+        .create = s_daemon_new, .run = s_daemon_run, .destroy = s_daemon_destroy});
 }
 
 int cmd_agg_keygen(int argc, char **argv)
@@ -157,20 +154,8 @@ int cmd_agg_keygen(int argc, char **argv)
         }
         dir = cfg.key_dir;
     }
-    keys_t *k = keys_generate();
-    if (!k || service_mkdir_p(dir, 0700) != 0 || keys_save(k, dir, force) != 0) {
-        keys_destroy(&k);
-        return cli_fail(PROG);
-    }
-    char z85[KEYS_Z85_LEN + 1], hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1], id[KEYS_ID_LEN + 1];
-    if (keys_z85_encode(k->curve_public, z85) != 0) {
-        keys_destroy(&k);
-        return cli_fail(PROG);
-    }
-    sodium_bin2hex(hex, sizeof hex, k->sign_public, sizeof k->sign_public);
-    keys_key_id(k->curve_public, id);
-    keys_destroy(&k);
-    printf("key_dir: %s\ncurve_public: %s\nidentity_public: %s\nkey_id: %s\n", dir, z85, hex, id);
+    char z85[KEYS_Z85_LEN + 1], hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1];
+    if (keys_keygen(dir, force, stdout, z85, hex) != 0) return cli_fail(PROG);
     printf("# nodes: aggregator.public_key = \"%s\"  (or aggregator.public_key_file = %s/curve.pub)\n",
            z85, dir);
     return 0;

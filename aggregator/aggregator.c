@@ -15,9 +15,11 @@
 
 #include <sodium.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/service.h"
 #include "common/store.h"
 #include "common/wire.h"
@@ -51,6 +53,8 @@ struct aggregator_t {
     size_t n_peers, cap_peers;
     rounds_t *rounds;   /* the federation's round state machine */
     rounds_peer_t *round_peers;
+    metrics_t *metrics; /* NULL when metrics.listen = off or the endpoint failed */
+    uint64_t m_sent, m_received; /* wire traffic already added to the counters */
 };
 
 static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
@@ -64,6 +68,7 @@ static void s_peer_remove(aggregator_t *self, agg_peer_t *p)
 {
     size_t i = (size_t)(p - self->peers);
     self->peers[i] = self->peers[--self->n_peers];
+    metrics_set(self->metrics, "connected_nodes", NULL, (double)self->n_peers);
 }
 
 static agg_peer_t *s_peer_add(aggregator_t *self, const char *node_id)
@@ -83,6 +88,7 @@ static agg_peer_t *s_peer_add(aggregator_t *self, const char *node_id)
     p = &self->peers[self->n_peers++];
     memset(p, 0, sizeof *p);
     snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
+    metrics_set(self->metrics, "connected_nodes", NULL, (double)self->n_peers);
     return p;
 }
 
@@ -298,13 +304,76 @@ static void s_housekeeping(aggregator_t *self)
     }
 }
 
+/* The aggregator's Prometheus families (docs/operator-guide-aggregator.md, "Metrics"). */
+static const struct {
+    const char *name;
+    metric_kind_t kind;
+    const char *help;
+    const char *label;
+} s_agg_metrics[] = {
+    {"rounds_started_total", METRIC_COUNTER, "Rounds started (RoundStart sent).", NULL},
+    {"rounds_completed_total", METRIC_COUNTER,
+     "Rounds completed since the federation began (the journal's count, as in `status`).", NULL},
+    {"rounds_aborted_total", METRIC_COUNTER,
+     "Rounds aborted by this process (quorum, deadlines, stop).", NULL},
+    {"connected_nodes", METRIC_GAUGE, "Enrolled nodes with a live session.", NULL},
+    {"node_weight", METRIC_GAUGE,
+     "Contribution weight of each node in the latest round (0 when not selected).", "node"},
+    {"bytes_sent_total", METRIC_COUNTER, "Message bytes sent to nodes (before CURVE).", NULL},
+    {"bytes_received_total", METRIC_COUNTER, "Message bytes received from nodes (before CURVE).",
+     NULL},
+    {"last_round_duration_seconds", METRIC_GAUGE,
+     "Seconds from RoundStart to the end of the last completed round.", NULL},
+    {"model_version", METRIC_GAUGE, "Head model version of the version store.", NULL},
+};
+
+/* Declares the families and starts the endpoint; an endpoint that cannot bind is logged and
+ * the federation goes on without metrics (monitoring must not stop rounds). */
+static int s_metrics_setup(aggregator_t *self)
+{
+    metrics_listen_t ml;
+    if (metrics_listen_parse(self->cfg.metrics_listen,
+                             self->config_path[0] ? self->config_path : NULL, "metrics.listen",
+                             &ml) != 0)
+        return -1;
+    self->metrics = metrics_new("medfl_aggregator");
+    if (!self->metrics) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < sizeof s_agg_metrics / sizeof *s_agg_metrics; i++) {
+        if (metrics_declare(self->metrics, s_agg_metrics[i].name, s_agg_metrics[i].kind,
+                            s_agg_metrics[i].help, s_agg_metrics[i].label) != 0)
+            return -1;
+        if (!s_agg_metrics[i].label) metrics_add(self->metrics, s_agg_metrics[i].name, NULL, 0);
+    }
+    if (metrics_start(self->metrics, &ml, self->cfg.state_dir) != 0) {
+        LOG_ERROR(MAIN, "metrics endpoint not started, running without it: %s",
+                  medfl_error_message());
+        metrics_destroy(&self->metrics);
+        return 0;
+    }
+    if (!ml.enabled) metrics_destroy(&self->metrics);
+    return 0;
+}
+
+/* Wire traffic, copied from the counters wire keeps as messages pass. */
+static void s_metrics_sync(aggregator_t *self)
+{
+    if (!self->metrics) return;
+    wire_server_stats_t st;
+    wire_server_stats(self->server, &st);
+    metrics_add(self->metrics, "bytes_sent_total", NULL, (double)(st.bytes_sent - self->m_sent));
+    metrics_add(self->metrics, "bytes_received_total", NULL,
+                (double)(st.bytes_received - self->m_received));
+    self->m_sent = st.bytes_sent;
+    self->m_received = st.bytes_received;
+}
+
 static int s_record_start(aggregator_t *self)
 {
     char path[CFG_STR_MAX + 32], text[CFG_STR_MAX + 8];
     const char *endpoint = wire_server_endpoint(self->server);
     agg_config_endpoint_path(&self->cfg, path, sizeof path);
     snprintf(text, sizeof text, "%s\n", endpoint);
-    if (service_write_file(path, text, 0644) != 0) return -1;
+    if (atomic_file_replace(path, text, strlen(text), 0644) != 0) return -1;
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)time(NULL));
     char pid[32];
@@ -359,6 +428,8 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
                                   self->keys->sign_public);
         if (!self->rounds) goto fail;
     }
+    if (s_metrics_setup(self) != 0) goto fail;
+    rounds_set_metrics(self->rounds, self->metrics);
     char key_id[KEYS_ID_LEN + 1];
     keys_key_id(self->keys->curve_public, key_id);
     LOG_INFO(NET, "aggregator %s listening on %s (instance %s, server key %s)", cfg->name,
@@ -382,6 +453,7 @@ void aggregator_destroy(aggregator_t **self_p)
             LOG_WARN(AGG, "registry: %s", medfl_error_message());
     }
     rounds_destroy(&self->rounds);
+    metrics_destroy(&self->metrics); /* after the rounds, which report into it */
     free(self->round_peers);
     wire_server_destroy(&self->server);
     store_destroy(&self->store);
@@ -438,6 +510,7 @@ int aggregator_step(aggregator_t *self, int timeout_ms)
     }
     wire_msg_close(&msg);
     s_rounds_tick(self);
+    s_metrics_sync(self);
     return rc;
 }
 
@@ -466,8 +539,16 @@ int aggregator_run(aggregator_t *self)
         }
         aggregator_step(self, AGG_TICK_MS);
     }
+    /* Drain: the round in progress is closed in the journal now (completed when its version
+     * is already committed, else aborted and its nodes told), so a restart finds a clean
+     * journal instead of recovering an open round. */
     LOG_INFO(MAIN, "stop requested: shutting down");
     (void)service_notify("STOPPING=1");
+    bool in_round = rounds_current(self->rounds) != 0;
+    rounds_stop(self->rounds, service_now_ms(), "aggregator stopped (SIGTERM/SIGINT)");
+    /* The ROUTER closes without linger: give libzmq's I/O thread a moment to deliver the
+     * "round aborted" errors, so nodes drop the round now rather than at the next one. */
+    if (in_round) usleep(200 * 1000);
     return 0;
 }
 

@@ -16,6 +16,7 @@
 
 #include "aggregator/agg_config.h"
 #include "aggregator/contrib_db.h"
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 
@@ -454,17 +455,15 @@ int report_render(const report_t *self, FILE *out)
 
 int report_write(const report_t *self, const char *path)
 {
-    char tmp[CFG_STR_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return medfl_error_set(MEDFL_EIO, "%s: cannot write: %s", tmp, strerror(errno));
+    /* Rendered in memory first: the page replaces the old one whole, or not at all. */
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
     int rc = report_render(self, f);
-    if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-        rc = medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
-    if (fclose(f) != 0 && rc == 0) rc = medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: cannot rename into place: %s", path, strerror(errno));
-    if (rc != 0) unlink(tmp);
+    if (fclose(f) != 0 && rc == 0) rc = medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+    if (rc == 0) rc = atomic_file_replace(path, buf, len, 0644);
+    free(buf);
     return rc;
 }
 

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/fedround.h"
 #include "common/log.h"
+#include "common/service.h"
 
 #define ROUNDS_GENESIS_TENSOR "synthetic.w"
 #define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
@@ -88,6 +89,9 @@ struct rounds_t {
     size_t n_in;
     uint64_t new_version;
     double commit_weight;     /* weight total of new_version's sum */
+
+    metrics_t *metrics;       /* NULL when metrics are off */
+    int64_t started_ms;       /* monotonic start of the round in progress */
 };
 
 const char *rounds_phase_name(rounds_phase_t p)
@@ -159,8 +163,33 @@ static void s_journal_phase(rounds_t *self)
         LOG_ERROR(AGG, "%s", medfl_error_message());
 }
 
+/* ---- metrics hooks (no-ops when metrics are off) ---------------------------------------- */
+
+static void s_metrics_start(rounds_t *self, int64_t now)
+{
+    self->started_ms = now;
+    metrics_add(self->metrics, "rounds_started_total", NULL, 1);
+    if (!self->metrics) return;
+    for (size_t i = 0; i < self->n_known; i++) /* not selected this round: no weight */
+        metrics_set(self->metrics, "node_weight", self->known[i].id, 0);
+    for (size_t i = 0; i < self->n_parts; i++)
+        metrics_set(self->metrics, "node_weight", self->parts[i].id, self->parts[i].weight);
+}
+
+static void s_metrics_end(rounds_t *self, const char *outcome)
+{
+    bool completed = strcmp(outcome, "completed") == 0;
+    metrics_add(self->metrics, completed ? "rounds_completed_total" : "rounds_aborted_total",
+                NULL, 1);
+    if (!completed) return;
+    metrics_set(self->metrics, "last_round_duration_seconds", NULL,
+                (double)(service_now_ms() - self->started_ms) / 1000.0);
+    metrics_set(self->metrics, "model_version", NULL, (double)vs_store_head(self->vs));
+}
+
 static void s_journal_end(rounds_t *self, const char *outcome, const char *reason)
 {
+    s_metrics_end(self, outcome);
     if (s_exec(self->db,
                "UPDATE rounds SET phase = ?, outcome = ?, reason = ?, version = ?, finished_at = ?,"
                " updated_at = ? WHERE round_id = ?",
@@ -678,6 +707,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         goto fail;
     }
     self->last_round_id = self->round_id;
+    s_metrics_start(self, now);
     LOG_INFO(AGG, "round %" PRIu64 " started from version %" PRIu64 ": %zu participants [%s], "
              "%s, compression %s (%" PRIu64 " of %zu coordinates)%s",
              self->round_id, self->head, n, plist,
@@ -1457,6 +1487,32 @@ void rounds_destroy(rounds_t **self_p)
     sodium_memzero(self->sk, sizeof self->sk);
     free(self);
     *self_p = NULL;
+}
+
+void rounds_set_metrics(rounds_t *self, metrics_t *m)
+{
+    self->metrics = m;
+    metrics_add(m, "rounds_completed_total", NULL, (double)self->completed);
+    metrics_set(m, "model_version", NULL, (double)vs_store_head(self->vs));
+}
+
+void rounds_stop(rounds_t *self, int64_t now_ms, const char *why)
+{
+    if (!self->round_id || self->phase == ROUNDS_IDLE || self->phase == ROUNDS_DONE) return;
+    /* Held between the version write and its journal entry (test hold): the version exists,
+     * so the round is finished, not aborted (the nodes get it as a catch-up copy later). */
+    if (self->commit_pending) {
+        self->commit_pending = false;
+        self->phase = ROUNDS_EVAL;
+    }
+    if (self->phase == ROUNDS_EVAL) {
+        LOG_INFO(AGG, "round %" PRIu64 ": %s while collecting evaluations: version %" PRIu64
+                 " is committed, closing the round as completed", self->round_id, why,
+                 self->new_version);
+        s_close_phase(self, now_ms);
+        return;
+    }
+    s_abort(self, now_ms, "%s during phase %s", why, rounds_phase_name(self->phase));
 }
 
 rounds_phase_t rounds_phase(const rounds_t *self) { return self->phase; }

@@ -34,6 +34,7 @@
 #include <stdio.h>
 
 #include "aggregator/agg_config.h"
+#include "common/metrics.h"
 #include "common/version_store.h"
 #include "common/wire.h"
 
@@ -92,6 +93,17 @@ uint64_t rounds_completed(const rounds_t *self);
 uint64_t rounds_head_version(const rounds_t *self);
 /* The global vector of the head version (numel floats), NULL before the first. */
 const float *rounds_global(const rounds_t *self, size_t *numel);
+
+/* Reports round events into m (may be NULL): rounds started / completed / aborted (the
+ * completed counter starts from the journal, so it always equals `status`'s
+ * rounds_completed), per-node weights of each round, last round duration, head version. */
+void rounds_set_metrics(rounds_t *self, metrics_t *m);
+
+/* SIGTERM drain: a round in EVAL (its version is committed) is closed as completed; a round
+ * in any earlier phase is journaled as aborted with why, and its nodes are told so at once
+ * (their secure-aggregation state cannot survive this process). The journal is then closed
+ * for the round, so a restart recovers nothing and starts a new round. */
+void rounds_stop(rounds_t *self, int64_t now_ms, const char *why);
 
 /* `medfl-aggregator status` lines from the journal (a reader process; the daemon may be
  * running): rounds_completed, rounds_aborted, current round and phase, last round. */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -137,40 +138,8 @@ int strategy_save(const strategy_t *s, const char *path)
         memcpy(buf + 32 + 4 * s->n, s->v, 4 * s->n);
     }
     crypto_generichash(buf + body, 32, buf, body, NULL, 0);
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp), rc = -1;
-    if (fd < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        goto done;
-    }
-    size_t off = 0;
-    while (off < total) {
-        ssize_t w = write(fd, buf + off, total - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(errno));
-            goto done;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) < 0 || rename(tmp, path) < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: fsync/rename failed: %s", path, strerror(errno));
-        goto done;
-    }
-    rc = 0;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0) rc = medfl_error_set(MEDFL_EIO, "%s: folder fsync failed", path);
-    if (dfd >= 0) close(dfd);
-done:
-    if (fd >= 0) {
-        close(fd);
-        if (rc < 0) unlink(tmp);
-    }
+    /* 0600: the optimizer state is private working data of the aggregator. */
+    int rc = atomic_file_replace(path, buf, total, 0600);
     free(buf);
     return rc;
 }

@@ -16,14 +16,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/adapter_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/safetensors.h"
 
 #define S_PROG "medfl-aggregator"
-#define S_ENC "base_model.model.encoder."
-#define S_HEAD "classifier."
 #define S_PEFT "base_model.model."
 
 void versions_dir(const char *state_dir, char *out, size_t size)
@@ -70,57 +69,6 @@ int versions_read_hex_key(const char *path_or_hex, uint8_t *out, size_t n, bool 
 
 /* ---------------------------------------------------------------- names */
 
-int versions_peft_name(const char *name, const char *prefix, char *out, size_t size)
-{
-    int n;
-    if (strncmp(name, S_ENC, strlen(S_ENC)) == 0)
-        n = snprintf(out, size, S_PEFT "%s.encoder.%s", prefix, name + strlen(S_ENC));
-    else if (strncmp(name, S_HEAD, strlen(S_HEAD)) == 0)
-        n = snprintf(out, size, S_PEFT "%s", name);
-    else
-        return medfl_error_set(MEDFL_EINVAL, "tensor '%s': not a LoRA encoder or classifier tensor", name);
-    if (n < 0 || (size_t)n >= size) return medfl_error_set(MEDFL_EINVAL, "tensor '%s': name too long", name);
-    return 0;
-}
-
-int versions_medfl_name(const char *peft_name, const char *prefix, char *out, size_t size)
-{
-    char enc[128];
-    snprintf(enc, sizeof enc, S_PEFT "%s.encoder.", prefix);
-    int n;
-    if (strncmp(peft_name, enc, strlen(enc)) == 0)
-        n = snprintf(out, size, S_ENC "%s", peft_name + strlen(enc));
-    else if (strncmp(peft_name, S_PEFT S_HEAD, strlen(S_PEFT S_HEAD)) == 0)
-        n = snprintf(out, size, "%s", peft_name + strlen(S_PEFT));
-    else
-        return medfl_error_set(MEDFL_EINVAL,
-                               "tensor '%s': expected a name starting with '%s' or '" S_PEFT S_HEAD "'",
-                               peft_name, enc);
-    if (n < 0 || (size_t)n >= size) return medfl_error_set(MEDFL_EINVAL, "tensor '%s': name too long", peft_name);
-    return 0;
-}
-
-/* LoRA module of a medfl name: "base_model.model.encoder.layer.3.attention.self.query.lora_A.weight"
- * -> layer 3, module "attention.self.query", which 'A'. */
-static bool s_lora_parts(const char *name, int *layer, char *module, size_t size, char *which)
-{
-    const char *p = S_ENC "layer.";
-    if (strncmp(name, p, strlen(p)) != 0) return false;
-    const char *s = name + strlen(p);
-    char *end;
-    long l = strtol(s, &end, 10);
-    if (end == s || *end != '.' || l < 0 || l > 100000) return false;
-    const char *mod = end + 1, *tail = strstr(mod, ".lora_");
-    if (!tail || (tail[6] != 'A' && tail[6] != 'B') || strcmp(tail + 7, ".weight") != 0) return false;
-    size_t ml = (size_t)(tail - mod);
-    if (ml == 0 || ml >= size) return false;
-    memcpy(module, mod, ml);
-    module[ml] = '\0';
-    *layer = (int)l;
-    *which = tail[6];
-    return true;
-}
-
 static const char *const s_target_order[] = {"attention.self.query", "attention.self.key",
                                              "attention.self.value", "attention.output.dense",
                                              "intermediate.dense", "output.dense"};
@@ -133,7 +81,7 @@ static void s_layout_key(const char *name, long key[4])
     int layer;
     char mod[128], which;
     key[0] = key[1] = key[2] = key[3] = 0;
-    if (s_lora_parts(name, &layer, mod, sizeof mod, &which)) {
+    if (adapter_lora_parts(name, &layer, mod, sizeof mod, &which)) {
         key[0] = 0;
         key[1] = layer;
         key[2] = 6;
@@ -167,32 +115,6 @@ static int s_cmp_layout(const void *a, const void *b)
 
 /* ---------------------------------------------------------------- export */
 
-static int s_write_text_atomic(const char *path, const char *text)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %s", path, strerror(errno));
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    if (off != len || fchmod(fd, 0644) < 0 || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(e));
-    }
-    return 0;
-}
-
-static int s_cmp_tensor_name(const void *a, const void *b)
-{
-    return strcmp(((const named_tensor_t *)a)->name, ((const named_tensor_t *)b)->name);
-}
-
 int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *dir,
                          const char *prefix, double lora_alpha, const char *base_model,
                          bool include_head)
@@ -207,158 +129,21 @@ int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *
                                    (unsigned long long)m->version);
     }
     if (!base_model) base_model = vs_manifest_attr(m, "base_model");
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
-
-    named_tensor_t *list = calloc(m->n_tensors, sizeof *list);
-    char (*targets)[128] = calloc(m->n_tensors, sizeof *targets);
-    size_t n_list = 0, n_targets = 0;
-    long r = -1, max_layer = -1;
-    bool head = false, ambiguous = false;
-    int rc = -1;
-    cJSON *cfg = NULL;
-    char *json = NULL;
-    if (!list || !targets) {
-        medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
-        goto done;
-    }
+    named_tensor_t *list = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *list);
+    if (!list) return medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
     for (size_t i = 0; i < m->n_tensors; i++) {
         const vs_tensor_info_t *t = &m->tensors[i];
-        int layer;
-        char mod[128], which;
-        bool is_head = strncmp(t->name, S_HEAD, strlen(S_HEAD)) == 0;
-        if (is_head && !include_head) continue;
-        if (is_head) {
-            head = true;
-        } else if (s_lora_parts(t->name, &layer, mod, sizeof mod, &which)) {
-            long rank = which == 'A' ? t->shape[0] : t->shape[t->ndim - 1];
-            if (t->ndim != 2 || (r >= 0 && rank != r)) {
-                medfl_error_set(MEDFL_EUNSUPPORTED,
-                                "export: tensor '%s' has rank %ld, others %ld (one rank per adapter)",
-                                t->name, rank, r);
-                goto done;
-            }
-            r = rank;
-            if (layer > max_layer) max_layer = layer;
-            size_t k = 0;
-            while (k < n_targets && strcmp(targets[k], mod) != 0) k++;
-            if (k == n_targets) snprintf(targets[n_targets++], 128, "%s", mod);
-        } else {
-            medfl_error_set(MEDFL_EUNSUPPORTED, "export: tensor '%s' is neither LoRA nor head", t->name);
-            goto done;
-        }
-        char peft[VS_MAX_NAME + 64];
-        if (versions_peft_name(t->name, prefix, peft, sizeof peft) < 0) goto done;
-        named_tensor_t *nt = &list[n_list++];
-        if (!(nt->name = strdup(peft))) {
-            medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
-            goto done;
-        }
-        nt->ndim = t->ndim;
-        memcpy(nt->shape, t->shape, sizeof nt->shape);
-        nt->data = (float *)(flat + t->offset);
+        list[i].name = t->name;
+        list[i].ndim = t->ndim;
+        memcpy(list[i].shape, t->shape, sizeof list[i].shape);
+        list[i].data = (float *)(flat + t->offset);
     }
-    if (r < 0) {
-        medfl_error_set(MEDFL_EINVAL, "v%06llu: no LoRA tensors to export", (unsigned long long)m->version);
-        goto done;
-    }
-    /* Every target must be on every layer 0..max for a suffix list to be exact; and PEFT's
-     * suffix match of "output.dense" also hits "attention.output.dense". Otherwise name
-     * every module exactly with a regular expression (PEFT fullmatches a string). */
-    size_t per_target = (size_t)max_layer + 1;
-    for (size_t k = 0; k < n_targets; k++) {
-        size_t count = 0;
-        for (size_t i = 0; i < m->n_tensors; i++) {
-            int layer;
-            char mod[128], which;
-            if (s_lora_parts(m->tensors[i].name, &layer, mod, sizeof mod, &which) && which == 'A' &&
-                strcmp(mod, targets[k]) == 0)
-                count++;
-        }
-        if (count != per_target) ambiguous = true;
-        if (strcmp(targets[k], "output.dense") == 0) {
-            bool attn = false;
-            for (size_t j = 0; j < n_targets; j++) attn |= strcmp(targets[j], "attention.output.dense") == 0;
-            if (!attn) ambiguous = true;
-        }
-    }
-    qsort(list, n_list, sizeof *list, s_cmp_tensor_name);
-    const char *meta[] = {"format", "pt"};
-    char st_path[4096], cfg_path[4096];
-    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
-    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
-    if (safetensors_write_f32(st_path, list, n_list, meta, 1) < 0) goto done;
-
-    cfg = cJSON_CreateObject();
-    if (!cfg) goto oom;
-    cJSON_AddItemToObject(cfg, "alpha_pattern", cJSON_CreateObject());
-    cJSON_AddItemToObject(cfg, "auto_mapping", cJSON_CreateNull());
-    if (base_model) cJSON_AddStringToObject(cfg, "base_model_name_or_path", base_model);
-    else cJSON_AddNullToObject(cfg, "base_model_name_or_path");
-    cJSON_AddStringToObject(cfg, "bias", "none");
-    cJSON_AddFalseToObject(cfg, "fan_in_fan_out");
-    cJSON_AddTrueToObject(cfg, "inference_mode");
-    cJSON_AddTrueToObject(cfg, "init_lora_weights");
-    cJSON_AddNullToObject(cfg, "layers_pattern");
-    cJSON_AddNullToObject(cfg, "layers_to_transform");
-    cJSON_AddNumberToObject(cfg, "lora_alpha", lora_alpha);
-    cJSON_AddNumberToObject(cfg, "lora_dropout", 0.0);
-    if (head) {
-        cJSON *mts = cJSON_AddArrayToObject(cfg, "modules_to_save");
-        cJSON_AddItemToArray(mts, cJSON_CreateString("classifier"));
-    } else {
-        cJSON_AddNullToObject(cfg, "modules_to_save");
-    }
-    cJSON_AddStringToObject(cfg, "peft_type", "LORA");
-    cJSON_AddNumberToObject(cfg, "r", (double)r);
-    cJSON_AddItemToObject(cfg, "rank_pattern", cJSON_CreateObject());
-    cJSON_AddNullToObject(cfg, "revision");
-    if (!ambiguous) {
-        cJSON *tm = cJSON_AddArrayToObject(cfg, "target_modules");
-        for (size_t k = 0; k < n_targets; k++) cJSON_AddItemToArray(tm, cJSON_CreateString(targets[k]));
-    } else {
-        size_t cap = 64 + n_list * (VS_MAX_NAME + 8);
-        char *re = calloc(1, cap);
-        if (!re) goto oom;
-        size_t len = (size_t)snprintf(re, cap, "^(?:");
-        bool first = true;
-        for (size_t i = 0; i < m->n_tensors; i++) {
-            int layer;
-            char mod[128], which;
-            if (!s_lora_parts(m->tensors[i].name, &layer, mod, sizeof mod, &which) || which != 'A') continue;
-            char full[256];
-            snprintf(full, sizeof full, "%s.encoder.layer.%d.%s", prefix, layer, mod);
-            if (!first) re[len++] = '|';
-            first = false;
-            for (const char *c = full; *c && len + 3 < cap; c++) {
-                if (*c == '.') re[len++] = '\\';
-                re[len++] = *c;
-            }
-        }
-        snprintf(re + len, cap - len, ")$");
-        cJSON_AddStringToObject(cfg, "target_modules", re);
-        free(re);
-    }
-    cJSON_AddStringToObject(cfg, "task_type", "SEQ_CLS");
-    cJSON_AddBoolToObject(cfg, "use_dora", false);
-    cJSON_AddBoolToObject(cfg, "use_rslora", false);
-    if (!(json = cJSON_Print(cfg))) goto oom;
-    if (s_write_text_atomic(cfg_path, json) < 0) goto done;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    rc = 0;
-    goto done;
-oom:
-    medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
-done:
-    for (size_t i = 0; list && i < n_list; i++) free(list[i].name);
+    adapter_peft_opts_t o = {.task = ADAPTER_PEFT_SEQ_CLS, .prefix = prefix,
+                             .include_head = include_head, .lora_alpha = lora_alpha,
+                             .base_model = base_model};
+    int rc = adapter_peft_write(dir, list, m->n_tensors, &o);
+    if (rc < 0) medfl_error_prefix("v%06llu: ", (unsigned long long)m->version);
     free(list);
-    free(targets);
-    cJSON_Delete(cfg);
-    free(json);
     return rc;
 }
 
@@ -410,7 +195,7 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
     for (size_t i = 0; i < n; i++) {
         const st_tensor_t *t = safetensors_at(st, i);
         char nm[VS_MAX_NAME + 64];
-        if (versions_medfl_name(t->name, prefix, nm, sizeof nm) < 0) {
+        if (adapter_medfl_name(t->name, prefix, nm, sizeof nm) < 0) {
             medfl_error_prefix("%s: ", st_path);
             goto done;
         }
@@ -430,7 +215,7 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
         }
         int layer;
         char mod[128], which;
-        if (s_lora_parts(items[i].name, &layer, mod, sizeof mod, &which) && which == 'A') r = items[i].t->shape[0];
+        if (adapter_lora_parts(items[i].name, &layer, mod, sizeof mod, &which) && which == 'A') r = items[i].t->shape[0];
     }
     if (r < 0) {
         medfl_error_set(MEDFL_EFORMAT, "%s: no LoRA tensors (names like '" S_PEFT "%s.encoder.layer.0."

@@ -24,18 +24,11 @@ void versions_dir(const char *state_dir, char *out, size_t size);
 int versions_read_hex_key(const char *path_or_hex, uint8_t *out, size_t n, bool secret)
     __attribute__((warn_unused_result));
 
-/* PEFT name of a medfl trainable tensor for a SequenceClassification model whose encoder
- * attribute is `prefix` ("bert"):
- *   base_model.model.encoder.X  -> base_model.model.<prefix>.encoder.X
- *   classifier.Y                -> base_model.model.classifier.Y
- * and back. -1 (EINVAL) for names outside these forms. */
-int versions_peft_name(const char *name, const char *prefix, char *out, size_t size);
-int versions_medfl_name(const char *peft_name, const char *prefix, char *out, size_t size);
-
 /* Writes adapter_model.safetensors + adapter_config.json of a version's tensors into dir
- * (created when missing). lora_alpha <= 0 takes the manifest's "lora_alpha" attribute;
- * base_model NULL takes "base_model". include_head exports classifier.* as a module to
- * save. */
+ * (created when missing) for AutoModelForSequenceClassification, through the common PEFT
+ * writer (common/adapter_file, task SEQ_CLS; `prefix` is the encoder's attribute, "bert").
+ * lora_alpha <= 0 takes the manifest's "lora_alpha" attribute; base_model NULL takes
+ * "base_model". include_head exports classifier.* as a module to save. */
 int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *dir,
                          const char *prefix, double lora_alpha, const char *base_model,
                          bool include_head) __attribute__((warn_unused_result));

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/h5io.h"
 #include "common/safetensors.h"
@@ -228,36 +229,228 @@ done:
     return rc;
 }
 
-/* Module path of a LoRA tensor inside one encoder layer ("attention.self.query"), or NULL. */
-static const char *s_layer_module(const char *name, char *out, size_t size)
+/* ---------------------------------------------------------------- PEFT */
+
+#define S_ENC LORA_PREFIX "encoder."
+#define S_HEAD "classifier."
+
+int adapter_peft_name(const char *name, const char *prefix, char *out, size_t size)
 {
-    const char *p = strstr(name, "encoder.layer.");
-    if (!p) return NULL;
-    p += strlen("encoder.layer.");
-    while (*p >= '0' && *p <= '9') p++;
-    if (*p != '.') return NULL;
-    p++;
-    const char *end = strstr(p, ".lora_");
-    if (!end || (size_t)(end - p) >= size) return NULL;
-    memcpy(out, p, (size_t)(end - p));
-    out[end - p] = '\0';
-    return out;
+    int n;
+    if (strncmp(name, S_ENC, strlen(S_ENC)) == 0)
+        n = prefix && *prefix
+                ? snprintf(out, size, LORA_PREFIX "%s.encoder.%s", prefix, name + strlen(S_ENC))
+                : snprintf(out, size, "%s", name);
+    else if (strncmp(name, S_HEAD, strlen(S_HEAD)) == 0)
+        n = snprintf(out, size, LORA_PREFIX "%s", name);
+    else
+        return medfl_error_set(MEDFL_EINVAL, "tensor '%s': not a LoRA encoder or classifier tensor", name);
+    if (n < 0 || (size_t)n >= size) return medfl_error_set(MEDFL_EINVAL, "tensor '%s': name too long", name);
+    return 0;
 }
 
-static int s_write_text(const char *path, const char *text)
+int adapter_medfl_name(const char *peft_name, const char *prefix, char *out, size_t size)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %s", path, strerror(errno));
-    size_t len = strlen(text);
-    bool ok = write(fd, text, len) == (ssize_t)len && fchmod(fd, 0644) == 0 && fsync(fd) == 0;
-    ok = (close(fd) == 0) && ok;
-    if (!ok || rename(tmp, path) < 0) {
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(errno));
-    }
+    char enc[160];
+    if (prefix && *prefix) snprintf(enc, sizeof enc, LORA_PREFIX "%s.encoder.", prefix);
+    else snprintf(enc, sizeof enc, "%s", S_ENC);
+    int n;
+    if (strncmp(peft_name, enc, strlen(enc)) == 0)
+        n = snprintf(out, size, S_ENC "%s", peft_name + strlen(enc));
+    else if (strncmp(peft_name, LORA_PREFIX S_HEAD, strlen(LORA_PREFIX S_HEAD)) == 0)
+        n = snprintf(out, size, "%s", peft_name + strlen(LORA_PREFIX));
+    else
+        return medfl_error_set(MEDFL_EINVAL,
+                               "tensor '%s': expected a name starting with '%s' or '" LORA_PREFIX S_HEAD "'",
+                               peft_name, enc);
+    if (n < 0 || (size_t)n >= size) return medfl_error_set(MEDFL_EINVAL, "tensor '%s': name too long", peft_name);
     return 0;
+}
+
+bool adapter_lora_parts(const char *name, int *layer, char *module, size_t size, char *which)
+{
+    const char *p = S_ENC "layer.";
+    if (strncmp(name, p, strlen(p)) != 0) return false;
+    const char *s = name + strlen(p);
+    char *end;
+    long l = strtol(s, &end, 10);
+    if (end == s || *end != '.' || l < 0 || l > 100000) return false;
+    const char *mod = end + 1, *tail = strstr(mod, ".lora_");
+    if (!tail || (tail[6] != 'A' && tail[6] != 'B') || strcmp(tail + 7, ".weight") != 0) return false;
+    size_t ml = (size_t)(tail - mod);
+    if (ml == 0 || ml >= size) return false;
+    memcpy(module, mod, ml);
+    module[ml] = '\0';
+    *layer = (int)l;
+    *which = tail[6];
+    return true;
+}
+
+static int s_cmp_tensor_name(const void *a, const void *b)
+{
+    return strcmp(((const named_tensor_t *)a)->name, ((const named_tensor_t *)b)->name);
+}
+
+/* target_modules: module suffixes when exact, else a regex naming every adapted module (see
+ * adapter_file.h). `prefix` is the encoder's attribute ("" for BertModel). */
+static cJSON *s_target_modules(const named_tensor_t *tensors, size_t n, char (*targets)[128],
+                               size_t n_targets, int max_layer, const char *prefix)
+{
+    bool ambiguous = false;
+    for (size_t k = 0; k < n_targets; k++) {
+        size_t count = 0;
+        for (size_t i = 0; i < n; i++) {
+            int layer;
+            char mod[128], which;
+            if (adapter_lora_parts(tensors[i].name, &layer, mod, sizeof mod, &which) && which == 'A' &&
+                strcmp(mod, targets[k]) == 0)
+                count++;
+        }
+        if (count != (size_t)max_layer + 1) ambiguous = true;
+        if (strcmp(targets[k], "output.dense") == 0) {
+            bool attn = false;
+            for (size_t j = 0; j < n_targets; j++) attn |= strcmp(targets[j], "attention.output.dense") == 0;
+            if (!attn) ambiguous = true;
+        }
+    }
+    if (!ambiguous) {
+        cJSON *tm = cJSON_CreateArray();
+        for (size_t k = 0; tm && k < n_targets; k++) cJSON_AddItemToArray(tm, cJSON_CreateString(targets[k]));
+        return tm;
+    }
+    size_t cap = 64;
+    for (size_t i = 0; i < n; i++) cap += 2 * (strlen(prefix) + strlen(tensors[i].name)) + 8;
+    char *re = calloc(1, cap);
+    if (!re) return NULL;
+    size_t len = (size_t)snprintf(re, cap, "^(?:");
+    bool first = true;
+    for (size_t i = 0; i < n; i++) {
+        int layer;
+        char mod[128], which;
+        if (!adapter_lora_parts(tensors[i].name, &layer, mod, sizeof mod, &which) || which != 'A') continue;
+        char full[512];
+        snprintf(full, sizeof full, "%s%sencoder.layer.%d.%s", prefix, *prefix ? "." : "", layer, mod);
+        if (!first) re[len++] = '|';
+        first = false;
+        for (const char *c = full; *c && len + 3 < cap; c++) {
+            if (*c == '.') re[len++] = '\\';
+            re[len++] = *c;
+        }
+    }
+    snprintf(re + len, cap - len, ")$");
+    cJSON *tm = cJSON_CreateString(re);
+    free(re);
+    return tm;
+}
+
+int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
+                       const adapter_peft_opts_t *o)
+{
+    const bool seq = o->task == ADAPTER_PEFT_SEQ_CLS;
+    const char *prefix = !seq ? "" : o->prefix ? o->prefix : "bert";
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return medfl_error_set(MEDFL_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
+    named_tensor_t *list = calloc(n ? n : 1, sizeof *list);
+    char (*targets)[128] = calloc(n ? n : 1, sizeof *targets);
+    size_t n_list = 0, n_targets = 0;
+    long r = -1;
+    int max_layer = -1;
+    bool head = false;
+    int rc = -1;
+    cJSON *cfg = NULL;
+    char *json = NULL;
+    if (!list || !targets) goto oom;
+    for (size_t i = 0; i < n; i++) {
+        const named_tensor_t *t = &tensors[i];
+        int layer;
+        char mod[128], which;
+        if (strncmp(t->name, S_HEAD, strlen(S_HEAD)) == 0) {
+            if (!seq || !o->include_head) continue;
+            head = true;
+        } else if (adapter_lora_parts(t->name, &layer, mod, sizeof mod, &which)) {
+            long rank = which == 'A' ? (long)t->shape[0] : (long)t->shape[t->ndim - 1];
+            if (t->ndim != 2 || (r >= 0 && rank != r)) {
+                medfl_error_set(MEDFL_EUNSUPPORTED,
+                                "%s: tensor '%s' has rank %ld, others %ld (one rank per adapter)",
+                                dir, t->name, rank, r);
+                goto done;
+            }
+            r = rank;
+            if (layer > max_layer) max_layer = layer;
+            size_t k = 0;
+            while (k < n_targets && strcmp(targets[k], mod) != 0) k++;
+            if (k == n_targets) snprintf(targets[n_targets++], 128, "%s", mod);
+        } else {
+            medfl_error_set(MEDFL_EUNSUPPORTED,
+                            "%s: tensor '%s' is neither the head nor LoRA (not on a BERT layer module)",
+                            dir, t->name);
+            goto done;
+        }
+        char peft[1024];
+        if (adapter_peft_name(t->name, prefix, peft, sizeof peft) < 0) goto done;
+        named_tensor_t *nt = &list[n_list++];
+        if (!(nt->name = strdup(peft))) goto oom;
+        nt->ndim = t->ndim;
+        memcpy(nt->shape, t->shape, sizeof nt->shape);
+        nt->data = t->data;
+    }
+    if (r < 0) {
+        medfl_error_set(MEDFL_EINVAL, "%s: no LoRA tensors to export", dir);
+        goto done;
+    }
+    /* Sorted by name, as PEFT's own save_file writes the header. */
+    qsort(list, n_list, sizeof *list, s_cmp_tensor_name);
+    const char *meta[] = {"format", "pt"};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if (safetensors_write_f32(path, list, n_list, meta, 1) < 0) goto done;
+
+    /* Keys as PEFT's LoraConfig.save_pretrained writes them (sorted). */
+    cJSON *tm = s_target_modules(tensors, n, targets, n_targets, max_layer, prefix);
+    if (!tm || !(cfg = cJSON_CreateObject())) {
+        cJSON_Delete(tm);
+        goto oom;
+    }
+    cJSON_AddItemToObject(cfg, "alpha_pattern", cJSON_CreateObject());
+    cJSON_AddItemToObject(cfg, "auto_mapping", cJSON_CreateNull());
+    if (o->base_model) cJSON_AddStringToObject(cfg, "base_model_name_or_path", o->base_model);
+    else cJSON_AddNullToObject(cfg, "base_model_name_or_path");
+    cJSON_AddStringToObject(cfg, "bias", "none");
+    cJSON_AddFalseToObject(cfg, "fan_in_fan_out");
+    cJSON_AddTrueToObject(cfg, "inference_mode");
+    cJSON_AddTrueToObject(cfg, "init_lora_weights");
+    cJSON_AddNullToObject(cfg, "layers_pattern");
+    cJSON_AddNullToObject(cfg, "layers_to_transform");
+    cJSON_AddNumberToObject(cfg, "lora_alpha", o->lora_alpha);
+    cJSON_AddNumberToObject(cfg, "lora_dropout", 0.0);
+    if (head) {
+        cJSON *mts = cJSON_AddArrayToObject(cfg, "modules_to_save");
+        cJSON_AddItemToArray(mts, cJSON_CreateString("classifier"));
+    } else {
+        cJSON_AddNullToObject(cfg, "modules_to_save");
+    }
+    cJSON_AddStringToObject(cfg, "peft_type", "LORA");
+    cJSON_AddNumberToObject(cfg, "r", (double)r);
+    cJSON_AddItemToObject(cfg, "rank_pattern", cJSON_CreateObject());
+    cJSON_AddNullToObject(cfg, "revision");
+    cJSON_AddItemToObject(cfg, "target_modules", tm);
+    cJSON_AddStringToObject(cfg, "task_type", seq ? "SEQ_CLS" : "FEATURE_EXTRACTION");
+    cJSON_AddBoolToObject(cfg, "use_dora", false);
+    cJSON_AddBoolToObject(cfg, "use_rslora", false);
+    if (!(json = cJSON_Print(cfg))) goto oom;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    if (atomic_file_replace(path, json, strlen(json), 0644) < 0) goto done;
+    rc = 0;
+    goto done;
+oom:
+    medfl_error_set(MEDFL_ENOMEM, "%s: PEFT export: out of memory", dir);
+done:
+    for (size_t i = 0; list && i < n_list; i++) free(list[i].name);
+    free(list);
+    free(targets);
+    cJSON_Delete(cfg);
+    free(json);
+    return rc;
 }
 
 static cJSON *s_string_array(char **list, size_t n)
@@ -270,108 +463,35 @@ static cJSON *s_string_array(char **list, size_t n)
 int adapter_export_peft(const adapter_t *a, const char *dir)
 {
     if (adapter_validate(a, dir) < 0) return -1;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
-    named_tensor_t *lora = calloc(a->n_tensors, sizeof *lora), head[2];
-    size_t n_lora = 0, n_head = 0;
-    /* Target modules: the short PEFT names are unambiguous except for the FFN output
-     * ("output.dense" also suffix-matches "attention.output.dense"); then a regex that
-     * PEFT full-matches against module names is written instead. */
-    static const char *const mods[] = {"attention.self.query", "attention.self.key",
-                                       "attention.self.value", "attention.output.dense",
-                                       "intermediate.dense", "output.dense"};
-    static const char *const shorts[] = {"query", "key", "value", "attention.output.dense",
-                                         "intermediate.dense", NULL};
-    static const char *const regex[] = {"attention\\.self\\.query", "attention\\.self\\.key",
-                                        "attention\\.self\\.value", "attention\\.output\\.dense",
-                                        "intermediate\\.dense", "output\\.dense"};
-    bool used[6] = {false};
-    char mod[128], path[4200];
-    int rc = -1;
-    cJSON *cfg = NULL, *hj = NULL;
-    char *text = NULL;
-    if (!lora) {
-        medfl_error_set(MEDFL_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < a->n_tensors; i++) {
-        const named_tensor_t *t = &a->tensors[i];
-        if (s_is_head(t->name)) {
-            head[n_head++] = *t;
-            continue;
-        }
-        lora[n_lora++] = *t;
-        size_t k = 0;
-        if (!s_layer_module(t->name, mod, sizeof mod)) k = 6;
-        while (k < 6 && strcmp(mods[k], mod) != 0) k++;
-        if (k == 6) {
-            medfl_error_set(MEDFL_EFORMAT, "%s: LoRA tensor '%s' is not on a BERT layer module",
-                            dir, t->name);
-            goto done;
-        }
-        used[k] = true;
-    }
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    adapter_peft_opts_t o = {.task = ADAPTER_PEFT_FEATURE_EXTRACTION, .lora_alpha = a->alpha,
+                             .base_model = a->base_model_name};
+    if (adapter_peft_write(dir, a->tensors, a->n_tensors, &o) < 0) return -1;
+    named_tensor_t head[2];
+    size_t n_head = 0;
+    for (size_t i = 0; i < a->n_tensors; i++)
+        if (s_is_head(a->tensors[i].name) && n_head < 2) head[n_head++] = a->tensors[i];
+    if (!n_head) return 0;
+    char path[4200];
     const char *meta[] = {"format", "pt"};
-    if (safetensors_write_f32(path, lora, n_lora, meta, 1) < 0) goto done;
-    cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "peft_type", "LORA");
-    cJSON_AddStringToObject(cfg, "task_type", "FEATURE_EXTRACTION");
-    cJSON_AddStringToObject(cfg, "base_model_name_or_path", a->base_model_name);
-    cJSON_AddNumberToObject(cfg, "r", (double)a->r);
-    cJSON_AddNumberToObject(cfg, "lora_alpha", a->alpha);
-    cJSON_AddNumberToObject(cfg, "lora_dropout", 0.0);
-    cJSON_AddStringToObject(cfg, "bias", "none");
-    cJSON_AddBoolToObject(cfg, "fan_in_fan_out", false);
-    cJSON_AddBoolToObject(cfg, "inference_mode", true);
-    cJSON_AddBoolToObject(cfg, "init_lora_weights", true);
-    cJSON_AddBoolToObject(cfg, "use_rslora", false);
-    cJSON_AddBoolToObject(cfg, "use_dora", false);
-    cJSON_AddNullToObject(cfg, "modules_to_save");
-    if (used[5]) {
-        char re[512] = "encoder\\.layer\\.\\d+\\.(";
-        bool first = true;
-        for (int k = 0; k < 6; k++)
-            if (used[k]) {
-                strcat(re, first ? "" : "|");
-                strcat(re, regex[k]);
-                first = false;
-            }
-        strcat(re, ")");
-        cJSON_AddStringToObject(cfg, "target_modules", re);
-    } else {
-        cJSON *tm = cJSON_AddArrayToObject(cfg, "target_modules");
-        for (int k = 0; k < 5; k++)
-            if (used[k]) cJSON_AddItemToArray(tm, cJSON_CreateString(shorts[k]));
-    }
-    if (!(text = cJSON_Print(cfg))) {
-        medfl_error_set(MEDFL_ENOMEM, "out of memory");
-        goto done;
-    }
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (s_write_text(path, text) < 0) goto done;
-    free(text);
-    text = NULL;
-    if (n_head) {
-        snprintf(path, sizeof path, "%s/medfl_head.safetensors", dir);
-        if (safetensors_write_f32(path, head, n_head, meta, 1) < 0) goto done;
-        hj = cJSON_CreateObject();
+    snprintf(path, sizeof path, "%s/medfl_head.safetensors", dir);
+    if (safetensors_write_f32(path, head, n_head, meta, 1) < 0) return -1;
+    cJSON *hj = cJSON_CreateObject();
+    char *text = NULL;
+    int rc = -1;
+    if (hj) {
         cJSON_AddStringToObject(hj, "pooling", a->pooling);
         cJSON_AddItemToObject(hj, "labels", s_string_array(a->labels, a->n_labels));
         cJSON_AddStringToObject(hj, "base_model_hash", a->base_hash);
         cJSON_AddItemToObject(hj, "targets", s_string_array(a->targets, a->n_targets));
-        if (!(text = cJSON_Print(hj))) {
-            medfl_error_set(MEDFL_ENOMEM, "out of memory");
-            goto done;
-        }
-        snprintf(path, sizeof path, "%s/medfl_head.json", dir);
-        if (s_write_text(path, text) < 0) goto done;
+        text = cJSON_Print(hj);
     }
-    rc = 0;
-done:
+    if (!text) {
+        medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", dir);
+    } else {
+        snprintf(path, sizeof path, "%s/medfl_head.json", dir);
+        rc = atomic_file_replace(path, text, strlen(text), 0644);
+    }
     free(text);
-    cJSON_Delete(cfg);
     cJSON_Delete(hj);
-    free(lora);
     return rc;
 }

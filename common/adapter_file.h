@@ -16,12 +16,22 @@
  *   /optimizer         optional: attr step (int64); /optimizer/m/<name>, /optimizer/v/<name>
  *                      with the shapes of /tensors/<name>
  *
- * PEFT export (adapter_export_peft) writes a folder PeftModel.from_pretrained(BertModel, dir)
- * loads: adapter_model.safetensors (the LoRA tensors under their PEFT names) and
- * adapter_config.json (peft_type LORA, task_type FEATURE_EXTRACTION, r, lora_alpha,
- * target_modules, base_model_name_or_path). The head is not a module of BertModel, so it goes
- * beside them: medfl_head.safetensors ("classifier.weight", "classifier.bias") and
- * medfl_head.json (labels, pooling, base_model_hash). */
+ * PEFT export: the one writer of Hugging Face PEFT folders (adapter_peft_write), used for
+ * adapter files (adapter_export_peft) and for the aggregator's versions (`export VERSION
+ * --peft DIR`). It writes adapter_model.safetensors (the tensors under the names PEFT saves)
+ * and adapter_config.json (peft_type LORA, r, lora_alpha, target_modules,
+ * base_model_name_or_path, ...), for one of two Hugging Face models:
+ *   FEATURE_EXTRACTION  PeftModel.from_pretrained(BertModel, dir): the encoder's LoRA only.
+ *                       adapter_export_peft puts our head (pooling + linear, not a module of
+ *                       BertModel) beside them: medfl_head.safetensors ("classifier.weight",
+ *                       "classifier.bias") and medfl_head.json (labels, pooling, hash).
+ *   SEQ_CLS             PeftModel.from_pretrained(AutoModelForSequenceClassification, dir):
+ *                       the encoder under its attribute (prefix "bert"), the classifier as a
+ *                       module to save.
+ * target_modules is the list of module suffixes ("attention.self.query", ...) when that is
+ * exact, else (LoRA on some layers only, or "output.dense" without "attention.output.dense",
+ * whose suffix PEFT would also match) a regular expression naming each adapted module, which
+ * PEFT full-matches. */
 #ifndef MEDFL_ADAPTER_FILE_H
 #define MEDFL_ADAPTER_FILE_H
 
@@ -60,7 +70,39 @@ int adapter_read(const char *path, adapter_t *a);
 void adapter_free(adapter_t *a);
 /* Finds a tensor by name in a->tensors, NULL when absent. */
 const named_tensor_t *adapter_find(const adapter_t *a, const char *name);
-/* Writes the PEFT folder (created if missing). */
+/* Which Hugging Face model a PEFT export is loaded into (see the top of this file). */
+typedef enum {
+    ADAPTER_PEFT_FEATURE_EXTRACTION,
+    ADAPTER_PEFT_SEQ_CLS,
+} adapter_peft_task_t;
+
+typedef struct {
+    adapter_peft_task_t task;
+    const char *prefix;      /* SEQ_CLS: the encoder's attribute in the model; NULL = "bert" */
+    bool include_head;       /* SEQ_CLS: export classifier.* (modules_to_save ["classifier"]) */
+    double lora_alpha;
+    const char *base_model;  /* base_model_name_or_path; NULL writes null */
+} adapter_peft_opts_t;
+
+/* PEFT name of a medfl tensor name for an encoder under `prefix` ("" or NULL: BertModel):
+ *   base_model.model.encoder.X  -> base_model.model.<prefix>.encoder.X
+ *   classifier.Y                -> base_model.model.classifier.Y
+ * and back. -1 (EINVAL) for names outside these forms. */
+int adapter_peft_name(const char *name, const char *prefix, char *out, size_t size);
+int adapter_medfl_name(const char *peft_name, const char *prefix, char *out, size_t size);
+
+/* Splits a medfl LoRA name "base_model.model.encoder.layer.3.attention.self.query.lora_A.weight"
+ * into layer 3, module "attention.self.query", which 'A'; false for other names. */
+bool adapter_lora_parts(const char *name, int *layer, char *module, size_t size, char *which);
+
+/* Writes adapter_model.safetensors + adapter_config.json (dir created if missing) from
+ * tensors under medfl names: LoRA tensors of encoder layers (one rank), and classifier.*
+ * (exported only for SEQ_CLS with include_head; skipped otherwise). The data pointers are
+ * only read. */
+int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
+                       const adapter_peft_opts_t *opts) __attribute__((warn_unused_result));
+
+/* FEATURE_EXTRACTION export of an adapter, with medfl_head.* beside when it has a head. */
 int adapter_export_peft(const adapter_t *a, const char *dir);
 
 #endif

@@ -5,19 +5,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 
 struct h5io_t {
     hid_t file;
-    char *path;  /* final path */
-    char *tmp;   /* temporary path while writing, NULL for readers */
+    char *path;          /* final path */
+    atomic_file_t *out;  /* the temporary file while writing, NULL for readers */
 };
 
 static void s_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
@@ -28,22 +28,19 @@ h5io_t *h5io_create(const char *path)
 {
     s_quiet();
     h5io_t *self = calloc(1, sizeof *self);
-    if (!self || !(self->path = strdup(path)) || asprintf(&self->tmp, "%s.tmp.XXXXXX", path) < 0) {
-        if (self) free(self->path);
+    if (!self || !(self->path = strdup(path))) {
         free(self);
         medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
         return NULL;
     }
-    int fd = mkstemp(self->tmp);
-    if (fd < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(self->tmp);
+    if (!(self->out = atomic_file_new(path, 0644))) {
         free(self->path);
         free(self);
         return NULL;
     }
-    close(fd);
-    self->file = H5Fcreate(self->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    /* H5F_ACC_TRUNC truncates the temporary file in place, as atomic_file requires. */
+    self->file = H5Fcreate(atomic_file_tmp_path(self->out), H5F_ACC_TRUNC, H5P_DEFAULT,
+                           H5P_DEFAULT);
     if (self->file < 0) {
         medfl_error_set(MEDFL_EIO, "%s: cannot create HDF5 file", path);
         h5io_destroy(&self);
@@ -80,10 +77,7 @@ void h5io_destroy(h5io_t **self_p)
     if (!self_p || !*self_p) return;
     h5io_t *self = *self_p;
     if (self->file > 0) H5Fclose(self->file);
-    if (self->tmp) {
-        unlink(self->tmp);
-        free(self->tmp);
-    }
+    atomic_file_destroy(&self->out);
     free(self->path);
     free(self);
     *self_p = NULL;
@@ -92,35 +86,14 @@ void h5io_destroy(h5io_t **self_p)
 int h5io_commit(h5io_t **self_p)
 {
     h5io_t *self = *self_p;
-    if (!self || !self->tmp) {
+    if (!self || !self->out) {
         h5io_destroy(self_p);
         return medfl_error_set(MEDFL_EINVAL, "h5io_commit: file was not opened for writing");
     }
-    int rc = 0;
     herr_t e = H5Fclose(self->file);
     self->file = -1;
-    if (e < 0) rc = medfl_error_set(MEDFL_EIO, "%s: closing the HDF5 file failed", self->path);
-    if (rc == 0) {
-        int fd = open(self->tmp, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fsync(fd) < 0 || fchmod(fd, 0644) < 0)
-            rc = medfl_error_set(MEDFL_EIO, "%s: fsync failed: %s", self->path, strerror(errno));
-        if (fd >= 0) close(fd);
-    }
-    if (rc == 0 && rename(self->tmp, self->path) < 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: rename failed: %s", self->path, strerror(errno));
-    if (rc == 0) {
-        free(self->tmp);
-        self->tmp = NULL;
-        char *copy = strdup(self->path);
-        if (copy) { /* make the rename itself durable */
-            int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            if (dfd >= 0) {
-                fsync(dfd);
-                close(dfd);
-            }
-            free(copy);
-        }
-    }
+    int rc = e < 0 ? medfl_error_set(MEDFL_EIO, "%s: closing the HDF5 file failed", self->path)
+                   : atomic_file_commit(&self->out);
     h5io_destroy(self_p);
     return rc;
 }

@@ -2,7 +2,7 @@
  * Ed25519) are what operators paste into enrollment and configs, so they stay readable;
  * every loaded secret is cross-checked against its public file, which catches both
  * corruption and a folder assembled from two different keygens. Files are replaced with
- * service_write_file (mkstemp creates its temporary 0600, so a secret never exists with a
+ * atomic_file_replace (mkstemp creates its temporary 0600, so a secret never exists with a
  * looser mode, even briefly; a crash leaves the old or the complete new file). */
 #include "common/keys.h"
 
@@ -17,6 +17,7 @@
 #include <sodium.h>
 #include <zmq.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/service.h"
 
@@ -243,29 +244,48 @@ int keys_save(const keys_t *self, const char *dir, bool overwrite)
     if (rc == 0) {
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "curve.key");
-        rc = service_write_file(path, text, 0600);
+        rc = atomic_file_replace(path, text, strlen(text), 0600);
     }
     if (rc == 0) {
         sodium_bin2hex(text, sizeof text - 1, self->sign_secret, sizeof self->sign_secret);
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "identity.key");
-        rc = service_write_file(path, text, 0600);
+        rc = atomic_file_replace(path, text, strlen(text), 0600);
     }
     /* Public files last: a folder with public but no secret files never exists. */
     if (rc == 0 && keys_z85_encode(self->curve_public, text) != 0) rc = -1;
     if (rc == 0) {
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "curve.pub");
-        rc = service_write_file(path, text, 0644);
+        rc = atomic_file_replace(path, text, strlen(text), 0644);
     }
     if (rc == 0) {
         sodium_bin2hex(text, sizeof text - 1, self->sign_public, sizeof self->sign_public);
         strcat(text, "\n");
         s_path(path, sizeof path, dir, "identity.pub");
-        rc = service_write_file(path, text, 0644);
+        rc = atomic_file_replace(path, text, strlen(text), 0644);
     }
     sodium_memzero(text, sizeof text);
     return rc;
+}
+
+int keys_keygen(const char *dir, bool overwrite, FILE *out, char curve_z85[KEYS_Z85_LEN + 1],
+                char identity_hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1])
+{
+    keys_t *k = keys_generate();
+    if (!k || service_mkdir_p(dir, 0700) != 0 || keys_save(k, dir, overwrite) != 0 ||
+        keys_z85_encode(k->curve_public, curve_z85) != 0) {
+        keys_destroy(&k);
+        return -1;
+    }
+    char id[KEYS_ID_LEN + 1];
+    sodium_bin2hex(identity_hex, 2 * KEYS_SIGN_PUBLIC_BYTES + 1, k->sign_public,
+                   sizeof k->sign_public);
+    keys_key_id(k->curve_public, id);
+    keys_destroy(&k);
+    fprintf(out, "key_dir: %s\ncurve_public: %s\nidentity_public: %s\nkey_id: %s\n", dir,
+            curve_z85, identity_hex, id);
+    return 0;
 }
 
 int keys_load_curve_public(const char *value_or_path, uint8_t out[KEYS_CURVE_BYTES])

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define KEYS_CURVE_BYTES 32
 #define KEYS_SIGN_PUBLIC_BYTES 32
@@ -43,6 +44,14 @@ keys_t *keys_load(const char *dir);
  * key files unless overwrite is true, so a second keygen never silently orphans an
  * enrollment. */
 int keys_save(const keys_t *self, const char *dir, bool overwrite)
+    __attribute__((warn_unused_result));
+
+/* `keygen` of both programs: fresh key pairs saved into dir (created with its parents,
+ * 0700; existing keys replaced only when overwrite), then printed for the operator on out
+ * as "key_dir:", "curve_public:", "identity_public:" and "key_id:" lines. The public keys'
+ * text forms come back in curve_z85 and identity_hex for the program's own hint line. */
+int keys_keygen(const char *dir, bool overwrite, FILE *out, char curve_z85[KEYS_Z85_LEN + 1],
+                char identity_hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1])
     __attribute__((warn_unused_result));
 
 /* Wipes the secrets and frees; safe with NULL and twice. */

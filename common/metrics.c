@@ -5,6 +5,8 @@
 #include "common/metrics.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -13,9 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/atomic_file.h"
+#include "common/service.h"
 
 #define METRIC_NAME_MAX 128
 #define METRIC_LABEL_MAX 128
@@ -166,6 +171,7 @@ static metric_sample_t *s_sample(metric_family_t *f, const char *label_value, bo
 static int s_update(metrics_t *self, const char *name, const char *label_value, double v,
                     bool add)
 {
+    if (!self) return 0;
     pthread_mutex_lock(&self->lock);
     int rc = 0;
     metric_family_t *f = s_find(self, name);
@@ -306,3 +312,102 @@ int metrics_serve(metrics_t *self, const char *address, uint16_t port)
 }
 
 uint16_t metrics_port(const metrics_t *self) { return self->port; }
+
+/* ---- metrics.listen ------------------------------------------------------------------- */
+
+/* Line of config_path that sets key ("section.key"), 0 when not found: the config module
+ * reports lines only for its own checks, and this option's syntax is checked here. */
+static unsigned s_key_line(const char *config_path, const char *key)
+{
+    FILE *f = config_path ? fopen(config_path, "r") : NULL;
+    if (!f) return 0;
+    char line[4096], section[128] = "";
+    unsigned lineno = 0, found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = line;
+        while (isspace((unsigned char)*s)) s++;
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (!close) continue;
+            *close = '\0';
+            char *name = s + 1;
+            while (isspace((unsigned char)*name)) name++;
+            size_t n = strlen(name);
+            while (n > 0 && isspace((unsigned char)name[n - 1])) name[--n] = '\0';
+            snprintf(section, sizeof section, "%s", name);
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq || *s == '#' || *s == ';') continue;
+        size_t n = (size_t)(eq - s);
+        while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
+        char full[300];
+        if (section[0]) snprintf(full, sizeof full, "%s.%.*s", section, (int)n, s);
+        else snprintf(full, sizeof full, "%.*s", (int)n, s);
+        if (strcmp(full, key) == 0) found = lineno;
+    }
+    fclose(f);
+    return found;
+}
+
+static int s_listen_error(const char *config_path, const char *key, const char *value,
+                          const char *why)
+{
+    unsigned line = s_key_line(config_path, key);
+    if (config_path && line)
+        return medfl_error_set(MEDFL_ECONFIG, "%s:%u: key '%s': '%s' %s", config_path, line, key,
+                               value, why);
+    if (config_path)
+        return medfl_error_set(MEDFL_ECONFIG, "%s: key '%s': '%s' %s", config_path, key, value, why);
+    return medfl_error_set(MEDFL_ECONFIG, "key '%s': '%s' %s", key, value, why);
+}
+
+int metrics_listen_parse(const char *value, const char *config_path, const char *key,
+                         metrics_listen_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!value || !*value || strcmp(value, "off") == 0) return 0;
+    const char *colon = strrchr(value, ':');
+    const char *port_text = colon ? colon + 1 : value;
+    char address[64] = "127.0.0.1";
+    if (colon) {
+        size_t n = (size_t)(colon - value);
+        if (n == 0 || n >= sizeof address)
+            return s_listen_error(config_path, key, value,
+                                  "is not ADDRESS:PORT (e.g. 127.0.0.1:9751), PORT or off");
+        memcpy(address, value, n);
+        address[n] = '\0';
+    }
+    struct in_addr ia;
+    if (inet_pton(AF_INET, address, &ia) != 1)
+        return s_listen_error(config_path, key, value,
+                              "does not start with an IPv4 address (e.g. 127.0.0.1:9751)");
+    char *end = NULL;
+    errno = 0;
+    unsigned long port = strtoul(port_text, &end, 10);
+    if (!*port_text || !isdigit((unsigned char)*port_text) || *end || errno || port > 65535)
+        return s_listen_error(config_path, key, value,
+                              "has no valid port (0..65535; 0 picks a free port)");
+    out->enabled = true;
+    snprintf(out->address, sizeof out->address, "%s", address);
+    out->port = (uint16_t)port;
+    return 0;
+}
+
+int metrics_start(metrics_t *self, const metrics_listen_t *listen, const char *state_dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/metrics_endpoint", state_dir) >= (int)sizeof path)
+        return medfl_error_set(MEDFL_EINVAL, "%s: path too long", state_dir);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return medfl_error_set(MEDFL_EIO, "%s: cannot remove: %s", path, strerror(errno));
+    if (!listen->enabled) {
+        LOG_INFO(MAIN, "metrics endpoint off (metrics.listen)");
+        return 0;
+    }
+    if (metrics_serve(self, listen->address, listen->port) != 0) return -1;
+    char text[64];
+    snprintf(text, sizeof text, "http://%s:%u/metrics\n", listen->address, self->port);
+    return atomic_file_replace(path, text, strlen(text), 0644);
+}

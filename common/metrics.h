@@ -7,6 +7,7 @@
 #ifndef MEDFL_METRICS_H
 #define MEDFL_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,7 +26,8 @@ int metrics_declare(metrics_t *self, const char *name, metric_kind_t kind, const
 
 /* Sets a gauge, or adds to a counter (delta >= 0). label_value is NULL for unlabelled
  * families. Returns -1 for an undeclared family, a negative counter delta, or a missing
- * or unexpected label. */
+ * or unexpected label. A NULL registry is a no-op returning 0: daemons with metrics off
+ * pass NULL to the code that reports events, which then needs no test of its own. */
 int metrics_set(metrics_t *self, const char *name, const char *label_value, double value);
 int metrics_add(metrics_t *self, const char *name, const char *label_value, double delta);
 /* Reads a sample back (tests, status commands); -1 when absent. */
@@ -39,5 +41,29 @@ int metrics_serve(metrics_t *self, const char *address, uint16_t port)
     __attribute__((warn_unused_result));
 /* The port actually bound, 0 when not serving. */
 uint16_t metrics_port(const metrics_t *self);
+
+/* The `metrics.listen` option of both daemons: "off" or "" disables the endpoint; "PORT"
+ * binds 127.0.0.1:PORT; "ADDRESS:PORT" binds an IPv4 address (0.0.0.0 only when an operator
+ * writes it). Port 0 picks a free port. */
+typedef struct {
+    bool enabled;
+    char address[16]; /* dotted IPv4 */
+    uint16_t port;
+} metrics_listen_t;
+
+#define METRICS_LISTEN_HELP_SUFFIX                                                              \
+    "; PORT alone binds 127.0.0.1; port 0 picks a free one (written to state_dir/"             \
+    "metrics_endpoint); off or empty = no endpoint"
+
+/* Parses value; errors name config_path:line of key (found in the file) and the key, so a
+ * typo reads like every other config error. config_path may be NULL (then "key 'K': ..."). */
+int metrics_listen_parse(const char *value, const char *config_path, const char *key,
+                         metrics_listen_t *out) __attribute__((warn_unused_result));
+
+/* Starts serving per listen (nothing when disabled) and records "http://A:P/metrics" in
+ * state_dir/metrics_endpoint (removed first, so a stale file never names a dead endpoint).
+ * A failure to bind is returned; the daemons log it and run on without metrics. */
+int metrics_start(metrics_t *self, const metrics_listen_t *listen, const char *state_dir)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -130,7 +130,7 @@ int model_config_check(const model_config_t *c)
         return medfl_error_set(MEDFL_EINVAL, "model config: field 'layer_norm_eps' must be > 0");
     if (!(c->lora_alpha > 0.0f) || !isfinite(c->lora_alpha))
         return medfl_error_set(MEDFL_EINVAL, "model config: field 'lora_alpha' must be > 0");
-    if (c->lora_targets == 0 || (c->lora_targets & ~(unsigned)LORA_ALL))
+    if (c->lora_targets & ~(unsigned)LORA_ALL)
         return medfl_error_set(MEDFL_EINVAL, "model config: field 'lora_targets' 0x%x invalid",
                                c->lora_targets);
     if (c->pooling != POOL_MEAN && c->pooling != POOL_CLS)
@@ -146,6 +146,10 @@ int model_lora_targets_parse(const char *list, unsigned *out)
     const char *p = list;
     if (list == NULL)
         return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
+    if (strcmp(list, "none") == 0) { /* head only: the encoder stays frozen whole */
+        *out = 0;
+        return 0;
+    }
     while (*p) {
         while (*p == ' ' || *p == ',')
             p++;
@@ -167,7 +171,7 @@ int model_lora_targets_parse(const char *list, unsigned *out)
         if (!found)
             return medfl_error_set(MEDFL_EINVAL,
                                    "lora targets: unknown target '%.*s' (expected query, key, "
-                                   "value, attn_out, ffn_in, ffn_out or all)",
+                                   "value, attn_out, ffn_in, ffn_out, all, or none alone)",
                                    (int)len, p);
         p += len;
     }
@@ -1055,6 +1059,8 @@ static int s_backward(model_t *m, float *pe)
                           0, 0, 0.0f, pe + m->off_head_b, 1, ntr, 0, B, 1);
     }
     /* dpooled [B, C] = dlogits [B, K] @ W [K, C]; spread back over tokens into xa [N, C] */
+    if (c->lora_targets == 0) /* head only: nothing below the head is trainable */
+        return 0;
     be->sgemm(be, false, false, B, C, K, 1.0f, m->dlogits, K, m->params + m->off_head_w, C, 0.0f,
               m->dpooled, C);
     be->pool_bwd(be, m->xa, m->dpooled, m->mask, B, T, C, c->pooling == POOL_CLS);
@@ -1091,9 +1097,22 @@ int model_backward_per_example(model_t *m, float *per_example)
 
 void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step)
 {
-    m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, m->tr_numel,
-                 adamw_lr_at(cfg, step), cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay,
-                 step < 1 ? 1 : step);
+    float lr = adamw_lr_at(cfg, step);
+    long s = step < 1 ? 1 : step;
+    if (cfg->head_lr <= 0.0f || cfg->head_lr == cfg->lr) {
+        m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, m->tr_numel, lr,
+                     cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
+        return;
+    }
+    /* The head (classifier.weight, classifier.bias) is the tail of the flat vector. */
+    size_t head = (size_t)m->cfg.num_labels * ((size_t)m->cfg.hidden + 1);
+    size_t lora = m->tr_numel - head;
+    float head_lr = cfg->lr > 0.0f ? lr * (cfg->head_lr / cfg->lr) : cfg->head_lr;
+    if (lora > 0)
+        m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, lora, lr, cfg->beta1,
+                     cfg->beta2, cfg->eps, cfg->weight_decay, s);
+    m->be->adamw(m->be, m->params + lora, m->grads + lora, m->adam_m + lora, m->adam_v + lora,
+                 head, head_lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
 }
 
 int model_adamw_state_get(const model_t *m, float *m_out, float *v_out, size_t n)

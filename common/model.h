@@ -56,7 +56,7 @@ typedef struct {
     model_pooling_t pooling;
     int lora_r;           /* rank r >= 1 */
     float lora_alpha;     /* scaling = alpha / r */
-    unsigned lora_targets;/* LORA_* bitmask, non-zero */
+    unsigned lora_targets;/* LORA_* bitmask; 0 = head only ("none") */
 } model_config_t;
 
 /* BERT-base sizes, LoRA r = 8, alpha = 16 on query + value, 2 labels, mean pooling. */
@@ -64,7 +64,9 @@ void model_config_default(model_config_t *cfg);
 /* Checks ranges; returns -1 with a medfl error naming the field. */
 int model_config_check(const model_config_t *cfg);
 /* Parses "query,value" / "all" (names query key value attn_out ffn_in ffn_out, or the
- * PEFT module names attention.output.dense intermediate.dense output.dense). */
+ * PEFT module names attention.output.dense intermediate.dense output.dense), or "none":
+ * no LoRA, only the classification head trains on the frozen encoder's pooled output
+ * (a linear probe: what DP-SGD on a few hundred records per site can afford). */
 int model_lora_targets_parse(const char *list, unsigned *out);
 
 typedef struct model model_t;
@@ -92,7 +94,11 @@ typedef struct {
 } model_batch_t;
 
 typedef struct {
-    float lr;           /* peak learning rate */
+    float lr;           /* peak learning rate of the LoRA parameters */
+    float head_lr;      /* peak learning rate of the classification head; 0 = lr. Under DP
+                         * the noise random-walks every LoRA coordinate and so perturbs the
+                         * pretrained features, while noise on the head only blurs the
+                         * classifier: a small lr with a large head_lr keeps the features. */
     float beta1, beta2, eps;
     float weight_decay; /* decoupled (AdamW), applied to every trainable parameter */
     long warmup_steps;  /* linear 0 -> lr over these steps */

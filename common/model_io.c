@@ -99,7 +99,8 @@ int model_load_adapter(model_t *m, const char *path, const char *base_hash)
     float *flat = NULL;
     int rc = -1;
     unsigned targets = 0;
-    char want[64] = "";
+    char want[64] = "none"; /* a head-only adapter lists no targets */
+    if (a.n_targets > 0) want[0] = '\0';
     for (size_t i = 0; i < a.n_targets; i++) {
         size_t len = strlen(want);
         snprintf(want + len, sizeof want - len, "%s%s", i ? "," : "", a.targets[i]);

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 
 struct safetensors_t {
@@ -370,28 +371,14 @@ int safetensors_read_f32(const safetensors_t *self, const st_tensor_t *t, float 
     return 0;
 }
 
-static int s_write_all(int fd, const void *buf, size_t len, const char *path)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(errno));
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 int safetensors_write_f32(const char *path, const named_tensor_t *tensors, size_t count,
                           const char *const *meta_kv, size_t n_meta)
 {
     cJSON *root = cJSON_CreateObject();
-    char *json = NULL, *tmp = NULL;
+    char *json = NULL;
     uint8_t *header = NULL;
-    int fd = -1, rc = -1;
+    atomic_file_t *f = NULL;
+    int rc = -1;
     if (!root) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
     if (n_meta) {
         cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
@@ -439,40 +426,16 @@ int safetensors_write_f32(const char *path, const named_tensor_t *tensors, size_
     for (int i = 0; i < 8; i++) header[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
     memcpy(header + 8, json, jlen);
     memset(header + 8 + jlen, ' ', hlen - jlen);
-    if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
-        tmp = NULL;
-        medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
-        goto done;
-    }
-    if ((fd = mkstemp(tmp)) < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        goto done;
-    }
-    if (s_write_all(fd, header, 8 + hlen, path) < 0) goto done;
+    if (!(f = atomic_file_new(path, 0644))) goto done;
+    if (atomic_file_write(f, header, 8 + hlen) < 0) goto done;
     for (size_t i = 0; i < count; i++) {
         size_t numel = named_tensor_numel(&tensors[i]);
         /* Little-endian float32, which is the host order on every supported target. */
-        if (numel && s_write_all(fd, tensors[i].data, 4 * numel, path) < 0) goto done;
+        if (numel && atomic_file_write(f, tensors[i].data, 4 * numel) < 0) goto done;
     }
-    if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: fsync failed: %s", path, strerror(errno));
-        goto done;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        medfl_error_set(MEDFL_EIO, "%s: close failed: %s", path, strerror(errno));
-        goto done;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        medfl_error_set(MEDFL_EIO, "%s: rename failed: %s", path, strerror(errno));
-        goto done;
-    }
-    rc = 0;
+    rc = atomic_file_commit(&f);
 done:
-    if (fd >= 0) close(fd);
-    if (rc < 0 && tmp) unlink(tmp);
-    free(tmp);
+    atomic_file_destroy(&f);
     free(header);
     free(json);
     cJSON_Delete(root);

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -103,6 +104,29 @@ int service_log_relevel(const char *level, const char *format)
     return 0;
 }
 
+int service_run_daemon(const service_daemon_t *d)
+{
+    FILE *log_file = NULL;
+    if (service_log_setup(d->program, d->instance, d->log_level, d->log_format, d->log_file,
+                          &log_file) != 0 ||
+        service_signals_install() != 0)
+        return cli_fail(d->program);
+    LOG_INFO(CONFIG, "configuration loaded from %s", d->config_path);
+    void *daemon = d->create(d->cfg, d->config_path);
+    int rc = 1;
+    if (!daemon) {
+        LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());
+        cli_fail(d->program);
+    } else {
+        rc = d->run(daemon);
+        d->destroy(daemon);
+        LOG_INFO(MAIN, "stopped");
+    }
+    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    if (log_file) fclose(log_file);
+    return rc;
+}
+
 int service_mkdir_p(const char *path, mode_t mode)
 {
     char buf[4096];
@@ -120,50 +144,6 @@ int service_mkdir_p(const char *path, mode_t mode)
     struct stat st;
     if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
         return medfl_error_set(MEDFL_EIO, "%s: not a folder", buf);
-    return 0;
-}
-
-int service_write_file(const char *path, const char *text, mode_t mode)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
-        return medfl_error_set(MEDFL_EINVAL, "%s: path too long", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path,
-                               strerror(errno));
-    size_t len = strlen(text), off = 0;
-    int rc = 0;
-    while (off < len) {
-        ssize_t n = write(fd, text + off, len - off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            rc = medfl_error_set(MEDFL_EIO, "%s: write error: %s", tmp, strerror(errno));
-            break;
-        }
-        off += (size_t)n;
-    }
-    if (rc == 0 && (fchmod(fd, mode) != 0 || fsync(fd) != 0))
-        rc = medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && rc == 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: close: %s", tmp, strerror(errno));
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = medfl_error_set(MEDFL_EIO, "%s: rename: %s", path, strerror(errno));
-    if (rc != 0) {
-        unlink(tmp);
-        return -1;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else strcpy(dir, ".");
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
     return 0;
 }
 

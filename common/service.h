@@ -1,7 +1,8 @@
 /* What both medfl daemons need around their event loop: signal handlers that only set
  * flags (the loop polls them, so no work ever runs in signal context), logging configured
- * from the config's log.* options, a monotonic clock, and crash-safe small files (the
- * bound-endpoint file tests and operators read). */
+ * from the config's log.* options, the `run` subcommand's frame around a daemon object, a
+ * monotonic clock, folder creation and sd_notify.
+ * Crash-safe files are common/atomic_file. */
 #ifndef MEDFL_SERVICE_H
 #define MEDFL_SERVICE_H
 
@@ -36,12 +37,30 @@ int service_log_relevel(const char *level, const char *format) __attribute__((wa
  * them. Returns the number of options applied. */
 int service_config_reload(const cfg_option_t *table, void *cur, const void *fresh, const char *path);
 
+/* The `run` subcommand of both daemons around their own object: configures the log from
+ * the config's log.* options, installs the signal flags, creates the daemon, runs it until
+ * a stop signal, destroys it, and returns the log to stderr. The daemon is reached through
+ * the three functions below (each program adapts its typed x_new / x_run / x_destroy), so
+ * start-up errors, the "stopped" line and log teardown behave the same in both programs. */
+typedef struct {
+    const char *program;     /* "medfl-node", prefix of error lines */
+    const char *instance;    /* node_id or aggregator name, in every log line */
+    const char *config_path;
+    const char *log_level, *log_format, *log_file; /* the config's log.* options */
+    const void *cfg;         /* the loaded config, handed to create */
+    /* NULL with a medfl error when the daemon cannot start. */
+    void *(*create)(const void *cfg, const char *config_path);
+    /* Until SIGTERM/SIGINT; returns the process exit status. */
+    int (*run)(void *daemon);
+    void (*destroy)(void *daemon);
+} service_daemon_t;
+
+/* Returns the process exit status: run's, or 1 when setup or start failed (the error is
+ * printed as "program: message" and, once the log is set up, logged). */
+int service_run_daemon(const service_daemon_t *d);
+
 /* Creates path and its missing parents with mode (existing folders are kept). */
 int service_mkdir_p(const char *path, mode_t mode) __attribute__((warn_unused_result));
-
-/* Replaces path atomically with text (temp file, fsync, rename, fsync of the folder). */
-int service_write_file(const char *path, const char *text, mode_t mode)
-    __attribute__((warn_unused_result));
 
 /* Milliseconds of CLOCK_MONOTONIC, for timeouts that must not jump with the wall clock. */
 int64_t service_now_ms(void);

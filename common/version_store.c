@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/h5io.h"
 #include "common/log.h"
@@ -584,55 +585,6 @@ static void s_paths(const char *dir, uint64_t v, char *h5, char *json, size_t si
     if (json) snprintf(json, size, "%s/v%06llu.json", dir, (unsigned long long)v);
 }
 
-static int s_fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) < 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return medfl_error_set(MEDFL_EIO, "%s: fsync of the folder failed: %s", dir, strerror(e));
-    }
-    close(fd);
-    return 0;
-}
-
-/* temp + fsync + rename + folder fsync, so readers see the old file or the whole new one. */
-static int s_write_atomic(const char *dir, const char *path, const void *data, size_t len)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return medfl_error_set(MEDFL_EIO, "%s: cannot create temporary file: %s", path, strerror(errno));
-    const uint8_t *p = data;
-    size_t left = len;
-    while (left) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return medfl_error_set(MEDFL_EIO, "%s: write failed: %s", path, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: fsync failed: %s", path, strerror(e));
-    }
-    close(fd);
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: rename failed: %s", path, strerror(e));
-    }
-    return s_fsync_dir(dir);
-}
-
 static int s_read_file(const char *path, char **out, size_t *len, size_t max)
 {
     FILE *f = fopen(path, "rb");
@@ -837,7 +789,7 @@ int vs_store_rollback(vs_store_t *s, uint64_t version)
     uint64_t latest = vs_store_latest(s);
     int n = snprintf(text, sizeof text, "%llu %llu\n", (unsigned long long)version,
                      (unsigned long long)latest);
-    if (s_write_atomic(s->dir, path, text, (size_t)n) < 0) return -1;
+    if (atomic_file_replace(path, text, (size_t)n, 0644) < 0) return -1;
     s->head_file = version;
     s->head_latest = latest;
     LOG_INFO(AGG, "version store %s: head moved to v%llu (latest v%llu kept)", s->dir,
@@ -942,7 +894,7 @@ static int s_write_version(vs_store_t *s, const vs_manifest_t *m, const float *f
     if (h5io_commit(&h) < 0) return -1;
     char *json = vs_manifest_to_json(m);
     if (!json) return -1;
-    int rc = s_write_atomic(s->dir, jpath, json, strlen(json));
+    int rc = atomic_file_replace(jpath, json, strlen(json), 0644);
     free(json);
     if (rc < 0) return -1;
     return s_scan(s, false);

@@ -1145,6 +1145,7 @@ static int s_send_rid(wire_server_t *self, const uint8_t *rid, size_t rid_len, z
                       zmq_msg_t *bulk, bool has_bulk)
 {
     int err = 0;
+    uint64_t bytes = zmq_msg_size(env) + (has_bulk ? zmq_msg_size(bulk) : 0);
     if (zmq_send(self->router, rid, rid_len, ZMQ_SNDMORE) < 0)
         err = errno;
     else if (zmq_msg_send(env, self->router, has_bulk ? ZMQ_SNDMORE : 0) < 0)
@@ -1155,6 +1156,11 @@ static int s_send_rid(wire_server_t *self, const uint8_t *rid, size_t rid_len, z
     zmq_msg_close(env);
     if (has_bulk)
         zmq_msg_close(bulk);
+    if (!err) {
+        pthread_mutex_lock(&self->lock);
+        self->stats.bytes_sent += bytes;
+        pthread_mutex_unlock(&self->lock);
+    }
     if (err == EHOSTUNREACH)
         return medfl_error_set(MEDFL_ENOTFOUND, "peer is no longer connected");
     if (err == EAGAIN)
@@ -1293,6 +1299,9 @@ int wire_server_recv(wire_server_t *self, wire_msg_t *msg, int timeout_ms)
     size_t extra;
     if (s_recv_rest(self->router, &env, &bulk, &has_bulk, &extra) < 0)
         return -1;
+    pthread_mutex_lock(&self->lock);
+    self->stats.bytes_received += zmq_msg_size(&env) + (has_bulk ? zmq_msg_size(&bulk) : 0);
+    pthread_mutex_unlock(&self->lock);
 
     /* Who sent it: the ZAP User-Id under CURVE (the key decided), the claim in plain mode. */
     char key_hex[2 * WIRE_KEY_LEN + 1] = "";
@@ -1381,6 +1390,7 @@ struct wire_client_t {
     int64_t failed_at_ms;
     int64_t last_rx_ms; /* -1 = never */
     int64_t last_hb_ms;
+    uint64_t bytes_sent, bytes_received; /* envelope + bulk, for metrics */
 };
 
 wire_client_t *wire_client_new(const char *endpoint, const uint8_t *server_public_key,
@@ -1590,6 +1600,12 @@ int64_t wire_client_ms_since_rx(const wire_client_t *self)
     return self->last_rx_ms < 0 ? -1 : s_now_ms() - self->last_rx_ms;
 }
 
+void wire_client_traffic(const wire_client_t *self, uint64_t *sent, uint64_t *received)
+{
+    *sent = self->bytes_sent;
+    *received = self->bytes_received;
+}
+
 int wire_client_send(wire_client_t *self, Medfl__MsgType type, uint64_t round_id,
                      const ProtobufCMessage *body, const void *bulk, size_t bulk_len,
                      wire_free_fn *free_fn, void *hint)
@@ -1599,6 +1615,7 @@ int wire_client_send(wire_client_t *self, Medfl__MsgType type, uint64_t round_id
                   self->opts.max_bulk, &env, &bm) < 0)
         return medfl_error_prefix("send %s: ", wire_type_name(type));
     int err = 0;
+    uint64_t bytes = zmq_msg_size(&env) + (bulk ? zmq_msg_size(&bm) : 0);
     if (zmq_msg_send(&env, self->dealer, bulk ? ZMQ_SNDMORE : 0) < 0)
         err = errno;
     else if (bulk && zmq_msg_send(&bm, self->dealer, 0) < 0)
@@ -1606,6 +1623,8 @@ int wire_client_send(wire_client_t *self, Medfl__MsgType type, uint64_t round_id
     zmq_msg_close(&env);
     if (bulk)
         zmq_msg_close(&bm);
+    if (!err)
+        self->bytes_sent += bytes;
     if (err == EAGAIN)
         return medfl_error_set(MEDFL_ETIMEOUT, "send %s: queue to %s full for %d ms",
                                wire_type_name(type), self->endpoint, self->opts.send_timeout_ms);
@@ -1663,6 +1682,7 @@ int wire_client_recv(wire_client_t *self, wire_msg_t *msg, int timeout_ms)
         if (s_recv_rest(self->dealer, &env, &bulk, &has_bulk, &extra) < 0)
             return -1;
         self->last_rx_ms = s_now_ms();
+        self->bytes_received += zmq_msg_size(&env) + (has_bulk ? zmq_msg_size(&bulk) : 0);
         snprintf(msg->node_id, sizeof msg->node_id, "%s", WIRE_SERVER_SENDER);
         if (s_fill_msg(msg, &env, &bulk, has_bulk, extra, self->opts.max_bulk) < 0) {
             LOG_WARN(NET, "rejected message from the aggregator: %s", medfl_error_message());

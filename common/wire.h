@@ -221,6 +221,8 @@ typedef struct {
     uint64_t rejected;      /* messages rejected by decoding / framing checks */
     uint64_t revoked_drops; /* messages dropped because the sender was revoked */
     uint64_t received;      /* messages delivered */
+    uint64_t bytes_sent;    /* envelope + bulk bytes handed to libzmq (before CURVE) */
+    uint64_t bytes_received;/* envelope + bulk bytes of every message received */
 } wire_server_stats_t;
 void wire_server_stats(wire_server_t *self, wire_server_stats_t *out);
 
@@ -267,5 +269,8 @@ bool wire_client_connected(wire_client_t *self);
 bool wire_client_auth_refused(wire_client_t *self);
 /* Milliseconds since the last message (any type) from the server; -1 if none yet. */
 int64_t wire_client_ms_since_rx(const wire_client_t *self);
+/* Envelope + bulk bytes sent to / received from the server since this client was created
+ * (heartbeats included; CURVE framing not), for the node's metrics. */
+void wire_client_traffic(const wire_client_t *self, uint64_t *sent, uint64_t *received);
 
 #endif

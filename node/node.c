@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/service.h"
 #include "common/wire.h"
 #include "node/ledger.h"
@@ -48,6 +49,8 @@ struct node_t {
     synth_trainer_t *synth;
     model_trainer_t *model;
     node_round_t *round;     /* NULL when no aggregator.identity_key is configured */
+    metrics_t *metrics;      /* NULL when metrics.listen = off or the endpoint failed */
+    uint64_t m_sent, m_received; /* wire traffic already added to the counters */
 };
 
 #define NODE_LEDGER_FILE "privacy_ledger.db" /* as `medfl-node privacy` reads it */
@@ -105,8 +108,16 @@ static int s_rounds_setup(node_t *self)
         .agg_sign_pk = agg_pk,
         .ledger = self->ledger,
     };
+    double spent = 0;
+    metrics_set(self->metrics, "privacy_epsilon_budget", NULL, ledger_budget(self->ledger));
+    if (ledger_spent(self->ledger, &spent, NULL) == 0)
+        metrics_set(self->metrics, "privacy_epsilon_spent", NULL, spent);
+    else
+        LOG_WARN(PRIVACY, "privacy ledger: %s", medfl_error_message());
     self->round = node_round_new(&opts, &trainer, self->client);
-    return self->round ? 0 : -1;
+    if (!self->round) return -1;
+    node_round_set_metrics(self->round, self->metrics);
+    return 0;
 }
 
 int node_count_records(const char *path, const char *format, uint64_t *out)
@@ -138,6 +149,72 @@ int node_count_records(const char *path, const char *format, uint64_t *out)
     if (has_content && !header_pending) n++; /* last record without a newline */
     *out = n;
     return 0;
+}
+
+/* The node's Prometheus families (docs/operator-guide-node.md, "Metrics"). */
+static const struct {
+    const char *name;
+    metric_kind_t kind;
+    const char *help;
+} s_node_metrics[] = {
+    {"rounds_joined_total", METRIC_COUNTER, "Rounds this node joined (RoundStart accepted)."},
+    {"rounds_completed_total", METRIC_COUNTER,
+     "Rounds this node joined whose new model version it then received and installed."},
+    {"rounds_declined_total", METRIC_COUNTER,
+     "Rounds declined (privacy budget, base version, settings)."},
+    {"privacy_epsilon_spent", METRIC_GAUGE,
+     "Epsilon spent by the admitted DP rounds, as `medfl-node privacy` reports it."},
+    {"privacy_epsilon_budget", METRIC_GAUGE, "Epsilon budget of this node (privacy.epsilon_budget)."},
+    {"bytes_sent_total", METRIC_COUNTER, "Message bytes sent to the aggregator (before CURVE)."},
+    {"bytes_received_total", METRIC_COUNTER,
+     "Message bytes received from the aggregator (before CURVE)."},
+    {"last_round_duration_seconds", METRIC_GAUGE,
+     "Seconds from joining the last completed round to installing its version."},
+    {"training_examples_total", METRIC_COUNTER, "Examples processed by local training."},
+    {"training_examples_per_second", METRIC_GAUGE, "Examples per second of the last local training."},
+    {"model_version", METRIC_GAUGE, "Latest model version installed."},
+    {"connected", METRIC_GAUGE, "1 while the aggregator has welcomed this node's session."},
+};
+
+/* Declares the families and starts the endpoint; an endpoint that cannot bind is logged and
+ * the node federates without metrics (monitoring must not stop training). */
+static int s_metrics_setup(node_t *self)
+{
+    metrics_listen_t ml;
+    if (metrics_listen_parse(self->cfg.metrics_listen, self->config_path[0] ? self->config_path
+                                                                             : NULL,
+                             "metrics.listen", &ml) != 0)
+        return -1;
+    self->metrics = metrics_new("medfl_node");
+    if (!self->metrics) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < sizeof s_node_metrics / sizeof *s_node_metrics; i++) {
+        if (metrics_declare(self->metrics, s_node_metrics[i].name, s_node_metrics[i].kind,
+                            s_node_metrics[i].help, NULL) != 0)
+            return -1;
+        metrics_add(self->metrics, s_node_metrics[i].name, NULL, 0); /* the sample, at 0 */
+    }
+    if (metrics_start(self->metrics, &ml, self->cfg.state_dir) != 0) {
+        LOG_ERROR(MAIN, "metrics endpoint not started, running without it: %s",
+                  medfl_error_message());
+        metrics_destroy(&self->metrics);
+        return 0;
+    }
+    if (!ml.enabled) metrics_destroy(&self->metrics);
+    return 0;
+}
+
+/* Wire traffic and session state, copied from the counters wire keeps as messages pass. */
+static void s_metrics_sync(node_t *self)
+{
+    if (!self->metrics) return;
+    uint64_t sent, received;
+    wire_client_traffic(self->client, &sent, &received);
+    if (sent < self->m_sent || received < self->m_received) self->m_sent = self->m_received = 0;
+    metrics_add(self->metrics, "bytes_sent_total", NULL, (double)(sent - self->m_sent));
+    metrics_add(self->metrics, "bytes_received_total", NULL, (double)(received - self->m_received));
+    self->m_sent = sent;
+    self->m_received = received;
+    metrics_set(self->metrics, "connected", NULL, self->welcomed ? 1 : 0);
 }
 
 /* "auto" takes a CUDA GPU when one is visible; asking for "cuda" without one is an
@@ -224,7 +301,11 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
     int64_t timeout = cfg->heartbeat_ivl_ms * cfg->heartbeat_misses;
     self->wire_opts.heartbeat_timeout_ms = timeout > 1000000000 ? 1000000000 : (int)timeout;
     if (s_connect(self) != 0) goto fail;
+    if (s_metrics_setup(self) != 0) goto fail;
     if (s_rounds_setup(self) != 0) goto fail;
+    if (self->round)
+        metrics_set(self->metrics, "model_version", NULL,
+                    (double)node_round_model_version(self->round));
     char agg_id[KEYS_ID_LEN + 1];
     keys_key_id(self->agg_public, agg_id);
     LOG_INFO(NET, "node %s (key %s) connecting to %s (aggregator key %s); device %s, %llu records",
@@ -241,6 +322,7 @@ void node_destroy(node_t **self_p)
     if (!self_p || !*self_p) return;
     node_t *self = *self_p;
     node_round_destroy(&self->round);
+    metrics_destroy(&self->metrics); /* after the round, which reports into it */
     synth_trainer_destroy(&self->synth);
     model_trainer_destroy(&self->model);
     ledger_destroy(&self->ledger);
@@ -382,8 +464,15 @@ int node_run(node_t *self)
             return NODE_EXIT_REVOKED;
         }
         wire_msg_close(&msg);
+        s_metrics_sync(self);
     }
+    /* Drain: training already gave up at its next step (round_hparams_t.should_stop); what
+     * must outlive the process is written now, then the loop's owner closes the ledger. */
     LOG_INFO(MAIN, "stop requested: shutting down");
     (void)service_notify("STOPPING=1");
+    if (self->round && node_round_checkpoint(self->round) != 0) {
+        LOG_ERROR(MAIN, "checkpoint failed: %s", medfl_error_message());
+        return 1;
+    }
     return 0;
 }

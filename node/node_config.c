@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/metrics.h"
 #include "common/store.h"
 
 #define O(f) offsetof(node_config_t, f)
@@ -42,6 +43,9 @@ const cfg_option_t node_config_table[] = {
      "training rows of the synthetic trainer"},
     {"round.synthetic_step_ms", CFG_INT, O(synth_step_ms), 0, 600000, "0", false, NULL,
      "pause per synthetic training step (fault tests: a node that trains for a while)"},
+    {"metrics.listen", CFG_STRING, O(metrics_listen), 0, 0, "127.0.0.1:9751", false, NULL,
+     "Prometheus endpoint (GET /metrics): ADDRESS:PORT, loopback by default because the "
+     "metrics tell epsilon spent and participation" METRICS_LISTEN_HELP_SUFFIX},
     {"log.level", CFG_ENUM, O(log_level), 0, 0, "info", true, "debug|info|warn|error",
      "least severe level written"},
     {"log.format", CFG_ENUM, O(log_format), 0, 0, "text", true, "text|json",
@@ -67,6 +71,8 @@ int node_config_load(node_config_t *cfg, const char *path)
         return medfl_error_set(MEDFL_ECONFIG,
                                "%s: key 'aggregator.endpoint': '%s' is not a tcp:// or ipc:// "
                                "endpoint", path, cfg->agg_endpoint);
+    metrics_listen_t ml;
+    if (metrics_listen_parse(cfg->metrics_listen, path, "metrics.listen", &ml) != 0) return -1;
     return 0;
 }
 

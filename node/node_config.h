@@ -30,6 +30,7 @@ typedef struct {
     char round_trainer[CFG_STR_MAX];
     int64_t synth_records;
     int64_t synth_step_ms;
+    char metrics_listen[CFG_STR_MAX]; /* [metrics] listen: Prometheus endpoint */
     char log_level[CFG_STR_MAX];
     char log_format[CFG_STR_MAX];
     char log_file[CFG_STR_MAX];
@@ -38,7 +39,8 @@ typedef struct {
 extern const cfg_option_t node_config_table[];
 
 /* Loads path over the defaults, then checks rules across options (node id syntax,
- * exactly one way of giving the aggregator's public key); errors name file and key. */
+ * exactly one way of giving the aggregator's public key, metrics.listen syntax); errors
+ * name file and key. */
 int node_config_load(node_config_t *cfg, const char *path) __attribute__((warn_unused_result));
 
 /* "-c FILE" / "--config FILE" anywhere in argv, removed from it; default path otherwise. */

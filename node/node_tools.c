@@ -22,6 +22,18 @@ static int s_no_extra(int argc, char **argv, const char *usage)
     return 0;
 }
 
+/* The node as service_run_daemon sees it. */
+static void *s_daemon_new(const void *cfg, const char *config_path)
+{
+    return node_new(cfg, config_path);
+}
+static int s_daemon_run(void *node) { return node_run(node); }
+static void s_daemon_destroy(void *node)
+{
+    node_t *self = node;
+    node_destroy(&self);
+}
+
 int cmd_node_run(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -38,25 +50,10 @@ int cmd_node_run(int argc, char **argv)
     if (s_no_extra(argc, argv, PROG " run [-c CONFIG]") != 0) return cli_fail(PROG);
     node_config_t cfg;
     if (node_config_load(&cfg, path) != 0) return cli_fail(PROG);
-    FILE *log_file = NULL;
-    if (service_log_setup(PROG, cfg.node_id, cfg.log_level, cfg.log_format, cfg.log_file,
-                          &log_file) != 0 ||
-        service_signals_install() != 0)
-        return cli_fail(PROG);
-    LOG_INFO(CONFIG, "configuration loaded from %s", path);
-    node_t *node = node_new(&cfg, path);
-    int rc = 1;
-    if (!node) {
-        LOG_ERROR(MAIN, "cannot start: %s", medfl_error_message());
-        cli_fail(PROG);
-    } else {
-        rc = node_run(node);
-        node_destroy(&node);
-        LOG_INFO(MAIN, "stopped");
-    }
-    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
-    if (log_file) fclose(log_file);
-    return rc;
+    return service_run_daemon(&(service_daemon_t){
+        .program = PROG, .instance = cfg.node_id, .config_path = path, .log_level = cfg.log_level,
+        .log_format = cfg.log_format, .log_file = cfg.log_file, .cfg = &cfg,
+        .create = s_daemon_new, .run = s_daemon_run, .destroy = s_daemon_destroy});
 }
 
 int cmd_node_keygen(int argc, char **argv)
@@ -98,20 +95,8 @@ int cmd_node_keygen(int argc, char **argv)
         }
         dir = cfg.key_dir;
     }
-    keys_t *k = keys_generate();
-    if (!k || service_mkdir_p(dir, 0700) != 0 || keys_save(k, dir, force) != 0) {
-        keys_destroy(&k);
-        return cli_fail(PROG);
-    }
-    char z85[KEYS_Z85_LEN + 1], hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1], id[KEYS_ID_LEN + 1];
-    if (keys_z85_encode(k->curve_public, z85) != 0) {
-        keys_destroy(&k);
-        return cli_fail(PROG);
-    }
-    sodium_bin2hex(hex, sizeof hex, k->sign_public, sizeof k->sign_public);
-    keys_key_id(k->curve_public, id);
-    keys_destroy(&k);
-    printf("key_dir: %s\ncurve_public: %s\nidentity_public: %s\nkey_id: %s\n", dir, z85, hex, id);
+    char z85[KEYS_Z85_LEN + 1], hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1];
+    if (keys_keygen(dir, force, stdout, z85, hex) != 0) return cli_fail(PROG);
     printf("# enroll with: medfl-aggregator enroll NODE_ID '%s' --identity %s\n", z85, hex);
     return 0;
 }

@@ -37,6 +37,9 @@ struct node_round_t {
     float *residual;          /* error-feedback residual (n_residual floats) */
     size_t n_residual;
     uint64_t contributed, declined;
+    metrics_t *metrics;       /* NULL when metrics are off */
+    uint64_t m_round;         /* round joined last, until its version arrives */
+    int64_t m_joined_ms;
 
     /* the round in progress */
     uint64_t round_id;
@@ -105,6 +108,33 @@ static int s_residual_save(node_round_t *self)
     return 0;
 }
 
+/* ---- metrics hooks (common/metrics; no-ops when metrics are off) ---- */
+
+static void s_metrics_joined(node_round_t *self, uint64_t rid)
+{
+    self->m_round = rid;
+    self->m_joined_ms = service_now_ms();
+    metrics_add(self->metrics, "rounds_joined_total", NULL, 1);
+}
+
+/* The round this node joined last is complete for it when the version it produced arrives. */
+static void s_metrics_version(node_round_t *self, uint64_t rid, uint64_t v)
+{
+    metrics_set(self->metrics, "model_version", NULL, (double)v);
+    if (!rid || rid != self->m_round) return;
+    metrics_add(self->metrics, "rounds_completed_total", NULL, 1);
+    metrics_set(self->metrics, "last_round_duration_seconds", NULL,
+                (double)(service_now_ms() - self->m_joined_ms) / 1000.0);
+    self->m_round = 0;
+}
+
+static void s_metrics_trained(node_round_t *self, uint64_t n_examples, int64_t t0_ms)
+{
+    double s = (double)(service_now_ms() - t0_ms) / 1000.0;
+    metrics_add(self->metrics, "training_examples_total", NULL, (double)n_examples);
+    if (s > 0) metrics_set(self->metrics, "training_examples_per_second", NULL, n_examples / s);
+}
+
 /* ---- round state ---- */
 
 static void s_end_round(node_round_t *self)
@@ -150,6 +180,7 @@ static void s_decline(node_round_t *self, uint64_t round_id, Medfl__DeclineReaso
                          NULL, NULL) != 0)
         LOG_WARN(NET, "cannot send decline: %s", medfl_error_message());
     self->declined++;
+    metrics_add(self->metrics, "rounds_declined_total", NULL, 1);
 }
 
 static void s_free_buf(void *data, void *hint)
@@ -177,8 +208,10 @@ static int s_train_and_send(node_round_t *self)
     LOG_INFO(TRAIN, "round %" PRIu64 ": training %u local steps from version %" PRIu64 "%s",
              self->round_id, self->hp.local_steps, self->base_version,
              self->hp.dp ? " with DP-SGD" : "");
+    int64_t t0_ms = service_now_ms();
     if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
         goto done;
+    s_metrics_trained(self, n_examples, t0_ms);
     if (self->enc != FED_DENSE) {
         if (self->n_residual != n) {
             free(self->residual);
@@ -386,6 +419,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     }
     hp.tick = s_tick;
     hp.tick_ctx = self->client;
+    hp.should_stop = service_stop_requested;
 
     /* The ledger decides before anything is trained (and records the decision). */
     if (hp.dp) {
@@ -404,6 +438,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         }
         LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
                  rid, eps);
+        metrics_set(self->metrics, "privacy_epsilon_spent", NULL, eps);
     }
 
     self->round_id = rid;
@@ -435,6 +470,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     LOG_INFO(NET, "round %" PRIu64 ": joined (%s, %zu participants, weight %.4f, base version %"
              PRIu64 ")", rid, secure ? "secure aggregation" : "plain", sa->n_participants,
              self->weight, self->base_version);
+    s_metrics_joined(self, rid);
     if (!secure) {
         s_train_and_send(self);
         s_end_round(self);
@@ -566,6 +602,7 @@ static void s_on_version(node_round_t *self, const wire_msg_t *msg)
         return;
     }
     LOG_INFO(NET, "version %" PRIu64 " verified and installed", v);
+    s_metrics_version(self, msg->round_id, v);
     if (msg->round_id == 0 || !self->trainer.evaluate) return; /* a catch-up copy */
     float *flat = NULL;
     vs_manifest_t *m = NULL;
@@ -672,6 +709,21 @@ void node_round_destroy(node_round_t **self_p)
     sodium_memzero(self->identity_sk, sizeof self->identity_sk);
     free(self);
     *self_p = NULL;
+}
+
+void node_round_set_metrics(node_round_t *self, metrics_t *m) { self->metrics = m; }
+
+int node_round_checkpoint(node_round_t *self)
+{
+    if (self->round_id)
+        LOG_WARN(NET, "round %" PRIu64 ": left unfinished by the stop; the aggregator counts this "
+                 "node as a dropout", self->round_id);
+    s_end_round(self);
+    if (!self->residual || !self->n_residual) return 0;
+    if (s_residual_save(self) != 0) return -1;
+    LOG_INFO(TRAIN, "checkpoint: compression residual of %zu values written to %s",
+             self->n_residual, self->residual_path);
+    return 0;
 }
 
 uint64_t node_round_model_version(const node_round_t *self) { return vs_store_latest(self->vs); }
@@ -818,6 +870,11 @@ static int s_synth_train(void *ctx, const float *global, size_t n, const round_h
         for (size_t i = 0; i < n; i++) w[i] -= (float)(hp->lr * g[i]);
         if (s->step_ms) usleep(s->step_ms * 1000u);
         if (hp->tick) hp->tick(hp->tick_ctx);
+        if (step + 1 < hp->local_steps && hp->should_stop && hp->should_stop()) {
+            medfl_error_set(MEDFL_ESTATE, "training interrupted after %u of %u steps: the node "
+                            "is stopping", step + 1, hp->local_steps);
+            goto done;
+        }
     }
     for (size_t i = 0; i < n; i++) delta[i] = w[i] - global[i];
     rc = 0;

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/metrics.h"
 #include "common/version_store.h"
 #include "common/wire.h"
 #include "node/ledger.h"
@@ -41,6 +42,9 @@ typedef struct {
     /* Long training calls tick(tick_ctx) now and then: it keeps the session's heartbeats. */
     void (*tick)(void *tick_ctx);
     void *tick_ctx;
+    /* Optional: training checks it between steps and gives up (-1, MEDFL_ESTATE) when it
+     * returns true, so SIGTERM does not wait for a long round (the update is then not sent). */
+    bool (*should_stop)(void);
 } round_hparams_t;
 
 typedef struct {
@@ -76,6 +80,16 @@ void node_round_destroy(node_round_t **self_p);
 /* Handles a round message; returns 1 when consumed, 0 when the type is not about rounds
  * (the daemon handles it). Failures are logged and end this node's part in the round. */
 int node_round_on_message(node_round_t *self, const wire_msg_t *msg);
+
+/* Reports rounds joined / completed / declined, epsilon spent, training throughput, last
+ * round duration and installed version into m (NULL = metrics off), which must outlive it. */
+void node_round_set_metrics(node_round_t *self, metrics_t *m);
+
+/* Shutdown checkpoint (SIGTERM): leaves the round in progress (its update is never sent,
+ * so the residual stays that of the last update sent) and rewrites the error-feedback
+ * residual atomically. The ledger needs nothing: every decision is committed before
+ * training. 0 / -1. */
+int node_round_checkpoint(node_round_t *self);
 
 /* Latest version installed (announced in Hello). */
 uint64_t node_round_model_version(const node_round_t *self);

@@ -200,6 +200,7 @@ static int s_train(void *ctx, const float *global, size_t n, const round_hparams
                        hp->dp ? hp->clip_norm : 1.0) != 0)
         return -1;
     train_stats_t st;
+    trainer_set_stop(m->t, hp->should_stop);
     s_unpack(m, global, m->pad);
     if (trainer_round(m->t, m->pad, trainer_n_params(m->t), (long)hp->local_steps, m->pad_delta,
                       &st) != 0)

@@ -102,9 +102,22 @@ struct trainer_t {
     dp_rng_t *rng;
     bool progress;
     char progress_label[64];
+    /* head only (model.lora.targets = none): the encoder is frozen whole, so each record's
+     * pooled output is computed once and kept; a step is then only the head's [K, C+1]
+     * product, which makes DP-SGD's many noisy steps affordable on a CPU. */
+    bool head_only;
+    size_t hidden;          /* C */
+    float *feat;            /* [n_ex, C] pooled outputs, valid where feat_ok */
+    uint8_t *feat_ok;       /* [n_ex] */
+    float *feat_tmp;        /* [chunk, C] */
+    float *head_rows;       /* [chunk, P] per-example head gradients */
+    float *head_params;     /* [P] host copy of W [K, C] then b [K] */
+    bool (*stop)(void);     /* asked between steps; true = give up (SIGTERM) */
 };
 
 /* ------------------------------------------------------------------ setup */
+
+static size_t s_chunk(const trainer_t *t);
 
 static void s_free_labels(trainer_t *t)
 {
@@ -194,9 +207,19 @@ trainer_t *trainer_new(const train_config_t *cfg, const char *device, const char
     model_init_trainable(t->m, (uint64_t)cfg->seed);
     t->P = model_trainable_numel(t->m);
     if (!(t->host_grad = malloc(t->P * sizeof(float)))) goto oom;
+    t->head_only = mc.lora_targets == 0;
+    t->hidden = (size_t)mc.hidden;
+    if (t->head_only) {
+        size_t chunk = s_chunk(t);
+        if (!(t->feat_tmp = malloc(chunk * t->hidden * sizeof(float))) ||
+            !(t->head_rows = malloc(chunk * t->P * sizeof(float))) ||
+            !(t->head_params = malloc(t->P * sizeof(float))))
+            goto oom;
+    }
     if (!(t->rng = dp_rng_new())) goto fail;
     adamw_config_default(&t->opt);
     t->opt.lr = (float)cfg->lr;
+    t->opt.head_lr = (float)cfg->head_lr;
     t->opt.weight_decay = (float)cfg->weight_decay;
     t->clip = cfg->clip_norm;
     LOG_INFO(TRAIN, "base model %s: %d layers, hidden %d, %zu trainable parameters, %zu labels, "
@@ -224,6 +247,9 @@ static void s_free_records(trainer_t *t)
     t->order_epoch = -1;
     t->n_ex = 0;
     t->n_trunc = 0;
+    free(t->feat); free(t->feat_ok);
+    t->feat = NULL;
+    t->feat_ok = NULL;
 }
 
 void trainer_destroy(trainer_t **self_p)
@@ -233,6 +259,7 @@ void trainer_destroy(trainer_t **self_p)
     s_free_records(t);
     free(t->b_ids); free(t->b_mask); free(t->b_y); free(t->logits);
     free(t->host_grad); free(t->host_pe);
+    free(t->feat_tmp); free(t->head_rows); free(t->head_params);
     model_destroy(&t->m);
     backend_destroy(&t->be);
     tokenizer_destroy(&t->tok);
@@ -284,6 +311,11 @@ int trainer_set_records(trainer_t *t, const records_t *set, bool whole)
         t->y[i] = r->label;
     }
     t->n_ex = n;
+    if (t->head_only && (!(t->feat = malloc(n * t->hidden * sizeof(float))) ||
+                         !(t->feat_ok = calloc(n, 1)))) {
+        s_free_records(t);
+        return medfl_error_set(MEDFL_ENOMEM, "records: out of memory for %zu pooled outputs", n);
+    }
     if (whole) {
         if (!(t->split[TRAIN_SPLIT_ALL] = malloc(n * sizeof(size_t)))) {
             s_free_records(t);
@@ -495,19 +527,105 @@ static int s_stage(trainer_t *t, const size_t *ex, size_t n, model_batch_t *in)
     return 0;
 }
 
+/* ---- head only ---- */
+
+/* Pooled outputs of examples ex[0..n) (n <= s_chunk) into out [n, C], from the cache where
+ * present; the missing ones go through the frozen encoder together, once per record. */
+static int s_features(trainer_t *t, const size_t *ex, size_t n, float *out)
+{
+    size_t C = t->hidden, miss[64], m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!t->feat_ok[ex[i]]) {
+            bool dup = false;
+            for (size_t j = 0; j < m; j++) dup |= miss[j] == ex[i];
+            if (!dup) miss[m++] = ex[i];
+        }
+    if (m > 0) {
+        model_batch_t in;
+        if (s_stage(t, miss, m, &in) != 0 || model_embed(t->m, &in, t->feat_tmp) != 0) return -1;
+        for (size_t j = 0; j < m; j++) {
+            memcpy(t->feat + miss[j] * C, t->feat_tmp + j * C, C * sizeof(float));
+            t->feat_ok[miss[j]] = 1;
+        }
+    }
+    for (size_t i = 0; i < n; i++) memcpy(out + i * C, t->feat + ex[i] * C, C * sizeof(float));
+    return 0;
+}
+
+/* Head forward and per-example backward over cached pooled outputs, for ex[0..n)
+ * (n <= s_chunk):
+ *   logits_e [K] = W [K, C] @ h_e [C] + b;  loss_e = logsumexp(logits_e) - logits_e[y_e]
+ *   rows[e] = d loss_e / d(W, b) = ((p_e - onehot(y_e)) ⊗ h_e, p_e - onehot(y_e))
+ * exactly the head part of model_backward_per_example. rows and logits may be NULL. */
+static int s_head_pass(trainer_t *t, const size_t *ex, size_t n, float *rows, float *logits,
+                       double *loss_sum)
+{
+    size_t C = t->hidden, K = t->n_labels, P = t->P;
+    if (s_features(t, ex, n, t->feat_tmp) != 0) return -1;
+    if (model_trainable_get(t->m, t->head_params, P) != 0) return -1;
+    const float *W = t->head_params, *bias = t->head_params + K * C;
+    double p[K];
+    for (size_t e = 0; e < n; e++) {
+        const float *h = t->feat_tmp + e * C;
+        double mx = -INFINITY, z = 0;
+        for (size_t k = 0; k < K; k++) {
+            double a = bias[k];
+            for (size_t c = 0; c < C; c++) a += (double)W[k * C + c] * h[c];
+            p[k] = a;
+            if (logits) logits[e * K + k] = (float)a;
+            if (a > mx) mx = a;
+        }
+        for (size_t k = 0; k < K; k++) z += exp(p[k] - mx);
+        int32_t y = t->y[ex[e]];
+        *loss_sum += mx + log(z) - p[y];
+        if (!rows) continue;
+        float *r = rows + e * P;
+        for (size_t k = 0; k < K; k++) {
+            float d = (float)(exp(p[k] - mx) / z - (k == (size_t)y));
+            for (size_t c = 0; c < C; c++) r[k * C + c] = d * h[c];
+            r[K * C + k] = d;
+        }
+    }
+    return 0;
+}
+
+/* Mean head gradient of ex[0..n) into the model's gradient buffer. */
+static int s_head_gradient(trainer_t *t, const size_t *ex, size_t n, double *loss_sum)
+{
+    size_t chunk = s_chunk(t);
+    memset(t->host_grad, 0, t->P * sizeof(float));
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t b = n - off < chunk ? n - off : chunk;
+        if (s_head_pass(t, ex + off, b, t->head_rows, NULL, loss_sum) != 0) return -1;
+        for (size_t e = 0; e < b; e++)
+            for (size_t j = 0; j < t->P; j++) t->host_grad[j] += t->head_rows[e * t->P + j];
+    }
+    for (size_t j = 0; j < t->P; j++) t->host_grad[j] /= (float)n;
+    t->be->upload(t->be, model_grads(t->m), t->host_grad, t->P * sizeof(float));
+    return 0;
+}
+
 /* Clipped per-example gradients of examples ex[0..n) summed into acc (double, P). */
 static int s_dp_chunk(trainer_t *t, const size_t *ex, size_t n, double *acc, double *loss_sum,
                       dp_clip_stats_t *st)
 {
     model_batch_t in;
     float loss = 0;
-    if (s_stage(t, ex, n, &in) != 0 || model_forward(t->m, &in, &loss, NULL) != 0) return -1;
-    float *pe = model_per_example_buffer(t->m, (int)n);
-    if (!pe || model_backward_per_example(t->m, pe) != 0) return -1;
-    float *rows = pe;
-    if (t->be->kind != BACKEND_CPU) {
-        t->be->download(t->be, t->host_pe, pe, n * t->P * sizeof(float));
-        rows = t->host_pe;
+    float *rows;
+    if (t->head_only) {
+        double ls = 0;
+        if (s_head_pass(t, ex, n, t->head_rows, NULL, &ls) != 0) return -1;
+        rows = t->head_rows;
+        loss = n ? (float)(ls / (double)n) : 0.0f;
+    } else {
+        if (s_stage(t, ex, n, &in) != 0 || model_forward(t->m, &in, &loss, NULL) != 0) return -1;
+        float *pe = model_per_example_buffer(t->m, (int)n);
+        if (!pe || model_backward_per_example(t->m, pe) != 0) return -1;
+        rows = pe;
+        if (t->be->kind != BACKEND_CPU) {
+            t->be->download(t->be, t->host_pe, pe, n * t->P * sizeof(float));
+            rows = t->host_pe;
+        }
     }
     dp_clip_stats_t cs;
     if (dp_clip_rows(rows, n, t->P, t->clip, &cs) != 0) return -1;
@@ -574,9 +692,14 @@ int trainer_batch_gradient(trainer_t *t, const size_t *idx, size_t n, bool priva
         float loss;
         model_zero_grad(t->m);
         rc = n == 0 ? medfl_error_set(MEDFL_EINVAL, "batch: empty") : 0;
-        if (rc == 0) rc = s_stage(t, ex, n, &in);
-        if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
-        if (rc == 0) rc = model_backward(t->m);
+        if (rc == 0 && t->head_only) {
+            double ls = 0;
+            rc = s_head_gradient(t, ex, n, &ls);
+        } else {
+            if (rc == 0) rc = s_stage(t, ex, n, &in);
+            if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
+            if (rc == 0) rc = model_backward(t->m);
+        }
         if (rc == 0) rc = model_grad_get(t->m, grad, t->P);
     }
     free(ex);
@@ -671,9 +794,15 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
             model_batch_t in;
             float loss = 0;
             model_zero_grad(t->m);
-            rc = s_stage(t, ex, n, &in);
-            if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
-            if (rc == 0) rc = model_backward(t->m);
+            if (t->head_only) {
+                double ls = 0;
+                rc = s_head_gradient(t, ex, n, &ls);
+                loss = (float)(ls / (double)n);
+            } else {
+                rc = s_stage(t, ex, n, &in);
+                if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
+                if (rc == 0) rc = model_backward(t->m);
+            }
             loss_sum += (double)loss * (double)n;
             loss_n += n;
         }
@@ -685,6 +814,11 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
         s.examples += n;
         s_progress(t, k + 1, n_steps, loss_n ? loss_sum / (double)loss_n : 0, s.examples,
                    s_now() - t0, k + 1 == n_steps);
+        if (k + 1 < n_steps && t->stop && t->stop()) {
+            rc = medfl_error_set(MEDFL_ESTATE, "training interrupted after %ld of %ld steps: "
+                                 "stop requested", k + 1, n_steps);
+            break;
+        }
     }
     free(ex);
     s.seconds = s_now() - t0;
@@ -697,6 +831,8 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
     if (stats) *stats = s;
     return rc;
 }
+
+void trainer_set_stop(trainer_t *t, bool (*stop)(void)) { t->stop = stop; }
 
 int trainer_round(trainer_t *t, const float *global, size_t n, long local_steps, float *delta,
                   train_stats_t *stats)
@@ -766,8 +902,15 @@ int trainer_evaluate(trainer_t *t, int split, train_eval_t *out)
         size_t b = n - off < chunk ? n - off : chunk;
         model_batch_t in;
         float loss = 0;
-        rc = s_stage(t, t->split[split] + off, b, &in);
-        if (rc == 0) rc = model_forward(t->m, &in, &loss, t->logits);
+        if (t->head_only) {
+            double ls = 0;
+            rc = s_reserve(t, b);
+            if (rc == 0) rc = s_head_pass(t, t->split[split] + off, b, NULL, t->logits, &ls);
+            loss = (float)(ls / (double)b);
+        } else {
+            rc = s_stage(t, t->split[split] + off, b, &in);
+            if (rc == 0) rc = model_forward(t->m, &in, &loss, t->logits);
+        }
         if (rc != 0) break;
         loss_sum += (double)loss * (double)b;
         for (size_t i = 0; i < b; i++) {

@@ -40,6 +40,7 @@ typedef struct {
     int64_t max_steps;               /* train.max_steps: stop early; 0 = run all epochs */
     int64_t batch_size;              /* train.batch_size */
     double lr;                       /* train.lr */
+    double head_lr;                  /* train.head_lr: 0 = train.lr */
     double warmup_fraction;          /* train.warmup_fraction */
     double weight_decay;             /* train.weight_decay */
     int64_t max_seq_len;             /* train.max_seq_len */
@@ -78,7 +79,10 @@ typedef struct {
     {"train.batch_size", CFG_INT, offsetof(T, m.batch_size), 1, 4096, "16", false, NULL,      \
      "examples per step (DP: expected examples per step)"},                                   \
     {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 10, "5e-4", false, NULL,                \
-     "peak AdamW learning rate"},                                                             \
+     "peak AdamW learning rate (of the LoRA parameters when train.head_lr is set)"},         \
+    {"train.head_lr", CFG_DOUBLE, offsetof(T, m.head_lr), 0, 10, "0", false, NULL,            \
+     "peak learning rate of the classification head; 0 = train.lr. With DP, a head_lr ~10x "  \
+     "train.lr keeps the noise from disturbing the pretrained features (docs/privacy.md)"},   \
     {"train.warmup_fraction", CFG_DOUBLE, offsetof(T, m.warmup_fraction), 0, 1, "0.1", false, \
      NULL, "fraction of the steps with a linear warm-up (then linear decay to 0)"},           \
     {"train.weight_decay", CFG_DOUBLE, offsetof(T, m.weight_decay), 0, 10, "0.01", false,     \
@@ -145,6 +149,9 @@ const struct model *trainer_model(const trainer_t *t);
 int trainer_get_params(const trainer_t *t, float *out, size_t n);
 int trainer_set_params(trainer_t *t, const float *in, size_t n);
 
+/* stop (may be NULL) is asked after every optimizer step; when it returns true the training
+ * call gives up with MEDFL_ESTATE (the node daemon passes its SIGTERM flag). */
+void trainer_set_stop(trainer_t *t, bool (*stop)(void));
 /* DP-SGD on/off with sampling rate q (> 0), noise multiplier sigma (>= 0), clip norm C. */
 int trainer_set_dp(trainer_t *t, bool on, double q, double sigma, double clip);
 /* For tests and reproducible benchmarks ONLY: noise and sampling from a seeded stream.
@@ -165,7 +172,8 @@ void trainer_set_schedule(trainer_t *t, long warmup_steps, long total_steps);
 
 /* Per-round hyperparameters (a federated round's RoundStart, node/round_model.c): the peak
  * learning rate and the batch size (examples per step without DP) replace train.lr and
- * train.batch_size from now on. lr > 0, batch_size >= 1, else -1 and nothing changes. */
+ * train.batch_size from now on (train.head_lr, when set, stays the head's rate). lr > 0,
+ * batch_size >= 1, else -1 and nothing changes. */
 int trainer_set_lr(trainer_t *t, double lr) __attribute__((warn_unused_result));
 double trainer_lr(const trainer_t *t);
 int trainer_set_batch_size(trainer_t *t, long batch_size) __attribute__((warn_unused_result));

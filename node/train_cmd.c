@@ -18,6 +18,7 @@
 #include "common/dp.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/service.h"
 #include "node/commands.h"
 #include "node/data.h"
 #include "node/deid.h"
@@ -168,6 +169,9 @@ int cmd_train_local(int argc, char **argv)
                "adapter (default adapter.h5). With privacy.enabled, DP-SGD with Poisson\n"
                "sampling; the epsilon reached is printed. --checkpoint FILE saves adapter and\n"
                "optimizer state after each epoch and resumes from FILE when it exists.\n"
+               "SIGTERM or SIGINT stop the run after the current step: with --checkpoint the\n"
+               "state is saved there (prints `stopped_at_step: N`, exit 0), without it the\n"
+               "run fails.\n"
                "Refuses (exit status 3) when the de-identification gate flags records under\n"
                "deid.policy = refuse. Prints `epoch: N`, `train_loss: X`, `valid_loss: X`,\n"
                "`valid_accuracy: X`, `valid_macro_f1: X`, `valid_n: N` per epoch.\n", usage);
@@ -194,6 +198,10 @@ int cmd_train_local(int argc, char **argv)
     t = trainer_new(&c.train, c.device, (const char *const *)labels, n_labels);
     if (!t || trainer_set_records(t, set, false) != 0) goto fail;
     records_destroy(&set);
+    /* SIGTERM/SIGINT end the run after the current step; with --checkpoint the adapter and
+     * optimizer state are saved there, and a later run resumes at that very step. */
+    if (service_signals_install() != 0) goto fail;
+    trainer_set_stop(t, service_stop_requested);
     size_t ntr = trainer_split_size(t, TRAIN_SPLIT_TRAIN), nva = trainer_split_size(t, TRAIN_SPLIT_VALID);
     printf("records_train: %zu\nrecords_valid: %zu\nrecords_test: %zu\nlabels: %zu\n", ntr, nva,
            trainer_split_size(t, TRAIN_SPLIT_TEST), n_labels);
@@ -239,7 +247,8 @@ int cmd_train_local(int argc, char **argv)
         snprintf(label, sizeof label, "epoch %d/%d", e + 1, epochs);
         trainer_set_progress(t, true, label);
         train_stats_t st;
-        if (trainer_train_steps(t, todo, &st) != 0) goto fail;
+        if (trainer_train_steps(t, todo, &st) != 0 && !service_stop_requested()) goto fail;
+        if (service_stop_requested()) break;
         printf("epoch: %d\ntrain_loss: %.6f\ntrain_examples_per_s: %.2f\n", e + 1, st.mean_loss,
                st.seconds > 0 ? (double)st.examples / st.seconds : 0);
         if (st.dp)
@@ -251,6 +260,22 @@ int cmd_train_local(int argc, char **argv)
         }
         fflush(stdout);
         if (a.checkpoint && trainer_save(t, a.checkpoint, true) != 0) goto fail;
+    }
+    if (service_stop_requested()) {
+        printf("stopped_at_step: %ld\n", trainer_step(t));
+        if (!a.checkpoint) {
+            medfl_error_set(MEDFL_ESTATE, "stopped by a signal at step %ld; nothing saved "
+                            "(--checkpoint FILE keeps the progress)", trainer_step(t));
+            goto fail;
+        }
+        if (trainer_save(t, a.checkpoint, true) != 0) goto fail;
+        printf("checkpoint: %s\n", a.checkpoint);
+        LOG_INFO(TRAIN, "stopped by a signal at step %ld: checkpoint %s (run again with "
+                 "--checkpoint to resume)", trainer_step(t), a.checkpoint);
+        trainer_destroy(&t);
+        dp_accountant_destroy(&acc);
+        data_labels_free(labels, n_labels);
+        return 0;
     }
     if (trainer_save(t, out, false) != 0) goto fail;
     printf("adapter: %s\n", out);

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs every tests/integration/*.sh with MEDFL_BIN pointing at the binaries under test.
+# Runs every tests/integration/test_*.sh with MEDFL_BIN pointing at the binaries under test
+# (other .sh files there, such as lib.sh, are sourced helpers, not tests).
 # Each script prints "PASS name" / "SKIP name: reason" and exits 0 (pass), 77 (skip) or
 # anything else (fail).
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with medfl-node and medfl-aggregator}"
 export MEDFL_BIN
 pass=0; skip=0; fail=0; failed=()
-for t in tests/integration/*.sh; do
+for t in tests/integration/test_*.sh; do
   [ -e "$t" ] || continue
   echo "=== $(basename "$t")"
   bash "$t"; rc=$?

@@ -17,46 +17,15 @@ set -u
 AGG="$MEDFL_BIN/medfl-aggregator"
 NODE="$MEDFL_BIN/medfl-node"
 
-T=$(mktemp -d /tmp/medfl-itest-channel-XXXXXX)
-declare -A PIDS=()
-cleanup() {
-  for name in "${!PIDS[@]}"; do kill -9 "${PIDS[$name]}" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-  shift
-  for f in "$@"; do echo "--- $f"; tail -n 25 "$f" | sed 's/^/    /'; done
-}
-# wait_until SECONDS COMMAND...: polls every 0.2 s.
-wait_until() {
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $end ] && return 1
-    sleep 0.2
-  done
-}
-start() { # start NAME LOG COMMAND...
-  local name=$1 log=$2; shift 2
-  "$@" >>"$log" 2>&1 &
-  PIDS[$name]=$!
-}
-alive() { kill -0 "${PIDS[$1]}" 2>/dev/null; }
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_setup test_channel
 node_state() { # node_state NODE -> "STATE CONNECTED" from the nodes table
   "$AGG" nodes -c "$AC" | awk -v n="$1" '$1 == n { print $3, $4 }'
 }
 node_is() { [ "$(node_state "$1")" = "$2" ]; }
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 EP="tcp://127.0.0.1:$PORT"
 mkdir -p "$T/agg" "$T/a" "$T/b"
 AC="$T/agg/aggregator.conf"
@@ -72,6 +41,8 @@ heartbeat_timeout_ms = 1500
 poll_ms = 200
 [log]
 level = debug
+[metrics]
+listen = 0
 EOF
 for n in a b; do
   cat >"$T/$n/node.conf" <<EOF
@@ -87,6 +58,8 @@ heartbeat_interval_ms = 200
 heartbeat_misses = 5
 [data]
 records = records.jsonl
+[metrics]
+listen = 0
 EOF
 done
 printf '{"text": "a"}\n{"text": "b"}\n\n{"text": "c"}\n' >"$T/a/records.jsonl"
@@ -155,25 +128,24 @@ B_PUB=$(field curve_public <"$T/b/keygen.out")
 if wait_until 15 node_is hospital-b "enrolled yes" && alive b; then
   pass "node B admitted once enrolled, without restarting either side"
 else fail "node B not admitted after enrollment" "$T/agg.log" "$T/b.log"; fi
-kill -TERM "${PIDS[b]}" 2>/dev/null; wait "${PIDS[b]}" 2>/dev/null; unset 'PIDS[b]'
+kill -TERM "${PIDS[b]}" 2>/dev/null; reap b
 
 # ---- revoke without restart --------------------------------------------------------------
 agg_pid=${PIDS[agg]}
 "$AGG" revoke hospital-a -c "$AC" >"$T/revoke.out" 2>&1
-if wait_until 10 bash -c "! kill -0 ${PIDS[a]} 2>/dev/null"; then
-  wait "${PIDS[a]}"; rc=$?; unset 'PIDS[a]'
+if wait_until 10 gone a; then
+  reap a; rc=$?
   if [ $rc -eq 3 ]; then pass "revoked node A cut off and exited with status 3"
   else fail "node A exit status $rc after revoke (want 3)" "$T/a.log"; fi
 else fail "node A still running after revoke" "$T/agg.log" "$T/a.log"; fi
 if node_is hospital-a "revoked no" && alive agg && [ "${PIDS[agg]}" = "$agg_pid" ]; then
   pass "A listed revoked and disconnected; aggregator kept running"
 else fail "state after revoke: '$(node_state hospital-a)'" "$T/agg.log"; fi
-"$NODE" run -c "$T/a/node.conf" >"$T/a-revoked.log" 2>&1 &
-rpid=$!
+start a-revoked "$T/a-revoked.log" "$NODE" run -c "$T/a/node.conf"
 if wait_until 10 grep -q "key $A_KID is not enrolled" "$T/agg.log"; then
   pass "revoked key refused on a new connection"
 else fail "revoked key admitted again" "$T/agg.log" "$T/a-revoked.log"; fi
-kill -TERM $rpid 2>/dev/null; wait $rpid 2>/dev/null
+kill -TERM "${PIDS[a-revoked]}" 2>/dev/null; reap a-revoked
 
 # ---- re-enroll, SIGKILL + restart the aggregator -------------------------------------------
 "$AGG" enroll hospital-a "$A_PUB" -c "$AC" >"$T/reenroll.out" 2>&1 ||
@@ -181,7 +153,7 @@ kill -TERM $rpid 2>/dev/null; wait $rpid 2>/dev/null
 start a "$T/a2.log" "$NODE" run -c "$T/a/node.conf"
 if wait_until 15 node_is hospital-a "enrolled yes"; then pass "re-enrolled node A connected again"
 else fail "re-enrolled node A not connected" "$T/agg.log" "$T/a2.log"; fi
-kill -KILL "${PIDS[agg]}"; wait "${PIDS[agg]}" 2>/dev/null; unset 'PIDS[agg]'
+stop9 agg
 "$AGG" status -c "$AC" >"$T/status2.out" 2>&1
 rc=$?
 if [ $rc -eq 3 ] && grep -qx "running: no" "$T/status2.out"; then
@@ -234,20 +206,18 @@ bad_config "$NODE" node-enum 1 device "device = tpu\n"
 
 # ---- clean stop ----------------------------------------------------------------------------
 kill -TERM "${PIDS[agg]}"
-if wait_until 10 bash -c "! kill -0 ${PIDS[agg]} 2>/dev/null"; then
-  wait "${PIDS[agg]}"; rc=$?; unset 'PIDS[agg]'
+if wait_until 10 gone agg; then
+  reap agg; rc=$?
   "$AGG" status -c "$AC" >"$T/status3.out" 2>&1
   if [ $rc -eq 0 ] && grep -qx "running: no" "$T/status3.out" && grep -qx "connected: 0" "$T/status3.out"
   then pass "SIGTERM stops the aggregator cleanly (exit 0)"
   else fail "clean stop (rc $rc)" "$T/agg2.log" "$T/status3.out"; fi
 else fail "aggregator ignored SIGTERM" "$T/agg2.log"; fi
 kill -TERM "${PIDS[a]}" 2>/dev/null
-if wait_until 10 bash -c "! kill -0 ${PIDS[a]} 2>/dev/null"; then
-  wait "${PIDS[a]}"; rc=$?; unset 'PIDS[a]'
+if wait_until 10 gone a; then
+  reap a; rc=$?
   if [ $rc -eq 0 ]; then pass "SIGTERM stops node A cleanly (exit 0)"
   else fail "node A exit status $rc on SIGTERM" "$T/a2.log"; fi
 else fail "node A ignored SIGTERM" "$T/a2.log"; fi
 
-if [ $failures -eq 0 ]; then echo "test_channel: all checks passed"; exit 0; fi
-echo "test_channel: $failures check(s) failed"
-exit 1
+it_summary

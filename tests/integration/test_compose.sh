@@ -16,17 +16,10 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 REPO=$PWD
 
-failures=0
-pass() { echo "PASS $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-  local f
-  for f in "${@:2}"; do [ -f "$f" ] && tail -n 40 "$f" | sed 's/^/    /'; done
-  return 0
-}
-T=$(mktemp -d /tmp/medfl-itest-compose-XXXXXX)
-trap 'rm -rf "$T"' EXIT
+# shellcheck source=tests/integration/lib.sh
+. tests/integration/lib.sh
+it_setup test_compose
+IT_TAIL=40
 
 # ---- static ----------------------------------------------------------------------------------
 if deploy/gen-compose.sh 3 | cmp -s - deploy/docker-compose.yml; then
@@ -47,16 +40,14 @@ if [ $failures -ne 0 ]; then echo "test_compose: $failures check(s) failed"; exi
 
 case "${MEDFL_BIN:-}" in
   *build-san*)
-    echo "SKIP test_compose: the simulation image uses its own non-sanitized build; it runs in the plain suite"
-    exit 77 ;;
+    skip "the simulation image uses its own non-sanitized build; it runs in the plain suite" ;;
 esac
 # shellcheck source=deploy/container-env.sh
 . deploy/container-env.sh
 rc=0
 medfl_engine_setup "$REPO" >"$T/engine.out" 2>&1 || rc=$?
 if [ $rc -ne 0 ]; then
-  echo "SKIP test_compose: no container engine: $(tr '\n' ' ' <"$T/engine.out")"
-  exit 77
+  skip "no container engine: $(tr '\n' ' ' <"$T/engine.out")"
 fi
 echo "test_compose: engine $ENGINE"
 
@@ -133,6 +124,4 @@ if [ $rc -ne 0 ] && grep -q "^simulate: interrupted by SIGTERM" "$T/term.log" &&
 else fail "SIGTERM mid-run (rc $rc)" "$T/term.log"; fi
 check_clean "$T/term.log" "after SIGTERM"
 
-if [ $failures -eq 0 ]; then echo "test_compose: all checks passed"; exit 0; fi
-echo "test_compose: $failures check(s) failed"
-exit 1
+it_summary

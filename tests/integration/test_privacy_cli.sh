@@ -6,54 +6,52 @@
 # appended as the node would (Python's sqlite3) and a δ mismatch refused.
 set -u
 NODE="$MEDFL_BIN/medfl-node"
-name=test_privacy_cli
-fail() { echo "FAIL $name: $*"; exit 1; }
-tmp=$(mktemp -d /tmp/medfl-privacy-cli-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_setup test_privacy_cli
 
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 # within LABEL GOT WANT REL: |got - want| <= rel * |want|
 within() {
   awk -v g="$2" -v w="$3" -v r="$4" 'BEGIN { d = g - w; if (d < 0) d = -d; a = w < 0 ? -w : w; exit !(d <= r * a) }' \
-    || fail "$1: got '$2', want $3 (relative tolerance $4)"
+    || die "$1: got '$2', want $3 (relative tolerance $4)"
 }
 
-out=$("$NODE" privacy --sample-rate 0.04 --noise-multiplier 1.5 --steps 2250 --delta 1e-5) || fail "what-if exited $?"
+out=$("$NODE" privacy --sample-rate 0.04 --noise-multiplier 1.5 --steps 2250 --delta 1e-5) || die "what-if exited $?"
 within "opacus epsilon" "$(echo "$out" | field epsilon)" 7.32911117143 1e-6
-[ "$(echo "$out" | field optimal_order)" = "3.9" ] || fail "optimal order: $out"
+[ "$(echo "$out" | field optimal_order)" = "3.9" ] || die "optimal order: $out"
 
 out=$("$NODE" privacy --sample-rate 0.0042666666666666667 --noise-multiplier 1.1 --steps 14062 \
-      --delta 1e-5 --conversion classic) || fail "classic exited $?"
+      --delta 1e-5 --conversion classic) || die "classic exited $?"
 within "tf-privacy mnist 60 epochs" "$(echo "$out" | field epsilon)" 3.01 0.0034
 
 out=$("$NODE" privacy --sample-rate 0.04 --target-epsilon 7.32911117143 --steps 2250 --delta 1e-5) \
-  || fail "inverse exited $?"
+  || die "inverse exited $?"
 sigma=$(echo "$out" | field noise_multiplier)
 within "inverse sigma" "$sigma" 1.5 0.01
 out2=$("$NODE" privacy --sample-rate 0.04 --noise-multiplier "$sigma" --steps 2250 --delta 1e-5)
 eps2=$(echo "$out2" | field epsilon)
 awk -v e="$eps2" 'BEGIN { exit !(e <= 7.32911117143 && e >= 7.32911117143 - 0.01) }' \
-  || fail "sigma $sigma spends $eps2, want within 0.01 below the target"
+  || die "sigma $sigma spends $eps2, want within 0.01 below the target"
 
 for args in "--sample-rate 0.04 --steps 2250 --delta 1e-5" \
             "--sample-rate 1.5 --noise-multiplier 1 --steps 10 --delta 1e-5" \
             "--sample-rate 0.1 --noise-multiplier 1 --steps 10" \
             "--sample-rate 0.1 --noise-multiplier 1 --target-epsilon 2 --steps 10 --delta 1e-5" \
             "--sample-rate 0.1 --noise-multiplier 1 --steps ten --delta 1e-5" \
-            "--conversion fancy" "--frobnicate" "--ledger $tmp/x.db"; do
+            "--conversion fancy" "--frobnicate" "--ledger $T/x.db"; do
   # shellcheck disable=SC2086
-  "$NODE" privacy $args >/dev/null 2>"$tmp/err"; rc=$?
-  [ $rc -eq 2 ] || fail "'$args' exited $rc, want 2"
-  [ -s "$tmp/err" ] || fail "'$args': no message on stderr"
+  "$NODE" privacy $args >/dev/null 2>"$T/err"; rc=$?
+  [ $rc -eq 2 ] || die "'$args' exited $rc, want 2"
+  [ -s "$T/err" ] || die "'$args': no message on stderr"
 done
 
 # Ledger mode.
-"$NODE" privacy --ledger "$tmp/none.db" --budget 3 --delta 1e-5 >/dev/null 2>"$tmp/err" && fail "missing ledger accepted"
-grep -q "not found" "$tmp/err" || fail "missing ledger message: $(cat "$tmp/err")"
-"$NODE" privacy --ledger "$tmp/l.db" --budget 3 --delta 1e-5 --init >"$tmp/out" 2>"$tmp/err" || fail "--init exited $?"
-[ "$(field spent <"$tmp/out")" = "0.000000" ] || fail "empty ledger: $(cat "$tmp/out")"
+"$NODE" privacy --ledger "$T/none.db" --budget 3 --delta 1e-5 >/dev/null 2>"$T/err" && die "missing ledger accepted"
+grep -q "not found" "$T/err" || die "missing ledger message: $(cat "$T/err")"
+"$NODE" privacy --ledger "$T/l.db" --budget 3 --delta 1e-5 --init >"$T/out" 2>"$T/err" || die "--init exited $?"
+[ "$(field spent <"$T/out")" = "0.000000" ] || die "empty ledger: $(cat "$T/out")"
 if command -v python3 >/dev/null && python3 -c 'import sqlite3' 2>/dev/null; then
-  python3 - "$tmp/l.db" <<'PY' || fail "could not append rows"
+  python3 - "$T/l.db" <<'PY' || die "could not append rows"
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1])
 for r in (1, 2):
@@ -64,29 +62,29 @@ db.execute("INSERT INTO rounds(round_id, ts, status, q, sigma, steps, delta, eps
 db.commit()
 PY
   # The spent epsilon is recomputed from (q, sigma, steps): two rounds of 1125 steps = the Opacus case.
-  "$NODE" privacy --ledger "$tmp/l.db" --budget 8 --delta 1e-5 --sample-rate 0.04 --steps 1000 \
-      --noise-multiplier 1.5 >"$tmp/out" || fail "ledger mode exited $?"
-  within "ledger spent" "$(field spent <"$tmp/out")" 7.32911117143 1e-6
-  within "ledger remaining" "$(field remaining <"$tmp/out")" 0.67088882857 1e-5
-  [ "$(field rounds_admitted <"$tmp/out")" = 2 ] || fail "admitted count: $(cat "$tmp/out")"
-  [ "$(field rounds_declined <"$tmp/out")" = 1 ] || fail "declined count"
-  grep -q "round 3 .*declined.*reason: privacy budget: test" "$tmp/out" || fail "history: $(cat "$tmp/out")"
-  grep -q "^planned_round: exceeds budget" "$tmp/out" || fail "plan check: $(cat "$tmp/out")"
+  "$NODE" privacy --ledger "$T/l.db" --budget 8 --delta 1e-5 --sample-rate 0.04 --steps 1000 \
+      --noise-multiplier 1.5 >"$T/out" || die "ledger mode exited $?"
+  within "ledger spent" "$(field spent <"$T/out")" 7.32911117143 1e-6
+  within "ledger remaining" "$(field remaining <"$T/out")" 0.67088882857 1e-5
+  [ "$(field rounds_admitted <"$T/out")" = 2 ] || die "admitted count: $(cat "$T/out")"
+  [ "$(field rounds_declined <"$T/out")" = 1 ] || die "declined count"
+  grep -q "round 3 .*declined.*reason: privacy budget: test" "$T/out" || die "history: $(cat "$T/out")"
+  grep -q "^planned_round: exceeds budget" "$T/out" || die "plan check: $(cat "$T/out")"
   # Through a node config (only the privacy keys are read; relative state_dir).
-  mkdir -p "$tmp/conf/state"; cp "$tmp/l.db" "$tmp/conf/state/privacy_ledger.db"
-  printf 'node_id = "hospital-a"\nstate_dir = state\n[privacy]\nepsilon_budget = 10 # total\ndelta = 1e-5\n' >"$tmp/conf/node.conf"
-  "$NODE" privacy -c "$tmp/conf/node.conf" >"$tmp/out" || fail "-c exited $?: $(cat "$tmp/out")"
-  within "conf remaining" "$(field remaining <"$tmp/out")" 2.67088882857 1e-5
-  printf 'state_dir = state\n[privacy]\nepsilon_budget = 10\ndelta = 1e-6\n' >"$tmp/conf/bad.conf"
-  "$NODE" privacy -c "$tmp/conf/bad.conf" >/dev/null 2>"$tmp/err" && fail "delta mismatch accepted"
-  grep -q "started with delta = 1e-05" "$tmp/err" || fail "delta mismatch message: $(cat "$tmp/err")"
+  mkdir -p "$T/conf/state"; cp "$T/l.db" "$T/conf/state/privacy_ledger.db"
+  printf 'node_id = "hospital-a"\nstate_dir = state\n[privacy]\nepsilon_budget = 10 # total\ndelta = 1e-5\n' >"$T/conf/node.conf"
+  "$NODE" privacy -c "$T/conf/node.conf" >"$T/out" || die "-c exited $?: $(cat "$T/out")"
+  within "conf remaining" "$(field remaining <"$T/out")" 2.67088882857 1e-5
+  printf 'state_dir = state\n[privacy]\nepsilon_budget = 10\ndelta = 1e-6\n' >"$T/conf/bad.conf"
+  "$NODE" privacy -c "$T/conf/bad.conf" >/dev/null 2>"$T/err" && die "delta mismatch accepted"
+  grep -q "started with delta = 1e-05" "$T/err" || die "delta mismatch message: $(cat "$T/err")"
   # Without the keys the daemon's defaults apply (epsilon 10, delta 1e-5), here too.
-  printf 'state_dir = state\n' >"$tmp/conf/defaults.conf"
-  "$NODE" privacy -c "$tmp/conf/defaults.conf" >"$tmp/out" 2>"$tmp/err" || fail "defaults: $(cat "$tmp/err")"
-  within "default budget remaining" "$(field remaining <"$tmp/out")" 2.67088882857 1e-5
-  printf 'state_dir = state\n[privacy]\nepsilon_budget = -3\ndelta = 1e-5\n' >"$tmp/conf/neg.conf"
-  "$NODE" privacy -c "$tmp/conf/neg.conf" >/dev/null 2>"$tmp/err" && fail "negative budget accepted"
-  grep -q "neg.conf:3: key 'privacy.epsilon_budget'" "$tmp/err" || fail "bad value message: $(cat "$tmp/err")"
+  printf 'state_dir = state\n' >"$T/conf/defaults.conf"
+  "$NODE" privacy -c "$T/conf/defaults.conf" >"$T/out" 2>"$T/err" || die "defaults: $(cat "$T/err")"
+  within "default budget remaining" "$(field remaining <"$T/out")" 2.67088882857 1e-5
+  printf 'state_dir = state\n[privacy]\nepsilon_budget = -3\ndelta = 1e-5\n' >"$T/conf/neg.conf"
+  "$NODE" privacy -c "$T/conf/neg.conf" >/dev/null 2>"$T/err" && die "negative budget accepted"
+  grep -q "neg.conf:3: key 'privacy.epsilon_budget'" "$T/err" || die "bad value message: $(cat "$T/err")"
 else
   echo "note: python3 sqlite3 not available, ledger history part not run"
 fi

@@ -310,13 +310,21 @@ static void test_peft_export(void **state)
         assert_int_equal(cJSON_GetObjectItem(cfg, "r")->valueint, 4);
         assert_true(cJSON_GetObjectItem(cfg, "lora_alpha")->valuedouble == 8);
         const cJSON *tm = cJSON_GetObjectItem(cfg, "target_modules");
-        if (ffn) {
+        assert_string_equal(cJSON_GetObjectItem(cfg, "task_type")->valuestring, "FEATURE_EXTRACTION");
+        assert_true(cJSON_IsNull(cJSON_GetObjectItem(cfg, "modules_to_save")));
+        if (ffn) { /* "output.dense" alone would also suffix-match attention.output.dense */
             assert_true(cJSON_IsString(tm));
-            assert_string_equal(tm->valuestring, "encoder\\.layer\\.\\d+\\.(attention\\.self\\."
-                                                 "query|attention\\.self\\.value|output\\.dense)");
+            assert_string_equal(tm->valuestring,
+                                "^(?:encoder\\.layer\\.0\\.attention\\.self\\.query|"
+                                "encoder\\.layer\\.0\\.attention\\.self\\.value|"
+                                "encoder\\.layer\\.0\\.output\\.dense|"
+                                "encoder\\.layer\\.1\\.attention\\.self\\.query|"
+                                "encoder\\.layer\\.1\\.attention\\.self\\.value|"
+                                "encoder\\.layer\\.1\\.output\\.dense)$");
         } else {
             assert_int_equal(cJSON_GetArraySize(tm), 2);
-            assert_string_equal(cJSON_GetArrayItem(tm, 0)->valuestring, "query");
+            assert_string_equal(cJSON_GetArrayItem(tm, 0)->valuestring, "attention.self.query");
+            assert_string_equal(cJSON_GetArrayItem(tm, 1)->valuestring, "attention.self.value");
         }
         cJSON_Delete(cfg);
         snprintf(p, sizeof p, "%s/medfl_head.json", dir);
@@ -350,12 +358,85 @@ static void test_peft_export(void **state)
     free(f);
 }
 
+/* The same writer for AutoModelForSequenceClassification (what `medfl-aggregator export`
+ * uses): encoder names under the prefix, the head as a module to save or left out, one rank
+ * per adapter, and the name mapping both ways. */
+static void test_peft_seq_cls(void **state)
+{
+    (void)state;
+    s_fixture_t *f = s_fixture(false);
+    char dir[600], p[700];
+    snprintf(dir, sizeof dir, "%s/seq", s_dir);
+    adapter_peft_opts_t o = {.task = ADAPTER_PEFT_SEQ_CLS, .include_head = true, .lora_alpha = 16,
+                             .base_model = NULL};
+    assert_int_equal(adapter_peft_write(dir, f->a.tensors, f->a.n_tensors, &o), 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    safetensors_t *st = safetensors_open(p);
+    assert_non_null(st);
+    assert_int_equal(safetensors_count(st), f->a.n_tensors);
+    assert_non_null(safetensors_find(st, "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"));
+    assert_non_null(safetensors_find(st, "base_model.model.classifier.weight"));
+    safetensors_destroy(&st);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    cJSON *cfg = s_json(p);
+    assert_string_equal(cJSON_GetObjectItem(cfg, "task_type")->valuestring, "SEQ_CLS");
+    assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItem(cfg, "modules_to_save"), 0)->valuestring,
+                        "classifier");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(cfg, "base_model_name_or_path")));
+    assert_true(cJSON_GetObjectItem(cfg, "lora_alpha")->valuedouble == 16);
+    cJSON_Delete(cfg);
+
+    /* Without the head, another prefix. */
+    o.include_head = false;
+    o.prefix = "roberta";
+    snprintf(dir, sizeof dir, "%s/seq-nohead", s_dir);
+    assert_int_equal(adapter_peft_write(dir, f->a.tensors, f->a.n_tensors, &o), 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    st = safetensors_open(p);
+    assert_int_equal(safetensors_count(st), f->a.n_tensors - 2);
+    assert_non_null(safetensors_find(st, "base_model.model.roberta.encoder.layer.0.attention.self.query.lora_A.weight"));
+    safetensors_destroy(&st);
+
+    /* Two ranks in one adapter are refused; so is a list without LoRA tensors. */
+    named_tensor_t ts[2] = {f->a.tensors[0], f->a.tensors[2]};
+    ts[1].shape[0] = 3; /* lora_A [r, in] with another r */
+    snprintf(dir, sizeof dir, "%s/seq-bad", s_dir);
+    assert_int_equal(adapter_peft_write(dir, ts, 2, &o), -1);
+    assert_non_null(strstr(medfl_error_message(), "one rank per adapter"));
+    named_tensor_t head_only[2] = {f->a.tensors[f->a.n_tensors - 2], f->a.tensors[f->a.n_tensors - 1]};
+    assert_int_equal(adapter_peft_write(dir, head_only, 2, &o), -1);
+    assert_non_null(strstr(medfl_error_message(), "no LoRA tensors"));
+    free(f);
+
+    char nm[300], back[300];
+    const char *name = "base_model.model.encoder.layer.2.intermediate.dense.lora_A.weight";
+    assert_int_equal(adapter_peft_name(name, "", nm, sizeof nm), 0);
+    assert_string_equal(nm, name); /* BertModel: PEFT's names are ours */
+    assert_int_equal(adapter_peft_name(name, "bert", nm, sizeof nm), 0);
+    assert_string_equal(nm, "base_model.model.bert.encoder.layer.2.intermediate.dense.lora_A.weight");
+    assert_int_equal(adapter_medfl_name(nm, "bert", back, sizeof back), 0);
+    assert_string_equal(back, name);
+    assert_int_equal(adapter_medfl_name(nm, NULL, back, sizeof back), -1);
+    assert_int_equal(adapter_peft_name("classifier.bias", NULL, nm, sizeof nm), 0);
+    assert_string_equal(nm, "base_model.model.classifier.bias");
+    int layer;
+    char mod[64], which;
+    assert_true(adapter_lora_parts(name, &layer, mod, sizeof mod, &which));
+    assert_int_equal(layer, 2);
+    assert_string_equal(mod, "intermediate.dense");
+    assert_int_equal(which, 'A');
+    assert_false(adapter_lora_parts("base_model.model.encoder.layer.x.q.lora_A.weight", &layer, mod,
+                                    sizeof mod, &which));
+    assert_false(adapter_lora_parts("classifier.weight", &layer, mod, sizeof mod, &which));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_peft_export),
+        cmocka_unit_test(test_peft_seq_cls),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -258,6 +258,57 @@ static void test_text_forms_and_ids(void **state)
     assert_int_equal(strspn(id1, "0123456789abcdef"), KEYS_ID_LEN);
 }
 
+/* keygen as both programs run it: nested folder created 0700, the printed lines name the
+ * folder and the public keys that keys_load then reads back, secrets 0600, a second keygen
+ * refused unless overwrite, and a folder that cannot be created reported. */
+static void test_keygen(void **state)
+{
+    (void)state;
+    char dir[700];
+    snprintf(dir, sizeof dir, "%s/nested/keys", s_newdir());
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    assert_non_null(out);
+    char z85[KEYS_Z85_LEN + 1], hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1];
+    assert_int_equal(keys_keygen(dir, false, out, z85, hex), 0);
+    assert_int_equal(fclose(out), 0);
+    keys_t *k = keys_load(dir);
+    assert_non_null(k);
+    char want_z85[KEYS_Z85_LEN + 1], want_hex[2 * KEYS_SIGN_PUBLIC_BYTES + 1], id[KEYS_ID_LEN + 1];
+    assert_int_equal(keys_z85_encode(k->curve_public, want_z85), 0);
+    sodium_bin2hex(want_hex, sizeof want_hex, k->sign_public, sizeof k->sign_public);
+    keys_key_id(k->curve_public, id);
+    keys_destroy(&k);
+    assert_string_equal(z85, want_z85);
+    assert_string_equal(hex, want_hex);
+    char expect[600];
+    snprintf(expect, sizeof expect, "key_dir: %s\ncurve_public: %s\nidentity_public: %s\nkey_id: %s\n",
+             dir, want_z85, want_hex, id);
+    assert_string_equal(text, expect);
+    free(text);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    char path[800];
+    snprintf(path, sizeof path, "%s/identity.key", dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    FILE *sink = fopen("/dev/null", "w");
+    assert_non_null(sink);
+    assert_int_equal(keys_keygen(dir, false, sink, z85, hex), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    assert_string_equal(z85, want_z85); /* the refused keygen changed nothing */
+    assert_int_equal(keys_keygen(dir, true, sink, z85, hex), 0);
+    assert_string_not_equal(z85, want_z85);
+    /* A parent that is a file. */
+    snprintf(path, sizeof path, "%s/curve.pub/sub", dir);
+    assert_int_equal(keys_keygen(path, false, sink, z85, hex), -1);
+    assert_non_null(strstr(medfl_error_message(), "curve.pub"));
+    fclose(sink);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +317,7 @@ int main(void)
         cmocka_unit_test(test_loose_permissions_refused),
         cmocka_unit_test(test_corrupt_files),
         cmocka_unit_test(test_text_forms_and_ids),
+        cmocka_unit_test(test_keygen),
     };
     return cmocka_run_group_tests_name("keys", tests, s_setup, s_teardown);
 }

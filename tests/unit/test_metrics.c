@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/error.h"
 #include "common/metrics.h"
 
 static metrics_t *s_sample_registry(void)
@@ -138,12 +139,101 @@ static void test_endpoint_and_promtool(void **state)
     metrics_destroy(&m);
 }
 
+/* metrics.listen: accepted forms, and errors that name file:line and key. */
+static void test_listen_parse(void **state)
+{
+    (void)state;
+    metrics_listen_t l;
+    assert_int_equal(metrics_listen_parse("off", NULL, "metrics.listen", &l), 0);
+    assert_false(l.enabled);
+    assert_int_equal(metrics_listen_parse("", NULL, "metrics.listen", &l), 0);
+    assert_false(l.enabled);
+    assert_int_equal(metrics_listen_parse("9751", NULL, "metrics.listen", &l), 0);
+    assert_true(l.enabled);
+    assert_string_equal(l.address, "127.0.0.1"); /* loopback unless told otherwise */
+    assert_int_equal(l.port, 9751);
+    assert_int_equal(metrics_listen_parse("10.1.2.3:0", NULL, "metrics.listen", &l), 0);
+    assert_string_equal(l.address, "10.1.2.3");
+    assert_int_equal(l.port, 0);
+    assert_int_equal(metrics_listen_parse("0.0.0.0:65535", NULL, "metrics.listen", &l), 0);
+    assert_int_equal(l.port, 65535);
+    const char *bad[] = {"127.0.0.1:65536", "localhost:9750", "127.0.0.1", ":9750",
+                         "127.0.0.1:", "127.0.0.1:-1", "127.0.0.1:97x0", "on", "[::1]:9750"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(metrics_listen_parse(bad[i], NULL, "metrics.listen", &l), -1);
+        assert_false(l.enabled);
+        assert_int_equal(medfl_error_code(), MEDFL_ECONFIG);
+        assert_non_null(strstr(medfl_error_message(), "key 'metrics.listen'"));
+    }
+    char path[] = "/tmp/medfl-metrics-conf-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *text = "node_id = a\n[metrics]\n# listen = 1\n  listen = 1.2.3:9\n[log]\nlevel = info\n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    assert_int_equal(metrics_listen_parse("1.2.3:9", path, "metrics.listen", &l), -1);
+    char want[128];
+    snprintf(want, sizeof want, "%s:4: key 'metrics.listen': '1.2.3:9'", path);
+    assert_non_null(strstr(medfl_error_message(), want));
+    unlink(path);
+}
+
+/* metrics_start: the endpoint file names the bound port; off removes a stale file; a NULL
+ * registry (metrics off) swallows updates. */
+static void test_start_endpoint_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/medfl-metrics-state-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char file[128];
+    snprintf(file, sizeof file, "%s/metrics_endpoint", dir);
+    metrics_t *m = s_sample_registry();
+    metrics_listen_t l;
+    assert_int_equal(metrics_listen_parse("0", NULL, "metrics.listen", &l), 0);
+    assert_int_equal(metrics_start(m, &l, dir), 0);
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    char line[128] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    char want[64];
+    snprintf(want, sizeof want, "http://127.0.0.1:%u/metrics\n", metrics_port(m));
+    assert_string_equal(line, want);
+    char *resp = s_http_get(metrics_port(m), "/metrics");
+    assert_non_null(strstr(resp, "medfl_node_epsilon_spent 1.5\n"));
+    free(resp);
+    /* a second registry cannot take the same port: an error, the file is gone */
+    metrics_t *m2 = metrics_new("medfl_node");
+    metrics_listen_t same = l;
+    same.port = metrics_port(m);
+    assert_int_equal(metrics_start(m2, &same, dir), -1);
+    assert_int_equal(access(file, F_OK), -1);
+    metrics_destroy(&m2);
+    /* off: stale file removed, nothing served */
+    f = fopen(file, "w");
+    fputs("http://127.0.0.1:1/metrics\n", f);
+    fclose(f);
+    metrics_t *m3 = metrics_new("medfl_node");
+    metrics_listen_t off;
+    assert_int_equal(metrics_listen_parse("off", NULL, "metrics.listen", &off), 0);
+    assert_int_equal(metrics_start(m3, &off, dir), 0);
+    assert_int_equal(access(file, F_OK), -1);
+    assert_int_equal(metrics_port(m3), 0);
+    metrics_destroy(&m3);
+    metrics_destroy(&m);
+    assert_int_equal(metrics_add(NULL, "anything_total", NULL, 1), 0);
+    assert_int_equal(metrics_set(NULL, "anything", "x", 1), 0);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render_exact),
         cmocka_unit_test(test_rejects_misuse),
         cmocka_unit_test(test_endpoint_and_promtool),
+        cmocka_unit_test(test_listen_parse),
+        cmocka_unit_test(test_start_endpoint_file),
     };
     return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
 }

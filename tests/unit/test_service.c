@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/error.h"
 #include "common/service.h"
 
 static void test_signals_set_flags(void **state)
@@ -83,11 +84,66 @@ static void test_notify(void **state)
     unsetenv("NOTIFY_SOCKET");
 }
 
+/* service_run_daemon with a stand-in daemon: the calls happen in order with the config
+ * handed through, run's status is returned, a daemon that cannot start gives 1 without
+ * run or destroy, and a bad log option stops before create. */
+typedef struct {
+    int created, ran, destroyed;
+    bool fail_create;
+    int status;
+} s_fake_t;
+
+static void *s_fake_new(const void *cfg, const char *config_path)
+{
+    s_fake_t *f = (s_fake_t *)cfg;
+    assert_string_equal(config_path, "fake.conf");
+    f->created++;
+    if (f->fail_create) {
+        medfl_error_set(MEDFL_EIO, "fake.conf: cannot bind");
+        return NULL;
+    }
+    return f;
+}
+static int s_fake_run(void *d)
+{
+    s_fake_t *f = d;
+    f->ran++;
+    return f->status;
+}
+static void s_fake_destroy(void *d) { ((s_fake_t *)d)->destroyed++; }
+
+static void test_run_daemon(void **state)
+{
+    (void)state;
+    s_fake_t f = {.status = 3};
+    service_daemon_t d = {.program = "medfl-test", .instance = "t", .config_path = "fake.conf",
+                          .log_level = "error", .log_format = "text", .log_file = "",
+                          .cfg = &f, .create = s_fake_new, .run = s_fake_run,
+                          .destroy = s_fake_destroy};
+    assert_int_equal(service_run_daemon(&d), 3);
+    assert_int_equal(f.created, 1);
+    assert_int_equal(f.ran, 1);
+    assert_int_equal(f.destroyed, 1);
+
+    f = (s_fake_t){.fail_create = true, .status = 0};
+    assert_int_equal(service_run_daemon(&d), 1);
+    assert_int_equal(f.created, 1);
+    assert_int_equal(f.ran + f.destroyed, 0);
+    assert_non_null(strstr(medfl_error_message(), "cannot bind"));
+
+    f = (s_fake_t){.status = 0};
+    d.log_level = "loud";
+    assert_int_equal(service_run_daemon(&d), 1);
+    assert_int_equal(f.created, 0);
+    assert_non_null(strstr(medfl_error_message(), "log.level"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_signals_set_flags),
         cmocka_unit_test(test_notify),
+        cmocka_unit_test(test_run_daemon),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
 }

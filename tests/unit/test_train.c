@@ -369,6 +369,33 @@ static void test_dp_steps_and_round(void **state)
     trainer_destroy(&t);
 }
 
+/* trainer_set_stop: the SIGTERM hook of the node daemon ends a round after the current step. */
+static int s_stop_calls;
+static bool s_stop_after_two(void) { return ++s_stop_calls >= 2; }
+
+static void test_stop_interrupts_round(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    trainer_t *t = s_trainer(&c, 60);
+    size_t P = trainer_n_params(t);
+    float *g = malloc(P * sizeof(float)), *delta = malloc(P * sizeof(float));
+    assert_int_equal(trainer_get_params(t, g, P), 0);
+    train_stats_t st;
+    s_stop_calls = 0;
+    trainer_set_stop(t, s_stop_after_two);
+    assert_int_equal(trainer_round(t, g, P, 6, delta, &st), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    assert_non_null(strstr(medfl_error_message(), "interrupted after 2 of 6 steps"));
+    assert_int_equal(st.steps, 2);
+    trainer_set_stop(t, NULL);
+    assert_int_equal(trainer_round(t, g, P, 3, delta, &st), 0);
+    assert_int_equal(st.steps, 3);
+    free(g);
+    free(delta);
+    trainer_destroy(&t);
+}
+
 static void s_expect(bool failed, const char *needle)
 {
     assert_true(failed);
@@ -443,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_continues_identically),
         cmocka_unit_test(test_dp_gradient),
         cmocka_unit_test(test_dp_steps_and_round),
+        cmocka_unit_test(test_stop_interrupts_round),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "aggregator/versions.h"
+#include "common/adapter_file.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/safetensors.h"
@@ -541,9 +542,9 @@ static void test_peft_roundtrip(void **state)
 
     /* Names outside the supported forms are refused in both directions. */
     char nm[300];
-    assert_int_equal(versions_peft_name("encoder.layer.0.x", "bert", nm, sizeof nm), -1);
-    assert_int_equal(versions_medfl_name("base_model.model.roberta.encoder.layer.0.x", "bert", nm, sizeof nm), -1);
-    assert_int_equal(versions_medfl_name("base_model.model.bert.encoder.layer.0.x", "bert", nm, sizeof nm), 0);
+    assert_int_equal(adapter_peft_name("encoder.layer.0.x", "bert", nm, sizeof nm), -1);
+    assert_int_equal(adapter_medfl_name("base_model.model.roberta.encoder.layer.0.x", "bert", nm, sizeof nm), -1);
+    assert_int_equal(adapter_medfl_name("base_model.model.bert.encoder.layer.0.x", "bert", nm, sizeof nm), 0);
     assert_string_equal(nm, "base_model.model.encoder.layer.0.x");
 }
 

@@ -775,6 +775,16 @@ static void test_bulk_round_trip_8mib(void **state)
     assert_int_equal(m.bulk_len, n * 4);
     assert_memory_equal(m.bulk, ref, n * 4);
     wire_msg_close(&m);
+    /* byte counters (the daemons' metrics): one 8 MiB bulk each way plus small envelopes;
+     * the refused send and the send to the ghost count nothing */
+    uint64_t c_sent, c_recv;
+    wire_client_traffic(c, &c_sent, &c_recv);
+    wire_server_stats_t st;
+    wire_server_stats(srv, &st);
+    assert_true(c_sent >= n * 4 && c_sent < n * 4 + 4096);
+    assert_true(c_recv >= n * 4 && c_recv < n * 4 + 4096);
+    assert_true(st.bytes_received >= n * 4 && st.bytes_received <= c_sent);
+    assert_true(st.bytes_sent >= n * 4 && st.bytes_sent < n * 4 + 4096);
     wire_client_destroy(&c);
     wire_server_destroy(&srv);
     assert_int_equal(s_freed, 3);

@@ -5,33 +5,32 @@
 # h5py reads the base file: format attributes, config, vocabulary and weights equal to the
 # checkpoint's.
 set -u
-name=import_model
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_setup import_model
 node="$MEDFL_BIN/medfl-node"
-tmp=$(mktemp -d /tmp/medfl-it-import-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL $name: $*"; exit 1; }
 
-"$node" import-model --hf tests/ref/fixtures/tiny_bert -o "$tmp/base.h5" >/dev/null 2>&1 \
-  || fail "import of tests/ref/fixtures/tiny_bert failed"
-[ -s "$tmp/base.h5" ] || fail "no output file"
+"$node" import-model --hf tests/ref/fixtures/tiny_bert -o "$T/base.h5" >/dev/null 2>&1 \
+  || die "import of tests/ref/fixtures/tiny_bert failed"
+[ -s "$T/base.h5" ] || die "no output file"
 
-"$node" import-model --hf "$tmp/nowhere" -o "$tmp/x.h5" 2>"$tmp/err"; rc=$?
-[ $rc -eq 1 ] || fail "missing folder: exit $rc, expected 1"
-grep -q "nowhere/config.json" "$tmp/err" || fail "missing folder: message: $(cat "$tmp/err")"
+"$node" import-model --hf "$T/nowhere" -o "$T/x.h5" 2>"$T/err"; rc=$?
+[ $rc -eq 1 ] || die "missing folder: exit $rc, expected 1"
+grep -q "nowhere/config.json" "$T/err" || die "missing folder: message: $(cat "$T/err")"
 
-mkdir "$tmp/roberta"
-cp tests/ref/fixtures/tiny_bert/* "$tmp/roberta/"
-sed -i 's/"model_type": "bert"/"model_type": "roberta"/' "$tmp/roberta/config.json"
-"$node" import-model --hf "$tmp/roberta" -o "$tmp/x.h5" 2>"$tmp/err"; rc=$?
-[ $rc -eq 1 ] || fail "roberta: exit $rc, expected 1"
-grep -q "config.json: field 'model_type'" "$tmp/err" || fail "roberta: message: $(cat "$tmp/err")"
-[ ! -e "$tmp/x.h5" ] || fail "output written despite the error"
+mkdir "$T/roberta"
+cp tests/ref/fixtures/tiny_bert/* "$T/roberta/"
+sed -i 's/"model_type": "bert"/"model_type": "roberta"/' "$T/roberta/config.json"
+"$node" import-model --hf "$T/roberta" -o "$T/x.h5" 2>"$T/err"; rc=$?
+[ $rc -eq 1 ] || die "roberta: exit $rc, expected 1"
+grep -q "config.json: field 'model_type'" "$T/err" || die "roberta: message: $(cat "$T/err")"
+[ ! -e "$T/x.h5" ] || die "output written despite the error"
 
 "$node" import-model >/dev/null 2>&1; rc=$?
-[ $rc -eq 2 ] || fail "no arguments: exit $rc, expected 2"
+[ $rc -eq 2 ] || die "no arguments: exit $rc, expected 2"
 
 if python3 -c 'import h5py, numpy, safetensors' >/dev/null 2>&1; then
-  python3 - "$tmp/base.h5" <<'PY' || fail "h5py check"
+  python3 - "$T/base.h5" <<'PY' || die "h5py check"
 import sys, h5py, numpy as np
 from safetensors.numpy import load_file
 f = h5py.File(sys.argv[1], "r")

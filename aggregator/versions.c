@@ -217,9 +217,12 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
         char mod[128], which;
         if (adapter_lora_parts(items[i].name, &layer, mod, sizeof mod, &which) && which == 'A') r = items[i].t->shape[0];
     }
-    if (r < 0) {
-        medfl_error_set(MEDFL_EFORMAT, "%s: no LoRA tensors (names like '" S_PEFT "%s.encoder.layer.0."
-                        "attention.self.query.lora_A.weight')", st_path, prefix);
+    bool has_head = false;
+    for (size_t i = 0; i < n; i++) has_head |= strcmp(items[i].name, "classifier.weight") == 0;
+    if (r < 0 && !has_head) { /* a head-only adapter (lora.targets = none) has no LoRA pairs */
+        medfl_error_set(MEDFL_EFORMAT, "%s: neither LoRA tensors (names like '" S_PEFT "%s.encoder."
+                        "layer.0.attention.self.query.lora_A.weight') nor a classifier head",
+                        st_path, prefix);
         goto done;
     }
     if (!(flat = malloc(m->numel * sizeof *flat))) {
@@ -230,7 +233,7 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
         if (safetensors_read_f32(st, items[i].t, flat + m->tensors[i].offset) < 0) goto done;
     char rbuf[32];
     snprintf(rbuf, sizeof rbuf, "%ld", r);
-    if (vs_manifest_set_attr(m, "lora_r", rbuf) < 0) goto done;
+    if (r > 0 && vs_manifest_set_attr(m, "lora_r", rbuf) < 0) goto done;
     if ((cfg_text = s_slurp(cfg_path, 1 << 20))) {
         cfg = cJSON_Parse(cfg_text);
         if (!cJSON_IsObject(cfg)) {
@@ -241,7 +244,7 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(cfg, "base_model_name_or_path");
         const cJSON *cr = cJSON_GetObjectItemCaseSensitive(cfg, "r");
         const cJSON *tm = cJSON_GetObjectItemCaseSensitive(cfg, "target_modules");
-        if (cJSON_IsNumber(cr) && (long)cr->valuedouble != r) {
+        if (r > 0 && cJSON_IsNumber(cr) && (long)cr->valuedouble != r) {
             medfl_error_set(MEDFL_EFORMAT, "%s: field 'r' = %g but the tensors have rank %ld", cfg_path,
                             cr->valuedouble, r);
             goto done;

@@ -90,8 +90,11 @@ int adapter_validate(const adapter_t *a, const char *o)
                                    t->name);
         }
     }
-    if (n_lora == 0 || n_lora % 2)
+    if (n_lora % 2)
         return medfl_error_set(MEDFL_EFORMAT, "%s: %zu LoRA tensors (need A/B pairs)", o, n_lora);
+    if ((n_lora == 0) != (a->n_targets == 0)) /* head-only adapters list no targets */
+        return medfl_error_set(MEDFL_EFORMAT, "%s: %zu LoRA tensors but %zu targets listed", o,
+                               n_lora, a->n_targets);
     for (size_t i = 0; i < a->n_labels; i++)
         if (!a->labels[i] || !a->labels[i][0])
             return medfl_error_set(MEDFL_EFORMAT, "%s: label %zu is empty", o, i);
@@ -395,7 +398,8 @@ int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
         nt->data = t->data;
     }
     if (r < 0) {
-        medfl_error_set(MEDFL_EINVAL, "%s: no LoRA tensors to export", dir);
+        medfl_error_set(MEDFL_EINVAL, "%s: no LoRA tensors to export (a head-only adapter, "
+                        "model.lora.targets = none, has nothing a PEFT LoRA config can hold)", dir);
         goto done;
     }
     /* Sorted by name, as PEFT's own save_file writes the header. */

@@ -1115,6 +1115,31 @@ void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step)
                  head, head_lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
 }
 
+int model_optimizer_step(model_t *m, const adamw_config_t *cfg, long step)
+{
+    if (!cfg->sgd) {
+        model_adamw_step(m, cfg, step);
+        return 0;
+    }
+    size_t n = m->tr_numel;
+    size_t head = (size_t)m->cfg.num_labels * ((size_t)m->cfg.hidden + 1);
+    float lr = adamw_lr_at(cfg, step);
+    float head_lr = cfg->head_lr > 0.0f && cfg->lr > 0.0f ? lr * (cfg->head_lr / cfg->lr) : lr;
+    /* On the host: the trainable vector is small (LoRA + head), a step's copies are noise
+     * beside its forward and backward, and no backend kernel is needed. */
+    float *p = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    if (!p || !g) {
+        free(p); free(g);
+        return medfl_error_set(MEDFL_ENOMEM, "model: out of memory for the SGD step");
+    }
+    m->be->download(m->be, p, m->params, n * sizeof(float));
+    m->be->download(m->be, g, m->grads, n * sizeof(float));
+    for (size_t j = 0; j < n; j++) p[j] -= (j < n - head ? lr : head_lr) * g[j];
+    m->be->upload(m->be, m->params, p, n * sizeof(float));
+    free(p); free(g);
+    return 0;
+}
+
 int model_adamw_state_get(const model_t *m, float *m_out, float *v_out, size_t n)
 {
     if (n != m->tr_numel)

@@ -103,6 +103,7 @@ typedef struct {
     float weight_decay; /* decoupled (AdamW), applied to every trainable parameter */
     long warmup_steps;  /* linear 0 -> lr over these steps */
     long total_steps;   /* then linear lr -> 0 at total_steps; 0 = constant after warm-up */
+    bool sgd;           /* plain SGD, p -= lr g (no moments, no decay), for model_optimizer_step */
 } adamw_config_t;
 
 void adamw_config_default(adamw_config_t *cfg); /* lr 2e-4, 0.9, 0.999, 1e-8, wd 0.01 */
@@ -176,6 +177,11 @@ int model_embed(model_t *m, const model_batch_t *in, float *out);
 
 /* AdamW step on the trainable buffer with the scheduled learning rate of 1-based step. */
 void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step);
+/* The step cfg asks for: AdamW, or with cfg->sgd plain SGD on the same schedule (and
+ * head_lr). Plain SGD is what federated DP wants: with one local step per round, FedAvg of
+ * SGD updates IS centralized SGD on the union of the sites' batches, so the federation
+ * loses nothing to client drift; AdamW's per-coordinate normalisation does not average. */
+int model_optimizer_step(model_t *m, const adamw_config_t *cfg, long step);
 /* AdamW first and second moments (n_trainable floats each, layout of the sizes table) out
  * of / into the model: checkpoints, so that a restarted trainer continues bit for bit. */
 int model_adamw_state_get(const model_t *m, float *m_out, float *v_out, size_t n);

@@ -220,6 +220,7 @@ trainer_t *trainer_new(const train_config_t *cfg, const char *device, const char
     adamw_config_default(&t->opt);
     t->opt.lr = (float)cfg->lr;
     t->opt.head_lr = (float)cfg->head_lr;
+    t->opt.sgd = strcmp(cfg->optimizer, "sgd") == 0;
     t->opt.weight_decay = (float)cfg->weight_decay;
     t->clip = cfg->clip_norm;
     LOG_INFO(TRAIN, "base model %s: %d layers, hidden %d, %zu trainable parameters, %zu labels, "
@@ -809,7 +810,10 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
         if (rc != 0) break;
         t->step++;
         t->data_step++;
-        model_adamw_step(t->m, &t->opt, t->step);
+        if (model_optimizer_step(t->m, &t->opt, t->step) != 0) {
+            rc = -1;
+            break;
+        }
         s.steps++;
         s.examples += n;
         s_progress(t, k + 1, n_steps, loss_n ? loss_sum / (double)loss_n : 0, s.examples,

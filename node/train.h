@@ -41,6 +41,8 @@ typedef struct {
     int64_t batch_size;              /* train.batch_size */
     double lr;                       /* train.lr */
     double head_lr;                  /* train.head_lr: 0 = train.lr */
+    char optimizer[CFG_STR_MAX];     /* train.optimizer: adamw|sgd */
+    char lr_schedule[CFG_STR_MAX];   /* train.lr_schedule: linear|constant */
     double warmup_fraction;          /* train.warmup_fraction */
     double weight_decay;             /* train.weight_decay */
     int64_t max_seq_len;             /* train.max_seq_len */
@@ -80,6 +82,12 @@ typedef struct {
      "examples per step (DP: expected examples per step)"},                                   \
     {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 10, "5e-4", false, NULL,                \
      "peak AdamW learning rate (of the LoRA parameters when train.head_lr is set)"},         \
+    {"train.optimizer", CFG_ENUM, offsetof(T, m.optimizer), 0, 0, "adamw", false, "adamw|sgd", \
+     "AdamW, or plain SGD (p -= lr g): under DP with secure aggregation, sgd with one local "  \
+     "step per round makes the federation equal centralized DP-SGD (docs/privacy.md)"},      \
+    {"train.lr_schedule", CFG_ENUM, offsetof(T, m.lr_schedule), 0, 0, "linear", false,       \
+     "linear|constant", "train-local: after the warm-up, decay linearly to 0 over the planned " \
+     "steps, or stay constant as federated rounds do (for like-for-like baselines)"},         \
     {"train.head_lr", CFG_DOUBLE, offsetof(T, m.head_lr), 0, 10, "0", false, NULL,            \
      "peak learning rate of the classification head; 0 = train.lr. With DP, a head_lr ~10x "  \
      "train.lr keeps the noise from disturbing the pretrained features (docs/privacy.md)"},   \

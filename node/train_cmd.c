@@ -226,7 +226,8 @@ int cmd_train_local(int argc, char **argv)
                "dp_planned_steps: %ld\n", q, sigma, c.train.clip_norm, total);
         if (!(acc = dp_accountant_new(NULL, 0))) goto fail;
     }
-    trainer_set_schedule(t, (long)floor(c.train.warmup_fraction * (double)total), total);
+    trainer_set_schedule(t, (long)floor(c.train.warmup_fraction * (double)total),
+                         strcmp(c.train.lr_schedule, "constant") == 0 ? 0 : total);
     if (a.checkpoint) {
         FILE *f = fopen(a.checkpoint, "r");
         if (f) {

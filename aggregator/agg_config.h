@@ -38,6 +38,7 @@ typedef struct {
     int64_t fed_genesis_dim;
     double fed_lr;
     int64_t fed_local_steps, fed_batch_size, fed_max_seq_len;
+    int64_t fed_debug_hold_ms;     /* TESTS ONLY: pause at each phase start / after a commit */
     /* [privacy] */
     bool dp_enabled;
     double dp_noise, dp_clip, dp_sample_rate, dp_delta;

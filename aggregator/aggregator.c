@@ -517,6 +517,7 @@ int aggregator_step(aggregator_t *self, int timeout_ms)
 void aggregator_reload(aggregator_t *self, const agg_config_t *fresh)
 {
     service_config_reload(agg_config_table, &self->cfg, fresh, self->config_path);
+    if (self->rounds) rounds_on_reload(self->rounds);
 }
 
 int aggregator_run(aggregator_t *self)

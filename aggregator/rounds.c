@@ -37,6 +37,8 @@ typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
     uint64_t version;     /* latest version the node is known to hold */
     double reliability;   /* EMA of "completed when selected" */
+    bool budget_out;      /* declined its last round for privacy budget: not selected until
+                           * it says Hello again or the configuration is reloaded */
 } known_t;
 
 struct rounds_t {
@@ -48,6 +50,8 @@ struct rounds_t {
 
     rounds_phase_t phase;
     int64_t deadline_ms;
+    int64_t hold_until_ms;    /* federation.debug_phase_hold_ms (tests): no close before */
+    bool commit_pending;      /* version written, journal + announce held (tests) */
     int64_t idle_until_ms;
     int64_t min_reached_ms;   /* when min_nodes were first seen connected, 0 = not yet */
     bool warned_no_version;
@@ -61,6 +65,8 @@ struct rounds_t {
     size_t n_known, cap_known;
     char **live;              /* ids of the sessions at the last tick */
     size_t n_live;
+    rounds_peer_t *eligible;  /* the connected nodes a round may select (budget left) */
+    char idle_reason[256];    /* why no round starts although nodes are connected; "" = none */
 
     uint64_t head;
     vs_manifest_t *head_m;
@@ -82,6 +88,7 @@ struct rounds_t {
     double weight_in;         /* sum of the weights of the inputs in the sum */
     size_t n_in;
     uint64_t new_version;
+    double commit_weight;     /* weight total of new_version's sum */
 
     metrics_t *metrics;       /* NULL when metrics are off */
     int64_t started_ms;       /* monotonic start of the round in progress */
@@ -106,7 +113,9 @@ static const char *s_schema =
     " PRIMARY KEY (round_id, node_id));"
     "CREATE TABLE IF NOT EXISTS round_traffic ("
     " round_id INTEGER NOT NULL, node_id TEXT NOT NULL, bytes_up INTEGER, bytes_down INTEGER,"
-    " weight REAL, PRIMARY KEY (round_id, node_id));";
+    " weight REAL, PRIMARY KEY (round_id, node_id));"
+    "CREATE TABLE IF NOT EXISTS rounds_idle ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), reason TEXT NOT NULL, since INTEGER NOT NULL);";
 
 static int s_db_err(sqlite3 *db, const char *what)
 {
@@ -333,7 +342,42 @@ static known_t *s_known(rounds_t *self, const char *id)
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version)
 {
     known_t *k = s_known(self, node_id);
-    if (k) k->version = model_version;
+    if (!k) return;
+    k->version = model_version;
+    /* A (re)started node may have had its privacy budget raised: ask it again. */
+    if (k->budget_out)
+        LOG_INFO(AGG, "node %s (out of privacy budget at its last round) said hello: it will be "
+                 "asked again", node_id);
+    k->budget_out = false;
+}
+
+void rounds_on_reload(rounds_t *self)
+{
+    size_t cleared = 0;
+    for (size_t i = 0; i < self->n_known; i++) {
+        cleared += self->known[i].budget_out;
+        self->known[i].budget_out = false;
+    }
+    if (cleared)
+        LOG_INFO(AGG, "configuration reloaded: %zu node(s) out of privacy budget will be asked "
+                 "again", cleared);
+}
+
+/* Journals (for `status`, another process) and logs, once per change, why connected nodes
+ * get no round; "" clears it. */
+static void s_set_idle_reason(rounds_t *self, const char *reason)
+{
+    if (strcmp(self->idle_reason, reason) == 0) return;
+    snprintf(self->idle_reason, sizeof self->idle_reason, "%s", reason);
+    int rc = reason[0] ? s_exec(self->db, "INSERT OR REPLACE INTO rounds_idle VALUES (1, ?, ?)",
+                                "ti", reason, (int64_t)time(NULL))
+                       : s_exec(self->db, "DELETE FROM rounds_idle", "");
+    if (rc != 0) LOG_ERROR(AGG, "%s", medfl_error_message());
+    if (reason[0])
+        LOG_WARN(AGG, "no round starts: %s; rounds resume when a node with budget connects, a "
+                 "node restarts or reconnects, or the configuration is reloaded (SIGHUP)", reason);
+    else
+        LOG_INFO(AGG, "rounds resume: enough connected nodes have privacy budget");
 }
 
 static part_t *s_part(rounds_t *self, const char *id)
@@ -446,15 +490,23 @@ static void s_release_round(rounds_t *self)
     self->n_in = 0;
     self->weight_in = 0;
     self->new_version = 0;
+    self->commit_pending = false;
 }
 
+/* federation.debug_phase_hold_ms keeps each phase open (journaled, visible in `status`)
+ * for at least that long, so a crash test can SIGKILL the daemon in a phase that otherwise
+ * lasts milliseconds; messages are still taken in meanwhile, the deadline moves by the hold.
+ * 0 in production. */
 static void s_enter(rounds_t *self, rounds_phase_t phase, int64_t now, int64_t deadline_ms)
 {
+    int64_t hold = self->cfg->fed_debug_hold_ms;
     self->phase = phase;
-    self->deadline_ms = now + deadline_ms;
+    self->hold_until_ms = now + hold;
+    self->deadline_ms = now + hold + deadline_ms;
     s_journal_phase(self);
-    LOG_INFO(AGG, "round %" PRIu64 ": phase %s (deadline %lld ms)", self->round_id,
-             rounds_phase_name(phase), (long long)deadline_ms);
+    LOG_INFO(AGG, "round %" PRIu64 ": phase %s (deadline %lld ms)%s", self->round_id,
+             rounds_phase_name(phase), (long long)deadline_ms,
+             hold > 0 ? " (held open by federation.debug_phase_hold_ms, a test setting)" : "");
 }
 
 static void s_update_reliability(rounds_t *self)
@@ -725,6 +777,8 @@ fail:
     self->idle_until_ms = now + cfg->fed_retry_ms;
 }
 
+static void s_publish(rounds_t *self, int64_t now);
+
 /* Commits the server step over the weighted sum S (numel floats) and W, announces it. */
 static void s_commit(rounds_t *self, const float *sum, double weight_total, int64_t now)
 {
@@ -756,13 +810,34 @@ static void s_commit(rounds_t *self, const float *sum, double weight_total, int6
         return;
     }
     self->new_version = v;
+    self->commit_weight = weight_total;
+    if (self->cfg->fed_debug_hold_ms > 0) {
+        /* The window a crash recovery must handle: the version is in the store, the journal
+         * does not name it yet. Held open (tests only) so a test can kill the daemon here. */
+        self->commit_pending = true;
+        self->hold_until_ms = now + self->cfg->fed_debug_hold_ms;
+        LOG_WARN(AGG, "round %" PRIu64 ": version %" PRIu64 " written, journal update held %lld ms "
+                 "(federation.debug_phase_hold_ms, a test setting)", self->round_id, v,
+                 (long long)self->cfg->fed_debug_hold_ms);
+        return;
+    }
+    s_publish(self, now);
+}
+
+/* Journals the version written by s_commit, makes it the head and announces it. */
+static void s_publish(rounds_t *self, int64_t now)
+{
+    uint64_t v = self->new_version;
+    size_t np = 0;
+    for (size_t i = 0; i < self->n_parts; i++) np += self->parts[i].input;
+    self->commit_pending = false;
     if (s_exec(self->db, "UPDATE rounds SET version = ?, updated_at = ? WHERE round_id = ?",
                "iii", (int64_t)v, (int64_t)time(NULL), (int64_t)self->round_id) != 0)
         LOG_ERROR(AGG, "%s", medfl_error_message());
     uint64_t parent = self->head;
     if (s_load_head(self) != 0) LOG_ERROR(AGG, "reloading the head: %s", medfl_error_message());
     LOG_INFO(AGG, "round %" PRIu64 ": version %" PRIu64 " committed from %zu updates "
-             "(weight total %.4f, %s)", self->round_id, v, np, weight_total,
+             "(weight total %.4f, %s)", self->round_id, v, np, self->commit_weight,
              self->cfg->fed_strategy);
     /* Every connected node holding the parent gets it (participants evaluate it); the
      * others receive the chain when they are next selected. */
@@ -1010,6 +1085,19 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
     if (self->live)
         for (size_t i = 0; i < n_peers; i++) self->live[self->n_live++] = (char *)peers[i].node_id;
 
+    /* Nodes out of budget are not selected, so they cannot keep a round from reaching
+     * quorum, and an all-exhausted federation idles instead of retrying forever. */
+    rounds_peer_t *el = realloc(self->eligible, (n_peers ? n_peers : 1) * sizeof *el);
+    if (el) self->eligible = el;
+    size_t n_el = 0, n_out = 0;
+    for (size_t i = 0; i < n_peers; i++) {
+        known_t *k = s_known(self, peers[i].node_id);
+        if (k && k->budget_out) n_out++;
+        else if (el) self->eligible[n_el++] = peers[i];
+    }
+    if (!el) n_el = n_peers, n_out = 0; /* out of memory: select from everyone */
+    const rounds_peer_t *cand = el ? self->eligible : peers;
+
     if (self->phase == ROUNDS_DONE) {
         if (self->cfg->fed_rounds == 0 || self->completed < (uint64_t)self->cfg->fed_rounds)
             self->phase = ROUNDS_IDLE; /* rounds raised by a reload */
@@ -1018,12 +1106,21 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
     }
     if (self->phase == ROUNDS_IDLE) {
         if (now < self->idle_until_ms) return;
-        if (n_peers < (size_t)self->cfg->fed_min_nodes || n_peers < 2) {
+        size_t need = self->cfg->fed_min_nodes > 2 ? (size_t)self->cfg->fed_min_nodes : 2;
+        if (n_el < need) {
+            char reason[256] = "";
+            if (n_out > 0 && n_el == 0)
+                snprintf(reason, sizeof reason, "all nodes out of privacy budget");
+            else if (n_out > 0 && n_el + n_out >= need)
+                snprintf(reason, sizeof reason, "%zu of %zu connected nodes out of privacy budget, "
+                         "%zu with budget left, a round needs %zu", n_out, n_el + n_out, n_el, need);
+            s_set_idle_reason(self, reason);
             self->min_reached_ms = 0;
             return;
         }
+        s_set_idle_reason(self, "");
         if (!self->min_reached_ms) self->min_reached_ms = now;
-        if (n_peers < (size_t)self->cfg->fed_max_nodes &&
+        if (n_el < (size_t)self->cfg->fed_max_nodes &&
             now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
             return;
         if (s_load_head(self) != 0) {
@@ -1035,9 +1132,14 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
             return;
         }
         self->warned_no_version = false;
-        s_start(self, peers, n_peers, now);
+        s_start(self, cand, n_el, now);
         return;
     }
+    if (self->commit_pending) {
+        if (now >= self->hold_until_ms) s_publish(self, now);
+        return;
+    }
+    if (now < self->hold_until_ms) return;
     if (now >= self->deadline_ms) {
         if (self->phase != ROUNDS_EVAL)
             for (size_t i = 0; i < self->n_parts; i++) {
@@ -1227,6 +1329,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
         LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
                  reason);
         if (p) p->declined = true;
+        if (p && d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET) {
+            known_t *k = s_known(self, who);
+            if (k) k->budget_out = true;
+        }
         if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
             /* It lacks versions we assumed it had: the next round re-sends the chain. */
             known_t *k = s_known(self, who);
@@ -1253,6 +1359,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     }
     p->bytes_up += (msg->body.any ? protobuf_c_message_get_packed_size(msg->body.any) : 0) +
                    msg->bulk_len;
+    if (self->commit_pending) { /* the sum is final; the phase only looks open (test hold) */
+        s_state_error(self, p, wire_type_name(msg->type));
+        return 1;
+    }
     int idx = fed_roster_index(self->roster, self->n_parts, who);
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -1347,6 +1457,8 @@ rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char 
         s_db_err(self->db, db_path);
         goto fail;
     }
+    /* Who was out of budget is not remembered across a restart: every node is asked again. */
+    if (s_exec(self->db, "DELETE FROM rounds_idle", "") != 0) goto fail;
     self->vs = vs_store_open(versions_dir, true);
     if (!self->vs) goto fail;
     if (s_recover(self) != 0) goto fail;
@@ -1371,6 +1483,7 @@ void rounds_destroy(rounds_t **self_p)
     free(self->global);
     free(self->known);
     free(self->live);
+    free(self->eligible);
     sodium_memzero(self->sk, sizeof self->sk);
     free(self);
     *self_p = NULL;
@@ -1386,6 +1499,12 @@ void rounds_set_metrics(rounds_t *self, metrics_t *m)
 void rounds_stop(rounds_t *self, int64_t now_ms, const char *why)
 {
     if (!self->round_id || self->phase == ROUNDS_IDLE || self->phase == ROUNDS_DONE) return;
+    /* Held between the version write and its journal entry (test hold): the version exists,
+     * so the round is finished, not aborted (the nodes get it as a catch-up copy later). */
+    if (self->commit_pending) {
+        self->commit_pending = false;
+        self->phase = ROUNDS_EVAL;
+    }
     if (self->phase == ROUNDS_EVAL) {
         LOG_INFO(AGG, "round %" PRIu64 ": %s while collecting evaluations: version %" PRIu64
                  " is committed, closing the round as completed", self->round_id, why,
@@ -1405,6 +1524,20 @@ const float *rounds_global(const rounds_t *self, size_t *numel)
 {
     *numel = self->numel;
     return self->global;
+}
+
+/* "phase: idle", with the reason when connected nodes get no round (rounds_idle). */
+static void s_print_idle(sqlite3 *db, FILE *out)
+{
+    sqlite3_stmt *st = NULL;
+    fprintf(out, "round: none\n");
+    if (sqlite3_prepare_v2(db, "SELECT reason FROM rounds_idle WHERE id = 1", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        fprintf(out, "phase: idle (%s)\n", (const char *)sqlite3_column_text(st, 0));
+    else
+        fprintf(out, "phase: idle\n");
+    sqlite3_finalize(st);
 }
 
 int rounds_print_status(const char *db_path, FILE *out)
@@ -1440,7 +1573,7 @@ int rounds_print_status(const char *db_path, FILE *out)
                     (const char *)sqlite3_column_text(st, 1),
                     (const char *)sqlite3_column_text(st, 2));
         else
-            fprintf(out, "round: none\nphase: idle\n");
+            s_print_idle(db, out);
         fprintf(out, "last_round: %lld %s (base %lld, version %lld%s%s)\n",
                 sqlite3_column_int64(st, 0),
                 open ? "in progress" : (const char *)sqlite3_column_text(st, 5),
@@ -1448,7 +1581,7 @@ int rounds_print_status(const char *db_path, FILE *out)
                 sqlite3_column_text(st, 6) && *sqlite3_column_text(st, 6) ? ": " : "",
                 sqlite3_column_text(st, 6) ? (const char *)sqlite3_column_text(st, 6) : "");
     } else {
-        fprintf(out, "round: none\nphase: idle\n");
+        s_print_idle(db, out);
     }
     sqlite3_finalize(st);
     st = NULL;

@@ -1,6 +1,9 @@
 /* The aggregator's round state machine, driven from the daemon's event loop (no threads):
  *
- *   IDLE -> (min_nodes connected, select_wait) -> RoundStart to the selected nodes
+ *   IDLE -> (min_nodes connected with privacy budget left, select_wait) -> RoundStart to
+ *           the selected nodes (a node that declined for budget is left out until it says
+ *           Hello again or the config is reloaded; with too few left the daemon idles and
+ *           `status` says why)
  *   secure:  KEYS (AdvertiseKeys) -> KeysBroadcast -> SHARES (ShareKeys) -> SharesDelivery
  *            -> INPUT (local training + MaskedInput) -> UnmaskRequest -> UNMASK
  *            (UnmaskResponse) -> weighted sum
@@ -71,8 +74,13 @@ void rounds_destroy(rounds_t **self_p);
 void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int64_t now_ms);
 
 /* A node (re)said Hello with the latest version it holds: versions it lacks are sent to it
- * before it is asked to train on them. */
+ * before it is asked to train on them. A node that declined for privacy budget is selected
+ * again (it may have restarted with a raised budget). */
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version);
+
+/* The configuration was reloaded (SIGHUP): nodes that declined for privacy budget are
+ * selected again (the DP settings of the next round may differ). */
+void rounds_on_reload(rounds_t *self);
 
 /* Handles a round message (RoundStart answers, secagg phases, Update, EvalReport, Decline).
  * Returns 1 when the type belongs to rounds (handled, refused with an Error, or logged),

@@ -408,7 +408,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     hp.round_id = rid;
     hp.lr = h->lr;
     hp.local_steps = h->local_steps ? h->local_steps : 1;
-    hp.batch_size = h->batch_size ? h->batch_size : 1;
+    hp.batch_size = h->batch_size; /* 0 = not sent: the trainer uses its own */
     hp.max_seq_len = h->max_seq_len;
     hp.dp = dp && dp->enabled;
     if (hp.dp) {
@@ -856,7 +856,8 @@ static int s_synth_train(void *ctx, const float *global, size_t n, const round_h
             *n_examples += cnt;
         } else {
             memset(g, 0, n * sizeof *g);
-            uint32_t bs = hp->batch_size < s->n_train ? hp->batch_size : s->n_train;
+            uint32_t bs = hp->batch_size ? hp->batch_size : 1;
+            if (bs > s->n_train) bs = s->n_train;
             for (uint32_t b = 0; b < bs; b++) {
                 size_t r = s_splitmix(&st) % s->n_train;
                 const float *x = s->x + r * n;

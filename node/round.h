@@ -31,6 +31,8 @@
 
 typedef struct {
     uint64_t round_id;
+    /* From RoundStart.hyperparams; 0 = the round did not send it and the trainer falls back
+     * to the node's own setting (train.lr, train.batch_size, train.max_seq_len). */
     double lr;
     uint32_t local_steps;
     uint32_t batch_size;

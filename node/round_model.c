@@ -28,6 +28,9 @@
  * each tensor 64-byte aligned. pad[] is the trainer-side buffer. */
 struct model_trainer_t {
     trainer_t *t;
+    double node_lr;     /* train.lr: used when a round sends no learning rate */
+    long node_batch;    /* train.batch_size: used when a round sends no batch size */
+    long node_seq;      /* train.max_seq_len: the records were tokenized at this length */
     size_t packed;      /* sum of the trainable tensors' sizes */
     float *pad, *pad_delta;
 };
@@ -120,6 +123,9 @@ model_trainer_t *model_trainer_new(const node_config_t *cfg)
         free(m);
         return NULL;
     }
+    m->node_lr = cfg->train.lr;
+    m->node_batch = (long)cfg->train.batch_size;
+    m->node_seq = (long)cfg->train.max_seq_len;
     const model_t *mo = trainer_model(m->t);
     for (size_t i = 0; i < model_trainable_count(mo); i++)
         m->packed += model_trainable_tensor(mo, i)->numel;
@@ -151,6 +157,8 @@ size_t model_trainer_records(const model_trainer_t *m)
     return trainer_split_size(m->t, TRAIN_SPLIT_TRAIN);
 }
 
+size_t model_trainer_numel(const model_trainer_t *m) { return m->packed; }
+
 static int s_check_n(const model_trainer_t *m, size_t n)
 {
     if (n != m->packed)
@@ -160,13 +168,34 @@ static int s_check_n(const model_trainer_t *m, size_t n)
     return 0;
 }
 
-/* The round's learning rate is the node's train.lr: the trainer fixes its schedule at
- * creation; the aggregator's value is logged when it differs. */
+/* The round's hyperparameters (RoundStart) rule, so every participant trains alike and the
+ * operator tunes the federation in one place; a value the round does not send (0) falls
+ * back to the node's own [train] setting. The log line says which one was used. Records
+ * were tokenized once at load, so max_seq_len stays the node's. */
+static int s_round_hparams(model_trainer_t *m, const round_hparams_t *hp)
+{
+    double lr = hp->lr > 0 ? hp->lr : m->node_lr;
+    long batch = hp->batch_size > 0 ? (long)hp->batch_size : m->node_batch;
+    if (trainer_set_lr(m->t, lr) != 0 || trainer_set_batch_size(m->t, batch) != 0)
+        return medfl_error_prefix("round %llu: ", (unsigned long long)hp->round_id);
+    char seq[160] = "";
+    if (hp->max_seq_len && (long)hp->max_seq_len != m->node_seq)
+        snprintf(seq, sizeof seq, "; the round's max_seq_len %u is not applied (records were "
+                 "tokenized at train.max_seq_len %ld when loaded)", hp->max_seq_len, m->node_seq);
+    LOG_INFO(TRAIN, "round %llu: lr %g (%s), batch size %ld (%s), %u local steps (round)%s",
+             (unsigned long long)hp->round_id, lr,
+             hp->lr > 0 ? "from the round" : "node train.lr: the round sent none", batch,
+             hp->batch_size > 0 ? "from the round" : "node train.batch_size: the round sent none",
+             hp->local_steps, seq);
+    return 0;
+}
+
 static int s_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
                    float *delta, uint64_t *n_examples)
 {
     model_trainer_t *m = ctx;
     if (s_check_n(m, n) != 0) return -1;
+    if (s_round_hparams(m, hp) != 0) return -1;
     if (trainer_set_dp(m->t, hp->dp, hp->dp ? hp->sample_rate : 1.0, hp->noise_multiplier,
                        hp->dp ? hp->clip_norm : 1.0) != 0)
         return -1;

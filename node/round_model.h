@@ -20,5 +20,7 @@ void model_trainer_destroy(model_trainer_t **self_p);
 void model_trainer_bind(model_trainer_t *m, round_trainer_t *t);
 /* Training records of the local split (announced in Hello). */
 size_t model_trainer_records(const model_trainer_t *m);
+/* Floats of the packed trainable vector a version of this model holds. */
+size_t model_trainer_numel(const model_trainer_t *m);
 
 #endif

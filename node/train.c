@@ -446,6 +446,27 @@ void trainer_set_schedule(trainer_t *t, long warmup_steps, long total_steps)
     t->opt.total_steps = total_steps;
 }
 
+int trainer_set_lr(trainer_t *t, double lr)
+{
+    if (!(lr > 0) || !isfinite(lr) || lr > 10)
+        return medfl_error_set(MEDFL_EINVAL, "learning rate %g outside (0, 10]", lr);
+    t->opt.lr = (float)lr;
+    return 0;
+}
+
+double trainer_lr(const trainer_t *t) { return t->opt.lr; }
+
+/* The staging buffers grow on demand (s_reserve), so only the value changes here. */
+int trainer_set_batch_size(trainer_t *t, long batch_size)
+{
+    if (batch_size < 1 || batch_size > 4096)
+        return medfl_error_set(MEDFL_EINVAL, "batch size %ld outside [1, 4096]", batch_size);
+    t->cfg.batch_size = batch_size;
+    return 0;
+}
+
+long trainer_batch_size(const trainer_t *t) { return (long)t->cfg.batch_size; }
+
 void trainer_set_progress(trainer_t *t, bool on, const char *label)
 {
     t->progress = on;

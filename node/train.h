@@ -178,6 +178,15 @@ long trainer_steps_per_epoch(const trainer_t *t);
  * warm-up). Resets nothing else. */
 void trainer_set_schedule(trainer_t *t, long warmup_steps, long total_steps);
 
+/* Per-round hyperparameters (a federated round's RoundStart, node/round_model.c): the peak
+ * learning rate and the batch size (examples per step without DP) replace train.lr and
+ * train.batch_size from now on (train.head_lr, when set, stays the head's rate). lr > 0,
+ * batch_size >= 1, else -1 and nothing changes. */
+int trainer_set_lr(trainer_t *t, double lr) __attribute__((warn_unused_result));
+double trainer_lr(const trainer_t *t);
+int trainer_set_batch_size(trainer_t *t, long batch_size) __attribute__((warn_unused_result));
+long trainer_batch_size(const trainer_t *t);
+
 typedef struct {
     long steps;           /* optimizer steps taken by this call */
     size_t examples;      /* examples that contributed (sum of the batch sizes) */

@@ -2,12 +2,14 @@
 # Federated rounds end to end over CURVE on loopback, with real processes and the node's
 # synthetic least-squares trainer (round.trainer = synthetic; the version store starts from
 # a zero vector, federation.genesis_zero_dim):
-#   A. 3 nodes, 3 rounds, secure aggregation + DP-SGD + random-k compression: status says
-#      rounds_completed: 3, every node holds the same head version, and the aggregator's and
+#   A. 3 nodes, 4 rounds, secure aggregation + DP-SGD + random-k compression: status says
+#      rounds_completed: 4, every node holds the same head version, and the aggregator's and
 #      each node's chain verifies with the aggregator's key (`versions --key-dir`).
-#   B. kill -9 the aggregator while a round is in its input phase: after a restart the
-#      round is journaled as aborted, no version is lost (chain verifies) and the federation
-#      finishes its rounds.
+#   B. kill -9 the aggregator once in every phase of a secure round (keys, shares, input,
+#      unmask, right after a version is written, eval; federation.debug_phase_hold_ms keeps
+#      each phase open long enough to aim at): after each restart the round is journaled
+#      (aborted before its version exists, completed after), the chain verifies and keeps
+#      every earlier version, and the federation finishes with all nodes on one head.
 #   C. 5 nodes, secure aggregation without compression (exact fixed point): one node is
 #      SIGKILLed while training (before its masked input), another right after sending its
 #      masked input; the round completes with the survivors and the unmasked sum's checksum
@@ -16,8 +18,13 @@
 #   D. privacy budget: of 2 nodes (plain mode), hospital-1's epsilon_budget allows 2 rounds of
 #      its DP setting (q 0.1, sigma 1, 20 steps a round: epsilon 5.39 after 2, 6.33 after 3):
 #      it trains rounds 1 and 2, declines round 3 with the reason logged by the aggregator
-#      (the round goes on with hospital-2), is killed with SIGKILL and restarted, and still
-#      declines; its ledger lists exactly 2 admitted rounds.
+#      (the round goes on with hospital-2); then, min_nodes being 2, no further round starts
+#      (status: "phase: idle (1 of 2 connected nodes out of privacy budget ...)") instead of
+#      endless retries. Killed with SIGKILL and restarted, it is asked again and still
+#      declines; its ledger lists exactly 2 admitted rounds. hospital-3 (with budget)
+#      connecting resumes the rounds without hospital-1; a SIGHUP reload asks hospital-1
+#      again; with only hospital-1 left, status says "phase: idle (all nodes out of privacy
+#      budget)".
 # Prints PASS/FAIL lines; exit 0 when all pass.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
@@ -147,10 +154,13 @@ head_hash() { # head_hash STATE_DIR: hash prefix of the head version, verified w
   "$AGG" versions --state "$1" --key-dir "$2" 2>/dev/null | awk '$1 ~ /^\*/ { print $1, $5 }'
 }
 
-# ---- A + B: 3 nodes, secure + DP + compression, aggregator killed mid-round --------------
+# ---- A + B: 3 nodes, secure + DP + compression, aggregator killed in every phase --------
 A="$T/a"
-if ! federation "$A" 3 on randk 3 50 3; then fail "setup of federation A" "$A/agg/keygen.out"; exit 1; fi
+if ! federation "$A" 3 on randk 4 50 3; then fail "setup of federation A" "$A/agg/keygen.out"; exit 1; fi
 AC="$A/agg/aggregator.conf"
+# Test-only knob: every phase stays open (and journaled) >= 1 s, and the daemon waits 1 s
+# between writing a version and journaling it, so each kill below lands in its phase.
+sed -i 's/^\[federation\]$/[federation]\ndebug_phase_hold_ms = 1000/' "$AC"
 start_agg a "$A"
 for i in 1 2 3; do start_node a "$A" "$i"; done
 
@@ -159,41 +169,101 @@ if wait_until 60 completed_at_least "$AC" 1; then
 else
   fail "A: no round completed" "$A/agg/agg.log" "$A/n1/node.log"
 fi
-# B: kill -9 the aggregator while round 2 trains (input phase lasts ~1 s of training)
-# One status call gives round and phase together, and the kill follows at once, so a slow
-# machine (sanitizers) cannot let the round finish between reading the phase and the kill.
-in_input_from_round2() {
-  local st
-  st=$("$AGG" status -c "$AC" 2>/dev/null)
-  [ "$(field phase <<<"$st")" = input ] && [ "$(field round <<<"$st")" -ge 2 ] 2>/dev/null &&
-    killed_round=$(field round <<<"$st") && stop9 a-agg
+# B: kill -9 the aggregator once in each phase of a secure round: keys, shares, input
+# (training + masked input), unmask, the instant after a version is written but before the
+# journal names it ("commit"), and eval (version announced). After each restart the
+# interrupted round must be closed in the journal (aborted before its version exists,
+# completed after), the chain must verify, and no version listed before the kill may be
+# missing or changed afterwards.
+chain() { # the verified chain as "version parent hash" lines; fails when it does not verify
+  "$AGG" versions --state "$A/agg/state" --key-dir "$A/agg/keys" 2>&1 |
+    awk 'NR > 1 && $1 ~ /^\*?[0-9]+$/ { sub(/^\*/, "", $1); print $1, $2, $5 } $1 == "verified:" { ok = 1 } END { exit !ok }'
 }
+last_round=0
 killed_round=
-if wait_until 30 in_input_from_round2; then
-  committed_before=$("$AGG" versions --state "$A/agg/state" --key-dir "$A/agg/keys" | field versions)
+kill_in_phase() { # PHASE: one status call gives round and phase, the kill follows at once
+  local st r
+  st=$("$AGG" status -c "$AC" 2>/dev/null)
+  r=$(field round <<<"$st")
+  [ "$(field phase <<<"$st")" = "$1" ] && [ "$r" -gt "$last_round" ] 2>/dev/null || return 1
+  # unmask: only before this round's version is written (the commit case comes next)
+  if [ "$1" = unmask ] && grep -q "round $r: version [0-9]* written" "$A/agg/agg.log"; then return 1; fi
+  # input: while every node still trains, so their masked inputs reach the restarted daemon
+  if [ "$1" = input ] && grep -q "round $r: masked input sent" "$A"/n*/node.log; then return 1; fi
+  killed_round=$r
+  stop9 a-agg
+}
+held_commits=0
+kill_after_write() { # the daemon logged a version written, journal update held: kill
+  local n r
+  n=$(grep -c "written, journal update held" "$A/agg/agg.log")
+  [ "$n" -gt "$held_commits" ] || return 1
+  r=$(grep "written, journal update held" "$A/agg/agg.log" | tail -n 1 | sed -n 's/.*round \([0-9]*\): version.*/\1/p')
+  [ "$r" -gt "$last_round" ] 2>/dev/null || { held_commits=$n; return 1; }
+  killed_round=$r
+  stop9 a-agg
+}
+b_ok=1
+for phase in keys shares input unmask commit eval; do
+  chain >"$A/chain.before" || { b_ok=0; fail "B: chain does not verify before the $phase kill" "$A/chain.before"; }
+  held_commits=$(grep -c "written, journal update held" "$A/agg/agg.log")
+  if [ $phase = commit ]; then wait_until 40 kill_after_write; else wait_until 40 kill_in_phase $phase; fi
+  if [ $? -ne 0 ]; then
+    b_ok=0
+    fail "B: never saw a round after $last_round in phase $phase" "$A/agg/agg.log"
+    break
+  fi
+  last_round=$killed_round
+  [ $phase = input ] && input_round=$killed_round
+  # Before its version exists a round is aborted (secure-aggregation state lived in memory);
+  # once written it is completed. The unmask kill can race the write by a few ms: the log
+  # tells which happened.
+  want=aborted
+  { [ $phase = commit ] || [ $phase = eval ] ||
+    grep -q "round $killed_round: version [0-9]* written" "$A/agg/agg.log"; } && want=completed
   start_agg a "$A"
-  # Aborted when the kill came before the version was written (the usual case), completed
-  # when it came in the instant after: either way the journal must close the round.
-  if wait_until 20 log_has "$A/agg/agg.log" "round $killed_round: aggregator restarted during phase [a-z]*\( after version [0-9]* was committed\)\?: journaled as"
-  then pass "B: aggregator killed in phase input; restart journals round $killed_round ($(grep -o "round $killed_round: aggregator restarted.*journaled as [a-z]*" "$A/agg/agg.log" | tail -n 1 | awk '{print $NF}'))"
-  else fail "B: restart did not journal the interrupted round" "$A/agg/agg.log"; fi
+  if wait_until 20 log_has "$A/agg/agg.log" "round $killed_round: aggregator restarted during phase [a-z]*\( after version [0-9]* was committed\)\?: journaled as $want"; then
+    :
+  else
+    b_ok=0
+    fail "B: restart after the $phase kill did not journal round $killed_round as $want" "$A/agg/agg.log"
+    continue
+  fi
+  chain >"$A/chain.after"
+  if [ $? -ne 0 ] ||
+     [ "$(head -n "$(wc -l <"$A/chain.before")" "$A/chain.after")" != "$(cat "$A/chain.before")" ]; then
+    b_ok=0
+    fail "B: versions lost or changed across the $phase kill" "$A/chain.before" "$A/chain.after"
+  fi
+done
+# the masked inputs of the round killed in its input phase arrive at the new process: stale
+if [ -n "${input_round:-}" ] &&
+   wait_until 20 log_has "$A/agg/agg.log" "MASKED_INPUT from node hospital-[0-9] for round $input_round rejected: round $input_round is not in progress"; then
+  pass "B: masked inputs for the killed round $input_round reached the restarted aggregator and were rejected as stale"
 else
-  fail "B: never saw round 2 in its input phase" "$A/agg/agg.log"
-  committed_before=0
+  fail "B: no stale masked input of round ${input_round:-?} rejected" "$A/agg/agg.log"
 fi
-if wait_until 90 completed_at_least "$AC" 3; then
-  pass "A: federation finished 3 rounds (rounds_completed: 3)"
+if [ $b_ok = 1 ]; then
+  pass "B: aggregator SIGKILLed in phases keys, shares, input, unmask, after a version write, and eval; each restart journaled the round (4 aborted, 2 completed) and kept the chain"
+fi
+if wait_until 90 completed_at_least "$AC" 4; then
+  pass "A: federation finished 4 rounds (rounds_completed: 4)"
 else
   fail "A: rounds_completed $(status_field "$AC" rounds_completed) after restart" "$A/agg/agg.log" "$A/n2/node.log"
+fi
+if [ "$(status_field "$AC" rounds_aborted)" = 4 ]; then
+  pass "A: status counts the 4 rounds interrupted before their version as aborted"
+else
+  fail "A: rounds_aborted $(status_field "$AC" rounds_aborted), expected 4" "$A/agg/agg.log"
 fi
 "$AGG" versions --state "$A/agg/state" --key-dir "$A/agg/keys" >"$A/versions.out" 2>&1
 rc=$?
 n_versions=$(field versions <"$A/versions.out")
 if [ $rc -eq 0 ] && [ "$(field verified <"$A/versions.out")" = "$n_versions" ] &&
-  [ "${n_versions:-0}" -ge "${committed_before:-0}" ] && [ "${n_versions:-0}" -eq 4 ]; then
-  pass "A: aggregator chain of $n_versions versions verifies; none lost across the kill"
+  [ "${n_versions:-0}" -eq 5 ]; then
+  pass "A: aggregator chain of $n_versions versions verifies; none lost across the kills"
 else
-  fail "A: chain does not verify or lost versions (before kill $committed_before)" "$A/versions.out"
+  fail "A: chain does not verify or lost versions" "$A/versions.out"
 fi
 want=$(head_hash "$A/agg/state" "$A/agg/keys")
 same=1
@@ -207,7 +277,7 @@ else
 fi
 if grep -q "masked input sent" "$A/n1/node.log" && grep -q "admitted by the privacy ledger" "$A/n1/node.log" &&
   "$NODE" privacy -c "$A/n1/node.conf" >"$A/privacy.out" 2>&1 &&
-  [ "$(field rounds_admitted <"$A/privacy.out")" -ge 3 ]; then
+  [ "$(field rounds_admitted <"$A/privacy.out")" -ge 4 ]; then
   pass "A: nodes sent masked inputs and their ledgers recorded the DP rounds"
 else
   fail "A: masked inputs / ledger entries missing" "$A/n1/node.log" "$A/privacy.out"
@@ -270,11 +340,14 @@ else
 fi
 
 
-# ---- D: the privacy budget holds across a SIGKILL and restart ------------------------------
+# ---- D: the privacy budget holds across a SIGKILL and restart; no endless retries --------
 D=$T/d
-federation "$D" 2 off none 0 0 2 || fail "D: setup"
+# 3 enrolled, hospital-3 starts later (the node with budget that lets rounds resume)
+federation "$D" 3 off none 0 0 2 || fail "D: setup"
 sed -i 's/^epsilon_budget = 100$/epsilon_budget = 6.0/' "$D/n1/node.conf"
 DC="$D/agg/aggregator.conf"
+# 2 of max 3 nodes connected: do not wait long to start; training takes milliseconds here
+sed -i -e 's/^select_wait_ms = .*/select_wait_ms = 200/' -e 's/^train_deadline_ms = .*/train_deadline_ms = 2000/' "$DC"
 start_agg d "$D"
 start_node d "$D" 1
 start_node d "$D" 2
@@ -285,11 +358,25 @@ else
   fail "D: no budget decline after 2 rounds (completed $(status_field "$DC" rounds_completed))" \
     "$D/agg/agg.log" "$D/n1/node.log"
 fi
+idle_budget() { "$AGG" status -c "$DC" 2>/dev/null | grep -q "^phase: idle ($1"; }
+started() { grep -c " started from version " "$D/agg/agg.log"; }
+# min_nodes 2 and only hospital-2 has budget left: the aggregator idles and says why
+if wait_until 30 idle_budget "1 of 2 connected nodes out of privacy budget"; then
+  n0=$(started)
+  sleep 2 # 4 x retry_ms
+  if [ "$(started)" = "$n0" ] && idle_budget "1 of 2 connected nodes out of privacy budget"; then
+    pass "D: with too few nodes with budget no round starts; status: $("$AGG" status -c "$DC" | grep '^phase:')"
+  else
+    fail "D: rounds kept starting while idle for budget ($n0 -> $(started))" "$D/agg/agg.log"
+  fi
+else
+  fail "D: status does not show the budget idle" "$D/agg/agg.log"
+fi
 stop9 d-n1
 before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
 start_node d "$D" 1
 if wait_until 60 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
-  pass "D: after SIGKILL and restart the node still declines"
+  pass "D: after SIGKILL and restart the node is asked again and still declines"
 else
   fail "D: restarted node did not decline (completed $(status_field "$DC" rounds_completed))" \
     "$D/agg/agg.log" "$D/n1/node.log"
@@ -300,6 +387,34 @@ if [ "$(grep -c " admitted " "$D/privacy.out")" = 2 ] && grep -q " declined " "$
   pass "D: ledger: 2 admitted rounds, declines recorded, spent epsilon 5.39"
 else
   fail "D: ledger contents" "$D/privacy.out"
+fi
+# a node with budget connects: rounds resume with hospital-2 and hospital-3
+wait_until 30 idle_budget "1 of 2 connected" || true
+done_before=$(status_field "$DC" rounds_completed)
+start_node d "$D" 3
+if wait_until 40 completed_at_least "$DC" $((done_before + 1)) &&
+   log_has "$D/agg/agg.log" "rounds resume: enough connected nodes have privacy budget" &&
+   grep -q "participants \[hospital-2,hospital-3\]" "$D/agg/agg.log"; then
+  pass "D: a node with budget connected and rounds resumed without the exhausted node"
+else
+  fail "D: rounds did not resume when hospital-3 connected" "$D/agg/agg.log"
+fi
+# a configuration reload asks the exhausted node again
+before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
+kill -HUP "${PIDS[d-agg]}"
+if wait_until 30 log_has "$D/agg/agg.log" "configuration reloaded: 1 node(s) out of privacy budget will be asked again" &&
+   wait_until 30 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
+  pass "D: after a configuration reload the exhausted node is asked again (and declines)"
+else
+  fail "D: reload did not ask hospital-1 again" "$D/agg/agg.log"
+fi
+# only the exhausted node left connected
+stop9 d-n2
+stop9 d-n3
+if wait_until 30 idle_budget "all nodes out of privacy budget)"; then
+  pass "D: status: phase: idle (all nodes out of privacy budget)"
+else
+  fail "D: status after the nodes with budget left: $("$AGG" status -c "$DC" | grep '^phase:')" "$D/agg/agg.log"
 fi
 
 [ $failures -eq 0 ]

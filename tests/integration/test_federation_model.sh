@@ -5,8 +5,9 @@
 # an aggregator and 3 nodes (round.trainer = model) on loopback over CURVE run 3 rounds
 # with secure aggregation, DP-SGD and random-k compression. Checks: rounds_completed: 3,
 # the aggregator's chain verifies, every node holds and verifies the same head, each node's
-# privacy ledger recorded the rounds, evaluation reports arrived, and the head version
-# differs from the genesis (the federation trained something).
+# privacy ledger recorded the rounds, evaluation reports arrived, the head version
+# differs from the genesis (the federation trained something), and each node trained with
+# the round's lr and batch size (RoundStart), not its own train.lr / train.batch_size.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
@@ -75,6 +76,9 @@ unmask_deadline_ms = 5000
 eval_deadline_ms = 30000
 weighting = contribution
 local_steps = 4
+# the nodes train with the round's lr and batch size (their train.* is only a fallback)
+lr = 3e-3
+batch_size = 8
 [privacy]
 dp = on
 noise_multiplier = 1.0
@@ -173,5 +177,15 @@ if [ $ok = 1 ] && grep -q "evaluated version 4" "$T/agg/agg.log"; then
   pass "ledgers recorded every round; nodes evaluated the last version"
 else
   fail "ledger or evaluation missing" "$T/n1/privacy.out" "$T/agg/agg.log"
+fi
+# the round's hyperparameters (lr 3e-3, batch 8 from [federation]) drove every node's trainer
+ok=1
+for i in 1 2 3; do
+  [ "$(grep -c "round [0-9]*: lr 0.003 (from the round), batch size 8 (from the round), 4 local steps" "$T/n$i/node.log")" -ge 3 ] || ok=0
+done
+if [ $ok = 1 ]; then
+  pass "every node trained each round with the round's lr and batch size (logged)"
+else
+  fail "nodes did not use the round's hyperparameters" "$T/n1/node.log"
 fi
 [ $failures -eq 0 ]

@@ -50,6 +50,14 @@ static bool s_log_has(const char *needle)
     return found;
 }
 
+/* Forgets what earlier cases logged (for checks that something was NOT logged). */
+static void s_log_reset(void)
+{
+    fflush(s_log);
+    assert_int_equal(ftruncate(fileno(s_log), 0), 0);
+    rewind(s_log);
+}
+
 typedef struct {
     int index;
     bool fail_train;
@@ -145,6 +153,8 @@ static void s_agg_start(fed_t *f)
     assert_non_null(f->rounds);
 }
 
+#define S_ALL_TINY 1000 /* tiny: every node's budget is tiny */
+
 static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *scheme, int tiny)
 {
     memset(f, 0, sizeof *f);
@@ -180,7 +190,7 @@ static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *schem
         f->peers[i].node_id = f->ids[i];
         f->peers[i].identity_pk = f->pk[i];
         f->peers[i].n_records = 100;
-        s_node_start(f, i, (int)i == tiny ? 0.001 : 100.0);
+        s_node_start(f, i, (int)i == tiny || tiny == S_ALL_TINY ? 0.001 : 100.0);
     }
 }
 
@@ -416,6 +426,58 @@ static void test_decline_privacy_budget(void **state)
     s_fed_free(&f);
 }
 
+/* Every node out of budget: after the round they all declined, no round starts (the old
+ * behaviour retried every retry_ms forever), status says why; a reload asks them again. */
+static void test_all_out_of_budget_idles(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_log_reset();
+    s_fed_init_budget(&f, 2, true, "none", S_ALL_TINY);
+    f.cfg.dp_enabled = true;
+    f.cfg.fed_rounds = 0; /* forever */
+    f.cfg.fed_retry_ms = 0;
+    int64_t end = service_now_ms() + 5000;
+    while (!s_log_has("no round starts: all nodes out of privacy budget") && service_now_ms() < end)
+        s_step(&f);
+    assert_true(s_log_has("node h0 declined round 1: privacy budget"));
+    assert_true(s_log_has("node h1 declined round 1: privacy budget"));
+    assert_true(s_log_has("no round starts: all nodes out of privacy budget"));
+    /* 1 s more with retry_ms 0: still no second round */
+    end = service_now_ms() + 1000;
+    while (service_now_ms() < end) s_step(&f);
+    assert_false(s_log_has("round 2 started"));
+    assert_int_equal(rounds_phase(f.rounds), ROUNDS_IDLE);
+    assert_int_equal(rounds_current(f.rounds), 0);
+    char db[800], out[2048] = "";
+    snprintf(db, sizeof db, "%s/journal.db", f.dir);
+    FILE *mem = fmemopen(out, sizeof out - 1, "w");
+    assert_int_equal(rounds_print_status(db, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(out, "phase: idle (all nodes out of privacy budget)\n"));
+    /* SIGHUP: the nodes are asked again (they decline again, the ledgers hold) */
+    rounds_on_reload(f.rounds);
+    end = service_now_ms() + 5000;
+    while (!s_log_has("node h1 declined round 2") && service_now_ms() < end) s_step(&f);
+    assert_true(s_log_has("round 2 started"));
+    assert_true(s_log_has("node h1 declined round 2: privacy budget"));
+    for (int k = 0; k < 100; k++) s_step(&f);
+    assert_false(s_log_has("round 3 started"));
+    int64_t admitted = 0, declined = 0;
+    assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
+    assert_int_equal(admitted, 0);
+    assert_int_equal(declined, 2);
+    /* a restarted aggregator forgets who was out of budget: status no longer says so */
+    rounds_destroy(&f.rounds);
+    s_agg_start(&f);
+    memset(out, 0, sizeof out);
+    mem = fmemopen(out, sizeof out - 1, "w");
+    assert_int_equal(rounds_print_status(db, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(out, "phase: idle\n"));
+    s_fed_free(&f);
+}
+
 static void test_stale_update_rejected(void **state)
 {
     (void)state;
@@ -529,6 +591,46 @@ static void test_journal_recovery(void **state)
     s_fed_free(&f);
 }
 
+/* A crash between writing a version and journaling it (held open by the test-only
+ * federation.debug_phase_hold_ms): the restarted aggregator journals the round completed
+ * with that version, which no node ever received; the nodes get it as a catch-up copy
+ * before the next round, and everyone ends on the same head. */
+static void test_crash_after_version_write(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_log_reset();
+    s_fed_init(&f, 3, true, "none");
+    f.cfg.fed_rounds = 2;
+    f.cfg.fed_debug_hold_ms = 150;
+    int64_t end = service_now_ms() + 10000;
+    while (!s_log_has("round 1: version 2 written, journal update held") && service_now_ms() < end)
+        s_step(&f);
+    assert_true(s_log_has("round 1: version 2 written, journal update held 150 ms"));
+    assert_int_equal(rounds_phase(f.rounds), ROUNDS_UNMASK); /* the journal has no version yet */
+    rounds_destroy(&f.rounds);
+    s_agg_start(&f);
+    assert_true(s_log_has("round 1: aggregator restarted during phase unmask after version 2 was "
+                          "committed: journaled as completed"));
+    assert_int_equal(rounds_completed(f.rounds), 1);
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    for (size_t i = 0; i < 3; i++) assert_int_equal(node_round_model_version(f.node[i]), 1);
+    /* the nodes never saw version 2: the next round sends it first */
+    for (size_t i = 0; i < 3; i++) rounds_on_hello(f.rounds, f.ids[i], 1);
+    s_run_until_completed(&f, 2, 20000);
+    for (int k = 0; k < 200; k++) s_step(&f);
+    assert_int_equal(rounds_head_version(f.rounds), 3);
+    char vdir[800];
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(node_round_model_version(f.node[i]), 3);
+        snprintf(vdir, sizeof vdir, "%s/%s/versions", f.dir, f.ids[i]);
+        assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
+    }
+    snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
+    assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
+    s_fed_free(&f);
+}
+
 static void test_failing_trainer_is_a_dropout(void **state)
 {
     (void)state;
@@ -580,9 +682,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_dropout_after_masked_input),
         cmocka_unit_test(test_too_few_survivors_abort),
         cmocka_unit_test(test_decline_privacy_budget),
+        cmocka_unit_test(test_all_out_of_budget_idles),
         cmocka_unit_test(test_stale_update_rejected),
         cmocka_unit_test(test_base_mismatch_decline),
         cmocka_unit_test(test_journal_recovery),
+        cmocka_unit_test(test_crash_after_version_write),
         cmocka_unit_test(test_failing_trainer_is_a_dropout),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

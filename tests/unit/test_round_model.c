@@ -1,0 +1,303 @@
+/* The model trainer behind a federated round (node/round_model.c) takes the round's
+ * hyperparameters from RoundStart and falls back to the node's [train] settings only for
+ * values the round does not send (0). Checked where it matters, at the optimizer: on a tiny
+ * random BERT written here, with the whole training split in one batch and one local step,
+ * AdamW's first update is lr * g / (|g| + eps) + lr * wd * w, i.e. exactly proportional to
+ * the learning rate. So:
+ * - a round sending lr 2L gives twice the delta of a round sending L (the node's train.lr
+ *   is a third value, 7L, that must NOT be used);
+ * - a round sending lr 0 (absent) gives the delta of the node's train.lr;
+ * - the log line names the source of lr and batch size;
+ * - a round's batch size reaches the data stream (batch 1 gives another update than the
+ *   full batch) and an out-of-range one is refused. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/base_file.h"
+#include "common/config.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "node/node_config.h"
+#include "node/round.h"
+#include "node/round_model.h"
+#include "node/train.h"
+
+static char s_dir[] = "/tmp/medfl-test-round-model-XXXXXX";
+static char s_conf[700], s_log_path[700];
+static FILE *s_log;
+
+static const char *const s_groups[3][4] = {
+    {"cough", "wheeze", "sputum", "dyspnea"},
+    {"fracture", "sprain", "cast", "knee"},
+    {"rash", "eczema", "itch", "lesion"}};
+static const char *const s_filler[] = {"patient", "reports", "history", "today", "follow",
+                                       "seen", "noted", "mild", "since", "visit"};
+static const char *const s_labels[3] = {"pulm", "ortho", "derm"};
+
+#define NODE_LR 7e-3 /* train.lr: the fallback */
+#define ROUND_LR 1e-3
+
+static uint64_t s_rng(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static bool s_log_has(const char *needle)
+{
+    fflush(s_log);
+    FILE *f = fopen(s_log_path, "r");
+    if (!f) return false;
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* A 2-layer BERT of hidden size 32 over a 29-word vocabulary, random weights. */
+static int s_write_base(const char *path)
+{
+    base_config_t c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.model_type, sizeof c.model_type, "bert");
+    snprintf(c.hidden_act, sizeof c.hidden_act, "gelu");
+    c.hidden_size = 32;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.intermediate_size = 64;
+    c.max_position_embeddings = 64;
+    c.type_vocab_size = 2;
+    c.layer_norm_eps = 1e-12;
+    c.do_lower_case = true;
+    const char *vocab[64];
+    size_t nv = 0;
+    const char *spec[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","};
+    for (size_t i = 0; i < 7; i++) vocab[nv++] = spec[i];
+    for (int g = 0; g < 3; g++)
+        for (int w = 0; w < 4; w++) vocab[nv++] = s_groups[g][w];
+    for (size_t i = 0; i < 10; i++) vocab[nv++] = s_filler[i];
+    c.vocab_size = (int64_t)nv;
+    base_tensor_spec_t *specs;
+    size_t ns;
+    if (base_tensor_specs(&c, &specs, &ns) != 0) return -1;
+    named_tensor_t *ts = calloc(ns, sizeof *ts);
+    uint64_t st = 42;
+    for (size_t i = 0; i < ns; i++) {
+        ts[i].name = specs[i].name;
+        ts[i].ndim = specs[i].ndim;
+        size_t n = 1;
+        for (int d = 0; d < specs[i].ndim; d++) {
+            ts[i].shape[d] = specs[i].shape[d];
+            n *= (size_t)specs[i].shape[d];
+        }
+        ts[i].data = malloc(n * sizeof(float));
+        bool ln = strstr(specs[i].name, "LayerNorm") != NULL;
+        bool bias = strstr(specs[i].name, "bias") != NULL;
+        for (size_t j = 0; j < n; j++) {
+            double u = (double)(s_rng(&st) >> 11) / 9007199254740992.0;
+            ts[i].data[j] = ln && !bias ? 1.0f : bias ? 0.0f : (float)((u - 0.5) * 0.2);
+        }
+    }
+    int rc = base_file_write(path, &c, vocab, nv, ts, ns, "test_round_model");
+    for (size_t i = 0; i < ns; i++) free(ts[i].data);
+    free(ts);
+    free(specs);
+    return rc;
+}
+
+static int s_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(s_dir)) return -1;
+    snprintf(s_log_path, sizeof s_log_path, "%s/log.txt", s_dir);
+    s_log = fopen(s_log_path, "w");
+    if (!s_log) return -1;
+    log_configure(s_log, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    char path[700];
+    snprintf(path, sizeof path, "%s/base.h5", s_dir);
+    if (s_write_base(path) != 0) {
+        fprintf(stderr, "base: %s\n", medfl_error_message());
+        return -1;
+    }
+    /* 30 notes, 24 in the training split: one batch of train.batch_size 64 holds them all */
+    snprintf(path, sizeof path, "%s/notes.jsonl", s_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    uint64_t st = 11;
+    for (int i = 0; i < 30; i++) {
+        int lab = i % 3;
+        fprintf(f, "{\"text\": \"");
+        for (int w = 0; w < 8; w++)
+            fprintf(f, "%s%s", w ? " " : "",
+                    s_rng(&st) % 3 == 0 ? s_groups[lab][s_rng(&st) % 4] : s_filler[s_rng(&st) % 10]);
+        fprintf(f, ".\", \"label\": \"%s\"}\n", s_labels[lab]);
+    }
+    fclose(f);
+    snprintf(s_conf, sizeof s_conf, "%s/node.conf", s_dir);
+    f = fopen(s_conf, "w");
+    if (!f) return -1;
+    fprintf(f, "node_id = hospital-1\n[aggregator]\nendpoint = tcp://127.0.0.1:1\n"
+               "[data]\nrecords = notes.jsonl\nlabels = pulm,ortho,derm\n"
+               "[model]\nbase = base.h5\nlora.r = 4\n"
+               "[train]\nlr = %g\nbatch_size = 64\nmax_seq_len = 16\nthreads = 1\n"
+               "valid_fraction = 0.2\nseed = 7\nwarmup_fraction = 0\n", NODE_LR);
+    fclose(f);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    log_configure(stderr, LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
+    if (s_log) fclose(s_log);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+typedef struct {
+    model_trainer_t *m;
+    round_trainer_t tr;
+    size_t n;
+    float *global;
+} fixture_t;
+
+static void s_open(fixture_t *fx)
+{
+    node_config_t cfg;
+    assert_int_equal(cfg_set_defaults(node_config_table, &cfg), 0);
+    if (cfg_load_subset(node_config_table, &cfg, s_conf) != 0)
+        fail_msg("config: %s", medfl_error_message());
+    fx->m = model_trainer_new(&cfg);
+    if (!fx->m) fail_msg("model trainer: %s", medfl_error_message());
+    assert_int_equal(model_trainer_records(fx->m), 24);
+    model_trainer_bind(fx->m, &fx->tr);
+    /* a version whose size is not the model's is refused before training */
+    float one = 0;
+    uint64_t ne = 0;
+    round_hparams_t hp = {0};
+    hp.round_id = 1;
+    hp.local_steps = 1;
+    assert_int_not_equal(fx->tr.train(fx->tr.ctx, &one, 1, &hp, &one, &ne), 0);
+    fx->n = model_trainer_numel(fx->m);
+    assert_true(fx->n > 100);
+    fx->global = calloc(fx->n, sizeof *fx->global);
+    assert_non_null(fx->global);
+    uint64_t st = 5; /* a non-zero global so that every LoRA factor has a gradient */
+    for (size_t i = 0; i < fx->n; i++)
+        fx->global[i] = (float)(((double)(s_rng(&st) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
+}
+
+static void s_close(fixture_t *fx)
+{
+    model_trainer_destroy(&fx->m);
+    model_trainer_destroy(&fx->m); /* twice: safe */
+    free(fx->global);
+}
+
+static float *s_round(fixture_t *fx, uint64_t round_id, double lr, uint32_t batch)
+{
+    float *delta = calloc(fx->n, sizeof *delta);
+    assert_non_null(delta);
+    round_hparams_t hp = {0};
+    hp.round_id = round_id;
+    hp.lr = lr;
+    hp.batch_size = batch;
+    hp.local_steps = 1;
+    uint64_t ne = 0;
+    if (fx->tr.train(fx->tr.ctx, fx->global, fx->n, &hp, delta, &ne) != 0)
+        fail_msg("round %llu: %s", (unsigned long long)round_id, medfl_error_message());
+    assert_int_equal(ne, 24);
+    return delta;
+}
+
+static double s_norm(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return sqrt(s);
+}
+
+/* max_i |a_i - k b_i| relative to max |a_i| */
+static double s_rel_diff(const float *a, const float *b, double k, size_t n)
+{
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - k * (double)b[i]));
+        m = fmax(m, fabs((double)a[i]));
+    }
+    return m > 0 ? d / m : INFINITY;
+}
+
+static void test_round_lr_reaches_optimizer(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    s_open(&fx);
+    float *d1 = s_round(&fx, 1, ROUND_LR, 0);
+    assert_true(s_log_has("round 1: lr 0.001 (from the round), batch size 64 (node train.batch_size"));
+    float *d2 = s_round(&fx, 2, 2 * ROUND_LR, 0);
+    assert_true(s_log_has("round 2: lr 0.002 (from the round)"));
+    float *d0 = s_round(&fx, 3, 0, 0); /* the round sent no lr: train.lr = 7 L */
+    assert_true(s_log_has("round 3: lr 0.007 (node train.lr: the round sent none)"));
+    assert_true(s_norm(d1, fx.n) > 0);
+    /* AdamW's first step is linear in lr: 2L gives 2 x the delta of L, 7L gives 7 x */
+    assert_true(s_rel_diff(d2, d1, 2.0, fx.n) < 1e-3);
+    assert_true(s_rel_diff(d0, d1, NODE_LR / ROUND_LR, fx.n) < 1e-3);
+    /* and the node's own rate was not used when the round sent one */
+    assert_true(s_rel_diff(d1, d0, 1.0, fx.n) > 0.5);
+    free(d0);
+    free(d1);
+    free(d2);
+    s_close(&fx);
+}
+
+static void test_round_batch_size(void **state)
+{
+    (void)state;
+    fixture_t fx;
+    s_open(&fx);
+    float *full = s_round(&fx, 1, ROUND_LR, 64);
+    assert_true(s_log_has("round 1: lr 0.001 (from the round), batch size 64 (from the round)"));
+    float *full2 = s_round(&fx, 2, ROUND_LR, 0); /* fallback 64: the same single batch */
+    assert_true(s_rel_diff(full2, full, 1.0, fx.n) < 1e-3);
+    float *one = s_round(&fx, 3, ROUND_LR, 1); /* one example: another gradient */
+    assert_true(s_log_has("round 3: lr 0.001 (from the round), batch size 1 (from the round)"));
+    assert_true(s_rel_diff(one, full, 1.0, fx.n) > 0.1);
+    free(full);
+    free(full2);
+    free(one);
+    /* a batch size the trainer cannot take is refused, not clamped */
+    float *delta = calloc(fx.n, sizeof *delta);
+    round_hparams_t hp = {0};
+    hp.round_id = 4;
+    hp.lr = ROUND_LR;
+    hp.batch_size = 100000;
+    hp.local_steps = 1;
+    uint64_t ne = 0;
+    assert_int_not_equal(fx.tr.train(fx.tr.ctx, fx.global, fx.n, &hp, delta, &ne), 0);
+    assert_non_null(strstr(medfl_error_message(), "batch size 100000 outside"));
+    free(delta);
+    s_close(&fx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_lr_reaches_optimizer),
+        cmocka_unit_test(test_round_batch_size),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}

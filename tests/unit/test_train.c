@@ -403,6 +403,85 @@ static void s_expect(bool failed, const char *needle)
         fail_msg("error '%s' lacks '%s'", medfl_error_message(), needle);
 }
 
+/* Head only (model.lora.targets = none): the cached pooled outputs and the host head pass
+ * must give what the model's own forward/backward gives. At initialisation LoRA's B is 0, so
+ * a LoRA trainer computes the same function, and its gradient's head part (the tail of the
+ * flat vector) is the reference; finite differences of the head-only trainer's own loss are
+ * the second check. Then DP (sigma 0, huge C) equals the plain mean, and one SGD step over
+ * the whole split (q = 1) moves the parameters by exactly -lr * gradient. */
+static void test_head_only(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    trainer_t *a = s_trainer(&c, 60);
+    snprintf(c.lora_targets, sizeof c.lora_targets, "none");
+    trainer_t *h = s_trainer(&c, 60);
+    size_t PA = trainer_n_params(a), P = trainer_n_params(h);
+    assert_int_equal(P, 3 * (32 + 1));
+    assert_true(PA > P);
+    float *pa = malloc(PA * sizeof(float)), *ga = malloc(PA * sizeof(float));
+    float *p = malloc(P * sizeof(float)), *g = malloc(P * sizeof(float)), *g2 = malloc(P * sizeof(float));
+    assert_int_equal(trainer_get_params(a, pa, PA), 0);
+    assert_int_equal(trainer_set_params(h, pa + (PA - P), P), 0);
+    size_t idx[6] = {0, 2, 4, 7, 11, 19};
+    assert_int_equal(trainer_batch_gradient(a, idx, 6, false, 6, ga), 0);
+    assert_int_equal(trainer_batch_gradient(h, idx, 6, false, 6, g), 0);
+    double scale = 0, maxdiff = 0;
+    for (size_t j = 0; j < P; j++) {
+        scale = fmax(scale, fabs(ga[PA - P + j]));
+        maxdiff = fmax(maxdiff, fabs(g[j] - ga[PA - P + j]));
+    }
+    printf("head only vs LoRA model head gradient: max diff %.3g of max %.3g\n", maxdiff, scale);
+    assert_true(scale > 0 && maxdiff < 1e-4 * scale);
+    train_eval_t ea, eh;
+    assert_int_equal(trainer_evaluate(a, TRAIN_SPLIT_VALID, &ea), 0);
+    assert_int_equal(trainer_evaluate(h, TRAIN_SPLIT_VALID, &eh), 0);
+    assert_true(fabs(ea.loss - eh.loss) < 1e-5 && ea.accuracy == eh.accuracy);
+
+    /* Finite differences over the whole training split (mean loss = evaluate's loss). */
+    size_t ntr = trainer_split_size(h, TRAIN_SPLIT_TRAIN);
+    size_t *all = malloc(ntr * sizeof *all);
+    for (size_t i = 0; i < ntr; i++) all[i] = i;
+    assert_int_equal(trainer_batch_gradient(h, all, ntr, false, (double)ntr, g), 0);
+    assert_int_equal(trainer_get_params(h, p, P), 0);
+    size_t probe[5] = {0, 17, 40, 65, P - 1};
+    for (int k = 0; k < 5; k++) {
+        size_t j = probe[k];
+        const float eps = 1e-2f, keep = p[j];
+        train_eval_t up, dn;
+        p[j] = keep + eps;
+        assert_int_equal(trainer_evaluate_vector(h, p, P, TRAIN_SPLIT_TRAIN, &up), 0);
+        p[j] = keep - eps;
+        assert_int_equal(trainer_evaluate_vector(h, p, P, TRAIN_SPLIT_TRAIN, &dn), 0);
+        p[j] = keep;
+        double fd = (up.loss - dn.loss) / (2.0 * eps);
+        printf("param %zu: analytic %.6f, finite difference %.6f\n", j, g[j], fd);
+        assert_true(fabs(fd - g[j]) < 1e-3 + 1e-2 * fabs(fd));
+    }
+    /* DP path, sigma 0 and a huge C: the clipped mean is the mean. */
+    assert_int_equal(trainer_use_seeded_rng(h, 3), 0);
+    assert_int_equal(trainer_set_dp(h, true, 1.0, 0.0, 1e9), 0);
+    assert_int_equal(trainer_batch_gradient(h, all, ntr, true, (double)ntr, g2), 0);
+    for (size_t j = 0; j < P; j++) assert_true(fabs(g2[j] - g[j]) < 1e-5 * (scale + fabs(g[j])));
+    /* One SGD step with q = 1 (every record sampled) over the split: p - lr g. */
+    trainer_destroy(&h);
+    snprintf(c.optimizer, sizeof c.optimizer, "sgd");
+    c.lr = 0.5;
+    c.warmup_fraction = 0;
+    h = s_trainer(&c, 60);
+    assert_int_equal(trainer_set_params(h, p, P), 0);
+    assert_int_equal(trainer_use_seeded_rng(h, 3), 0);
+    assert_int_equal(trainer_set_dp(h, true, 1.0, 0.0, 1e9), 0);
+    trainer_set_schedule(h, 0, 0);
+    assert_int_equal(trainer_train_steps(h, 1, NULL), 0);
+    assert_int_equal(trainer_get_params(h, g2, P), 0);
+    for (size_t j = 0; j < P; j++)
+        if (fabsf(g2[j] - (p[j] - 0.5f * g[j])) > 1e-5f * (1.0f + fabsf(p[j])))
+            fail_msg("param %zu: %g after the SGD step, expected %g", j, g2[j], p[j] - 0.5f * g[j]);
+    free(all); free(pa); free(ga); free(p); free(g); free(g2);
+    trainer_destroy(&a); trainer_destroy(&h);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -471,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_dp_gradient),
         cmocka_unit_test(test_dp_steps_and_round),
         cmocka_unit_test(test_stop_interrupts_round),
+        cmocka_unit_test(test_head_only),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

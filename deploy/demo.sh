@@ -21,10 +21,14 @@
 # exactly centralized DP-SGD on the union of the sites' Poisson batches, so the federation
 # loses nothing to non-IID client drift. DEMO_DP=off trains LoRA r = 8 on query and value.
 #
-# Knobs (environment): DEMO_ROUNDS (40), DEMO_LOCAL_STEPS (1), DEMO_RECORDS (600 per site),
+# Knobs (environment): DEMO_ROUNDS (40), DEMO_LOCAL_STEPS (1), DEMO_RECORDS (1000 per site),
 # DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (1.1), DEMO_Q (sampling rate 0.2),
 # DEMO_LR (10 with DP, else 3e-3), DEMO_TARGETS (none with DP, else query,value),
-# DEMO_COMPRESSION (quantize; or randk, none), DEMO_BITS (6). Budget: about 5 minutes on 2 cores.
+# DEMO_COMPRESSION (quantize; or randk, none; topk with DEMO_SECURE=off), DEMO_BITS (6),
+# DEMO_SECURE (on; off = plain updates), DEMO_BASELINES (on; off = federation only),
+# DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
+# instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
+# DEMO_DIR (.demo: the working folder, removed and rebuilt at each run). Budget: about 5 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${MEDFL_BIN:-bin}
@@ -32,7 +36,10 @@ NODE="$PWD/$BIN/medfl-node"
 AGG="$PWD/$BIN/medfl-aggregator"
 ROUNDS=${DEMO_ROUNDS:-40}
 STEPS=${DEMO_LOCAL_STEPS:-1}
-RECORDS=${DEMO_RECORDS:-600}
+RECORDS=${DEMO_RECORDS:-1000}
+SECURE=${DEMO_SECURE:-on}
+BASELINES=${DEMO_BASELINES:-on}
+SITES=${DEMO_SITES:-}
 SEQ=${DEMO_SEQ:-48}
 DP=${DEMO_DP:-on}
 NOISE=${DEMO_NOISE:-1.1}
@@ -44,7 +51,7 @@ if [ "$DP" = on ]; then
 else
   LR=${DEMO_LR:-3e-3}; TARGETS=${DEMO_TARGETS:-query,value}; OPT=adamw
 fi
-D="$PWD/.demo"
+D="${DEMO_DIR:-$PWD/.demo}"
 CACHE="$PWD/.cache"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -80,10 +87,17 @@ mkdir -p "$D/agg"
 t0=$SECONDS
 say "base model: $MODEL"
 "$NODE" import-model --hf "$MODEL" -o "$D/base.h5" >/dev/null 2>"$D/import.log"
-"$NODE" synth --sites 3 --records-per-site "$RECORDS" --seed 42 -o "$D/synth" >/dev/null 2>"$D/synth.log"
+if [ -n "$SITES" ]; then
+  mkdir -p "$D/synth"
+  cp -r "$SITES"/site-1 "$SITES"/site-2 "$SITES"/site-3 "$SITES"/pooled-test.jsonl "$SITES"/labels.txt "$D/synth/"
+  WHAT="records from $SITES"
+else
+  "$NODE" synth --sites 3 --records-per-site "$RECORDS" --seed 42 -o "$D/synth" >/dev/null 2>"$D/synth.log"
+  WHAT="$RECORDS synthetic notes (non-IID)"
+fi
 LABELS=$(cat "$D/synth/labels.txt")
 cat "$D/synth/site-"*/train.jsonl >"$D/synth/pooled-train.jsonl"
-say "records: 3 hospitals x $RECORDS synthetic notes (non-IID), $(wc -l <"$D/synth/pooled-test.jsonl") pooled test notes"
+say "records: 3 hospitals x $WHAT, $(wc -l <"$D/synth/pooled-test.jsonl") pooled test notes"
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 AC="$D/agg/aggregator.conf"
@@ -101,7 +115,7 @@ max_nodes = 3
 select_wait_ms = 500
 train_deadline_ms = 300000
 eval_deadline_ms = 120000
-secure_aggregation = on
+secure_aggregation = $SECURE
 weighting = contribution
 local_steps = $STEPS
 lr = $LR
@@ -116,7 +130,7 @@ delta = 1e-5
 [compression]
 scheme = $COMP
 bits = $BITS
-k_frac = 0.25
+k_frac = ${DEMO_K_FRAC:-0.25}
 clip = 0.5
 EOF
 node_conf() { # node_conf NAME RECORDS DIR
@@ -176,7 +190,7 @@ done
 say "keys, enrollment and the signed genesis version ready ($((SECONDS - t0)) s)"
 
 # ---- the federation ---------------------------------------------------------------------------
-say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation, DP-SGD $DP (sigma $NOISE, q $Q, C 1), compression $COMP ($BITS bits)"
+say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation $SECURE, DP-SGD $DP (sigma $NOISE, q $Q, C 1), compression $COMP ($BITS bits)"
 "$AGG" run -c "$AC" >"$D/agg/agg.log" 2>&1 &
 PIDS+=($!)
 for i in 1 2 3; do
@@ -228,6 +242,13 @@ HEAD=$("$AGG" versions --state "$D/agg/state" --key-dir "$D/agg/keys" | awk '$1 
 "$NODE" export-adapter -c "$D/h1/node.conf" --version "$HEAD" -o "$D/federated.h5" >/dev/null
 evalf1() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field macro_f1; }
 FED=$(evalf1 "$D/h1/node.conf" "$D/federated.h5")
+if [ "$BASELINES" != on ]; then
+  UP=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT SUM(bytes_up) FROM round_traffic").fetchone()[0] or 0)' "$D/agg/state/registry.db")
+  say "total time $((SECONDS - t0)) s"
+  echo "federated_macro_f1: $FED"
+  echo "bytes_sent_by_nodes: $UP"
+  exit 0
+fi
 TOTAL=$((ROUNDS * STEPS))
 # Under DP every run takes TOTAL steps at sampling rate q, so each record is spent alike (the
 # pooled batches are 3x larger); without DP, centralized gets the three sites' steps.

@@ -201,6 +201,7 @@ static int s_train(void *ctx, const float *global, size_t n, const round_hparams
         return -1;
     train_stats_t st;
     trainer_set_stop(m->t, hp->should_stop);
+    trainer_set_tick(m->t, hp->tick, hp->tick_ctx);
     s_unpack(m, global, m->pad);
     if (trainer_round(m->t, m->pad, trainer_n_params(m->t), (long)hp->local_steps, m->pad_delta,
                       &st) != 0)

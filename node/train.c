@@ -113,6 +113,8 @@ struct trainer_t {
     float *head_rows;       /* [chunk, P] per-example head gradients */
     float *head_params;     /* [P] host copy of W [K, C] then b [K] */
     bool (*stop)(void);     /* asked between steps; true = give up (SIGTERM) */
+    void (*tick)(void *);   /* called between steps and encoder batches: heartbeats */
+    void *tick_ctx;
 };
 
 /* ------------------------------------------------------------------ setup */
@@ -544,6 +546,7 @@ static int s_features(trainer_t *t, const size_t *ex, size_t n, float *out)
     if (m > 0) {
         model_batch_t in;
         if (s_stage(t, miss, m, &in) != 0 || model_embed(t->m, &in, t->feat_tmp) != 0) return -1;
+        if (t->tick) t->tick(t->tick_ctx); /* the first pass over a large split takes a while */
         for (size_t j = 0; j < m; j++) {
             memcpy(t->feat + miss[j] * C, t->feat_tmp + j * C, C * sizeof(float));
             t->feat_ok[miss[j]] = 1;
@@ -818,6 +821,7 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
         s.examples += n;
         s_progress(t, k + 1, n_steps, loss_n ? loss_sum / (double)loss_n : 0, s.examples,
                    s_now() - t0, k + 1 == n_steps);
+        if (t->tick) t->tick(t->tick_ctx);
         if (k + 1 < n_steps && t->stop && t->stop()) {
             rc = medfl_error_set(MEDFL_ESTATE, "training interrupted after %ld of %ld steps: "
                                  "stop requested", k + 1, n_steps);
@@ -837,6 +841,12 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
 }
 
 void trainer_set_stop(trainer_t *t, bool (*stop)(void)) { t->stop = stop; }
+
+void trainer_set_tick(trainer_t *t, void (*tick)(void *ctx), void *ctx)
+{
+    t->tick = tick;
+    t->tick_ctx = ctx;
+}
 
 int trainer_round(trainer_t *t, const float *global, size_t n, long local_steps, float *delta,
                   train_stats_t *stats)

@@ -160,6 +160,9 @@ int trainer_set_params(trainer_t *t, const float *in, size_t n);
 /* stop (may be NULL) is asked after every optimizer step; when it returns true the training
  * call gives up with MEDFL_ESTATE (the node daemon passes its SIGTERM flag). */
 void trainer_set_stop(trainer_t *t, bool (*stop)(void));
+/* tick(ctx) is called after every step (and every encoder batch of the head-only cache), so
+ * that a node training for minutes keeps its session's heartbeats; NULL = none. */
+void trainer_set_tick(trainer_t *t, void (*tick)(void *ctx), void *ctx);
 /* DP-SGD on/off with sampling rate q (> 0), noise multiplier sigma (>= 0), clip norm C. */
 int trainer_set_dp(trainer_t *t, bool on, double q, double sigma, double clip);
 /* For tests and reproducible benchmarks ONLY: noise and sampling from a seeded stream.

@@ -409,6 +409,8 @@ static void s_expect(bool failed, const char *needle)
  * flat vector) is the reference; finite differences of the head-only trainer's own loss are
  * the second check. Then DP (sigma 0, huge C) equals the plain mean, and one SGD step over
  * the whole split (q = 1) moves the parameters by exactly -lr * gradient. */
+static void s_count_tick(void *ctx) { ++*(int *)ctx; }
+
 static void test_head_only(void **state)
 {
     (void)state;
@@ -473,7 +475,10 @@ static void test_head_only(void **state)
     assert_int_equal(trainer_use_seeded_rng(h, 3), 0);
     assert_int_equal(trainer_set_dp(h, true, 1.0, 0.0, 1e9), 0);
     trainer_set_schedule(h, 0, 0);
+    int ticks = 0;
+    trainer_set_tick(h, s_count_tick, &ticks);
     assert_int_equal(trainer_train_steps(h, 1, NULL), 0);
+    assert_true(ticks >= 2); /* the encoder pass that fills the cache, then the step */
     assert_int_equal(trainer_get_params(h, g2, P), 0);
     for (size_t j = 0; j < P; j++)
         if (fabsf(g2[j] - (p[j] - 0.5f * g[j])) > 1e-5f * (1.0f + fabsf(p[j])))

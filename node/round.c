@@ -323,9 +323,11 @@ static int s_train_and_send(node_round_t *self)
     self->contributed++;
     rc = 0;
 done:
-    if (rc != 0)
+    if (rc != 0) {
         LOG_ERROR(TRAIN, "round %" PRIu64 ": no update sent: %s", self->round_id,
                   medfl_error_message());
+        self->m_round = 0; /* its version will not hold this node's update */
+    }
     free(delta);
     free(ring);
     free(payload);

@@ -1324,8 +1324,11 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     if (msg->type == MEDFL__MSG_TYPE__MSG_DECLINE) {
         const Medfl__Decline *d = msg->body.decline;
         char reason[1100];
-        snprintf(reason, sizeof reason, "%s%s%s", s_decline_name(d->reason),
-                 d->text && d->text[0] ? ": " : "", d->text ? d->text : "");
+        const char *name = s_decline_name(d->reason), *text = d->text ? d->text : "";
+        if (!strncmp(text, name, strlen(name))) /* the node's text may already name it */
+            snprintf(reason, sizeof reason, "%s", text);
+        else
+            snprintf(reason, sizeof reason, "%s%s%s", name, text[0] ? ": " : "", text);
         LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
                  reason);
         if (p) p->declined = true;

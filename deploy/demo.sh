@@ -246,6 +246,7 @@ if [ "$BASELINES" != on ]; then
   UP=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT SUM(bytes_up) FROM round_traffic").fetchone()[0] or 0)' "$D/agg/state/registry.db")
   say "total time $((SECONDS - t0)) s"
   echo "federated_macro_f1: $FED"
+  echo "federated_accuracy: $("$NODE" eval -c "$D/h1/node.conf" --adapter "$D/federated.h5" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field accuracy)"
   echo "bytes_sent_by_nodes: $UP"
   exit 0
 fi

@@ -13,12 +13,12 @@
 # specialties split over 3 hospitals with label skew (needs ../shared/data/mtsamples, never
 # committed; exits 77 without it).
 # Usage: deploy/experiments/compression.sh [synth|mtsamples]
-# Env: ROUNDS (100), LOCAL_STEPS (1), LR (1), TARGETS (none), DP (off), SEQ (48 synthetic,
+# Env: ROUNDS (60), LOCAL_STEPS (5), LR (1e-2, AdamW), TARGETS (none), DP (off), SEQ (48 synthetic,
 #      128 MTSamples), SETTINGS (all five: "on:none on:quantize:6 on:randk:8 off:none off:topk").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 data="${1:-synth}"
-export DEMO_ROUNDS="${ROUNDS:-100}" DEMO_LOCAL_STEPS="${LOCAL_STEPS:-1}" DEMO_LR="${LR:-1}"
+export DEMO_ROUNDS="${ROUNDS:-60}" DEMO_LOCAL_STEPS="${LOCAL_STEPS:-5}" DEMO_LR="${LR:-1e-2}"
 export DEMO_TARGETS="${TARGETS:-none}" DEMO_DP="${DP:-off}" DEMO_BASELINES=off
 settings="${SETTINGS:-on:none on:quantize:6 on:randk:8 off:none off:topk}"
 if [ "$data" = mtsamples ]; then
@@ -53,7 +53,7 @@ else
   export DEMO_SEQ="${SEQ:-48}"
 fi
 echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP"
-printf '%-22s %10s %16s\n' setting macro_f1 bytes_sent
+printf '%-22s %10s %10s %16s\n' setting accuracy macro_f1 bytes_sent
 for s in $settings; do
   IFS=: read -r secure scheme bits <<<"$s"
   kf=0.25
@@ -61,6 +61,7 @@ for s in $settings; do
   out="$(DEMO_SECURE="$secure" DEMO_COMPRESSION="$scheme" DEMO_BITS="${bits:-8}" DEMO_K_FRAC="$kf" \
     bash "$root/deploy/demo.sh" 2>&1)" || { echo "$out" | tail -5 >&2; exit 1; }
   f1="$(echo "$out" | awk '$1 == "federated_macro_f1:" { print $2 }')"
+  acc="$(echo "$out" | awk '$1 == "federated_accuracy:" { print $2 }')"
   up="$(echo "$out" | awk '$1 == "bytes_sent_by_nodes:" { print $2 }')"
-  printf '%-22s %10s %16s\n' "secure=$secure:$scheme${bits:+:$bits}" "$f1" "$up"
+  printf '%-22s %10s %10s %16s\n' "secure=$secure:$scheme${bits:+:$bits}" "$acc" "$f1" "$up"
 done

@@ -414,7 +414,8 @@ static void test_decline_privacy_budget(void **state)
     s_run_until_completed(&f, 1, 20000);
     assert_int_equal(node_round_declined(f.node[2]), 1);
     assert_int_equal(node_round_contributed(f.node[2]), 0);
-    assert_true(s_log_has("node h2 declined round 1: privacy budget"));
+    assert_true(s_log_has("node h2 declined round 1: privacy budget: round"));
+    assert_false(s_log_has("privacy budget: privacy budget"));
     int64_t admitted = 0, declined = 0;
     assert_int_equal(ledger_count(f.ledger[2], &admitted, &declined), 0);
     assert_int_equal(declined, 1);

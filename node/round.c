@@ -16,6 +16,7 @@
 
 #include "common/compress.h"
 #include "common/dp.h"
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/fedround.h"
 #include "common/log.h"
@@ -88,22 +89,18 @@ static void s_residual_load(node_round_t *self)
     fclose(f);
 }
 
-/* temp + fsync + rename: a kill leaves the old or the new residual, never half of one. */
+/* atomic_file: a kill leaves the old or the new residual, never half of one. */
 static int s_residual_save(node_round_t *self)
 {
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", self->residual_path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return medfl_error_set(MEDFL_EIO, "%s: %s", tmp, strerror(errno));
     uint64_t n = self->n_residual;
-    bool ok = fwrite(RESIDUAL_MAGIC, 1, 8, f) == 8 && fwrite(&n, sizeof n, 1, f) == 1 &&
-              fwrite(self->residual, sizeof *self->residual, n, f) == n && fflush(f) == 0 &&
-              fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, self->residual_path) != 0) {
-        unlink(tmp);
-        return medfl_error_set(MEDFL_EIO, "%s: cannot write the residual checkpoint",
-                               self->residual_path);
+    atomic_file_t *f = atomic_file_new(self->residual_path, 0600);
+    if (!f || atomic_file_write(f, RESIDUAL_MAGIC, 8) != 0 ||
+        atomic_file_write(f, &n, sizeof n) != 0 ||
+        atomic_file_write(f, self->residual, n * sizeof *self->residual) != 0 ||
+        atomic_file_commit(&f) != 0) {
+        atomic_file_destroy(&f);
+        return medfl_error_prefix("%s: cannot write the residual checkpoint: ",
+                                  self->residual_path);
     }
     return 0;
 }

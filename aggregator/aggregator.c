@@ -305,12 +305,7 @@ static void s_housekeeping(aggregator_t *self)
 }
 
 /* The aggregator's Prometheus families (docs/operator-guide-aggregator.md, "Metrics"). */
-static const struct {
-    const char *name;
-    metric_kind_t kind;
-    const char *help;
-    const char *label;
-} s_agg_metrics[] = {
+static const metrics_family_t s_agg_metrics[] = {
     {"rounds_started_total", METRIC_COUNTER, "Rounds started (RoundStart sent).", NULL},
     {"rounds_completed_total", METRIC_COUNTER,
      "Rounds completed since the federation began (the journal's count, as in `status`).", NULL},
@@ -331,27 +326,10 @@ static const struct {
  * the federation goes on without metrics (monitoring must not stop rounds). */
 static int s_metrics_setup(aggregator_t *self)
 {
-    metrics_listen_t ml;
-    if (metrics_listen_parse(self->cfg.metrics_listen,
-                             self->config_path[0] ? self->config_path : NULL, "metrics.listen",
-                             &ml) != 0)
-        return -1;
-    self->metrics = metrics_new("medfl_aggregator");
-    if (!self->metrics) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
-    for (size_t i = 0; i < sizeof s_agg_metrics / sizeof *s_agg_metrics; i++) {
-        if (metrics_declare(self->metrics, s_agg_metrics[i].name, s_agg_metrics[i].kind,
-                            s_agg_metrics[i].help, s_agg_metrics[i].label) != 0)
-            return -1;
-        if (!s_agg_metrics[i].label) metrics_add(self->metrics, s_agg_metrics[i].name, NULL, 0);
-    }
-    if (metrics_start(self->metrics, &ml, self->cfg.state_dir) != 0) {
-        LOG_ERROR(MAIN, "metrics endpoint not started, running without it: %s",
-                  medfl_error_message());
-        metrics_destroy(&self->metrics);
-        return 0;
-    }
-    if (!ml.enabled) metrics_destroy(&self->metrics);
-    return 0;
+    return metrics_open("medfl_aggregator", s_agg_metrics,
+                        sizeof s_agg_metrics / sizeof *s_agg_metrics, self->cfg.metrics_listen,
+                        self->config_path[0] ? self->config_path : NULL, self->cfg.state_dir,
+                        &self->metrics);
 }
 
 /* Wire traffic, copied from the counters wire keeps as messages pass. */

@@ -411,3 +411,31 @@ int metrics_start(metrics_t *self, const metrics_listen_t *listen, const char *s
     snprintf(text, sizeof text, "http://%s:%u/metrics\n", listen->address, self->port);
     return atomic_file_replace(path, text, strlen(text), 0644);
 }
+
+int metrics_open(const char *prefix, const metrics_family_t *table, size_t n,
+                 const char *listen_value, const char *config_path, const char *state_dir,
+                 metrics_t **out)
+{
+    *out = NULL;
+    metrics_listen_t ml;
+    if (metrics_listen_parse(listen_value, config_path, "metrics.listen", &ml) != 0) return -1;
+    metrics_t *self = metrics_new(prefix);
+    if (!self) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (metrics_declare(self, table[i].name, table[i].kind, table[i].help, table[i].label) !=
+            0) {
+            metrics_destroy(&self);
+            return -1;
+        }
+        if (!table[i].label) metrics_add(self, table[i].name, NULL, 0);
+    }
+    if (metrics_start(self, &ml, state_dir) != 0) {
+        LOG_ERROR(MAIN, "metrics endpoint not started, running without it: %s",
+                  medfl_error_message());
+        metrics_destroy(&self);
+        return 0;
+    }
+    if (ml.enabled) *out = self;
+    else metrics_destroy(&self);
+    return 0;
+}

@@ -66,4 +66,24 @@ int metrics_listen_parse(const char *value, const char *config_path, const char 
 int metrics_start(metrics_t *self, const metrics_listen_t *listen, const char *state_dir)
     __attribute__((warn_unused_result));
 
+/* One family of a daemon's table; label NULL for an unlabelled family. */
+typedef struct {
+    const char *name;
+    metric_kind_t kind;
+    const char *help;
+    const char *label;
+} metrics_family_t;
+
+/* A daemon's whole metrics setup, shared by medfl-node and medfl-aggregator: parses
+ * listen_value (metrics_listen_parse, errors naming config_path:line), creates a registry
+ * with prefix, declares the n families of table (each unlabelled one gets its sample at 0,
+ * so a scrape shows it before the first event) and starts the endpoint (metrics_start).
+ * *out is the registry, or NULL when listen is off or the endpoint could not start: that
+ * failure is logged ("metrics endpoint not started, running without it") and returns 0,
+ * because monitoring must never stop rounds or training. Returns -1 (nothing allocated)
+ * only for a bad listen value, a bad table or no memory. */
+int metrics_open(const char *prefix, const metrics_family_t *table, size_t n,
+                 const char *listen_value, const char *config_path, const char *state_dir,
+                 metrics_t **out) __attribute__((warn_unused_result));
+
 #endif

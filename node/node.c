@@ -152,55 +152,34 @@ int node_count_records(const char *path, const char *format, uint64_t *out)
 }
 
 /* The node's Prometheus families (docs/operator-guide-node.md, "Metrics"). */
-static const struct {
-    const char *name;
-    metric_kind_t kind;
-    const char *help;
-} s_node_metrics[] = {
-    {"rounds_joined_total", METRIC_COUNTER, "Rounds this node joined (RoundStart accepted)."},
+static const metrics_family_t s_node_metrics[] = {
+    {"rounds_joined_total", METRIC_COUNTER, "Rounds this node joined (RoundStart accepted).", NULL},
     {"rounds_completed_total", METRIC_COUNTER,
-     "Rounds this node joined whose new model version it then received and installed."},
+     "Rounds this node joined whose new model version it then received and installed.", NULL},
     {"rounds_declined_total", METRIC_COUNTER,
-     "Rounds declined (privacy budget, base version, settings)."},
+     "Rounds declined (privacy budget, base version, settings).", NULL},
     {"privacy_epsilon_spent", METRIC_GAUGE,
-     "Epsilon spent by the admitted DP rounds, as `medfl-node privacy` reports it."},
-    {"privacy_epsilon_budget", METRIC_GAUGE, "Epsilon budget of this node (privacy.epsilon_budget)."},
-    {"bytes_sent_total", METRIC_COUNTER, "Message bytes sent to the aggregator (before CURVE)."},
+     "Epsilon spent by the admitted DP rounds, as `medfl-node privacy` reports it.", NULL},
+    {"privacy_epsilon_budget", METRIC_GAUGE, "Epsilon budget of this node (privacy.epsilon_budget).", NULL},
+    {"bytes_sent_total", METRIC_COUNTER, "Message bytes sent to the aggregator (before CURVE).", NULL},
     {"bytes_received_total", METRIC_COUNTER,
-     "Message bytes received from the aggregator (before CURVE)."},
+     "Message bytes received from the aggregator (before CURVE).", NULL},
     {"last_round_duration_seconds", METRIC_GAUGE,
-     "Seconds from joining the last completed round to installing its version."},
-    {"training_examples_total", METRIC_COUNTER, "Examples processed by local training."},
-    {"training_examples_per_second", METRIC_GAUGE, "Examples per second of the last local training."},
-    {"model_version", METRIC_GAUGE, "Latest model version installed."},
-    {"connected", METRIC_GAUGE, "1 while the aggregator has welcomed this node's session."},
+     "Seconds from joining the last completed round to installing its version.", NULL},
+    {"training_examples_total", METRIC_COUNTER, "Examples processed by local training.", NULL},
+    {"training_examples_per_second", METRIC_GAUGE, "Examples per second of the last local training.", NULL},
+    {"model_version", METRIC_GAUGE, "Latest model version installed.", NULL},
+    {"connected", METRIC_GAUGE, "1 while the aggregator has welcomed this node's session.", NULL},
 };
 
 /* Declares the families and starts the endpoint; an endpoint that cannot bind is logged and
  * the node federates without metrics (monitoring must not stop training). */
 static int s_metrics_setup(node_t *self)
 {
-    metrics_listen_t ml;
-    if (metrics_listen_parse(self->cfg.metrics_listen, self->config_path[0] ? self->config_path
-                                                                             : NULL,
-                             "metrics.listen", &ml) != 0)
-        return -1;
-    self->metrics = metrics_new("medfl_node");
-    if (!self->metrics) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
-    for (size_t i = 0; i < sizeof s_node_metrics / sizeof *s_node_metrics; i++) {
-        if (metrics_declare(self->metrics, s_node_metrics[i].name, s_node_metrics[i].kind,
-                            s_node_metrics[i].help, NULL) != 0)
-            return -1;
-        metrics_add(self->metrics, s_node_metrics[i].name, NULL, 0); /* the sample, at 0 */
-    }
-    if (metrics_start(self->metrics, &ml, self->cfg.state_dir) != 0) {
-        LOG_ERROR(MAIN, "metrics endpoint not started, running without it: %s",
-                  medfl_error_message());
-        metrics_destroy(&self->metrics);
-        return 0;
-    }
-    if (!ml.enabled) metrics_destroy(&self->metrics);
-    return 0;
+    return metrics_open("medfl_node", s_node_metrics,
+                        sizeof s_node_metrics / sizeof *s_node_metrics, self->cfg.metrics_listen,
+                        self->config_path[0] ? self->config_path : NULL, self->cfg.state_dir,
+                        &self->metrics);
 }
 
 /* Wire traffic and session state, copied from the counters wire keeps as messages pass. */

@@ -9,15 +9,20 @@
 #                          it and prints its path); SIGINT/SIGTERM exit 130 through the same
 #                          cleanup
 #   pass TEXT / fail TEXT [LOG...]   counted checks: fail prints the last IT_TAIL (25) lines
-#                          of each LOG and counts; it_summary prints the tally and exits
+#                          of each LOG and counts; it_summary prints the tally and exits;
+#                          IT_PREFIX (empty unless set) goes before TEXT, for tests whose
+#                          lines read "PASS NAME: TEXT"
 #   die TEXT               fatal check: prints "FAIL NAME: TEXT" and exits 1
 #   skip TEXT              prints "SKIP NAME: TEXT" and exits 77 (the runner's skip status)
-#   wait_until SECONDS COMMAND...    polls COMMAND every 0.2 s, false after SECONDS
+#   wait_until SECONDS COMMAND...    polls COMMAND every IT_POLL (0.2) s, false after SECONDS
 #   start NAME LOG COMMAND...        runs COMMAND in the background, output appended to LOG,
 #                          pid in PIDS[NAME]; alive NAME / gone NAME; reap NAME waits for it
 #                          and returns its exit status; stop9 NAME kills it with SIGKILL
 #   free_port              a TCP port free on 127.0.0.1 now
 #   field KEY              value of the "KEY: value" line on stdin
+#   keygen_enroll DIR ID AGG_CONF LOG   `$NODE keygen` for DIR/node.conf (output in
+#                          DIR/keygen.out), then `$AGG enroll ID` with its CURVE and identity
+#                          public keys, output appended to LOG; false when either fails
 # Bash only (associative arrays).
 
 declare -A PIDS=()
@@ -39,9 +44,9 @@ it_setup() {
   trap 'exit 130' INT TERM
 }
 
-pass() { echo "PASS $1"; }
+pass() { echo "PASS ${IT_PREFIX:-}$1"; }
 fail() {
-  echo "FAIL $1"
+  echo "FAIL ${IT_PREFIX:-}$1"
   failures=$((failures + 1))
   shift
   local f
@@ -64,7 +69,7 @@ wait_until() {
   local end=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
     [ $SECONDS -ge $end ] && return 1
-    sleep 0.2
+    sleep "${IT_POLL:-0.2}"
   done
 }
 
@@ -93,3 +98,9 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 field() { awk -v k="$1:" '$1 == k { print $2 }'; }
+keygen_enroll() {
+  local dir=$1 id=$2 ac=$3 log=$4
+  "$NODE" keygen -c "$dir/node.conf" >"$dir/keygen.out" 2>&1 || return 1
+  "$AGG" enroll "$id" "$(field curve_public <"$dir/keygen.out")" \
+    --identity "$(field identity_public <"$dir/keygen.out")" -c "$ac" >>"$log" 2>&1
+}

@@ -31,40 +31,9 @@ set -u
 AGG="$MEDFL_BIN/medfl-aggregator"
 NODE="$MEDFL_BIN/medfl-node"
 
-T=$(mktemp -d /tmp/medfl-itest-federation-XXXXXX)
-declare -A PIDS=()
-cleanup() {
-  for name in "${!PIDS[@]}"; do kill -9 "${PIDS[$name]}" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-  shift
-  for f in "$@"; do echo "--- $f"; tail -n 30 "$f" | sed 's/^/    /'; done
-}
-wait_until() { # wait_until SECONDS COMMAND...: polls every 0.2 s
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $end ] && return 1
-    sleep 0.2
-  done
-}
-start() { # start NAME LOG COMMAND...
-  local name=$1 log=$2; shift 2
-  "$@" >>"$log" 2>&1 &
-  PIDS[$name]=$!
-}
-stop9() { kill -9 "${PIDS[$1]}" 2>/dev/null; wait "${PIDS[$1]}" 2>/dev/null; unset "PIDS[$1]"; }
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_setup test_federation
 status_field() { "$AGG" status -c "$1" 2>/dev/null | field "$2"; }
 completed_at_least() { [ "$(status_field "$1" rounds_completed)" -ge "$2" ] 2>/dev/null; }
 phase_is() { [ "$(status_field "$1" phase)" = "$2" ]; }
@@ -142,10 +111,7 @@ synthetic_step_ms = $step_ms
 epsilon_budget = 100
 delta = 1e-5
 EOF
-    "$NODE" keygen -c "$d/n$i/node.conf" >"$d/n$i/keygen.out" 2>&1 || return 1
-    "$AGG" enroll "hospital-$i" "$(field curve_public <"$d/n$i/keygen.out")" \
-      --identity "$(field identity_public <"$d/n$i/keygen.out")" -c "$d/agg/aggregator.conf" \
-      >>"$d/agg/enroll.out" 2>&1 || return 1
+    keygen_enroll "$d/n$i" "hospital-$i" "$d/agg/aggregator.conf" "$d/agg/enroll.out" || return 1
   done
 }
 start_agg() { start "$1-agg" "$2/agg/agg.log" "$AGG" run -c "$2/agg/aggregator.conf"; }
@@ -287,7 +253,7 @@ if grep -q "B sent to the aggregator" "$A/agg/agg.log" && "$AGG" status -c "$AC"
 else
   fail "A: traffic log or evaluation reports missing" "$A/agg/agg.log"
 fi
-for name in a-agg a-n1 a-n2 a-n3; do stop9 "$name"; done
+for p in a-agg a-n1 a-n2 a-n3; do stop9 "$p"; done
 
 # ---- C: 5 nodes, one killed before and one after its masked input ------------------------
 C="$T/c"
@@ -417,4 +383,4 @@ else
   fail "D: status after the nodes with budget left: $("$AGG" status -c "$DC" | grep '^phase:')" "$D/agg/agg.log"
 fi
 
-[ $failures -eq 0 ]
+it_summary

@@ -12,31 +12,11 @@ set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
 NODE="$MEDFL_BIN/medfl-node"
-T=$(mktemp -d /tmp/medfl-itest-fedmodel-XXXXXX)
-declare -A PIDS=()
-cleanup() {
-  for name in "${!PIDS[@]}"; do kill -9 "${PIDS[$name]}" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-failures=0
-pass() { echo "PASS $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-  shift
-  for f in "$@"; do echo "--- $f"; tail -n 30 "$f" | sed 's/^/    /'; done
-}
-wait_until() {
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $end ] && return 1
-    sleep 0.3
-  done
-}
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+# a short name: `versions --key-dir` takes a 64-character key path for a hex key
+it_setup fedmodel
+IT_POLL=0.3
 status_field() { "$AGG" status -c "$AC" 2>/dev/null | field "$1"; }
 completed_at_least() { [ "$(status_field rounds_completed)" -ge "$1" ] 2>/dev/null; }
 running_or_done() { # stop waiting early when the aggregator or every node died
@@ -127,9 +107,7 @@ seed = 3
 epsilon_budget = 50
 delta = 1e-5
 EOF
-  "$NODE" keygen -c "$T/n$i/node.conf" >"$T/n$i/keygen.out" 2>&1 &&
-    "$AGG" enroll "hospital-$i" "$(field curve_public <"$T/n$i/keygen.out")" \
-      --identity "$(field identity_public <"$T/n$i/keygen.out")" -c "$AC" >>"$T/agg/enroll.out" 2>&1 ||
+  keygen_enroll "$T/n$i" "hospital-$i" "$AC" "$T/agg/enroll.out" ||
     { fail "keys/enroll" "$T/n$i/keygen.out" "$T/agg/enroll.out"; exit 1; }
 done
 if "$NODE" init-adapter -c "$T/n1/node.conf" -o "$T/genesis" >"$T/init.out" 2>&1 &&
@@ -188,4 +166,4 @@ if [ $ok = 1 ]; then
 else
   fail "nodes did not use the round's hyperparameters" "$T/n1/node.log"
 fi
-[ $failures -eq 0 ]
+it_summary

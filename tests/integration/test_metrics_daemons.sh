@@ -16,47 +16,17 @@ set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
 NODE="$MEDFL_BIN/medfl-node"
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
 name=metrics_daemons
 for tool in curl promtool python3; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "SKIP $name: $tool not installed (apt-get install curl prometheus)"
-    exit 77
+    skip "$tool not installed (apt-get install curl prometheus)"
   fi
 done
 
-T=$(mktemp -d /tmp/medfl-itest-metrics-XXXXXX)
-declare -A PIDS=()
-cleanup() {
-  for p in "${!PIDS[@]}"; do kill -9 "${PIDS[$p]}" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS $name: $1"; }
-fail() {
-  echo "FAIL $name: $1"
-  failures=$((failures + 1))
-  shift
-  for f in "$@"; do echo "--- $f"; tail -n 30 "$f" | sed 's/^/    /'; done
-}
-wait_until() { # wait_until SECONDS COMMAND...: polls every 0.2 s
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $end ] && return 1
-    sleep 0.2
-  done
-}
-start() { # start NAME LOG COMMAND...
-  local n=$1 log=$2; shift 2
-  "$@" >>"$log" 2>&1 &
-  PIDS[$n]=$!
-}
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+it_setup metrics_daemons
+IT_PREFIX="$name: "
 status_field() { "$AGG" status -c "$1" 2>/dev/null | field "$2"; }
 completed_at_least() { [ "$(status_field "$1" rounds_completed)" -ge "$2" ] 2>/dev/null; }
 # metric FILE NAME [LABELS]: the value of one sample of a scrape
@@ -148,10 +118,8 @@ delta = 1e-5
 [metrics]
 listen = $listen
 EOF
-  "$NODE" keygen -c "$D/n$i/node.conf" >"$D/n$i/keygen.out" 2>&1 || { fail "node keygen" "$D/n$i/keygen.out"; exit 1; }
-  "$AGG" enroll "hospital-$i" "$(field curve_public <"$D/n$i/keygen.out")" \
-    --identity "$(field identity_public <"$D/n$i/keygen.out")" -c "$D/agg/aggregator.conf" \
-    >>"$D/agg/enroll.out" 2>&1 || { fail "enroll" "$D/agg/enroll.out"; exit 1; }
+  keygen_enroll "$D/n$i" "hospital-$i" "$D/agg/aggregator.conf" "$D/agg/enroll.out" ||
+    { fail "keygen/enroll" "$D/n$i/keygen.out" "$D/agg/enroll.out"; exit 1; }
 done
 AC="$D/agg/aggregator.conf"
 start agg "$D/agg/agg.log" "$AGG" run -c "$AC"
@@ -333,4 +301,4 @@ else
   fail "default listen values"
 fi
 
-[ $failures -eq 0 ]
+it_summary

@@ -18,41 +18,11 @@ set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
 NODE="$MEDFL_BIN/medfl-node"
-name=signals_drain
-
-T=$(mktemp -d /tmp/medfl-itest-drain-XXXXXX)
-declare -A PIDS=()
-cleanup() {
-  for p in "${!PIDS[@]}"; do kill -9 "${PIDS[$p]}" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "${KEEP_TMP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS $name: $1"; }
-fail() {
-  echo "FAIL $name: $1"
-  failures=$((failures + 1))
-  shift
-  for f in "$@"; do echo "--- $f"; tail -n 30 "$f" | sed 's/^/    /'; done
-}
-wait_until() { # wait_until SECONDS COMMAND...: polls every 0.1 s
-  local limit=$1; shift
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $end ] && return 1
-    sleep 0.1
-  done
-}
-start() { # start NAME LOG COMMAND...
-  local n=$1 log=$2; shift 2
-  "$@" >>"$log" 2>&1 &
-  PIDS[$n]=$!
-}
-field() { awk -v k="$1:" '$1 == k { print $2 }'; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_setup signals_drain
+IT_PREFIX="$name: "
+IT_POLL=0.1
 status_field() { "$AGG" status -c "$1" 2>/dev/null | field "$2"; }
 completed_at_least() { [ "$(status_field "$1" rounds_completed)" -ge "$2" ] 2>/dev/null; }
 log_has() { grep -q -- "$2" "$1"; }
@@ -140,10 +110,8 @@ delta = 1e-5
 [metrics]
 listen = 0
 EOF
-  "$NODE" keygen -c "$D/n$i/node.conf" >"$D/n$i/keygen.out" 2>&1 || { fail "node keygen" "$D/n$i/keygen.out"; exit 1; }
-  "$AGG" enroll "hospital-$i" "$(field curve_public <"$D/n$i/keygen.out")" \
-    --identity "$(field identity_public <"$D/n$i/keygen.out")" -c "$D/agg/aggregator.conf" \
-    >>"$D/agg/enroll.out" 2>&1 || { fail "enroll" "$D/agg/enroll.out"; exit 1; }
+  keygen_enroll "$D/n$i" "hospital-$i" "$D/agg/aggregator.conf" "$D/agg/enroll.out" ||
+    { fail "keygen/enroll" "$D/n$i/keygen.out" "$D/agg/enroll.out"; exit 1; }
 done
 AC="$D/agg/aggregator.conf"
 N1="$D/n1"
@@ -262,4 +230,4 @@ else
   fail "aggregator: never saw a round in its input phase" "$D/agg/agg.log"
 fi
 
-[ $failures -eq 0 ]
+it_summary

@@ -28,10 +28,9 @@
 #include "common/wire.h"
 #include "node/node.h"
 #include "node/node_config.h"
+#include "tests/unit/testlib.h"
 
-static char s_root[] = "/tmp/medfl-test-aggregator-XXXXXX";
-static char s_log_path[600];
-static FILE *s_log;
+static const char *s_root; /* testlib_setup's folder */
 
 typedef struct {
     agg_config_t cfg;
@@ -45,34 +44,13 @@ typedef struct {
 static int s_setup(void **state)
 {
     (void)state;
-    if (!mkdtemp(s_root)) return -1;
-    snprintf(s_log_path, sizeof s_log_path, "%s/aggregator.log", s_root);
-    s_log = fopen(s_log_path, "w+");
-    if (!s_log) return -1;
-    log_configure(s_log, LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
-    return 0;
+    return (s_root = testlib_setup("aggregator", true, LOG_LEVEL_DEBUG)) ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
-    fclose(s_log);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_root);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-static bool s_log_has(const char *needle)
-{
-    fflush(s_log);
-    FILE *f = fopen(s_log_path, "r");
-    if (!f) return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
+    return testlib_teardown();
 }
 
 static void s_start(fixture_t *fx, const char *name, int64_t heartbeat_timeout_ms)
@@ -269,8 +247,8 @@ static void test_bad_messages_then_hello(void **state)
     free(buf);
     s_expect_welcome(&fx);
     assert_int_equal(aggregator_session_count(fx.agg), 1);
-    assert_true(s_log_has("rejected message from"));
-    assert_true(s_log_has("claims node id 'site-2'"));
+    assert_true(testlib_log_has("rejected message from"));
+    assert_true(testlib_log_has("claims node id 'site-2'"));
 
     /* The registry shows the session and the pinned identity. */
     char db[CFG_STR_MAX + 32];
@@ -297,7 +275,7 @@ static void test_bad_messages_then_hello(void **state)
     s_send_raw(&fx, obuf, olen, 0);
     free(obuf);
     s_expect_error(&fx, MEDFL__ERROR_CODE__ERROR_PROTOCOL);
-    assert_true(s_log_has("identity key differs"));
+    assert_true(testlib_log_has("identity key differs"));
 
     /* Silence: the session times out and the registry says disconnected. */
     int64_t end = service_now_ms() + 5000;
@@ -305,7 +283,7 @@ static void test_bad_messages_then_hello(void **state)
     assert_int_equal(aggregator_session_count(fx.agg), 0);
     assert_int_equal(store_node_get(tool, "site-1", &n), 0);
     assert_false(n.connected);
-    assert_true(s_log_has("marked disconnected"));
+    assert_true(testlib_log_has("marked disconnected"));
     store_destroy(&tool);
     s_stop(&fx);
 }
@@ -331,7 +309,7 @@ static void test_revocation_cuts_off(void **state)
     /* Within registry.poll_ms the daemon notices and tells the node. */
     s_expect_error(&fx, MEDFL__ERROR_CODE__ERROR_REVOKED);
     assert_int_equal(aggregator_session_count(fx.agg), 0);
-    assert_true(s_log_has("no longer enrolled"));
+    assert_true(testlib_log_has("no longer enrolled"));
 
     /* Anything it still sends is dropped and answered REVOKED. */
     Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;

@@ -226,6 +226,68 @@ static void test_start_endpoint_file(void **state)
     rmdir(dir);
 }
 
+/* metrics_open, the daemons' setup: families declared (unlabelled ones at 0) and served; off
+ * gives no registry; an endpoint that cannot bind is not fatal (0, no registry, no endpoint
+ * file); a bad listen value or a bad table is an error and allocates nothing. */
+static void test_open_table(void **state)
+{
+    (void)state;
+    static const metrics_family_t table[] = {
+        {"rounds_total", METRIC_COUNTER, "Rounds.", NULL},
+        {"node_weight", METRIC_GAUGE, "Weight.", "node"},
+        {"connected", METRIC_GAUGE, "Connected.", NULL},
+    };
+    char dir[] = "/tmp/medfl-metrics-open-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char file[128];
+    snprintf(file, sizeof file, "%s/metrics_endpoint", dir);
+
+    metrics_t *m = NULL;
+    assert_int_equal(metrics_open("medfl_test", table, 3, "0", NULL, dir, &m), 0);
+    assert_non_null(m);
+    assert_int_not_equal(metrics_port(m), 0);
+    assert_int_equal(access(file, F_OK), 0);
+    double v = -1;
+    assert_int_equal(metrics_get(m, "rounds_total", NULL, &v), 0);
+    assert_true(v == 0);
+    assert_int_equal(metrics_get(m, "connected", NULL, &v), 0);
+    assert_int_equal(metrics_get(m, "node_weight", "hospital-a", &v), -1); /* no sample yet */
+    char *resp = s_http_get(metrics_port(m), "/metrics");
+    assert_non_null(strstr(resp, "medfl_test_rounds_total 0\n"));
+    assert_non_null(strstr(resp, "# TYPE medfl_test_node_weight gauge\n"));
+    free(resp);
+
+    /* the port is taken: logged, running without metrics, no stale endpoint file */
+    char taken[32];
+    snprintf(taken, sizeof taken, "127.0.0.1:%u", metrics_port(m));
+    metrics_t *m2 = (metrics_t *)&m2; /* must be overwritten */
+    assert_int_equal(metrics_open("medfl_test", table, 3, taken, NULL, dir, &m2), 0);
+    assert_null(m2);
+    assert_int_equal(access(file, F_OK), -1);
+
+    /* off: no registry, no endpoint file */
+    metrics_t *m3 = (metrics_t *)&m3;
+    assert_int_equal(metrics_open("medfl_test", table, 3, "off", NULL, dir, &m3), 0);
+    assert_null(m3);
+    assert_int_equal(access(file, F_OK), -1);
+
+    /* a bad listen value names the key; a bad table (counter without _total) fails */
+    metrics_t *m4 = (metrics_t *)&m4;
+    assert_int_equal(metrics_open("medfl_test", table, 3, "localhost:1", NULL, dir, &m4), -1);
+    assert_null(m4);
+    assert_non_null(strstr(medfl_error_message(), "metrics.listen"));
+    static const metrics_family_t bad[] = {
+        {"rounds_total", METRIC_COUNTER, "Rounds.", NULL},
+        {"rounds", METRIC_COUNTER, "Not a counter name.", NULL},
+    };
+    assert_int_equal(metrics_open("medfl_test", bad, 2, "0", NULL, dir, &m4), -1);
+    assert_null(m4);
+    assert_int_equal(access(file, F_OK), -1);
+
+    metrics_destroy(&m);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_endpoint_and_promtool),
         cmocka_unit_test(test_listen_parse),
         cmocka_unit_test(test_start_endpoint_file),
+        cmocka_unit_test(test_open_table),
     };
     return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
 }

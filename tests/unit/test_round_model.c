@@ -30,10 +30,10 @@
 #include "node/round.h"
 #include "node/round_model.h"
 #include "node/train.h"
+#include "tests/unit/testlib.h"
 
-static char s_dir[] = "/tmp/medfl-test-round-model-XXXXXX";
-static char s_conf[700], s_log_path[700];
-static FILE *s_log;
+static const char *s_dir; /* testlib_setup's folder */
+static char s_conf[700];
 
 static const char *const s_groups[3][4] = {
     {"cough", "wheeze", "sputum", "dyspnea"},
@@ -46,85 +46,21 @@ static const char *const s_labels[3] = {"pulm", "ortho", "derm"};
 #define NODE_LR 7e-3 /* train.lr: the fallback */
 #define ROUND_LR 1e-3
 
-static uint64_t s_rng(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static bool s_log_has(const char *needle)
-{
-    fflush(s_log);
-    FILE *f = fopen(s_log_path, "r");
-    if (!f) return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
-/* A 2-layer BERT of hidden size 32 over a 29-word vocabulary, random weights. */
+/* The base model: a tiny random BERT whose vocabulary holds the task's words. */
 static int s_write_base(const char *path)
 {
-    base_config_t c;
-    memset(&c, 0, sizeof c);
-    snprintf(c.model_type, sizeof c.model_type, "bert");
-    snprintf(c.hidden_act, sizeof c.hidden_act, "gelu");
-    c.hidden_size = 32;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.intermediate_size = 64;
-    c.max_position_embeddings = 64;
-    c.type_vocab_size = 2;
-    c.layer_norm_eps = 1e-12;
-    c.do_lower_case = true;
-    const char *vocab[64];
-    size_t nv = 0;
-    const char *spec[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","};
-    for (size_t i = 0; i < 7; i++) vocab[nv++] = spec[i];
+    const char *words[12 + 10];
+    size_t n = 0;
     for (int g = 0; g < 3; g++)
-        for (int w = 0; w < 4; w++) vocab[nv++] = s_groups[g][w];
-    for (size_t i = 0; i < 10; i++) vocab[nv++] = s_filler[i];
-    c.vocab_size = (int64_t)nv;
-    base_tensor_spec_t *specs;
-    size_t ns;
-    if (base_tensor_specs(&c, &specs, &ns) != 0) return -1;
-    named_tensor_t *ts = calloc(ns, sizeof *ts);
-    uint64_t st = 42;
-    for (size_t i = 0; i < ns; i++) {
-        ts[i].name = specs[i].name;
-        ts[i].ndim = specs[i].ndim;
-        size_t n = 1;
-        for (int d = 0; d < specs[i].ndim; d++) {
-            ts[i].shape[d] = specs[i].shape[d];
-            n *= (size_t)specs[i].shape[d];
-        }
-        ts[i].data = malloc(n * sizeof(float));
-        bool ln = strstr(specs[i].name, "LayerNorm") != NULL;
-        bool bias = strstr(specs[i].name, "bias") != NULL;
-        for (size_t j = 0; j < n; j++) {
-            double u = (double)(s_rng(&st) >> 11) / 9007199254740992.0;
-            ts[i].data[j] = ln && !bias ? 1.0f : bias ? 0.0f : (float)((u - 0.5) * 0.2);
-        }
-    }
-    int rc = base_file_write(path, &c, vocab, nv, ts, ns, "test_round_model");
-    for (size_t i = 0; i < ns; i++) free(ts[i].data);
-    free(ts);
-    free(specs);
-    return rc;
+        for (int w = 0; w < 4; w++) words[n++] = s_groups[g][w];
+    for (size_t i = 0; i < 10; i++) words[n++] = s_filler[i];
+    return testlib_write_tiny_bert(path, words, n, "test_round_model");
 }
 
 static int s_setup(void **state)
 {
     (void)state;
-    if (!mkdtemp(s_dir)) return -1;
-    snprintf(s_log_path, sizeof s_log_path, "%s/log.txt", s_dir);
-    s_log = fopen(s_log_path, "w");
-    if (!s_log) return -1;
-    log_configure(s_log, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+    if (!(s_dir = testlib_setup("round-model", true, LOG_LEVEL_INFO))) return -1;
     char path[700];
     snprintf(path, sizeof path, "%s/base.h5", s_dir);
     if (s_write_base(path) != 0) {
@@ -141,7 +77,7 @@ static int s_setup(void **state)
         fprintf(f, "{\"text\": \"");
         for (int w = 0; w < 8; w++)
             fprintf(f, "%s%s", w ? " " : "",
-                    s_rng(&st) % 3 == 0 ? s_groups[lab][s_rng(&st) % 4] : s_filler[s_rng(&st) % 10]);
+                    testlib_rng(&st) % 3 == 0 ? s_groups[lab][testlib_rng(&st) % 4] : s_filler[testlib_rng(&st) % 10]);
         fprintf(f, ".\", \"label\": \"%s\"}\n", s_labels[lab]);
     }
     fclose(f);
@@ -160,11 +96,7 @@ static int s_setup(void **state)
 static int s_teardown(void **state)
 {
     (void)state;
-    log_configure(stderr, LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
-    if (s_log) fclose(s_log);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return testlib_teardown();
 }
 
 typedef struct {
@@ -197,7 +129,7 @@ static void s_open(fixture_t *fx)
     assert_non_null(fx->global);
     uint64_t st = 5; /* a non-zero global so that every LoRA factor has a gradient */
     for (size_t i = 0; i < fx->n; i++)
-        fx->global[i] = (float)(((double)(s_rng(&st) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
+        fx->global[i] = (float)(((double)(testlib_rng(&st) >> 11) / 9007199254740992.0 - 0.5) * 0.1);
 }
 
 static void s_close(fixture_t *fx)
@@ -247,11 +179,11 @@ static void test_round_lr_reaches_optimizer(void **state)
     fixture_t fx;
     s_open(&fx);
     float *d1 = s_round(&fx, 1, ROUND_LR, 0);
-    assert_true(s_log_has("round 1: lr 0.001 (from the round), batch size 64 (node train.batch_size"));
+    assert_true(testlib_log_has("round 1: lr 0.001 (from the round), batch size 64 (node train.batch_size"));
     float *d2 = s_round(&fx, 2, 2 * ROUND_LR, 0);
-    assert_true(s_log_has("round 2: lr 0.002 (from the round)"));
+    assert_true(testlib_log_has("round 2: lr 0.002 (from the round)"));
     float *d0 = s_round(&fx, 3, 0, 0); /* the round sent no lr: train.lr = 7 L */
-    assert_true(s_log_has("round 3: lr 0.007 (node train.lr: the round sent none)"));
+    assert_true(testlib_log_has("round 3: lr 0.007 (node train.lr: the round sent none)"));
     assert_true(s_norm(d1, fx.n) > 0);
     /* AdamW's first step is linear in lr: 2L gives 2 x the delta of L, 7L gives 7 x */
     assert_true(s_rel_diff(d2, d1, 2.0, fx.n) < 1e-3);
@@ -270,11 +202,11 @@ static void test_round_batch_size(void **state)
     fixture_t fx;
     s_open(&fx);
     float *full = s_round(&fx, 1, ROUND_LR, 64);
-    assert_true(s_log_has("round 1: lr 0.001 (from the round), batch size 64 (from the round)"));
+    assert_true(testlib_log_has("round 1: lr 0.001 (from the round), batch size 64 (from the round)"));
     float *full2 = s_round(&fx, 2, ROUND_LR, 0); /* fallback 64: the same single batch */
     assert_true(s_rel_diff(full2, full, 1.0, fx.n) < 1e-3);
     float *one = s_round(&fx, 3, ROUND_LR, 1); /* one example: another gradient */
-    assert_true(s_log_has("round 3: lr 0.001 (from the round), batch size 1 (from the round)"));
+    assert_true(testlib_log_has("round 3: lr 0.001 (from the round), batch size 1 (from the round)"));
     assert_true(s_rel_diff(one, full, 1.0, fx.n) > 0.1);
     free(full);
     free(full2);

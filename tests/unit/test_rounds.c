@@ -29,34 +29,13 @@
 #include "common/wire.h"
 #include "node/ledger.h"
 #include "node/round.h"
+#include "tests/unit/testlib.h"
 
 #define MAX_NODES 4
 #define DIM 8
 
-static char s_root[] = "/tmp/medfl-test-rounds-XXXXXX";
-static char s_log_path[600];
-static FILE *s_log;
+static const char *s_root; /* testlib_setup's folder */
 static int s_case;
-
-static bool s_log_has(const char *needle)
-{
-    fflush(s_log);
-    FILE *f = fopen(s_log_path, "r");
-    if (!f) return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
-/* Forgets what earlier cases logged (for checks that something was NOT logged). */
-static void s_log_reset(void)
-{
-    fflush(s_log);
-    assert_int_equal(ftruncate(fileno(s_log), 0), 0);
-    rewind(s_log);
-}
 
 typedef struct {
     int index;
@@ -320,7 +299,7 @@ static void test_plain_topk(void **state)
         moved += g[i];
     }
     assert_true(moved > 0.01);
-    assert_true(s_log_has("compression topk (4 of 8 coordinates)"));
+    assert_true(testlib_log_has("compression topk (4 of 8 coordinates)"));
     s_fed_free(&f);
 }
 
@@ -329,7 +308,7 @@ static void test_secure_dense(void **state)
     (void)state;
     /* fixed point: scale 2^k with clip 0.05 and 3 nodes, rounding error ~1e-9 */
     s_three_rounds(true, "none", 1e-5);
-    assert_true(s_log_has("unmasked sum checksum"));
+    assert_true(testlib_log_has("unmasked sum checksum"));
 }
 
 static void test_secure_quantize(void **state)
@@ -370,7 +349,7 @@ static void test_dropout_after_shares(void **state)
 {
     (void)state;
     s_dropout_case(ROUNDS_INPUT, 0x7);
-    assert_true(s_log_has("missed the input deadline"));
+    assert_true(testlib_log_has("missed the input deadline"));
 }
 
 static void test_dropout_after_masked_input(void **state)
@@ -378,7 +357,7 @@ static void test_dropout_after_masked_input(void **state)
     (void)state;
     /* its masked input is in the sum; the others' shares remove its self-mask */
     s_dropout_case(ROUNDS_UNMASK, 0xF);
-    assert_true(s_log_has("missed the unmask deadline"));
+    assert_true(testlib_log_has("missed the unmask deadline"));
 }
 
 static void test_too_few_survivors_abort(void **state)
@@ -392,8 +371,8 @@ static void test_too_few_survivors_abort(void **state)
     f.drop_at = ROUNDS_INPUT;
     f.drop_round = 1;
     int64_t end = service_now_ms() + 5000;
-    while (!s_log_has("round 1 aborted") && service_now_ms() < end) s_step(&f);
-    assert_true(s_log_has("round 1 aborted in phase input: 2 of 3 masked inputs arrived"));
+    while (!testlib_log_has("round 1 aborted") && service_now_ms() < end) s_step(&f);
+    assert_true(testlib_log_has("round 1 aborted in phase input: 2 of 3 masked inputs arrived"));
     assert_int_equal(rounds_completed(f.rounds), 0);
     assert_int_equal(rounds_head_version(f.rounds), 1); /* nothing committed */
     /* the next round (node 2 stays away) completes with the quorum relaxed */
@@ -414,8 +393,8 @@ static void test_decline_privacy_budget(void **state)
     s_run_until_completed(&f, 1, 20000);
     assert_int_equal(node_round_declined(f.node[2]), 1);
     assert_int_equal(node_round_contributed(f.node[2]), 0);
-    assert_true(s_log_has("node h2 declined round 1: privacy budget: round"));
-    assert_false(s_log_has("privacy budget: privacy budget"));
+    assert_true(testlib_log_has("node h2 declined round 1: privacy budget: round"));
+    assert_false(testlib_log_has("privacy budget: privacy budget"));
     int64_t admitted = 0, declined = 0;
     assert_int_equal(ledger_count(f.ledger[2], &admitted, &declined), 0);
     assert_int_equal(declined, 1);
@@ -433,21 +412,21 @@ static void test_all_out_of_budget_idles(void **state)
 {
     (void)state;
     fed_t f;
-    s_log_reset();
+    testlib_log_reset();
     s_fed_init_budget(&f, 2, true, "none", S_ALL_TINY);
     f.cfg.dp_enabled = true;
     f.cfg.fed_rounds = 0; /* forever */
     f.cfg.fed_retry_ms = 0;
     int64_t end = service_now_ms() + 5000;
-    while (!s_log_has("no round starts: all nodes out of privacy budget") && service_now_ms() < end)
+    while (!testlib_log_has("no round starts: all nodes out of privacy budget") && service_now_ms() < end)
         s_step(&f);
-    assert_true(s_log_has("node h0 declined round 1: privacy budget"));
-    assert_true(s_log_has("node h1 declined round 1: privacy budget"));
-    assert_true(s_log_has("no round starts: all nodes out of privacy budget"));
+    assert_true(testlib_log_has("node h0 declined round 1: privacy budget"));
+    assert_true(testlib_log_has("node h1 declined round 1: privacy budget"));
+    assert_true(testlib_log_has("no round starts: all nodes out of privacy budget"));
     /* 1 s more with retry_ms 0: still no second round */
     end = service_now_ms() + 1000;
     while (service_now_ms() < end) s_step(&f);
-    assert_false(s_log_has("round 2 started"));
+    assert_false(testlib_log_has("round 2 started"));
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_IDLE);
     assert_int_equal(rounds_current(f.rounds), 0);
     char db[800], out[2048] = "";
@@ -459,11 +438,11 @@ static void test_all_out_of_budget_idles(void **state)
     /* SIGHUP: the nodes are asked again (they decline again, the ledgers hold) */
     rounds_on_reload(f.rounds);
     end = service_now_ms() + 5000;
-    while (!s_log_has("node h1 declined round 2") && service_now_ms() < end) s_step(&f);
-    assert_true(s_log_has("round 2 started"));
-    assert_true(s_log_has("node h1 declined round 2: privacy budget"));
+    while (!testlib_log_has("node h1 declined round 2") && service_now_ms() < end) s_step(&f);
+    assert_true(testlib_log_has("round 2 started"));
+    assert_true(testlib_log_has("node h1 declined round 2: privacy budget"));
     for (int k = 0; k < 100; k++) s_step(&f);
-    assert_false(s_log_has("round 3 started"));
+    assert_false(testlib_log_has("round 3 started"));
     int64_t admitted = 0, declined = 0;
     assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
     assert_int_equal(admitted, 0);
@@ -509,7 +488,7 @@ static void test_stale_update_rejected(void **state)
         wire_msg_close(&msg);
     }
     assert_true(got);
-    assert_true(s_log_has("UPDATE from node h0 for round 1 rejected: round 1 is not in progress"));
+    assert_true(testlib_log_has("UPDATE from node h0 for round 1 rejected: round 1 is not in progress"));
     assert_int_equal(rounds_head_version(f.rounds), 2); /* nothing added */
     s_fed_free(&f);
 }
@@ -549,7 +528,7 @@ static void test_base_mismatch_decline(void **state)
     fake.body.round_start = &rs;
     assert_int_equal(node_round_on_message(f.node[0], &fake), 1);
     assert_int_equal(node_round_declined(f.node[0]), 1);
-    assert_true(s_log_has("declining round 99: base version 77 is not installed here"));
+    assert_true(testlib_log_has("declining round 99: base version 77 is not installed here"));
     s_fed_free(&f);
 }
 
@@ -568,7 +547,7 @@ static void test_journal_recovery(void **state)
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_SHARES);
     rounds_destroy(&f.rounds);
     s_agg_start(&f);
-    assert_true(s_log_has("round 2: aggregator restarted during phase shares: journaled as aborted"));
+    assert_true(testlib_log_has("round 2: aggregator restarted during phase shares: journaled as aborted"));
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_int_equal(rounds_head_version(f.rounds), 2);
     /* nodes follow the new round 3 (abandoning 2), and the federation finishes */
@@ -600,18 +579,18 @@ static void test_crash_after_version_write(void **state)
 {
     (void)state;
     fed_t f;
-    s_log_reset();
+    testlib_log_reset();
     s_fed_init(&f, 3, true, "none");
     f.cfg.fed_rounds = 2;
     f.cfg.fed_debug_hold_ms = 150;
     int64_t end = service_now_ms() + 10000;
-    while (!s_log_has("round 1: version 2 written, journal update held") && service_now_ms() < end)
+    while (!testlib_log_has("round 1: version 2 written, journal update held") && service_now_ms() < end)
         s_step(&f);
-    assert_true(s_log_has("round 1: version 2 written, journal update held 150 ms"));
+    assert_true(testlib_log_has("round 1: version 2 written, journal update held 150 ms"));
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_UNMASK); /* the journal has no version yet */
     rounds_destroy(&f.rounds);
     s_agg_start(&f);
-    assert_true(s_log_has("round 1: aggregator restarted during phase unmask after version 2 was "
+    assert_true(testlib_log_has("round 1: aggregator restarted during phase unmask after version 2 was "
                           "committed: journaled as completed"));
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_int_equal(rounds_head_version(f.rounds), 2);
@@ -643,30 +622,20 @@ static void test_failing_trainer_is_a_dropout(void **state)
     double want[DIM];
     s_mean_delta(0x5, want);
     s_check_head(&f, want, 1e-6);
-    assert_true(s_log_has("no update sent: test trainer told to fail"));
+    assert_true(testlib_log_has("no update sent: test trainer told to fail"));
     s_fed_free(&f);
 }
 
 static int s_setup(void **state)
 {
     (void)state;
-    if (sodium_init() < 0 || !mkdtemp(s_root)) return -1;
-    snprintf(s_log_path, sizeof s_log_path, "%s/rounds.log", s_root);
-    s_log = fopen(s_log_path, "w+");
-    if (!s_log) return -1;
-    log_configure(s_log, LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
-    return 0;
+    return (s_root = testlib_setup("rounds", true, LOG_LEVEL_DEBUG)) ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
-    fclose(s_log);
-    if (getenv("MEDFL_TEST_KEEP")) return 0; /* keep the log and stores for a post-mortem */
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_root);
-    return system(cmd) == 0 ? 0 : -1;
+    return testlib_teardown();
 }
 
 int main(int argc, char **argv)

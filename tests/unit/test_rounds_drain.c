@@ -31,26 +31,13 @@
 #include "common/wire.h"
 #include "node/ledger.h"
 #include "node/round.h"
+#include "tests/unit/testlib.h"
 
 #define N_NODES 3
 #define DIM 8
 
-static char s_root[] = "/tmp/medfl-test-drain-XXXXXX";
-static char s_log_path[600];
-static FILE *s_log;
+static const char *s_root; /* testlib_setup's folder */
 static int s_case;
-
-static bool s_log_has(const char *needle)
-{
-    fflush(s_log);
-    FILE *f = fopen(s_log_path, "r");
-    if (!f) return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
 
 typedef struct {
     int index;
@@ -276,7 +263,7 @@ static void test_stop_in_eval_completes(void **state)
     rounds_stop(f.rounds, service_now_ms(), "test stop");
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_int_equal(rounds_current(f.rounds), 0);
-    assert_true(s_log_has("round 1: test stop while collecting evaluations: version 2 is committed"));
+    assert_true(testlib_log_has("round 1: test stop while collecting evaluations: version 2 is committed"));
     char out[2048];
     s_status(&f, out, sizeof out);
     assert_non_null(strstr(out, "rounds_completed: 1\n"));
@@ -293,7 +280,7 @@ static void test_stop_in_eval_completes(void **state)
     /* a new aggregator object finds nothing open */
     rounds_destroy(&f.rounds);
     s_agg_start(&f);
-    assert_false(s_log_has("round 1: aggregator restarted"));
+    assert_false(testlib_log_has("round 1: aggregator restarted"));
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_true(s_get(f.agg_m, "rounds_completed_total", NULL) == 2); /* +1 from the journal */
     /* the nodes' metrics: joined and completed the round, DP spend = their ledgers' */
@@ -322,7 +309,7 @@ static void test_stop_in_shares_aborts(void **state)
     rounds_stop(f.rounds, service_now_ms(), "test stop");
     assert_int_equal(rounds_current(f.rounds), 0);
     assert_int_equal(rounds_completed(f.rounds), 0);
-    assert_true(s_log_has("round 1 aborted in phase shares: test stop during phase shares"));
+    assert_true(testlib_log_has("round 1 aborted in phase shares: test stop during phase shares"));
     assert_true(s_get(f.agg_m, "rounds_aborted_total", NULL) == 1);
     char out[2048];
     s_status(&f, out, sizeof out);
@@ -346,10 +333,10 @@ static void test_stop_in_shares_aborts(void **state)
         for (size_t i = 0; i < N_NODES; i++) all_left = all_left && !node_round_current(f.node[i]);
     }
     assert_true(all_left);
-    assert_true(s_log_has("round 1 ended by the aggregator: round 1 aborted: test stop"));
+    assert_true(testlib_log_has("round 1 ended by the aggregator: round 1 aborted: test stop"));
     rounds_destroy(&f.rounds);
     s_agg_start(&f);
-    assert_false(s_log_has("aggregator restarted during phase"));
+    assert_false(testlib_log_has("aggregator restarted during phase"));
     /* idle: stop is a no-op */
     rounds_stop(f.rounds, service_now_ms(), "test stop");
     assert_true(s_get(f.agg_m, "rounds_aborted_total", NULL) == 1);
@@ -383,7 +370,7 @@ static void test_interrupted_training_and_checkpoint(void **state)
     end = service_now_ms() + 10000;
     while (rounds_completed(f.rounds) < 2 && service_now_ms() < end) s_step(&f);
     assert_int_equal(rounds_completed(f.rounds), 2);
-    assert_true(s_log_has("round 2: no update sent: training interrupted after 1 of 5 steps"));
+    assert_true(testlib_log_has("round 2: no update sent: training interrupted after 1 of 5 steps"));
     assert_int_equal(node_round_contributed(f.node[1]), 1);
     assert_int_equal(node_round_contributed(f.node[0]), 2);
     assert_true(s_get(f.node_m[1], "rounds_completed_total", NULL) == 1); /* not round 2 */
@@ -396,7 +383,7 @@ static void test_interrupted_training_and_checkpoint(void **state)
     fclose(r);
     assert_int_equal(na, nb);
     assert_memory_equal(before, after, nb);
-    assert_true(s_log_has("checkpoint: compression residual of 8 values written"));
+    assert_true(testlib_log_has("checkpoint: compression residual of 8 values written"));
     assert_int_equal(service_signals_install(), 0); /* clears the stop flag */
     s_fed_free(&f);
 }
@@ -404,23 +391,13 @@ static void test_interrupted_training_and_checkpoint(void **state)
 static int s_setup(void **state)
 {
     (void)state;
-    if (sodium_init() < 0 || !mkdtemp(s_root)) return -1;
-    snprintf(s_log_path, sizeof s_log_path, "%s/drain.log", s_root);
-    s_log = fopen(s_log_path, "w+");
-    if (!s_log) return -1;
-    log_configure(s_log, LOG_LEVEL_DEBUG, LOG_FORMAT_TEXT);
-    return 0;
+    return (s_root = testlib_setup("drain", true, LOG_LEVEL_DEBUG)) ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    log_configure(NULL, LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
-    fclose(s_log);
-    if (getenv("MEDFL_TEST_KEEP")) return 0;
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_root);
-    return system(cmd) == 0 ? 0 : -1;
+    return testlib_teardown();
 }
 
 int main(void)

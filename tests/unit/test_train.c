@@ -29,8 +29,9 @@
 #include "common/log.h"
 #include "node/data.h"
 #include "node/train.h"
+#include "tests/unit/testlib.h"
 
-static char s_dir[] = "/tmp/medfl-test-train-XXXXXX";
+static const char *s_dir; /* testlib_setup's folder */
 static char s_base[600];
 
 static const char *const s_groups[3][4] = {
@@ -42,73 +43,21 @@ static const char *const s_filler[] = {"patient", "reports", "history", "today",
                                        "stable", "denies", "fever", "plan", "review"};
 static const char *const s_labels[3] = {"pulm", "ortho", "derm"};
 
-static uint64_t s_rng(uint64_t *s)
-{
-    *s += 0x9E3779B97F4A7C15ull;
-    uint64_t z = *s;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Tiny BERT (hidden 32, 2 layers, 4 heads, ffn 64, 64 positions) with random weights and a
- * vocabulary of specials + the task's words. */
+/* The base model: a tiny random BERT whose vocabulary holds the task's words. */
 static int s_write_base(const char *path)
 {
-    base_config_t c;
-    memset(&c, 0, sizeof c);
-    snprintf(c.model_type, sizeof c.model_type, "bert");
-    snprintf(c.hidden_act, sizeof c.hidden_act, "gelu");
-    c.hidden_size = 32;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.intermediate_size = 64;
-    c.max_position_embeddings = 64;
-    c.type_vocab_size = 2;
-    c.pad_token_id = 0;
-    c.layer_norm_eps = 1e-12;
-    c.do_lower_case = true;
-    const char *vocab[64];
-    size_t nv = 0;
-    const char *spec[] = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","};
-    for (size_t i = 0; i < 7; i++) vocab[nv++] = spec[i];
+    const char *words[12 + 10];
+    size_t n = 0;
     for (int g = 0; g < 3; g++)
-        for (int w = 0; w < 4; w++) vocab[nv++] = s_groups[g][w];
-    for (size_t i = 0; i < 10; i++) vocab[nv++] = s_filler[i];
-    c.vocab_size = (int64_t)nv;
-    base_tensor_spec_t *specs;
-    size_t ns;
-    if (base_tensor_specs(&c, &specs, &ns) != 0) return -1;
-    named_tensor_t *ts = calloc(ns, sizeof *ts);
-    uint64_t st = 42;
-    for (size_t i = 0; i < ns; i++) {
-        ts[i].name = specs[i].name;
-        ts[i].ndim = specs[i].ndim;
-        size_t n = 1;
-        for (int d = 0; d < specs[i].ndim; d++) {
-            ts[i].shape[d] = specs[i].shape[d];
-            n *= (size_t)specs[i].shape[d];
-        }
-        ts[i].data = malloc(n * sizeof(float));
-        bool ln = strstr(specs[i].name, "LayerNorm") != NULL;
-        bool bias = strstr(specs[i].name, "bias") != NULL;
-        for (size_t j = 0; j < n; j++) {
-            double u = (double)(s_rng(&st) >> 11) / 9007199254740992.0;
-            ts[i].data[j] = ln && !bias ? 1.0f : bias ? 0.0f : (float)((u - 0.5) * 0.2);
-        }
-    }
-    int rc = base_file_write(path, &c, vocab, nv, ts, ns, "test_train");
-    for (size_t i = 0; i < ns; i++) free(ts[i].data);
-    free(ts);
-    free(specs);
-    return rc;
+        for (int w = 0; w < 4; w++) words[n++] = s_groups[g][w];
+    for (size_t i = 0; i < 10; i++) words[n++] = s_filler[i];
+    return testlib_write_tiny_bert(path, words, n, "test_train");
 }
 
 static int s_setup(void **state)
 {
     (void)state;
-    log_configure(stderr, LOG_LEVEL_WARN, LOG_FORMAT_TEXT);
-    if (!mkdtemp(s_dir)) return -1;
+    if (!(s_dir = testlib_setup("train", false, LOG_LEVEL_WARN))) return -1;
     snprintf(s_base, sizeof s_base, "%s/base.h5", s_dir);
     if (s_write_base(s_base) != 0) {
         fprintf(stderr, "base: %s\n", medfl_error_message());
@@ -120,9 +69,7 @@ static int s_setup(void **state)
 static int s_teardown(void **state)
 {
     (void)state;
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return testlib_teardown();
 }
 
 /* n JSONL records of the task, labels cycling; bad_label puts an unknown label on record 5. */
@@ -135,12 +82,12 @@ static char *s_jsonl(size_t n, uint64_t seed, bool bad_label, size_t *len)
         int lab = (int)(i % 3);
         off += (size_t)snprintf(buf + off, cap - off, "{\"text\": \"");
         for (int w = 0; w < 8; w++) {
-            const char *word = (s_rng(&st) % 3 == 0) ? s_groups[lab][s_rng(&st) % 4]
-                                                      : s_filler[s_rng(&st) % 10];
+            const char *word = (testlib_rng(&st) % 3 == 0) ? s_groups[lab][testlib_rng(&st) % 4]
+                                                      : s_filler[testlib_rng(&st) % 10];
             off += (size_t)snprintf(buf + off, cap - off, "%s%s", w ? " " : "", word);
         }
         off += (size_t)snprintf(buf + off, cap - off, " %s.\", \"label\": \"%s\"}\n",
-                                s_groups[lab][s_rng(&st) % 4],
+                                s_groups[lab][testlib_rng(&st) % 4],
                                 bad_label && i == 5 ? "neuro" : s_labels[lab]);
     }
     *len = off;

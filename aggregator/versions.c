@@ -5,6 +5,7 @@
 #include "aggregator/versions.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -37,7 +38,11 @@ int versions_read_hex_key(const char *path_or_hex, uint8_t *out, size_t n, bool 
     if (sodium_init() < 0) return medfl_error_set(MEDFL_ECRYPTO, "libsodium failed to initialise");
     char buf[512] = {0};
     const char *text = path_or_hex, *what = "key given on the command line";
-    if (strlen(path_or_hex) != 2 * n) {
+    /* A file path of exactly 2n characters is still a path: hex only when every character
+     * is a hex digit. */
+    bool hex = strlen(path_or_hex) == 2 * n;
+    for (const char *c = path_or_hex; hex && *c; c++) hex = isxdigit((unsigned char)*c) != 0;
+    if (!hex) {
         int fd = open(path_or_hex, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             return medfl_error_set(errno == ENOENT ? MEDFL_ENOTFOUND : MEDFL_EIO,

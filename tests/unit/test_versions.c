@@ -575,6 +575,20 @@ static void test_key_files(void **state)
     assert_memory_equal(pk, fx->pk, sizeof pk);
     hex[5] = 'z';
     assert_int_equal(versions_read_hex_key(hex, pk, sizeof pk, false), -1);
+    /* A key FILE whose path happens to be 64 characters long is read as a file. */
+    char pub[2 * VS_PK_BYTES + 1];
+    size_t base = strlen(fx->dir) + 1;
+    assert_true(base + 4 < sizeof pub);
+    snprintf(pub, sizeof pub, "%s/%0*d", fx->dir, (int)(2 * VS_PK_BYTES - base), 7);
+    assert_int_equal(strlen(pub), 2 * VS_PK_BYTES);
+    vs_hex(fx->pk, VS_PK_BYTES, hex);
+    f = fopen(pub, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", hex);
+    fclose(f);
+    memset(pk, 0, sizeof pk);
+    assert_int_equal(versions_read_hex_key(pub, pk, sizeof pk, false), 0);
+    assert_memory_equal(pk, fx->pk, sizeof pk);
 }
 
 static void test_round_step(void **state)

@@ -283,7 +283,22 @@ static void test_stop_in_eval_completes(void **state)
     assert_false(testlib_log_has("round 1: aggregator restarted"));
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_true(s_get(f.agg_m, "rounds_completed_total", NULL) == 2); /* +1 from the journal */
-    /* the nodes' metrics: joined and completed the round, DP spend = their ledgers' */
+    /* the nodes' metrics: joined and completed the round, DP spend = their ledgers'. The
+     * version announce may still be queued for a node on a loaded machine: deliver first. */
+    int64_t until = service_now_ms() + 5000;
+    bool all_have = false;
+    while (!all_have && service_now_ms() < until) {
+        all_have = true;
+        for (size_t i = 0; i < N_NODES; i++) {
+            wire_msg_t msg;
+            memset(&msg, 0, sizeof msg);
+            int rc = wire_client_recv(f.client[i], &msg, 10);
+            if (rc == 1) (void)node_round_on_message(f.node[i], &msg);
+            wire_msg_close(&msg);
+            double v = 0;
+            all_have = all_have && metrics_get(f.node_m[i], "model_version", NULL, &v) == 0 && v == 2;
+        }
+    }
     for (size_t i = 0; i < N_NODES; i++) {
         double spent = 0;
         assert_int_equal(ledger_spent(f.ledger[i], &spent, NULL), 0);

@@ -112,6 +112,7 @@ struct trainer_t {
     float *feat_tmp;        /* [chunk, C] */
     float *head_rows;       /* [chunk, P] per-example head gradients */
     float *head_params;     /* [P] host copy of W [K, C] then b [K] */
+    double *head_logits;    /* [K] one example's logits (labels can number 10^5: not a VLA) */
     bool (*stop)(void);     /* asked between steps; true = give up (SIGTERM) */
     void (*tick)(void *);   /* called between steps and encoder batches: heartbeats */
     void *tick_ctx;
@@ -215,7 +216,8 @@ trainer_t *trainer_new(const train_config_t *cfg, const char *device, const char
         size_t chunk = s_chunk(t);
         if (!(t->feat_tmp = malloc(chunk * t->hidden * sizeof(float))) ||
             !(t->head_rows = malloc(chunk * t->P * sizeof(float))) ||
-            !(t->head_params = malloc(t->P * sizeof(float))))
+            !(t->head_params = malloc(t->P * sizeof(float))) ||
+            !(t->head_logits = malloc(n_labels * sizeof(double))))
             goto oom;
     }
     if (!(t->rng = dp_rng_new())) goto fail;
@@ -262,7 +264,7 @@ void trainer_destroy(trainer_t **self_p)
     s_free_records(t);
     free(t->b_ids); free(t->b_mask); free(t->b_y); free(t->logits);
     free(t->host_grad); free(t->host_pe);
-    free(t->feat_tmp); free(t->head_rows); free(t->head_params);
+    free(t->feat_tmp); free(t->head_rows); free(t->head_params); free(t->head_logits);
     model_destroy(&t->m);
     backend_destroy(&t->be);
     tokenizer_destroy(&t->tok);
@@ -568,7 +570,7 @@ static int s_head_pass(trainer_t *t, const size_t *ex, size_t n, float *rows, fl
     if (s_features(t, ex, n, t->feat_tmp) != 0) return -1;
     if (model_trainable_get(t->m, t->head_params, P) != 0) return -1;
     const float *W = t->head_params, *bias = t->head_params + K * C;
-    double p[K];
+    double *p = t->head_logits;
     for (size_t e = 0; e < n; e++) {
         const float *h = t->feat_tmp + e * C;
         double mx = -INFINITY, z = 0;

@@ -1095,24 +1095,27 @@ int model_backward_per_example(model_t *m, float *per_example)
 
 /* ------------------------------------------------------------------ optimizer */
 
+/* The head's learning rate at the step whose LoRA rate is lr: head_lr follows the same
+ * schedule; 0 = lr. The head (classifier.weight, classifier.bias) is the tail of the flat
+ * vector, from off_head_w. */
+static float s_head_lr(const adamw_config_t *cfg, float lr)
+{
+    if (cfg->head_lr <= 0.0f) return lr;
+    return cfg->lr > 0.0f ? lr * (cfg->head_lr / cfg->lr) : cfg->head_lr;
+}
+
 void model_adamw_step(model_t *m, const adamw_config_t *cfg, long step)
 {
-    float lr = adamw_lr_at(cfg, step);
+    float lr = adamw_lr_at(cfg, step), head_lr = s_head_lr(cfg, lr);
     long s = step < 1 ? 1 : step;
-    if (cfg->head_lr <= 0.0f || cfg->head_lr == cfg->lr) {
-        m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, m->tr_numel, lr,
-                     cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
-        return;
-    }
-    /* The head (classifier.weight, classifier.bias) is the tail of the flat vector. */
-    size_t head = (size_t)m->cfg.num_labels * ((size_t)m->cfg.hidden + 1);
-    size_t lora = m->tr_numel - head;
-    float head_lr = cfg->lr > 0.0f ? lr * (cfg->head_lr / cfg->lr) : cfg->head_lr;
+    size_t lora = head_lr == lr ? m->tr_numel : m->off_head_w;
     if (lora > 0)
         m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, lora, lr, cfg->beta1,
                      cfg->beta2, cfg->eps, cfg->weight_decay, s);
-    m->be->adamw(m->be, m->params + lora, m->grads + lora, m->adam_m + lora, m->adam_v + lora,
-                 head, head_lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
+    if (lora < m->tr_numel)
+        m->be->adamw(m->be, m->params + lora, m->grads + lora, m->adam_m + lora,
+                     m->adam_v + lora, m->tr_numel - lora, head_lr, cfg->beta1, cfg->beta2,
+                     cfg->eps, cfg->weight_decay, s);
 }
 
 int model_optimizer_step(model_t *m, const adamw_config_t *cfg, long step)
@@ -1122,21 +1125,27 @@ int model_optimizer_step(model_t *m, const adamw_config_t *cfg, long step)
         return 0;
     }
     size_t n = m->tr_numel;
-    size_t head = (size_t)m->cfg.num_labels * ((size_t)m->cfg.hidden + 1);
-    float lr = adamw_lr_at(cfg, step);
-    float head_lr = cfg->head_lr > 0.0f && cfg->lr > 0.0f ? lr * (cfg->head_lr / cfg->lr) : lr;
-    /* On the host: the trainable vector is small (LoRA + head), a step's copies are noise
-     * beside its forward and backward, and no backend kernel is needed. */
-    float *p = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    float lr = adamw_lr_at(cfg, step), head_lr = s_head_lr(cfg, lr);
+    /* On the host: the trainable vector is small (LoRA + head) and no backend kernel is
+     * needed. The CPU backend's buffers are host memory and are updated in place; other
+     * backends copy there and back, noise beside a step's forward and backward. */
+    bool host = m->be->kind == BACKEND_CPU;
+    float *p = host ? m->params : malloc(n * sizeof(float));
+    float *g = host ? m->grads : malloc(n * sizeof(float));
     if (!p || !g) {
-        free(p); free(g);
+        if (!host) { free(p); free(g); }
         return medfl_error_set(MEDFL_ENOMEM, "model: out of memory for the SGD step");
     }
-    m->be->download(m->be, p, m->params, n * sizeof(float));
-    m->be->download(m->be, g, m->grads, n * sizeof(float));
-    for (size_t j = 0; j < n; j++) p[j] -= (j < n - head ? lr : head_lr) * g[j];
-    m->be->upload(m->be, m->params, p, n * sizeof(float));
-    free(p); free(g);
+    if (!host) {
+        m->be->download(m->be, p, m->params, n * sizeof(float));
+        m->be->download(m->be, g, m->grads, n * sizeof(float));
+    }
+    for (size_t j = 0; j < n; j++) p[j] -= (j < m->off_head_w ? lr : head_lr) * g[j];
+    if (!host) {
+        m->be->upload(m->be, m->params, p, n * sizeof(float));
+        free(p);
+        free(g);
+    }
     return 0;
 }
 

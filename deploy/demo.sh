@@ -240,13 +240,15 @@ say "federation done ($((SECONDS - t0)) s)"
 # ---- comparison on the pooled test set ----------------------------------------------------------
 HEAD=$("$AGG" versions --state "$D/agg/state" --key-dir "$D/agg/keys" | awk '$1 ~ /^\*/ { sub(/\*/, "", $1); print $1 }')
 "$NODE" export-adapter -c "$D/h1/node.conf" --version "$HEAD" -o "$D/federated.h5" >/dev/null
-evalf1() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field macro_f1; }
-FED=$(evalf1 "$D/h1/node.conf" "$D/federated.h5")
+evaluate() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null; }
+evalf1() { evaluate "$@" | field macro_f1; }
+FED_EVAL=$(evaluate "$D/h1/node.conf" "$D/federated.h5")
+FED=$(field macro_f1 <<<"$FED_EVAL")
 if [ "$BASELINES" != on ]; then
   UP=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT SUM(bytes_up) FROM round_traffic").fetchone()[0] or 0)' "$D/agg/state/registry.db")
   say "total time $((SECONDS - t0)) s"
   echo "federated_macro_f1: $FED"
-  echo "federated_accuracy: $("$NODE" eval -c "$D/h1/node.conf" --adapter "$D/federated.h5" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null | field accuracy)"
+  echo "federated_accuracy: $(field accuracy <<<"$FED_EVAL")"
   echo "bytes_sent_by_nodes: $UP"
   exit 0
 fi

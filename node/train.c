@@ -611,6 +611,22 @@ static int s_head_gradient(trainer_t *t, const size_t *ex, size_t n, double *los
     return 0;
 }
 
+/* Mean gradient of ex[0..n) (n >= 1) into the model's gradient buffer, by the head-only
+ * cache or by the model's own forward and backward; *loss = the batch's mean loss. */
+static int s_plain_gradient(trainer_t *t, const size_t *ex, size_t n, float *loss)
+{
+    model_zero_grad(t->m);
+    if (t->head_only) {
+        double ls = 0;
+        int rc = s_head_gradient(t, ex, n, &ls);
+        *loss = (float)(ls / (double)n);
+        return rc;
+    }
+    model_batch_t in;
+    if (s_stage(t, ex, n, &in) != 0 || model_forward(t->m, &in, loss, NULL) != 0) return -1;
+    return model_backward(t->m);
+}
+
 /* Clipped per-example gradients of examples ex[0..n) summed into acc (double, P). */
 static int s_dp_chunk(trainer_t *t, const size_t *ex, size_t n, double *acc, double *loss_sum,
                       dp_clip_stats_t *st)
@@ -694,18 +710,8 @@ int trainer_batch_gradient(trainer_t *t, const size_t *idx, size_t n, bool priva
         rc = s_dp_gradient(t, ex, n, divisor, &ls, &st);
         if (rc == 0) memcpy(grad, t->host_grad, t->P * sizeof(float));
     } else {
-        model_batch_t in;
         float loss;
-        model_zero_grad(t->m);
-        rc = n == 0 ? medfl_error_set(MEDFL_EINVAL, "batch: empty") : 0;
-        if (rc == 0 && t->head_only) {
-            double ls = 0;
-            rc = s_head_gradient(t, ex, n, &ls);
-        } else {
-            if (rc == 0) rc = s_stage(t, ex, n, &in);
-            if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
-            if (rc == 0) rc = model_backward(t->m);
-        }
+        rc = n == 0 ? medfl_error_set(MEDFL_EINVAL, "batch: empty") : s_plain_gradient(t, ex, n, &loss);
         if (rc == 0) rc = model_grad_get(t->m, grad, t->P);
     }
     free(ex);
@@ -797,18 +803,8 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
             size_t start = (size_t)pos * B;
             n = ntr - start < B ? ntr - start : B;
             memcpy(ex, t->order + start, n * sizeof *ex);
-            model_batch_t in;
             float loss = 0;
-            model_zero_grad(t->m);
-            if (t->head_only) {
-                double ls = 0;
-                rc = s_head_gradient(t, ex, n, &ls);
-                loss = (float)(ls / (double)n);
-            } else {
-                rc = s_stage(t, ex, n, &in);
-                if (rc == 0) rc = model_forward(t->m, &in, &loss, NULL);
-                if (rc == 0) rc = model_backward(t->m);
-            }
+            rc = s_plain_gradient(t, ex, n, &loss);
             loss_sum += (double)loss * (double)n;
             loss_n += n;
         }

@@ -93,6 +93,10 @@ const cfg_option_t agg_config_table[] = {
      "Poisson sampling rate q"},
     {"privacy.delta", CFG_DOUBLE, O(dp_delta), 0, 0.1, "1e-5", true, NULL,
      "delta of the (epsilon, delta) guarantee"},
+    {"privacy.distributed", CFG_BOOL, O(dp_distributed), 0, 0, "off", true, NULL,
+     "with secure aggregation, offer distributed noise: nodes that accept it add sigma / "
+     "sqrt(threshold) each inside the ring, so the sum carries sigma as centralized DP-SGD "
+     "would, not sqrt(n) sigma (docs/privacy.md section 10)"},
     {"compression.scheme", CFG_ENUM, O(comp_scheme), 0, 0, "auto", true,
      "auto|none|topk|quantize|randk",
      "auto: topk in plain mode, randk with secure aggregation; topk needs secure_aggregation off"},

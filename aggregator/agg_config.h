@@ -42,6 +42,7 @@ typedef struct {
     /* [privacy] */
     bool dp_enabled;
     double dp_noise, dp_clip, dp_sample_rate, dp_delta;
+    bool dp_distributed;
     /* [compression] */
     char comp_scheme[CFG_STR_MAX];
     int64_t comp_bits;

@@ -654,6 +654,34 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         self->idle_until_ms = now + cfg->fed_retry_ms;
         return;
     }
+    /* Distributed noise (docs/privacy.md §10): ρ_max = max w / N sizes every node's share
+     * and the ring's headroom; the nodes derive the same headroom from the round start. */
+    double rho_max = 0;
+    if (cfg->dp_enabled && cfg->dp_distributed && self->secure) {
+        for (size_t i = 0; i < n; i++) {
+            if (self->parts[i].n_records == 0) {
+                rho_max = 0;
+                LOG_WARN(AGG, "round %" PRIu64 ": %s announced no records: distributed noise not "
+                         "offered this round", self->round_id, self->parts[i].id);
+                break;
+            }
+            double r = self->parts[i].weight / (double)self->parts[i].n_records;
+            if (r > rho_max) rho_max = r;
+        }
+    } else if (cfg->dp_distributed && cfg->dp_enabled && !self->secure) {
+        LOG_WARN(AGG, "privacy.distributed needs secure aggregation: not offered");
+    }
+    Medfl__DpParams dp = MEDFL__DP_PARAMS__INIT;
+    dp.enabled = cfg->dp_enabled;
+    dp.noise_multiplier = cfg->dp_noise;
+    dp.clip_norm = cfg->dp_clip;
+    dp.sample_rate = cfg->dp_sample_rate;
+    dp.delta = cfg->dp_delta;
+    dp.distributed = rho_max > 0;
+    dp.record_weight_max = rho_max;
+    double headroom = fed_dp_headroom(&dp, cfg->fed_lr, self->secure);
+    if (fed_dp_ring(headroom, &self->cc, NULL, 0) != 0) goto fail;
+
     self->m = self->numel;
     if (self->enc == FED_LEVELS) {
         uint8_t seed32[COMPRESS_SEED_BYTES];
@@ -664,6 +692,9 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     }
     if (self->secure) {
         if (self->enc == FED_DENSE && fed_fixed_params((uint32_t)n, cfg->comp_clip, &self->fx) != 0)
+            goto fail;
+        if (self->enc == FED_DENSE &&
+            fed_dp_ring(headroom, NULL, &self->fx, (uint32_t)n) != 0)
             goto fail;
         uint32_t k = (uint32_t)cfg->fed_neighbours;
         if (k == 0 || k >= n) k = secagg_default_neighbours((uint32_t)n);
@@ -721,6 +752,10 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     if (self->secure)
         LOG_INFO(AGG, "round %" PRIu64 ": secure aggregation n %u, neighbours %u, threshold %u",
                  self->round_id, self->sp.n, self->sp.k, self->sp.t);
+    if (dp.distributed)
+        LOG_INFO(AGG, "round %" PRIu64 ": distributed noise offered (sigma %g, record weight max "
+                 "%.6g, ring headroom %.4g)", self->round_id, dp.noise_multiplier, rho_max,
+                 headroom);
 
     /* Catch-up copies of the base version first (same connection: they arrive before). */
     for (size_t i = 0; i < n; i++) s_sync_node(self, &self->parts[i]);
@@ -730,12 +765,6 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     hp.local_steps = (uint32_t)cfg->fed_local_steps;
     hp.batch_size = (uint32_t)cfg->fed_batch_size;
     hp.max_seq_len = (uint32_t)cfg->fed_max_seq_len;
-    Medfl__DpParams dp = MEDFL__DP_PARAMS__INIT;
-    dp.enabled = cfg->dp_enabled;
-    dp.noise_multiplier = cfg->dp_noise;
-    dp.clip_norm = cfg->dp_clip;
-    dp.sample_rate = cfg->dp_sample_rate;
-    dp.delta = cfg->dp_delta;
     Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
     ProtobufCBinaryData *pks = calloc(n, sizeof *pks);
     if (!pks) goto fail;

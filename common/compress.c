@@ -14,6 +14,7 @@
  *  - All parsing is two-pass (validate everything, then write) so a malformed payload never
  *    leaves a half-written vector behind. */
 #include "common/compress.h"
+#include "common/dp.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -149,9 +150,15 @@ void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme)
 
 unsigned compress_ring_width(uint32_t bits, uint32_t max_nodes)
 {
+    return compress_ring_width_noise(bits, max_nodes, 0);
+}
+
+unsigned compress_ring_width_noise(uint32_t bits, uint32_t max_nodes, uint32_t noise_levels)
+{
     if (bits < 1 || bits > 32 || max_nodes < 1)
         return 0;
-    uint64_t top = (uint64_t)max_nodes * (((uint64_t)1 << bits) - 1);
+    uint64_t top = (uint64_t)max_nodes *
+                   ((((uint64_t)1 << bits) - 1) + 2 * (uint64_t)noise_levels);
     unsigned w = 1;
     while (w < 64 && top >= ((uint64_t)1 << w))
         w++;
@@ -180,11 +187,11 @@ int compress_config_check(const compress_config_t *cfg)
                                cfg->bits);
     if (cfg->max_nodes < 1)
         return medfl_error_set(MEDFL_ECONFIG, "compress: field 'max_nodes': must be >= 1");
-    if (compress_ring_width(cfg->bits, cfg->max_nodes) == 0)
+    if (compress_ring_width_noise(cfg->bits, cfg->max_nodes, cfg->noise_levels) == 0)
         return medfl_error_set(MEDFL_ECONFIG,
-                               "compress: fields 'bits'/'max_nodes': %u * (2^%u - 1) does not "
-                               "fit in the 32-bit ring",
-                               cfg->max_nodes, cfg->bits);
+                               "compress: fields 'bits'/'max_nodes'/'noise_levels': %u * (2^%u "
+                               "- 1 + 2 * %u) does not fit in the 32-bit ring",
+                               cfg->max_nodes, cfg->bits, cfg->noise_levels);
     if (!(isfinite(cfg->clip) && cfg->clip > 0.0f))
         return medfl_error_set(MEDFL_ECONFIG,
                                "compress: field 'clip': %g must be finite and > 0 (the range "
@@ -782,7 +789,7 @@ compress_round_t *compress_round_new(const compress_config_t *cfg, uint32_t n,
     r->cfg = *cfg;
     r->n = n;
     r->k = compress_config_k(cfg, n);
-    r->width = compress_ring_width(cfg->bits, cfg->max_nodes);
+    r->width = compress_ring_width_noise(cfg->bits, cfg->max_nodes, cfg->noise_levels);
     if (r->k < n)
         r->flags = COMPRESS_FLAG_RANDOM_K | (cfg->error_feedback ? 0 : COMPRESS_FLAG_SCALED);
     crypto_generichash(r->tag, sizeof r->tag, round_seed, COMPRESS_SEED_BYTES, NULL, 0);
@@ -889,6 +896,31 @@ int compress_secagg_encode(compress_t *self, const compress_round_t *round,
             float dec = (float)((-R + (double)l * delta) / w);
             self->residual[i] = self->acc[i] - dec;
         }
+    }
+    return 0;
+}
+
+double compress_round_step(const compress_round_t *round)
+{
+    return 2.0 * (double)round->cfg.clip / (double)(((uint64_t)1 << round->cfg.bits) - 1);
+}
+
+int compress_secagg_add_noise(const compress_round_t *round, struct dp_rng_t *rng,
+                              double std_levels, uint32_t *levels)
+{
+    if (!round || !rng || !levels)
+        return medfl_error_set(MEDFL_EINVAL, "compress: secagg_add_noise: NULL argument");
+    const int64_t H = round->cfg.noise_levels, L = ((int64_t)1 << round->cfg.bits) - 1;
+    if (H == 0 || !(std_levels >= 0) || !isfinite(std_levels))
+        return medfl_error_set(MEDFL_EINVAL, "compress: noise of std %g levels needs a ring with "
+                               "noise headroom (H = %lld)", std_levels, (long long)H);
+    for (uint32_t j = 0; j < round->k; j++) {
+        if ((int64_t)levels[j] > L)
+            return medfl_error_set(MEDFL_EINVAL, "compress: level %u at %u is not in 0..%lld",
+                                   levels[j], j, (long long)L);
+        int64_t z = dp_rng_discrete_gaussian(rng, std_levels);
+        z = z > H ? H : z < -H ? -H : z;
+        levels[j] = (uint32_t)((int64_t)levels[j] + H + z);
     }
     return 0;
 }
@@ -1006,20 +1038,22 @@ int compress_secagg_decode_sum(const compress_round_t *round, const uint32_t *ri
                                n_nodes, round->cfg.max_nodes);
     const unsigned w = round->width;
     const uint32_t mask = w == 32 ? 0xFFFFFFFFu : ((1u << w) - 1);
-    const uint64_t L = ((uint64_t)1 << round->cfg.bits) - 1, top = (uint64_t)n_nodes * L;
+    const uint64_t H = round->cfg.noise_levels, L = ((uint64_t)1 << round->cfg.bits) - 1,
+                   top = (uint64_t)n_nodes * (L + 2 * H);
     for (uint32_t j = 0; j < round->k; j++)
         if ((ring_sum[j] & mask) > top)
             return medfl_error_set(MEDFL_EPROTO,
-                                   "compress: coordinate %u: level sum %u exceeds n * (2^b - 1) "
-                                   "= %llu (masks did not cancel, or a node sent levels out of "
-                                   "range)",
+                                   "compress: coordinate %u: level sum %u exceeds n * (2^b - 1 "
+                                   "+ 2H) = %llu (masks did not cancel, or a node sent levels "
+                                   "out of range)",
                                    round->idx[j], ring_sum[j] & mask, (unsigned long long)top);
     const double R = round->cfg.clip, delta = 2.0 * R / (double)L;
     const double scale =
         (round->flags & COMPRESS_FLAG_SCALED) ? (double)round->n / (double)round->k : 1.0;
     memset(dense, 0, (size_t)round->n * sizeof(float));
     for (uint32_t j = 0; j < round->k; j++) {
-        double s = -(double)n_nodes * R + (double)(ring_sum[j] & mask) * delta;
+        double lv = (double)(ring_sum[j] & mask) - (double)n_nodes * (double)H;
+        double s = -(double)n_nodes * R + lv * delta;
         dense[round->idx[j]] = (float)(s * scale);
     }
     return 0;

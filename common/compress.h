@@ -48,6 +48,10 @@ typedef struct {
     uint32_t bits;       /* b, levels 0 .. 2^b - 1, 2..16 */
     uint32_t max_nodes;  /* most nodes whose levels are summed: fixes the ring width */
     float clip;          /* R: weighted coordinates are clipped to [-R, R] */
+    /* Distributed DP noise (docs/privacy.md §10): each node's level is offset by H and may
+     * move by up to ±H levels of noise, so a node's element lies in 0 .. 2^b - 1 + 2H. 0 =
+     * no noise in the ring. Both sides derive it from the round start (fed_dp_headroom). */
+    uint32_t noise_levels;
 } compress_config_t;
 
 /* Defaults of the scheme: PLAIN k_frac 0.03, chunk 256; SECAGG b = 8, k_frac 0.25,
@@ -59,6 +63,8 @@ int compress_config_check(const compress_config_t *cfg);
 uint32_t compress_config_k(const compress_config_t *cfg, uint32_t n);
 /* Ring element width for SECAGG: the least w with max_nodes * (2^b - 1) < 2^w (w <= 32). */
 unsigned compress_ring_width(uint32_t bits, uint32_t max_nodes);
+/* The same with H noise levels of headroom each side: max_nodes * (2^b - 1 + 2H) < 2^w. */
+unsigned compress_ring_width_noise(uint32_t bits, uint32_t max_nodes, uint32_t noise_levels);
 
 /* What a payload says about itself (compress_peek). */
 typedef struct {
@@ -134,6 +140,14 @@ size_t compress_round_payload_bytes(const compress_round_t *self);
 int compress_secagg_encode(compress_t *self, const compress_round_t *round,
                            const float *update, float weight, uint32_t *levels);
 /* Packs the (masked) ring vector: keeps the low `width` bits of each element. */
+/* Adds this node's share of distributed DP noise to its k levels (after
+ * compress_secagg_encode): level + H + Z with Z discrete Gaussian of std `std_levels`
+ * (in levels), clamped to [-H, H] (docs/privacy.md §10 on the truncation). */
+struct dp_rng_t;
+int compress_secagg_add_noise(const compress_round_t *round, struct dp_rng_t *rng,
+                              double std_levels, uint32_t *levels);
+/* Level step Δ = 2R / (2^b - 1): the unit of the ring, in weighted-update units. */
+double compress_round_step(const compress_round_t *round);
 int compress_secagg_pack(const compress_round_t *round, const uint32_t *ring, uint8_t *out,
                          size_t cap, size_t *len);
 /* Strict decoder of one node's packed payload: header must match the round exactly.

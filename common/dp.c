@@ -458,6 +458,51 @@ double dp_rng_gaussian(dp_rng_t *self)
 
 /* ================================================================ mechanism */
 
+int64_t dp_rng_discrete_gaussian(dp_rng_t *self, double sigma)
+{
+    if (!(sigma > 0) || !isfinite(sigma)) return 0;
+    const double t = floor(sigma) + 1.0, s2 = sigma * sigma;
+    for (;;) {
+        /* Discrete Laplace of scale t: |y| geometric with P(x) ∝ e^(-x/t), a random sign,
+         * and the draw (-0) rejected so that 0 is not counted twice. */
+        double x = floor(-t * log(dp_rng_uniform_pos(self)));
+        bool neg = dp_rng_u64(self) & 1;
+        if (neg && x == 0) continue;
+        double d = x - s2 / t;
+        if (dp_rng_uniform_pos(self) <= exp(-d * d / (2.0 * s2)))
+            return (int64_t)(neg ? -x : x);
+    }
+}
+
+static int s_shared_check(const dp_shared_noise_t *in)
+{
+    if (!in || !(in->sigma >= 0) || !isfinite(in->sigma) || !(in->clip > 0) ||
+        !(in->lr_over_q > 0) || !isfinite(in->lr_over_q) || !(in->record_weight_max > 0) ||
+        !isfinite(in->record_weight_max) || in->honest < 1 || !(in->sensitivity > 0) ||
+        !isfinite(in->sensitivity) || !(in->rounding >= 0) || !isfinite(in->rounding))
+        return medfl_error_set(MEDFL_EINVAL, "distributed noise: need sigma >= 0, C > 0, "
+                               "lr/q > 0, record_weight_max > 0, honest >= 1, sensitivity > 0 "
+                               "and rounding >= 0 (got %g, %g, %g, %g, %u, %g, %g)",
+                               in ? in->sigma : 0, in ? in->clip : 0, in ? in->lr_over_q : 0,
+                               in ? in->record_weight_max : 0, in ? in->honest : 0,
+                               in ? in->sensitivity : 0, in ? in->rounding : 0);
+    return 0;
+}
+
+double dp_shared_noise_full_std(const dp_shared_noise_t *in)
+{
+    return in->sigma * in->clip * in->lr_over_q * in->record_weight_max;
+}
+
+int dp_shared_noise_plan(const dp_shared_noise_t *in, double *node_std, double *sigma_eff)
+{
+    if (s_shared_check(in) != 0) return -1;
+    double total = dp_shared_noise_full_std(in);
+    *node_std = total / sqrt((double)in->honest);
+    *sigma_eff = total / (in->sensitivity + in->rounding);
+    return 0;
+}
+
 int dp_poisson_sample(dp_rng_t *rng, size_t n, double q, uint32_t *idx, size_t *count)
 {
     if (!(q >= 0.0 && q <= 1.0))

@@ -93,6 +93,39 @@ double dp_rng_uniform_pos(dp_rng_t *self);
 /* Standard normal by Box-Muller in double precision (pairs cached). */
 double dp_rng_gaussian(dp_rng_t *self);
 
+/* Discrete Gaussian on the integers, P(z) ∝ exp(-z² / 2σ²), by Canonne, Kamath and Steinke
+ * (2020), Algorithm 3: a discrete Laplace proposal of scale t = ⌊σ⌋ + 1 accepted with
+ * probability exp(-(|y| - σ²/t)² / 2σ²), in double precision. sigma 0 gives 0. Used for
+ * noise added inside the secure-aggregation ring, where the sum of the nodes' shares must
+ * itself be (close to) a discrete Gaussian (Kairouz, Liu, Steinke 2021). */
+int64_t dp_rng_discrete_gaussian(dp_rng_t *self, double sigma);
+
+/* ---------------------------------------------------------------- distributed noise */
+
+/* One node's share of noise split over a secure-aggregation round (docs/privacy.md §10).
+ * Every weighted update in the sum is  -w_v (lr / q) (1 / N_v) Σ clipped gradients, so a
+ * record of node u moves the sum by at most C (lr / q) w_u / N_u (its sensitivity), and the
+ * largest over the round is C (lr / q) ρ_max with ρ_max = max_v w_v / N_v. If at least h
+ * nodes each add noise of std σ C (lr / q) ρ_max / √h, the sum carries σ C (lr / q) ρ_max:
+ * at least σ times every node's sensitivity, as one node adding σ would give on its own. */
+typedef struct {
+    double sigma;             /* σ, the noise multiplier the federation promises */
+    double clip;              /* C */
+    double lr_over_q;         /* the round's lr / q (the same for every participant) */
+    double record_weight_max; /* ρ_max, from the round start */
+    uint32_t honest;          /* h: contributors whose noise this node counts on, >= 1 */
+    double sensitivity;       /* this node's: C · w_u · (its own step scale), update units */
+    double rounding;          /* L2 bound of what encoding can add to a difference: the
+                               * accounted sensitivity is sensitivity + rounding */
+} dp_shared_noise_t;
+
+/* node_std: the std this node adds (update units). sigma_eff: the noise multiplier this
+ * node's ledger charges, total noise / (sensitivity + rounding), which is below σ when the
+ * rounding is not negligible or this node's own scale exceeds ρ_max. */
+int dp_shared_noise_plan(const dp_shared_noise_t *in, double *node_std, double *sigma_eff);
+/* The std one node would add alone (h = 1): what ring headroom must cover. */
+double dp_shared_noise_full_std(const dp_shared_noise_t *in);
+
 /* ---------------------------------------------------------------- mechanism */
 
 /* Poisson sampling: each of n records is taken independently with probability q. Writes

@@ -3,6 +3,7 @@
  * ids to roster indices (unknown id -> MEDFL_EPROTO), sorts entries (the secagg codecs
  * demand strictly increasing indices, which also rejects duplicates) and re-encodes. */
 #include "common/fedround.h"
+#include "common/dp.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -24,6 +25,54 @@ int fed_fixed_params(uint32_t n, double clip, secagg_fixed_t *fx)
     fx->scale = exp2(floor(log2(room)));
     while (secagg_fixed_check(fx, n) != 0 && fx->scale > 1) fx->scale /= 2;
     return secagg_fixed_check(fx, n);
+}
+
+double fed_dp_headroom(const Medfl__DpParams *dp, double lr, bool secure)
+{
+    if (!dp || !dp->enabled || !dp->distributed || !secure) return 0;
+    if (!(dp->sample_rate > 0) || !(lr > 0) || !(dp->record_weight_max > 0)) return 0;
+    double h = 12.0 * dp->noise_multiplier * dp->clip_norm * (lr / dp->sample_rate) *
+               dp->record_weight_max;
+    return isfinite(h) && h > 0 ? h : 0;
+}
+
+int fed_dp_ring(double headroom, compress_config_t *cc, secagg_fixed_t *fx, uint32_t n)
+{
+    if (!(headroom > 0)) return 0;
+    if (cc && cc->scheme == COMPRESS_SECAGG) {
+        double step = 2.0 * (double)cc->clip / (double)(((uint64_t)1 << cc->bits) - 1);
+        double lv = ceil(headroom / step);
+        if (!(lv < 1e9))
+            return medfl_error_set(MEDFL_ECONFIG, "distributed noise: headroom %g is %g levels of "
+                                   "%g: raise compression.clip or lower compression.bits",
+                                   headroom, lv, step);
+        cc->noise_levels = (uint32_t)lv;
+        cc->error_feedback = false;
+        return compress_config_check(cc);
+    }
+    if (cc) cc->error_feedback = false;
+    if (fx) {
+        double clip = fx->clip;
+        if (fed_fixed_params(n, clip + headroom, fx) != 0)
+            return medfl_error_prefix("distributed noise (headroom %g): ", headroom);
+        fx->clip = clip; /* the data keeps its range; only the scale leaves room */
+    }
+    return 0;
+}
+
+int fed_fixed_add_noise(const secagg_fixed_t *fx, struct dp_rng_t *rng, double std,
+                        double headroom, uint32_t *ring, size_t m)
+{
+    if (!fx || !rng || !ring || !(std >= 0) || !(headroom > 0))
+        return medfl_error_set(MEDFL_EINVAL, "fixed-point noise: bad arguments");
+    double s = std * fx->scale;
+    int64_t H = (int64_t)floor(headroom * fx->scale);
+    for (size_t i = 0; i < m; i++) {
+        int64_t z = dp_rng_discrete_gaussian(rng, s);
+        z = z > H ? H : z < -H ? -H : z;
+        ring[i] = (uint32_t)((int64_t)(int32_t)ring[i] + z);
+    }
+    return 0;
 }
 
 void fed_compress_seed(uint64_t seed, uint8_t out[COMPRESS_SEED_BYTES])

@@ -42,6 +42,21 @@ int fed_compression(const Medfl__Compression *c, bool secure, uint32_t numel,
                     fed_encoding_t *enc, compress_config_t *cc) FED_WUR;
 
 /* Index of node_id in the roster, or -1. */
+/* Distributed DP noise inside the ring (docs/privacy.md §10). Headroom, in weighted-update
+ * units, that one node's noise may use each side: 12 times the std a node would add alone
+ * (σ C (lr / q) ρ_max), so clamping the noise there changes it with probability < 1e-32 per
+ * coordinate. 0 when the round does not share noise. The aggregator and every node compute
+ * it from the same round-start fields, so they size the ring alike. */
+double fed_dp_headroom(const Medfl__DpParams *dp, double lr, bool secure);
+/* Sizes the ring for that headroom and turns error feedback off (a residual would carry
+ * noise-free data into later rounds, outside the per-round accounting). No-op at 0. */
+int fed_dp_ring(double headroom, compress_config_t *cc, secagg_fixed_t *fx, uint32_t n) FED_WUR;
+/* Dense fixed-point ring: adds discrete Gaussian noise of std `std` (update units), clamped
+ * to ±headroom, to this node's m encoded coordinates. */
+struct dp_rng_t;
+int fed_fixed_add_noise(const secagg_fixed_t *fx, struct dp_rng_t *rng, double std,
+                        double headroom, uint32_t *ring, size_t m) FED_WUR;
+
 int fed_roster_index(char *const *roster, size_t n, const char *node_id);
 
 /* ---- protobuf <-> secagg_msg. Functions named *_to_proto fill a protobuf message whose

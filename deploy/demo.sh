@@ -24,7 +24,11 @@
 # Knobs (environment): DEMO_ROUNDS (40), DEMO_LOCAL_STEPS (1), DEMO_RECORDS (1000 per site),
 # DEMO_SEQ (48 tokens), DEMO_DP (on), DEMO_NOISE (1.1), DEMO_Q (sampling rate 0.2),
 # DEMO_LR (10 with DP, else 3e-3), DEMO_TARGETS (none with DP, else query,value),
-# DEMO_COMPRESSION (quantize; or randk, none; topk with DEMO_SECURE=off), DEMO_BITS (6),
+# DEMO_COMPRESSION (quantize; or randk, none; topk with DEMO_SECURE=off), DEMO_BITS (16 with
+# distributed noise, else 6), DEMO_DISTRIBUTED (on with DP and secure aggregation: each
+# hospital adds sigma / sqrt(3) inside the ring, so the sum carries sigma as centralized
+# DP-SGD does; off = each adds all of sigma), DEMO_THRESHOLD (secure-aggregation threshold
+# as a fraction of the nodes: 1.0 with distributed noise, else 0.5),
 # DEMO_SECURE (on; off = plain updates), DEMO_BASELINES (on; off = federation only),
 # DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
 # instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
@@ -37,17 +41,25 @@ AGG="$PWD/$BIN/medfl-aggregator"
 ROUNDS=${DEMO_ROUNDS:-40}
 STEPS=${DEMO_LOCAL_STEPS:-1}
 RECORDS=${DEMO_RECORDS:-1000}
+TEST_PER_SITE=${DEMO_TEST_PER_SITE:-1000}
 SECURE=${DEMO_SECURE:-on}
 BASELINES=${DEMO_BASELINES:-on}
 SITES=${DEMO_SITES:-}
 SEQ=${DEMO_SEQ:-48}
 DP=${DEMO_DP:-on}
-NOISE=${DEMO_NOISE:-1.1}
+NOISE=${DEMO_NOISE:-1.7}
 COMP=${DEMO_COMPRESSION:-quantize}
-BITS=${DEMO_BITS:-6}
-Q=${DEMO_Q:-0.2}
+DIST=${DEMO_DISTRIBUTED:-$([ "$DP" = on ] && [ "$SECURE" = on ] && echo on || echo off)}
+# Distributed noise is added inside the ring after quantization, so the levels must be fine
+# enough that rounding does not dominate a record's effect (docs/privacy.md section 10).
+BITS=${DEMO_BITS:-$([ "$DIST" = on ] && echo 16 || echo 6)}
+# Each hospital adds sigma / sqrt(t) for the secure-aggregation threshold t: t = 3 of 3 puts
+# exactly sigma in the sum (as centralized DP-SGD) but no round survives a dropout; t = 2
+# survives one and leaves sqrt(3/2) sigma in the sum.
+THRESHOLD=${DEMO_THRESHOLD:-$([ "$DIST" = on ] && echo 1.0 || echo 0.5)}
+Q=${DEMO_Q:-0.4}
 if [ "$DP" = on ]; then
-  LR=${DEMO_LR:-10}; TARGETS=${DEMO_TARGETS:-none}; OPT=sgd
+  LR=${DEMO_LR:-20}; TARGETS=${DEMO_TARGETS:-none}; OPT=sgd
 else
   LR=${DEMO_LR:-3e-3}; TARGETS=${DEMO_TARGETS:-query,value}; OPT=adamw
 fi
@@ -92,7 +104,8 @@ if [ -n "$SITES" ]; then
   cp -r "$SITES"/site-1 "$SITES"/site-2 "$SITES"/site-3 "$SITES"/pooled-test.jsonl "$SITES"/labels.txt "$D/synth/"
   WHAT="records from $SITES"
 else
-  "$NODE" synth --sites 3 --records-per-site "$RECORDS" --seed 42 -o "$D/synth" >/dev/null 2>"$D/synth.log"
+  "$NODE" synth --sites 3 --records-per-site "$RECORDS" --test-per-site "$TEST_PER_SITE" --seed 42 \
+    -o "$D/synth" >/dev/null 2>"$D/synth.log"
   WHAT="$RECORDS synthetic notes (non-IID)"
 fi
 LABELS=$(cat "$D/synth/labels.txt")
@@ -116,6 +129,7 @@ select_wait_ms = 500
 train_deadline_ms = 300000
 eval_deadline_ms = 120000
 secure_aggregation = $SECURE
+threshold = $THRESHOLD
 weighting = contribution
 local_steps = $STEPS
 lr = $LR
@@ -127,6 +141,7 @@ noise_multiplier = $NOISE
 clip_norm = 1.0
 sample_rate = $Q
 delta = 1e-5
+distributed = $DIST
 [compression]
 scheme = $COMP
 bits = $BITS
@@ -176,6 +191,7 @@ clip_norm = 1.0
 sample_rate = $Q
 epsilon_budget = 50
 delta = 1e-5
+distributed_noise = $([ "$DIST" = on ] && echo true || echo false)
 EOF
 }
 "$AGG" keygen -c "$AC" >/dev/null
@@ -190,7 +206,7 @@ done
 say "keys, enrollment and the signed genesis version ready ($((SECONDS - t0)) s)"
 
 # ---- the federation ---------------------------------------------------------------------------
-say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation $SECURE, DP-SGD $DP (sigma $NOISE, q $Q, C 1), compression $COMP ($BITS bits)"
+say "federation: $ROUNDS rounds x $STEPS local steps ($OPT, lr $LR, LoRA targets $TARGETS), secure aggregation $SECURE, DP-SGD $DP (sigma $NOISE, q $Q, C 1, distributed noise $DIST), compression $COMP ($BITS bits)"
 "$AGG" run -c "$AC" >"$D/agg/agg.log" 2>&1 &
 PIDS+=($!)
 for i in 1 2 3; do
@@ -226,6 +242,11 @@ PY
     exit 1
   fi
   for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { echo "demo: a daemon died; see $D/*/*.log" >&2; exit 1; }; done
+  if grep -q "all nodes out of privacy budget" "$D/agg/agg.log"; then
+    echo "demo: every hospital declined for its privacy budget; last reason:" >&2
+    grep -h "declining round" "$D"/h*/node.log | tail -1 >&2
+    exit 1
+  fi
   sleep 1
 done
 sleep 2 # the last evaluation reports

@@ -107,6 +107,8 @@ static int s_rounds_setup(node_t *self)
         .identity_pk = self->keys->sign_public,
         .agg_sign_pk = agg_pk,
         .ledger = self->ledger,
+        .distributed_noise = cfg->train.distributed_noise,
+        .distributed_colluders = (uint32_t)cfg->train.distributed_colluders,
     };
     double spent = 0;
     metrics_set(self->metrics, "privacy_epsilon_budget", NULL, ledger_budget(self->ledger));

@@ -32,6 +32,9 @@ struct node_round_t {
     char residual_path[1100];
     uint8_t identity_sk[64], identity_pk[32], agg_pk[32];
     ledger_t *ledger;
+    bool distributed_noise;   /* privacy.distributed_noise */
+    uint32_t colluders;       /* privacy.distributed_colluders */
+    dp_rng_t *noise_rng;      /* ring noise (OS CSPRNG), created on first use */
     round_trainer_t trainer;
     wire_client_t *client;
     vs_store_t *vs;
@@ -54,6 +57,8 @@ struct node_round_t {
     fed_encoding_t enc;
     compress_config_t cc;
     double weight;
+    double headroom;          /* > 0: the round sized its ring for distributed noise */
+    double shared_std;        /* > 0: this node adds this much noise in the ring (update units) */
     uint64_t base_version;
     float *base;              /* the base version's vector */
     size_t numel;
@@ -209,7 +214,12 @@ static int s_train_and_send(node_round_t *self)
     if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
         goto done;
     s_metrics_trained(self, n_examples, t0_ms);
-    if (self->enc != FED_DENSE) {
+    bool ef = self->enc != FED_DENSE && self->cc.error_feedback;
+    if (self->headroom > 0 && !self->noise_rng && !(self->noise_rng = dp_rng_new())) goto done;
+    if (self->enc != FED_DENSE && !ef) {
+        comp = compress_new(&self->cc, (uint32_t)n, NULL);
+        if (!comp) goto done;
+    } else if (self->enc != FED_DENSE) {
         if (self->n_residual != n) {
             free(self->residual);
             self->residual = calloc(n, sizeof *self->residual);
@@ -232,14 +242,24 @@ static int s_train_and_send(node_round_t *self)
         ring = calloc(compress_round_k(cr), sizeof *ring);
         if (!ring || compress_secagg_encode(comp, cr, delta, (float)self->weight, ring) != 0)
             goto done;
+        /* Every node adds the offset H; sharing nodes add their noise with it. */
+        if (self->headroom > 0 &&
+            compress_secagg_add_noise(cr, self->noise_rng,
+                                      self->shared_std / compress_round_step(cr), ring) != 0)
+            goto done;
     } else if (self->secure) {
         secagg_fixed_t fx;
         ring = calloc(n ? n : 1, sizeof *ring);
         if (!ring || fed_fixed_params((uint32_t)self->n_roster, self->comp.clip, &fx) != 0 ||
+            fed_dp_ring(self->headroom, NULL, &fx, (uint32_t)self->n_roster) != 0 ||
             secagg_encode(&fx, delta, n, self->weight, ring) != 0)
             goto done;
+        if (self->shared_std > 0 &&
+            fed_fixed_add_noise(&fx, self->noise_rng, self->shared_std, self->headroom, ring, n) !=
+                0)
+            goto done;
     }
-    if (comp) {
+    if (comp && ef) {
         memcpy(self->residual, compress_residual(comp), n * sizeof *self->residual);
         if (s_residual_save(self) != 0)
             LOG_WARN(TRAIN, "%s", medfl_error_message()); /* training result still valid */
@@ -334,6 +354,75 @@ done:
     return rc;
 }
 
+/* Whether this node may add only its share of the round's DP noise (docs/privacy.md §10),
+ * and how much: 0 with *node_std and the sigma its ledger charges, -1 with the reason. */
+static int s_shared_noise(node_round_t *self, const Medfl__RoundStart *rs,
+                          const round_hparams_t *hp, fed_encoding_t enc,
+                          const compress_config_t *cc, size_t numel, double *node_std,
+                          double *sigma_acc, char *why, size_t why_len)
+{
+    const Medfl__SecAggParams *sa = rs->secagg;
+    double scale = 0;
+    if (!self->distributed_noise) {
+        snprintf(why, why_len, "privacy.distributed_noise is off");
+        return -1;
+    }
+    uint32_t t = sa ? sa->threshold : 0;
+    if (t < self->colluders + 2) {
+        snprintf(why, why_len, "threshold %u minus privacy.distributed_colluders %u leaves fewer "
+                 "than 2 contributors", t, self->colluders);
+        return -1;
+    }
+    if (!self->trainer.linear_step) {
+        snprintf(why, why_len, "this trainer's update is not linear in its gradients");
+        return -1;
+    }
+    if (self->trainer.linear_step(self->trainer.ctx, hp, &scale) != 0) {
+        snprintf(why, why_len, "%s", medfl_error_message());
+        return -1;
+    }
+    /* What encoding may add to the difference two neighbouring datasets make: deterministic
+     * fixed-point rounding moves each coordinate by < 1 unit, stochastic levels by < 1
+     * step in the coupling of the two runs' rounding draws; over the coordinates sent. */
+    double rounding;
+    if (enc == FED_LEVELS) {
+        double step = 2.0 * (double)cc->clip / (double)(((uint64_t)1 << cc->bits) - 1);
+        rounding = sqrt((double)compress_config_k(cc, (uint32_t)numel)) * step;
+    } else {
+        secagg_fixed_t fx;
+        if (fed_fixed_params((uint32_t)sa->n_participants, rs->compression->clip, &fx) != 0 ||
+            fed_dp_ring(fed_dp_headroom(rs->dp, hp->lr, true), NULL, &fx,
+                        (uint32_t)sa->n_participants) != 0) {
+            snprintf(why, why_len, "%s", medfl_error_message());
+            return -1;
+        }
+        rounding = sqrt((double)numel) / fx.scale;
+    }
+    /* 1e-5: float arithmetic of the step against the exact linear map. */
+    dp_shared_noise_t in = {
+        .sigma = hp->noise_multiplier,
+        .clip = hp->clip_norm,
+        .lr_over_q = hp->lr / hp->sample_rate,
+        .record_weight_max = rs->dp->record_weight_max,
+        .honest = t - self->colluders,
+        .sensitivity = hp->clip_norm * rs->weight * scale * (1 + 1e-5),
+        .rounding = rounding,
+    };
+    if (dp_shared_noise_plan(&in, node_std, sigma_acc) != 0) {
+        snprintf(why, why_len, "%s", medfl_error_message());
+        return -1;
+    }
+    /* Coarse encodings make rounding, not data, the sensitivity: sharing would then cost
+     * this node more epsilon than adding all of sigma itself. */
+    if (*sigma_acc < 0.8 * hp->noise_multiplier) {
+        snprintf(why, why_len, "the encoding's rounding (L2 up to %.3g against a sensitivity of "
+                 "%.3g) would leave sigma %.3g: raise compression.bits (16 suits) or lower "
+                 "compression.clip", rounding, in.sensitivity, *sigma_acc);
+        return -1;
+    }
+    return 0;
+}
+
 static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
 {
     const Medfl__RoundStart *rs = msg->body.round_start;
@@ -420,12 +509,39 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     hp.tick_ctx = self->client;
     hp.should_stop = service_stop_requested;
 
+    /* Distributed noise: the ring is sized for it whenever the round offers it (so every
+     * node encodes alike); this node adds only its share when its own conditions hold. */
+    double headroom = fed_dp_headroom(dp, hp.lr, secure), shared_std = 0;
+    double sigma_acc = hp.noise_multiplier;
+    if (headroom > 0) {
+        if (fed_dp_ring(headroom, &cc, NULL, 0) != 0) {
+            snprintf(text, sizeof text, "%s", medfl_error_message());
+            free(base);
+            s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);
+            return;
+        }
+        char why[400] = "";
+        if (s_shared_noise(self, rs, &hp, enc, &cc, numel, &shared_std, &sigma_acc, why,
+                           sizeof why) == 0) {
+            LOG_INFO(PRIVACY, "round %" PRIu64 ": distributed noise: this node adds std %.4g in "
+                     "the ring (sigma %g split over %u honest contributors); accounted sigma "
+                     "%.4f", rid, shared_std, hp.noise_multiplier,
+                     sa->threshold - self->colluders, sigma_acc);
+            hp.noise_multiplier = 0; /* the trainer clips and samples; the ring adds noise */
+        } else {
+            LOG_INFO(PRIVACY, "round %" PRIu64 " offers distributed noise; this node adds all of "
+                     "sigma itself: %s", rid, why);
+            shared_std = 0;
+            sigma_acc = hp.noise_multiplier;
+        }
+    }
+
     /* The ledger decides before anything is trained (and records the decision). */
     if (hp.dp) {
         char reason[LEDGER_REASON_MAX] = "";
         double eps = 0;
         int adm = self->ledger ? ledger_admit_round(self->ledger, (int64_t)rid, hp.sample_rate,
-                                                    hp.noise_multiplier, hp.local_steps, &eps,
+                                                    sigma_acc, hp.local_steps, &eps,
                                                     reason, sizeof reason)
                                : 0;
         if (!self->ledger) snprintf(reason, sizeof reason, "no privacy ledger configured");
@@ -455,6 +571,8 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         self->comp.max_nodes = rs->compression->max_nodes;
     }
     self->weight = rs->weight;
+    self->headroom = headroom;
+    self->shared_std = shared_std;
     self->base_version = rs->base_version;
     self->base = base;
     self->numel = numel;
@@ -685,6 +803,8 @@ node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_
     memcpy(self->identity_pk, opts->identity_pk, 32);
     memcpy(self->agg_pk, opts->agg_sign_pk, 32);
     self->ledger = opts->ledger;
+    self->distributed_noise = opts->distributed_noise;
+    self->colluders = opts->distributed_colluders;
     self->trainer = *trainer;
     self->client = client;
     char dir[1100];
@@ -705,6 +825,7 @@ void node_round_destroy(node_round_t **self_p)
     s_end_round(self);
     vs_store_destroy(&self->vs);
     free(self->residual);
+    dp_rng_destroy(&self->noise_rng);
     sodium_memzero(self->identity_sk, sizeof self->identity_sk);
     free(self);
     *self_p = NULL;

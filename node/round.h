@@ -58,6 +58,10 @@ typedef struct {
     /* Optional: refuses (-1, error set) a version whose tensor table (names, sizes, order)
      * is not this trainer's layout, before anything is trained on it. */
     int (*check_layout)(void *ctx, const vs_manifest_t *m);
+    /* May be NULL. 0 and *scale when the round's update is linear in the clipped gradient
+     * sum (delta = -scale · Σ clipped): then the node may add its DP noise in the ring as a
+     * share (docs/privacy.md §10); -1 with the reason otherwise. */
+    int (*linear_step)(void *ctx, const round_hparams_t *hp, double *scale);
 } round_trainer_t;
 
 typedef struct {
@@ -67,6 +71,8 @@ typedef struct {
     const uint8_t *identity_pk;   /* 32 bytes */
     const uint8_t *agg_sign_pk;   /* 32 bytes: the aggregator's Ed25519 key, verifies versions */
     ledger_t *ledger;             /* may be NULL: DP rounds are then declined */
+    bool distributed_noise;       /* privacy.distributed_noise */
+    uint32_t distributed_colluders;
 } node_round_opts_t;
 
 typedef struct node_round_t node_round_t;

@@ -249,8 +249,19 @@ static int s_check_layout(void *ctx, const vs_manifest_t *v)
     return 0;
 }
 
+static int s_linear_step(void *ctx, const round_hparams_t *hp, double *scale)
+{
+    model_trainer_t *m = ctx;
+    if (s_round_hparams(m, hp) != 0 ||
+        trainer_set_dp(m->t, hp->dp, hp->dp ? hp->sample_rate : 1.0, 0,
+                       hp->dp ? hp->clip_norm : 1.0) != 0)
+        return -1;
+    return trainer_linear_step(m->t, (long)hp->local_steps, scale);
+}
+
 void model_trainer_bind(model_trainer_t *m, round_trainer_t *t)
 {
+    t->linear_step = s_linear_step;
     t->check_layout = s_check_layout;
     t->ctx = m;
     t->train = s_train;

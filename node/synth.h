@@ -20,6 +20,8 @@
 typedef struct {
     int sites;              /* K >= 1 */
     int records_per_site;   /* N >= 10 */
+    int test_per_site;      /* test notes per site; 0 = 15 % of N (then train/valid/test is
+                             * 70/15/15 of N; otherwise train/valid stay 70/15 % of N) */
     uint64_t seed;
     double alpha;           /* Dirichlet concentration of the label skew (small = skewed) */
     data_format_t format;   /* JSONL (default) or CSV (text,label) */

@@ -846,6 +846,34 @@ void trainer_set_tick(trainer_t *t, void (*tick)(void *ctx), void *ctx)
     t->tick_ctx = ctx;
 }
 
+int trainer_linear_step(const trainer_t *t, long local_steps, double *scale)
+{
+    size_t ntr = t->split_n[TRAIN_SPLIT_TRAIN];
+    if (!t->dp || ntr == 0)
+        return medfl_error_set(MEDFL_ESTATE, "needs DP-SGD on and training records");
+    if (!t->opt.sgd)
+        return medfl_error_set(MEDFL_EUNSUPPORTED, "needs train.optimizer = sgd (AdamW's step is "
+                               "not linear in the gradient)");
+    if (local_steps != 1)
+        return medfl_error_set(MEDFL_EUNSUPPORTED, "needs one local step per round (the round "
+                               "asks for %ld): later steps would see this node's noise only",
+                               local_steps);
+    /* The schedule trainer_round sets for one step. */
+    adamw_config_t c = t->opt;
+    c.warmup_steps = (long)floor(t->cfg.warmup_fraction * 1.0);
+    c.total_steps = 0;
+    double lr = adamw_lr_at(&c, 1);
+    if (c.head_lr > 0 && c.head_lr != c.lr) {
+        if (model_config(t->m)->lora_targets != 0)
+            return medfl_error_set(MEDFL_EUNSUPPORTED, "needs one learning rate for every "
+                                   "coordinate (train.head_lr %g differs from lr %g and LoRA "
+                                   "is trained)", (double)c.head_lr, (double)c.lr);
+        lr = c.lr > 0 ? lr * (c.head_lr / c.lr) : c.head_lr; /* head only: all head */
+    }
+    *scale = lr / (t->q * (double)ntr);
+    return 0;
+}
+
 int trainer_round(trainer_t *t, const float *global, size_t n, long local_steps, float *delta,
                   train_stats_t *stats)
 {

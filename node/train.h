@@ -57,6 +57,8 @@ typedef struct {
     double sample_rate;              /* privacy.sample_rate: 0 = batch_size / n_train */
     double epsilon_budget;           /* privacy.epsilon_budget (ledger) */
     double delta;                    /* privacy.delta */
+    bool distributed_noise;          /* privacy.distributed_noise */
+    int64_t distributed_colluders;   /* privacy.distributed_colluders */
 } train_config_t;
 
 #define TRAIN_CFG_OPTIONS(T, m)                                                               \
@@ -118,7 +120,14 @@ typedef struct {
     {"privacy.epsilon_budget", CFG_DOUBLE, offsetof(T, m.epsilon_budget), 1e-3, 1e3, "10",    \
      true, NULL, "total epsilon this node may ever spend (privacy ledger)"},                  \
     {"privacy.delta", CFG_DOUBLE, offsetof(T, m.delta), 1e-15, 0.1, "1e-5", false, NULL,      \
-     "delta of the (epsilon, delta) guarantee; well below 1 / number of records"}
+     "delta of the (epsilon, delta) guarantee; well below 1 / number of records"},            \
+    {"privacy.distributed_noise", CFG_BOOL, offsetof(T, m.distributed_noise), 0, 0, "false",  \
+     false, NULL, "in secure-aggregation rounds that offer it, add only this node's share of "  \
+     "the noise inside the ring (trusts the aggregator to follow the protocol; docs/privacy.md "\
+     "section 10)"},                                                                          \
+    {"privacy.distributed_colluders", CFG_INT, offsetof(T, m.distributed_colluders), 0, 1000, \
+     "0", false, NULL, "participants that may collude with the aggregator: their noise is not " \
+     "counted on (shares shrink to sigma / sqrt(threshold - colluders))"}
 
 /* Fills cfg with the table's defaults (tests, bench). */
 void train_config_defaults(train_config_t *cfg);
@@ -211,6 +220,13 @@ int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)
 /* One federated round: sets the trainable vector to global (n floats), resets AdamW, runs
  * local_steps steps with warm-up over cfg warmup_fraction of them and a constant rate after,
  * and writes local - global into delta (n floats). DP settings as set by trainer_set_dp. */
+/* When one round of local_steps is linear in the clipped gradient sum, i.e. the delta
+ * trainer_round returns is exactly -scale · Σ_b clip(g_b) plus the noise (DP on, plain SGD
+ * without weight decay terms, one local step, one learning rate for every coordinate),
+ * writes that scale (lr / (q · N_train)) and returns 0; otherwise -1 with the reason. This is
+ * what lets nodes split DP noise under secure aggregation (docs/privacy.md §10). */
+int trainer_linear_step(const trainer_t *t, long local_steps, double *scale);
+
 int trainer_round(trainer_t *t, const float *global, size_t n, long local_steps, float *delta,
                   train_stats_t *stats) __attribute__((warn_unused_result));
 

@@ -100,6 +100,53 @@ static void test_deterministic_by_seed(void **state)
     assert_false(s_same_files(a, c));
 }
 
+static records_t *s_load(const char *dir, const char *file);
+static int s_file_same(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int x = fgetc(fa), y = fgetc(fb);
+        if (x != y) same = 0;
+        if (x == EOF || y == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* --test-per-site: more test notes, train and valid byte-identical to the default. */
+static void test_larger_test_split(void **state)
+{
+    (void)state;
+    char a[700], b[700];
+    s_gen("t-default", 21, DATA_FORMAT_JSONL, a, sizeof a);
+    snprintf(b, sizeof b, "%s/t-big", s_dir);
+    synth_opts_t o;
+    synth_opts_init(&o);
+    o.sites = 3;
+    o.records_per_site = 200;
+    o.seed = 21;
+    o.test_per_site = 75;
+    if (synth_write(&o, b) != 0) fail_msg("synth_write: %s", medfl_error_message());
+    for (int site = 1; site <= 3; site++) {
+        char fa[800], fb[800];
+        for (int p = 0; p < 2; p++) {
+            const char *part = p ? "valid" : "train";
+            snprintf(fa, sizeof fa, "%s/site-%d/%s.jsonl", a, site, part);
+            snprintf(fb, sizeof fb, "%s/site-%d/%s.jsonl", b, site, part);
+            assert_true(s_file_same(fa, fb));
+        }
+        snprintf(fb, sizeof fb, "site-%d/test.jsonl", site);
+        records_t *t = s_load(b, fb);
+        assert_int_equal(records_count(t), 75);
+        records_destroy(&t);
+    }
+    records_t *pooled = s_load(b, "pooled-test.jsonl");
+    assert_int_equal(records_count(pooled), 225);
+    records_destroy(&pooled);
+}
+
 static records_t *s_load(const char *dir, const char *file)
 {
     char p[800];
@@ -277,6 +324,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deterministic_by_seed),
+        cmocka_unit_test(test_larger_test_split),
         cmocka_unit_test(test_notes_pass_gate_and_sites_differ),
         cmocka_unit_test(test_no_single_keyword),
         cmocka_unit_test(test_csv_output_and_errors),

@@ -434,6 +434,73 @@ static void test_head_only(void **state)
     trainer_destroy(&a); trainer_destroy(&h);
 }
 
+/* trainer_linear_step: the round's delta is exactly -scale times the clipped gradient sum
+ * (what distributed noise relies on), and every setting that breaks linearity is refused. */
+static void test_linear_step(void **state)
+{
+    (void)state;
+    train_config_t c = s_cfg();
+    snprintf(c.lora_targets, sizeof c.lora_targets, "none");
+    snprintf(c.optimizer, sizeof c.optimizer, "sgd");
+    c.lr = 0.5;
+    c.head_lr = 2.0; /* head only: every coordinate is head, so one rate (2.0) applies */
+    c.warmup_fraction = 0;
+    trainer_t *h = s_trainer(&c, 60);
+    size_t P = trainer_n_params(h), ntr = trainer_split_size(h, TRAIN_SPLIT_TRAIN);
+    double scale = 0;
+    s_expect(trainer_linear_step(h, 1, &scale) != 0, "DP-SGD on");
+    assert_int_equal(trainer_use_seeded_rng(h, 5), 0);
+    const double C = 0.05; /* small: most rows are clipped, so clipping is exercised */
+    assert_int_equal(trainer_set_dp(h, true, 1.0, 0.0, C), 0);
+    assert_int_equal(trainer_linear_step(h, 1, &scale), 0);
+    assert_true(fabs(scale - 2.0 / (1.0 * (double)ntr)) < 1e-12);
+    s_expect(trainer_linear_step(h, 2, &scale) != 0, "one local step");
+
+    float *p = malloc(P * sizeof(float)), *sum = malloc(P * sizeof(float));
+    float *delta = malloc(P * sizeof(float));
+    size_t *all = malloc(ntr * sizeof *all);
+    for (size_t i = 0; i < ntr; i++) all[i] = i;
+    assert_int_equal(trainer_get_params(h, p, P), 0);
+    assert_int_equal(trainer_batch_gradient(h, all, ntr, true, 1.0, sum), 0); /* clipped sum */
+    assert_int_equal(trainer_linear_step(h, 1, &scale), 0);
+    assert_int_equal(trainer_round(h, p, P, 1, delta, NULL), 0);
+    double worst = 0, mag = 0;
+    for (size_t j = 0; j < P; j++) {
+        worst = fmax(worst, fabs(delta[j] + scale * sum[j]));
+        mag = fmax(mag, fabs(scale * sum[j]));
+    }
+    printf("linear step: max |delta + scale * clipped sum| %.3g of max %.3g\n", worst, mag);
+    assert_true(mag > 0 && worst < 1e-5 * mag);
+    /* The norm of one record's effect is at most scale * C: clipping is what bounds it. */
+    float *one = malloc(P * sizeof(float));
+    assert_int_equal(trainer_batch_gradient(h, all, 1, true, 1.0, one), 0);
+    double nrm = 0;
+    for (size_t j = 0; j < P; j++) nrm += (double)one[j] * one[j];
+    assert_true(sqrt(nrm) <= C * (1 + 1e-6));
+    trainer_destroy(&h);
+
+    /* AdamW is not linear in the gradient; LoRA with its own head rate has two rates. */
+    snprintf(c.optimizer, sizeof c.optimizer, "adamw");
+    h = s_trainer(&c, 60);
+    assert_int_equal(trainer_set_dp(h, true, 0.5, 0.0, C), 0);
+    s_expect(trainer_linear_step(h, 1, &scale) != 0, "optimizer = sgd");
+    trainer_destroy(&h);
+    snprintf(c.optimizer, sizeof c.optimizer, "sgd");
+    snprintf(c.lora_targets, sizeof c.lora_targets, "query,value");
+    h = s_trainer(&c, 60);
+    assert_int_equal(trainer_set_dp(h, true, 0.5, 0.0, C), 0);
+    s_expect(trainer_linear_step(h, 1, &scale) != 0, "one learning rate");
+    trainer_destroy(&h);
+    c.head_lr = 0;
+    h = s_trainer(&c, 60);
+    assert_int_equal(trainer_set_dp(h, true, 0.5, 0.0, C), 0);
+    assert_int_equal(trainer_linear_step(h, 1, &scale), 0);
+    assert_true(fabs(scale - 0.5 / (0.5 * (double)trainer_split_size(h, TRAIN_SPLIT_TRAIN))) <
+                1e-12);
+    trainer_destroy(&h);
+    free(p); free(sum); free(delta); free(all); free(one);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -503,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_dp_steps_and_round),
         cmocka_unit_test(test_stop_interrupts_round),
         cmocka_unit_test(test_head_only),
+        cmocka_unit_test(test_linear_step),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -72,7 +72,7 @@ const cfg_option_t agg_config_table[] = {
      "node weights: equal, or from records, reported quality and reliability"},
     {"federation.genesis_zero_dim", CFG_INT, O(fed_genesis_dim), 0, 1e8, "0", false, NULL,
      "testing without a model: an empty version store gets a zero vector of this size"},
-    {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 10, "0.0005", true, NULL,
+    {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 100, "0.0005", true, NULL,
      "local learning rate sent in RoundStart"},
     {"federation.local_steps", CFG_INT, O(fed_local_steps), 1, 1e6, "20", true, NULL,
      "local optimizer steps per round"},

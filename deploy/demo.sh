@@ -261,15 +261,22 @@ say "federation done ($((SECONDS - t0)) s)"
 # ---- comparison on the pooled test set ----------------------------------------------------------
 HEAD=$("$AGG" versions --state "$D/agg/state" --key-dir "$D/agg/keys" | awk '$1 ~ /^\*/ { sub(/\*/, "", $1); print $1 }')
 "$NODE" export-adapter -c "$D/h1/node.conf" --version "$HEAD" -o "$D/federated.h5" >/dev/null
-evaluate() { "$NODE" eval -c "$1" --adapter "$2" --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null; }
-evalf1() { evaluate "$@" | field macro_f1; }
-FED_EVAL=$(evaluate "$D/h1/node.conf" "$D/federated.h5")
-FED=$(field macro_f1 <<<"$FED_EVAL")
+# One eval for every adapter: head-only adapters share one encoder pass over the test notes.
+# Its output is a block per adapter ("adapter: PATH" then its figures).
+evaluate() {
+  local a=()
+  for f in "$@"; do a+=(--adapter "$f"); done
+  "$NODE" eval -c "$D/h1/node.conf" "${a[@]}" --adapter "$D/federated.h5" \
+    --records "$D/synth/pooled-test.jsonl" --device cpu 2>/dev/null >"$D/eval.out"
+}
+figure() { awk -v a="adapter: $2" -v k="$1:" '$0 == a { on = 1; next } /^adapter: / { on = 0 } on && $1 == k { print $2 }' "$D/eval.out"; }
 if [ "$BASELINES" != on ]; then
+  evaluate
+  FED=$(field macro_f1 <"$D/eval.out")
   UP=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT SUM(bytes_up) FROM round_traffic").fetchone()[0] or 0)' "$D/agg/state/registry.db")
   say "total time $((SECONDS - t0)) s"
   echo "federated_macro_f1: $FED"
-  echo "federated_accuracy: $(field accuracy <<<"$FED_EVAL")"
+  echo "federated_accuracy: $(field accuracy <"$D/eval.out")"
   echo "bytes_sent_by_nodes: $UP"
   exit 0
 fi
@@ -287,13 +294,15 @@ node_conf centralized "$D/synth/pooled-train.jsonl" "$D/central"
 "$NODE" train-local -c "$D/central/node.conf" --device cpu --epochs "$CSTEPS" --max-steps "$CSTEPS" -o "$D/central/central.h5" >"$D/central/train.out" 2>"$D/central/train.log"
 wait
 PIDS=()
+evaluate "$D/h1/local.h5" "$D/h2/local.h5" "$D/h3/local.h5" "$D/central/central.h5"
+FED=$(figure macro_f1 "$D/federated.h5")
 sum=0
 for i in 1 2 3; do
-  f=$(evalf1 "$D/h$i/node.conf" "$D/h$i/local.h5")
+  f=$(figure macro_f1 "$D/h$i/local.h5")
   echo "hospital-$i alone: pooled-test macro-F1 $f"
   sum=$(python3 -c "print($sum + $f)")
 done
-CEN=$(evalf1 "$D/central/node.conf" "$D/central/central.h5")
+CEN=$(figure macro_f1 "$D/central/central.h5")
 LOC=$(python3 -c "print(round($sum / 3, 6))")
 say "total time $((SECONDS - t0)) s"
 echo "federated_macro_f1: $FED"

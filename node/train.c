@@ -452,8 +452,10 @@ void trainer_set_schedule(trainer_t *t, long warmup_steps, long total_steps)
 
 int trainer_set_lr(trainer_t *t, double lr)
 {
-    if (!(lr > 0) || !isfinite(lr) || lr > 10)
-        return medfl_error_set(MEDFL_EINVAL, "learning rate %g outside (0, 10]", lr);
+    /* Up to 100: DP-SGD steps on a linear head with clipped gradients (norm <= C) take
+     * rates of 10-50 (docs/privacy.md §7a); beyond that it is a typo. */
+    if (!(lr > 0) || !isfinite(lr) || lr > 100)
+        return medfl_error_set(MEDFL_EINVAL, "learning rate %g outside (0, 100]", lr);
     t->opt.lr = (float)lr;
     return 0;
 }

@@ -82,7 +82,7 @@ typedef struct {
      "with --checkpoint); 0 = run all epochs"},                                               \
     {"train.batch_size", CFG_INT, offsetof(T, m.batch_size), 1, 4096, "16", false, NULL,      \
      "examples per step (DP: expected examples per step)"},                                   \
-    {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 10, "5e-4", false, NULL,                \
+    {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 100, "5e-4", false, NULL,                \
      "peak AdamW learning rate (of the LoRA parameters when train.head_lr is set)"},         \
     {"train.optimizer", CFG_ENUM, offsetof(T, m.optimizer), 0, 0, "adamw", false, "adamw|sgd", \
      "AdamW, or plain SGD (p -= lr g): under DP with secure aggregation, sgd with one local "  \
@@ -90,7 +90,7 @@ typedef struct {
     {"train.lr_schedule", CFG_ENUM, offsetof(T, m.lr_schedule), 0, 0, "linear", false,       \
      "linear|constant", "train-local: after the warm-up, decay linearly to 0 over the planned " \
      "steps, or stay constant as federated rounds do (for like-for-like baselines)"},         \
-    {"train.head_lr", CFG_DOUBLE, offsetof(T, m.head_lr), 0, 10, "0", false, NULL,            \
+    {"train.head_lr", CFG_DOUBLE, offsetof(T, m.head_lr), 0, 100, "0", false, NULL,            \
      "peak learning rate of the classification head; 0 = train.lr. With DP, a head_lr ~10x "  \
      "train.lr keeps the noise from disturbing the pretrained features (docs/privacy.md)"},   \
     {"train.warmup_fraction", CFG_DOUBLE, offsetof(T, m.warmup_fraction), 0, 1, "0.1", false, \

@@ -40,9 +40,13 @@ static const cfg_option_t s_options[] = {
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 
+#define S_MAX_ADAPTERS 16
+
 typedef struct {
     const char *config, *records, *epochs, *device, *out, *adapter, *split, *checkpoint,
         *max_steps;
+    const char *more_adapters[S_MAX_ADAPTERS]; /* eval: --adapter given again */
+    size_t n_more;
 } s_args_t;
 
 static int s_parse(int argc, char **argv, s_args_t *a, const char *usage)
@@ -57,7 +61,12 @@ static int s_parse(int argc, char **argv, s_args_t *a, const char *usage)
         else if (!strcmp(o, "--max-steps")) slot = &a->max_steps;
         else if (!strcmp(o, "--device")) slot = &a->device;
         else if (!strcmp(o, "-o") || !strcmp(o, "--output")) slot = &a->out;
-        else if (!strcmp(o, "--adapter")) slot = &a->adapter;
+        else if (!strcmp(o, "--adapter") && !a->adapter) slot = &a->adapter;
+        else if (!strcmp(o, "--adapter")) {
+            if (a->n_more + 1 >= S_MAX_ADAPTERS)
+                return medfl_error_set(MEDFL_EINVAL, "at most %d --adapter options", S_MAX_ADAPTERS);
+            slot = &a->more_adapters[a->n_more++];
+        }
         else if (!strcmp(o, "--split")) slot = &a->split;
         else if (!strcmp(o, "--checkpoint")) slot = &a->checkpoint;
         if (!slot || i + 1 >= argc)
@@ -310,21 +319,26 @@ fail:
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *usage = PROG " eval -c node.conf --adapter adapter.h5 [--records FILE | "
-                        "--split train|valid|test] [--device auto|cpu|cuda]";
+    const char *usage = PROG " eval -c node.conf --adapter adapter.h5 [--adapter more.h5 ...] "
+                        "[--records FILE | --split train|valid|test] [--device auto|cpu|cuda]";
     if (cli_wants_help(argc, argv)) {
         printf("Usage: %s\n\n"
                "Evaluates a saved adapter on the whole of --records FILE, or on a split of\n"
                "data.records cut exactly as train-local cut it (same file, labels and\n"
                "train.seed; default --split valid). The label set is the adapter's. Prints\n"
                "`loss: X`, `accuracy: Y`, `macro_f1: Z`, `n: N` and the majority-class\n"
-               "baseline `majority_macro_f1: B` (the most frequent training label).\n", usage);
+               "baseline `majority_macro_f1: B` (the most frequent training label).\n"
+               "With several --adapter options (same label set) each is evaluated in turn on\n"
+               "the same records, its lines after `adapter: PATH`; adapters that train only\n"
+               "the head (model.lora.targets = none) share one encoder pass over the records.\n",
+               usage);
         return 0;
     }
     s_args_t a;
     s_conf_t c;
     if (s_parse(argc, argv, &a, usage) != 0) return cli_fail(PROG);
-    if (!a.adapter || a.epochs || a.out || a.checkpoint || (a.records && a.split)) {
+    if (!a.adapter || a.epochs || a.out || a.checkpoint || a.max_steps ||
+        (a.records && a.split)) {
         medfl_error_set(MEDFL_EINVAL, "usage: %s", usage);
         return cli_fail(PROG);
     }
@@ -358,10 +372,29 @@ int cmd_eval(int argc, char **argv)
         goto fail;
     records_destroy(&set);
     train_eval_t ev, base;
+    if (a.n_more) printf("adapter: %s\n", a.adapter);
     if (trainer_evaluate(t, split, &ev) != 0) goto fail;
     s_print_eval("", &ev);
     if (trainer_majority_baseline(t, split, &base) == 0)
         printf("majority_macro_f1: %.6f\nmajority_accuracy: %.6f\n", base.macro_f1, base.accuracy);
+    for (size_t k = 0; k < a.n_more; k++) {
+        adapter_t more;
+        if (adapter_read(a.more_adapters[k], &more) != 0) goto fail;
+        bool same = more.n_labels == ad.n_labels;
+        for (size_t i = 0; same && i < ad.n_labels; i++)
+            same = strcmp(more.labels[i], ad.labels[i]) == 0;
+        adapter_free(&more);
+        if (!same) {
+            medfl_error_set(MEDFL_EINVAL, "%s: its label set differs from %s's", a.more_adapters[k],
+                            a.adapter);
+            goto fail;
+        }
+        /* The records and their cached encoder outputs stay; only the weights change. */
+        if (trainer_load(t, a.more_adapters[k]) != 0 || trainer_evaluate(t, split, &ev) != 0)
+            goto fail;
+        printf("adapter: %s\n", a.more_adapters[k]);
+        s_print_eval("", &ev);
+    }
     trainer_destroy(&t);
     adapter_free(&ad);
     return 0;

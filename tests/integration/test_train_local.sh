@@ -94,6 +94,33 @@ sed 's/^labels = .*/# no data.labels/; s/^lora.r = 4$/lora.r = 4\nlabels_top_k =
 grep -q "skipped" "$T/topk.err" || die "skipped records not reported"
 "$node" eval -c "$T/topk.conf" --adapter "$T/topk.h5" >"$T/topk.eval" 2>/dev/null || die "eval labels_top_k"
 [ "$(val macro_f1 "$T/topk.eval")" = "$(val valid_macro_f1 "$T/topk.out")" ] || die "eval differs (labels_top_k)"
+# ... several --adapter: each evaluated in turn on the same records, figures equal to
+# one eval per adapter (LoRA, and head-only adapters sharing one encoder pass); a second
+# adapter with another label set is refused
+block() { awk -v a="adapter: $2" -v k="$1:" '$0 == a { on = 1; next } /^adapter: / { on = 0 } on && $1 == k { print $2 }' "$3"; }
+"$node" eval -c "$T/node.conf" --adapter "$T/part.h5" >"$T/part.eval" 2>/dev/null || die "eval part.h5"
+"$node" eval -c "$T/node.conf" --adapter "$T/adapter.h5" --adapter "$T/part.h5" >"$T/multi.eval" \
+  2>/dev/null || die "eval with two adapters"
+for k in loss accuracy macro_f1 n; do
+  [ "$(block "$k" "$T/adapter.h5" "$T/multi.eval")" = "$(val "$k" "$T/eval.out")" ] &&
+    [ "$(block "$k" "$T/part.h5" "$T/multi.eval")" = "$(val "$k" "$T/part.eval")" ] ||
+    die "two-adapter eval $k differs from single evals"
+done
+sed 's/^lora.r = 4$/lora.r = 4\nlora.targets = none/' "$T/node.conf" >"$T/head.conf"
+for s in 1 2; do
+  "$node" train-local -c "$T/head.conf" --epochs "$s" -o "$T/head$s.h5" >/dev/null 2>&1 || die "head-only train-local"
+  "$node" eval -c "$T/head.conf" --adapter "$T/head$s.h5" >"$T/head$s.eval" 2>/dev/null || die "head-only eval"
+done
+"$node" eval -c "$T/head.conf" --adapter "$T/head1.h5" --adapter "$T/head2.h5" >"$T/heads.eval" 2>/dev/null ||
+  die "eval with two head-only adapters"
+for s in 1 2; do
+  [ "$(block macro_f1 "$T/head$s.h5" "$T/heads.eval")" = "$(val macro_f1 "$T/head$s.eval")" ] &&
+    [ "$(block loss "$T/head$s.h5" "$T/heads.eval")" = "$(val loss "$T/head$s.eval")" ] ||
+    die "two head-only adapters: figures of head$s.h5 differ from its own eval"
+done
+bad_labels=$("$node" eval -c "$T/node.conf" --adapter "$T/adapter.h5" --adapter "$T/topk.h5" 2>&1 >/dev/null) &&
+  die "adapters with different label sets accepted"
+echo "$bad_labels" | grep -q "label set differs" || die "label-set mismatch: $bad_labels"
 sed 's/^lora.r = 4$/lora.r = 4\nlabels_top_k = 3/' "$T/node.conf" >"$T/both.conf"
 bad_both=$("$node" train-local -c "$T/both.conf" 2>&1 >/dev/null) && die "data.labels + labels_top_k accepted"
 echo "$bad_both" | grep -q "only one" || die "data.labels + labels_top_k: $bad_both"

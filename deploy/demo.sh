@@ -28,7 +28,8 @@
 # DEMO_SECURE (on; off = plain updates), DEMO_BASELINES (on; off = federation only),
 # DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
 # instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
-# DEMO_DIR (.demo: the working folder, removed and rebuilt at each run). Budget: about 5 minutes on 2 cores.
+# DEMO_DIR (.demo: the working folder, removed and rebuilt at each run), DEMO_SEED (1: the
+# hospitals' training seed: weight init, validation split, minibatch order). Budget: about 5 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${MEDFL_BIN:-bin}
@@ -168,7 +169,7 @@ lr_schedule = constant
 max_seq_len = $SEQ
 valid_fraction = 0.15
 threads = 1
-seed = 1
+seed = ${DEMO_SEED:-1}
 [privacy]
 enabled = $([ "$DP" = on ] && echo true || echo false)
 noise_multiplier = $NOISE

@@ -14,12 +14,14 @@
 # committed; exits 77 without it).
 # Usage: deploy/experiments/compression.sh [synth|mtsamples]
 # Env: ROUNDS (60), LOCAL_STEPS (5), LR (1e-2, AdamW), TARGETS (none), DP (off), SEQ (48 synthetic,
-#      128 MTSamples), SETTINGS (all five: "on:none on:quantize:6 on:randk:8 off:none off:topk").
+#      128 MTSamples), SETTINGS (all five: "on:none on:quantize:6 on:randk:8 off:none off:topk"),
+#      SEED (1: the hospitals' training seed: head init, validation split, minibatch order;
+#      for paired comparisons over several seeds, the records and pooled test set stay fixed), TOPK_FRAC (0.02: k of plain top-k as a fraction).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 data="${1:-synth}"
 export DEMO_ROUNDS="${ROUNDS:-60}" DEMO_LOCAL_STEPS="${LOCAL_STEPS:-5}" DEMO_LR="${LR:-1e-2}"
-export DEMO_TARGETS="${TARGETS:-none}" DEMO_DP="${DP:-off}" DEMO_BASELINES=off
+export DEMO_TARGETS="${TARGETS:-none}" DEMO_DP="${DP:-off}" DEMO_BASELINES=off DEMO_SEED="${SEED:-1}"
 settings="${SETTINGS:-on:none on:quantize:6 on:randk:8 off:none off:topk}"
 if [ "$data" = mtsamples ]; then
   csv="${MTSAMPLES_CSV:-$root/../shared/data/mtsamples/mtsamples.csv.gz}"
@@ -52,12 +54,12 @@ PY
 else
   export DEMO_SEQ="${SEQ:-48}"
 fi
-echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP"
+echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP, seed $DEMO_SEED"
 printf '%-22s %10s %10s %16s\n' setting accuracy macro_f1 bytes_sent
 for s in $settings; do
   IFS=: read -r secure scheme bits <<<"$s"
   kf=0.25
-  [ "$scheme" = topk ] && kf=0.02
+  [ "$scheme" = topk ] && kf="${TOPK_FRAC:-0.02}"
   out="$(DEMO_SECURE="$secure" DEMO_COMPRESSION="$scheme" DEMO_BITS="${bits:-8}" DEMO_K_FRAC="$kf" \
     bash "$root/deploy/demo.sh" 2>&1)" || { echo "$out" | tail -5 >&2; exit 1; }
   f1="$(echo "$out" | awk '$1 == "federated_macro_f1:" { print $2 }')"

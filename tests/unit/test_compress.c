@@ -1083,8 +1083,8 @@ static void test_secagg_rejects_malformed(void **state)
 }
 
 
-/* The fuzz seed corpus was written by a Python script from the documented layout (see
- * docs/compression.md): both payloads must decode here, which pins the format. */
+/* The fuzz seed corpus is written by tests/ref/make_compress_corpus.py from the documented
+ * layouts (see docs/compression.md): every payload must decode here, which pins the formats. */
 static size_t s_read(const char *path, uint8_t *buf, size_t cap)
 {
     FILE *f = fopen(path, "rb");
@@ -1104,6 +1104,14 @@ static void test_corpus_payloads_decode(void **state)
     float dense[300];
     assert_int_equal(compress_plain_decode(buf, len, 300, dense), 0);
     assert_true(dense[3] == 0.5f && dense[10] == -1.0f && dense[200] == 63.5f);
+    len = s_read("tests/fuzz/corpus/compress/plain-v2-3of300", buf, sizeof buf);
+    assert_int_equal(len, 31);
+    assert_int_equal(compress_plain_decode(buf, len, 300, dense), 0);
+    assert_true(dense[3] == 0.5f && dense[10] == -1.0f && dense[200] == 3.5f);
+    uint32_t nz = 0;
+    for (int i = 0; i < 300; i++)
+        nz += dense[i] != 0.0f;
+    assert_int_equal(nz, 3);
     len = s_read("tests/fuzz/corpus/compress/secagg-17of33", buf, sizeof buf);
     assert_true(len > 0);
     compress_config_t cfg = s_sa_cfg(5, 0.5, true, 1.0f, 3);

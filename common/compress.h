@@ -56,8 +56,9 @@ typedef struct {
     float clip;          /* R: weighted coordinates are clipped to [-R, R] */
 } compress_config_t;
 
-/* Defaults of the scheme: PLAIN k_frac 0.03, chunk 256, value_bits 8; SECAGG b = 8, k_frac 0.25,
- * max_nodes 16, clip 0 (must be set: it depends on the update's scale). Error feedback on. */
+/* Defaults of the scheme: PLAIN k_frac 0.044, chunk 256, value_bits 4; SECAGG b = 8,
+ * k_frac 0.25, max_nodes 16, clip 0 (must be set: it depends on the update's scale). Error
+ * feedback on. */
 void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme);
 /* Checks every field, naming the bad one (MEDFL_ECONFIG). */
 int compress_config_check(const compress_config_t *cfg);

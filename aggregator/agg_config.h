@@ -44,7 +44,7 @@ typedef struct {
     double dp_noise, dp_clip, dp_sample_rate, dp_delta;
     /* [compression] */
     char comp_scheme[CFG_STR_MAX];
-    int64_t comp_bits;
+    int64_t comp_bits, comp_value_bits;
     double comp_k_frac, comp_clip;
     /* [metrics] */
     char metrics_listen[CFG_STR_MAX];

@@ -29,7 +29,8 @@
 # DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
 # instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
 # DEMO_DIR (.demo: the working folder, removed and rebuilt at each run), DEMO_SEED (1: the
-# hospitals' training seed: weight init, validation split, minibatch order). Budget: about 5 minutes on 2 cores.
+# hospitals' training seed: weight init, validation split, minibatch order), DEMO_VALUE_BITS
+# (4: bits per value of topk). Budget: about 5 minutes on 2 cores.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${MEDFL_BIN:-bin}
@@ -131,6 +132,7 @@ delta = 1e-5
 [compression]
 scheme = $COMP
 bits = $BITS
+value_bits = ${DEMO_VALUE_BITS:-4}
 k_frac = ${DEMO_K_FRAC:-0.25}
 clip = 0.5
 EOF

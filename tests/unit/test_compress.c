@@ -19,6 +19,7 @@
 
 #include "common/compress.h"
 #include "common/error.h"
+#include "common/fedround.h"
 
 /* ---- deterministic test data ---- */
 
@@ -1126,6 +1127,34 @@ static void test_corpus_payloads_decode(void **state)
     compress_round_destroy(&r);
 }
 
+/* The round start carries the top-k value width (Compression.value_bits): node and
+ * aggregator derive the same settings from it, 0 meaning the library default, and a width
+ * outside 2..8 refuses the round with the field named. */
+static void test_round_start_value_bits(void **state)
+{
+    (void)state;
+    Medfl__Compression c = MEDFL__COMPRESSION__INIT;
+    c.scheme = MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK;
+    c.k = 100;
+    c.bits = 12; /* the secure modes' setting: not the top-k value width */
+    fed_encoding_t enc;
+    compress_config_t cc, def;
+    compress_config_default(&def, COMPRESS_PLAIN);
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), 0);
+    assert_int_equal(enc, FED_TOPK);
+    assert_int_equal(cc.value_bits, def.value_bits);
+    assert_int_equal(compress_config_k(&cc, 3080), 100);
+    c.value_bits = 3;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), 0);
+    assert_int_equal(cc.value_bits, 3);
+    c.value_bits = 9;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+    c.value_bits = 1;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1144,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_secagg_residual),
         cmocka_unit_test(test_secagg_rejects_malformed),
         cmocka_unit_test(test_corpus_payloads_decode),
+        cmocka_unit_test(test_round_start_value_bits),
     };
     return cmocka_run_group_tests_name("compress", tests, NULL, NULL);
 }

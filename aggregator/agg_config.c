@@ -102,6 +102,8 @@ const cfg_option_t agg_config_table[] = {
      "auto: topk in plain mode, randk with secure aggregation; topk needs secure_aggregation off"},
     {"compression.bits", CFG_INT, O(comp_bits), 2, 16, "8", true, NULL,
      "levels per coordinate in the secure modes (quantize/randk)"},
+    {"compression.value_bits", CFG_INT, O(comp_value_bits), 2, 8, "4", true, NULL,
+     "topk: bits per sent value (the more bits, the fewer coordinates fit the same bytes)"},
     {"compression.k_frac", CFG_DOUBLE, O(comp_k_frac), 1e-6, 1, "0.25", true, NULL,
      "fraction of coordinates sent (topk, randk)"},
     {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.05", true, NULL,

@@ -45,7 +45,7 @@ typedef struct {
     bool dp_distributed;
     /* [compression] */
     char comp_scheme[CFG_STR_MAX];
-    int64_t comp_bits;
+    int64_t comp_bits, comp_value_bits;
     double comp_k_frac, comp_clip;
     /* [metrics] */
     char metrics_listen[CFG_STR_MAX];

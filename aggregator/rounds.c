@@ -640,6 +640,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     randombytes_buf(&self->seed, sizeof self->seed);
     comp.seed = self->seed;
     comp.bits = (uint32_t)cfg->comp_bits;
+    comp.value_bits = (uint32_t)cfg->comp_value_bits;
     comp.clip = (float)cfg->comp_clip;
     comp.max_nodes = (uint32_t)n;
     if (comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK ||

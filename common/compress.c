@@ -4,11 +4,18 @@
  * Why these choices:
  *  - Top-k by magnitude with a 3-way quickselect: O(n) expected and robust to the many
  *    exact ties (zeros) of a LoRA update whose B matrices start at zero.
- *  - int8 with a float scale per chunk of selected values: the selected magnitudes span a
- *    narrow range within a chunk (they are all "large"), so 8 bits lose little, and the
- *    quantization error goes into the residual, so error feedback repairs it later.
- *  - Indices as LEB128 varints of the gaps between sorted indices: at 2% density the mean
- *    gap is 50, so most gaps take one byte instead of four.
+ *  - b-bit values (b = 2..8) with a float scale per chunk of selected values: the selected
+ *    magnitudes span a narrow range within a chunk (they are all "large"), and the
+ *    quantization error goes into the residual, so error feedback repairs it later; fewer
+ *    bits per value buy more coordinates per byte.
+ *  - Index gaps Golomb-Rice coded (version 2): the gaps of a top-k selection are roughly
+ *    geometric, for which a Rice code with the best parameter is within a few percent of the
+ *    entropy; at 3 % density that is about 6.5 bits per gap, against 8 for a one-byte LEB128
+ *    varint (version 1, still decoded). The encoder picks the parameter by computing the
+ *    exact size for each candidate (cheap: k additions per candidate).
+ *  - Version 2 has no section headers: every region's length follows from n, k, chunk and
+ *    b, so the decoder checks the lengths instead of trusting them, and 24 fixed bytes are
+ *    saved per message (they matter on a 3k-parameter head at 50x).
  *  - Stochastic rounding driven by ChaCha20 (libsodium) rather than rand(): reproducible
  *    from a seed in tests, independent across nodes in production, and unbiased to 2^-53.
  *  - All parsing is two-pass (validate everything, then write) so a malformed payload never
@@ -25,7 +32,7 @@
 #include "common/error.h"
 
 #define S_MAGIC "MFLC"
-#define S_PLAIN_FIXED 20  /* header + chunk */
+#define S_PLAIN_FIXED 20  /* header + chunk (v1); header + bits, rice, chunk - 1 (v2) */
 #define S_SECAGG_FIXED 32 /* header + bits, width, flags, reserved, clip, round tag */
 #define S_SECTION_BYTES 8 /* id u16, reserved u16, length u32 */
 #define S_SEC_INDICES 1
@@ -34,6 +41,7 @@
 #define S_SEC_RING 4
 #define S_MAX_N (1u << 30)
 #define S_TAG_BYTES 8
+#define S_MAX_RICE 30     /* indices are < 2^30 */
 
 /* ---- little-endian helpers ---- */
 
@@ -142,10 +150,13 @@ void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme)
     cfg->scheme = scheme;
     cfg->error_feedback = true;
     cfg->chunk = COMPRESS_DEFAULT_CHUNK;
+    cfg->value_bits = 4;
     cfg->bits = 8;
     cfg->max_nodes = 16;
     cfg->clip = 0.0f;
-    cfg->k_frac = scheme == COMPRESS_SECAGG ? 0.25 : 0.03;
+    /* plain: 4.4 % at 4 bits is what fits 50x of the whole traffic of the 3,080-parameter
+     * head in the federated experiment (docs/benchmarks.md, "Compression") */
+    cfg->k_frac = scheme == COMPRESS_SECAGG ? 0.25 : 0.044;
 }
 
 unsigned compress_ring_width(uint32_t bits, uint32_t max_nodes)
@@ -180,6 +191,10 @@ int compress_config_check(const compress_config_t *cfg)
         if (cfg->chunk < 1 || cfg->chunk > COMPRESS_MAX_CHUNK)
             return medfl_error_set(MEDFL_ECONFIG, "compress: field 'chunk': %u not in 1..%u",
                                    cfg->chunk, COMPRESS_MAX_CHUNK);
+        if (cfg->value_bits < 2 || cfg->value_bits > 8)
+            return medfl_error_set(MEDFL_ECONFIG,
+                                   "compress: field 'value_bits': %u not in 2..8",
+                                   cfg->value_bits);
         return 0;
     }
     if (cfg->bits < 2 || cfg->bits > 16)
@@ -227,10 +242,16 @@ static int s_check_header(const uint8_t *buf, size_t len, compress_header_t *h)
     memset(h, 0, sizeof *h);
     h->version = buf[4];
     h->scheme = buf[5];
-    if (h->version != COMPRESS_VERSION)
+    if (h->version < 1 || h->version > COMPRESS_PLAIN_VERSION)
         return medfl_error_set(MEDFL_EUNSUPPORTED,
-                               "compressed payload: field 'version': %u not supported (want %d)",
-                               h->version, COMPRESS_VERSION);
+                               "compressed payload: field 'version': %u not supported (want "
+                               "1..%d)",
+                               h->version, COMPRESS_PLAIN_VERSION);
+    if (h->scheme == COMPRESS_SECAGG && h->version != COMPRESS_SECAGG_VERSION)
+        return medfl_error_set(MEDFL_EUNSUPPORTED,
+                               "compressed payload: field 'version': %u not supported for the "
+                               "secagg scheme (want %d)",
+                               h->version, COMPRESS_SECAGG_VERSION);
     if (s_get_u16(buf + 6) != 0)
         return medfl_error_set(MEDFL_EFORMAT,
                                "compressed payload: reserved header bytes 6..7 are not zero");
@@ -249,7 +270,22 @@ static int s_check_header(const uint8_t *buf, size_t len, compress_header_t *h)
                                    "compressed payload: truncated plain header: %zu bytes, "
                                    "need %d",
                                    len, S_PLAIN_FIXED);
-        h->chunk = s_get_u32(buf + 16);
+        if (h->version == 1) {
+            h->chunk = s_get_u32(buf + 16);
+            h->value_bits = 8;
+        } else {
+            h->value_bits = buf[16];
+            h->rice = buf[17];
+            h->chunk = (uint32_t)s_get_u16(buf + 18) + 1;
+            if (h->value_bits < 2 || h->value_bits > 8)
+                return medfl_error_set(MEDFL_EFORMAT,
+                                       "compressed payload: field 'value_bits': %u not in 2..8",
+                                       h->value_bits);
+            if (h->rice > S_MAX_RICE)
+                return medfl_error_set(MEDFL_EFORMAT,
+                                       "compressed payload: field 'rice': %u not in 0..%d",
+                                       h->rice, S_MAX_RICE);
+        }
         if (h->chunk < 1 || h->chunk > COMPRESS_MAX_CHUNK)
             return medfl_error_set(MEDFL_EFORMAT,
                                    "compressed payload: field 'chunk': %u not in 1..%u",
@@ -304,7 +340,7 @@ int compress_peek(const uint8_t *buf, size_t len, compress_header_t *hdr)
 static void s_put_header(uint8_t *out, compress_scheme_t scheme, uint32_t n, uint32_t k)
 {
     memcpy(out, S_MAGIC, 4);
-    out[4] = COMPRESS_VERSION;
+    out[4] = scheme == COMPRESS_PLAIN ? COMPRESS_PLAIN_VERSION : COMPRESS_SECAGG_VERSION;
     out[5] = (uint8_t)scheme;
     s_put_u16(out + 6, 0);
     s_put_u32(out + 8, n);
@@ -521,17 +557,6 @@ static int s_cmp_u32(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-static size_t s_varint_put(uint8_t *p, uint32_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
 /* Canonical LEB128 of a uint32: at most 5 bytes, no bits beyond 32, no overlong form (a
  * final 0x00 byte after a continuation). Returns bytes used, 0 on error (message set). */
 static size_t s_varint_get(const uint8_t *p, size_t avail, uint32_t *out, size_t at,
@@ -573,10 +598,78 @@ static size_t s_varint_get(const uint8_t *p, size_t avail, uint32_t *out, size_t
     return 0;
 }
 
+/* ---- bit streams (version 2): LSB-first within each byte, like the secagg ring ---- */
+
+typedef struct {
+    uint8_t *p;  /* zeroed beforehand: only 1 bits are written */
+    uint64_t pos; /* bits written */
+} s_bitw_t;
+
+static void s_bitw_put(s_bitw_t *w, uint32_t v, unsigned nbits)
+{
+    for (unsigned i = 0; i < nbits; i++, w->pos++)
+        if ((v >> i) & 1u)
+            w->p[w->pos >> 3] |= (uint8_t)(1u << (w->pos & 7));
+}
+
+typedef struct {
+    const uint8_t *p;
+    uint64_t pos, end; /* in bits */
+} s_bitr_t;
+
+/* Reads nbits (<= 32) LSB-first; -1 when the stream ends first. */
+static int s_bitr_get(s_bitr_t *r, unsigned nbits, uint32_t *v)
+{
+    if (r->end - r->pos < nbits)
+        return -1;
+    uint32_t x = 0;
+    for (unsigned i = 0; i < nbits; i++, r->pos++)
+        x |= (uint32_t)((r->p[r->pos >> 3] >> (r->pos & 7)) & 1u) << i;
+    *v = x;
+    return 0;
+}
+
+/* The value Rice-coded for selected index j: the first index itself, then gap - 1 >= 0. */
+static uint32_t s_rice_value(const uint32_t *sel, uint32_t j)
+{
+    return j == 0 ? sel[0] : sel[j] - sel[j - 1] - 1;
+}
+
+/* Bits of the Rice code of the k index values with parameter r: (v >> r) ones, a zero, the
+ * low r bits. */
+static uint64_t s_rice_bits(const uint32_t *sel, uint32_t k, unsigned r)
+{
+    uint64_t bits = (uint64_t)k * (1 + r);
+    for (uint32_t j = 0; j < k; j++)
+        bits += s_rice_value(sel, j) >> r;
+    return bits;
+}
+
+/* floor(log2(n / k)) for 1 <= k <= n: the parameter whose size bounds the encoder's. */
+static unsigned s_rice_bound_param(uint32_t n, uint32_t k)
+{
+    unsigned r = 0;
+    while (r < S_MAX_RICE && ((uint64_t)k << (r + 1)) <= n)
+        r++;
+    return r;
+}
+
+/* Levels of b-bit values: -(2^(b-1) - 1) .. 2^(b-1) - 1 (symmetric, so -2^(b-1) is never
+ * produced and the decoder rejects it). */
+static int32_t s_levels(unsigned bits)
+{
+    return (int32_t)(1u << (bits - 1)) - 1;
+}
+
 size_t compress_plain_max_bytes(const compress_t *self)
 {
-    size_t k = self->k, chunks = (k + self->cfg.chunk - 1) / self->cfg.chunk;
-    return S_PLAIN_FIXED + 3 * S_SECTION_BYTES + 5 * k + 4 * chunks + k;
+    /* The Rice part: with r0 = floor(log2(n/k)), sum_j (v_j >> r0) <= (n - k) / 2^r0 < 2k,
+     * so the code with r0 takes < k (3 + r0) bits, and the encoder picks the smallest size
+     * over all parameters, r0 included. */
+    uint64_t k = self->k, chunks = (k + self->cfg.chunk - 1) / self->cfg.chunk;
+    uint64_t rice_bits = k * (3 + s_rice_bound_param(self->n, self->k));
+    return (size_t)(S_PLAIN_FIXED + 4 * chunks + (k * self->cfg.value_bits + 7) / 8 +
+                    (rice_bits + 7) / 8);
 }
 
 int compress_plain_encode(compress_t *self, const float *update, uint8_t *out, size_t cap,
@@ -586,13 +679,13 @@ int compress_plain_encode(compress_t *self, const float *update, uint8_t *out, s
         return medfl_error_set(MEDFL_EINVAL, "compress: plain_encode: NULL argument");
     if (self->cfg.scheme != COMPRESS_PLAIN)
         return medfl_error_set(MEDFL_ESTATE, "compress: plain_encode on a secagg compressor");
-    if (cap < compress_plain_max_bytes(self))
+    size_t max = compress_plain_max_bytes(self);
+    if (cap < max)
         return medfl_error_set(MEDFL_EINVAL,
-                               "compress: output buffer of %zu bytes, need up to %zu", cap,
-                               compress_plain_max_bytes(self));
+                               "compress: output buffer of %zu bytes, need up to %zu", cap, max);
     if (s_accumulate(self, update) != 0)
         return -1;
-    uint32_t n = self->n, k = self->k, chunk = self->cfg.chunk;
+    uint32_t n = self->n, k = self->k, chunk = self->cfg.chunk, bits = self->cfg.value_bits;
     for (uint32_t i = 0; i < n; i++) {
         self->items[i].mag = fabsf(self->acc[i]);
         self->items[i].idx = i;
@@ -602,30 +695,31 @@ int compress_plain_encode(compress_t *self, const float *update, uint8_t *out, s
         self->sel[j] = self->items[j].idx;
     qsort(self->sel, k, sizeof(uint32_t), s_cmp_u32);
 
-    uint32_t chunks = (k + chunk - 1) / chunk;
-    s_put_header(out, COMPRESS_PLAIN, n, k);
-    s_put_u32(out + 16, chunk);
-    size_t pos = S_PLAIN_FIXED;
-
-    /* indices: first index, then gaps (>= 1) */
-    size_t sec = pos;
-    pos += S_SECTION_BYTES;
-    uint32_t prev = 0;
-    for (uint32_t j = 0; j < k; j++) {
-        pos += s_varint_put(out + pos, j == 0 ? self->sel[0] : self->sel[j] - prev);
-        prev = self->sel[j];
+    unsigned rice = 0;
+    uint64_t rice_bits = s_rice_bits(self->sel, k, 0);
+    for (unsigned r = 1; r <= S_MAX_RICE; r++) {
+        uint64_t b = s_rice_bits(self->sel, k, r);
+        if (b < rice_bits) {
+            rice_bits = b;
+            rice = r;
+        }
     }
-    s_put_section(out + sec, S_SEC_INDICES, (uint32_t)(pos - sec - S_SECTION_BYTES));
+    uint32_t chunks = (k + chunk - 1) / chunk;
+    size_t vbytes = ((size_t)k * bits + 7) / 8;
+    size_t total = S_PLAIN_FIXED + 4 * (size_t)chunks + vbytes + (size_t)((rice_bits + 7) / 8);
+    memset(out, 0, total);
+    s_put_header(out, COMPRESS_PLAIN, n, k);
+    out[16] = (uint8_t)bits;
+    out[17] = (uint8_t)rice;
+    s_put_u16(out + 18, (uint16_t)(chunk - 1));
+    uint8_t *scales = out + S_PLAIN_FIXED;
+    s_bitw_t vw = {out + S_PLAIN_FIXED + 4 * (size_t)chunks, 0};
+    s_bitw_t iw = {vw.p + vbytes, 0};
 
-    /* scales then values; residual of sent coordinates = acc - decoded */
-    uint8_t *scales = out + pos + S_SECTION_BYTES;
-    s_put_section(out + pos, S_SEC_SCALES, 4 * chunks);
-    pos += S_SECTION_BYTES + 4 * (size_t)chunks;
-    s_put_section(out + pos, S_SEC_VALUES, k);
-    pos += S_SECTION_BYTES;
-    int8_t *vals = (int8_t *)(out + pos);
-    pos += k;
-
+    /* values, chunk by chunk; residual of sent coordinates = acc - decoded */
+    int32_t L = s_levels(bits);
+    float Lf = (float)L;
+    uint32_t mask = (1u << bits) - 1;
     bool ef = self->cfg.error_feedback;
     if (ef)
         memcpy(self->residual, self->acc, (size_t)n * sizeof(float));
@@ -634,38 +728,39 @@ int compress_plain_encode(compress_t *self, const float *update, uint8_t *out, s
         float m = 0.0f;
         for (uint32_t j = j0; j < j1; j++)
             m = fmaxf(m, fabsf(self->acc[self->sel[j]]));
-        float scale = m / 127.0f;
+        float scale = m / Lf;
         s_put_u32(scales + 4 * (size_t)c, s_float_bits(scale));
         for (uint32_t j = j0; j < j1; j++) {
             uint32_t i = self->sel[j];
             /* round to nearest, ties to even (nearbyintf in the default rounding mode) */
             float q = scale > 0.0f ? nearbyintf(self->acc[i] / scale) : 0.0f;
-            if (q > 127.0f)
-                q = 127.0f;
-            if (q < -127.0f)
-                q = -127.0f;
-            vals[j] = (int8_t)q;
+            if (q > Lf)
+                q = Lf;
+            if (q < -Lf)
+                q = -Lf;
+            int32_t qi = (int32_t)q;
+            s_bitw_put(&vw, (uint32_t)qi & mask, bits);
             if (ef)
-                self->residual[i] = self->acc[i] - (float)vals[j] * scale;
+                self->residual[i] = self->acc[i] - (float)qi * scale;
         }
     }
-    *len = pos;
+    /* indices: Rice codes of the first index and of the gaps minus one */
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t v = s_rice_value(self->sel, j), q = v >> rice;
+        for (uint32_t u = 0; u < q; u++)
+            s_bitw_put(&iw, 1, 1);
+        s_bitw_put(&iw, 0, 1);
+        s_bitw_put(&iw, v & (uint32_t)(((uint64_t)1 << rice) - 1), rice);
+    }
+    *len = total;
     return 0;
 }
 
-/* Walks the whole payload; with dense == NULL only validates. */
-static int s_plain_walk(const uint8_t *buf, size_t len, uint32_t n, float *dense)
+/* Version 1: walks the whole payload; with dense == NULL only validates. */
+static int s_plain_walk_v1(const uint8_t *buf, size_t len, uint32_t n, const compress_header_t *hp,
+                           float *dense)
 {
-    compress_header_t h;
-    if (s_check_header(buf, len, &h) != 0)
-        return -1;
-    if (h.scheme != COMPRESS_PLAIN)
-        return medfl_error_set(MEDFL_EFORMAT,
-                               "compressed payload: scheme %u is not plain (expected %d)",
-                               h.scheme, COMPRESS_PLAIN);
-    if (h.n != n)
-        return medfl_error_set(MEDFL_EFORMAT,
-                               "compressed payload: field 'n': %u, the model has %u", h.n, n);
+    compress_header_t h = *hp;
     size_t pos = S_PLAIN_FIXED, ilen, slen, vlen;
     if (s_take_section(buf, len, &pos, S_SEC_INDICES, "indices", &ilen) != 0)
         return -1;
@@ -741,6 +836,125 @@ static int s_plain_walk(const uint8_t *buf, size_t len, uint32_t n, float *dense
                                "indices (count mismatch)",
                                ilen - p, h.k);
     return 0;
+}
+
+/* Version 2: scales, b-bit values, Rice-coded indices, lengths implied by the header. With
+ * dense == NULL only validates. */
+static int s_plain_walk_v2(const uint8_t *buf, size_t len, uint32_t n,
+                           const compress_header_t *h, float *dense)
+{
+    uint64_t chunks = ((uint64_t)h->k + h->chunk - 1) / h->chunk;
+    uint64_t spos = S_PLAIN_FIXED, vpos = spos + 4 * chunks;
+    uint64_t vbits = (uint64_t)h->k * h->value_bits, ipos = vpos + (vbits + 7) / 8;
+    if (ipos > len)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: truncated: %llu scales and %u values of %u "
+                               "bits need %llu bytes, the payload has %zu",
+                               (unsigned long long)chunks, h->k, h->value_bits,
+                               (unsigned long long)ipos, len);
+    for (uint64_t c = 0; c < chunks; c++) {
+        uint32_t bits = s_get_u32(buf + spos + 4 * c);
+        float s = s_bits_float(bits);
+        if (!isfinite(s) || (bits & 0x80000000u))
+            return medfl_error_set(MEDFL_EFORMAT,
+                                   "compressed payload: scale of chunk %llu is %g (must be "
+                                   "finite and non-negative)",
+                                   (unsigned long long)c, (double)s);
+    }
+    int32_t L = s_levels(h->value_bits);
+    uint32_t sign = 1u << (h->value_bits - 1);
+    s_bitr_t vr = {buf + vpos, 0, vbits};
+    for (uint32_t j = 0; j < h->k; j++) {
+        uint32_t u = 0;
+        (void)s_bitr_get(&vr, h->value_bits, &u); /* in range: vbits = k * b */
+        if (u == sign)
+            return medfl_error_set(MEDFL_EFORMAT,
+                                   "compressed payload: value %u is %d (the %u-bit range is "
+                                   "symmetric, -%d..%d)",
+                                   j, -(int)sign, h->value_bits, L, L);
+    }
+    uint32_t pad = 0;
+    vr.end = 8 * ((vbits + 7) / 8);
+    if (s_bitr_get(&vr, (unsigned)(vr.end - vr.pos), &pad) != 0 || pad != 0)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: values: padding bits after value %u are "
+                               "not zero",
+                               h->k - 1);
+    if (dense)
+        memset(dense, 0, (size_t)n * sizeof(float));
+    vr.pos = 0;
+    unsigned r = h->rice;
+    uint64_t ilen = len - ipos;
+    s_bitr_t ir = {buf + ipos, 0, 8 * ilen};
+    uint64_t idx = 0;
+    for (uint32_t j = 0; j < h->k; j++) {
+        /* unary quotient; q << r >= n already means an index out of range, which also
+         * bounds the loop by n, not by the payload length */
+        uint64_t q = 0;
+        uint32_t bit = 1;
+        uint64_t at = ir.pos;
+        for (;;) {
+            if (s_bitr_get(&ir, 1, &bit) != 0)
+                return medfl_error_set(MEDFL_EFORMAT,
+                                       "compressed payload: indices: code of index %u at bit "
+                                       "%llu is truncated (count mismatch: fewer than k = %u)",
+                                       j, (unsigned long long)at, h->k);
+            if (!bit)
+                break;
+            if ((++q << r) >= n)
+                return medfl_error_set(MEDFL_EFORMAT,
+                                       "compressed payload: indices: index %u is >= %llu, not "
+                                       "< n = %u",
+                                       j, (unsigned long long)(q << r), n);
+        }
+        uint32_t low = 0;
+        if (s_bitr_get(&ir, r, &low) != 0)
+            return medfl_error_set(MEDFL_EFORMAT,
+                                   "compressed payload: indices: code of index %u at bit %llu "
+                                   "is truncated (count mismatch: fewer than k = %u)",
+                                   j, (unsigned long long)at, h->k);
+        uint64_t v = (q << r) | low;
+        idx = j == 0 ? v : idx + 1 + v;
+        if (idx >= n)
+            return medfl_error_set(MEDFL_EFORMAT,
+                                   "compressed payload: index %u is %llu, not < n = %u", j,
+                                   (unsigned long long)idx, n);
+        uint32_t u = 0;
+        (void)s_bitr_get(&vr, h->value_bits, &u);
+        if (dense) {
+            int32_t qv = (u & sign) ? (int32_t)u - (int32_t)(sign << 1) : (int32_t)u;
+            float s = s_bits_float(s_get_u32(buf + spos + 4 * (uint64_t)(j / h->chunk)));
+            dense[idx] = (float)qv * s;
+        }
+    }
+    uint64_t left = ir.end - ir.pos;
+    if (left >= 8)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: indices: %llu bytes left after k = %u "
+                               "indices (count mismatch or trailing bytes)",
+                               (unsigned long long)(left / 8), h->k);
+    if (s_bitr_get(&ir, (unsigned)left, &pad) != 0 || pad != 0)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: indices: padding bits after index %u are "
+                               "not zero",
+                               h->k - 1);
+    return 0;
+}
+
+static int s_plain_walk(const uint8_t *buf, size_t len, uint32_t n, float *dense)
+{
+    compress_header_t h;
+    if (s_check_header(buf, len, &h) != 0)
+        return -1;
+    if (h.scheme != COMPRESS_PLAIN)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: scheme %u is not plain (expected %d)",
+                               h.scheme, COMPRESS_PLAIN);
+    if (h.n != n)
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "compressed payload: field 'n': %u, the model has %u", h.n, n);
+    return h.version == 1 ? s_plain_walk_v1(buf, len, n, &h, dense)
+                          : s_plain_walk_v2(buf, len, n, &h, dense);
 }
 
 int compress_plain_decode(const uint8_t *buf, size_t len, uint32_t n, float *dense)

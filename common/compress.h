@@ -2,9 +2,11 @@
  * are slow and metered and the flat LoRA+head update is the only thing that moves:
  *
  *  - PLAIN (secure aggregation off): top-k sparsification by magnitude (O(n) quickselect),
- *    the k values quantized to int8 with one float scale per chunk, indices delta-encoded as
- *    LEB128 varints, in a self-describing payload that a strict decoder checks field by
- *    field (it is network input).
+ *    the k values quantized to b-bit signed integers (b = 2..8) with one float scale per
+ *    chunk, the index gaps Golomb-Rice coded with the parameter that minimises the size, in
+ *    a self-describing payload (version 2) that a strict decoder checks field by field (it
+ *    is network input). Version 1 payloads (int8 values, LEB128 varint gaps, section
+ *    headers) are still decoded, so a node not yet upgraded keeps working.
  *  - SECAGG (secure aggregation on, every node must send the same coordinates): each sent
  *    coordinate is stochastically (unbiasedly) rounded to one of 2^b levels over a clipping
  *    range [-R, R] shared for the round; the levels are small unsigned integers that the
@@ -24,7 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define COMPRESS_VERSION 1
+/* Payload versions: plain payloads are written as version 2 (b-bit values, Rice-coded gaps)
+ * and versions 1 and 2 are read; secure payloads are version 1. */
+#define COMPRESS_PLAIN_VERSION 2
+#define COMPRESS_SECAGG_VERSION 1
 #define COMPRESS_DEFAULT_CHUNK 256
 #define COMPRESS_MAX_CHUNK 65536
 #define COMPRESS_SEED_BYTES 32
@@ -32,7 +37,7 @@
 #define COMPRESS_HEADER_BYTES 16
 
 typedef enum {
-    COMPRESS_PLAIN = 1,  /* top-k + int8 per-chunk scales + varint index gaps */
+    COMPRESS_PLAIN = 1,  /* top-k + b-bit values, per-chunk scales + Rice-coded index gaps */
     COMPRESS_SECAGG = 2, /* stochastic b-bit levels in the secure-aggregation ring */
 } compress_scheme_t;
 
@@ -44,6 +49,7 @@ typedef struct {
     bool error_feedback; /* keep what was not sent in the node's residual */
     /* PLAIN */
     uint32_t chunk;      /* selected values per float scale, 1..65536 */
+    uint32_t value_bits; /* b of the sent values, 2..8: levels -(2^(b-1) - 1) .. 2^(b-1) - 1 */
     /* SECAGG */
     uint32_t bits;       /* b, levels 0 .. 2^b - 1, 2..16 */
     uint32_t max_nodes;  /* most nodes whose levels are summed: fixes the ring width */
@@ -54,8 +60,9 @@ typedef struct {
     uint32_t noise_levels;
 } compress_config_t;
 
-/* Defaults of the scheme: PLAIN k_frac 0.03, chunk 256; SECAGG b = 8, k_frac 0.25,
- * max_nodes 16, clip 0 (must be set: it depends on the update's scale). Error feedback on. */
+/* Defaults of the scheme: PLAIN k_frac 0.044, chunk 256, value_bits 4; SECAGG b = 8,
+ * k_frac 0.25, max_nodes 16, clip 0 (must be set: it depends on the update's scale). Error
+ * feedback on. */
 void compress_config_default(compress_config_t *cfg, compress_scheme_t scheme);
 /* Checks every field, naming the bad one (MEDFL_ECONFIG). */
 int compress_config_check(const compress_config_t *cfg);
@@ -72,6 +79,8 @@ typedef struct {
     uint8_t scheme;
     uint32_t n, k;
     uint32_t chunk;    /* PLAIN */
+    uint8_t value_bits; /* PLAIN: 8 in version 1 */
+    uint8_t rice;      /* PLAIN version 2: Golomb-Rice parameter of the index gaps */
     uint8_t bits;      /* SECAGG */
     uint8_t width;     /* SECAGG */
     uint8_t flags;     /* SECAGG: bit 0 random-k, bit 1 scaled by n/k at decode */
@@ -81,7 +90,8 @@ typedef struct {
 #define COMPRESS_FLAG_RANDOM_K 0x01
 #define COMPRESS_FLAG_SCALED 0x02
 
-/* Reads and checks the header (magic, version, scheme, reserved bytes). */
+/* Reads and checks the header (magic, version, scheme, reserved bytes, the scheme's fixed
+ * fields). */
 int compress_peek(const uint8_t *buf, size_t len, compress_header_t *hdr);
 
 /* ---- The node's compressor: settings, residual, rounding randomness. ---- */
@@ -107,13 +117,15 @@ void compress_residual_reset(compress_t *self);
 /* Largest payload compress_plain_encode can produce for this compressor. */
 size_t compress_plain_max_bytes(const compress_t *self);
 /* Compresses residual + update (the "accumulated" vector) into out[0 .. *len): the k
- * largest magnitudes, int8 with per-chunk scales. With error feedback the residual becomes
- * accumulated - decoded, computed so that residual + decoded == accumulated bitwise (see
- * docs/compression.md for the proof via Sterbenz's lemma). Rejects non-finite input. */
+ * largest magnitudes, b-bit with per-chunk scales (version 2 payload). With error feedback
+ * the residual becomes accumulated - decoded, computed so that residual + decoded ==
+ * accumulated bitwise (see docs/compression.md for the proof via Sterbenz's lemma).
+ * Rejects non-finite input. */
 int compress_plain_encode(compress_t *self, const float *update, uint8_t *out, size_t cap,
                           size_t *len);
-/* Strict decoder: checks every length, varint, index, count and scale before writing, then
- * writes the dense vector (zeros where nothing was sent). n must equal the header's n.
+/* Strict decoder of version 1 and 2 payloads: checks every length, code, index, count,
+ * value, padding bit and scale before writing, then writes the dense vector (zeros where
+ * nothing was sent). n must equal the header's n.
  * Malformed input -> -1 with MEDFL_EFORMAT (MEDFL_EUNSUPPORTED for an unknown version or
  * scheme) and a message naming the field; dense is left untouched. */
 int compress_plain_decode(const uint8_t *buf, size_t len, uint32_t n, float *dense);

@@ -98,6 +98,7 @@ int fed_compression(const Medfl__Compression *c, bool secure, uint32_t numel,
                                    "aggregation (nodes would send different coordinates)");
         compress_config_default(cc, COMPRESS_PLAIN);
         cc->k = c->k ? (uint32_t)(c->k > numel ? numel : c->k) : 0;
+        if (c->value_bits) cc->value_bits = c->value_bits; /* 0: the default; 2..8 checked below */
         *enc = FED_TOPK;
         break;
     case MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE:

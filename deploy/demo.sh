@@ -38,8 +38,9 @@
 # DEMO_SECURE (on; off = plain updates), DEMO_BASELINES (on; off = federation only),
 # DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
 # instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
-# DEMO_DIR (.demo: the working folder, removed and rebuilt at each run). About 3 minutes on 2
-# cores (epsilon 9.3 per hospital).
+# DEMO_DIR (.demo: the working folder, removed and rebuilt at each run), DEMO_SEED (1: the
+# hospitals' training seed: weight init, validation split, minibatch order), DEMO_VALUE_BITS
+# (4: bits per value of topk). About 3 minutes on 2 cores (epsilon 9.3 per hospital).
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${MEDFL_BIN:-bin}
@@ -152,6 +153,7 @@ distributed = $DIST
 [compression]
 scheme = $COMP
 bits = $BITS
+value_bits = ${DEMO_VALUE_BITS:-4}
 k_frac = ${DEMO_K_FRAC:-0.25}
 clip = 0.5
 EOF
@@ -190,7 +192,7 @@ lr_schedule = constant
 max_seq_len = $SEQ
 valid_fraction = 0.15
 threads = 1
-seed = 1
+seed = ${DEMO_SEED:-1}
 [privacy]
 enabled = $([ "$DP" = on ] && echo true || echo false)
 noise_multiplier = $NOISE

@@ -4,7 +4,8 @@
 # pooled test set and the bytes the nodes sent over the whole run:
 #   secure aggregation on:  none | quantize b = 6 (8-bit ring elements for 3 nodes) |
 #                           random-k 25 % with b = 8
-#   secure aggregation off: none | top-k 2 % (int8 values, delta-coded indices)
+#   secure aggregation off: none | top-k 4.4 % with 4-bit values (Rice-coded index gaps);
+#                           off:topk:B sets the bits per value (2..8), TOPK_FRAC the k
 # Every setting trains with error feedback (docs/compression.md). DP is off by default so
 # that the differences are the compression's and not DP noise (DP-SGD's run-to-run spread at
 # the demo's epsilon is about 2 points of macro-F1, docs/benchmarks.md).
@@ -14,12 +15,15 @@
 # committed; exits 77 without it).
 # Usage: deploy/experiments/compression.sh [synth|mtsamples]
 # Env: ROUNDS (60), LOCAL_STEPS (5), LR (1e-2, AdamW), TARGETS (none), DP (off), SEQ (48 synthetic,
-#      128 MTSamples), SETTINGS (all five: "on:none on:quantize:6 on:randk:8 off:none off:topk").
+#      128 MTSamples), SETTINGS (all five: "on:none on:quantize:6 on:randk:8 off:none off:topk"),
+#      SEED (1: the hospitals' training seed: head init, validation split, minibatch order;
+#      for paired comparisons over several seeds, the records and pooled test set stay fixed),
+#      TOPK_FRAC (0.044: k of plain top-k as a fraction of the parameters).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 data="${1:-synth}"
 export DEMO_ROUNDS="${ROUNDS:-60}" DEMO_LOCAL_STEPS="${LOCAL_STEPS:-5}" DEMO_LR="${LR:-1e-2}"
-export DEMO_TARGETS="${TARGETS:-none}" DEMO_DP="${DP:-off}" DEMO_BASELINES=off
+export DEMO_TARGETS="${TARGETS:-none}" DEMO_DP="${DP:-off}" DEMO_BASELINES=off DEMO_SEED="${SEED:-1}"
 settings="${SETTINGS:-on:none on:quantize:6 on:randk:8 off:none off:topk}"
 if [ "$data" = mtsamples ]; then
   csv="${MTSAMPLES_CSV:-$root/../shared/data/mtsamples/mtsamples.csv.gz}"
@@ -52,13 +56,15 @@ PY
 else
   export DEMO_SEQ="${SEQ:-48}"
 fi
-echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP"
+echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP, seed $DEMO_SEED"
 printf '%-22s %10s %10s %16s\n' setting accuracy macro_f1 bytes_sent
 for s in $settings; do
   IFS=: read -r secure scheme bits <<<"$s"
   kf=0.25
-  [ "$scheme" = topk ] && kf=0.02
-  out="$(DEMO_SECURE="$secure" DEMO_COMPRESSION="$scheme" DEMO_BITS="${bits:-8}" DEMO_K_FRAC="$kf" \
+  [ "$scheme" = topk ] && kf="${TOPK_FRAC:-0.044}"
+  vb=4
+  [ "$scheme" = topk ] && vb="${bits:-4}"
+  out="$(DEMO_SECURE="$secure" DEMO_COMPRESSION="$scheme" DEMO_BITS="${bits:-8}" DEMO_VALUE_BITS="$vb" DEMO_K_FRAC="$kf" \
     bash "$root/deploy/demo.sh" 2>&1)" || { echo "$out" | tail -5 >&2; exit 1; }
   f1="$(echo "$out" | awk '$1 == "federated_macro_f1:" { print $2 }')"
   acc="$(echo "$out" | awk '$1 == "federated_accuracy:" { print $2 }')"

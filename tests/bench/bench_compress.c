@@ -109,7 +109,8 @@ static uint32_t s_minilm_params(void)
 typedef struct {
     double plain_frac;
     uint32_t chunk;
-    uint32_t bits;
+    uint32_t value_bits; /* plain */
+    uint32_t bits;       /* secagg */
     double sa_frac;
     uint32_t max_nodes;
     int iters;
@@ -138,6 +139,8 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
             o->plain_frac = d;
         else if (strcmp(a, "--chunk") == 0)
             o->chunk = (uint32_t)d;
+        else if (strcmp(a, "--value-bits") == 0)
+            o->value_bits = (uint32_t)d;
         else if (strcmp(a, "--bits") == 0)
             o->bits = (uint32_t)d;
         else if (strcmp(a, "--secagg-k-frac") == 0)
@@ -171,6 +174,7 @@ static void s_configs(const s_opts_t *o, compress_config_t *plain, compress_conf
     compress_config_default(plain, COMPRESS_PLAIN);
     plain->k_frac = o->plain_frac;
     plain->chunk = o->chunk;
+    plain->value_bits = o->value_bits;
     compress_config_default(sa, COMPRESS_SECAGG);
     sa->bits = o->bits;
     sa->k_frac = o->sa_frac;
@@ -266,6 +270,7 @@ static int s_speed(const s_opts_t *o)
     printf("compress_plain_k_frac: %g\n", pc.k_frac);
     printf("compress_plain_k: %u\n", compress_config_k(&pc, n));
     printf("compress_plain_chunk: %u\n", pc.chunk);
+    printf("compress_plain_value_bits: %u bits\n", pc.value_bits);
     printf("compress_bytes_plain: %zu B\n", plen0);
     printf("compress_ratio_plain: %.1f x\n", (double)n * 4 / (double)plen0);
     printf("compress_secagg_bits: %u\n", sc.bits);
@@ -597,25 +602,32 @@ static int s_experiment(const s_opts_t *o)
 int bench_compress(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("usage: medfl-bench compress [--k-frac F] [--chunk C] [--bits B]\n"
+        compress_config_t d;
+        compress_config_default(&d, COMPRESS_PLAIN);
+        printf("usage: medfl-bench compress [--k-frac F] [--chunk C] [--value-bits V] [--bits B]\n"
                "         [--secagg-k-frac F] [--max-nodes N] [--iters I]\n"
                "         [--experiment [--nodes N] [--rounds R] [--seeds S] [--clip-mult M]]\n"
                "Wire size (dense fp32 bytes / payload bytes) and encode/decode speed of the\n"
-               "plain (top-k, int8) and secure-aggregation (b-bit stochastic, random-k)\n"
+               "plain (top-k, V-bit values, Rice-coded gaps) and secure-aggregation (b-bit\n"
+               "stochastic, random-k)\n"
                "schemes on a MiniLM r=8 query+value LoRA + 10-label head update; with\n"
                "--experiment also the accuracy of federated softmax regression on synthetic\n"
-               "non-IID data with and without compression. Defaults: --k-frac 0.03\n"
-               "--chunk 256 --bits 8 --secagg-k-frac 0.25 --max-nodes 16 --iters 50\n"
-               "--nodes 5 --rounds 60 --seeds 3 --clip-mult 2.\n");
+               "non-IID data with and without compression. Defaults (the plain ones are\n"
+               "compress_config_default's): --k-frac %g --chunk %u --value-bits %u --bits 8\n"
+               "--secagg-k-frac 0.25 --max-nodes 16 --iters 50 --nodes 5 --rounds 60\n"
+               "--seeds 3 --clip-mult 2.\n",
+               d.k_frac, d.chunk, d.value_bits);
         return 0;
     }
     if (sodium_init() < 0) {
         medfl_error_set(MEDFL_ECRYPTO, "compress: sodium_init failed");
         return cli_fail("medfl-bench");
     }
-    s_opts_t o = {.plain_frac = 0.03, .chunk = 256, .bits = 8, .sa_frac = 0.25,
-                  .max_nodes = 16, .iters = 50, .nodes = 5, .rounds = 60, .seeds = 3,
-                  .clip_mult = 2.0};
+    compress_config_t pd;
+    compress_config_default(&pd, COMPRESS_PLAIN);
+    s_opts_t o = {.plain_frac = pd.k_frac, .chunk = pd.chunk, .value_bits = pd.value_bits,
+                  .bits = 8, .sa_frac = 0.25, .max_nodes = 16, .iters = 50, .nodes = 5,
+                  .rounds = 60, .seeds = 3, .clip_mult = 2.0};
     if (s_parse(argc, argv, &o) != 0)
         return cli_fail("medfl-bench");
     if (s_speed(&o) != 0)

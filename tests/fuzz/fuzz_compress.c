@@ -1,6 +1,7 @@
 /* libFuzzer target for the compressed-update decoders, which read network input from every
- * node: compress_peek, compress_plain_decode (with n taken from the header, capped so the
- * fuzzer cannot make us allocate gigabytes) and compress_secagg_unpack + decode_sum against
+ * node: compress_peek, compress_plain_decode of versions 1 (varint gaps, int8) and 2
+ * (Rice-coded gaps, b-bit values, implied lengths) with n taken from the header, capped so the
+ * fuzzer cannot make us allocate gigabytes, and compress_secagg_unpack + decode_sum against
  * a fixed round. Any crash, sanitizer report or out-of-range index is a bug; rejection with
  * a medfl error is the expected outcome for almost all inputs. */
 #include <stdint.h>

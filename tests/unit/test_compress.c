@@ -1,5 +1,7 @@
-/* Update compression: plain top-k/int8 round trips against an independent reference, top-k
- * correctness under ties, the error-feedback residual (bitwise in plain mode), residual
+/* Update compression: plain top-k round trips (b-bit values, Rice-coded gaps, version 2)
+ * against an independent reference and an independent parser of the documented layout, the
+ * encoder's choice of the Rice parameter, top-k correctness under ties, the error-feedback
+ * residual (bitwise in plain mode, for every value width), decoding of version 1, residual
  * checkpoint/restore, secure-aggregation levels summed under cancelling 32-bit masks and
  * shipped in the narrow ring, statistical unbiasedness of stochastic rounding and of scaled
  * random-k (seeded, so deterministic; bounds 6 standard errors wide), and the strict
@@ -17,6 +19,7 @@
 
 #include "common/compress.h"
 #include "common/error.h"
+#include "common/fedround.h"
 
 /* ---- deterministic test data ---- */
 
@@ -50,39 +53,59 @@ static void s_fill(float *x, uint32_t n, float sigma)
 static const uint8_t s_seed_a[32] = {1, 2, 3};
 static const uint8_t s_seed_b[32] = {9, 8, 7};
 
-static compress_t *s_plain(uint32_t n, double frac, uint32_t chunk, bool ef)
+static compress_t *s_plain_b(uint32_t n, double frac, uint32_t chunk, uint32_t bits, bool ef)
 {
     compress_config_t cfg;
     compress_config_default(&cfg, COMPRESS_PLAIN);
     cfg.k_frac = frac;
     cfg.chunk = chunk;
+    cfg.value_bits = bits;
     cfg.error_feedback = ef;
     compress_t *c = compress_new(&cfg, n, s_seed_a);
     assert_non_null(c);
     return c;
 }
 
-/* Reads the indices section of a plain payload by the documented layout (header 20 bytes,
- * section header 8 bytes, LEB128 gaps): a conformance check independent of the decoder. */
-static uint32_t s_parse_indices(const uint8_t *p, uint32_t *idx)
+static compress_t *s_plain(uint32_t n, double frac, uint32_t chunk, bool ef)
+{
+    return s_plain_b(n, frac, chunk, 8, ef);
+}
+
+/* Bit i of an LSB-first stream. */
+static unsigned s_bit(const uint8_t *p, uint64_t i)
+{
+    return (p[i >> 3] >> (i & 7)) & 1u;
+}
+
+/* Reads the indices of a version 2 plain payload by the documented layout (header 20 bytes
+ * with b at 16, the Rice parameter at 17 and chunk - 1 at 18; 4-byte scales; k values of b
+ * bits; then Rice codes: ones, a zero, r low bits, of the first index and of each gap - 1):
+ * a conformance check independent of the decoder. Returns k; *bits_used = Rice bits. */
+static uint32_t s_parse_indices_bits(const uint8_t *p, uint32_t *idx, uint64_t *bits_used)
 {
     uint32_t k = (uint32_t)p[12] | (uint32_t)p[13] << 8 | (uint32_t)p[14] << 16 |
                  (uint32_t)p[15] << 24;
-    assert_int_equal(p[20], 1);
-    size_t pos = 28;
-    uint32_t prev = 0;
+    assert_int_equal(p[4], 2);
+    uint32_t bits = p[16], r = p[17], chunk = (uint32_t)(p[18] | p[19] << 8) + 1;
+    const uint8_t *rice = p + 20 + 4 * ((k + chunk - 1) / chunk) + (k * bits + 7) / 8;
+    uint64_t pos = 0;
     for (uint32_t j = 0; j < k; j++) {
-        uint32_t v = 0;
-        for (int s = 0;; s += 7) {
-            uint8_t b = p[pos++];
-            v |= (uint32_t)(b & 0x7F) << s;
-            if (!(b & 0x80))
-                break;
-        }
-        idx[j] = j == 0 ? v : prev + v;
-        prev = idx[j];
+        uint32_t q = 0, low = 0;
+        while (s_bit(rice, pos++))
+            q++;
+        for (uint32_t b = 0; b < r; b++)
+            low |= s_bit(rice, pos++) << b;
+        uint32_t v = (q << r) | low;
+        idx[j] = j == 0 ? v : idx[j - 1] + 1 + v;
     }
+    if (bits_used)
+        *bits_used = pos;
     return k;
+}
+
+static uint32_t s_parse_indices(const uint8_t *p, uint32_t *idx)
+{
+    return s_parse_indices_bits(p, idx, NULL);
 }
 
 static const float *s_mag_base;
@@ -101,7 +124,7 @@ static int s_cmp_u32(const void *a, const void *b)
 
 /* Reference plain compression by full sort: the expected dense decode. */
 static void s_reference_plain(const float *acc, uint32_t n, uint32_t k, uint32_t chunk,
-                              float *dense)
+                              uint32_t bits, float *dense)
 {
     uint32_t *ord = malloc(n * sizeof *ord);
     for (uint32_t i = 0; i < n; i++)
@@ -115,10 +138,12 @@ static void s_reference_plain(const float *acc, uint32_t n, uint32_t k, uint32_t
         float m = 0;
         for (uint32_t j = c * chunk; j < j1; j++)
             m = fmaxf(m, fabsf(acc[ord[j]]));
-        float s = m / 127.0f;
+        float L = (float)((1 << (bits - 1)) - 1);
+        float s = m / L;
         for (uint32_t j = c * chunk; j < j1; j++) {
             float q = s > 0 ? nearbyintf(acc[ord[j]] / s) : 0;
-            dense[ord[j]] = (float)(int8_t)q * s;
+            q = fminf(fmaxf(q, -L), L);
+            dense[ord[j]] = q * s;
         }
     }
     free(ord);
@@ -126,38 +151,60 @@ static void s_reference_plain(const float *acc, uint32_t n, uint32_t k, uint32_t
 
 /* ---- plain ---- */
 
+/* Bits of the Rice code of the k sorted indices with parameter r (test's own count). */
+static uint64_t s_rice_size(const uint32_t *idx, uint32_t k, uint32_t r)
+{
+    uint64_t bits = 0;
+    for (uint32_t j = 0; j < k; j++)
+        bits += ((j == 0 ? idx[0] : idx[j] - idx[j - 1] - 1) >> r) + 1 + r;
+    return bits;
+}
+
 static void test_plain_roundtrip_matches_reference(void **state)
 {
     (void)state;
-    const uint32_t n = 5000;
-    compress_t *c = s_plain(n, 0.05, 64, false);
+    const uint32_t n = 5000, k = 250;
+    static const uint32_t widths[] = {2, 3, 4, 5, 8};
     float *x = malloc(n * sizeof *x), *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want);
-    s_fill(x, n, 0.01f);
-    size_t cap = compress_plain_max_bytes(c), len = 0;
-    uint8_t *buf = malloc(cap);
-    assert_int_equal(compress_plain_encode(c, x, buf, cap, &len), 0);
-    compress_header_t h;
-    assert_int_equal(compress_peek(buf, len, &h), 0);
-    assert_int_equal(h.scheme, COMPRESS_PLAIN);
-    assert_int_equal(h.n, n);
-    assert_int_equal(h.k, 250);
-    assert_int_equal(h.chunk, 64);
-    assert_int_equal(compress_plain_decode(buf, len, n, got), 0);
-    s_reference_plain(x, n, 250, 64, want);
-    assert_memory_equal(got, want, n * sizeof *got);
-    /* quantization error bound: half a step of its chunk's scale */
-    uint32_t idx[250];
-    assert_int_equal(s_parse_indices(buf, idx), 250);
-    for (uint32_t j = 1; j < 250; j++)
-        assert_true(idx[j] > idx[j - 1]);
-    /* size: 1 byte value + mostly 1-byte gaps + 4 scales + headers */
-    assert_true(len < 250 * 2 + 4 * 4 + 44 + 60);
-    free(buf);
+    for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++) {
+        uint32_t bits = widths[w];
+        compress_t *c = s_plain_b(n, 0.05, 64, bits, false);
+        s_fill(x, n, 0.01f);
+        size_t cap = compress_plain_max_bytes(c), len = 0;
+        uint8_t *buf = malloc(cap);
+        assert_int_equal(compress_plain_encode(c, x, buf, cap, &len), 0);
+        assert_true(len <= cap);
+        compress_header_t h;
+        assert_int_equal(compress_peek(buf, len, &h), 0);
+        assert_int_equal(h.version, COMPRESS_PLAIN_VERSION);
+        assert_int_equal(h.scheme, COMPRESS_PLAIN);
+        assert_int_equal(h.n, n);
+        assert_int_equal(h.k, k);
+        assert_int_equal(h.chunk, 64);
+        assert_int_equal(h.value_bits, bits);
+        assert_int_equal(compress_plain_decode(buf, len, n, got), 0);
+        s_reference_plain(x, n, k, 64, bits, want);
+        assert_memory_equal(got, want, n * sizeof *got);
+        uint32_t idx[250];
+        uint64_t used = 0;
+        assert_int_equal(s_parse_indices_bits(buf, idx, &used), k);
+        for (uint32_t j = 1; j < k; j++)
+            assert_true(idx[j] > idx[j - 1]);
+        /* exact size: header, 4 scales, k values of b bits, the Rice bits rounded up */
+        assert_int_equal(len, 20 + 4 * 4 + (k * bits + 7) / 8 + (used + 7) / 8);
+        /* the encoder's parameter gives the smallest code of all parameters */
+        for (uint32_t r = 0; r <= 30; r++)
+            assert_true(used <= s_rice_size(idx, k, r));
+        assert_int_equal(used, s_rice_size(idx, k, h.rice));
+        /* at 5 % density, well under a byte per gap (a varint takes 8 bits or more) */
+        assert_true(used < 7 * k);
+        free(buf);
+        compress_destroy(&c);
+        compress_destroy(&c); /* safe twice */
+    }
     free(x);
     free(got);
     free(want);
-    compress_destroy(&c);
-    compress_destroy(&c); /* safe twice */
 }
 
 static void test_plain_topk_with_ties(void **state)
@@ -201,11 +248,10 @@ static void test_plain_topk_with_ties(void **state)
     free(x);
 }
 
-static void test_plain_residual_exact(void **state)
+static void s_residual_exact(uint32_t bits)
 {
-    (void)state;
     const uint32_t n = 20000, rounds = 8;
-    compress_t *c = s_plain(n, 0.02, 256, true);
+    compress_t *c = s_plain_b(n, 0.02, 256, bits, true);
     float *x = malloc(n * sizeof *x), *acc = malloc(n * sizeof *acc),
           *dec = malloc(n * sizeof *dec), *prev = calloc(n, sizeof *prev);
     double *sum_in = calloc(n, sizeof *sum_in), *sum_out = calloc(n, sizeof *sum_out);
@@ -242,6 +288,55 @@ static void test_plain_residual_exact(void **state)
     free(sum_in);
     free(sum_out);
     compress_destroy(&c);
+}
+
+/* Bitwise residual + decoded == accumulated for every value width: few bits mean large
+ * quantization errors, which the residual must hold exactly. */
+static void test_plain_residual_exact(void **state)
+{
+    (void)state;
+    static const uint32_t widths[] = {2, 3, 4, 6, 8};
+    for (size_t w = 0; w < sizeof widths / sizeof widths[0]; w++)
+        s_residual_exact(widths[w]);
+}
+
+/* compress_plain_max_bytes bounds every payload, at the extremes of the Rice code: all
+ * coordinates, one coordinate at the far end, clustered and evenly spread selections. */
+static void test_plain_size_bound_extremes(void **state)
+{
+    (void)state;
+    const uint32_t n = 3000;
+    float *x = calloc(n, sizeof *x), *d = malloc(n * sizeof *d);
+    static const uint32_t ks[] = {1, 2, 30, 1500, 2999, 3000};
+    for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
+        for (int layout = 0; layout < 3; layout++) {
+            compress_config_t cfg;
+            compress_config_default(&cfg, COMPRESS_PLAIN);
+            cfg.k = ks[t];
+            cfg.value_bits = 2 + (uint32_t)(t % 7);
+            compress_t *c = compress_new(&cfg, n, NULL);
+            assert_non_null(c);
+            for (uint32_t i = 0; i < n; i++) {
+                /* 0: largest at the end; 1: largest first (clustered); 2: spread */
+                float m = layout == 0 ? (float)i : layout == 1 ? (float)(n - i)
+                                                              : (float)((i * 7919u) % n);
+                x[i] = (i & 1) ? -m - 1 : m + 1;
+            }
+            size_t cap = compress_plain_max_bytes(c), len = 0;
+            uint8_t *buf = malloc(cap);
+            assert_int_equal(compress_plain_encode(c, x, buf, cap, &len), 0);
+            assert_true(len <= cap);
+            assert_int_equal(compress_plain_decode(buf, len, n, d), 0);
+            uint32_t nz = 0;
+            for (uint32_t i = 0; i < n; i++)
+                nz += d[i] != 0.0f;
+            assert_true(nz <= ks[t]);
+            free(buf);
+            compress_destroy(&c);
+        }
+    }
+    free(x);
+    free(d);
 }
 
 static void test_plain_residual_checkpoint(void **state)
@@ -298,6 +393,13 @@ static void test_config_errors(void **state)
     assert_int_equal(compress_config_check(&cfg), -1);
     assert_non_null(strstr(medfl_error_message(), "'chunk'"));
     compress_config_default(&cfg, COMPRESS_PLAIN);
+    cfg.value_bits = 1;
+    assert_int_equal(compress_config_check(&cfg), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+    cfg.value_bits = 9;
+    assert_int_equal(compress_config_check(&cfg), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+    compress_config_default(&cfg, COMPRESS_PLAIN);
     cfg.k_frac = 0;
     assert_int_equal(compress_config_check(&cfg), -1);
     assert_non_null(strstr(medfl_error_message(), "'k_frac'"));
@@ -346,7 +448,7 @@ static void s_u32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* Builds a plain payload by the documented layout from raw parts. */
+/* Builds a version 1 plain payload by the documented layout from raw parts. */
 static void s_build(s_buf_t *o, uint32_t n, uint32_t k, uint32_t chunk, const uint8_t *ib,
                     size_t il, const float *scales, uint32_t ns, const int8_t *vals, uint32_t nv)
 {
@@ -388,7 +490,7 @@ static void s_expect_reject(const s_buf_t *o, uint32_t n, medfl_err_t code, cons
         assert_true(dense[i] == 42.0f); /* untouched */
 }
 
-static void test_plain_rejects_malformed(void **state)
+static void test_plain_v1_rejects_malformed(void **state)
 {
     (void)state;
     const float sc1[1] = {0.5f};
@@ -422,7 +524,9 @@ static void test_plain_rejects_malformed(void **state)
     s_expect_reject(&t, 300, MEDFL_EFORMAT, "magic");
     /* bad version */
     t = o;
-    t.b[4] = 2;
+    t.b[4] = 3;
+    s_expect_reject(&t, 300, MEDFL_EUNSUPPORTED, "'version'");
+    t.b[4] = 0;
     s_expect_reject(&t, 300, MEDFL_EUNSUPPORTED, "'version'");
     /* unknown scheme */
     t = o;
@@ -495,6 +599,161 @@ static void test_plain_rejects_malformed(void **state)
     s_u32(t.b + 24, 0xFFFFFFF0u);
     s_expect_reject(&t, 300, MEDFL_EFORMAT, "runs past the end");
     assert_int_equal(compress_plain_decode(NULL, 0, 300, dense), -1);
+}
+
+/* ---- malformed version 2 plain payloads ---- */
+
+static void s_put_bits(uint8_t *p, uint64_t *pos, uint32_t v, uint32_t nbits)
+{
+    for (uint32_t i = 0; i < nbits; i++, (*pos)++)
+        if ((v >> i) & 1u)
+            p[*pos >> 3] |= (uint8_t)(1u << (*pos & 7));
+}
+
+/* Builds a version 2 plain payload by the documented layout from raw parts: `vals` are the
+ * b-bit two's complement fields, `codes` the values to Rice-code with parameter `rice` (the
+ * first index, then each gap - 1). */
+static void s_build2(s_buf_t *o, uint32_t n, uint32_t k, uint32_t chunk, uint32_t bits,
+                     uint32_t rice, const float *scales, uint32_t ns, const int32_t *vals,
+                     uint32_t nv, const uint32_t *codes, uint32_t nc)
+{
+    memset(o->b, 0, sizeof o->b);
+    uint8_t *p = o->b;
+    memcpy(p, "MFLC", 4);
+    p[4] = 2;
+    p[5] = 1;
+    s_u32(p + 8, n);
+    s_u32(p + 12, k);
+    p[16] = (uint8_t)bits;
+    p[17] = (uint8_t)rice;
+    p[18] = (uint8_t)(chunk - 1);
+    p[19] = (uint8_t)((chunk - 1) >> 8);
+    size_t pos = 20;
+    memcpy(p + pos, scales, 4 * ns);
+    pos += 4 * ns;
+    uint64_t b = 0;
+    for (uint32_t j = 0; j < nv; j++)
+        s_put_bits(p + pos, &b, (uint32_t)vals[j] & ((1u << bits) - 1), bits);
+    pos += (b + 7) / 8;
+    b = 0;
+    for (uint32_t j = 0; j < nc; j++) {
+        for (uint32_t q = codes[j] >> rice; q > 0; q--)
+            s_put_bits(p + pos, &b, 1, 1);
+        s_put_bits(p + pos, &b, 0, 1);
+        s_put_bits(p + pos, &b, codes[j] & ((1u << rice) - 1), rice);
+    }
+    pos += (b + 7) / 8;
+    o->len = pos;
+}
+
+static void test_plain_v2_rejects_malformed(void **state)
+{
+    (void)state;
+    const float sc1[1] = {0.5f};
+    const int32_t v3[3] = {1, -2, 7};
+    const uint32_t ok[3] = {3, 6, 189}; /* indices 3, 10, 200 */
+    s_buf_t o, t;
+    s_build2(&o, 300, 3, 256, 4, 3, sc1, 1, v3, 3, ok, 3);
+    assert_int_equal(o.len, 20 + 4 + 2 + 5); /* 12 value bits, 4 + 4 + 27 Rice bits */
+    float dense[300];
+    assert_int_equal(compress_plain_decode(o.b, o.len, 300, dense), 0);
+    assert_true(dense[3] == 0.5f && dense[10] == -1.0f && dense[200] == 3.5f);
+    uint32_t nz = 0;
+    for (int i = 0; i < 300; i++)
+        nz += dense[i] != 0.0f;
+    assert_int_equal(nz, 3);
+    compress_header_t h;
+    assert_int_equal(compress_peek(o.b, o.len, &h), 0);
+    assert_int_equal(h.version, 2);
+    assert_int_equal(h.value_bits, 4);
+    assert_int_equal(h.rice, 3);
+    assert_int_equal(h.chunk, 256);
+
+    /* truncated at every length */
+    for (size_t l = 0; l < o.len; l++) {
+        t = o;
+        t.len = l;
+        float d[300];
+        assert_int_equal(compress_plain_decode(t.b, t.len, 300, d), -1);
+        assert_int_equal(medfl_error_code(), MEDFL_EFORMAT);
+    }
+    t = o;
+    t.len = 25;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "need 26 bytes");
+    t.len = 28;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "count mismatch: fewer than k");
+    /* a trailing byte */
+    t = o;
+    t.b[t.len++] = 0;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "trailing");
+    /* padding bits: after the 12 value bits, after the 35 Rice bits */
+    t = o;
+    t.b[25] |= 0x10;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "values: padding bits");
+    t = o;
+    t.b[30] |= 0x80;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "indices: padding bits");
+    /* the asymmetric value -8 of 4 bits */
+    const int32_t vmin[3] = {1, -8, 7};
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, vmin, 3, ok, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "value 1 is -8");
+    /* header fields */
+    s_build2(&t, 300, 3, 256, 1, 3, sc1, 1, v3, 3, ok, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "'value_bits'");
+    s_build2(&t, 300, 3, 256, 9, 3, sc1, 1, v3, 3, ok, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "'value_bits'");
+    t = o;
+    t.b[17] = 31;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "'rice'");
+    t = o;
+    t.b[5] = 2; /* version 2 exists for the plain scheme only */
+    s_expect_reject(&t, 300, MEDFL_EUNSUPPORTED, "secagg");
+    t = o;
+    t.b[4] = 3;
+    s_expect_reject(&t, 300, MEDFL_EUNSUPPORTED, "'version'");
+    t = o;
+    t.b[7] = 1;
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "reserved");
+    s_expect_reject(&o, 299, MEDFL_EFORMAT, "'n'");
+    s_build2(&t, 2, 3, 256, 4, 3, sc1, 1, v3, 3, ok, 3);
+    s_expect_reject(&t, 2, MEDFL_EFORMAT, "'k'");
+    /* indices out of range: in the low bits, at the end of a gap, and in a long unary run
+     * (rejected as soon as the quotient alone reaches n) */
+    const uint32_t first300[3] = {300, 6, 189};
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, v3, 3, first300, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "index 0 is 300");
+    const uint32_t past[3] = {3, 6, 290};
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, v3, 3, past, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "index 2 is 301");
+    const uint32_t huge[3] = {3, 6, 1000};
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, v3, 3, huge, 3);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "index 2 is >= 304");
+    /* count mismatch: fewer codes than k, more codes than k */
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, v3, 3, ok, 2);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "fewer than k");
+    const uint32_t four[4] = {3, 6, 189, 40};
+    s_build2(&t, 300, 3, 256, 4, 3, sc1, 1, v3, 3, four, 4);
+    s_expect_reject(&t, 300, MEDFL_EFORMAT, "count mismatch");
+    /* scales: wrong count shifts every later region; NaN, Inf, negative */
+    const float bad_scales[3] = {NAN, INFINITY, -0.5f};
+    for (int i = 0; i < 3; i++) {
+        s_build2(&t, 300, 3, 256, 4, 3, &bad_scales[i], 1, v3, 3, ok, 3);
+        s_expect_reject(&t, 300, MEDFL_EFORMAT, "scale of chunk 0");
+    }
+    /* chunk 1: three scales expected, one given -> the regions do not add up */
+    s_build2(&t, 300, 3, 1, 4, 3, sc1, 1, v3, 3, ok, 3);
+    assert_int_equal(compress_plain_decode(t.b, t.len, 300, dense), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EFORMAT);
+    /* chunk 65536 is the largest a u16 field of chunk - 1 holds, and valid */
+    s_build2(&t, 300, 3, 65536, 4, 3, sc1, 1, v3, 3, ok, 3);
+    assert_int_equal(compress_plain_decode(t.b, t.len, 300, dense), 0);
+    /* a valid payload at every Rice parameter decodes to the same vector */
+    for (uint32_t r = 0; r <= 8; r++) {
+        s_build2(&t, 300, 3, 256, 4, r, sc1, 1, v3, 3, ok, 3);
+        float d2[300];
+        assert_int_equal(compress_plain_decode(t.b, t.len, 300, d2), 0);
+        assert_memory_equal(d2, dense, sizeof d2);
+    }
 }
 
 /* Random corruption of real payloads never crashes (ASan/UBSan in CI) and a payload that
@@ -825,8 +1084,8 @@ static void test_secagg_rejects_malformed(void **state)
 }
 
 
-/* The fuzz seed corpus was written by a Python script from the documented layout (see
- * docs/compression.md): both payloads must decode here, which pins the format. */
+/* The fuzz seed corpus is written by tests/ref/make_compress_corpus.py from the documented
+ * layouts (see docs/compression.md): every payload must decode here, which pins the formats. */
 static size_t s_read(const char *path, uint8_t *buf, size_t cap)
 {
     FILE *f = fopen(path, "rb");
@@ -846,6 +1105,14 @@ static void test_corpus_payloads_decode(void **state)
     float dense[300];
     assert_int_equal(compress_plain_decode(buf, len, 300, dense), 0);
     assert_true(dense[3] == 0.5f && dense[10] == -1.0f && dense[200] == 63.5f);
+    len = s_read("tests/fuzz/corpus/compress/plain-v2-3of300", buf, sizeof buf);
+    assert_int_equal(len, 31);
+    assert_int_equal(compress_plain_decode(buf, len, 300, dense), 0);
+    assert_true(dense[3] == 0.5f && dense[10] == -1.0f && dense[200] == 3.5f);
+    uint32_t nz = 0;
+    for (int i = 0; i < 300; i++)
+        nz += dense[i] != 0.0f;
+    assert_int_equal(nz, 3);
     len = s_read("tests/fuzz/corpus/compress/secagg-17of33", buf, sizeof buf);
     assert_true(len > 0);
     compress_config_t cfg = s_sa_cfg(5, 0.5, true, 1.0f, 3);
@@ -860,15 +1127,45 @@ static void test_corpus_payloads_decode(void **state)
     compress_round_destroy(&r);
 }
 
+/* The round start carries the top-k value width (Compression.value_bits): node and
+ * aggregator derive the same settings from it, 0 meaning the library default, and a width
+ * outside 2..8 refuses the round with the field named. */
+static void test_round_start_value_bits(void **state)
+{
+    (void)state;
+    Medfl__Compression c = MEDFL__COMPRESSION__INIT;
+    c.scheme = MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK;
+    c.k = 100;
+    c.bits = 12; /* the secure modes' setting: not the top-k value width */
+    fed_encoding_t enc;
+    compress_config_t cc, def;
+    compress_config_default(&def, COMPRESS_PLAIN);
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), 0);
+    assert_int_equal(enc, FED_TOPK);
+    assert_int_equal(cc.value_bits, def.value_bits);
+    assert_int_equal(compress_config_k(&cc, 3080), 100);
+    c.value_bits = 3;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), 0);
+    assert_int_equal(cc.value_bits, 3);
+    c.value_bits = 9;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+    c.value_bits = 1;
+    assert_int_equal(fed_compression(&c, false, 3080, &enc, &cc), -1);
+    assert_non_null(strstr(medfl_error_message(), "'value_bits'"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_roundtrip_matches_reference),
         cmocka_unit_test(test_plain_topk_with_ties),
         cmocka_unit_test(test_plain_residual_exact),
+        cmocka_unit_test(test_plain_size_bound_extremes),
         cmocka_unit_test(test_plain_residual_checkpoint),
         cmocka_unit_test(test_config_errors),
-        cmocka_unit_test(test_plain_rejects_malformed),
+        cmocka_unit_test(test_plain_v1_rejects_malformed),
+        cmocka_unit_test(test_plain_v2_rejects_malformed),
         cmocka_unit_test(test_plain_random_corruption),
         cmocka_unit_test(test_secagg_sum_through_masked_narrow_ring),
         cmocka_unit_test(test_secagg_stochastic_unbiased),
@@ -876,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_secagg_residual),
         cmocka_unit_test(test_secagg_rejects_malformed),
         cmocka_unit_test(test_corpus_payloads_decode),
+        cmocka_unit_test(test_round_start_value_bits),
     };
     return cmocka_run_group_tests_name("compress", tests, NULL, NULL);
 }

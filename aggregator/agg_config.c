@@ -104,8 +104,9 @@ const cfg_option_t agg_config_table[] = {
      "levels per coordinate in the secure modes (quantize/randk)"},
     {"compression.value_bits", CFG_INT, O(comp_value_bits), 2, 8, "4", true, NULL,
      "topk: bits per sent value (the more bits, the fewer coordinates fit the same bytes)"},
-    {"compression.k_frac", CFG_DOUBLE, O(comp_k_frac), 1e-6, 1, "0.25", true, NULL,
-     "fraction of coordinates sent (topk, randk)"},
+    {"compression.k_frac", CFG_DOUBLE, O(comp_k_frac), 0, 1, "0", true, NULL,
+     "fraction of coordinates sent (topk, randk); 0 = the scheme's default (topk 0.044, "
+     "randk 0.25: docs/compression.md)"},
     {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.05", true, NULL,
      "secure modes: each weighted coordinate is clipped to [-clip, clip]"},
     {"metrics.listen", CFG_STRING, O(metrics_listen), 0, 0, "127.0.0.1:9750", false, NULL,

@@ -645,7 +645,14 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     comp.max_nodes = (uint32_t)n;
     if (comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK ||
         comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK) {
-        double k = round(cfg->comp_k_frac * (double)self->numel);
+        double frac = cfg->comp_k_frac;
+        if (!(frac > 0)) {
+            compress_config_t d;
+            compress_config_default(&d, comp.scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK
+                                            ? COMPRESS_PLAIN : COMPRESS_SECAGG);
+            frac = d.k_frac;
+        }
+        double k = round(frac * (double)self->numel);
         comp.k = k < 1 ? 1 : k > (double)self->numel ? self->numel : (uint64_t)k;
     }
     if (fed_compression(&comp, self->secure, (uint32_t)self->numel, &self->enc, &self->cc) != 0) {

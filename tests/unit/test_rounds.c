@@ -95,8 +95,10 @@ static void s_node_round(fed_t *f, size_t i)
 {
     char sdir[800];
     snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
-    round_trainer_t tr = {&f->tt[i], s_train, s_eval, NULL};
-    node_round_opts_t o = {f->ids[i], sdir, f->sk[i], f->pk[i], f->agg_pk, f->ledger[i]};
+    round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
+    node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
+                             .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
+                             .ledger = f->ledger[i]};
     f->node[i] = node_round_new(&o, &tr, f->client[i]);
     assert_non_null(f->node[i]);
 }

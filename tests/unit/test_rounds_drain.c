@@ -171,8 +171,10 @@ static void s_fed_init(fed_t *f, bool secure, const char *scheme)
         f->ledger[i] = ledger_open(path, 100.0, 1e-5, LEDGER_CREATE);
         assert_non_null(f->ledger[i]);
         f->tt[i].index = (int)i;
-        round_trainer_t tr = {&f->tt[i], s_train, s_eval, NULL};
-        node_round_opts_t o = {f->ids[i], sdir, f->sk[i], f->pk[i], f->agg_pk, f->ledger[i]};
+        round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
+        node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
+                                 .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
+                                 .ledger = f->ledger[i]};
         f->node[i] = node_round_new(&o, &tr, f->client[i]);
         assert_non_null(f->node[i]);
         f->node_m[i] = s_registry("medfl_node", node_names, 8, NULL);

@@ -54,7 +54,8 @@ open(f"{d}/labels.txt", "w").write(",".join(labels))
 PY
   export DEMO_SITES="$sites" DEMO_SEQ="${SEQ:-128}"
 else
-  export DEMO_SEQ="${SEQ:-48}"
+  # 150 test notes per site (450 pooled), as in the figures of docs/benchmarks.md
+  export DEMO_SEQ="${SEQ:-48}" DEMO_TEST_PER_SITE="${TEST_PER_SITE:-150}"
 fi
 echo "# compression experiment: data $data, $DEMO_ROUNDS rounds x $DEMO_LOCAL_STEPS local steps, lr $DEMO_LR, LoRA targets $DEMO_TARGETS, DP $DEMO_DP, seed $DEMO_SEED"
 printf '%-22s %10s %10s %16s\n' setting accuracy macro_f1 bytes_sent

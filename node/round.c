@@ -390,6 +390,10 @@ static int s_shared_noise(node_round_t *self, const Medfl__RoundStart *rs,
         rounding = sqrt((double)compress_config_k(cc, (uint32_t)numel)) * step;
     } else {
         secagg_fixed_t fx;
+        if (!rs->compression) {
+            snprintf(why, why_len, "the round start carries no compression settings (clip)");
+            return -1;
+        }
         if (fed_fixed_params((uint32_t)sa->n_participants, rs->compression->clip, &fx) != 0 ||
             fed_dp_ring(fed_dp_headroom(rs->dp, hp->lr, true), NULL, &fx,
                         (uint32_t)sa->n_participants) != 0) {

@@ -665,7 +665,9 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     /* Distributed noise (docs/privacy.md §10): ρ_max = max w / N sizes every node's share
      * and the ring's headroom; the nodes derive the same headroom from the round start. */
     double rho_max = 0;
-    if (cfg->dp_enabled && cfg->dp_distributed && self->secure) {
+    if (cfg->dp_enabled && cfg->dp_distributed && !self->secure)
+        LOG_WARN(AGG, "privacy.distributed needs secure aggregation: not offered");
+    else if (cfg->dp_enabled && cfg->dp_distributed) {
         for (size_t i = 0; i < n; i++) {
             if (self->parts[i].n_records == 0) {
                 rho_max = 0;
@@ -676,8 +678,6 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
             double r = self->parts[i].weight / (double)self->parts[i].n_records;
             if (r > rho_max) rho_max = r;
         }
-    } else if (cfg->dp_distributed && cfg->dp_enabled && !self->secure) {
-        LOG_WARN(AGG, "privacy.distributed needs secure aggregation: not offered");
     }
     Medfl__DpParams dp = MEDFL__DP_PARAMS__INIT;
     dp.enabled = cfg->dp_enabled;
@@ -688,7 +688,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     dp.distributed = rho_max > 0;
     dp.record_weight_max = rho_max;
     double headroom = fed_dp_headroom(&dp, cfg->fed_lr, self->secure);
-    if (fed_dp_ring(headroom, &self->cc, NULL, 0) != 0) goto fail;
+    if (fed_dp_ring(headroom, &self->cc) != 0) goto fail;
 
     self->m = self->numel;
     if (self->enc == FED_LEVELS) {
@@ -699,10 +699,8 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         self->m = compress_round_k(self->cr);
     }
     if (self->secure) {
-        if (self->enc == FED_DENSE && fed_fixed_params((uint32_t)n, cfg->comp_clip, &self->fx) != 0)
-            goto fail;
         if (self->enc == FED_DENSE &&
-            fed_dp_ring(headroom, NULL, &self->fx, (uint32_t)n) != 0)
+            fed_fixed_params_dp((uint32_t)n, cfg->comp_clip, headroom, &self->fx) != 0)
             goto fail;
         uint32_t k = (uint32_t)cfg->fed_neighbours;
         if (k == 0 || k >= n) k = secagg_default_neighbours((uint32_t)n);

@@ -1114,9 +1114,14 @@ int compress_secagg_encode(compress_t *self, const compress_round_t *round,
     return 0;
 }
 
+double compress_config_step(const compress_config_t *cfg)
+{
+    return 2.0 * (double)cfg->clip / (double)(((uint64_t)1 << cfg->bits) - 1);
+}
+
 double compress_round_step(const compress_round_t *round)
 {
-    return 2.0 * (double)round->cfg.clip / (double)(((uint64_t)1 << round->cfg.bits) - 1);
+    return compress_config_step(&round->cfg);
 }
 
 int compress_secagg_add_noise(const compress_round_t *round, struct dp_rng_t *rng,

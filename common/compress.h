@@ -72,6 +72,8 @@ uint32_t compress_config_k(const compress_config_t *cfg, uint32_t n);
 unsigned compress_ring_width(uint32_t bits, uint32_t max_nodes);
 /* The same with H noise levels of headroom each side: max_nodes * (2^b - 1 + 2H) < 2^w. */
 unsigned compress_ring_width_noise(uint32_t bits, uint32_t max_nodes, uint32_t noise_levels);
+/* SECAGG level step Δ = 2R / (2^b - 1), in weighted-update units. */
+double compress_config_step(const compress_config_t *cfg);
 
 /* What a payload says about itself (compress_peek). */
 typedef struct {
@@ -158,7 +160,7 @@ int compress_secagg_encode(compress_t *self, const compress_round_t *round,
 struct dp_rng_t;
 int compress_secagg_add_noise(const compress_round_t *round, struct dp_rng_t *rng,
                               double std_levels, uint32_t *levels);
-/* Level step Δ = 2R / (2^b - 1): the unit of the ring, in weighted-update units. */
+/* compress_config_step of the round's settings: the unit of its ring. */
 double compress_round_step(const compress_round_t *round);
 int compress_secagg_pack(const compress_round_t *round, const uint32_t *ring, uint8_t *out,
                          size_t cap, size_t *len);

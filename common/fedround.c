@@ -36,11 +36,11 @@ double fed_dp_headroom(const Medfl__DpParams *dp, double lr, bool secure)
     return isfinite(h) && h > 0 ? h : 0;
 }
 
-int fed_dp_ring(double headroom, compress_config_t *cc, secagg_fixed_t *fx, uint32_t n)
+int fed_dp_ring(double headroom, compress_config_t *cc)
 {
     if (!(headroom > 0)) return 0;
-    if (cc && cc->scheme == COMPRESS_SECAGG) {
-        double step = 2.0 * (double)cc->clip / (double)(((uint64_t)1 << cc->bits) - 1);
+    if (cc->scheme == COMPRESS_SECAGG) {
+        double step = compress_config_step(cc);
         double lv = ceil(headroom / step);
         if (!(lv < 1e9))
             return medfl_error_set(MEDFL_ECONFIG, "distributed noise: headroom %g is %g levels of "
@@ -50,13 +50,16 @@ int fed_dp_ring(double headroom, compress_config_t *cc, secagg_fixed_t *fx, uint
         cc->error_feedback = false;
         return compress_config_check(cc);
     }
-    if (cc) cc->error_feedback = false;
-    if (fx) {
-        double clip = fx->clip;
-        if (fed_fixed_params(n, clip + headroom, fx) != 0)
-            return medfl_error_prefix("distributed noise (headroom %g): ", headroom);
-        fx->clip = clip; /* the data keeps its range; only the scale leaves room */
-    }
+    cc->error_feedback = false;
+    return 0;
+}
+
+int fed_fixed_params_dp(uint32_t n, double clip, double headroom, secagg_fixed_t *fx)
+{
+    if (!(headroom > 0)) return fed_fixed_params(n, clip, fx);
+    if (fed_fixed_params(n, clip + headroom, fx) != 0)
+        return medfl_error_prefix("distributed noise (headroom %g): ", headroom);
+    fx->clip = clip; /* the data keeps its range; only the scale leaves room */
     return 0;
 }
 

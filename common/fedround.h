@@ -48,9 +48,13 @@ int fed_compression(const Medfl__Compression *c, bool secure, uint32_t numel,
  * coordinate. 0 when the round does not share noise. The aggregator and every node compute
  * it from the same round-start fields, so they size the ring alike. */
 double fed_dp_headroom(const Medfl__DpParams *dp, double lr, bool secure);
-/* Sizes the ring for that headroom and turns error feedback off (a residual would carry
- * noise-free data into later rounds, outside the per-round accounting). No-op at 0. */
-int fed_dp_ring(double headroom, compress_config_t *cc, secagg_fixed_t *fx, uint32_t n) FED_WUR;
+/* Sizes the levels ring (cc->noise_levels) for that headroom and turns error feedback off
+ * (a residual would carry noise-free data into later rounds, outside the per-round
+ * accounting). No-op at 0. */
+int fed_dp_ring(double headroom, compress_config_t *cc) FED_WUR;
+/* fed_fixed_params for the dense ring with that headroom: the data keep their clip, the
+ * scale leaves room for the noise. headroom 0 = fed_fixed_params. */
+int fed_fixed_params_dp(uint32_t n, double clip, double headroom, secagg_fixed_t *fx) FED_WUR;
 /* Dense fixed-point ring: adds discrete Gaussian noise of std `std` (update units), clamped
  * to ±headroom, to this node's m encoded coordinates. */
 struct dp_rng_t;

@@ -250,8 +250,9 @@ static int s_train_and_send(node_round_t *self)
     } else if (self->secure) {
         secagg_fixed_t fx;
         ring = calloc(n ? n : 1, sizeof *ring);
-        if (!ring || fed_fixed_params((uint32_t)self->n_roster, self->comp.clip, &fx) != 0 ||
-            fed_dp_ring(self->headroom, NULL, &fx, (uint32_t)self->n_roster) != 0 ||
+        if (!ring ||
+            fed_fixed_params_dp((uint32_t)self->n_roster, self->comp.clip, self->headroom,
+                                &fx) != 0 ||
             secagg_encode(&fx, delta, n, self->weight, ring) != 0)
             goto done;
         if (self->shared_std > 0 &&
@@ -386,17 +387,15 @@ static int s_shared_noise(node_round_t *self, const Medfl__RoundStart *rs,
      * step in the coupling of the two runs' rounding draws; over the coordinates sent. */
     double rounding;
     if (enc == FED_LEVELS) {
-        double step = 2.0 * (double)cc->clip / (double)(((uint64_t)1 << cc->bits) - 1);
-        rounding = sqrt((double)compress_config_k(cc, (uint32_t)numel)) * step;
+        rounding = sqrt((double)compress_config_k(cc, (uint32_t)numel)) * compress_config_step(cc);
     } else {
         secagg_fixed_t fx;
         if (!rs->compression) {
             snprintf(why, why_len, "the round start carries no compression settings (clip)");
             return -1;
         }
-        if (fed_fixed_params((uint32_t)sa->n_participants, rs->compression->clip, &fx) != 0 ||
-            fed_dp_ring(fed_dp_headroom(rs->dp, hp->lr, true), NULL, &fx,
-                        (uint32_t)sa->n_participants) != 0) {
+        if (fed_fixed_params_dp((uint32_t)sa->n_participants, rs->compression->clip,
+                                fed_dp_headroom(rs->dp, hp->lr, true), &fx) != 0) {
             snprintf(why, why_len, "%s", medfl_error_message());
             return -1;
         }
@@ -518,7 +517,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     double headroom = fed_dp_headroom(dp, hp.lr, secure), shared_std = 0;
     double sigma_acc = hp.noise_multiplier;
     if (headroom > 0) {
-        if (fed_dp_ring(headroom, &cc, NULL, 0) != 0) {
+        if (fed_dp_ring(headroom, &cc) != 0) {
             snprintf(text, sizeof text, "%s", medfl_error_message());
             free(base);
             s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);

@@ -124,7 +124,7 @@ static void test_headroom(void **state)
     cc.clip = 0.5f;
     cc.bits = 16;
     cc.max_nodes = 3;
-    assert_int_equal(fed_dp_ring(h, &cc, NULL, 0), 0);
+    assert_int_equal(fed_dp_ring(h, &cc), 0);
     assert_false(cc.error_feedback);
     double step = 1.0 / 65535.0;
     assert_int_equal(cc.noise_levels, (uint32_t)ceil(h / step));
@@ -137,17 +137,15 @@ static void test_headroom(void **state)
     cc.clip = 1e-6f;
     cc.bits = 16;
     cc.max_nodes = 3;
-    assert_int_equal(fed_dp_ring(1e3, &cc, NULL, 0), -1);
+    assert_int_equal(fed_dp_ring(1e3, &cc), -1);
     assert_non_null(strstr(medfl_error_message(), "compression.clip"));
     /* The dense ring keeps the data's clip and lowers the scale to make room. */
     secagg_fixed_t fx, fx0;
     assert_int_equal(fed_fixed_params(3, 0.5, &fx0), 0);
-    fx = fx0;
-    assert_int_equal(fed_dp_ring(0.6, NULL, &fx, 3), 0);
+    assert_int_equal(fed_fixed_params_dp(3, 0.5, 0.6, &fx), 0);
     assert_true(fx.clip == 0.5 && fx.scale < fx0.scale);
     assert_int_equal(secagg_fixed_check(&fx, 3), 0);
-    fx = fx0;
-    assert_int_equal(fed_dp_ring(0, NULL, &fx, 3), 0); /* no-op */
+    assert_int_equal(fed_fixed_params_dp(3, 0.5, 0, &fx), 0); /* = fed_fixed_params */
     assert_true(fx.scale == fx0.scale);
 }
 
@@ -164,7 +162,7 @@ static void test_levels_ring_sum(void **state)
     cc.bits = 16;
     cc.max_nodes = N;
     cc.k_frac = 1.0;
-    assert_int_equal(fed_dp_ring(12 * full, &cc, NULL, 0), 0);
+    assert_int_equal(fed_dp_ring(12 * full, &cc), 0);
     uint8_t seed[COMPRESS_SEED_BYTES] = {7};
     compress_round_t *cr = compress_round_new(&cc, K, seed);
     assert_non_null(cr);
@@ -228,8 +226,7 @@ static void test_fixed_ring_sum(void **state)
     enum { N = 3, M = 4000 };
     const double full = 0.01, headroom = 12 * full, node_std = full / sqrt(N);
     secagg_fixed_t fx;
-    assert_int_equal(fed_fixed_params(N, 0.5, &fx), 0);
-    assert_int_equal(fed_dp_ring(headroom, NULL, &fx, N), 0);
+    assert_int_equal(fed_fixed_params_dp(N, 0.5, headroom, &fx), 0);
     float *x = malloc(M * sizeof(float)), *avg = malloc(M * sizeof(float));
     uint32_t *enc = malloc(M * sizeof(uint32_t)), *sum = calloc(M, sizeof(uint32_t));
     double *want = calloc(M, sizeof(double));

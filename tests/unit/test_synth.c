@@ -43,6 +43,18 @@ static const char *s_files[] = {"labels.txt", "pooled-test.jsonl", "site-1/train
                                 "site-2/valid.jsonl", "site-2/test.jsonl", "site-3/train.jsonl",
                                 "site-3/valid.jsonl", "site-3/test.jsonl", NULL};
 
+static int s_same_file(const char *pa, const char *pb)
+{
+    size_t la, lb;
+    char *x = s_read(pa, &la), *y = s_read(pb, &lb);
+    assert_non_null(x);
+    assert_non_null(y);
+    int same = la == lb && memcmp(x, y, la) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
 static int s_same_files(const char *a, const char *b)
 {
     int same = 1;
@@ -50,13 +62,7 @@ static int s_same_files(const char *a, const char *b)
         char pa[700], pb[700];
         snprintf(pa, sizeof pa, "%s/%s", a, *f);
         snprintf(pb, sizeof pb, "%s/%s", b, *f);
-        size_t la, lb;
-        char *x = s_read(pa, &la), *y = s_read(pb, &lb);
-        assert_non_null(x);
-        assert_non_null(y);
-        if (la != lb || memcmp(x, y, la) != 0) same = 0;
-        free(x);
-        free(y);
+        if (!s_same_file(pa, pb)) same = 0;
     }
     return same;
 }
@@ -101,19 +107,6 @@ static void test_deterministic_by_seed(void **state)
 }
 
 static records_t *s_load(const char *dir, const char *file);
-static int s_file_same(const char *a, const char *b)
-{
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        int x = fgetc(fa), y = fgetc(fb);
-        if (x != y) same = 0;
-        if (x == EOF || y == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
 
 /* --test-per-site: more test notes, train and valid byte-identical to the default. */
 static void test_larger_test_split(void **state)
@@ -135,7 +128,7 @@ static void test_larger_test_split(void **state)
             const char *part = p ? "valid" : "train";
             snprintf(fa, sizeof fa, "%s/site-%d/%s.jsonl", a, site, part);
             snprintf(fb, sizeof fb, "%s/site-%d/%s.jsonl", b, site, part);
-            assert_true(s_file_same(fa, fb));
+            assert_true(s_same_file(fa, fb));
         }
         snprintf(fb, sizeof fb, "site-%d/test.jsonl", site);
         records_t *t = s_load(b, fb);

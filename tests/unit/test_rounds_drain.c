@@ -134,9 +134,9 @@ static void s_fed_init(fed_t *f, bool secure, const char *scheme)
     f->cfg.fed_max_nodes = 10;
     f->cfg.fed_secure = secure;
     f->cfg.fed_select_wait_ms = 0;
-    f->cfg.fed_keys_ms = f->cfg.fed_shares_ms = f->cfg.fed_unmask_ms = 400;
-    f->cfg.fed_train_ms = 400;
-    f->cfg.fed_eval_ms = 400;
+    f->cfg.fed_keys_ms = f->cfg.fed_shares_ms = f->cfg.fed_unmask_ms = TESTLIB_PHASE_MS;
+    f->cfg.fed_train_ms = TESTLIB_PHASE_MS;
+    f->cfg.fed_eval_ms = TESTLIB_PHASE_MS;
     f->cfg.fed_retry_ms = 0;
     f->cfg.fed_genesis_dim = DIM;
     f->cfg.dp_enabled = true;

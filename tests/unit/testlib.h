@@ -6,6 +6,12 @@
 #ifndef MEDFL_TESTLIB_H
 #define MEDFL_TESTLIB_H
 
+/* Phase deadlines (ms) of the in-process federation tests. 400 ms let a round's
+ * phases expire under a load average of 8 (sanitizers plus parallel builds), which made the
+ * journal-recovery and drain tests fail now and then; the dropout cases wait one deadline
+ * out, so this is also what they cost. */
+#define TESTLIB_PHASE_MS 1000
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

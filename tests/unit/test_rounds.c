@@ -40,16 +40,19 @@ static int s_case;
 typedef struct {
     int index;
     bool fail_train;
+    int calls;
+    float starts[4][DIM]; /* the vector each of the first 4 local trainings started from */
 } test_trainer_t;
 
 /* delta_u[i] = 0.001 (u + 1) (i + 1): distinct per node, inside every clip used below. */
 static int s_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
                    float *delta, uint64_t *n_examples)
 {
-    (void)global;
     (void)hp;
     test_trainer_t *t = ctx;
     if (t->fail_train) return medfl_error_set(MEDFL_EDEVICE, "test trainer told to fail");
+    if (n == DIM && t->calls < 4) memcpy(t->starts[t->calls], global, sizeof t->starts[0]);
+    t->calls++;
     for (size_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(t->index + 1) * (float)(i + 1);
     *n_examples = 10;
     return 0;
@@ -291,10 +294,30 @@ static void test_plain_topk(void **state)
     fed_t f;
     s_fed_init(&f, 3, false, "topk");
     f.cfg.comp_k_frac = 0.5;
-    s_run_until_completed(&f, 2, 20000);
-    /* top-4 of 8 with error feedback: the head moved, and only in plausible directions */
+    s_run_until_completed(&f, 1, 20000);
     size_t numel = 0;
     const float *g = rounds_global(f.rounds, &numel);
+    assert_int_equal(numel, DIM);
+    float v2[DIM];
+    memcpy(v2, g, sizeof v2);
+    s_run_until_completed(&f, 2, 20000);
+    /* Round 2 trains from global + residual (docs/compression.md): node 0 sent the top 4 of
+     * delta_0[i] = 0.001 (i + 1), i.e. coordinates 4..7 at 4 bits; its residual holds the
+     * unsent 0..3 exactly and the rounding error of 4..7 (below one level, 0.008 / 15). */
+    test_trainer_t *t0 = &f.tt[0];
+    assert_true(t0->calls >= 2);
+    for (size_t i = 0; i < DIM; i++) assert_true(t0->starts[0][i] == 0.0f); /* genesis */
+    for (size_t i = 0; i < DIM; i++) {
+        double r = (double)t0->starts[1][i] - (double)v2[i];
+        if (i < 4 && fabs(r - 0.001 * (double)(i + 1)) > 1e-6)
+            fail_msg("coordinate %zu: round 2 started %.7f from version 2, expected the unsent "
+                     "%.7f", i, r, 0.001 * (double)(i + 1));
+        if (i >= 4 && fabs(r) > 0.008 / 15)
+            fail_msg("coordinate %zu: round 2 started %.7f from version 2, more than the "
+                     "rounding error", i, r);
+    }
+    /* top-4 of 8 with error feedback: the head moved, and only in plausible directions */
+    g = rounds_global(f.rounds, &numel);
     double moved = 0;
     for (size_t i = 0; i < numel; i++) {
         assert_true(g[i] >= -1e-6);

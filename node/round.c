@@ -196,7 +196,6 @@ static int s_train_and_send(node_round_t *self)
 {
     size_t n = self->numel;
     float *delta = calloc(n ? n : 1, sizeof *delta);
-    float *start = NULL; /* global + residual, when error feedback has one */
     uint32_t *ring = NULL;
     uint8_t *payload = NULL, *masked = NULL;
     compress_t *comp = NULL;
@@ -211,25 +210,11 @@ static int s_train_and_send(node_round_t *self)
     LOG_INFO(TRAIN, "round %" PRIu64 ": training %u local steps from version %" PRIu64 "%s",
              self->round_id, self->hp.local_steps, self->base_version,
              self->hp.dp ? " with DP-SGD" : "");
-    bool ef = self->enc != FED_DENSE && self->cc.error_feedback;
-    /* With error feedback, local training starts from global + residual: the residual is
-     * where this node's model would be had everything been sent, and an update computed from
-     * the bare global model re-proposes what the residual already holds, so the residual
-     * grows round after round (docs/compression.md, "Node-side recommendation"). delta is
-     * then local_end - start, and the compressor's residual + delta = local_end - global. */
-    if (ef && self->n_residual == n) {
-        start = malloc(n * sizeof *start);
-        if (!start) {
-            medfl_error_set(MEDFL_ENOMEM, "out of memory for the training start");
-            goto done;
-        }
-        for (size_t i = 0; i < n; i++) start[i] = self->base[i] + self->residual[i];
-    }
     int64_t t0_ms = service_now_ms();
-    if (self->trainer.train(self->trainer.ctx, start ? start : self->base, n, &self->hp, delta,
-                            &n_examples) != 0)
+    if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
         goto done;
     s_metrics_trained(self, n_examples, t0_ms);
+    bool ef = self->enc != FED_DENSE && self->cc.error_feedback;
     if (self->headroom > 0 && !self->noise_rng && !(self->noise_rng = dp_rng_new())) goto done;
     if (self->enc != FED_DENSE && !ef) {
         comp = compress_new(&self->cc, (uint32_t)n, NULL);
@@ -362,7 +347,6 @@ done:
         self->m_round = 0; /* its version will not hold this node's update */
     }
     free(delta);
-    free(start);
     free(ring);
     free(payload);
     secagg_buf_free(masked, masked_len);

@@ -297,9 +297,10 @@ static int s_cmp_tensor_name(const void *a, const void *b)
 /* target_modules: module suffixes when exact, else a regex naming every adapted module (see
  * adapter_file.h). `prefix` is the encoder's attribute ("" for BertModel). */
 static cJSON *s_target_modules(const named_tensor_t *tensors, size_t n, char (*targets)[128],
-                               size_t n_targets, int max_layer, const char *prefix)
+                               size_t n_targets, int max_layer, const char *prefix,
+                               bool force_regex)
 {
-    bool ambiguous = false;
+    bool ambiguous = force_regex;
     for (size_t k = 0; k < n_targets; k++) {
         size_t count = 0;
         for (size_t i = 0; i < n; i++) {
@@ -346,8 +347,53 @@ static cJSON *s_target_modules(const named_tensor_t *tensors, size_t n, char (*t
     return tm;
 }
 
+static int s_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
+                        const adapter_peft_opts_t *o, bool placeholder);
+
+/* PEFT's LoRA refuses a config that adapts no module, so a head-only adapter (model.lora.
+ * targets = none, what DP training at hospital scale uses) is exported with one rank-1 LoRA
+ * on layer 0's query whose A and B are zero: an exact no-op PEFT can load, beside the
+ * classifier (a module to save for SEQ_CLS, medfl_head.* for FEATURE_EXTRACTION). */
 int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
                        const adapter_peft_opts_t *o)
+{
+    const named_tensor_t *head_w = NULL;
+    bool lora = false;
+    for (size_t i = 0; i < n; i++) {
+        int layer;
+        char mod[128], which;
+        lora |= adapter_lora_parts(tensors[i].name, &layer, mod, sizeof mod, &which);
+        if (strcmp(tensors[i].name, S_HEAD "weight") == 0) head_w = &tensors[i];
+    }
+    if (lora || !head_w || head_w->ndim != 2) return s_peft_write(dir, tensors, n, o, false);
+    const size_t hidden = (size_t)head_w->shape[1];
+    named_tensor_t *list = calloc(n + 2, sizeof *list);
+    float *zeros = calloc(hidden ? hidden : 1, sizeof *zeros);
+    if (!list || !zeros) {
+        free(list);
+        free(zeros);
+        return medfl_error_set(MEDFL_ENOMEM, "%s: PEFT export: out of memory", dir);
+    }
+    memcpy(list, tensors, n * sizeof *list);
+    named_tensor_t *a = &list[n], *b = &list[n + 1];
+    a->name = (char *)S_ENC "layer.0.attention.self.query.lora_A.weight";
+    a->ndim = 2;
+    a->shape[0] = 1;
+    a->shape[1] = (int64_t)hidden;
+    a->data = zeros;
+    b->name = (char *)S_ENC "layer.0.attention.self.query.lora_B.weight";
+    b->ndim = 2;
+    b->shape[0] = (int64_t)hidden;
+    b->shape[1] = 1;
+    b->data = zeros;
+    int rc = s_peft_write(dir, list, n + 2, o, true);
+    free(list);
+    free(zeros);
+    return rc;
+}
+
+static int s_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
+                        const adapter_peft_opts_t *o, bool placeholder)
 {
     const bool seq = o->task == ADAPTER_PEFT_SEQ_CLS;
     const char *prefix = !seq ? "" : o->prefix ? o->prefix : "bert";
@@ -410,7 +456,7 @@ int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
     if (safetensors_write_f32(path, list, n_list, meta, 1) < 0) goto done;
 
     /* Keys as PEFT's LoraConfig.save_pretrained writes them (sorted). */
-    cJSON *tm = s_target_modules(tensors, n, targets, n_targets, max_layer, prefix);
+    cJSON *tm = s_target_modules(tensors, n, targets, n_targets, max_layer, prefix, placeholder);
     if (!tm || !(cfg = cJSON_CreateObject())) {
         cJSON_Delete(tm);
         goto oom;

@@ -404,8 +404,51 @@ static void test_peft_seq_cls(void **state)
     assert_int_equal(adapter_peft_write(dir, ts, 2, &o), -1);
     assert_non_null(strstr(medfl_error_message(), "one rank per adapter"));
     named_tensor_t head_only[2] = {f->a.tensors[f->a.n_tensors - 2], f->a.tensors[f->a.n_tensors - 1]};
-    assert_int_equal(adapter_peft_write(dir, head_only, 2, &o), -1);
+    const named_tensor_t *hw = adapter_find(&f->a, "classifier.weight");
+    const named_tensor_t *hb = adapter_find(&f->a, "classifier.bias");
+    assert_non_null(hw);
+    assert_non_null(hb);
+    assert_int_equal(adapter_peft_write(dir, hb, 1, &o), -1); /* neither LoRA nor a head */
     assert_non_null(strstr(medfl_error_message(), "no LoRA tensors"));
+
+    /* A head-only adapter: the classifier, plus one rank-1 zero LoRA on layer 0's query
+     * because PEFT refuses a LoRA config that adapts nothing. */
+    o.include_head = true;
+    o.prefix = "bert";
+    snprintf(dir, sizeof dir, "%s/seq-headonly", s_dir);
+    if (adapter_peft_write(dir, head_only, 2, &o) < 0) fail_msg("%s", medfl_error_message());
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    st = safetensors_open(p);
+    assert_non_null(st);
+    assert_int_equal(safetensors_count(st), 4);
+    assert_non_null(safetensors_find(st, "base_model.model.classifier.weight"));
+    assert_non_null(safetensors_find(st, "base_model.model.classifier.bias"));
+    const char *zero_ab[2] = {"base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight",
+                              "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight"};
+    for (int k = 0; k < 2; k++) {
+        const st_tensor_t *t = safetensors_find(st, zero_ab[k]);
+        assert_non_null(t);
+        float buf[4096];
+        assert_true((size_t)hw->shape[1] <= 4096);
+        assert_int_equal(safetensors_read_f32(st, t, buf), 0);
+        for (int64_t i = 0; i < hw->shape[1]; i++) assert_true(buf[i] == 0.0f);
+    }
+    safetensors_destroy(&st);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    cJSON *hcfg = s_json(p);
+    assert_int_equal(cJSON_GetObjectItem(hcfg, "r")->valueint, 1);
+    assert_string_equal(cJSON_GetObjectItem(hcfg, "target_modules")->valuestring,
+                        "^(?:bert\\.encoder\\.layer\\.0\\.attention\\.self\\.query)$");
+    cJSON_Delete(hcfg);
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "python3 tests/ref/check_peft_head_export.py tests/ref/fixtures/tiny_bert %s",
+             dir);
+    if (system("python3 -c 'import peft, torch, transformers' >/dev/null 2>&1") == 0) {
+        int rc = system(cmd);
+        assert_int_equal(WIFEXITED(rc) ? WEXITSTATUS(rc) : 1, 0);
+    } else {
+        print_message("SKIP: PEFT load of the head-only export (python3 peft/torch absent)\n");
+    }
     free(f);
 
     char nm[300], back[300];

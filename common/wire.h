@@ -134,11 +134,11 @@ void wire_key_id(const uint8_t public_key[WIRE_KEY_LEN], char out[WIRE_KEY_ID_LE
  * a different context, and its neighbours (and the aggregator's own check) refuse its keys.
  * Every honest participant computes the same digest: protobuf-c packs equal values to equal
  * bytes (fields in number order, nested messages likewise, proto3 defaults omitted), and
- * unpacking then packing again gives back the same bytes (a round start from a newer peer
- * with fields this version does not know is packed with them at the end: the digests then
- * differ, which is the intended "incompatible version" outcome). The aggregator hashes the
- * struct it sends, a node the struct it decoded. 0, or -1 with MEDFL_EINVAL (NULL, not a
- * RoundStart) or MEDFL_ENOMEM. */
+ * unpacking then packing again gives back the same bytes (fields this version does not
+ * know are kept as unknown fields and packed after the known ones, where a newer peer with
+ * higher-numbered fields put them too). The aggregator hashes the struct it sends, a node
+ * the struct it decoded. 0, or -1 with MEDFL_EINVAL (NULL, not a RoundStart), MEDFL_ECRYPTO
+ * (libsodium unusable) or MEDFL_ENOMEM. */
 int wire_round_context(const Medfl__RoundStart *rs, uint8_t out[WIRE_ROUND_CONTEXT_BYTES])
     __attribute__((warn_unused_result));
 

@@ -295,6 +295,27 @@ static void test_round_context(void **state)
             if (memcmp(dv[v], dv[w], sizeof d0) == 0) fail_msg("variants %d and %d collide", w, v);
     }
 
+    /* a field this version does not know (a newer aggregator's, highest number) is kept by
+     * the decoder and packed back in the same place: the digest is that of the bytes sent */
+    s_rs_fix(&f);
+    f.rs.weight = 0, f.rs.deadline_ms = 0;
+    uint8_t raw[1024], want[WIRE_ROUND_CONTEXT_BYTES];
+    size_t rl = medfl__round_start__pack(&f.rs, raw);
+    raw[rl++] = 15 << 3; /* field 15, varint */
+    raw[rl++] = 42;
+    Medfl__RoundStart *u = medfl__round_start__unpack(NULL, rl, raw);
+    assert_non_null(u);
+    assert_int_equal(u->base.n_unknown_fields, 1);
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, sizeof want);
+    crypto_generichash_update(&h, (const uint8_t *)"medfl-round-context-v1", 22);
+    crypto_generichash_update(&h, raw, rl);
+    crypto_generichash_final(&h, want, sizeof want);
+    assert_int_equal(wire_round_context(u, d1), 0);
+    assert_memory_equal(d1, want, sizeof want);
+    assert_memory_not_equal(d1, d0, sizeof d0);
+    medfl__round_start__free_unpacked(u, NULL);
+
     /* refusals */
     assert_int_equal(wire_round_context(NULL, d1), -1);
     assert_int_equal(medfl_error_code(), MEDFL_EINVAL);

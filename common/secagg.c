@@ -395,8 +395,8 @@ static int s_verify_keys(uint64_t round_id, const uint8_t context[SECAGG_CONTEXT
     if (crypto_sign_verify_detached(k->sig, msg, sizeof msg, id_pk) != 0)
         return medfl_error_set(MEDFL_ECRYPTO, "secagg round %llu: keys of node %u: signature "
                                "does not verify against its enrolled identity key and this "
-                               "round's parameters (the aggregator sent it a different round "
-                               "start, or it runs an incompatible medfl version)",
+                               "round's parameters (it was sent another round start than this "
+                               "party, or it runs an incompatible medfl version)",
                                (unsigned long long)round_id, k->node);
     return 0;
 }
@@ -600,7 +600,8 @@ int secagg_client_handle_keys(secagg_client_t *c, const uint8_t *in, size_t in_l
                             "not a neighbour", c->self, i, e->node);
             goto done;
         }
-        if (s_verify_keys(c->p.round_id, c->p.context, e, c->id_pks + 32 * (size_t)e->node) < 0) goto done;
+        if (s_verify_keys(c->p.round_id, c->p.context, e, c->id_pks + 32 * (size_t)e->node) < 0)
+            goto done;
         if (sodium_memcmp(e->c_pk, e->s_pk, 32) == 0) {
             medfl_error_set(MEDFL_ECRYPTO, "secagg client %u: node %u advertised equal c and s "
                             "keys", c->self, e->node);
@@ -1032,7 +1033,8 @@ int secagg_server_add_keys(secagg_server_t *s, const uint8_t *in, size_t len)
     secagg_advertise_t a;
     if (secagg_advertise_decode(in, len, &a) < 0) return -1;
     if (s_server_msg(s, a.round_id, a.keys.node, 1, "AdvertiseKeys") < 0) return -1;
-    if (s_verify_keys(a.round_id, s->p.context, &a.keys, s->id_pks + 32 * (size_t)a.keys.node) < 0) return -1;
+    if (s_verify_keys(a.round_id, s->p.context, &a.keys, s->id_pks + 32 * (size_t)a.keys.node) < 0)
+        return -1;
     s->keys[a.keys.node] = a.keys;
     s->has[1][a.keys.node] = 1;
     return 0;

@@ -489,8 +489,8 @@ static void test_tampered_round_start_refused(void **state)
     assert_true(testlib_log_has("round 1: distributed noise offered"));
     assert_true(testlib_log_has("round 1: keys of node h2 refused: secagg round 1: keys of node 2: "
                                 "signature does not verify against its enrolled identity key and "
-                                "this round's parameters (the aggregator sent it a different "
-                                "round start"));
+                                "this round's parameters (it was sent another round start than "
+                                "this party"));
     assert_false(testlib_log_has("keys of node h0 refused"));
     assert_false(testlib_log_has("keys of node h1 refused"));
     assert_int_equal(node_round_contributed(f.node[0]), 1);

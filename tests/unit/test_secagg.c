@@ -507,8 +507,8 @@ static void test_round_context_mismatch_refused(void **state)
         assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
         assert_non_null(strstr(medfl_error_message(), "secagg round 700: keys of node 2: "
                                "signature does not verify"));
-        assert_non_null(strstr(medfl_error_message(), "the aggregator sent it a different "
-                               "round start"));
+        assert_non_null(strstr(medfl_error_message(), "it was sent another round start than "
+                               "this party"));
     }
 
     /* a relay that forwards node 2's keys: an honest neighbour refuses them (a fresh client

@@ -688,6 +688,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     dp.distributed = rho_max > 0;
     dp.record_weight_max = rho_max;
     double headroom = fed_dp_headroom(&dp, cfg->fed_lr, self->secure);
+    ProtobufCBinaryData *pks = NULL; /* RoundStart identity keys, freed on every path */
     if (fed_dp_ring(headroom, &self->cc) != 0) goto fail;
 
     self->m = self->numel;
@@ -710,18 +711,64 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         if (t > k + 1) t = k + 1;
         if (secagg_params_init(&self->sp, self->round_id, (uint32_t)n, k, t, self->m) != 0)
             goto fail;
-        uint8_t *ipks = malloc(n * 32);
-        if (!ipks) goto fail;
-        for (size_t i = 0; i < n; i++) memcpy(ipks + 32 * i, self->parts[i].ipk, 32);
-        self->ss = secagg_server_new(&self->sp, ipks, 2);
-        free(ipks);
-        if (!self->ss) goto fail;
     } else if (self->enc == FED_LEVELS) {
         self->ring_acc = calloc(self->m, sizeof *self->ring_acc);
         if (!self->ring_acc) goto fail;
     } else {
         self->acc = calloc(self->numel, sizeof *self->acc);
         if (!self->acc) goto fail;
+    }
+
+    /* The round start, identical for every participant but for weight and deadline_ms.
+     * Built before the secagg server: its digest (wire_round_context, which a node computes
+     * from the copy it receives) goes into the params every AdvertiseKeys signature covers,
+     * so a node that was sent other round parameters cannot take part unnoticed. */
+    Medfl__Hyperparams hp = MEDFL__HYPERPARAMS__INIT;
+    hp.lr = cfg->fed_lr;
+    hp.local_steps = (uint32_t)cfg->fed_local_steps;
+    hp.batch_size = (uint32_t)cfg->fed_batch_size;
+    hp.max_seq_len = (uint32_t)cfg->fed_max_seq_len;
+    Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
+    pks = calloc(n, sizeof *pks);
+    if (!pks) {
+        medfl_error_set(MEDFL_ENOMEM, "identity keys of %zu participants", n);
+        goto fail;
+    }
+    sa.enabled = self->secure;
+    sa.participants = self->roster;
+    sa.n_participants = n;
+    if (self->secure) {
+        sa.threshold = self->sp.t;
+        sa.neighbours = self->sp.k;
+        sa.graph_seed.data = self->sp.graph_seed;
+        sa.graph_seed.len = 32;
+        sa.m = self->m;
+        for (size_t i = 0; i < n; i++) pks[i].data = self->parts[i].ipk, pks[i].len = 32;
+        sa.identity_pks = pks;
+        sa.n_identity_pks = n;
+    }
+    Medfl__RoundStart rs = MEDFL__ROUND_START__INIT;
+    rs.round_id = self->round_id;
+    rs.base_version = self->head;
+    rs.base_hash.data = self->head_m->hash;
+    rs.base_hash.len = VS_HASH_BYTES;
+    rs.hyperparams = &hp;
+    rs.dp = &dp;
+    rs.compression = &comp;
+    rs.secagg = &sa;
+    rs.deadline_ms = (uint32_t)cfg->fed_train_ms;
+    if (self->secure) {
+        _Static_assert(SECAGG_CONTEXT_BYTES == WIRE_ROUND_CONTEXT_BYTES, "round context size");
+        if (wire_round_context(&rs, self->sp.context) != 0) goto fail;
+        uint8_t *ipks = malloc(n * 32);
+        if (!ipks) {
+            medfl_error_set(MEDFL_ENOMEM, "identity keys of %zu participants", n);
+            goto fail;
+        }
+        for (size_t i = 0; i < n; i++) memcpy(ipks + 32 * i, self->parts[i].ipk, 32);
+        self->ss = secagg_server_new(&self->sp, ipks, 2);
+        free(ipks);
+        if (!self->ss) goto fail;
     }
 
     /* Journal first: a crash after this line leaves a round that recovery aborts. */
@@ -766,37 +813,6 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     /* Catch-up copies of the base version first (same connection: they arrive before). */
     for (size_t i = 0; i < n; i++) s_sync_node(self, &self->parts[i]);
 
-    Medfl__Hyperparams hp = MEDFL__HYPERPARAMS__INIT;
-    hp.lr = cfg->fed_lr;
-    hp.local_steps = (uint32_t)cfg->fed_local_steps;
-    hp.batch_size = (uint32_t)cfg->fed_batch_size;
-    hp.max_seq_len = (uint32_t)cfg->fed_max_seq_len;
-    Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
-    ProtobufCBinaryData *pks = calloc(n, sizeof *pks);
-    if (!pks) goto fail;
-    sa.enabled = self->secure;
-    sa.participants = self->roster;
-    sa.n_participants = n;
-    if (self->secure) {
-        sa.threshold = self->sp.t;
-        sa.neighbours = self->sp.k;
-        sa.graph_seed.data = self->sp.graph_seed;
-        sa.graph_seed.len = 32;
-        sa.m = self->m;
-        for (size_t i = 0; i < n; i++) pks[i].data = self->parts[i].ipk, pks[i].len = 32;
-        sa.identity_pks = pks;
-        sa.n_identity_pks = n;
-    }
-    Medfl__RoundStart rs = MEDFL__ROUND_START__INIT;
-    rs.round_id = self->round_id;
-    rs.base_version = self->head;
-    rs.base_hash.data = self->head_m->hash;
-    rs.base_hash.len = VS_HASH_BYTES;
-    rs.hyperparams = &hp;
-    rs.dp = &dp;
-    rs.compression = &comp;
-    rs.secagg = &sa;
-    rs.deadline_ms = (uint32_t)cfg->fed_train_ms;
     for (size_t i = 0; i < n; i++) {
         rs.weight = self->parts[i].weight;
         s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_ROUND_START, &rs.base, NULL, 0, NULL);
@@ -805,6 +821,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     s_enter(self, self->phase, now, self->secure ? cfg->fed_keys_ms : cfg->fed_train_ms);
     return;
 fail:
+    free(pks);
     LOG_ERROR(AGG, "round %" PRIu64 " not started: %s", self->round_id, medfl_error_message());
     s_release_round(self);
     self->round_id = 0;

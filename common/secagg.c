@@ -10,7 +10,10 @@
  * PRG(seed) is the ChaCha20-IETF keystream of the seed with a zero nonce (each seed is used
  * for exactly one stream). Share pairs are sealed with XChaCha20-Poly1305 under k_uv with
  * associated data (label, round, sender, recipient), so the aggregator can neither read nor
- * swap them between nodes or rounds. Every secret is wiped once its last use is over. */
+ * swap them between nodes or rounds. Every secret is wiped once its last use is over.
+ * AdvertiseKeys signatures (Ed25519, identity key) cover
+ *   "medfl-secagg-keys-v2" || round || context || node || c_pk || s_pk
+ * where context is secagg_params_t.context, the digest of the round start the signer got. */
 #include "common/secagg.h"
 
 #include <math.h>
@@ -28,7 +31,9 @@
 #define S_BIG_ENDIAN 0
 #endif
 
-static const char s_sig_label[] = "medfl-secagg-keys-v1";
+/* v2: the signature also covers the round context (secagg_params_t.context); v1 keys do
+ * not verify under v2, which is the point: old and new peers cannot mix silently. */
+static const char s_sig_label[] = "medfl-secagg-keys-v2";
 static const char s_enc_label[] = "medfl-secagg-enc-v1";
 static const char s_mask_label[] = "medfl-secagg-mask-v1";
 static const char s_graph_label[] = "medfl-secagg-graph-v1";
@@ -359,29 +364,39 @@ static int s_derive(uint8_t out[32], const char *label, uint64_t round_id, uint3
     return 0;
 }
 
-/* The bytes an AdvertiseKeys signature covers. */
-static void s_sig_msg(uint8_t out[sizeof s_sig_label - 1 + 12 + 64], uint64_t round_id,
-                      const secagg_keys_t *k)
+/* The bytes an AdvertiseKeys signature covers: label || round || context || node || c_pk ||
+ * s_pk. The context binds the rest of the round start the signer received (threshold, DP
+ * parameters, compression, base version...): a node that was sent different round
+ * parameters signs something its neighbours' verification does not reproduce. */
+#define S_SIG_MSG_BYTES (sizeof s_sig_label - 1 + 8 + SECAGG_CONTEXT_BYTES + 4 + 64)
+
+static void s_sig_msg(uint8_t out[S_SIG_MSG_BYTES], uint64_t round_id,
+                      const uint8_t context[SECAGG_CONTEXT_BYTES], const secagg_keys_t *k)
 {
     size_t o = sizeof s_sig_label - 1;
     memcpy(out, s_sig_label, o);
     s_le64(out + o, round_id);
-    s_le32(out + o + 8, k->node);
-    memcpy(out + o + 12, k->c_pk, 32);
-    memcpy(out + o + 44, k->s_pk, 32);
+    o += 8;
+    memcpy(out + o, context, SECAGG_CONTEXT_BYTES);
+    o += SECAGG_CONTEXT_BYTES;
+    s_le32(out + o, k->node);
+    memcpy(out + o + 4, k->c_pk, 32);
+    memcpy(out + o + 36, k->s_pk, 32);
 }
 
-#define S_SIG_MSG_BYTES (sizeof s_sig_label - 1 + 12 + 64)
-
-static int s_verify_keys(uint64_t round_id, const secagg_keys_t *k, const uint8_t id_pk[32])
+static int s_verify_keys(uint64_t round_id, const uint8_t context[SECAGG_CONTEXT_BYTES],
+                         const secagg_keys_t *k, const uint8_t id_pk[32])
     __attribute__((warn_unused_result));
-static int s_verify_keys(uint64_t round_id, const secagg_keys_t *k, const uint8_t id_pk[32])
+static int s_verify_keys(uint64_t round_id, const uint8_t context[SECAGG_CONTEXT_BYTES],
+                         const secagg_keys_t *k, const uint8_t id_pk[32])
 {
     uint8_t msg[S_SIG_MSG_BYTES];
-    s_sig_msg(msg, round_id, k);
+    s_sig_msg(msg, round_id, context, k);
     if (crypto_sign_verify_detached(k->sig, msg, sizeof msg, id_pk) != 0)
         return medfl_error_set(MEDFL_ECRYPTO, "secagg round %llu: keys of node %u: signature "
-                               "does not verify against its enrolled identity key",
+                               "does not verify against its enrolled identity key and this "
+                               "round's parameters (it was sent another round start than this "
+                               "party, or it runs an incompatible medfl version)",
                                (unsigned long long)round_id, k->node);
     return 0;
 }
@@ -556,7 +571,7 @@ int secagg_client_advertise(secagg_client_t *c, uint8_t **out, size_t *out_len)
     memcpy(a.keys.c_pk, c->c_pk, 32);
     memcpy(a.keys.s_pk, c->s_pk, 32);
     uint8_t msg[S_SIG_MSG_BYTES];
-    s_sig_msg(msg, c->p.round_id, &a.keys);
+    s_sig_msg(msg, c->p.round_id, c->p.context, &a.keys);
     crypto_sign_detached(a.keys.sig, NULL, msg, sizeof msg, c->id_sk);
     /* the identity key is only needed for this signature */
     sodium_memzero(c->id_sk, sizeof c->id_sk);
@@ -585,7 +600,8 @@ int secagg_client_handle_keys(secagg_client_t *c, const uint8_t *in, size_t in_l
                             "not a neighbour", c->self, i, e->node);
             goto done;
         }
-        if (s_verify_keys(c->p.round_id, e, c->id_pks + 32 * (size_t)e->node) < 0) goto done;
+        if (s_verify_keys(c->p.round_id, c->p.context, e, c->id_pks + 32 * (size_t)e->node) < 0)
+            goto done;
         if (sodium_memcmp(e->c_pk, e->s_pk, 32) == 0) {
             medfl_error_set(MEDFL_ECRYPTO, "secagg client %u: node %u advertised equal c and s "
                             "keys", c->self, e->node);
@@ -1017,7 +1033,8 @@ int secagg_server_add_keys(secagg_server_t *s, const uint8_t *in, size_t len)
     secagg_advertise_t a;
     if (secagg_advertise_decode(in, len, &a) < 0) return -1;
     if (s_server_msg(s, a.round_id, a.keys.node, 1, "AdvertiseKeys") < 0) return -1;
-    if (s_verify_keys(a.round_id, &a.keys, s->id_pks + 32 * (size_t)a.keys.node) < 0) return -1;
+    if (s_verify_keys(a.round_id, s->p.context, &a.keys, s->id_pks + 32 * (size_t)a.keys.node) < 0)
+        return -1;
     s->keys[a.keys.node] = a.keys;
     s->has[1][a.keys.node] = 1;
     return 0;

@@ -106,9 +106,10 @@ secagg_client_t *secagg_client_new(const secagg_params_t *p, uint32_t self,
 void secagg_client_destroy(secagg_client_t **self_p);
 secagg_client_state_t secagg_client_state(const secagg_client_t *c);
 
-/* Round 0: fresh c and s X25519 key pairs, signed. */
+/* Round 0: fresh c and s X25519 key pairs, signed over (round, p->context, node, keys). */
 int secagg_client_advertise(secagg_client_t *c, uint8_t **out, size_t *out_len) SECAGG_WUR;
-/* Round 1: verifies every neighbour's signature against its identity key, draws b_u, splits
+/* Round 1: verifies every neighbour's signature against its identity key and this client's
+ * round context (a neighbour that was sent other round parameters fails here), draws b_u, splits
  * b_u and s_sk_u t-of-(|U1 neighbours| + 1) and encrypts each neighbour's pair -> ShareKeys. */
 int secagg_client_handle_keys(secagg_client_t *c, const uint8_t *in, size_t in_len,
                               uint8_t **out, size_t *out_len) SECAGG_WUR;
@@ -138,8 +139,9 @@ typedef enum {
 
 typedef struct secagg_server_t secagg_server_t;
 
-/* identity_pks: n * 32 bytes (AdvertiseKeys signatures are checked here too, so a bad key is
- * dropped early; clients check again). threads: workers for unmasking (>= 1). */
+/* identity_pks: n * 32 bytes (AdvertiseKeys signatures are checked here too, against p->context
+ * as well, so a bad key or a node sent another round start is dropped early; clients check
+ * again). threads: workers for unmasking (>= 1). */
 secagg_server_t *secagg_server_new(const secagg_params_t *p, const uint8_t *identity_pks,
                                    int threads);
 void secagg_server_destroy(secagg_server_t **self_p);

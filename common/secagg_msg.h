@@ -25,6 +25,7 @@
 #define SECAGG_SHARE_PT_BYTES (2 * SHAMIR_SHARE_BYTES)
 #define SECAGG_CT_BYTES (24 + SECAGG_SHARE_PT_BYTES + 16)
 #define SECAGG_HDR_BYTES 12 /* magic, version, type, round_id */
+#define SECAGG_CONTEXT_BYTES 32 /* secagg_params_t.context */
 
 typedef enum {
     SECAGG_MSG_ADVERTISE_KEYS = 1, /* client -> server, round 0 */
@@ -46,6 +47,12 @@ typedef struct {
     uint32_t t;  /* threshold: shares needed out of the k + 1 holders of a node's secrets */
     uint64_t m;  /* length of the masked vector (ring elements) */
     uint8_t graph_seed[32]; /* public randomness for the SecAgg+ neighbour graph */
+    /* Digest of everything else the round binds (the daemons use wire_round_context of the
+     * RoundStart); every AdvertiseKeys signature covers it, so keys signed under another
+     * context do not verify. Each party computes it from the round start it holds: it is
+     * deliberately NOT part of secagg_params_encode, since a context the aggregator sends
+     * would prove nothing. All zero = no context (tests, benchmarks). */
+    uint8_t context[SECAGG_CONTEXT_BYTES];
 } secagg_params_t;
 
 /* One node's signed ephemeral public keys (AdvertiseKeys, and each KeysBroadcast entry). */
@@ -53,7 +60,8 @@ typedef struct {
     uint32_t node;
     uint8_t c_pk[SECAGG_PK_BYTES]; /* X25519, encrypts shares sent to this node */
     uint8_t s_pk[SECAGG_PK_BYTES]; /* X25519, pairwise mask agreement */
-    uint8_t sig[SECAGG_SIG_BYTES]; /* Ed25519 by the node's identity over round, node, c_pk, s_pk */
+    uint8_t sig[SECAGG_SIG_BYTES]; /* Ed25519 by the node's identity over round, context,
+                                    * node, c_pk, s_pk */
 } secagg_keys_t;
 
 typedef struct {

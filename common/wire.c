@@ -154,6 +154,46 @@ void wire_key_id(const uint8_t public_key[WIRE_KEY_LEN], char out[WIRE_KEY_ID_LE
     sodium_bin2hex(out, WIRE_KEY_ID_LEN + 1, h, WIRE_KEY_ID_LEN / 2);
 }
 
+/* ---- round context ------------------------------------------------------------------ */
+
+static const char s_round_context_label[] = "medfl-round-context-v1";
+
+int wire_round_context(const Medfl__RoundStart *rs, uint8_t out[WIRE_ROUND_CONTEXT_BYTES])
+{
+    if (!rs || !out)
+        return medfl_error_set(MEDFL_EINVAL, "round context: %s is NULL",
+                               rs ? "the output" : "the round start");
+    if (rs->base.descriptor != &medfl__round_start__descriptor)
+        return medfl_error_set(MEDFL_EINVAL, "round context: message is a %s, not a RoundStart",
+                               rs->base.descriptor && rs->base.descriptor->name
+                                   ? rs->base.descriptor->name : "(no descriptor)");
+    if (sodium_init() < 0) return medfl_error_set(MEDFL_ECRYPTO, "sodium_init failed");
+    /* A shallow copy: only the top-level per-node scalars change, the nested messages and
+     * arrays are the caller's, read-only. */
+    Medfl__RoundStart c = *rs;
+    c.weight = 0;
+    c.deadline_ms = 0;
+    size_t len = medfl__round_start__get_packed_size(&c);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return medfl_error_set(MEDFL_ENOMEM, "round context: %zu bytes for round %" PRIu64
+                               "'s packed round start", len, rs->round_id);
+    size_t got = medfl__round_start__pack(&c, buf);
+    if (got != len) {
+        free(buf);
+        return medfl_error_set(MEDFL_EINVAL, "round context: round %" PRIu64 "'s round start "
+                               "packed to %zu bytes, sized %zu", rs->round_id, got, len);
+    }
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, WIRE_ROUND_CONTEXT_BYTES);
+    crypto_generichash_update(&h, (const uint8_t *)s_round_context_label,
+                              sizeof s_round_context_label - 1);
+    crypto_generichash_update(&h, buf, len);
+    crypto_generichash_final(&h, out, WIRE_ROUND_CONTEXT_BYTES);
+    free(buf);
+    return 0;
+}
+
 /* ---- body validation ----------------------------------------------------------------- */
 
 static int s_bytes_len(const ProtobufCBinaryData *b, size_t want, const char *type,

@@ -121,6 +121,27 @@ bool wire_node_id_valid(const char *id);
  * nodes`. out must hold WIRE_KEY_ID_LEN + 1 chars. */
 void wire_key_id(const uint8_t public_key[WIRE_KEY_LEN], char out[WIRE_KEY_ID_LEN + 1]);
 
+/* ---- round context ---------------------------------------------------------------------- */
+
+#define WIRE_ROUND_CONTEXT_BYTES 32
+
+/* The round context: BLAKE2b-256 over the label "medfl-round-context-v1" and the RoundStart
+ * packed with protobuf-c after zeroing its two per-node fields, weight and deadline_ms.
+ * Why: the aggregator sends every participant its own copy of the round start, so nothing
+ * in the message alone stops it from giving one node, say, a smaller dp.record_weight_max
+ * or another threshold. Each node folds this digest into the signature of its secure-
+ * aggregation keys (secagg_params_t.context); a node that got a different round start signs
+ * a different context, and its neighbours (and the aggregator's own check) refuse its keys.
+ * Every honest participant computes the same digest: protobuf-c packs equal values to equal
+ * bytes (fields in number order, nested messages likewise, proto3 defaults omitted), and
+ * unpacking then packing again gives back the same bytes (fields this version does not
+ * know are kept as unknown fields and packed after the known ones, where a newer peer with
+ * higher-numbered fields put them too). The aggregator hashes the struct it sends, a node
+ * the struct it decoded. 0, or -1 with MEDFL_EINVAL (NULL, not a RoundStart), MEDFL_ECRYPTO
+ * (libsodium unusable) or MEDFL_ENOMEM. */
+int wire_round_context(const Medfl__RoundStart *rs, uint8_t out[WIRE_ROUND_CONTEXT_BYTES])
+    __attribute__((warn_unused_result));
+
 /* ---- received messages ---------------------------------------------------------------- */
 
 typedef struct {

@@ -615,6 +615,11 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     sp.t = sa->threshold;
     sp.m = sa->m;
     memcpy(sp.graph_seed, sa->graph_seed.data, 32);
+    /* The round start exactly as received (nothing above modifies it): the context every
+     * key signature of this round covers, so neighbours sent other parameters (another
+     * threshold, record_weight_max, base...) and this node refuse each other's keys. */
+    _Static_assert(SECAGG_CONTEXT_BYTES == WIRE_ROUND_CONTEXT_BYTES, "round context size");
+    if (wire_round_context(rs, sp.context) != 0) goto fail;
     if (secagg_params_validate(&sp) != 0) goto fail;
     uint64_t want_m = enc == FED_LEVELS ? compress_config_k(&cc, (uint32_t)numel) : numel;
     if (sp.m != want_m) {

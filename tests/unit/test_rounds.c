@@ -3,7 +3,8 @@
  * loop, with a deterministic test trainer whose deltas are known, so every committed
  * version can be checked against the exact weighted mean of the survivors' deltas.
  * Covers plain and secure rounds (dense fixed point and quantized levels), dropouts at
- * every secure phase, a privacy-budget decline, a stale update answered with
+ * every secure phase, a privacy-budget decline, a node sent a tampered RoundStart (its
+ * keys refused, the round completes without it), a stale update answered with
  * UNKNOWN_ROUND, a base-version mismatch decline, and recovery of the journal after the
  * aggregator object is destroyed mid-round (a simulated crash). */
 #include <setjmp.h>
@@ -90,6 +91,10 @@ typedef struct {
     int drop;
     rounds_phase_t drop_at;
     uint64_t drop_round;
+    /* a dishonest aggregator: node `tamper` (-1 = none) receives its RoundStarts with
+     * dp.record_weight_max multiplied by tamper_rwm */
+    int tamper;
+    double tamper_rwm;
 } fed_t;
 
 /* The node's round state over its existing connection (a restarted node process reads
@@ -168,6 +173,7 @@ static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *schem
     s_agg_start(f);
     f->n = n;
     f->drop = -1;
+    f->tamper = -1;
     for (size_t i = 0; i < n; i++) {
         snprintf(f->ids[i], sizeof f->ids[i], "h%zu", i);
         crypto_sign_keypair(f->pk[i], f->sk[i]);
@@ -219,6 +225,9 @@ static void s_step(fed_t *f)
             wire_msg_t msg;
             memset(&msg, 0, sizeof msg);
             int rc = wire_client_recv(f->client[i], &msg, 0);
+            if (rc == 1 && (int)i == f->tamper && msg.type == MEDFL__MSG_TYPE__MSG_ROUND_START &&
+                msg.body.round_start->dp)
+                msg.body.round_start->dp->record_weight_max *= f->tamper_rwm;
             if (rc == 1) (void)node_round_on_message(f->node[i], &msg);
             wire_msg_close(&msg);
             if (rc != 1) break;
@@ -479,6 +488,39 @@ static void test_all_out_of_budget_idles(void **state)
     s_fed_free(&f);
 }
 
+/* A dishonest aggregator sends node h2 a smaller dp.record_weight_max than the others (the
+ * bound that sizes every share of distributed noise and the ring's headroom). h2 signs its
+ * keys over the digest of the round start it got, so they do not verify under the round
+ * start the others got: the aggregator's own check refuses them, and the round completes
+ * from h0 and h1 alone (with h2's keys forwarded, h0 and h1 would refuse them: test_secagg). */
+static void test_tampered_round_start_refused(void **state)
+{
+    (void)state;
+    fed_t f;
+    testlib_log_reset();
+    s_fed_init(&f, 3, true, "none");
+    f.cfg.fed_rounds = 1;
+    f.cfg.dp_enabled = true;
+    f.cfg.dp_distributed = true;
+    f.tamper = 2;
+    f.tamper_rwm = 0.5;
+    s_run_until_completed(&f, 1, 20000);
+    assert_true(testlib_log_has("round 1: distributed noise offered"));
+    assert_true(testlib_log_has("round 1: keys of node h2 refused: secagg round 1: keys of node 2: "
+                                "signature does not verify against its enrolled identity key and "
+                                "this round's parameters (it was sent another round start than "
+                                "this party"));
+    assert_false(testlib_log_has("keys of node h0 refused"));
+    assert_false(testlib_log_has("keys of node h1 refused"));
+    assert_int_equal(node_round_contributed(f.node[0]), 1);
+    assert_int_equal(node_round_contributed(f.node[1]), 1);
+    assert_int_equal(node_round_contributed(f.node[2]), 0);
+    double want[DIM];
+    s_mean_delta(0x3, want);
+    s_check_head(&f, want, 1e-4);
+    s_fed_free(&f);
+}
+
 static void test_stale_update_rejected(void **state)
 {
     (void)state;
@@ -674,6 +716,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_too_few_survivors_abort),
         cmocka_unit_test(test_decline_privacy_budget),
         cmocka_unit_test(test_all_out_of_budget_idles),
+        cmocka_unit_test(test_tampered_round_start_refused),
         cmocka_unit_test(test_stale_update_rejected),
         cmocka_unit_test(test_base_mismatch_decline),
         cmocka_unit_test(test_journal_recovery),

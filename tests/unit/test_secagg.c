@@ -1,7 +1,8 @@
 /* Secure aggregation (common/secagg, secagg_msg, shamir): in-process protocol runs with the
  * complete graph (n = 3, 10, 50) and SecAgg+ (n = 50, k = 10) under dropouts at every phase,
  * exact sums, aborts below threshold, the refusal to reveal both shares of a node, fresh
- * masks per round, signature and ciphertext tampering, fixed-point bounds, Shamir, the
+ * masks per round, signature and ciphertext tampering, a node sent another round context
+ * (its keys refused by the server and its neighbours), fixed-point bounds, Shamir, the
  * neighbour graph and the strict message parsers. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -70,6 +71,7 @@ static void s_run(run_t *r)
     secagg_params_t p;
     assert_int_equal(secagg_params_init(&p, r->round_id, n, r->k, r->t, M), 0);
     if (r->graph_seed) memcpy(p.graph_seed, r->graph_seed, 32);
+    randombytes_buf(p.context, sizeof p.context); /* as the daemons set it: every party alike */
     secagg_server_t *srv = secagg_server_new(&p, s_id_pk, 2);
     assert_non_null(srv);
     secagg_client_t **cl = calloc(n, sizeof *cl);
@@ -319,6 +321,7 @@ static void s_fix_open(fix_t *f, uint32_t n, uint64_t round_id)
     s_identities(8);
     f->n = n;
     assert_int_equal(secagg_params_init(&f->p, round_id, n, n - 1, 3, 64), 0);
+    randombytes_buf(f->p.context, sizeof f->p.context);
     f->srv = secagg_server_new(&f->p, s_id_pk, 1);
     assert_non_null(f->srv);
     for (uint32_t u = 0; u < n; u++) f->cl[u] = secagg_client_new(&f->p, u, s_id_sk + 64 * u, s_id_pk);
@@ -385,7 +388,7 @@ static void s_expect_key_rejection(const secagg_broadcast_t *bc, fix_t *f)
 static void test_unsigned_or_wrongly_signed_keys_rejected(void **state)
 {
     (void)state;
-    for (int variant = 0; variant < 4; variant++) {
+    for (int variant = 0; variant < 6; variant++) {
         fix_t f;
         s_fix_open(&f, 4, 600 + variant);
         s_fix_keys(&f);
@@ -399,30 +402,180 @@ static void test_unsigned_or_wrongly_signed_keys_rejected(void **state)
         secagg_keys_t *e = &bc.entries[1];
         if (variant == 0) memset(e->sig, 0, sizeof e->sig);          /* unsigned */
         if (variant == 1) e->s_pk[5] ^= 1;                          /* key swapped in transit */
-        if (variant == 2) {                                          /* signed by another node */
+        /* 2: the right message signed by another node; 4: the right node's key over the
+         * right message (the test's copy of the layout, checked by variant 5); 5: the
+         * previous version's message (no round context) signed by the right node */
+        if (variant == 2 || variant == 4 || variant == 5) {
             uint8_t msg[256];
-            size_t o = strlen("medfl-secagg-keys-v1");
-            memcpy(msg, "medfl-secagg-keys-v1", o);
+            const char *label = variant == 5 ? "medfl-secagg-keys-v1" : "medfl-secagg-keys-v2";
+            size_t o = strlen(label);
+            memcpy(msg, label, o);
             for (int i = 0; i < 8; i++) msg[o + i] = (uint8_t)(bc.round_id >> (8 * i));
-            for (int i = 0; i < 4; i++) msg[o + 8 + i] = (uint8_t)(e->node >> (8 * i));
-            memcpy(msg + o + 12, e->c_pk, 32);
-            memcpy(msg + o + 44, e->s_pk, 32);
-            crypto_sign_detached(e->sig, NULL, msg, o + 76, s_id_sk + 64 * 3);
+            o += 8;
+            if (variant != 5) {
+                memcpy(msg + o, f.p.context, 32);
+                o += 32;
+            }
+            for (int i = 0; i < 4; i++) msg[o + i] = (uint8_t)(e->node >> (8 * i));
+            memcpy(msg + o + 4, e->c_pk, 32);
+            memcpy(msg + o + 36, e->s_pk, 32);
+            crypto_sign_detached(e->sig, NULL, msg, o + 68,
+                                 s_id_sk + 64 * (variant == 2 ? 3 : e->node));
         }
         if (variant == 3) bc.round_id++;                             /* replay into another round */
+        if (variant == 4) {
+            /* control: the re-signed entry is accepted, so variants 2 and 5 fail for the
+             * signer and the missing context alone */
+            uint8_t *b2 = NULL;
+            size_t l2;
+            assert_int_equal(secagg_broadcast_encode(&bc, &b, &l), 0);
+            assert_int_equal(secagg_client_handle_keys(f.cl[0], b, l, &b2, &l2), 0);
+            free(b);
+            free(b2);
+            secagg_broadcast_clear(&bc);
+            s_fix_close(&f);
+            continue;
+        }
         s_expect_key_rejection(&bc, &f);
-        if (variant != 3) assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+        if (variant != 3) {
+            assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+            char want[160];
+            snprintf(want, sizeof want, "keys of node %u: signature does not verify against its "
+                     "enrolled identity key and this round's parameters", e->node);
+            assert_non_null(strstr(medfl_error_message(), want));
+        }
         /* the server rejects the same forged AdvertiseKeys too */
         secagg_advertise_t a = {.round_id = f.p.round_id, .keys = *e};
         a.keys.node = 1;
         secagg_server_t *s2 = secagg_server_new(&f.p, s_id_pk, 1);
         assert_int_equal(secagg_advertise_encode(&a, &b, &l), 0);
-        if (variant < 3) assert_int_equal(secagg_server_add_keys(s2, b, l), -1);
+        if (variant != 3) assert_int_equal(secagg_server_add_keys(s2, b, l), -1);
         free(b);
         secagg_server_destroy(&s2);
         secagg_broadcast_clear(&bc);
         s_fix_close(&f);
     }
+}
+
+/* Every other node's keys as one broadcast for `to`, as a relay that checks nothing would
+ * send it (complete graph). */
+static void s_relay(const secagg_keys_t *keys, uint32_t n, uint32_t to, uint64_t round_id,
+                    uint8_t **b, size_t *l)
+{
+    secagg_keys_t e[8];
+    uint32_t c = 0;
+    for (uint32_t u = 0; u < n; u++)
+        if (u != to) e[c++] = keys[u];
+    secagg_broadcast_t bc = {.round_id = round_id, .count = c, .entries = e};
+    assert_int_equal(secagg_broadcast_encode(&bc, b, l), 0);
+}
+
+/* Node 2 was sent another round start (its context differs in one bit): the aggregator's
+ * own check drops its keys; were they relayed anyway, its neighbours refuse them, and it
+ * refuses theirs. The round completes without its input. */
+static void test_round_context_mismatch_refused(void **state)
+{
+    (void)state;
+    enum { N = 4, ODD = 2, MX = 64 };
+    const uint64_t rid = 700;
+    s_identities(8);
+    secagg_params_t p, q;
+    assert_int_equal(secagg_params_init(&p, rid, N, N - 1, 3, MX), 0);
+    randombytes_buf(p.context, sizeof p.context);
+    q = p;
+    q.context[7] ^= 0x40;
+    secagg_server_t *srv = secagg_server_new(&p, s_id_pk, 1);
+    assert_non_null(srv);
+    secagg_client_t *cl[N];
+    secagg_keys_t keys[N];
+    uint8_t *b, *b2;
+    size_t l, l2;
+    for (uint32_t u = 0; u < N; u++) {
+        cl[u] = secagg_client_new(u == ODD ? &q : &p, u, s_id_sk + 64 * u, s_id_pk);
+        assert_non_null(cl[u]);
+        assert_int_equal(secagg_client_advertise(cl[u], &b, &l), 0);
+        secagg_advertise_t a;
+        assert_int_equal(secagg_advertise_decode(b, l, &a), 0);
+        keys[u] = a.keys;
+        int rc = secagg_server_add_keys(srv, b, l);
+        free(b);
+        if (u != ODD) {
+            assert_int_equal(rc, 0);
+            continue;
+        }
+        assert_int_equal(rc, -1);
+        assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+        assert_non_null(strstr(medfl_error_message(), "secagg round 700: keys of node 2: "
+                               "signature does not verify"));
+        assert_non_null(strstr(medfl_error_message(), "it was sent another round start than "
+                               "this party"));
+    }
+
+    /* a relay that forwards node 2's keys: an honest neighbour refuses them (a fresh client
+     * of node 0, the real one stays in the round below) */
+    secagg_client_t *c0 = secagg_client_new(&p, 0, s_id_sk, s_id_pk);
+    assert_non_null(c0);
+    assert_int_equal(secagg_client_advertise(c0, &b, &l), 0);
+    free(b);
+    s_relay(keys, N, 0, rid, &b, &l);
+    b2 = NULL;
+    assert_int_equal(secagg_client_handle_keys(c0, b, l, &b2, &l2), -1);
+    assert_null(b2);
+    assert_int_equal(secagg_client_state(c0), SECAGG_C_ABORTED);
+    assert_non_null(strstr(medfl_error_message(), "keys of node 2: signature does not verify"));
+    free(b);
+    secagg_client_destroy(&c0);
+    /* and node 2 refuses the honest nodes' keys: it checks them against its own context */
+    s_relay(keys, N, ODD, rid, &b, &l);
+    assert_int_equal(secagg_client_handle_keys(cl[ODD], b, l, &b2, &l2), -1);
+    assert_null(b2);
+    assert_non_null(strstr(medfl_error_message(), "keys of node 0: signature does not verify"));
+    free(b);
+
+    /* the honest aggregator's round goes on with nodes 0, 1, 3 only */
+    assert_int_equal(secagg_server_close_keys(srv), 0);
+    uint32_t cnt = 0;
+    const uint32_t *u1 = secagg_server_set(srv, 1, &cnt);
+    assert_int_equal(cnt, 3);
+    assert_true(u1[0] == 0 && u1[1] == 1 && u1[2] == 3);
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint32_t u = u1[i];
+        assert_int_equal(secagg_server_keys_broadcast(srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_keys(cl[u], b, l, &b2, &l2), 0);
+        assert_int_equal(secagg_server_add_shares(srv, b2, l2), 0);
+        free(b);
+        free(b2);
+    }
+    assert_int_equal(secagg_server_close_shares(srv), 0);
+    uint32_t x[N][MX], want[MX] = {0};
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint32_t u = u1[i];
+        for (uint32_t j = 0; j < MX; j++) {
+            x[u][j] = (u + 1) * 1000u + j;
+            want[j] += x[u][j];
+        }
+        assert_int_equal(secagg_server_shares_delivery(srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(cl[u], b, l), 0);
+        free(b);
+        assert_int_equal(secagg_client_masked_input(cl[u], x[u], &b, &l), 0);
+        assert_int_equal(secagg_server_add_masked(srv, b, l), 0);
+        free(b);
+    }
+    assert_int_equal(secagg_server_close_masked(srv), 0);
+    uint8_t *rq;
+    size_t rq_len;
+    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
+    for (uint32_t i = 0; i < cnt; i++) {
+        assert_int_equal(secagg_client_handle_unmask(cl[u1[i]], rq, rq_len, &b, &l), 0);
+        assert_int_equal(secagg_server_add_unmask(srv, b, l), 0);
+        secagg_buf_free(b, l);
+    }
+    free(rq);
+    uint32_t sum[MX];
+    assert_int_equal(secagg_server_finish(srv, sum), 0);
+    assert_memory_equal(sum, want, sizeof sum);
+    for (uint32_t u = 0; u < N; u++) secagg_client_destroy(&cl[u]);
+    secagg_server_destroy(&srv);
 }
 
 static void test_tampered_ciphertext_rejected(void **state)
@@ -1003,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_n50_secagg_plus),
         cmocka_unit_test(test_masks_fresh_every_round),
         cmocka_unit_test(test_unsigned_or_wrongly_signed_keys_rejected),
+        cmocka_unit_test(test_round_context_mismatch_refused),
         cmocka_unit_test(test_tampered_ciphertext_rejected),
         cmocka_unit_test(test_honest_node_refuses_double_reveal),
         cmocka_unit_test(test_protocol_order_enforced),

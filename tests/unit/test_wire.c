@@ -2,7 +2,9 @@
  * loopback: enrolled keys get through with the right node id, unknown keys are refused
  * and logged by key id, an allowlist swap revokes a connected node, malformed frames are
  * rejected while the server keeps serving, bulk frames arrive intact, and a node
- * reconnects by itself after the server is restarted on the same port. */
+ * reconnects by itself after the server is restarted on the same port. The round context
+ * (the digest nodes fold into their secure-aggregation key signatures) is equal across
+ * per-node fields and a decode round trip, and differs for any shared parameter. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -169,6 +171,161 @@ static void test_encode_decode_round_trip(void **state)
     assert_int_equal(wire_decode(raw, len, &d), -1);
     assert_non_null(strstr(medfl_error_message(), "round_id"));
     assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 8, WIRE_SERVER_SENDER, &rs.base, &buf, &len), -1);
+}
+
+/* ---- round context -------------------------------------------------------------------- */
+
+/* A fully populated secure round start, as the aggregator sends it. */
+typedef struct {
+    Medfl__RoundStart rs;
+    Medfl__Hyperparams hp;
+    Medfl__DpParams dp;
+    Medfl__Compression comp;
+    Medfl__SecAggParams sa;
+    char *parts[3];
+    ProtobufCBinaryData pks[3];
+    uint8_t pk[3][32], seed[32], hash[32];
+} rs_fix_t;
+
+static void s_rs_fix(rs_fix_t *f)
+{
+    memset(f, 0, sizeof *f);
+    medfl__round_start__init(&f->rs);
+    medfl__hyperparams__init(&f->hp);
+    medfl__dp_params__init(&f->dp);
+    medfl__compression__init(&f->comp);
+    medfl__sec_agg_params__init(&f->sa);
+    f->parts[0] = "h0", f->parts[1] = "h1", f->parts[2] = "h2";
+    for (int i = 0; i < 3; i++) {
+        memset(f->pk[i], 0x10 + i, 32);
+        f->pks[i].data = f->pk[i], f->pks[i].len = 32;
+    }
+    memset(f->seed, 0x5e, 32);
+    memset(f->hash, 0xab, 32);
+    f->hp.lr = 1e-4, f->hp.local_steps = 20, f->hp.batch_size = 8, f->hp.max_seq_len = 128;
+    f->dp.enabled = true, f->dp.noise_multiplier = 1.1, f->dp.clip_norm = 1.0;
+    f->dp.sample_rate = 0.01, f->dp.delta = 1e-5, f->dp.distributed = true;
+    f->dp.record_weight_max = 0.004;
+    f->comp.scheme = MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK, f->comp.bits = 12;
+    f->comp.k = 100, f->comp.seed = 77, f->comp.clip = 0.05f, f->comp.max_nodes = 3;
+    f->sa.enabled = true, f->sa.threshold = 2, f->sa.participants = f->parts;
+    f->sa.n_participants = 3, f->sa.neighbours = 2, f->sa.identity_pks = f->pks;
+    f->sa.n_identity_pks = 3, f->sa.graph_seed.data = f->seed, f->sa.graph_seed.len = 32;
+    f->sa.m = 100;
+    f->rs.round_id = 12, f->rs.base_version = 4;
+    f->rs.base_hash.data = f->hash, f->rs.base_hash.len = 32;
+    f->rs.hyperparams = &f->hp, f->rs.dp = &f->dp, f->rs.compression = &f->comp;
+    f->rs.secagg = &f->sa, f->rs.weight = 0.25, f->rs.deadline_ms = 60000;
+}
+
+/* Digest of the fixture after change number v to one shared parameter. */
+static void s_mutated_context(int v, uint8_t out[WIRE_ROUND_CONTEXT_BYTES])
+{
+    rs_fix_t f;
+    s_rs_fix(&f);
+    switch (v) {
+    case 0: f.dp.record_weight_max = 0.002; break;
+    case 1: f.dp.noise_multiplier = 0.9; break;
+    case 2: f.sa.threshold = 3; break;
+    case 3: f.hp.lr = 2e-4; break;
+    case 4: f.hash[31] ^= 1; break;
+    case 5: f.comp.scheme = MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE; break;
+    case 6: f.dp.distributed = false; break;
+    case 7: f.comp.clip = 0.1f; break;
+    case 8: f.rs.base_version = 5; break;
+    case 9: f.rs.round_id = 13; break;
+    case 10: f.pk[1][0] ^= 1; break;            /* another enrolled key for h1 */
+    case 11: f.parts[2] = "h3"; break;           /* another roster */
+    case 12: f.seed[0] ^= 1; break;              /* another neighbour graph */
+    case 13: f.sa.m = 101; break;
+    case 14: f.rs.dp = NULL; break;              /* DP settings withheld */
+    default: fail_msg("no variant %d", v);
+    }
+    assert_int_equal(wire_round_context(&f.rs, out), 0);
+}
+
+static void test_round_context(void **state)
+{
+    (void)state;
+    rs_fix_t f;
+    uint8_t d0[WIRE_ROUND_CONTEXT_BYTES], d1[WIRE_ROUND_CONTEXT_BYTES];
+    s_rs_fix(&f);
+    assert_int_equal(wire_round_context(&f.rs, d0), 0);
+    /* deterministic, and blind to the per-node fields */
+    assert_int_equal(wire_round_context(&f.rs, d1), 0);
+    assert_memory_equal(d0, d1, sizeof d0);
+    f.rs.weight = 0.75;
+    f.rs.deadline_ms = 1234;
+    assert_int_equal(wire_round_context(&f.rs, d1), 0);
+    assert_memory_equal(d0, d1, sizeof d0);
+    f.rs.weight = 0;
+    f.rs.deadline_ms = 0;
+    assert_int_equal(wire_round_context(&f.rs, d1), 0);
+    assert_memory_equal(d0, d1, sizeof d0);
+    /* the caller's message is left as it was */
+    assert_true(f.rs.secagg == &f.sa && f.rs.dp == &f.dp);
+
+    /* what a node computes from the decoded copy equals what the aggregator computed from
+     * the struct it sent */
+    f.rs.weight = 0.5, f.rs.deadline_ms = 30000;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_ROUND_START, 12, WIRE_SERVER_SENDER,
+                                 &f.rs.base, &buf, &len), 0);
+    wire_decoded_t d;
+    assert_int_equal(wire_decode(buf, len, &d), 0);
+    free(buf);
+    assert_true(d.body.round_start->weight == 0.5);
+    assert_int_equal(wire_round_context(d.body.round_start, d1), 0);
+    assert_memory_equal(d0, d1, sizeof d0);
+    /* ... and changes when the received copy was given another record weight bound */
+    d.body.round_start->dp->record_weight_max *= 0.5;
+    assert_int_equal(wire_round_context(d.body.round_start, d1), 0);
+    assert_memory_not_equal(d0, d1, sizeof d0);
+    wire_decoded_clear(&d);
+
+    /* every shared parameter is bound: each change gives a digest unlike the honest one
+     * and unlike every other change */
+    enum { NV = 15 };
+    uint8_t dv[NV][WIRE_ROUND_CONTEXT_BYTES];
+    for (int v = 0; v < NV; v++) {
+        s_mutated_context(v, dv[v]);
+        if (memcmp(dv[v], d0, sizeof d0) == 0) fail_msg("variant %d: digest unchanged", v);
+        for (int w = 0; w < v; w++)
+            if (memcmp(dv[v], dv[w], sizeof d0) == 0) fail_msg("variants %d and %d collide", w, v);
+    }
+
+    /* a field this version does not know (a newer aggregator's, highest number) is kept by
+     * the decoder and packed back in the same place: the digest is that of the bytes sent */
+    s_rs_fix(&f);
+    f.rs.weight = 0, f.rs.deadline_ms = 0;
+    uint8_t raw[1024], want[WIRE_ROUND_CONTEXT_BYTES];
+    size_t rl = medfl__round_start__pack(&f.rs, raw);
+    raw[rl++] = 15 << 3; /* field 15, varint */
+    raw[rl++] = 42;
+    Medfl__RoundStart *u = medfl__round_start__unpack(NULL, rl, raw);
+    assert_non_null(u);
+    assert_int_equal(u->base.n_unknown_fields, 1);
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, sizeof want);
+    crypto_generichash_update(&h, (const uint8_t *)"medfl-round-context-v1", 22);
+    crypto_generichash_update(&h, raw, rl);
+    crypto_generichash_final(&h, want, sizeof want);
+    assert_int_equal(wire_round_context(u, d1), 0);
+    assert_memory_equal(d1, want, sizeof want);
+    assert_memory_not_equal(d1, d0, sizeof d0);
+    medfl__round_start__free_unpacked(u, NULL);
+
+    /* refusals */
+    assert_int_equal(wire_round_context(NULL, d1), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    assert_non_null(strstr(medfl_error_message(), "round start is NULL"));
+    assert_int_equal(wire_round_context(&f.rs, NULL), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;
+    assert_int_equal(wire_round_context((const Medfl__RoundStart *)(const void *)&hb, d1), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    assert_non_null(strstr(medfl_error_message(), "not a RoundStart"));
 }
 
 static void test_decode_rejects_bad_input(void **state)
@@ -874,6 +1031,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_decode_round_trip),
         cmocka_unit_test(test_decode_rejects_bad_input),
+        cmocka_unit_test(test_round_context),
         cmocka_unit_test(test_bulk_rules),
         cmocka_unit_test(test_key_id_and_node_ids),
         cmocka_unit_test(test_enrolled_node_gets_through),

@@ -688,7 +688,10 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     dp.distributed = rho_max > 0;
     dp.record_weight_max = rho_max;
     double headroom = fed_dp_headroom(&dp, cfg->fed_lr, self->secure);
-    ProtobufCBinaryData *pks = NULL; /* RoundStart identity keys, freed on every path */
+    /* The participants' identity keys, one contiguous copy for the secagg server and the
+     * RoundStart's views into it; both freed on every path. */
+    uint8_t *ipks = NULL;
+    ProtobufCBinaryData *pks = NULL;
     if (fed_dp_ring(headroom, &self->cc) != 0) goto fail;
 
     self->m = self->numel;
@@ -730,9 +733,15 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     hp.max_seq_len = (uint32_t)cfg->fed_max_seq_len;
     Medfl__SecAggParams sa = MEDFL__SEC_AGG_PARAMS__INIT;
     pks = calloc(n, sizeof *pks);
-    if (!pks) {
+    ipks = malloc(n * 32);
+    if (!pks || !ipks) {
         medfl_error_set(MEDFL_ENOMEM, "identity keys of %zu participants", n);
         goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memcpy(ipks + 32 * i, self->parts[i].ipk, 32);
+        pks[i].data = ipks + 32 * i;
+        pks[i].len = 32;
     }
     sa.enabled = self->secure;
     sa.participants = self->roster;
@@ -743,7 +752,6 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         sa.graph_seed.data = self->sp.graph_seed;
         sa.graph_seed.len = 32;
         sa.m = self->m;
-        for (size_t i = 0; i < n; i++) pks[i].data = self->parts[i].ipk, pks[i].len = 32;
         sa.identity_pks = pks;
         sa.n_identity_pks = n;
     }
@@ -760,14 +768,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     if (self->secure) {
         _Static_assert(SECAGG_CONTEXT_BYTES == WIRE_ROUND_CONTEXT_BYTES, "round context size");
         if (wire_round_context(&rs, self->sp.context) != 0) goto fail;
-        uint8_t *ipks = malloc(n * 32);
-        if (!ipks) {
-            medfl_error_set(MEDFL_ENOMEM, "identity keys of %zu participants", n);
-            goto fail;
-        }
-        for (size_t i = 0; i < n; i++) memcpy(ipks + 32 * i, self->parts[i].ipk, 32);
         self->ss = secagg_server_new(&self->sp, ipks, 2);
-        free(ipks);
         if (!self->ss) goto fail;
     }
 
@@ -818,10 +819,12 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_ROUND_START, &rs.base, NULL, 0, NULL);
     }
     free(pks);
+    free(ipks);
     s_enter(self, self->phase, now, self->secure ? cfg->fed_keys_ms : cfg->fed_train_ms);
     return;
 fail:
     free(pks);
+    free(ipks);
     LOG_ERROR(AGG, "round %" PRIu64 " not started: %s", self->round_id, medfl_error_message());
     s_release_round(self);
     self->round_id = 0;

@@ -295,7 +295,8 @@ static int s_cmp_tensor_name(const void *a, const void *b)
 }
 
 /* target_modules: module suffixes when exact, else a regex naming every adapted module (see
- * adapter_file.h). `prefix` is the encoder's attribute ("" for BertModel). */
+ * adapter_file.h). `prefix` is the encoder's attribute ("" for BertModel). force_regex: the
+ * head-only export's zero LoRA, whose suffix "attention.self.query" would match every layer. */
 static cJSON *s_target_modules(const named_tensor_t *tensors, size_t n, char (*targets)[128],
                                size_t n_targets, int max_layer, const char *prefix,
                                bool force_regex)
@@ -348,7 +349,7 @@ static cJSON *s_target_modules(const named_tensor_t *tensors, size_t n, char (*t
 }
 
 static int s_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
-                        const adapter_peft_opts_t *o, bool placeholder);
+                        const adapter_peft_opts_t *o, bool zero_lora);
 
 /* PEFT's LoRA refuses a config that adapts no module, so a head-only adapter (model.lora.
  * targets = none, what DP training at hospital scale uses) is exported with one rank-1 LoRA
@@ -393,7 +394,7 @@ int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
 }
 
 static int s_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
-                        const adapter_peft_opts_t *o, bool placeholder)
+                        const adapter_peft_opts_t *o, bool zero_lora)
 {
     const bool seq = o->task == ADAPTER_PEFT_SEQ_CLS;
     const char *prefix = !seq ? "" : o->prefix ? o->prefix : "bert";
@@ -456,7 +457,7 @@ static int s_peft_write(const char *dir, const named_tensor_t *tensors, size_t n
     if (safetensors_write_f32(path, list, n_list, meta, 1) < 0) goto done;
 
     /* Keys as PEFT's LoraConfig.save_pretrained writes them (sorted). */
-    cJSON *tm = s_target_modules(tensors, n, targets, n_targets, max_layer, prefix, placeholder);
+    cJSON *tm = s_target_modules(tensors, n, targets, n_targets, max_layer, prefix, zero_lora);
     if (!tm || !(cfg = cJSON_CreateObject())) {
         cJSON_Delete(tm);
         goto oom;

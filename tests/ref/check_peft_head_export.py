@@ -2,7 +2,7 @@
 """Checks a head-only PEFT export (adapter_peft_write with no LoRA tensors, SEQ_CLS) with
 Hugging Face PEFT itself:
   1. PeftModel.from_pretrained(BertForSequenceClassification(BASE), EXPORT_DIR) loads it;
-  2. its LoRA is the placeholder medfl writes because PEFT refuses a LoRA config that adapts
+  2. its LoRA is the zero, no-op one medfl writes because PEFT refuses a LoRA config that adapts
      nothing: exactly one module (layer 0's query), A and B all zero;
   3. its logits on a fixed batch equal those of the base model with the exported classifier
      weights copied in by hand: the export is exactly "base encoder + this head".
@@ -41,11 +41,11 @@ def main():
     bad = 0
     lora = {n: p for n, p in peft.named_parameters() if ".lora_" in n}
     if len(lora) != 2 or any("layer.0.attention.self.query" not in n for n in lora):
-        print("FAIL: expected one placeholder LoRA module on layer 0's query, got %s" % sorted(lora))
+        print("FAIL: expected one zero LoRA module on layer 0's query, got %s" % sorted(lora))
         bad += 1
     for n, p in lora.items():
         if torch.count_nonzero(p).item() != 0:
-            print("FAIL: placeholder %s is not zero" % n)
+            print("FAIL: the no-op LoRA tensor %s is not zero" % n)
             bad += 1
     ids = torch.randint(5, base.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)

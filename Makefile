@@ -7,6 +7,8 @@
 #   tests/bench/*.c      -> bin/medfl-bench
 #   tests/unit/test_*.c  -> build/tests/test_* (cmocka), run by `make test`
 #   tests/integration/test_*.sh run by `make test` after the unit tests
+#   tests/adversarial/adv_*.c  -> build/tests/adv_* (cmocka, like the unit tests) and
+#   tests/adversarial/test_*.sh: the attack suite, `make test-adversarial` (also in `make test`)
 #   tests/fuzz/fuzz_*.c  -> build/fuzz/fuzz_* (clang libFuzzer), `make fuzz`
 # SANITIZE=1 builds the same tree with ASan+UBSan into build-san/ (binaries in build-san/bin).
 
@@ -71,11 +73,13 @@ NODE_LIB_OBJ := $(filter-out $(BUILD)/node/main.o,$(NODE_OBJ))
 AGG_LIB_OBJ  := $(filter-out $(BUILD)/aggregator/main.o,$(AGG_OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+ADV_SRC  := $(wildcard tests/adversarial/adv_*.c)
+ADV_BIN  := $(patsubst tests/adversarial/%.c,$(BUILD)/tests/%,$(ADV_SRC))
 LIB := $(BUILD)/libmedfl.a
 
 PROGRAMS := $(BIN)/medfl-node $(BIN)/medfl-aggregator $(BIN)/medfl-bench
 
-.PHONY: all deps test unit integration bench demo fuzz clean cuda-info
+.PHONY: all deps test unit integration test-adversarial bench demo fuzz clean cuda-info
 all: cuda-info $(PROGRAMS)
 
 cuda-info:
@@ -132,15 +136,27 @@ $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TESTLIB_OBJ) $(NODE_LIB_OB
 	@$(if $(V),,echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+$(BUILD)/tests/adv_%: $(BUILD)/tests/adversarial/adv_%.o $(TESTLIB_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(V),,echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 unit: all $(UNIT_BIN)
 	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-unit.sh $(UNIT_BIN)
 
 integration: all
 	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-integration.sh
 
+# The attack suite: a malicious node against a real aggregator, a malicious aggregator
+# against real nodes (tests/adversarial/README.md).
+test-adversarial: all $(ADV_BIN)
+	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-unit.sh $(ADV_BIN)
+	@MEDFL_BIN=$(abspath $(BIN)) TESTS_DIR=tests/adversarial bash tests/run-integration.sh
+
 test: deps
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory test-adversarial
 
 bench: deps
 	@$(MAKE) --no-print-directory all

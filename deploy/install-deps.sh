@@ -15,7 +15,8 @@ PACKAGES=(
   python3
   # test-only: tests/integration/test_compose.sh runs the container simulation with podman
   # (no Docker engine on CI); netavark + aardvark-dns resolve compose service names
-  podman podman-compose runc netavark aardvark-dns
+  # netavark needs iptables to set up the containers' network (a fresh machine lacks it)
+  podman podman-compose runc netavark aardvark-dns iptables
 )
 
 missing=()

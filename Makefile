@@ -129,8 +129,10 @@ $(BIN)/medfl-bench: $(BENCH_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@$(if $(V),,echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# tests/unit/testlib.c: fixture helpers shared by the unit tests, linked into each of them.
-TESTLIB_OBJ := $(BUILD)/tests/unit/testlib.o
+# tests/unit/testlib.c: fixture helpers shared by the unit tests, and fedlib.c: the in-process
+# federation harness; linked into each unit and attack-suite test.
+TESTLIB_OBJ := $(BUILD)/tests/unit/testlib.o $(BUILD)/tests/unit/fedlib.o
+.SECONDARY: $(TESTLIB_OBJ)
 $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TESTLIB_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  LD      $@")

@@ -317,3 +317,29 @@ void cfg_write_example(const cfg_option_t *table, FILE *out)
         s_write_option(o, dot + 1, out);
     }
 }
+
+unsigned cfg_line_of(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[CFG_LINE_MAX], section[128] = "";
+    unsigned lineno = 0, found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = s_trim(line);
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (close) *close = '\0';
+            snprintf(section, sizeof section, "%s", s_trim(s + 1));
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!*s || *s == '#' || *s == ';' || !eq) continue;
+        *eq = '\0';
+        char full[256];
+        snprintf(full, sizeof full, "%s%s%s", section, section[0] ? "." : "", s_trim(s));
+        if (strcmp(full, key) == 0) found = lineno;
+    }
+    fclose(f);
+    return found;
+}

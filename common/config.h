@@ -71,4 +71,9 @@ void cfg_write_example(const cfg_option_t *table, FILE *out);
 
 const cfg_option_t *cfg_find(const cfg_option_t *table, const char *name);
 
+/* Line of path where `key` ("section.key") is set, 0 when it is not (or the file cannot be
+ * read): for checks made after loading (rules tying options together, or a value another
+ * module validates) that must still name FILE:LINE. */
+unsigned cfg_line_of(const char *path, const char *key);
+
 #endif

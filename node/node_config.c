@@ -60,7 +60,7 @@ int node_config_load(node_config_t *cfg, const char *path)
     memset(cfg, 0, sizeof *cfg);
     if (cfg_load(node_config_table, cfg, path) != 0) return -1;
     if (store_node_id_check(cfg->node_id) != 0)
-        return medfl_error_prefix("%s: key 'node_id': ", path);
+        return medfl_error_prefix("%s:%u: key 'node_id': ", path, cfg_line_of(path, "node_id"));
     bool has_key = cfg->agg_public_key[0] != '\0';
     bool has_file = cfg->agg_public_key_file[0] != '\0';
     if (has_key == has_file)

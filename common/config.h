@@ -68,6 +68,9 @@ bool cfg_option_differs(const cfg_option_t *opt, const void *a, const void *b);
 
 /* Writes every option as a commented example config (help, bounds, default). */
 void cfg_write_example(const cfg_option_t *table, FILE *out);
+/* The same, with the values of a loaded config (cfg) in place of the defaults: what a
+ * config file means once defaults are filled in (`example-config -c FILE`). */
+void cfg_write_values(const cfg_option_t *table, const void *cfg, FILE *out);
 
 const cfg_option_t *cfg_find(const cfg_option_t *table, const char *name);
 

@@ -89,3 +89,12 @@ const char *node_config_take_path(int *argc, char **argv)
     }
     return path;
 }
+
+int node_config_path_of(const char *path, const char *key, const char *def, char *out)
+{
+    const cfg_option_t table[] = {
+        {key, CFG_PATH, 0, 0, 0, def, false, NULL, NULL},
+        {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
+    };
+    return cfg_load_subset(table, out, path);
+}

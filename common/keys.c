@@ -297,7 +297,7 @@ int keys_keygen(const char *dir, bool overwrite, FILE *out, char curve_z85[KEYS_
 static bool s_looks_like_key(const char *text)
 {
     static const char z85[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                              ".-:+=^!*?&<>()[]{}@%$#";
+                              ".-:+=^!/*?&<>()[]{}@%$#";
     size_t len = strlen(text);
     bool upper = false, lower = false, digit = false;
     for (const char *c = text; *c; c++) {
@@ -306,6 +306,25 @@ static bool s_looks_like_key(const char *text)
         digit |= *c >= '0' && *c <= '9';
     }
     return len >= 24 && strspn(text, z85) == len && upper && lower && digit;
+}
+
+/* The part of a missing path below its deepest existing folder: what the operator typed
+ * when a path option's value arrives with the config's folder in front. Z85 keys contain
+ * '/', so a pasted key may look like several path components; none of them exists. */
+static const char *s_missing_part(const char *path)
+{
+    const char *part = path;
+    char prefix[4096];
+    for (const char *p = strchr(path, '/'); p; p = strchr(p + 1, '/')) {
+        size_t n = (size_t)(p - path);
+        struct stat sb;
+        if (n >= sizeof prefix) break;
+        memcpy(prefix, path, n);
+        prefix[n] = '\0';
+        if (n > 0 && (stat(prefix, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
+        part = p + 1;
+    }
+    return part;
 }
 
 int keys_load_curve_public(const char *value_or_path, uint8_t out[KEYS_CURVE_BYTES])
@@ -320,7 +339,7 @@ int keys_load_curve_public(const char *value_or_path, uint8_t out[KEYS_CURVE_BYT
     if (!exists && len == KEYS_Z85_LEN && keys_z85_decode(value_or_path, out, "public key") == 0)
         return 0;
     /* A key pasted into a path option arrives with the config's folder in front. */
-    const char *slash = strrchr(value_or_path, '/'), *base = slash ? slash + 1 : value_or_path;
+    const char *base = exists ? value_or_path : s_missing_part(value_or_path);
     if (!exists && s_looks_like_key(base)) {
         size_t n = strlen(base);
         return medfl_error_set(

@@ -59,6 +59,12 @@ check_refused "key pasted into public_key_file" "public_key_file = $KEY" \
   "looks like a key given where a file path belongs" "$KEY"
 check_refused "secret key pasted into public_key_file" "public_key_file = $SECRET" \
   "not shown" "$SECRET"
+# Z85 has '/': a pasted key must not be read as folders and echoed (fixed text, so the
+# case is always covered, not only when the random keys above happen to hold a '/').
+SLASHED='Ab3/Cd4.Ef5-Gh6:Ij7+Kl8=Mn9^Op0!Qr1*St2?'
+check_refused "key with '/' pasted into public_key_file" "public_key_file = $SLASHED" \
+  "not shown" "Cd4.Ef5"
+check_refused "short key with '/'" "public_key = ${SLASHED:0:33}" "wrong length" "Cd4.Ef5"
 check_refused "short key" "public_key = ${KEY:0:31}" "wrong length" "${KEY:0:31}"
 check_refused "missing file" "public_key_file = short" "short: no such file (expected the path of a curve.pub" "\$nothing"
 check_refused "folder as key file" "public_key_file = ." "not a regular file" "\$nothing"

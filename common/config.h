@@ -68,7 +68,15 @@ bool cfg_option_differs(const cfg_option_t *opt, const void *a, const void *b);
 
 /* Writes every option as a commented example config (help, bounds, default). */
 void cfg_write_example(const cfg_option_t *table, FILE *out);
+/* The same, with the values of a loaded config (cfg) in place of the defaults: what a
+ * config file means once defaults are filled in (`example-config -c FILE`). */
+void cfg_write_values(const cfg_option_t *table, const void *cfg, FILE *out);
 
 const cfg_option_t *cfg_find(const cfg_option_t *table, const char *name);
+
+/* Line of path where `key` ("section.key") is set, 0 when it is not (or the file cannot be
+ * read): for checks made after loading (rules tying options together, or a value another
+ * module validates) that must still name FILE:LINE. */
+unsigned cfg_line_of(const char *path, const char *key);
 
 #endif

@@ -112,6 +112,8 @@ void wire_options_default(wire_options_t *opts)
     opts->reconnect_ivl_max_ms = 2000;
     opts->send_timeout_ms = 10000;
     opts->max_bulk = WIRE_BULK_MAX_DEFAULT;
+    opts->handshake_retry_max_ms = 60000;
+    opts->server_key_origin[0] = '\0';
 }
 
 static int64_t s_now_ms(void)
@@ -818,12 +820,15 @@ static int s_check_options(const wire_options_t *o)
     if (o->heartbeat_ivl_ms <= 0 || o->heartbeat_timeout_ms <= o->heartbeat_ivl_ms ||
         o->reconnect_ivl_ms <= 0 ||
         o->reconnect_ivl_max_ms < o->reconnect_ivl_ms || o->send_timeout_ms < 0 ||
+        o->handshake_retry_max_ms < o->reconnect_ivl_max_ms ||
         o->max_bulk == 0 || o->max_bulk > (size_t)INT64_MAX)
         return medfl_error_set(MEDFL_EINVAL,
                                "wire options: heartbeat_ivl_ms %d, heartbeat_timeout_ms %d, "
-                               "reconnect %d..%d ms, send_timeout_ms %d out of range",
+                               "reconnect %d..%d ms, handshake retry up to %d ms, "
+                               "send_timeout_ms %d out of range",
                                o->heartbeat_ivl_ms, o->heartbeat_timeout_ms, o->reconnect_ivl_ms,
-                               o->reconnect_ivl_max_ms, o->send_timeout_ms);
+                               o->reconnect_ivl_max_ms, o->handshake_retry_max_ms,
+                               o->send_timeout_ms);
     return 0;
 }
 
@@ -1426,8 +1431,9 @@ struct wire_client_t {
     uint64_t connections;
     bool connected;
     bool auth_refused;
-    bool handshake_failed; /* libzmq drops the connection for good: we redial */
-    int64_t failed_at_ms;
+    bool handshake_failed; /* disconnected after a failed handshake: we redial at retry_at_ms */
+    int64_t retry_at_ms;
+    int64_t retry_delay_ms; /* backoff step of the latest failure, 0 after a success */
     int64_t last_rx_ms; /* -1 = never */
     int64_t last_hb_ms;
     uint64_t bytes_sent, bytes_received; /* envelope + bulk, for metrics */
@@ -1539,6 +1545,48 @@ void wire_client_destroy(wire_client_t **self_p)
     *self_p = NULL;
 }
 
+/* Next backoff step: reconnect_ivl_max_ms, then doubling up to handshake_retry_max_ms,
+ * jittered by +-20% so nodes refused together (an aggregator whose key was replaced) do
+ * not redial in lockstep. */
+static int64_t s_next_retry_delay(wire_client_t *self)
+{
+    int64_t d = self->retry_delay_ms ? 2 * self->retry_delay_ms : self->opts.reconnect_ivl_max_ms;
+    if (d > self->opts.handshake_retry_max_ms) d = self->opts.handshake_retry_max_ms;
+    self->retry_delay_ms = d;
+    int64_t span = d * 2 / 5; /* 40% of d, centred */
+    return d - span / 2 + (span > 0 ? (int64_t)randombytes_uniform((uint32_t)span + 1) : 0);
+}
+
+/* A refused handshake: libzmq would redial a server that hangs up on a wrong CURVE key
+ * every reconnect_ivl_ms (several times a second, forever), and gives a ZAP refusal up
+ * for good. Either way we take the connection down ourselves and redial after a backoff
+ * step (s_redial), logging one error per step that says what to check. Events arriving
+ * while a redial is pending belong to the attempt already reported. */
+static void s_handshake_failed(wire_client_t *self, uint16_t event, uint32_t value)
+{
+    self->connected = false;
+    if (self->handshake_failed) return;
+    self->handshake_failed = true;
+    zmq_disconnect(self->dealer, self->endpoint); /* ENOENT when libzmq already dropped it */
+    int64_t delay = s_next_retry_delay(self);
+    self->retry_at_ms = s_now_ms() + delay;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        self->auth_refused = true;
+        LOG_ERROR(NET, "aggregator at %s refused this node's key (not enrolled, or revoked; "
+                       "status %u); retrying in %.1f s — the consortium enrolls it with "
+                       "`medfl-aggregator enroll NODE_ID CURVE_PUBKEY`",
+                  self->endpoint, value, (double)delay / 1000.0);
+        return;
+    }
+    const char *origin = self->opts.server_key_origin;
+    LOG_ERROR(NET, "CURVE handshake with %s refused: the aggregator's key does not match %s%s "
+                   "(or the endpoint is not a medfl aggregator; code %u); retrying in %.1f s — "
+                   "check that it holds the aggregator's curve.pub (printed by "
+                   "`medfl-aggregator keygen`) and that the endpoint is right",
+              self->endpoint, origin[0] ? "" : "the configured server key", origin, value,
+              (double)delay / 1000.0);
+}
+
 /* Drains pending monitor events (frame 1: uint16 event + uint32 value; frame 2: address). */
 static void s_monitor_drain(wire_client_t *self)
 {
@@ -1572,6 +1620,7 @@ static void s_monitor_drain(wire_client_t *self)
             self->connections++;
             self->connected = true;
             self->auth_refused = false;
+            self->retry_delay_ms = 0;
             LOG_INFO(NET, "connected to %s (connection %" PRIu64 ")", self->endpoint,
                      self->connections);
             break;
@@ -1581,21 +1630,9 @@ static void s_monitor_drain(wire_client_t *self)
             self->connected = false;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-            if (!self->auth_refused)
-                LOG_WARN(NET, "aggregator at %s refused this node's key (status %u)",
-                         self->endpoint, value);
-            self->auth_refused = true;
-            self->connected = false;
-            self->handshake_failed = true;
-            self->failed_at_ms = s_now_ms();
-            break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            LOG_WARN(NET, "handshake with %s failed (wrong server key or protocol, code %u)",
-                     self->endpoint, value);
-            self->connected = false;
-            self->handshake_failed = true;
-            self->failed_at_ms = s_now_ms();
+            s_handshake_failed(self, event, value);
             break;
         default:
             break;
@@ -1603,15 +1640,13 @@ static void s_monitor_drain(wire_client_t *self)
     }
 }
 
-/* libzmq treats a failed handshake (ZAP refusal included) as a protocol error and gives
- * the connection up instead of reconnecting. A refused node may be enrolled a minute
- * later, so we dial again every reconnect_ivl_max_ms; each attempt is one handshake. */
+/* The redial after a failed handshake (s_handshake_failed): a refused node may be
+ * enrolled a minute later, a wrong key replaced; each attempt is one handshake. */
 static void s_redial(wire_client_t *self)
 {
-    if (!self->handshake_failed || s_now_ms() - self->failed_at_ms < self->opts.reconnect_ivl_max_ms)
+    if (!self->handshake_failed || s_now_ms() < self->retry_at_ms)
         return;
     self->handshake_failed = false;
-    zmq_disconnect(self->dealer, self->endpoint); /* ENOENT when libzmq already dropped it */
     if (zmq_connect(self->dealer, self->endpoint) != 0)
         LOG_WARN(NET, "reconnect to %s: %s", self->endpoint, zmq_strerror(errno));
 }

@@ -51,6 +51,13 @@ typedef struct {
     int reconnect_ivl_max_ms; /* 2000: ZMQ_RECONNECT_IVL_MAX (client, exponential backoff) */
     int send_timeout_ms;      /* 10000: ZMQ_SNDTIMEO; a send blocked longer fails (ETIMEOUT) */
     size_t max_bulk;          /* WIRE_BULK_MAX_DEFAULT: largest bulk frame accepted */
+    /* Client: after a failed handshake (wrong server key, key not enrolled) the client
+     * redials itself, first after reconnect_ivl_max_ms, doubling per further failure up
+     * to this (60000), each delay jittered by +-20%; one log line per attempt. */
+    int handshake_retry_max_ms;
+    /* Client: where the server key came from, named in the wrong-key error ("" = not
+     * named), e.g. "aggregator.public_key_file (/etc/medfl/node/aggregator.pub)". */
+    char server_key_origin[320];
 } wire_options_t;
 
 void wire_options_default(wire_options_t *opts);

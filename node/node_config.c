@@ -60,7 +60,7 @@ int node_config_load(node_config_t *cfg, const char *path)
     memset(cfg, 0, sizeof *cfg);
     if (cfg_load(node_config_table, cfg, path) != 0) return -1;
     if (store_node_id_check(cfg->node_id) != 0)
-        return medfl_error_prefix("%s: key 'node_id': ", path);
+        return medfl_error_prefix("%s:%u: key 'node_id': ", path, cfg_line_of(path, "node_id"));
     bool has_key = cfg->agg_public_key[0] != '\0';
     bool has_file = cfg->agg_public_key_file[0] != '\0';
     if (has_key == has_file)
@@ -88,4 +88,13 @@ const char *node_config_take_path(int *argc, char **argv)
         }
     }
     return path;
+}
+
+int node_config_path_of(const char *path, const char *key, const char *def, char *out)
+{
+    const cfg_option_t table[] = {
+        {key, CFG_PATH, 0, 0, 0, def, false, NULL, NULL},
+        {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
+    };
+    return cfg_load_subset(table, out, path);
 }

@@ -46,4 +46,10 @@ int node_config_load(node_config_t *cfg, const char *path) __attribute__((warn_u
 /* "-c FILE" / "--config FILE" anywhere in argv, removed from it; default path otherwise. */
 const char *node_config_take_path(int *argc, char **argv);
 
+/* One path-valued key of a node config (resolved against the config's folder; def when
+ * the file does not set it), the rest of the file ignored: for tools that need only that
+ * key (import-model's model.base, synth's state_dir) on a node not yet fully configured.
+ * out holds CFG_STR_MAX bytes. */
+int node_config_path_of(const char *path, const char *key, const char *def, char *out);
+
 #endif

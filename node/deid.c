@@ -18,10 +18,12 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "node/commands.h"
+#include "node/node_config.h"
 
 static const char *s_rule_names[DEID_RULE_COUNT] = {
     "NAME", "DATE", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "ACCOUNT", "URL", "IP",
@@ -1486,32 +1488,76 @@ static void s_print_rules(FILE *out, uint32_t mask)
     }
 }
 
+/* Label names are shared by many records: scan each once. A label is a category name,
+ * but a misconfigured column can put names or note text there, and a label reaches the
+ * model (and the consortium's class list) just like text. */
+static int s_label_masks(const records_t *set, uint32_t **masks_out)
+{
+    size_t n = records_n_labels(set);
+    *masks_out = NULL;
+    if (n == 0) return 0;
+    uint32_t *m = calloc(n, sizeof *m);
+    if (!m) return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = records_label_name(set, (int)i);
+        m[i] = deid_scan_mask(name, strlen(name));
+        if (m[i] >> DEID_RULE_COUNT) {
+            free(m);
+            return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+        }
+    }
+    *masks_out = m;
+    return 0;
+}
+
 int deid_gate_records(records_t *set, deid_policy_t policy, FILE *out, size_t *flagged_out,
                       uint32_t *rules_seen_out)
 {
-    size_t flagged = 0;
-    uint32_t seen = 0;
-    if (policy != DEID_POLICY_OFF) {
-        for (size_t i = 0; i < records_count(set); i++) {
-            record_t *r = records_at(set, i);
-            uint32_t mask = deid_scan_mask(r->text, r->text_len);
-            if (!mask) continue;
-            if (mask >> DEID_RULE_COUNT)
-                return medfl_error_set(MEDFL_ENOMEM, "record %zu: de-identification scan: out "
-                                       "of memory", r->record_no);
-            flagged++;
-            seen |= mask;
-            if (out) {
-                fprintf(out, "record %zu: ", r->record_no);
-                s_print_rules(out, mask);
-                fputc('\n', out);
+    size_t flagged = 0, label_flagged = 0;
+    uint32_t seen = 0, label_seen = 0;
+    uint32_t *lmask = NULL;
+    if (policy != DEID_POLICY_OFF && s_label_masks(set, &lmask) != 0) return -1;
+    for (size_t i = 0; policy != DEID_POLICY_OFF && i < records_count(set); i++) {
+        record_t *r = records_at(set, i);
+        uint32_t mask = deid_scan_mask(r->text, r->text_len);
+        uint32_t lm = lmask && r->label >= 0 ? lmask[r->label] : 0;
+        if (!mask && !lm) continue;
+        if (mask >> DEID_RULE_COUNT) {
+            free(lmask);
+            return medfl_error_set(MEDFL_ENOMEM, "record %zu: de-identification scan: out "
+                                   "of memory", r->record_no);
+        }
+        flagged++;
+        seen |= mask | lm;
+        if (lm) { label_flagged++; label_seen |= lm; }
+        if (out) {
+            fprintf(out, "record %zu: ", r->record_no);
+            s_print_rules(out, mask);
+            if (lm) {
+                fprintf(out, "%slabel: ", mask ? "; " : "");
+                s_print_rules(out, lm);
             }
-            if (policy == DEID_POLICY_REDACT && deid_redact(&r->text, &r->text_len) < 0)
-                return -1;
+            fputc('\n', out);
+        }
+        if (mask && policy == DEID_POLICY_REDACT && deid_redact(&r->text, &r->text_len) < 0) {
+            free(lmask);
+            return -1;
         }
     }
+    free(lmask);
     if (flagged_out) *flagged_out = flagged;
     if (rules_seen_out) *rules_seen_out = seen;
+    /* A label is a class name: redacting it would merge or rename classes. */
+    if (label_flagged && policy == DEID_POLICY_REDACT) {
+        char rules[128] = "";
+        for (int k = 0, o = 0; k < DEID_RULE_COUNT; k++)
+            if (label_seen & (1u << k))
+                o += snprintf(rules + o, sizeof rules - (size_t)o, "%s%s", o ? "," : "",
+                              s_rule_names[k]);
+        return medfl_error_set(MEDFL_EFORMAT, "%zu records have a label that looks like PHI "
+                               "(%s); labels cannot be redacted: fix the label column",
+                               label_flagged, rules);
+    }
     return 0;
 }
 
@@ -1553,8 +1599,8 @@ int data_config_to_opts(const data_config_t *cfg, const char *records_path,
     return 0;
 }
 
-/* check-data reads only its own keys from node.conf; the rest of the file belongs to the
- * node's full option table, which validates it when the node starts. */
+/* check-data reads only its own keys from node.conf and skips the daemon's others; keys
+ * and sections unknown to the node's whole table (typos) are refused with file and line. */
 typedef struct {
     data_config_t data;
 } s_check_config_t;
@@ -1563,62 +1609,6 @@ static const cfg_option_t s_check_options[] = {
     DEID_CFG_OPTIONS(s_check_config_t, data),
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
-
-static char *s_trim(char *s)
-{
-    while (*s == ' ' || *s == '\t') s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
-        s[--n] = '\0';
-    return s;
-}
-
-static int s_load_check_config(const char *path, s_check_config_t *cfg, bool *have_records)
-{
-    if (cfg_set_defaults(s_check_options, cfg) != 0) return -1;
-    FILE *f = fopen(path, "r");
-    if (!f) return medfl_error_set(MEDFL_ECONFIG, "%s: cannot open: %m", path);
-    char line[4096], section[128] = "";
-    unsigned lineno = 0;
-    int rc = 0;
-    *have_records = false;
-    while (rc == 0 && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *s = s_trim(line);
-        if (!*s || *s == '#' || *s == ';') continue;
-        if (*s == '[') {
-            char *close = strchr(s, ']');
-            if (close) { *close = '\0'; snprintf(section, sizeof section, "%s", s_trim(s + 1)); }
-            continue;
-        }
-        char *eq = strchr(s, '=');
-        if (!eq) continue;
-        *eq = '\0';
-        char *key = s_trim(s), *value = s_trim(eq + 1);
-        char full[256];
-        snprintf(full, sizeof full, "%s%s%s", section, section[0] ? "." : "", key);
-        if (!cfg_find(s_check_options, full)) continue;
-        if (*value == '"') {
-            char *endq = strrchr(value + 1, '"');
-            if (endq) { *endq = '\0'; value++; }
-        } else {
-            char *hash = strstr(value, " #");
-            if (hash) { *hash = '\0'; value = s_trim(value); }
-        }
-        char origin[600];
-        snprintf(origin, sizeof origin, "%s:%u", path, lineno);
-        if (strcmp(full, "data.records") == 0 && value[0] != '/' && strrchr(path, '/')) {
-            char buf[CFG_STR_MAX * 2];
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)(strrchr(path, '/') - path), path, value);
-            rc = cfg_set(s_check_options, cfg, full, buf, origin);
-        } else {
-            rc = cfg_set(s_check_options, cfg, full, value, origin);
-        }
-        if (strcmp(full, "data.records") == 0) *have_records = true;
-    }
-    fclose(f);
-    return rc;
-}
 
 static void s_check_usage(FILE *out)
 {
@@ -1645,10 +1635,12 @@ static void s_check_usage(FILE *out)
             "  --redacted-out FILE     with --policy redact: write the redacted records as JSONL\n");
 }
 
+/* Redacted clinical text is still clinical text: written 0600 through the atomic writer,
+ * so a crash never leaves half a file and nobody else on the host can read it. */
 static int s_write_redacted(const records_t *set, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %m", path);
+    atomic_file_t *f = atomic_file_new(path, 0600);
+    if (!f) return -1;
     int rc = 0;
     for (size_t i = 0; i < records_count(set) && rc == 0; i++) {
         const record_t *r = records_get(set, i);
@@ -1662,10 +1654,13 @@ static int s_write_redacted(const records_t *set, const char *path)
         char *js = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (!js) { rc = medfl_error_set(MEDFL_ENOMEM, "out of memory"); break; }
-        if (fprintf(f, "%s\n", js) < 0) rc = medfl_error_set(MEDFL_EIO, "%s: write error", path);
+        size_t n = strlen(js);
+        js[n] = '\n'; /* replaces the NUL: written by length */
+        rc = atomic_file_write(f, js, n + 1);
         free(js);
     }
-    if (fclose(f) != 0 && rc == 0) rc = medfl_error_set(MEDFL_EIO, "%s: write error", path);
+    if (rc == 0) return atomic_file_commit(&f);
+    atomic_file_destroy(&f);
     return rc;
 }
 
@@ -1707,9 +1702,9 @@ int cmd_check_data(int argc, char **argv)
         }
         *slot = argv[++i];
     }
-    bool have_records = false;
-    if (conf && s_load_check_config(conf, &cfg, &have_records) != 0) return cli_fail("medfl-node");
-    if (!records && !have_records) {
+    if (conf && cfg_load_subset(s_check_options, node_config_table, &cfg, conf) != 0)
+        return cli_fail("medfl-node");
+    if (!records && !cfg.data.records[0]) {
         fprintf(stderr, "medfl-node check-data: give -c node.conf (with data.records) or "
                         "--records FILE\n");
         return 2;
@@ -1737,6 +1732,9 @@ int cmd_check_data(int argc, char **argv)
     size_t n_labels = 0;
     if (data_config_to_opts(&cfg.data, NULL, &opts, &label_list, &n_labels) != 0)
         return cli_fail("medfl-node");
+    /* Every bad record is listed (the first DATA_DEFAULT_BAD_MAX, then a count) so that one
+     * run tells the data steward all that is wrong with the export. */
+    opts.bad_out = stderr;
     records_t *set = records_new();
     int status = 0;
     if (!set) {

@@ -71,7 +71,9 @@ static int s_alnum(unsigned char c) { return s_alpha(c) || s_digit(c); }
 static int s_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 static int s_lower(unsigned char c) { return (c >= 'a' && c <= 'z'); }
 static int s_hex(unsigned char c) { return s_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-static int s_space(unsigned char c) { return c == ' ' || c == '\t'; }
+/* After normalisation every space is ' ' and every line break '\n'; a line break
+ * separates words like a space ("Dr.\nSmith" wrapped by an editor). */
+static int s_space(unsigned char c) { return c == ' ' || c == '\n'; }
 static unsigned char s_lc(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c; }
 
 typedef struct {
@@ -854,6 +856,55 @@ static size_t s_exact_any(const s_scan_t *s, size_t i, const char *const *list)
     return 0;
 }
 
+/* A street suffix at p: as listed ("Street", "St."), or in capitals ("STREET", "ST.") or
+ * lower case ("street", "ave.") when it is a whole word of 4+ letters or a dotted
+ * abbreviation -- "st", "dr", "way" and "row" are lower-case words, and "ST" (segment),
+ * "CT" (scan), "DR" capitals in clinical text. */
+static size_t s_street_suffix(const s_scan_t *s, size_t p)
+{
+    for (const char *const *w = s_street_suffixes; *w; w++) {
+        size_t L = strlen(*w);
+        if (!s_lit(s, p, *w) || !((*w)[L - 1] == '.' || s_wend(s, p + L))) continue;
+        int exact = memcmp(s->t + p, *w, L) == 0, caps = 1, lower = 1;
+        for (size_t j = 0; j < L; j++) {
+            if (s_lower(s->t[p + j])) caps = 0;
+            if (s_upper(s->t[p + j])) lower = 0;
+        }
+        if (exact || ((caps || lower) && (L >= 4 || (*w)[L - 1] == '.'))) return L;
+    }
+    return 0;
+}
+
+static int s_not_name_ex(const s_scan_t *s, size_t i, size_t k, int general_only);
+
+/* A lower-case word that can be part of a street name ("elm" in "42 elm street"): not a
+ * function word, unit or count noun, so "2 blocks down the road" and "took 2 pills on the
+ * street" stay clean. Returns its length or 0. */
+static size_t s_street_lowword(const s_scan_t *s, size_t p)
+{
+    static const char *const stop[] = {
+        "the", "a", "an", "of", "on", "in", "at", "to", "by", "for", "from", "with", "and",
+        "or", "down", "up", "across", "along", "near", "off", "over", "past", "per", "into",
+        "onto", "around", "behind", "outside", "inside", "is", "was", "are", "were", "be",
+        "his", "her", "their", "our", "my", "your", "this", "that", "same", "old", "new",
+        "block", "blocks", "mile", "miles", "feet", "foot", "ft", "yards", "yard", "meters",
+        "km", "times", "time", "days", "day", "weeks", "week", "months", "month", "years",
+        "year", "hours", "hour", "minutes", "min", "mg", "ml", "mcg", "mm", "cm", "kg", "lb",
+        "lbs", "cc", "meq", "mmol", "mmhg", "ms", "sec", "units", "unit", "tabs",
+        "tablets", "tablet", "pills", "pill", "caps", "capsules", "doses", "dose", "steps",
+        "flights", "stairs", "floors", "floor", "houses", "doors", "cars", "people",
+        "patients", "children", "kids", "dogs", "cats", "cigarettes", "packs", "drinks",
+        "beers", "glasses", "cups", "cans", "episodes", "falls", "lanes", "way", "ways", NULL};
+    if (!s_wstart(s, p) || !s_lower(s_at(s, p))) return 0;
+    size_t k = 0;
+    while (p + k < s->len && (s_lower(s->t[p + k]) || s->t[p + k] >= 0x80)) k++;
+    if (k < 2 || !s_wend(s, p + k)) return 0;
+    for (const char *const *w = stop; *w; w++)
+        if (strlen(*w) == k && memcmp(s->t + p, *w, k) == 0) return 0;
+    if (s_not_name_ex(s, p, k, 1)) return 0;
+    return k;
+}
+
 static void s_rule_street(s_scan_t *s)
 {
     for (size_t i = 0; i < s->len; i++) {
@@ -867,8 +918,13 @@ static void s_rule_street(s_scan_t *s)
         p = s_skip_ws(s, p);
         size_t words = 0, end = 0;
         while (words < 5) {
+            if (words > 0) {
+                size_t sk = s_street_suffix(s, p);
+                if (sk) { end = p + sk; break; }
+            }
             size_t d = s_exact_any(s, p, s_directions);
             size_t k = d ? d : s_capword(s, p);
+            if (!k && words < 3) k = s_street_lowword(s, p);
             if (!k) {
                 /* Numbered streets: "5th Avenue", "42nd Street" */
                 size_t nd = s_ndigits(s, p);
@@ -878,10 +934,6 @@ static void s_rule_street(s_scan_t *s)
                     k = nd + 2;
             }
             if (!k) break;
-            if (words > 0) {
-                size_t sk = s_exact_any(s, p, s_street_suffixes);
-                if (sk) { end = p + sk; break; }
-            }
             words++;
             p += k;
             if (!s_space(s_at(s, p))) break;
@@ -947,11 +999,31 @@ static size_t s_zip_digits(const s_scan_t *s, size_t p)
     return s_num_right_ok(s, p + 5) ? 5 : 0;
 }
 
+/* A state written in lower case ("boston ma 02115", "austin, texas 78701"); the prepositions
+ * and words that are also state codes ("in", "or", "me", "oh", "hi", "ok", "id") are not
+ * taken in lower case. Returns its length or 0. */
+static size_t s_state_lower(const s_scan_t *s, size_t i)
+{
+    static const char *const words[] = {"in", "or", "me", "oh", "hi", "ok", "id", NULL};
+    for (const char *const *w = s_states; *w; w++) {
+        size_t L = strlen(*w);
+        if (!s_lit(s, i, *w) || !s_wend(s, i + L)) continue;
+        int lower = 1;
+        for (size_t j = 0; j < L; j++) if (s_upper(s->t[i + j])) lower = 0;
+        if (!lower) continue;
+        for (const char *const *x = words; *x; x++) if (strlen(*x) == L && s_lit(s, i, *x)) return 0;
+        return L;
+    }
+    return 0;
+}
+
 static void s_rule_zip(s_scan_t *s)
 {
     for (size_t i = 0; i < s->len; i++) {
-        if (!s_wstart(s, i) || !s_upper(s->t[i])) continue;
-        size_t k = s_exact_any(s, i, s_states);
+        if (!s_wstart(s, i) || !s_alpha(s->t[i])) continue;
+        size_t k = s_upper(s->t[i]) ? s_exact_any(s, i, s_states) : 0;
+        int lower = 0;
+        if (!k && s_lower(s->t[i])) lower = (k = s_state_lower(s, i)) > 0;
         if (!k) continue;
         size_t p = i + k;
         if (!s_space(s_at(s, p))) continue;
@@ -965,6 +1037,17 @@ static void s_rule_zip(s_scan_t *s)
         if (comma) { b--; while (b > 0 && s_space(s->t[b - 1])) b--; }
         size_t c = b;
         while (c > 0 && (s_alpha(s->t[c - 1]) || s->t[c - 1] == '.' || s->t[c - 1] == '\'')) c--;
+        if (lower) {
+            /* In lower case the place needs the comma of an address: "boston, ma 02115" or
+             * "42 elm street, boston ma 02115" -- not "heparin in 10000 units". */
+            size_t d = c;
+            while (d > 0 && s_space(s->t[d - 1])) d--;
+            if (c == b || !(comma || (d > 0 && s->t[d - 1] == ','))) continue;
+            s_add(s, DEID_ADDRESS, c, i + k);
+            s_add(s, DEID_ZIP, p, p + z);
+            i = p + z;
+            continue;
+        }
         /* Up to two more capitalised words of the city ("Salt Lake City"). */
         size_t city = c;
         int capital = c < b && s_upper(s->t[c]);
@@ -1161,15 +1244,46 @@ static size_t s_name_token(const s_scan_t *s, size_t i, int caps_ok)
     return k;
 }
 
-/* A sequence of 1-4 name tokens separated by single spaces. check_first: 1 = the first
- * token must not be a known non-name word or eponym, 2 = not a general word (eponyms are
- * surnames after a title: "Doctor Wilson"), 0 = no check. A later general word ends the
- * sequence. Returns the end or 0. */
+/* Lower-case surname particles ("van der Berg", "de la Cruz", "bin Said") at i, with the
+ * space after them; returns that length or 0. A particle only counts when a name token
+ * follows it (the caller checks). */
+static size_t s_particle(const s_scan_t *s, size_t i)
+{
+    static const char *const particles[] = {"van", "von", "der", "den", "de", "del", "della",
+                                            "di", "da", "du", "dos", "das", "la", "le", "ten",
+                                            "ter", "bin", "ibn", "al", "el", "st.", NULL};
+    if (!s_wstart(s, i) || !s_lower(s_at(s, i))) return 0;
+    for (const char *const *w = particles; *w; w++) {
+        size_t L = strlen(*w);
+        if (i + L < s->len && memcmp(s->t + i, *w, L) == 0 && s_space(s->t[i + L]))
+            return L + 1;
+    }
+    return 0;
+}
+
+/* Skips particles at p when a name token follows them; returns where the token starts. */
+static size_t s_skip_particles(const s_scan_t *s, size_t p, int caps_ok)
+{
+    size_t q = p;
+    for (int n = 0; n < 3; n++) {
+        size_t k = s_particle(s, q);
+        if (!k) break;
+        q += k;
+    }
+    return q != p && s_name_token(s, q, caps_ok) ? q : p;
+}
+
+/* A sequence of 1-4 name tokens separated by single spaces (or a line break), surname
+ * particles between or before them included. check_first: 1 = the first token must not be
+ * a known non-name word or eponym, 2 = not a general word (eponyms are surnames after a
+ * title: "Doctor Wilson"), 0 = no check. A later general word ends the sequence. Returns
+ * the end or 0. */
 static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_first, int *ntok)
 {
     size_t end = 0;
     int tokens = 0, full = 0;
     while (tokens < 4) {
+        p = s_skip_particles(s, p, caps_ok);
         size_t k = s_name_token(s, p, caps_ok);
         if (!k) break;
         int initial = k == 2 && s->t[p + 1] == '.';
@@ -1180,7 +1294,8 @@ static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_fir
         if (!initial) full = 1;
         end = p + k;
         size_t q = end;
-        if (!s_space(s_at(s, q)) || !s_upper(s_at(s, q + 1))) break;
+        if (!s_space(s_at(s, q))) break;
+        if (!s_upper(s_at(s, q + 1)) && s_skip_particles(s, q + 1, caps_ok) == q + 1) break;
         p = q + 1;
     }
     if (ntok) *ntok = tokens;
@@ -1194,10 +1309,16 @@ static void s_rule_name(s_scan_t *s)
 {
     /* Titles: exact case so that "MS" (multiple sclerosis) and "dr" inside words do not
      * count; the next word must look like a name ("Dr. visit" does not). */
-    static const char *const titles[] = {"Dr.", "Dr", "DR.", "Doctor", "doctor", "Mr.", "Mr",
-                                         "MR.", "Mrs.", "Mrs", "MRS.", "Ms.", "Ms", "Miss",
+    static const char *const titles[] = {"Dr.", "Dr", "DR.", "DR", "Doctor", "doctor", "Mr.",
+                                         "Mr", "MR.", "MR", "Mrs.", "Mrs", "MRS.", "MRS", "Ms.",
+                                         "Ms", "Miss", "MISS",
                                          "Mx.", "Prof.", "Professor", "Sr.", "Sister", "Nurse",
                                          "Rev.", "Father", NULL};
+    /* Case-insensitive forms: dotted abbreviations and whole words only, so that "MS"
+     * (multiple sclerosis) and "dr" or "mr" inside abbreviations never count; not "ms."
+     * either, which ends "46 ms." (milliseconds) before a sentence. */
+    static const char *const titles_any_case[] = {"doctor", "professor", "mrs.", "mr.", "dr.",
+                                                  "mx.", "prof.", NULL};
     static const char *const after_title_not[] = {"Visit", "Visits", "Office", "Appointment",
                                                   "Note", "Notes", "Orders", "Order", "Appt",
                                                   "Consult", NULL};
@@ -1235,8 +1356,9 @@ static void s_rule_name(s_scan_t *s)
     for (size_t i = 0; i < s->len; i++) {
         if (!s_wstart(s, i) || !s_alpha(s->t[i])) continue;
         size_t k;
-        /* 1. Titles */
-        if ((k = s_exact_any(s, i, titles))) {
+        /* 1. Titles, also in other cases ("dr. Smith", "DR SMITH", "MRS. JONES"): a
+         * lower-case title is checked strictly below. */
+        if ((k = s_exact_any(s, i, titles)) || (k = s_kw_any(s, i, titles_any_case))) {
             size_t p = i + k;
             if (s_space(s_at(s, p))) {
                 p = s_skip_ws(s, p);
@@ -1377,6 +1499,148 @@ static void s_rule_name(s_scan_t *s)
     }
 }
 
+/* ---------------------------------------------------------------- normalisation */
+
+/* The matchers read ASCII punctuation, spaces and digits. Real notes (and exports from
+ * word processors, PDFs and EHR viewers) write the same things with other code points: a
+ * no-break or thin space in "Dr. Smith", an en dash or non-breaking hyphen in
+ * "555-123-4567", a line break between title and name, fullwidth digits, a zero-width space
+ * inside a word, a curly apostrophe in "O'Brien". Each of these alone used to hide PHI from
+ * every rule. So the text is first rewritten into a normal form -- each such character
+ * becomes its ASCII counterpart or disappears -- and the rules run on that, while a map
+ * from every normalised byte back to the original bytes it came from lets spans (and so
+ * redaction) cover exactly the right original bytes. Only what changes matching is folded
+ * (the NFKC cases that matter: fullwidth and mathematical letters and digits, ligatures);
+ * other non-ASCII characters (José, Müller) pass through unchanged. */
+typedef struct {
+    unsigned char *t; /* normalised text */
+    size_t len;
+    uint32_t *from;   /* from[i], to[i]: original bytes of the character byte i came from */
+    uint32_t *to;
+} s_norm_t;
+
+/* One UTF-8 character at i: its code point and length; an invalid byte decodes to itself
+ * with bit 31 set, so it passes through. */
+static size_t s_utf8_next(const unsigned char *t, size_t len, size_t i, uint32_t *cp)
+{
+    unsigned c = t[i];
+    size_t need = c < 0x80 ? 0 : (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2
+                : (c >= 0xF0 && c <= 0xF4) ? 3 : 4;
+    if (need == 0) { *cp = c; return 1; }
+    if (need == 4 || len - i <= need) { *cp = c | 0x80000000u; return 1; }
+    uint32_t v = c & (0x3Fu >> need);
+    for (size_t k = 1; k <= need; k++) {
+        if ((t[i + k] & 0xC0) != 0x80) { *cp = c | 0x80000000u; return 1; }
+        v = (v << 6) | (t[i + k] & 0x3F);
+    }
+    *cp = v;
+    return need + 1;
+}
+
+/* What code point cp becomes: writes up to 3 ASCII bytes into out and returns their count,
+ * 0 to drop it, or -1 to keep its original bytes. */
+static int s_fold(uint32_t cp, char *out)
+{
+    if (cp == '\t') { out[0] = ' '; return 1; }
+    if (cp == '\r' || cp == 0x0B || cp == 0x0C || cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
+        out[0] = '\n';
+        return 1;
+    }
+    if (cp < 0x80) return -1;
+    /* Space separators (Zs): no-break, en/em/thin/hair/narrow/figure spaces, ideographic. */
+    if (cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F ||
+        cp == 0x205F || cp == 0x3000) {
+        out[0] = ' ';
+        return 1;
+    }
+    /* Invisible: zero-width space/joiners, word joiner, BOM, soft hyphen, bidi controls. */
+    if ((cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
+        (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF ||
+        cp == 0xAD || cp == 0x180E || cp == 0x034F)
+        return 0;
+    /* Hyphens and dashes, minus signs. */
+    if ((cp >= 0x2010 && cp <= 0x2015) || cp == 0x2212 || cp == 0xFE58 || cp == 0xFE63 ||
+        cp == 0x2043) {
+        out[0] = '-';
+        return 1;
+    }
+    if (cp == 0x2018 || cp == 0x2019 || cp == 0x201B || cp == 0x2032 || cp == 0x02BC ||
+        cp == 0x02B9 || cp == 0x00B4 || cp == 0x0060) {
+        out[0] = '\'';
+        return 1;
+    }
+    if (cp == 0x201C || cp == 0x201D || cp == 0x201F || cp == 0x2033) { out[0] = '"'; return 1; }
+    if (cp == 0x2024 || cp == 0xFE52) { out[0] = '.'; return 1; }
+    if (cp == 0x2044 || cp == 0x2215) { out[0] = '/'; return 1; }
+    if (cp == 0xFE6B) { out[0] = '@'; return 1; }
+    /* Fullwidth ASCII (NFKC). */
+    if (cp >= 0xFF01 && cp <= 0xFF5E) { out[0] = (char)(cp - 0xFEE0); return 1; }
+    /* Mathematical alphanumerics (bold, italic, script, ... A-Z a-z and digits; NFKC). */
+    if (cp >= 0x1D400 && cp <= 0x1D6A3) {
+        uint32_t k = (cp - 0x1D400) % 52;
+        out[0] = (char)(k < 26 ? 'A' + k : 'a' + (k - 26));
+        return 1;
+    }
+    if (cp >= 0x1D7CE && cp <= 0x1D7FF) { out[0] = (char)('0' + (cp - 0x1D7CE) % 10); return 1; }
+    /* Latin ligatures ff fi fl ffi ffl st (NFKC). */
+    static const char *const lig[] = {"ff", "fi", "fl", "ffi", "ffl", "st", "st"};
+    if (cp >= 0xFB00 && cp <= 0xFB06) {
+        size_t n = strlen(lig[cp - 0xFB00]);
+        memcpy(out, lig[cp - 0xFB00], n);
+        return (int)n;
+    }
+    return -1;
+}
+
+static void s_norm_free(s_norm_t *n)
+{
+    free(n->t);
+    free(n->from);
+    free(n->to);
+    memset(n, 0, sizeof *n);
+}
+
+/* The normal form never grows: each character becomes at most as many bytes as it had
+ * ("\r\n" becomes one "\n"). */
+static int s_normalise(const char *text, size_t len, s_norm_t *n)
+{
+    memset(n, 0, sizeof *n);
+    if (len >= UINT32_MAX)
+        return medfl_error_set(MEDFL_EINVAL, "de-identification scan: text of %zu bytes is too "
+                               "long", len);
+    n->t = malloc(len + 1);
+    n->from = malloc((len + 1) * sizeof *n->from);
+    n->to = malloc((len + 1) * sizeof *n->to);
+    if (!n->t || !n->from || !n->to) {
+        s_norm_free(n);
+        return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+    }
+    const unsigned char *t = (const unsigned char *)text;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t k = s_utf8_next(t, len, i, &cp);
+        if (cp == '\r' && i + 1 < len && t[i + 1] == '\n') k = 2;
+        char buf[4];
+        int m = (cp & 0x80000000u) ? -1 : s_fold(cp, buf);
+        if (m < 0) {
+            memcpy(n->t + o, t + i, k);
+            m = (int)k;
+        } else {
+            memcpy(n->t + o, buf, (size_t)m);
+        }
+        for (int j = 0; j < m; j++) {
+            n->from[o + (size_t)j] = (uint32_t)i;
+            n->to[o + (size_t)j] = (uint32_t)(i + k);
+        }
+        o += (size_t)m;
+        i += k;
+    }
+    n->t[o] = '\0';
+    n->len = o;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- scan, redact */
 
 static int s_cmp_span(const void *a, const void *b)
@@ -1389,7 +1653,11 @@ static int s_cmp_span(const void *a, const void *b)
 
 int deid_scan(const char *text, size_t len, deid_span_t **spans_out, size_t *n_out)
 {
-    s_scan_t s = {(const unsigned char *)text, len, NULL, 0, 0, 0};
+    *spans_out = NULL;
+    *n_out = 0;
+    s_norm_t norm;
+    if (s_normalise(text, len, &norm) != 0) return -1;
+    s_scan_t s = {norm.t, norm.len, NULL, 0, 0, 0};
     s_rule_email(&s);
     s_rule_url(&s);
     s_rule_ip(&s);
@@ -1406,10 +1674,16 @@ int deid_scan(const char *text, size_t len, deid_span_t **spans_out, size_t *n_o
     s_rule_name(&s);
     if (s.oom) {
         free(s.v);
-        *spans_out = NULL;
-        *n_out = 0;
+        s_norm_free(&norm);
         return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
     }
+    /* Back to original bytes: a span starts where its first character started and ends
+     * where its last character ended. */
+    for (size_t i = 0; i < s.n; i++) {
+        s.v[i].end = norm.to[s.v[i].end - 1];
+        s.v[i].start = norm.from[s.v[i].start];
+    }
+    s_norm_free(&norm);
     if (s.n) qsort(s.v, s.n, sizeof *s.v, s_cmp_span);
     /* Two matchers may find the same span (SSN pattern and "SSN:" keyword): keep one. */
     size_t m = 0;

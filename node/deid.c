@@ -10,6 +10,11 @@
  * lab values never take) and only then for the identifier itself. What this cannot catch
  * (bare names without any context, free-text places) is written down in docs/deid.md.
  *
+ * The matchers run on a normalised copy of the text (Unicode spaces, line breaks, dashes,
+ * quotes, fullwidth forms and zero-width characters folded to ASCII; see "normalisation"
+ * below), with a map back to the original bytes, so that a no-break space or an en dash
+ * cannot hide an identifier and redaction still replaces the original bytes.
+ *
  * Nothing here logs or prints matched text: reports name records and rules only. */
 #include "node/deid.h"
 

@@ -8,7 +8,9 @@
  * suffixes, state + ZIP, "year-old") rather than bare number patterns, because clinical
  * text is full of numbers (doses, lab values, blood pressures, years) and eponyms
  * (Crohn, Parkinson, Hodgkin) that must not be flagged. Each rule has a stable name used in
- * reports and redaction markers. Reports never contain the matched text. */
+ * reports and redaction markers. Reports never contain the matched text. Matching runs on
+ * a Unicode-normalised copy (spaces, dashes, fullwidth forms, zero-width characters), spans
+ * are given in the original text's bytes. */
 #ifndef MEDFL_NODE_DEID_H
 #define MEDFL_NODE_DEID_H
 

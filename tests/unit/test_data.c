@@ -424,6 +424,7 @@ static void test_gzip_records(void **state)
     assert_non_null(strstr(medfl_error_message(), "cut.csv.gz: read error"));
     assert_int_equal(records_count(set), 0);
     unlink(p);
+    records_destroy(&set);
 }
 
 static void test_labels_parse(void **state)

@@ -26,7 +26,7 @@ SANFLAGS :=
 endif
 
 CC      ?= cc
-PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd
+PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -136,8 +136,22 @@ int cfg_set(const cfg_option_t *table, void *out, const char *key, const char *v
     return s_assign(o, out, value, origin, NULL);
 }
 
-static int s_load(const cfg_option_t *table, void *out, const char *path, bool subset)
+/* Whether any option of table lives in [section]. */
+static bool s_section_known(const cfg_option_t *table, const char *section)
 {
+    size_t n = strlen(section);
+    for (const cfg_option_t *o = table; o->name; o++)
+        if (strncmp(o->name, section, n) == 0 && o->name[n] == '.') return true;
+    return false;
+}
+
+/* whole: the table the file as a whole must obey. Keys of whole that table lacks are
+ * another command's and skipped; keys of neither (typos) are errors, as in the program
+ * that owns the file. */
+static int s_load(const cfg_option_t *table, const cfg_option_t *whole, void *out,
+                  const char *path)
+{
+    bool subset = whole != table;
     char base_dir[CFG_STR_MAX] = "";
     const char *slash = strrchr(path, '/');
     if (slash && (size_t)(slash - path) < sizeof base_dir) {
@@ -183,6 +197,13 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
             }
             *close = '\0';
             snprintf(section, sizeof section, "%s", s_trim(s + 1));
+            /* "[trian]" would otherwise only be caught by its first key, or never when
+             * it is empty; name the section itself. */
+            if (!s_section_known(whole, section)) {
+                rc = medfl_error_set(MEDFL_ECONFIG, "%s: unknown section '[%s]'", origin,
+                                     section);
+                break;
+            }
             continue;
         }
         char *eq = strchr(s, '=');
@@ -213,7 +234,7 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
         else
             snprintf(full, sizeof full, "%s", key);
         const cfg_option_t *o = cfg_find(table, full);
-        if (!o && subset) continue; /* another program's key: its own loader checks it */
+        if (!o && subset && cfg_find(whole, full)) continue; /* another command's key */
         if (!o) {
             rc = medfl_error_set(MEDFL_ECONFIG, "%s: unknown key '%s'", origin, full);
             break;
@@ -241,12 +262,13 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
 
 int cfg_load(const cfg_option_t *table, void *out, const char *path)
 {
-    return s_load(table, out, path, false);
+    return s_load(table, table, out, path);
 }
 
-int cfg_load_subset(const cfg_option_t *table, void *out, const char *path)
+int cfg_load_subset(const cfg_option_t *table, const cfg_option_t *whole, void *out,
+                    const char *path)
 {
-    return s_load(table, out, path, true);
+    return s_load(table, whole, out, path);
 }
 
 bool cfg_option_differs(const cfg_option_t *o, const void *a, const void *b)

@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential pkg-config
   libzmq3-dev libsodium-dev libopenblas-dev libhdf5-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev
+  libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev zlib1g-dev
   prometheus  # test-only: promtool checks the metrics endpoint strictly
   chromium    # test-only: renders the HTML report for the screenshot test
   clang libclang-rt-14-dev

@@ -26,6 +26,7 @@
 #include "common/error.h"
 #include "node/commands.h"
 #include "node/ledger.h"
+#include "node/node_config.h"
 
 #define PROG "medfl-node privacy"
 #define LEDGER_FILE "privacy_ledger.db"
@@ -104,7 +105,7 @@ static int s_number(const char *opt, const char *text, double *out)
 static int s_read_node_conf(const char *path, privacy_conf_t *out)
 {
     memset(out, 0, sizeof *out);
-    return cfg_load_subset(s_privacy_options, out, path);
+    return cfg_load_subset(s_privacy_options, node_config_table, out, path);
 }
 
 static int s_print_entry(const ledger_entry_t *e, void *arg)

@@ -311,7 +311,7 @@ int cmd_init_adapter(int argc, char **argv)
     }
     node_config_t cfg;
     if (cfg_set_defaults(node_config_table, &cfg) != 0 ||
-        cfg_load_subset(node_config_table, &cfg, conf) != 0)
+        cfg_load_subset(node_config_table, node_config_table, &cfg, conf) != 0)
         return cli_fail("medfl-node init-adapter");
     trainer_t *t = s_trainer(&cfg, false);
     if (!t) return cli_fail("medfl-node init-adapter");
@@ -407,7 +407,7 @@ int cmd_export_adapter(int argc, char **argv)
     }
     node_config_t cfg;
     if (cfg_set_defaults(node_config_table, &cfg) != 0 ||
-        cfg_load_subset(node_config_table, &cfg, conf) != 0)
+        cfg_load_subset(node_config_table, node_config_table, &cfg, conf) != 0)
         return cli_fail("medfl-node export-adapter");
     uint8_t pk[32];
     char dir[CFG_STR_MAX + 16];

@@ -288,8 +288,10 @@ int trainer_set_records(trainer_t *t, const records_t *set, bool whole)
                                records_n_labels(set), t->n_labels);
     for (size_t k = 0; k < t->n_labels; k++)
         if (strcmp(records_label_name(set, (int)k), t->labels[k]) != 0)
-            return medfl_error_set(MEDFL_ECONFIG, "records: label %zu is '%s', the model's is '%s'",
-                                   k, records_label_name(set, (int)k), t->labels[k]);
+            /* Neither name is shown: the records' label set may come from the data. */
+            return medfl_error_set(MEDFL_ECONFIG, "records: label %zu differs from the model's "
+                                   "label %zu (the label sets must list the same names in the "
+                                   "same order; compare data.labels with the model's)", k, k);
     size_t T = (size_t)t->T;
     t->ids = malloc(n * T * sizeof(int32_t));
     t->mask = malloc(n * T * sizeof(int32_t));

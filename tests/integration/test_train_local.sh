@@ -126,8 +126,10 @@ bad_both=$("$node" train-local -c "$T/both.conf" 2>&1 >/dev/null) && die "data.l
 echo "$bad_both" | grep -q "only one" || die "data.labels + labels_top_k: $bad_both"
 
 # 3. DP-SGD: sigma from the accountant's inverse, epsilon within the target
-sed 's/^threads = 1$/threads = 1\n[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0/' \
-  "$T/node.conf" >"$T/dp.conf"
+# ([privacy] goes at the end: inserted mid-[train], it swallowed `seed = 3` as privacy.seed,
+# which went unnoticed until train-local refused unknown keys)
+{ cat "$T/node.conf"; printf '[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0\n'; } \
+  >"$T/dp.conf"
 "$node" train-local -c "$T/dp.conf" --device cpu -o "$T/dp.h5" >"$T/dp.out" 2>"$T/dp.err" \
   || die "train-local DP: $(tail -3 "$T/dp.err")"
 eps=$(val dp_epsilon "$T/dp.out"); sigma=$(val dp_noise_multiplier "$T/dp.out")

@@ -110,7 +110,7 @@ static void s_open(fixture_t *fx)
 {
     node_config_t cfg;
     assert_int_equal(cfg_set_defaults(node_config_table, &cfg), 0);
-    if (cfg_load_subset(node_config_table, &cfg, s_conf) != 0)
+    if (cfg_load_subset(node_config_table, node_config_table, &cfg, s_conf) != 0)
         fail_msg("config: %s", medfl_error_message());
     fx->m = model_trainer_new(&cfg);
     if (!fx->m) fail_msg("model trainer: %s", medfl_error_message());

@@ -204,8 +204,10 @@ else
 fi
 
 # ---- a second aggregator on the same state folder is refused; the first runs on
+# (another port: the lock, not the bind, must be what refuses it)
 pid_before=$(status_field pid)
-guide_bg "$A" agg-run "$A/agg2.log" agg2
+sed "s#127.0.0.1:$GUIDE_PORT#127.0.0.1:$(free_port)#" "$AC" >"$A/second.conf"
+start agg2 "$A/agg2.log" "$A/usr/local/bin/medfl-aggregator" run -c "$A/second.conf"
 if wait_until 20 gone agg2; then
   reap agg2; rc=$?
   if [ $rc != 0 ] && grep -qi "lock\|already" "$A/agg2.log" && alive agg &&

@@ -96,5 +96,5 @@ int node_config_path_of(const char *path, const char *key, const char *def, char
         {key, CFG_PATH, 0, 0, 0, def, false, NULL, NULL},
         {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
     };
-    return cfg_load_subset(table, out, path);
+    return cfg_load_subset(table, node_config_table, out, path);
 }

@@ -45,8 +45,9 @@ const cfg_option_t agg_config_table[] = {
      "fraction of the selected nodes whose update must reach the sum, else the round aborts"},
     {"federation.secure_aggregation", CFG_BOOL, O(fed_secure), 0, 0, "on", true, NULL,
      "on: the aggregator learns only the weighted sum (SecAgg); off: plain updates"},
-    {"federation.threshold", CFG_DOUBLE, O(fed_threshold), 0.01, 1, "0.5", true, NULL,
-     "SecAgg threshold t as a fraction of the k + 1 holders of a node's shares (at least 2)"},
+    {"federation.threshold", CFG_DOUBLE, O(fed_threshold), 0, 1, "0", true, NULL,
+     "SecAgg threshold t as a fraction of the k + 1 holders of a node's shares; 0 = a strict "
+     "majority, floor((k + 1) / 2) + 1; a fraction must exceed 0.5 (nodes refuse less)"},
     {"federation.neighbours", CFG_INT, O(fed_neighbours), 0, 4096, "0", true, NULL,
      "SecAgg+ neighbours k per node; 0 = 2 ceil(log2 n), or the complete graph when smaller"},
     {"federation.select_wait_ms", CFG_INT, O(fed_select_wait_ms), 0, 3600000, "1000", true, NULL,
@@ -133,6 +134,14 @@ int agg_config_load(agg_config_t *cfg, const char *path)
         return medfl_error_set(MEDFL_ECONFIG, "%s: keys 'federation.min_nodes' (%lld) and "
                                "'federation.max_nodes' (%lld): min exceeds max", path,
                                (long long)cfg->fed_min_nodes, (long long)cfg->fed_max_nodes);
+    /* A threshold of half the holders or less lets an active aggregator split the holders
+     * and unmask one node (docs/secure-aggregation.md); nodes would refuse every round. */
+    if (cfg->fed_threshold > 0 && cfg->fed_threshold <= 0.5)
+        return medfl_error_set(MEDFL_ECONFIG, "%s: key 'federation.threshold': %g is not a strict "
+                               "majority of the holders of each node's shares; it must be above "
+                               "0.5, or 0 for floor((k + 1) / 2) + 1 (nodes refuse a smaller "
+                               "threshold: an active aggregator could unmask one node)", path,
+                               cfg->fed_threshold);
     if (cfg->fed_secure && strcmp(cfg->comp_scheme, "topk") == 0)
         return medfl_error_set(MEDFL_ECONFIG, "%s: key 'compression.scheme': topk sends "
                                "different coordinates per node and cannot be summed under "

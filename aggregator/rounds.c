@@ -29,7 +29,7 @@ typedef struct {
     uint8_t ipk[32];
     uint64_t n_records;
     double weight;
-    bool declined, keys, shares, input, unmask, eval;
+    bool declined, keys, shares, input, signed_set, unmask, eval;
     uint64_t bytes_up, bytes_down;
 } part_t;
 
@@ -96,7 +96,8 @@ struct rounds_t {
 
 const char *rounds_phase_name(rounds_phase_t p)
 {
-    static const char *names[] = {"idle", "keys", "shares", "input", "unmask", "eval", "done"};
+    static const char *names[] = {"idle", "keys", "shares", "input", "consistency", "unmask",
+                                  "eval", "done"};
     return (unsigned)p < sizeof names / sizeof *names ? names[p] : "?";
 }
 
@@ -709,8 +710,11 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         uint32_t k = (uint32_t)cfg->fed_neighbours;
         if (k == 0 || k >= n) k = secagg_default_neighbours((uint32_t)n);
         if (k >= n) k = (uint32_t)n - 1;
-        uint32_t t = (uint32_t)ceil(cfg->fed_threshold * (double)(k + 1));
-        if (t < 2) t = 2;
+        /* 0 = a strict majority; a fraction is > 0.5 (agg_config_load), so ceil keeps t a
+         * strict majority too (the secagg params check refuses anything less) */
+        uint32_t t = cfg->fed_threshold > 0 ? (uint32_t)ceil(cfg->fed_threshold * (double)(k + 1))
+                                            : secagg_default_threshold(k);
+        if (t < secagg_default_threshold(k)) t = secagg_default_threshold(k);
         if (t > k + 1) t = k + 1;
         if (secagg_params_init(&self->sp, self->round_id, (uint32_t)n, k, t, self->m) != 0)
             goto fail;
@@ -1000,6 +1004,58 @@ static void s_finish_secure(rounds_t *self, int64_t now)
     free(sum);
 }
 
+/* Consistency check (Bonawitz et al. round 3): the survivor set, the same for every survivor,
+ * which each signs before any share is revealed. */
+static void s_send_survivors(rounds_t *self, int64_t now)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    Medfl__ConsistencyCheck cc;
+    if (secagg_server_survivors(self->ss, &buf, &len) != 0 ||
+        fed_survivors_to_proto(buf, len, self->roster, self->n_parts, &cc) != 0) {
+        free(buf);
+        s_abort(self, now, "consistency check: %s", medfl_error_message());
+        return;
+    }
+    free(buf);
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (self->parts[i].input)
+            s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK, &cc.base, NULL,
+                   0, NULL);
+    LOG_INFO(AGG, "round %" PRIu64 ": consistency check: %zu survivors asked to sign the "
+             "survivor set", self->round_id, cc.n_survivors);
+    fed_proto_free_survivors(&cc);
+    s_enter(self, ROUNDS_CONSISTENCY, now, self->cfg->fed_unmask_ms);
+}
+
+/* Each signer gets the survivors, the dropped nodes and its neighbourhood's signatures. */
+static void s_send_unmask(rounds_t *self, int64_t now)
+{
+    size_t sent = 0, n_surv = 0, n_drop = 0;
+    for (size_t i = 0; i < self->n_parts; i++) {
+        if (!self->parts[i].signed_set) continue;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        Medfl__UnmaskRequest ur;
+        if (secagg_server_unmask_request(self->ss, (uint32_t)i, &buf, &len) != 0 ||
+            fed_unmask_req_to_proto(buf, len, self->roster, self->n_parts, &ur) != 0) {
+            free(buf);
+            s_abort(self, now, "unmask request for node %s: %s", self->parts[i].id,
+                    medfl_error_message());
+            return;
+        }
+        free(buf);
+        if (s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base, NULL, 0,
+                   NULL) == 0)
+            sent++;
+        n_surv = ur.n_survivors, n_drop = ur.n_dropped;
+        fed_proto_free_unmask_req(&ur);
+    }
+    LOG_INFO(AGG, "round %" PRIu64 ": unmask request to %zu signers: %zu survivors, %zu dropped",
+             self->round_id, sent, n_surv, n_drop);
+    s_enter(self, ROUNDS_UNMASK, now, self->cfg->fed_unmask_ms);
+}
+
 static void s_close_phase(rounds_t *self, int64_t now)
 {
     const agg_config_t *cfg = self->cfg;
@@ -1071,26 +1127,14 @@ static void s_close_phase(rounds_t *self, int64_t now)
             s_abort(self, now, "%s", medfl_error_message());
             return;
         }
-        {
-            uint8_t *buf = NULL;
-            size_t len = 0;
-            Medfl__UnmaskRequest ur;
-            if (secagg_server_unmask_request(self->ss, &buf, &len) != 0 ||
-                fed_unmask_req_to_proto(buf, len, self->roster, self->n_parts, &ur) != 0) {
-                free(buf);
-                s_abort(self, now, "unmask request: %s", medfl_error_message());
-                return;
-            }
-            free(buf);
-            for (size_t i = 0; i < self->n_parts; i++)
-                if (self->parts[i].input)
-                    s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base,
-                           NULL, 0, NULL);
-            LOG_INFO(AGG, "round %" PRIu64 ": unmask request: %zu survivors, %zu dropped",
-                     self->round_id, ur.n_survivors, ur.n_dropped);
-            fed_proto_free_unmask_req(&ur);
+        s_send_survivors(self, now);
+        return;
+    case ROUNDS_CONSISTENCY:
+        if (secagg_server_close_signatures(self->ss) != 0) {
+            s_abort(self, now, "%s", medfl_error_message());
+            return;
         }
-        s_enter(self, ROUNDS_UNMASK, now, cfg->fed_unmask_ms);
+        s_send_unmask(self, now);
         return;
     case ROUNDS_UNMASK:
         s_finish_secure(self, now);
@@ -1123,7 +1167,8 @@ static bool s_phase_complete(const rounds_t *self)
             want += self->secure ? p->shares : !p->declined;
             got += p->input;
             break;
-        case ROUNDS_UNMASK: want += p->input; got += p->unmask; break;
+        case ROUNDS_CONSISTENCY: want += p->input; got += p->signed_set; break;
+        case ROUNDS_UNMASK: want += p->signed_set; got += p->unmask; break;
         case ROUNDS_EVAL: want += p->input; got += p->eval; break;
         default: return false;
         }
@@ -1203,7 +1248,9 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
                                (self->phase == ROUNDS_SHARES && p->keys && !p->shares) ||
                                (self->phase == ROUNDS_INPUT && !p->declined && !p->input &&
                                 (!self->secure || p->shares)) ||
-                               (self->phase == ROUNDS_UNMASK && p->input && !p->unmask);
+                               (self->phase == ROUNDS_CONSISTENCY && p->input &&
+                                !p->signed_set) ||
+                               (self->phase == ROUNDS_UNMASK && p->signed_set && !p->unmask);
                 if (missing)
                     LOG_WARN(AGG, "round %" PRIu64 ": node %s missed the %s deadline: dropped",
                              self->round_id, p->id, rounds_phase_name(self->phase));
@@ -1222,6 +1269,7 @@ static bool s_round_type(Medfl__MsgType t)
     case MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS:
     case MEDFL__MSG_TYPE__MSG_SHARE_KEYS:
     case MEDFL__MSG_TYPE__MSG_MASKED_INPUT:
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
     case MEDFL__MSG_TYPE__MSG_UPDATE:
     case MEDFL__MSG_TYPE__MSG_EVAL_REPORT:
@@ -1467,8 +1515,21 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
         }
         s_add_masked(self, p, (uint32_t)idx, msg);
         break;
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
+        if (!self->secure || self->phase != ROUNDS_CONSISTENCY || !p->input || p->signed_set) {
+            s_state_error(self, p, "ConsistencySignature");
+            break;
+        }
+        rc = fed_survivor_sig_from_proto(msg->body.consistency_signature, self->round_id,
+                                         (uint32_t)idx, &buf, &len);
+        if (rc == 0) rc = secagg_server_add_signature(self->ss, buf, len);
+        if (rc == 0) p->signed_set = true;
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": survivor-set signature of node %s refused: %s",
+                     self->round_id, who, medfl_error_message());
+        break;
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
-        if (!self->secure || self->phase != ROUNDS_UNMASK || !p->input || p->unmask) {
+        if (!self->secure || self->phase != ROUNDS_UNMASK || !p->signed_set || p->unmask) {
             s_state_error(self, p, "UnmaskResponse");
             break;
         }

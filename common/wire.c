@@ -82,6 +82,12 @@ static const type_info_t s_types[] = {
     [MEDFL__MSG_TYPE__MSG_EVAL_REPORT] = {"EVAL_REPORT", &medfl__eval_report__descriptor, 256,
                                           BULK_NEVER},
     [MEDFL__MSG_TYPE__MSG_DECLINE] = {"DECLINE", &medfl__decline__descriptor, 4 * KIB, BULK_NEVER},
+    [MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK] = {"CONSISTENCY_CHECK",
+                                                &medfl__consistency_check__descriptor, 128 * KIB,
+                                                BULK_NEVER},
+    [MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE] = {"CONSISTENCY_SIGNATURE",
+                                                    &medfl__consistency_signature__descriptor,
+                                                    256, BULK_NEVER},
 };
 #define N_TYPES (sizeof s_types / sizeof s_types[0])
 
@@ -413,8 +419,26 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
         for (size_t i = 0; i < m->n_dropped; i++)
             if (s_node_id(m->dropped[i], false, t, "dropped") < 0)
                 return -1;
+        if (s_count(m->n_signatures, WIRE_MAX_NODES, t, "signatures") < 0)
+            return -1;
+        for (size_t i = 0; i < m->n_signatures; i++)
+            if (s_node_id(m->signatures[i]->node_id, false, t, "signatures.node_id") < 0 ||
+                s_bytes_len(&m->signatures[i]->signature, WIRE_SIG_LEN, t,
+                            "signatures.signature") < 0)
+                return -1;
         return 0;
     }
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK: {
+        const Medfl__ConsistencyCheck *m = b.consistency_check;
+        if (s_count(m->n_survivors, WIRE_MAX_NODES, t, "survivors") < 0)
+            return -1;
+        for (size_t i = 0; i < m->n_survivors; i++)
+            if (s_node_id(m->survivors[i], false, t, "survivors") < 0)
+                return -1;
+        return 0;
+    }
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
+        return s_bytes_len(&b.consistency_signature->signature, WIRE_SIG_LEN, t, "signature");
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE: {
         const Medfl__UnmaskResponse *m = b.unmask_response;
         if (s_count(m->n_shares, WIRE_MAX_NODES, t, "shares") < 0)

@@ -84,6 +84,8 @@ typedef union {
     Medfl__VersionAnnounce *version_announce;
     Medfl__EvalReport *eval_report;
     Medfl__Decline *decline;
+    Medfl__ConsistencyCheck *consistency_check;
+    Medfl__ConsistencySignature *consistency_signature;
 } wire_body_t;
 
 typedef struct {

@@ -75,8 +75,8 @@ DIST=${DEMO_DISTRIBUTED:-$([ "$DP" = on ] && [ "$SECURE" = on ] && echo on || ec
 BITS=${DEMO_BITS:-$([ "$DIST" = on ] && echo 16 || echo 6)}
 # Each hospital adds sigma / sqrt(t) for the secure-aggregation threshold t: t = 3 of 3 puts
 # exactly sigma in the sum (as centralized DP-SGD) but no round survives a dropout; t = 2
-# survives one and leaves sqrt(3/2) sigma in the sum.
-THRESHOLD=${DEMO_THRESHOLD:-$([ "$DIST" = on ] && echo 1.0 || echo 0.5)}
+# survives one and leaves sqrt(3/2) sigma in the sum (0 = a strict majority: t = 2 of 3).
+THRESHOLD=${DEMO_THRESHOLD:-$([ "$DIST" = on ] && echo 1.0 || echo 0)}
 Q=${DEMO_Q:-0.4}
 if [ "$DP" = on ]; then
   LR=${DEMO_LR:-20}; TARGETS=${DEMO_TARGETS:-none}; OPT=sgd

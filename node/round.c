@@ -44,6 +44,9 @@ struct node_round_t {
     metrics_t *metrics;       /* NULL when metrics are off */
     uint64_t m_round;         /* round joined last, until its version arrives */
     int64_t m_joined_ms;
+    uint64_t unmasked_round;  /* the last round whose UnmaskRequest this node answered or
+                               * refused: a node reveals shares once per round, so a second
+                               * request cannot ask for the other share of a peer */
 
     /* the round in progress */
     uint64_t round_id;
@@ -485,6 +488,16 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     vs_manifest_destroy(&m);
 
     bool secure = sa->enabled;
+    /* Before the ledger charges anything: a threshold that is no strict majority of a
+     * neighbourhood lets an active aggregator unmask one node (docs/secure-aggregation.md). */
+    if (secure && secagg_threshold_check(sa->neighbours ? sa->neighbours
+                                                        : (uint32_t)sa->n_participants - 1,
+                                         sa->threshold) != 0) {
+        snprintf(text, sizeof text, "secure aggregation refused: %s", medfl_error_message());
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);
+        return;
+    }
     fed_encoding_t enc;
     compress_config_t cc;
     if (fed_compression(rs->compression, secure, (uint32_t)numel, &enc, &cc) != 0) {
@@ -688,18 +701,41 @@ static void s_on_shares(node_round_t *self, const wire_msg_t *msg)
     if (s_train_and_send(self) != 0) s_end_round(self);
 }
 
+static void s_on_survivors(node_round_t *self, const wire_msg_t *msg)
+{
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    Medfl__ConsistencySignature cs = MEDFL__CONSISTENCY_SIGNATURE__INIT;
+    if (fed_survivors_from_proto(msg->body.consistency_check, self->round_id, self->roster,
+                                 self->n_roster, &in, &in_len) != 0 ||
+        secagg_client_sign_survivors(self->sc, in, in_len, &out, &out_len) != 0 ||
+        fed_survivor_sig_to_proto(out, out_len, &cs) != 0 ||
+        s_send(self, MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE, &cs.base, NULL, 0, NULL) != 0) {
+        LOG_ERROR(CRYPTO, "round %" PRIu64 ": survivor set refused, leaving the round: %s",
+                  self->round_id, medfl_error_message());
+        s_end_round(self);
+    } else {
+        LOG_INFO(NET, "round %" PRIu64 ": survivor set of %zu nodes signed",
+                 self->round_id, msg->body.consistency_check->n_survivors);
+    }
+    fed_proto_free_survivor_sig(&cs);
+    free(in);
+    free(out);
+}
+
 static void s_on_unmask(node_round_t *self, const wire_msg_t *msg)
 {
     uint8_t *in = NULL, *out = NULL;
     size_t in_len = 0, out_len = 0;
     Medfl__UnmaskResponse ur = MEDFL__UNMASK_RESPONSE__INIT;
+    self->unmasked_round = self->round_id;
     if (fed_unmask_req_from_proto(msg->body.unmask_request, self->round_id, self->roster,
                                   self->n_roster, &in, &in_len) != 0 ||
         secagg_client_handle_unmask(self->sc, in, in_len, &out, &out_len) != 0 ||
         fed_unmask_resp_to_proto(out, out_len, self->roster, self->n_roster, &ur) != 0 ||
         s_send(self, MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE, &ur.base, NULL, 0, NULL) != 0)
-        LOG_ERROR(NET, "round %" PRIu64 ": unmask request refused: %s", self->round_id,
-                  medfl_error_message());
+        LOG_ERROR(CRYPTO, "round %" PRIu64 ": unmask request refused, no share revealed: %s",
+                  self->round_id, medfl_error_message());
     else
         LOG_INFO(NET, "round %" PRIu64 ": unmask response sent (%zu shares)", self->round_id,
                  ur.n_shares);
@@ -763,7 +799,16 @@ int node_round_on_message(node_round_t *self, const wire_msg_t *msg)
         return 1;
     case MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST:
     case MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY:
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK:
     case MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST:
+        if (msg->type == MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST && msg->round_id &&
+            msg->round_id == self->unmasked_round) {
+            LOG_ERROR(CRYPTO, "round %" PRIu64 ": second unmask request refused: this node "
+                      "already answered the round's unmask request and reveals shares once "
+                      "per round (a second request could ask for the other share of a peer)",
+                      msg->round_id);
+            return 1;
+        }
         if (!self->round_id || msg->round_id != self->round_id || !self->sc) {
             LOG_WARN(NET, "%s for round %" PRIu64 " ignored: this node is not in it (current %" PRIu64
                      ")", wire_type_name(msg->type), msg->round_id, self->round_id);
@@ -771,6 +816,7 @@ int node_round_on_message(node_round_t *self, const wire_msg_t *msg)
         }
         if (msg->type == MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST) s_on_keys(self, msg);
         else if (msg->type == MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY) s_on_shares(self, msg);
+        else if (msg->type == MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK) s_on_survivors(self, msg);
         else s_on_unmask(self, msg);
         return 1;
     case MEDFL__MSG_TYPE__MSG_ERROR:

@@ -443,8 +443,8 @@ static int s_policy_check(const node_round_t *self, const round_hparams_t *hp, d
     const node_round_policy_t *p = &self->policy;
     if (!hp->dp) {
         if (!p->require_dp) return 0;
-        snprintf(why, why_len, "privacy policy: the round asks for no DP-SGD (its DP is off) and "
-                 "this node's privacy.require_dp is on: it contributes DP-noised updates only");
+        snprintf(why, why_len, "privacy policy: the round asks for no DP-SGD and this node's "
+                 "privacy.require_dp is on: it sends DP-noised updates only");
         return -1;
     }
     if (!isfinite(sigma_acc) || !(sigma_acc >= p->min_noise_multiplier))

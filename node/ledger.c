@@ -338,7 +338,13 @@ int ledger_admit_round(ledger_t *self, int64_t round_id, double q, double sigma,
     char why[LEDGER_REASON_MAX] = "";
     if (rc == 0) {
         admitted = after <= self->budget;
-        if (!admitted)
+        if (!admitted && isinf(before))
+            snprintf(why, sizeof why,
+                     "privacy budget: this node contributed rounds without DP (rows of epsilon "
+                     "inf in its ledger): no (epsilon, delta) bound holds any more, so round "
+                     "%lld (q=%g, sigma=%g, %lld steps) is declined without training",
+                     (long long)round_id, q, sigma, (long long)steps);
+        else if (!admitted)
             snprintf(why, sizeof why,
                      "privacy budget: round %lld (q=%g, sigma=%g, %lld steps) would raise "
                      "epsilon from %.4f to %.4f at delta=%g, above this node's budget %.4f; "

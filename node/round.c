@@ -615,7 +615,7 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         /* The policy's floor is on the accounted sigma: a share plan below it falls back to
          * all of sigma here, which the floor then checks like any round. */
         if (shared == 0 && !(sigma_acc >= self->policy.min_noise_multiplier)) {
-            snprintf(why, sizeof why, "its accounted sigma %.4f would be below this node's "
+            snprintf(why, sizeof why, "its accounted sigma %.6g would be below this node's "
                      "privacy.min_noise_multiplier %g", sigma_acc,
                      self->policy.min_noise_multiplier);
             shared = -1;

@@ -303,6 +303,58 @@ static void test_non_dp_round_allowed_and_recorded(void **state)
     fed_free(&f);
 }
 
+typedef struct {
+    double sigma;
+    int rows;
+} sigma_row_t;
+
+static int s_sigma_row(const ledger_entry_t *e, void *arg)
+{
+    sigma_row_t *r = arg;
+    r->sigma = e->sigma;
+    r->rows += e->status == LEDGER_ADMITTED;
+    return 0;
+}
+
+/* The floor is on the sigma the ledger charges. Under distributed noise (secure round,
+ * privacy.distributed on at the aggregator, linear trainers) a node adding only its share is
+ * charged the accounted sigma, a little below the round's 1.0. h0's floor is 1.0: it must not
+ * share (that would spend more than its policy allows per round) but add all of sigma itself
+ * and be charged 1.0; h1 and h2 (floor 0.5) share. */
+static void test_floor_on_accounted_sigma(void **state)
+{
+    (void)state;
+    fed_t f;
+    testlib_log_reset();
+    fed_init(&f, s_root, 3, true, "none");
+    node_round_policy_t p;
+    node_round_policy_default(&p);
+    for (size_t i = 0; i < 3; i++) {
+        f.tt[i].linear = true;
+        fed_node_policy(&f, i, &p);
+    }
+    p.min_noise_multiplier = 1.0;
+    fed_node_policy(&f, 0, &p);
+    f.cfg.dp_enabled = true;
+    f.cfg.dp_distributed = true;
+    f.cfg.dp_noise = 1.0;
+    f.cfg.fed_threshold = 1.0;
+    f.cfg.fed_rounds = 1;
+    fed_run_until_completed(&f, 1, 20000);
+    assert_true(testlib_log_has("round 1 offers distributed noise; this node adds all of sigma "
+                                "itself: its accounted sigma 0.9999"));
+    assert_true(testlib_log_has("would be below this node's privacy.min_noise_multiplier 1"));
+    sigma_row_t r[3] = {{0}};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(node_round_contributed(f.node[i]), 1);
+        assert_int_equal(ledger_foreach(f.ledger[i], s_sigma_row, &r[i]), 0);
+        assert_int_equal(r[i].rows, 1);
+    }
+    assert_true(r[0].sigma == 1.0);
+    for (size_t i = 1; i < 3; i++) assert_true(r[i].sigma >= 0.8 && r[i].sigma < 1.0);
+    fed_free(&f);
+}
+
 static int s_setup(void **state)
 {
     (void)state;
@@ -324,6 +376,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_round_outside_policy),
         cmocka_unit_test(test_malicious_aggregator_rewrites),
         cmocka_unit_test(test_non_dp_round_allowed_and_recorded),
+        cmocka_unit_test(test_floor_on_accounted_sigma),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -29,6 +29,8 @@
 typedef struct {
     int index;
     bool fail_train;
+    bool linear; /* claims a linear step (round_trainer_t.linear_step): the node may share
+                    distributed noise; its deltas stay the fixed ones above */
     int calls;
     float starts[4][FED_DIM]; /* the vector each of the first 4 local trainings started from */
 } fed_trainer_t;

@@ -492,8 +492,10 @@ static int s_admit(node_round_t *self, uint64_t rid, const round_hparams_t *hp, 
     if (!hp->dp) {
         snprintf(reason, sizeof reason, "no DP: the round asks for no DP-SGD and this node's "
                  "privacy.require_dp is off; the update leaves without noise, no epsilon bounds it");
-        if (ledger_record_no_dp(self->ledger, (int64_t)rid, hp->local_steps, reason) == 0)
+        if (ledger_record_no_dp(self->ledger, (int64_t)rid, hp->local_steps, reason) == 0) {
+            metrics_set(self->metrics, "privacy_epsilon_spent", NULL, INFINITY);
             return 0;
+        }
         snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
         s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
         return -1;

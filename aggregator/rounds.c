@@ -1289,6 +1289,7 @@ static const char *s_decline_name(Medfl__DeclineReason r)
     case MEDFL__DECLINE_REASON__DECLINE_INSUFFICIENT_DATA: return "insufficient data";
     case MEDFL__DECLINE_REASON__DECLINE_OPERATOR: return "paused by operator";
     case MEDFL__DECLINE_REASON__DECLINE_DEVICE: return "device unavailable";
+    case MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY: return "privacy policy";
     default: return "unspecified";
     }
 }

@@ -475,7 +475,7 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
                    : 0;
     }
     case MEDFL__MSG_TYPE__MSG_DECLINE:
-        if ((int)b.decline->reason < 0 || (int)b.decline->reason > MEDFL__DECLINE_REASON__DECLINE_DEVICE)
+        if ((int)b.decline->reason < 0 || (int)b.decline->reason > MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY)
             return medfl_error_set(MEDFL_EPROTO, "%s: field 'reason': unknown value %d", t,
                                    (int)b.decline->reason);
         return s_str_max(b.decline->text, WIRE_TEXT_MAX, t, "text");

@@ -207,6 +207,9 @@ threads = 1
 seed = ${DEMO_SEED:-1}
 [privacy]
 enabled = $([ "$DP" = on ] && echo true || echo false)
+# the hospital's policy (docs/privacy.md section 11): a node requires DP unless told otherwise;
+# DEMO_DP=off rounds need nodes that accept raw updates (recorded in their ledgers as such)
+require_dp = $([ "$DP" = on ] && echo true || echo false)
 noise_multiplier = $NOISE
 clip_norm = 1.0
 sample_rate = $Q

@@ -107,6 +107,7 @@ static int s_rounds_setup(node_t *self)
         .identity_pk = self->keys->sign_public,
         .agg_sign_pk = agg_pk,
         .ledger = self->ledger,
+        .policy = &cfg->policy,
         .distributed_noise = cfg->train.distributed_noise,
         .distributed_colluders = (uint32_t)cfg->train.distributed_colluders,
     };

@@ -9,6 +9,7 @@
 
 #include "common/config.h"
 #include "node/deid.h"
+#include "node/round.h"
 #include "node/train.h"
 
 #define NODE_CONFIG_DEFAULT_PATH "/etc/medfl/node.conf"
@@ -25,6 +26,7 @@ typedef struct {
     int64_t heartbeat_misses;
     data_config_t data;   /* [data] and [deid]: shared with check-data */
     train_config_t train; /* [model], [train], [privacy] */
+    node_round_policy_t policy; /* [privacy] require_dp, min_noise_multiplier, max_* */
     /* federated rounds (node/round.c) */
     char agg_identity_key[CFG_STR_MAX];
     char round_trainer[CFG_STR_MAX];

@@ -116,9 +116,11 @@ static int s_print_entry(const ledger_entry_t *e, void *arg)
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* no-dp: a raw update the node's policy let out (epsilon inf, docs/privacy.md §11) */
+    const char *status = e->no_dp ? "no-dp"
+                         : e->status == LEDGER_ADMITTED ? "admitted" : "declined";
     printf("  round %lld  %s  %-8s  q=%g sigma=%g steps=%lld  epsilon=%.4f  budget=%g%s%s\n",
-           (long long)e->round_id, when,
-           e->status == LEDGER_ADMITTED ? "admitted" : "declined", e->q, e->sigma,
+           (long long)e->round_id, when, status, e->q, e->sigma,
            (long long)e->steps, e->epsilon, e->budget, e->reason[0] ? "  reason: " : "",
            e->reason);
     return 0;

@@ -32,6 +32,7 @@ struct node_round_t {
     char residual_path[1100];
     uint8_t identity_sk[64], identity_pk[32], agg_pk[32];
     ledger_t *ledger;
+    node_round_policy_t policy; /* privacy.require_dp, min_noise_multiplier, max_* */
     bool distributed_noise;   /* privacy.distributed_noise */
     uint32_t colluders;       /* privacy.distributed_colluders */
     dp_rng_t *noise_rng;      /* ring noise (OS CSPRNG), created on first use */
@@ -429,6 +430,93 @@ static int s_shared_noise(node_round_t *self, const Medfl__RoundStart *rs,
     return 0;
 }
 
+void node_round_policy_default(node_round_policy_t *p)
+{
+    *p = (node_round_policy_t){.require_dp = true, .min_noise_multiplier = 0.5,
+                               .max_sample_rate = 1.0, .max_clip_norm = 0};
+}
+
+/* The node's privacy policy against the round's DP parameters as this node would train them
+ * (sigma_acc: the sigma its ledger would charge, less than the round's sigma when it adds
+ * only a share in the ring). 0 inside the policy, -1 with the reason. The numbers named are
+ * round parameters, never data. */
+static int s_policy_check(const node_round_t *self, const round_hparams_t *hp, double sigma_acc,
+                          char *why, size_t why_len)
+{
+    const node_round_policy_t *p = &self->policy;
+    if (!hp->dp) {
+        if (!p->require_dp) return 0;
+        snprintf(why, why_len, "privacy policy: the round asks for no DP-SGD and this node's "
+                 "privacy.require_dp is on: it sends DP-noised updates only");
+        return -1;
+    }
+    if (!isfinite(sigma_acc) || !(sigma_acc >= p->min_noise_multiplier))
+        snprintf(why, why_len, "privacy policy: the round's noise multiplier %g (accounted "
+                 "sigma %g) is below this node's privacy.min_noise_multiplier %g",
+                 hp->noise_multiplier, sigma_acc, p->min_noise_multiplier);
+    else if (!(hp->sample_rate > 0 && hp->sample_rate <= p->max_sample_rate))
+        snprintf(why, why_len, "privacy policy: the round's sample rate %g is not in (0, %g] "
+                 "(privacy.max_sample_rate)", hp->sample_rate, p->max_sample_rate);
+    else if (!isfinite(hp->clip_norm) || !(hp->clip_norm > 0) ||
+             (p->max_clip_norm > 0 && hp->clip_norm > p->max_clip_norm))
+        snprintf(why, why_len, "privacy policy: the round's clip norm %g is not in (0, %g] "
+                 "(privacy.max_clip_norm)", hp->clip_norm,
+                 p->max_clip_norm > 0 ? p->max_clip_norm : INFINITY);
+    else if (self->ledger && !(hp->delta <= ledger_delta(self->ledger)))
+        snprintf(why, why_len, "privacy policy: the round states delta %g, above this node's "
+                 "privacy.delta %g", hp->delta, ledger_delta(self->ledger));
+    else
+        return 0;
+    return -1;
+}
+
+/* The policy, then the ledger, decide before anything is trained, and the ledger records
+ * every decision (also a policy decline: the privacy officer's audit shows what the
+ * aggregator asked for). 0: train; -1: declined (Decline sent). */
+static int s_admit(node_round_t *self, uint64_t rid, const round_hparams_t *hp, double sigma_acc)
+{
+    char reason[LEDGER_REASON_MAX] = "";
+    if (!self->ledger) {
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET,
+                  "no privacy ledger configured");
+        return -1;
+    }
+    if (s_policy_check(self, hp, sigma_acc, reason, sizeof reason) != 0) {
+        /* Hostile values cannot be stored as numbers; the reason still names them. */
+        bool ok = hp->dp && hp->sample_rate >= 0 && hp->sample_rate <= 1 && sigma_acc >= 0 &&
+                  isfinite(sigma_acc);
+        if (ledger_record_declined(self->ledger, (int64_t)rid, ok ? hp->sample_rate : 1.0,
+                                   ok ? sigma_acc : 0.0, hp->local_steps, reason) != 0)
+            LOG_ERROR(PRIVACY, "round %" PRIu64 ": the policy decline is not in the ledger: %s",
+                      rid, medfl_error_message());
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY, reason);
+        return -1;
+    }
+    if (!hp->dp) {
+        snprintf(reason, sizeof reason, "no DP: the round asks for no DP-SGD and this node's "
+                 "privacy.require_dp is off; the update leaves without noise, no epsilon bounds it");
+        if (ledger_record_no_dp(self->ledger, (int64_t)rid, hp->local_steps, reason) == 0) {
+            metrics_set(self->metrics, "privacy_epsilon_spent", NULL, INFINITY);
+            return 0;
+        }
+        snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
+        return -1;
+    }
+    double eps = 0;
+    int adm = ledger_admit_round(self->ledger, (int64_t)rid, hp->sample_rate, sigma_acc,
+                                 hp->local_steps, &eps, reason, sizeof reason);
+    if (adm < 0) snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
+    if (adm != 1) {
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
+        return -1;
+    }
+    LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
+             rid, eps);
+    metrics_set(self->metrics, "privacy_epsilon_spent", NULL, eps);
+    return 0;
+}
+
 static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
 {
     const Medfl__RoundStart *rs = msg->body.round_start;
@@ -537,8 +625,17 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
             return;
         }
         char why[400] = "";
-        if (s_shared_noise(self, rs, &hp, enc, &cc, numel, &shared_std, &sigma_acc, why,
-                           sizeof why) == 0) {
+        int shared = s_shared_noise(self, rs, &hp, enc, &cc, numel, &shared_std, &sigma_acc, why,
+                                    sizeof why);
+        /* The policy's floor is on the accounted sigma: a share plan below it falls back to
+         * all of sigma here, which the floor then checks like any round. */
+        if (shared == 0 && !(sigma_acc >= self->policy.min_noise_multiplier)) {
+            snprintf(why, sizeof why, "its accounted sigma %.6g would be below this node's "
+                     "privacy.min_noise_multiplier %g", sigma_acc,
+                     self->policy.min_noise_multiplier);
+            shared = -1;
+        }
+        if (shared == 0) {
             LOG_INFO(PRIVACY, "round %" PRIu64 ": distributed noise: this node adds std %.4g in "
                      "the ring (sigma %g split over %u honest contributors); accounted sigma "
                      "%.4f", rid, shared_std, hp.noise_multiplier,
@@ -552,24 +649,9 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         }
     }
 
-    /* The ledger decides before anything is trained (and records the decision). */
-    if (hp.dp) {
-        char reason[LEDGER_REASON_MAX] = "";
-        double eps = 0;
-        int adm = self->ledger ? ledger_admit_round(self->ledger, (int64_t)rid, hp.sample_rate,
-                                                    sigma_acc, hp.local_steps, &eps,
-                                                    reason, sizeof reason)
-                               : 0;
-        if (!self->ledger) snprintf(reason, sizeof reason, "no privacy ledger configured");
-        if (adm < 0) snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
-        if (adm != 1) {
-            free(base);
-            s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
-            return;
-        }
-        LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
-                 rid, eps);
-        metrics_set(self->metrics, "privacy_epsilon_spent", NULL, eps);
+    if (s_admit(self, rid, &hp, sigma_acc) != 0) {
+        free(base);
+        return;
     }
 
     self->round_id = rid;
@@ -857,6 +939,10 @@ node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_
     memcpy(self->identity_pk, opts->identity_pk, 32);
     memcpy(self->agg_pk, opts->agg_sign_pk, 32);
     self->ledger = opts->ledger;
+    if (opts->policy)
+        self->policy = *opts->policy;
+    else
+        node_round_policy_default(&self->policy);
     self->distributed_noise = opts->distributed_noise;
     self->colluders = opts->distributed_colluders;
     self->trainer = *trainer;

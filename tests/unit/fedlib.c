@@ -45,18 +45,36 @@ static int s_eval(void *ctx, const float *x, size_t n, double *loss, double *acc
     return 0;
 }
 
+/* As if delta = -(lr / (q N)) sum clip(g) over N = 100 records (every node's n_records):
+ * the sensitivity the noise share is sized for. */
+static int s_linear(void *ctx, const round_hparams_t *hp, double *scale)
+{
+    (void)ctx;
+    *scale = hp->lr / (hp->sample_rate * 100.0);
+    return 0;
+}
+
 /* The node's round state over its existing connection (a restarted node process reads
  * the same state folder). */
 void fed_node_round(fed_t *f, size_t i)
 {
     char sdir[800];
     snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
-    round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
+    round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval,
+                          .linear_step = f->tt[i].linear ? s_linear : NULL};
     node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
                              .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
-                             .ledger = f->ledger[i]};
+                             .ledger = f->ledger[i], .policy = &f->policy[i],
+                             .distributed_noise = f->tt[i].linear};
     f->node[i] = node_round_new(&o, &tr, f->client[i]);
     assert_non_null(f->node[i]);
+}
+
+void fed_node_policy(fed_t *f, size_t i, const node_round_policy_t *p)
+{
+    f->policy[i] = *p;
+    node_round_destroy(&f->node[i]);
+    fed_node_round(f, i);
 }
 
 void fed_node_start(fed_t *f, size_t i, double budget)
@@ -132,6 +150,7 @@ static void s_init(fed_t *f, const char *root, size_t n, bool secure, const char
         f->peers[i].node_id = f->ids[i];
         f->peers[i].identity_pk = f->pk[i];
         f->peers[i].n_records = 100;
+        f->policy[i] = (node_round_policy_t){.require_dp = false, .max_sample_rate = 1.0};
         fed_node_start(f, i, (int)i == tiny || tiny == FED_ALL_TINY ? 0.001 : 100.0);
     }
 }

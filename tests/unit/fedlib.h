@@ -29,6 +29,8 @@
 typedef struct {
     int index;
     bool fail_train;
+    bool linear; /* claims a linear step (round_trainer_t.linear_step): the node may share
+                    distributed noise; its deltas stay the fixed ones above */
     int calls;
     float starts[4][FED_DIM]; /* the vector each of the first 4 local trainings started from */
 } fed_trainer_t;
@@ -66,6 +68,10 @@ struct fed_s {
     double tamper_rwm;
     fed_intercept_fn intercept; /* NULL: deliver everything as sent */
     void *intercept_ctx;
+    /* Node i's privacy policy (privacy.require_dp ...): fed_init gives every node one that
+     * takes any round (DP not required, no floor or ceiling), as the round tests assume;
+     * fed_node_policy gives one its own. */
+    node_round_policy_t policy[FED_MAX_NODES];
     bool rogue[FED_MAX_NODES];  /* set before fed_init's nodes start: see fed_init_rogue */
     fed_rogue_fn on_rogue;
     void *rogue_ctx;
@@ -89,6 +95,8 @@ void fed_free(fed_t *f);
  * reads the same state folder). */
 void fed_node_round(fed_t *f, size_t i);
 void fed_node_start(fed_t *f, size_t i, double budget);
+/* Gives node i this privacy policy (its round state is recreated: call before its rounds). */
+void fed_node_policy(fed_t *f, size_t i, const node_round_policy_t *p);
 void fed_agg_start(fed_t *f);
 /* One loop iteration: deadlines, up to 8 server messages, every live client's messages. */
 void fed_step(fed_t *f);

@@ -1051,7 +1051,7 @@ static int s_synth_eval(void *ctx, const float *x, size_t n, double *loss, doubl
 
 void synth_trainer_bind(synth_trainer_t *s, round_trainer_t *t)
 {
-    t->check_layout = NULL;
+    memset(t, 0, sizeof *t); /* every optional callback absent (callers pass stack memory) */
     t->ctx = s;
     t->train = s_synth_train;
     t->evaluate = s_synth_eval;

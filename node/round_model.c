@@ -279,6 +279,7 @@ static uint64_t s_processed(void *ctx)
 
 void model_trainer_bind(model_trainer_t *m, round_trainer_t *t)
 {
+    memset(t, 0, sizeof *t); /* callbacks added later start absent (callers pass stack memory) */
     t->examples_processed = s_processed;
     t->linear_step = s_linear_step;
     t->check_layout = s_check_layout;

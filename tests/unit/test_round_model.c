@@ -119,7 +119,9 @@ static void s_open(fixture_t *fx)
     fx->m = model_trainer_new(&cfg);
     if (!fx->m) fail_msg("model trainer: %s", medfl_error_message());
     assert_int_equal(model_trainer_records(fx->m), 24);
+    memset(&fx->tr, 0xA5, sizeof fx->tr); /* the daemon binds into stack memory */
     model_trainer_bind(fx->m, &fx->tr);
+    assert_non_null(fx->tr.examples_processed);
     /* a version whose size is not the model's is refused before training */
     float one = 0;
     uint64_t ne = 0;
@@ -256,6 +258,17 @@ static uint64_t s_processed_after(fixture_t *fx, uint64_t round_id, uint32_t bat
 static void test_round_examples_processed(void **state)
 {
     (void)state;
+    /* the synthetic trainer has no examples_processed (n_examples is its count): binding
+     * into garbage leaves it and every other optional callback absent, not garbage */
+    synth_trainer_t *syn = synth_trainer_new("hospital-1", 10, 0);
+    assert_non_null(syn);
+    round_trainer_t st;
+    memset(&st, 0xA5, sizeof st);
+    synth_trainer_bind(syn, &st);
+    assert_null(st.examples_processed);
+    assert_null(st.linear_step);
+    assert_null(st.check_layout);
+    synth_trainer_destroy(&syn);
     fixture_t fx;
     s_open(&fx);
     /* 24 training records in batches of 10: an epoch is 10, 10, 4 */

@@ -134,11 +134,13 @@ static void s_metrics_version(node_round_t *self, uint64_t rid, uint64_t v)
     self->m_round = 0;
 }
 
-static void s_metrics_trained(node_round_t *self, uint64_t n_examples, int64_t t0_ms)
+/* processed: examples that went through the model in this round's steps (not the weight the
+ * update carries, which is the size of the training split). */
+static void s_metrics_trained(node_round_t *self, uint64_t processed, int64_t t0_ms)
 {
     double s = (double)(service_now_ms() - t0_ms) / 1000.0;
-    metrics_add(self->metrics, "training_examples_total", NULL, (double)n_examples);
-    if (s > 0) metrics_set(self->metrics, "training_examples_per_second", NULL, n_examples / s);
+    metrics_add(self->metrics, "training_examples_total", NULL, (double)processed);
+    if (s > 0) metrics_set(self->metrics, "training_examples_per_second", NULL, processed / s);
 }
 
 /* ---- round state ---- */
@@ -217,7 +219,9 @@ static int s_train_and_send(node_round_t *self)
     int64_t t0_ms = service_now_ms();
     if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
         goto done;
-    s_metrics_trained(self, n_examples, t0_ms);
+    s_metrics_trained(self, self->trainer.examples_processed
+                                ? self->trainer.examples_processed(self->trainer.ctx)
+                                : n_examples, t0_ms);
     bool ef = self->enc != FED_DENSE && self->cc.error_feedback;
     if (self->headroom > 0 && !self->noise_rng && !(self->noise_rng = dp_rng_new())) goto done;
     if (self->enc != FED_DENSE && !ef) {
@@ -1179,7 +1183,7 @@ static int s_synth_eval(void *ctx, const float *x, size_t n, double *loss, doubl
 
 void synth_trainer_bind(synth_trainer_t *s, round_trainer_t *t)
 {
-    t->check_layout = NULL;
+    memset(t, 0, sizeof *t); /* every optional callback absent (callers pass stack memory) */
     t->ctx = s;
     t->train = s_synth_train;
     t->evaluate = s_synth_eval;

@@ -52,8 +52,13 @@ typedef struct {
 typedef struct {
     void *ctx;
     /* delta[n] = local - global after local training that starts from global[n]. */
+    /* *n_examples is the node's weight in the round (the model trainer: its training split). */
     int (*train)(void *ctx, const float *global, size_t n, const round_hparams_t *hp, float *delta,
                  uint64_t *n_examples);
+    /* Optional: examples the last train() call actually processed (the sum of its batch
+     * sizes, Poisson draws included), for the throughput metrics; NULL = *n_examples is
+     * that count. */
+    uint64_t (*examples_processed)(void *ctx);
     /* Validation metrics of the trainable vector x[n]. */
     int (*evaluate)(void *ctx, const float *x, size_t n, double *loss, double *accuracy,
                     double *macro_f1, uint64_t *n_eval);

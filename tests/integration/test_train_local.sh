@@ -32,7 +32,9 @@ policy = refuse
 [model]
 base = base.h5
 lora.r = 4
+lora.targets = query,value
 [train]
+optimizer = adamw
 epochs = 2
 batch_size = 8
 lr = 3e-3
@@ -106,7 +108,7 @@ for k in loss accuracy macro_f1 n; do
     [ "$(block "$k" "$T/part.h5" "$T/multi.eval")" = "$(val "$k" "$T/part.eval")" ] ||
     die "two-adapter eval $k differs from single evals"
 done
-sed 's/^lora.r = 4$/lora.r = 4\nlora.targets = none/' "$T/node.conf" >"$T/head.conf"
+sed 's/^lora.targets = query,value$/lora.targets = none/' "$T/node.conf" >"$T/head.conf"
 for s in 1 2; do
   "$node" train-local -c "$T/head.conf" --epochs "$s" -o "$T/head$s.h5" >/dev/null 2>&1 || die "head-only train-local"
   "$node" eval -c "$T/head.conf" --adapter "$T/head$s.h5" >"$T/head$s.eval" 2>/dev/null || die "head-only eval"

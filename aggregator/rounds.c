@@ -23,6 +23,7 @@
 
 #define ROUNDS_GENESIS_TENSOR "synthetic.w"
 #define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
+#define ROUNDS_SYNC_MAX 16           /* catch-up versions per node per round start */
 
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
@@ -438,7 +439,11 @@ static size_t s_announce(rounds_t *self, uint64_t v, uint64_t round_id, char *co
 }
 
 /* Sends a node the versions of the head's chain newer than what it holds, oldest first
- * (a node installs a version only on top of its parent). */
+ * (a node installs a version only on top of its parent), at most ROUNDS_SYNC_MAX per round
+ * start: a node that says it holds nothing (model_version 0) must not make each round start
+ * queue the whole history for it (issue #16). A node further behind declines this round
+ * (base mismatch) and gets the next versions at the next round start; s_announce records
+ * what was sent. Stops at the first send that fails (the node is gone or not reading). */
 static void s_sync_node(rounds_t *self, part_t *p)
 {
     known_t *k = s_known(self, p->id);
@@ -453,8 +458,15 @@ static void s_sync_node(rounds_t *self, part_t *p)
         v = m->parent;
         vs_manifest_destroy(&m);
     }
+    if (n > ROUNDS_SYNC_MAX)
+        LOG_INFO(AGG, "round %" PRIu64 ": node %s is %zu versions behind: sending the next %d "
+                 "this round", self->round_id, p->id, n, ROUNDS_SYNC_MAX);
     char *ids[1] = {p->id};
-    while (n > 0) p->bytes_down += s_announce(self, chain[--n], 0, ids, 1);
+    for (size_t sent = 0; n > 0 && sent < ROUNDS_SYNC_MAX; sent++) {
+        size_t bytes = s_announce(self, chain[--n], 0, ids, 1);
+        if (!bytes || !wire_server_has_peer(self->server, p->id)) break;
+        p->bytes_down += bytes;
+    }
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
@@ -1563,9 +1575,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
             if (k) k->budget_out = true;
         }
         if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
-            /* It lacks versions we assumed it had: the next round re-sends the chain. */
+            /* It lacks versions we assumed it had: the next round re-sends the chain. One
+             * still catching up (sent part of the chain, ROUNDS_SYNC_MAX) goes on from there. */
             known_t *k = s_known(self, who);
-            if (k) k->version = 0;
+            if (k && (!p || k->version >= self->head)) k->version = 0;
         }
         return 1;
     }

@@ -1325,6 +1325,17 @@ static void s_expect(const rounds_t *self, expect_t *e)
     }
 }
 
+static const char *s_scheme_name(Medfl__CompressionScheme s)
+{
+    switch (s) {
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE: return "none";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK: return "topk";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE: return "quantize";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK: return "randk";
+    default: return "unknown";
+    }
+}
+
 static bool s_scheme_fits(const rounds_t *self, const Medfl__Compression *c)
 {
     Medfl__CompressionScheme s = c ? c->scheme : MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE;
@@ -1358,8 +1369,8 @@ static int s_check_input(rounds_t *self, part_t *p, const wire_msg_t *msg)
     s_expect(self, &e);
     char why[200] = "";
     if (!s_scheme_fits(self, comp))
-        snprintf(why, sizeof why, "compression scheme %d is not this round's",
-                 comp ? (int)comp->scheme : 0);
+        snprintf(why, sizeof why, "compression %s is not this round's",
+                 s_scheme_name(comp ? comp->scheme : MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE));
     else if (dtype != e.dtype)
         snprintf(why, sizeof why, "dtype %d, the round expects %d", (int)dtype, (int)e.dtype);
     else if (e.n_elements ? n != e.n_elements : n != msg->bulk_len)
@@ -1429,14 +1440,14 @@ static void s_on_eval(rounds_t *self, const wire_msg_t *msg)
     else if (e->version != self->new_version)
         snprintf(why, sizeof why, "it names version %" PRIu64 ", round %" PRIu64 " produced %" PRIu64,
                  e->version, self->round_id, self->new_version);
-    else if (p->eval)
-        snprintf(why, sizeof why, "a second report for round %" PRIu64, self->round_id);
     else if (!isfinite(e->loss) || !(e->accuracy >= 0 && e->accuracy <= 1) ||
              !(e->macro_f1 >= 0 && e->macro_f1 <= 1))
         snprintf(why, sizeof why, "loss, accuracy or macro-F1 out of range");
     else if (e->n == 0 || e->n > p->n_records)
         snprintf(why, sizeof why, "%" PRIu64 " examples evaluated, the node announced %" PRIu64
                  " records", e->n, p->n_records);
+    else if (p->eval)
+        snprintf(why, sizeof why, "a second report for round %" PRIu64, self->round_id);
     if (why[0]) {
         LOG_WARN(AGG, "evaluation report from node %s for round %" PRIu64 " refused: %s", who,
                  msg->round_id, why);

@@ -283,10 +283,10 @@ static void test_peer_that_never_reads(void **state)
         if (dt > worst) worst = dt;
         if (!dropped) dropped = testlib_log_has("node 'rogue' dropped: it does not read its messages");
     }
-    assert_true(dropped);
-    assert_int_equal(rounds_completed(f.rounds), 2);
-    /* no step of the loop waited on the rogue */
+    /* no step of the loop waited on the rogue, and the honest nodes' rounds went on */
     if (worst > 1500) fail_msg("one loop step took %lld ms", (long long)worst);
+    assert_int_equal(rounds_completed(f.rounds), 2);
+    assert_true(dropped);
     assert_false(wire_server_has_peer(f.server, "rogue"));
     wire_server_stats_t st;
     wire_server_stats(f.server, &st);
@@ -325,10 +325,10 @@ static void test_share_keys_million_entries(void **state)
     while (service_now_ms() < end && !testlib_log_has("SHARE_KEYS: "))
         fed_step(&f);
     long grown = s_maxrss_kib() - before;
-    assert_true(testlib_log_has("SHARE_KEYS: field 'shares': more than 1024 entries (refused "
-                                "before decoding)"));
     /* the frame itself (2 MiB, held by libzmq and the envelope copy) and little more */
     if (grown > 24 * 1024) fail_msg("peak RSS grew by %ld KiB decoding one 2 MiB message", grown);
+    assert_true(testlib_log_has("SHARE_KEYS: field 'shares': more than 1024 entries (refused "
+                                "before decoding)"));
     s_raw_close(&r);
     fed_free(&f);
 }

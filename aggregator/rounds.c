@@ -1443,7 +1443,7 @@ static void s_on_eval(rounds_t *self, const wire_msg_t *msg)
     else if (!isfinite(e->loss) || !(e->accuracy >= 0 && e->accuracy <= 1) ||
              !(e->macro_f1 >= 0 && e->macro_f1 <= 1))
         snprintf(why, sizeof why, "loss, accuracy or macro-F1 out of range");
-    else if (e->n == 0 || e->n > p->n_records)
+    else if (e->n == 0 || (p->n_records > 0 && e->n > p->n_records)) /* 0: not announced */
         snprintf(why, sizeof why, "%" PRIu64 " examples evaluated, the node announced %" PRIu64
                  " records", e->n, p->n_records);
     else if (p->eval)

@@ -176,7 +176,8 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 # once; each target then links its harness with -fsanitize=fuzzer.
 FUZZ_SAN := -fsanitize=address,undefined
 FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) $(FUZZ_SAN)
-FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c))
+FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c)) \
+                $(filter-out aggregator/main.c,$(wildcard aggregator/*.c))
 FUZZ_LIB_OBJ := $(patsubst %.c,build-fuzz/obj/%.o,$(FUZZ_LIB_SRC)) build-fuzz/obj/proto/medfl.pb-c.o
 fuzz: $(FUZZ_BIN)
 .SECONDARY: $(FUZZ_LIB_OBJ)

@@ -71,6 +71,9 @@ const cfg_option_t agg_config_table[] = {
     {"federation.weighting", CFG_ENUM, O(fed_weighting), 0, 0, "contribution", true,
      "uniform|contribution",
      "node weights: equal, or from records, reported quality and reliability"},
+    {"federation.update_norm_max", CFG_DOUBLE, O(fed_update_norm_max), 0, 1e12, "0", true, NULL,
+     "plain rounds: an update whose L2 norm exceeds this is scaled down to it (logged); "
+     "0 = compression.clip x sqrt(coordinates), the box secure rounds clip every update to"},
     {"federation.genesis_zero_dim", CFG_INT, O(fed_genesis_dim), 0, 1e8, "0", false, NULL,
      "testing without a model: an empty version store gets a zero vector of this size"},
     {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 100, "20", true, NULL,

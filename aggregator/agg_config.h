@@ -36,6 +36,7 @@ typedef struct {
     double fed_server_lr;
     char fed_weighting[CFG_STR_MAX];
     int64_t fed_genesis_dim;
+    double fed_update_norm_max;    /* plain rounds: L2 bound per update; 0 = clip x sqrt(n) */
     double fed_lr;
     int64_t fed_local_steps, fed_batch_size, fed_max_seq_len;
     int64_t fed_debug_hold_ms;     /* TESTS ONLY: pause at each phase start / after a commit */

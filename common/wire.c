@@ -484,6 +484,83 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
     }
 }
 
+/* ---- counting before unpacking --------------------------------------------------------- */
+
+#define WIRE_UNKNOWN_MAX 64 /* fields this build does not know, per message (newer peers) */
+#define WIRE_NEST_MAX 8     /* nesting depth of messages inside a body */
+
+static int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return -1;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) return 0;
+    }
+    return -1;
+}
+
+/* Walks the protobuf encoding of a `desc` message without allocating, and refuses one whose
+ * repeated fields hold more than WIRE_MAX_NODES entries (packed scalars counted per value),
+ * more than WIRE_UNKNOWN_MAX unknown fields, or nests deeper than WIRE_NEST_MAX. protobuf-c
+ * allocates a struct per entry as it unpacks, so 2 MiB of empty entries cost over 100 MiB
+ * before a count could be checked after decoding (issue #16); here the count comes first.
+ * Anything malformed is left to the unpacker to refuse. 0 / -1 (MEDFL_EPROTO). */
+static int s_scan_counts(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
+                         int depth, const char *type)
+{
+    if (depth > WIRE_NEST_MAX)
+        return medfl_error_set(MEDFL_EPROTO, "%s: messages nested deeper than %d", type,
+                               WIRE_NEST_MAX);
+    size_t counts[64] = {0}; /* by field index; medfl messages have fewer fields */
+    size_t unknown = 0;
+    const uint8_t *end = p + len;
+    while (p < end) {
+        uint64_t key, v;
+        if (s_varint(&p, end, &key) < 0) return 0;
+        uint32_t num = (uint32_t)(key >> 3);
+        unsigned wt = (unsigned)(key & 7);
+        const ProtobufCFieldDescriptor *f =
+            key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(desc, num) : NULL;
+        const uint8_t *val = p;
+        size_t vlen = 0;
+        switch (wt) {
+        case 0: if (s_varint(&p, end, &v) < 0) return 0; break;
+        case 1: if ((size_t)(end - p) < 8) return 0; p += 8; break;
+        case 5: if ((size_t)(end - p) < 4) return 0; p += 4; break;
+        case 2:
+            if (s_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p)) return 0;
+            val = p, vlen = (size_t)v, p += v;
+            break;
+        default: return 0; /* groups: protobuf-c refuses them */
+        }
+        if (!f) {
+            if (++unknown > WIRE_UNKNOWN_MAX)
+                return medfl_error_set(MEDFL_EPROTO, "%s: more than %d unknown fields", type,
+                                       WIRE_UNKNOWN_MAX);
+            continue;
+        }
+        size_t fi = (size_t)(f - desc->fields);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED && fi < 64) {
+            size_t add = 1;
+            if (wt == 2 && f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES &&
+                f->type != PROTOBUF_C_TYPE_MESSAGE) { /* packed scalars: one per value */
+                add = 0;
+                for (size_t i = 0; i < vlen; i++) add += !(val[i] & 0x80);
+            }
+            counts[fi] += add;
+            if (counts[fi] > WIRE_MAX_NODES)
+                return medfl_error_set(MEDFL_EPROTO, "%s: field '%s': more than %d entries "
+                                       "(refused before decoding)", type, f->name, WIRE_MAX_NODES);
+        }
+        if (wt == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+            s_scan_counts(f->descriptor, val, vlen, depth + 1, type) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* ---- decode / encode ----------------------------------------------------------------- */
 
 void wire_decoded_clear(wire_decoded_t *d)
@@ -503,6 +580,8 @@ int wire_decode(const void *data, size_t size, wire_decoded_t *out)
     if (size > WIRE_ENVELOPE_MAX)
         return medfl_error_set(MEDFL_EPROTO, "envelope: %zu bytes, at most %zu allowed", size,
                                WIRE_ENVELOPE_MAX);
+    if (s_scan_counts(&medfl__envelope__descriptor, data, size, 0, "envelope") < 0)
+        return -1;
     Medfl__Envelope *env = medfl__envelope__unpack(NULL, size, data);
     if (!env)
         return medfl_error_set(MEDFL_EPROTO, "envelope: not a valid protobuf Envelope (%zu bytes)",
@@ -527,6 +606,8 @@ int wire_decode(const void *data, size_t size, wire_decoded_t *out)
                         env->body.len, ti->body_limit);
         goto done;
     }
+    if (s_scan_counts(ti->desc, env->body.data, env->body.len, 0, ti->name) < 0)
+        goto done;
     /* protobuf-c wants a non-NULL pointer even for an empty body. */
     static const uint8_t empty[1] = {0};
     ProtobufCMessage *body = protobuf_c_message_unpack(
@@ -576,10 +657,13 @@ int wire_check_bulk(const wire_decoded_t *d, bool has_bulk, size_t bulk_len, siz
         dtype = d->body.masked_input->dtype, n = d->body.masked_input->n_elements;
         comp = d->body.masked_input->compression;
     }
-    /* A compressed payload has its own layout (checked by the compression decoder); an
-     * uncompressed one must be exactly n_elements of dtype. */
+    /* The frame must hold exactly n_elements of dtype, compressed or not: a compressed
+     * payload travels as n_elements = its length in bytes of dtype I8, and its layout is then
+     * the compression decoder's to check. Checking only uncompressed frames let a TOPK
+     * header claim m float32 over a 64-byte frame (issue #16). */
+    (void)comp;
     size_t es = s_dtype_size(dtype);
-    if (es && (!comp || comp->scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE)) {
+    if (es) {
         if (n > max_bulk / es || (size_t)n * es != bulk_len)
             return medfl_error_set(MEDFL_EPROTO,
                                    "%s: bulk frame of %zu bytes does not hold %" PRIu64
@@ -876,6 +960,7 @@ typedef struct {
     char node_id[WIRE_NODE_ID_MAX + 1];
     uint8_t rid[WIRE_ROUTING_ID_MAX];
     size_t rid_len;
+    bool slow; /* its send queue was full: dropped until it reconnects (new routing id) */
 } peer_t;
 
 struct wire_server_t {
@@ -1062,10 +1147,18 @@ wire_server_t *wire_server_new(const char *endpoint, const uint8_t *secret_key,
         medfl_error_set(MEDFL_EIO, "ROUTER socket: %s", zmq_strerror(errno));
         goto fail;
     }
-    int one = 1;
+    /* The daemon's one thread must never wait on a peer: sends never block (SNDTIMEO 0) and
+     * each peer's queue holds at most WIRE_SERVER_SNDHWM messages, so a node that stops
+     * reading costs a bounded amount of memory and is dropped (s_send_rid) instead of
+     * stalling every other node's deadlines and heartbeats (issue #16). */
+    int one = 1, zero = 0, hwm = WIRE_SERVER_SNDHWM;
     if (s_common_sockopts(self->router, &self->opts) < 0 ||
-        zmq_setsockopt(self->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
+        zmq_setsockopt(self->router, ZMQ_SNDTIMEO, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(self->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(self->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0) {
+        medfl_error_set(MEDFL_EINVAL, "ROUTER options: %s", zmq_strerror(errno));
         goto fail;
+    }
     if (self->curve &&
         (zmq_setsockopt(self->router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
          zmq_setsockopt(self->router, ZMQ_CURVE_SECRETKEY, secret_key, WIRE_KEY_LEN) != 0 ||
@@ -1163,6 +1256,35 @@ static peer_t *s_peer_find(const wire_server_t *self, const char *node_id)
     return NULL;
 }
 
+/* A peer messages can be sent to: known and not dropped for a full queue. */
+static peer_t *s_peer_reachable(const wire_server_t *self, const char *node_id)
+{
+    peer_t *p = s_peer_find(self, node_id);
+    return p && !p->slow ? p : NULL;
+}
+
+/* Its queue is full: the node does not read what it is sent. Dropped (nothing more is
+ * queued for it) until it reconnects; logged once. */
+static void s_peer_slow(wire_server_t *self, peer_t *p)
+{
+    if (p->slow)
+        return;
+    p->slow = true;
+    pthread_mutex_lock(&self->lock);
+    self->stats.slow_drops++;
+    pthread_mutex_unlock(&self->lock);
+    LOG_WARN(NET, "node '%s' dropped: it does not read its messages (send queue of %d full); "
+             "nothing more is sent to it until it reconnects", p->node_id, WIRE_SERVER_SNDHWM);
+}
+
+static peer_t *s_peer_by_rid(const wire_server_t *self, const uint8_t *rid, size_t rid_len)
+{
+    for (size_t i = 0; i < self->n_peers; i++)
+        if (self->peers[i].rid_len == rid_len && memcmp(self->peers[i].rid, rid, rid_len) == 0)
+            return &self->peers[i];
+    return NULL;
+}
+
 static void s_peer_forget(wire_server_t *self, const char *node_id)
 {
     peer_t *p = s_peer_find(self, node_id);
@@ -1184,15 +1306,19 @@ static void s_peer_note(wire_server_t *self, const char *node_id, const uint8_t 
             self->cap_peers = cap;
         }
         p = &self->peers[self->n_peers++];
+        memset(p, 0, sizeof *p);
         snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
     }
+    /* Still sending on the connection whose queue filled up: stays dropped. */
+    if (p->rid_len != rid_len || memcmp(p->rid, rid, rid_len) != 0)
+        p->slow = false;
     memcpy(p->rid, rid, rid_len);
     p->rid_len = rid_len;
 }
 
 bool wire_server_has_peer(const wire_server_t *self, const char *node_id)
 {
-    return node_id && s_peer_find(self, node_id) != NULL;
+    return node_id && s_peer_reachable(self, node_id) != NULL;
 }
 
 void wire_server_stats(wire_server_t *self, wire_server_stats_t *out)
@@ -1232,9 +1358,13 @@ static int s_send_rid(wire_server_t *self, const uint8_t *rid, size_t rid_len, z
     }
     if (err == EHOSTUNREACH)
         return medfl_error_set(MEDFL_ENOTFOUND, "peer is no longer connected");
-    if (err == EAGAIN)
-        return medfl_error_set(MEDFL_ETIMEOUT, "send queue full for %d ms",
-                               self->opts.send_timeout_ms);
+    if (err == EAGAIN) {
+        peer_t *p = s_peer_by_rid(self, rid, rid_len);
+        if (p)
+            s_peer_slow(self, p);
+        return medfl_error_set(MEDFL_ETIMEOUT, "send queue full (%d messages): the peer does "
+                               "not read, dropped", WIRE_SERVER_SNDHWM);
+    }
     if (err)
         return medfl_error_set(MEDFL_EIO, "send: %s", zmq_strerror(err));
     return 0;
@@ -1260,11 +1390,12 @@ int wire_server_send(wire_server_t *self, const char *node_id, Medfl__MsgType ty
                      size_t bulk_len, wire_free_fn *free_fn, void *hint)
 {
     peer_t *p = node_id ? s_peer_find(self, node_id) : NULL;
-    if (!p) {
+    if (!p || p->slow) {
         if (bulk && free_fn)
             free_fn((void *)bulk, hint);
-        return medfl_error_set(MEDFL_ENOTFOUND, "send %s: node '%s' is not connected",
-                               wire_type_name(type), node_id ? node_id : "(null)");
+        return medfl_error_set(MEDFL_ENOTFOUND, "send %s: node '%s' is %s", wire_type_name(type),
+                               node_id ? node_id : "(null)",
+                               p ? "dropped (it does not read its messages)" : "not connected");
     }
     zmq_msg_t env, bm;
     if (s_prepare(type, round_id, WIRE_SERVER_SENDER, body, bulk, bulk_len, free_fn, hint,
@@ -1289,8 +1420,9 @@ int wire_server_send_many(wire_server_t *self, const char *const *node_ids, size
     int sent = 0;
     for (size_t i = 0; i < n_nodes; i++) {
         peer_t *p = s_peer_find(self, node_ids[i]);
-        if (!p) {
-            LOG_WARN(NET, "send %s: node '%s' is not connected", wire_type_name(type), node_ids[i]);
+        if (!p || p->slow) {
+            LOG_WARN(NET, "send %s: node '%s' is %s", wire_type_name(type), node_ids[i],
+                     p ? "dropped (it does not read its messages)" : "not connected");
             continue;
         }
         /* zmq_msg_copy shares the buffer (reference count): one bulk for all nodes. */
@@ -1431,7 +1563,7 @@ int wire_server_recv(wire_server_t *self, wire_msg_t *msg, int timeout_ms)
         snprintf(msg->node_id, sizeof msg->node_id, "%s", msg->_dec.sender);
     s_peer_note(self, msg->node_id, rid, (size_t)rid_len);
     s_stat_inc(self, &self->stats.received);
-    if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT) {
+    if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT && s_peer_reachable(self, msg->node_id)) {
         Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;
         hb.sent_unix_ms = s_unix_ms();
         zmq_msg_t e, b;

@@ -55,6 +55,7 @@ struct aggregator_t {
     rounds_peer_t *round_peers;
     metrics_t *metrics; /* NULL when metrics.listen = off or the endpoint failed */
     uint64_t m_sent, m_received; /* wire traffic already added to the counters */
+    int lock_fd;        /* state folder lock, held for the process lifetime */
 };
 
 static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
@@ -375,9 +376,13 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
         return NULL;
     }
     self->cfg = *cfg;
+    self->lock_fd = -1;
     snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     char path[CFG_STR_MAX + 32];
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
+    /* Before anything touches the state: a second daemon must not journal the first one's
+     * round as aborted nor overwrite its pid and endpoint. */
+    if ((self->lock_fd = service_lock_state(cfg->state_dir)) < 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
     if (!self->keys) goto fail;
     agg_config_registry_path(cfg, path, sizeof path);
@@ -437,6 +442,7 @@ void aggregator_destroy(aggregator_t **self_p)
     store_destroy(&self->store);
     keys_destroy(&self->keys);
     free(self->peers);
+    service_unlock_state(&self->lock_fd); /* last: the state is closed */
     free(self);
     *self_p = NULL;
 }

@@ -51,6 +51,7 @@ struct node_t {
     node_round_t *round;     /* NULL when no aggregator.identity_key is configured */
     metrics_t *metrics;      /* NULL when metrics.listen = off or the endpoint failed */
     uint64_t m_sent, m_received; /* wire traffic already added to the counters */
+    int lock_fd;             /* state folder lock, held for the process lifetime */
 };
 
 #define NODE_LEDGER_FILE "privacy_ledger.db" /* as `medfl-node privacy` reads it */
@@ -252,8 +253,11 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
         return NULL;
     }
     self->cfg = *cfg;
+    self->lock_fd = -1;
     snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
+    /* Two nodes on one state folder would share a privacy ledger and a version store. */
+    if ((self->lock_fd = service_lock_state(cfg->state_dir)) < 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
     if (!self->keys) goto fail;
     keys_key_id(self->keys->curve_public, self->key_id);
@@ -309,6 +313,7 @@ void node_destroy(node_t **self_p)
     ledger_destroy(&self->ledger);
     wire_client_destroy(&self->client);
     keys_destroy(&self->keys);
+    service_unlock_state(&self->lock_fd); /* last: the state is closed */
     free(self);
     *self_p = NULL;
 }

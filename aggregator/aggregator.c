@@ -223,6 +223,15 @@ static void s_on_hello(aggregator_t *self, const wire_msg_t *msg)
              device[0] ? device : "?", (unsigned long long)n_records, software[0] ? software : "?");
 }
 
+/* A round message; an evaluation the round accepted also goes into the contribution
+ * history that weighs the next rounds. 1 when the type belongs to rounds. */
+static int s_round_message(aggregator_t *self, wire_msg_t *msg)
+{
+    if (rounds_on_message(self->rounds, msg, service_now_ms()) != 1) return 0;
+    rounds_record_eval(self->rounds, msg);
+    return 1;
+}
+
 static void s_on_message(aggregator_t *self, wire_msg_t *msg)
 {
     agg_peer_t *p = s_peer_find(self, msg->node_id);
@@ -230,7 +239,7 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
         s_on_hello(self, msg);
         return;
     }
-    if (!p && rounds_on_message(self->rounds, msg, service_now_ms()) == 1) {
+    if (!p && s_round_message(self, msg) == 1) {
         /* A round message from an enrolled node (CURVE proved who it is) whose session
          * timed out while it trained without sending heartbeats: the round still counts
          * it; the node says hello again by itself once its loop runs. */
@@ -259,7 +268,7 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
                  msg->body.error->text ? msg->body.error->text : "");
         break;
     default:
-        if (rounds_on_message(self->rounds, msg, service_now_ms()) == 1) break;
+        if (s_round_message(self, msg) == 1) break;
         LOG_WARN(NET, "unexpected %s from node %s: not handled by the aggregator",
                  wire_type_name(msg->type), p->node_id);
         s_send_error(self, p->node_id, MEDFL__ERROR_CODE__ERROR_STATE, "no round in progress");

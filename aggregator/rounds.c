@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "aggregator/contrib_db.h"
 #include "aggregator/strategy.h"
 #include "aggregator/versions.h"
 #include "common/error.h"
@@ -23,6 +24,7 @@
 
 #define ROUNDS_GENESIS_TENSOR "synthetic.w"
 #define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
+#define ROUNDS_RECENT_REPORTS 3      /* evaluations averaged into a node's quality */
 
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
@@ -36,7 +38,6 @@ typedef struct {
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
     uint64_t version;     /* latest version the node is known to hold */
-    double reliability;   /* EMA of "completed when selected" */
     bool budget_out;      /* declined its last round for privacy budget: not selected until
                            * it says Hello again or the configuration is reloaded */
 } known_t;
@@ -45,6 +46,7 @@ struct rounds_t {
     const agg_config_t *cfg;
     wire_server_t *server;
     sqlite3 *db;
+    contrib_db_t *contrib;    /* weights, reports, reliability, bytes, epsilon (contrib.db) */
     vs_store_t *vs;
     uint8_t sk[64], pk[32];
 
@@ -335,7 +337,6 @@ static known_t *s_known(rounds_t *self, const char *id)
     known_t *k = &self->known[self->n_known++];
     memset(k, 0, sizeof *k);
     snprintf(k->id, sizeof k->id, "%s", id);
-    k->reliability = 1.0;
     return k;
 }
 
@@ -509,13 +510,22 @@ static void s_enter(rounds_t *self, rounds_phase_t phase, int64_t now, int64_t d
              hold > 0 ? " (held open by federation.debug_phase_hold_ms, a test setting)" : "");
 }
 
-static void s_update_reliability(rounds_t *self)
+/* The round's end in the contribution history: whether each selected node delivered its
+ * update (the reliability EMA; a node that declined is not counted either way: declining for
+ * budget or a base mismatch is not unreliability) and its bytes on the wire. Upserts keyed by
+ * (round, node), so a replay after a crash counts nothing twice. */
+static void s_record_history(rounds_t *self)
 {
+    contrib_params_t cp;
+    contrib_params_default(&cp);
     for (size_t i = 0; i < self->n_parts; i++) {
-        known_t *k = s_known(self, self->parts[i].id);
-        if (k && !self->parts[i].declined)
-            k->reliability = contrib_reliability_update(k->reliability, self->parts[i].input,
-                                                        0.3);
+        const part_t *p = &self->parts[i];
+        if ((!p->declined &&
+             contrib_db_record_participation(self->contrib, self->round_id, p->id, p->input,
+                                             cp.ema_alpha) != 0) ||
+            contrib_db_record_round_stats(self->contrib, self->round_id, p->id, p->bytes_up,
+                                          p->bytes_down, NAN) != 0)
+            LOG_ERROR(AGG, "contribution history: %s", medfl_error_message());
     }
 }
 
@@ -548,7 +558,7 @@ static void s_abort(rounds_t *self, int64_t now, const char *fmt, ...)
         if (!self->parts[i].declined)
             wire_server_send_error(self->server, self->parts[i].id, self->round_id,
                                    MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND, text);
-    s_update_reliability(self);
+    s_record_history(self);
     s_after_round(self, now, self->cfg->fed_retry_ms);
 }
 
@@ -557,8 +567,12 @@ static int s_cmp_peer(const void *a, const void *b)
     return strcmp(((const rounds_peer_t *)a)->node_id, ((const rounds_peer_t *)b)->node_id);
 }
 
-/* Per-node weights: equal, or aggregator/strategy's contribution weights from records and
- * reliability (quality enters once nodes report it; none here yet). Normalised to sum 1. */
+/* Per-node weights of the round (docs/contribution-weighting.md): equal, or the contribution
+ * weights from the history in contrib.db — the records each node announced, the mean loss it
+ * reported for its latest evaluations (a node whose validation data disagrees with the
+ * others', e.g. mislabelled, reports an outlying loss) and its reliability — computed,
+ * logged and stored for the round by contrib_db_compute_round, so `weights` and `report`
+ * read what the round used. Normalised to sum 1; equal weights when that fails. */
 static void s_weights(rounds_t *self)
 {
     size_t n = self->n_parts;
@@ -566,27 +580,28 @@ static void s_weights(rounds_t *self)
     if (!uniform) {
         contrib_params_t cp;
         contrib_params_default(&cp);
-        contrib_input_t *in = calloc(n, sizeof *in);
+        const char **ids = calloc(n, sizeof *ids);
+        double *records = calloc(n, sizeof *records);
         contrib_output_t *out = calloc(n, sizeof *out);
-        if (in && out) {
+        if (ids && records && out) {
             for (size_t i = 0; i < n; i++) {
-                known_t *k = s_known(self, self->parts[i].id);
-                in[i].node = self->parts[i].id;
-                in[i].n_samples = (double)self->parts[i].n_records;
-                in[i].reliability = k ? k->reliability : 1.0;
-                in[i].loo = 1.0;
+                ids[i] = self->parts[i].id;
+                records[i] = (double)self->parts[i].n_records;
             }
-            if (contrib_weights(&cp, in, n, out) == 0) {
+            if (contrib_db_compute_round(self->contrib, &cp, self->round_id, ids, records, NULL,
+                                         n, ROUNDS_RECENT_REPORTS, out) == 0)
                 for (size_t i = 0; i < n; i++) self->parts[i].weight = out[i].weight;
-            } else {
-                LOG_WARN(AGG, "contribution weights: %s; using equal weights",
-                         medfl_error_message());
+            else
                 uniform = true;
-            }
         } else {
+            medfl_error_set(MEDFL_ENOMEM, "out of memory for %zu weights", n);
             uniform = true;
         }
-        free(in);
+        if (uniform)
+            LOG_WARN(AGG, "round %" PRIu64 ": contribution weights: %s; using equal weights",
+                     self->round_id, medfl_error_message());
+        free(ids);
+        free(records);
         free(out);
     }
     if (uniform)
@@ -1101,7 +1116,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
                  self->round_id, self->new_version, reports);
         self->completed++;
         s_journal_end(self, "completed", NULL);
-        s_update_reliability(self);
+        s_record_history(self);
         s_after_round(self, now, 0);
         return;
     }
@@ -1488,6 +1503,34 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     return 1;
 }
 
+/* Takes an evaluation the round accepted (rounds_on_message wrote its row to round_evals,
+ * which is the one check of what a node reports) into the contribution history: the loss
+ * feeds the node's quality in the next rounds' weights, epsilon the report. A report the
+ * round refused leaves no row and is ignored here. */
+void rounds_record_eval(rounds_t *self, const wire_msg_t *msg)
+{
+    if (msg->type != MEDFL__MSG_TYPE__MSG_EVAL_REPORT || !msg->body.eval_report) return;
+    const Medfl__EvalReport *e = msg->body.eval_report;
+    sqlite3_stmt *st = NULL;
+    bool accepted = false;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT 1 FROM round_evals WHERE round_id = ? AND node_id = ? AND"
+                           " version = ? AND loss IS ?", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (int64_t)msg->round_id);
+        sqlite3_bind_text(st, 2, msg->node_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (int64_t)e->version);
+        sqlite3_bind_double(st, 4, e->loss);
+        accepted = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    if (!accepted || !isfinite(e->loss) || e->n > INT64_MAX) return;
+    double eps = isfinite(e->epsilon_spent) && e->epsilon_spent >= 0 ? e->epsilon_spent : NAN;
+    if (contrib_db_record_report(self->contrib, msg->node_id, e->version, e->loss, e->accuracy,
+                                 e->macro_f1, (int64_t)e->n) != 0 ||
+        contrib_db_record_round_stats(self->contrib, msg->round_id, msg->node_id, 0, 0, eps) != 0)
+        LOG_ERROR(AGG, "contribution history: %s", medfl_error_message());
+}
+
 /* ---- object ------------------------------------------------------------------------------ */
 
 rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char *db_path,
@@ -1517,6 +1560,16 @@ rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char 
     }
     /* Who was out of budget is not remembered across a restart: every node is asked again. */
     if (s_exec(self->db, "DELETE FROM rounds_idle", "") != 0) goto fail;
+    {
+        /* contrib.db next to the journal: in the daemon, <state_dir>/contrib.db, where
+         * `weights` and `report` read it (contrib_db_path). */
+        char cpath[4096];
+        const char *slash = strrchr(db_path, '/');
+        int dlen = slash ? (int)(slash - db_path) : 1;
+        snprintf(cpath, sizeof cpath, "%.*s/contrib.db", dlen, slash ? db_path : ".");
+        self->contrib = contrib_db_open(cpath);
+        if (!self->contrib) goto fail;
+    }
     self->vs = vs_store_open(versions_dir, true);
     if (!self->vs) goto fail;
     if (s_recover(self) != 0) goto fail;
@@ -1536,6 +1589,7 @@ void rounds_destroy(rounds_t **self_p)
     rounds_t *self = *self_p;
     s_release_round(self);
     if (self->db) sqlite3_close(self->db);
+    contrib_db_destroy(&self->contrib);
     vs_store_destroy(&self->vs);
     vs_manifest_destroy(&self->head_m);
     free(self->global);

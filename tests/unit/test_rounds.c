@@ -22,6 +22,7 @@
 #include <sodium.h>
 
 #include "aggregator/agg_config.h"
+#include "aggregator/contrib_db.h"
 #include "aggregator/rounds.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -95,6 +96,9 @@ typedef struct {
      * dp.record_weight_max multiplied by tamper_rwm */
     int tamper;
     double tamper_rwm;
+    /* node `bad_eval` (-1 = none) reports every evaluation loss 1.0 higher than measured, as
+     * a hospital with mislabelled validation data would */
+    int bad_eval;
 } fed_t;
 
 /* The node's round state over its existing connection (a restarted node process reads
@@ -174,6 +178,7 @@ static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *schem
     f->n = n;
     f->drop = -1;
     f->tamper = -1;
+    f->bad_eval = -1;
     for (size_t i = 0; i < n; i++) {
         snprintf(f->ids[i], sizeof f->ids[i], "h%zu", i);
         crypto_sign_keypair(f->pk[i], f->sk[i]);
@@ -215,7 +220,11 @@ static void s_step(fed_t *f)
         wire_msg_t msg;
         memset(&msg, 0, sizeof msg);
         int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
-        if (rc == 1) (void)rounds_on_message(f->rounds, &msg, service_now_ms());
+        if (rc == 1 && msg.type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT && f->bad_eval >= 0 &&
+            strcmp(msg.node_id, f->ids[f->bad_eval]) == 0)
+            msg.body.eval_report->loss += 1.0;
+        if (rc == 1 && rounds_on_message(f->rounds, &msg, service_now_ms()) == 1)
+            rounds_record_eval(f->rounds, &msg); /* as the daemon does */
         wire_msg_close(&msg);
         if (rc != 1) break;
     }
@@ -701,6 +710,99 @@ static int s_teardown(void **state)
     return testlib_teardown();
 }
 
+typedef struct {
+    uint64_t round;
+    double w[MAX_NODES];
+    double rel[MAX_NODES];
+    int rows;
+} weights_seen_t;
+
+static int s_weight_row(void *ctx, const contrib_row_t *row)
+{
+    weights_seen_t *ws = ctx;
+    if (row->round != ws->round) return 0;
+    int i = row->node[1] - '0';
+    ws->w[i] = row->c.weight;
+    ws->rel[i] = row->c.reliability;
+    ws->rows++;
+    return 0;
+}
+
+static weights_seen_t s_weights_of(contrib_db_t *db, uint64_t round)
+{
+    weights_seen_t ws = {.round = round};
+    assert_int_equal(contrib_db_history(db, NULL, s_weight_row, &ws), 0);
+    return ws;
+}
+
+/* Contribution weighting in the running round machine (federation.weighting =
+ * contribution): every round is weighed from contrib.db next to the journal, the weights go
+ * into the RoundStarts and the history. h1 announces 4x the records of the others; h2
+ * reports evaluation losses far from the others' (mislabelled validation data); h3 drops
+ * out of round 3. Round 1 (no reports yet): h1 weighs most, the rest equal. Round 4: h2
+ * weighs least, h1 most; h3's reliability fell and, other things equal, lowers its weight. */
+static void test_contribution_weights_live(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 4, false, "none");
+    snprintf(f.cfg.fed_weighting, sizeof f.cfg.fed_weighting, "contribution");
+    f.cfg.fed_rounds = 4;
+    f.cfg.fed_min_nodes = 3;
+    f.cfg.fed_max_nodes = 4;
+    f.cfg.fed_select_wait_ms = 300;
+    f.peers[1].n_records = 400;
+    f.bad_eval = 2;
+    f.drop = 3;
+    f.drop_at = ROUNDS_INPUT;
+    f.drop_round = 3;
+    s_run_until_completed(&f, 4, 30000);
+
+    char path[800];
+    snprintf(path, sizeof path, "%s/contrib.db", f.dir);
+    contrib_db_t *db = contrib_db_open(path);
+    assert_non_null(db);
+    weights_seen_t r1 = s_weights_of(db, 1);
+    assert_int_equal(r1.rows, 4);
+    assert_true(r1.w[1] > r1.w[0] + 0.05);
+    assert_float_equal(r1.w[0], r1.w[2], 1e-9);
+    assert_float_equal(r1.w[0], r1.w[3], 1e-9);
+    assert_float_equal(r1.w[0] + r1.w[1] + r1.w[2] + r1.w[3], 1.0, 1e-9);
+
+    weights_seen_t r4 = s_weights_of(db, 4);
+    assert_int_equal(r4.rows, 3); /* h3 is gone */
+    assert_true(r4.w[2] < r4.w[0] && r4.w[2] < r4.w[1]);
+    assert_true(r4.w[1] > r4.w[0]);
+    assert_float_equal(r4.w[0] + r4.w[1] + r4.w[2], 1.0, 1e-9);
+    assert_true(testlib_log_has("round 4 weight h2"));
+
+    /* Reliability: h3 missed round 3, everyone else completed every round. */
+    double rel = 0;
+    assert_int_equal(contrib_db_reliability(db, "h3", &rel), 0);
+    assert_true(rel < 0.75);
+    assert_int_equal(contrib_db_reliability(db, "h0", &rel), 0);
+    assert_float_equal(rel, 1.0, 1e-12);
+    /* Equal records, both without an outlying report: the unreliable node weighs less. */
+    const char *ids[2] = {"h0", "h3"};
+    double recs[2] = {100, 100};
+    contrib_params_t cp;
+    contrib_params_default(&cp);
+    cp.cap = 1.0; /* two nodes: the default cap (0.5) would make them equal */
+    contrib_output_t out[2];
+    assert_int_equal(contrib_db_compute_round(db, &cp, 99, ids, recs, NULL, 2, 3, out), 0);
+    assert_true(out[1].weight < out[0].weight);
+
+    /* The accepted evaluation reports fed the quality: h2's are the outliers. */
+    double l0 = 0, l2 = 0;
+    bool has0 = false, has2 = false;
+    assert_int_equal(contrib_db_recent_loss(db, "h0", 3, &l0, &has0), 0);
+    assert_int_equal(contrib_db_recent_loss(db, "h2", 3, &l2, &has2), 0);
+    assert_true(has0 && has2);
+    assert_float_equal(l2 - l0, 1.0, 1e-6);
+    contrib_db_destroy(&db);
+    s_fed_free(&f);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) cmocka_set_test_filter(argv[1]);
@@ -722,6 +824,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_journal_recovery),
         cmocka_unit_test(test_crash_after_version_write),
         cmocka_unit_test(test_failing_trainer_is_a_dropout),
+        cmocka_unit_test(test_contribution_weights_live),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

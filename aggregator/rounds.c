@@ -32,6 +32,7 @@ typedef struct {
     uint64_t n_records;
     double weight;
     bool declined, keys, shares, input, unmask, eval;
+    bool dropped;             /* said Hello again mid-round: restarted, its round state gone */
     uint64_t bytes_up, bytes_down;
 } part_t;
 
@@ -56,7 +57,6 @@ struct rounds_t {
     bool commit_pending;      /* version written, journal + announce held (tests) */
     int64_t idle_until_ms;
     int64_t min_reached_ms;   /* when min_nodes were first seen connected, 0 = not yet */
-    bool warned_no_version;
     uint64_t round_id, last_round_id, completed;
 
     part_t *parts;
@@ -340,8 +340,31 @@ static known_t *s_known(rounds_t *self, const char *id)
     return k;
 }
 
+static bool s_in_round(const rounds_t *self)
+{
+    return self->round_id && self->phase != ROUNDS_IDLE && self->phase != ROUNDS_DONE;
+}
+
+static part_t *s_part(rounds_t *self, const char *id);
+
+/* A participant that says Hello during the round started a new session: a restarted node
+ * lost its round state (secure-aggregation keys, the RoundStart), so nothing more will come
+ * from it for this round. It is dropped now, exactly as if it had disconnected in this
+ * phase, so the phase closes as soon as the others have answered instead of at the
+ * deadline; it is selected again from the next round. */
+static void s_drop_rehello(rounds_t *self, const char *node_id)
+{
+    part_t *p = s_in_round(self) ? s_part(self, node_id) : NULL;
+    if (!p || p->declined || p->dropped) return;
+    p->dropped = true;
+    LOG_WARN(AGG, "round %" PRIu64 ": node %s said hello again during phase %s (a new session: "
+             "its round state is gone): dropped from this round, it is selected again from the "
+             "next", self->round_id, node_id, rounds_phase_name(self->phase));
+}
+
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version)
 {
+    s_drop_rehello(self, node_id);
     known_t *k = s_known(self, node_id);
     if (!k) return;
     k->version = model_version;
@@ -364,21 +387,49 @@ void rounds_on_reload(rounds_t *self)
                  "again", cleared);
 }
 
+#define S_HEAD_PREFIX "head version: " /* idle reasons about the version store */
+
 /* Journals (for `status`, another process) and logs, once per change, why connected nodes
- * get no round; "" clears it. */
-static void s_set_idle_reason(rounds_t *self, const char *reason)
+ * get no round, and what lets rounds resume; "" clears it. */
+static void s_set_idle_reason(rounds_t *self, const char *reason, const char *resume)
 {
     if (strcmp(self->idle_reason, reason) == 0) return;
+    bool had_version = strncmp(self->idle_reason, S_HEAD_PREFIX, strlen(S_HEAD_PREFIX)) != 0;
     snprintf(self->idle_reason, sizeof self->idle_reason, "%s", reason);
     int rc = reason[0] ? s_exec(self->db, "INSERT OR REPLACE INTO rounds_idle VALUES (1, ?, ?)",
                                 "ti", reason, (int64_t)time(NULL))
                        : s_exec(self->db, "DELETE FROM rounds_idle", "");
     if (rc != 0) LOG_ERROR(AGG, "%s", medfl_error_message());
     if (reason[0])
-        LOG_WARN(AGG, "no round starts: %s; rounds resume when a node with budget connects, a "
-                 "node restarts or reconnects, or the configuration is reloaded (SIGHUP)", reason);
-    else
+        LOG_WARN(AGG, "no round starts: %s; %s", reason, resume);
+    else if (had_version)
         LOG_INFO(AGG, "rounds resume: enough connected nodes have privacy budget");
+    else
+        LOG_INFO(AGG, "rounds resume: head version v%" PRIu64, vs_store_head(self->vs));
+}
+
+#define S_BUDGET_RESUME "rounds resume when a node with budget connects, a node restarts or " \
+                        "reconnects, or the configuration is reloaded (SIGHUP)"
+
+/* Another process may have moved the head since this one last looked: `rollback V` (HEAD
+ * file) or `init-version` (the first version). A readdir and a small file read, once per
+ * round start (and per retry while there is no version), so the running daemon follows
+ * without a restart. */
+static void s_follow_store(rounds_t *self)
+{
+    uint64_t before = vs_store_head(self->vs);
+    if (vs_store_refresh(self->vs) != 0) {
+        LOG_ERROR(AGG, "version store: %s", medfl_error_message());
+        return;
+    }
+    uint64_t head = vs_store_head(self->vs), latest = vs_store_latest(self->vs);
+    if (head == before) return;
+    if (head < latest)
+        LOG_INFO(AGG, "head moved to v%" PRIu64 " by rollback (latest v%" PRIu64 " kept): next "
+                 "round starts from v%" PRIu64, head, latest, head);
+    else
+        LOG_INFO(AGG, "head moved to v%" PRIu64 " (written by another process, e.g. "
+                 "init-version): next round starts from v%" PRIu64, head, head);
 }
 
 static part_t *s_part(rounds_t *self, const char *id)
@@ -852,6 +903,19 @@ static void s_publish(rounds_t *self, int64_t now);
 /* Commits the server step over the weighted sum S (numel floats) and W, announces it. */
 static void s_commit(rounds_t *self, const float *sum, double weight_total, int64_t now)
 {
+    /* A rollback (or another writer) moved the head during the round: the sum was trained on
+     * the round's base, so committing it on the new head would mix two histories, and on the
+     * old one would silently undo the rollback. The next round starts from the new head. */
+    if (vs_store_refresh(self->vs) != 0) {
+        s_abort(self, now, "version store: %s", medfl_error_message());
+        return;
+    }
+    if (vs_store_head(self->vs) != self->head) {
+        s_abort(self, now, "head moved to v%" PRIu64 " during the round (rollback or another "
+                "writer); the round trained on v%" PRIu64 ": next round starts from v%" PRIu64,
+                vs_store_head(self->vs), self->head, vs_store_head(self->vs));
+        return;
+    }
     strategy_params_t sp;
     strategy_kind_t kind = STRATEGY_FEDAVG;
     if (strategy_kind_parse(self->cfg->fed_strategy, &kind) != 0) kind = STRATEGY_FEDAVG;
@@ -1027,6 +1091,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
         uint32_t n1 = 0;
         const uint32_t *u1 = secagg_server_set(self->ss, 1, &n1);
         for (uint32_t i = 0; i < n1; i++) {
+            if (self->parts[u1[i]].dropped) continue; /* its keys still serve the others */
             uint8_t *buf = NULL;
             size_t len = 0;
             Medfl__KeysBroadcast kb;
@@ -1053,6 +1118,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
         uint32_t n2 = 0;
         const uint32_t *u2 = secagg_server_set(self->ss, 2, &n2);
         for (uint32_t i = 0; i < n2; i++) {
+            if (self->parts[u2[i]].dropped) continue;
             uint8_t *buf = NULL;
             size_t len = 0;
             Medfl__SharesDelivery sd = MEDFL__SHARES_DELIVERY__INIT;
@@ -1098,7 +1164,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
             }
             free(buf);
             for (size_t i = 0; i < self->n_parts; i++)
-                if (self->parts[i].input)
+                if (self->parts[i].input && !self->parts[i].dropped)
                     s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base,
                            NULL, 0, NULL);
             LOG_INFO(AGG, "round %" PRIu64 ": unmask request: %zu survivors, %zu dropped",
@@ -1131,6 +1197,7 @@ static bool s_phase_complete(const rounds_t *self)
     size_t want = 0, got = 0;
     for (size_t i = 0; i < self->n_parts; i++) {
         const part_t *p = &self->parts[i];
+        if (p->dropped) continue; /* nothing more is awaited from it (what it sent counts) */
         switch (self->phase) {
         case ROUNDS_KEYS: want += !p->declined; got += p->keys; break;
         case ROUNDS_SHARES: want += p->keys; got += p->shares; break;
@@ -1184,24 +1251,29 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
             else if (n_out > 0 && n_el + n_out >= need)
                 snprintf(reason, sizeof reason, "%zu of %zu connected nodes out of privacy budget, "
                          "%zu with budget left, a round needs %zu", n_out, n_el + n_out, n_el, need);
-            s_set_idle_reason(self, reason);
+            s_set_idle_reason(self, reason, S_BUDGET_RESUME);
             self->min_reached_ms = 0;
             return;
         }
-        s_set_idle_reason(self, "");
         if (!self->min_reached_ms) self->min_reached_ms = now;
         if (n_el < (size_t)self->cfg->fed_max_nodes &&
             now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
             return;
+        s_follow_store(self);
         if (s_load_head(self) != 0) {
-            if (!self->warned_no_version)
-                LOG_WARN(AGG, "no round can start: %s (seed one with `medfl-aggregator "
-                         "init-version`)", medfl_error_message());
-            self->warned_no_version = true;
-            self->idle_until_ms = now + self->cfg->fed_retry_ms;
+            char reason[256];
+            if (medfl_error_code() == MEDFL_ENOTFOUND)
+                snprintf(reason, sizeof reason, S_HEAD_PREFIX "no model version yet (seed one "
+                         "with `medfl-aggregator init-version`)");
+            else
+                snprintf(reason, sizeof reason, S_HEAD_PREFIX "%s", medfl_error_message());
+            s_set_idle_reason(self, reason, "a round starts once the version store has a head "
+                              "version, checked every federation.retry_ms");
+            self->idle_until_ms = now + (self->cfg->fed_retry_ms > 250 ? self->cfg->fed_retry_ms
+                                                                       : 250);
             return;
         }
-        self->warned_no_version = false;
+        s_set_idle_reason(self, "", "");
         s_start(self, cand, n_el, now);
         return;
     }
@@ -1214,11 +1286,11 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
         if (self->phase != ROUNDS_EVAL)
             for (size_t i = 0; i < self->n_parts; i++) {
                 const part_t *p = &self->parts[i];
-                bool missing = (self->phase == ROUNDS_KEYS && !p->declined && !p->keys) ||
+                bool missing = !p->dropped && ((self->phase == ROUNDS_KEYS && !p->declined && !p->keys) ||
                                (self->phase == ROUNDS_SHARES && p->keys && !p->shares) ||
                                (self->phase == ROUNDS_INPUT && !p->declined && !p->input &&
                                 (!self->secure || p->shares)) ||
-                               (self->phase == ROUNDS_UNMASK && p->input && !p->unmask);
+                               (self->phase == ROUNDS_UNMASK && p->input && !p->unmask));
                 if (missing)
                     LOG_WARN(AGG, "round %" PRIu64 ": node %s missed the %s deadline: dropped",
                              self->round_id, p->id, rounds_phase_name(self->phase));

@@ -803,6 +803,89 @@ static void test_contribution_weights_live(void **state)
     s_fed_free(&f);
 }
 
+/* A participant that says Hello again mid-round (it restarted: its round state is gone) is
+ * dropped at once: the round completes with the others long before the phase deadlines
+ * (20 s here) instead of waiting for them. */
+static void s_rehello_case(rounds_phase_t at, bool secure)
+{
+    fed_t f;
+    s_fed_init(&f, 4, secure, "none");
+    f.cfg.fed_rounds = 1;
+    f.cfg.fed_keys_ms = f.cfg.fed_shares_ms = f.cfg.fed_train_ms = f.cfg.fed_unmask_ms = 20000;
+    testlib_log_reset();
+    f.drop = 3; /* the old process is gone from phase `at` on: nothing more from it */
+    f.drop_at = at;
+    f.drop_round = 1;
+    int64_t start = service_now_ms();
+    while (!f.dead[3] && service_now_ms() - start < 5000) s_step(&f);
+    assert_true(f.dead[3]);
+    assert_int_equal(rounds_phase(f.rounds), at);
+    rounds_on_hello(f.rounds, "h3", 0); /* ... and the new one says hello */
+    assert_true(testlib_log_has("node h3 said hello again during phase"));
+    int64_t t0 = service_now_ms();
+    s_run_until_completed(&f, 1, 8000);
+    assert_true(service_now_ms() - t0 < 5000);
+    assert_false(testlib_log_has("missed the"));
+    s_fed_free(&f);
+}
+
+static void test_rehello_drops_participant(void **state)
+{
+    (void)state;
+    s_rehello_case(ROUNDS_KEYS, true);
+    s_rehello_case(ROUNDS_SHARES, true);
+    s_rehello_case(ROUNDS_INPUT, false);
+}
+
+/* `rollback` (another process: its own store object) while the aggregator runs: the next
+ * round starts from the rolled-back head and its version's parent is that head; a rollback
+ * during a round aborts that round instead of undoing the rollback. */
+static void test_follows_rollback(void **state)
+{
+    (void)state;
+    fed_t f;
+    s_fed_init(&f, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    s_run_until_completed(&f, 1, 10000); /* v1 genesis, v2 */
+    while (rounds_phase(f.rounds) != ROUNDS_IDLE) s_step(&f);
+    char vdir[800];
+    snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
+    vs_store_t *other = vs_store_open(vdir, false);
+    assert_non_null(other);
+    assert_int_equal(vs_store_rollback(other, 1), 0);
+    testlib_log_reset();
+    s_run_until_completed(&f, 2, 10000);
+    assert_true(testlib_log_has("head moved to v1 by rollback (latest v2 kept): next round starts "
+                                "from v1"));
+    assert_true(testlib_log_has("round 2 started from version 1"));
+    vs_manifest_t *m = vs_store_manifest(other, 3);
+    assert_non_null(m);
+    assert_int_equal(m->parent, 1);
+    vs_manifest_destroy(&m);
+
+    /* Mid-round: the round in progress is aborted, the next starts from the new head. */
+    f.cfg.fed_rounds = 3;
+    f.cfg.fed_train_ms = 20000;
+    f.drop = 2; /* keeps round 3 in its input phase until the rollback */
+    f.drop_at = ROUNDS_INPUT;
+    f.drop_round = 3;
+    int64_t end = service_now_ms() + 5000;
+    while (!f.dead[2] && service_now_ms() < end) s_step(&f);
+    assert_int_equal(vs_store_refresh(other), 0);
+    assert_int_equal(vs_store_rollback(other, 2), 0);
+    f.cfg.fed_min_nodes = 2;
+    f.dead[2] = false;
+    rounds_on_hello(f.rounds, "h2", 3); /* drops it: the round closes with the other two */
+    end = service_now_ms() + 8000;
+    while (!testlib_log_has("aborted in phase input: head moved to v2 during the round") &&
+           service_now_ms() < end)
+        s_step(&f);
+    assert_true(testlib_log_has("aborted in phase input: head moved to v2 during the round"));
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    vs_store_destroy(&other);
+    s_fed_free(&f);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) cmocka_set_test_filter(argv[1]);
@@ -825,6 +908,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_crash_after_version_write),
         cmocka_unit_test(test_failing_trainer_is_a_dropout),
         cmocka_unit_test(test_contribution_weights_live),
+        cmocka_unit_test(test_rehello_drops_participant),
+        cmocka_unit_test(test_follows_rollback),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

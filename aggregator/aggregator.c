@@ -140,16 +140,18 @@ static int s_reload_allowlist(aggregator_t *self)
     }
     uint8_t digest[sizeof self->allow_digest];
     crypto_generichash_final(&h, digest, sizeof digest);
+    if (sodium_memcmp(digest, self->allow_digest, sizeof digest) == 0) {
+        LOG_DEBUG(NET, "registry changed, allowlist unchanged (%zu active)", n_allow);
+        free(allow);
+        free(nodes);
+        return 0;
+    }
     int rc = wire_server_set_allowlist(self->server, allow, n_allow);
     free(allow);
     if (rc == 0) {
-        bool changed = sodium_memcmp(digest, self->allow_digest, sizeof digest) != 0;
         memcpy(self->allow_digest, digest, sizeof digest);
-        if (changed)
-            LOG_INFO(NET, "allowlist loaded: %zu enrolled node(s) active, %zu revoked", n_allow,
-                     n - n_allow);
-        else
-            LOG_DEBUG(NET, "registry changed, allowlist unchanged (%zu active)", n_allow);
+        LOG_INFO(NET, "allowlist loaded: %zu enrolled node(s) active, %zu revoked", n_allow,
+                 n - n_allow);
         for (size_t i = 0; i < self->n_peers;) {
             agg_peer_t *p = &self->peers[i];
             bool active = false;
@@ -280,8 +282,13 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
     if (!p) {
         /* Typically a node whose session predates a restart of this daemon: asking for a
          * hello lets it re-establish the session at once. */
-        LOG_INFO(NET, "%s from node %s before its hello: asking it to say hello",
-                 wire_type_name(msg->type), msg->node_id);
+        if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT) /* routine: a node's first
+                                                             * heartbeat can overtake its hello */
+            LOG_DEBUG(NET, "HEARTBEAT from node %s before its hello: asking it to say hello",
+                      msg->node_id);
+        else
+            LOG_INFO(NET, "%s from node %s before its hello: asking it to say hello",
+                     wire_type_name(msg->type), msg->node_id);
         s_send_error(self, msg->node_id, MEDFL__ERROR_CODE__ERROR_STATE, "say hello first");
         return;
     }

@@ -415,21 +415,22 @@ static void s_set_idle_reason(rounds_t *self, const char *reason, const char *re
  * file) or `init-version` (the first version). A readdir and a small file read, once per
  * round start (and per retry while there is no version), so the running daemon follows
  * without a restart. */
-static void s_follow_store(rounds_t *self)
+static int s_follow_store(rounds_t *self)
 {
     uint64_t before = vs_store_head(self->vs);
     if (vs_store_refresh(self->vs) != 0) {
         LOG_ERROR(AGG, "version store: %s", medfl_error_message());
-        return;
+        return -1;
     }
     uint64_t head = vs_store_head(self->vs), latest = vs_store_latest(self->vs);
-    if (head == before) return;
+    if (head == before) return 0;
     if (head < latest)
         LOG_INFO(AGG, "head moved to v%" PRIu64 " by rollback (latest v%" PRIu64 " kept): next "
                  "round starts from v%" PRIu64, head, latest, head);
     else
         LOG_INFO(AGG, "head moved to v%" PRIu64 " (written by another process, e.g. "
                  "init-version): next round starts from v%" PRIu64, head, head);
+    return 0;
 }
 
 static part_t *s_part(rounds_t *self, const char *id)
@@ -906,7 +907,7 @@ static void s_commit(rounds_t *self, const float *sum, double weight_total, int6
     /* A rollback (or another writer) moved the head during the round: the sum was trained on
      * the round's base, so committing it on the new head would mix two histories, and on the
      * old one would silently undo the rollback. The next round starts from the new head. */
-    if (vs_store_refresh(self->vs) != 0) {
+    if (s_follow_store(self) != 0) {
         s_abort(self, now, "version store: %s", medfl_error_message());
         return;
     }
@@ -1259,7 +1260,7 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
         if (n_el < (size_t)self->cfg->fed_max_nodes &&
             now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
             return;
-        s_follow_store(self);
+        (void)s_follow_store(self); /* logged; s_load_head reports what is unusable */
         if (s_load_head(self) != 0) {
             char reason[256];
             if (medfl_error_code() == MEDFL_ENOTFOUND)

@@ -716,13 +716,23 @@ int adapter_label_config_read(const char *path, char ***labels_out, size_t *n_ou
     bool err = ferror(f);
     fclose(f);
     if (!text) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
-    if (err || len > S_LABEL_CONFIG_MAX) {
-        free(text);
-        return medfl_error_set(err ? MEDFL_EIO : MEDFL_EFORMAT, "%s: %s", path,
-                               err ? "read failed" : "larger than 32 MiB");
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    int rc = 0;
+    if (err || len > S_LABEL_CONFIG_MAX)
+        rc = medfl_error_set(err ? MEDFL_EIO : MEDFL_EFORMAT, "%s: %s", path,
+                             err ? "read failed" : "larger than 32 MiB");
+    else
+        rc = adapter_label_config_parse(text, len, path, labels_out, n_out, pooling);
     free(text);
+    return rc;
+}
+
+int adapter_label_config_parse(const char *text, size_t len, const char *path, char ***labels_out,
+                               size_t *n_out, char pooling[8])
+{
+    *labels_out = NULL;
+    *n_out = 0;
+    pooling[0] = '\0';
+    cJSON *root = cJSON_ParseWithLength(text, len);
     char **labels = NULL;
     size_t n = 0;
     int rc = -1;

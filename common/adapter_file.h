@@ -132,6 +132,9 @@ int adapter_label_config_write(const char *dir, char *const *labels, size_t n_la
  * when the file does not exist, MEDFL_EFORMAT naming the file and key otherwise. */
 int adapter_label_config_read(const char *path, char ***labels, size_t *n_labels,
                               char pooling[8]) __attribute__((warn_unused_result));
+/* The same from text in memory; `origin` names it in errors. */
+int adapter_label_config_parse(const char *text, size_t len, const char *origin, char ***labels,
+                               size_t *n_labels, char pooling[8]) __attribute__((warn_unused_result));
 void adapter_labels_free(char ***labels, size_t n);
 
 #endif

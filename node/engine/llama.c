@@ -1363,17 +1363,23 @@ static double s_head(llama_t *m, const int *rows, int n_rows, bool grad, float *
                     memset(lg, 0, (size_t)V * sizeof(float));
                 continue;
             }
-            float mx = -INFINITY;
+            /* one pass of expf: the exponentials are the softmax numerators the gradient
+             * needs, kept in place when grad */
+            float mx = -INFINITY, target = lg[tg];
             for (int k = 0; k < V; k++)
                 mx = fmaxf(mx, lg[k]);
             double sum = 0.0;
-            for (int k = 0; k < V; k++)
-                sum += exp((double)(lg[k] - mx));
-            double lse = mx + log(sum);
-            total += lse - lg[tg];
+            for (int k = 0; k < V; k++) {
+                float e = expf(lg[k] - mx);
+                sum += e;
+                if (grad)
+                    lg[k] = e;
+            }
+            total += mx + log(sum) - target;
             if (grad) {
+                float sc = (float)(inv_n / sum);
                 for (int k = 0; k < V; k++)
-                    lg[k] = (float)(exp((double)lg[k] - lse) * inv_n);
+                    lg[k] *= sc;
                 lg[tg] -= (float)inv_n;
             }
         }

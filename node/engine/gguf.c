@@ -165,7 +165,15 @@ static int s_skip_array(cur_t *c, const char *key, int depth, uint32_t *elem_typ
     if (elem_type_out) *elem_type_out = et;
     if (count_out) *count_out = n;
     size_t size = s_vsize(et);
-    if (size && et != GGUF_BOOL) { /* fixed-size numbers: any bytes are valid */
+    if (et == GGUF_BOOL) {
+        for (uint64_t i = 0; i < n; i++)
+            if (c->buf[c->pos + i] > 1)
+                return medfl_error_set(MEDFL_EFORMAT, "%s: bool of key '%s' at byte %zu is "
+                                       "neither 0 nor 1", c->origin, key, c->pos + (size_t)i);
+        c->pos += (size_t)n;
+        return 0;
+    }
+    if (size) { /* fixed-size numbers: any bytes are valid */
         c->pos += (size_t)n * size;
         return 0;
     }

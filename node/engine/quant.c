@@ -20,6 +20,10 @@
  * expansion and sgemm's packing of it, large enough that sgemm calls are not tiny. */
 #define PANEL_BYTES (256u * 1024)
 #define PANEL_MIN_ROWS 16
+/* Below this many tokens (generation with a KV cache, T = 1) a panel would not be reused
+ * enough to pay for sgemm's packing: rows are expanded one at a time into a row-sized buffer
+ * and applied with sdot / saxpy, streaming the quantized weight once. */
+#define ROW_PATH_MAX_TOKENS 4
 
 static const struct {
     uint32_t id;
@@ -448,10 +452,22 @@ int quant_matmul(uint32_t type, const void *W, size_t rows_out, size_t cols_in, 
                     Y, O);
         return 0;
     }
-    const size_t panel = s_panel_rows(cols_in), row_bytes = quant_row_bytes(type, cols_in);
+    const size_t row_bytes = quant_row_bytes(type, cols_in);
+    const uint8_t *w = W;
+    if (n_tokens <= ROW_PATH_MAX_TOKENS) {
+        float *row = malloc(cols_in * sizeof *row);
+        if (!row) return medfl_error_set(MEDFL_ENOMEM, "quant_matmul: row scratch");
+        for (size_t o = 0; o < rows_out; o++) {
+            s_dequantize(type, w + o * row_bytes, row, cols_in);
+            for (size_t t = 0; t < n_tokens; t++)
+                Y[t * rows_out + o] = cblas_sdot(K, X + t * cols_in, 1, row, 1);
+        }
+        free(row);
+        return 0;
+    }
+    const size_t panel = s_panel_rows(cols_in);
     float *scratch = malloc((panel < rows_out ? panel : rows_out) * cols_in * sizeof *scratch);
     if (!scratch) return medfl_error_set(MEDFL_ENOMEM, "quant_matmul: panel scratch");
-    const uint8_t *w = W;
     for (size_t r0 = 0; r0 < rows_out; r0 += panel) {
         const size_t nr = rows_out - r0 < panel ? rows_out - r0 : panel;
         for (size_t r = 0; r < nr; r++)
@@ -479,10 +495,23 @@ int quant_matmul_t(uint32_t type, const void *W, size_t rows_out, size_t cols_in
                     dX, K);
         return 0;
     }
-    const size_t panel = s_panel_rows(cols_in), row_bytes = quant_row_bytes(type, cols_in);
+    const size_t row_bytes = quant_row_bytes(type, cols_in);
+    const uint8_t *w = W;
+    if (n_tokens <= ROW_PATH_MAX_TOKENS) {
+        float *row = malloc(cols_in * sizeof *row);
+        if (!row) return medfl_error_set(MEDFL_ENOMEM, "quant_matmul_t: row scratch");
+        memset(dX, 0, n_tokens * cols_in * sizeof *dX);
+        for (size_t o = 0; o < rows_out; o++) {
+            s_dequantize(type, w + o * row_bytes, row, cols_in);
+            for (size_t t = 0; t < n_tokens; t++)
+                cblas_saxpy(K, dY[t * rows_out + o], row, 1, dX + t * cols_in, 1);
+        }
+        free(row);
+        return 0;
+    }
+    const size_t panel = s_panel_rows(cols_in);
     float *scratch = malloc((panel < rows_out ? panel : rows_out) * cols_in * sizeof *scratch);
     if (!scratch) return medfl_error_set(MEDFL_ENOMEM, "quant_matmul_t: panel scratch");
-    const uint8_t *w = W;
     for (size_t r0 = 0; r0 < rows_out; r0 += panel) {
         const size_t nr = rows_out - r0 < panel ? rows_out - r0 : panel;
         for (size_t r = 0; r < nr; r++)

@@ -64,7 +64,8 @@ int quant_quantize_row(uint32_t type, const float *src, void *dst, size_t n);
 /* Y[n_tokens x rows_out] = X[n_tokens x cols_in] . W^T, W row-major [rows_out x cols_in] of
  * `type` (a Linear weight [out, in]; GGUF ne = {cols_in, rows_out}). W is de-quantized a panel
  * of rows at a time into a scratch of at most quant_matmul_scratch_bytes(cols_in) bytes and
- * multiplied with sgemm. Y is overwritten. -1 with an error for an unsupported type, cols_in
+ * multiplied with sgemm; up to 4 tokens (generation) stream W row by row instead (sdot, a
+ * row-sized buffer). Y is overwritten. -1 with an error for an unsupported type, cols_in
  * not a multiple of the block size, or no memory. */
 int quant_matmul(uint32_t type, const void *W, size_t rows_out, size_t cols_in, const float *X,
                  size_t n_tokens, float *Y);

@@ -3,8 +3,8 @@
  * make_gguf_fixtures.py), de-quantization is bit-identical, fp16/bf16 conversions are exact
  * over all 65,536 halves, round-trip errors stay inside each format's bound, and the
  * de-quantizing matmul and its transpose equal a float64 product on the de-quantized weight
- * within 1e-5 of sum |x w| for odd shapes (several panels with a remainder, 1 and 37 tokens,
- * unaligned F32). */
+ * within 1e-5 of sum |x w| for odd shapes (several panels with a remainder; 1, 4, 5 and 37
+ * tokens: the row path and the panels; unaligned F32). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -237,7 +237,7 @@ static void test_matmul(void **state)
     (void)state;
     /* (rows_out, cols_in): several panels with a remainder at 576 and 1536 columns */
     const size_t shapes[][2] = {{37, 64}, {300, 576}, {100, 1536}, {1, 32}, {192, 576}};
-    const size_t tokens[] = {1, 37};
+    const size_t tokens[] = {1, 4, 5, 37}; /* row path up to 4, panels above */
     uint64_t st = 7;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const size_t O = shapes[s][0], I = shapes[s][1];
@@ -253,7 +253,7 @@ static void test_matmul(void **state)
                 assert_int_equal(quant_quantize_row(type, W + o * I, wq + o * rb, I), 0);
                 assert_int_equal(quant_dequantize_row(type, wq + o * rb, Wd + o * I, I), 0);
             }
-            for (size_t nt = 0; nt < 2; nt++) {
+            for (size_t nt = 0; nt < sizeof tokens / sizeof tokens[0]; nt++) {
                 const size_t T = tokens[nt];
                 float *X = malloc(T * I * 4), *Y = malloc(T * O * 4), *dY = malloc(T * O * 4),
                       *dX = malloc(T * I * 4);

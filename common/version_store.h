@@ -122,6 +122,9 @@ typedef struct vs_store_t vs_store_t;
 /* Opens (create: makes the folder, 0700) a store. Leftover temporary files of an
  * interrupted write and tensor files without a manifest are removed (logged). */
 vs_store_t *vs_store_open(const char *dir, bool create);
+/* For another process reading a store its owner may be writing (`report`): removes nothing
+ * (a temporary file may be the owner's write in progress) and never writes. */
+vs_store_t *vs_store_open_readonly(const char *dir);
 void vs_store_destroy(vs_store_t **self_p);
 const char *vs_store_dir(const vs_store_t *s);
 

@@ -32,6 +32,7 @@
 #include "common/service.h"
 #include "common/version_store.h"
 #include "common/wire.h"
+#include "node/ledger.h"
 #include "node/round.h"
 #include "tests/bench/bench.h"
 
@@ -101,6 +102,7 @@ typedef struct {
     s_trainer_t tt[S_MAX_NODES];
     wire_client_t *client[S_MAX_NODES];
     node_round_t *node[S_MAX_NODES];
+    ledger_t *ledger[S_MAX_NODES];
     rounds_peer_t peers[S_MAX_NODES];
 } s_fed_t;
 
@@ -117,6 +119,7 @@ static void s_fed_free(s_fed_t *f)
     for (size_t i = 0; i < f->n; i++) {
         node_round_destroy(&f->node[i]);
         wire_client_destroy(&f->client[i]);
+        ledger_destroy(&f->ledger[i]);
     }
     rounds_destroy(&f->rounds);
     wire_server_destroy(&f->server);
@@ -158,9 +161,15 @@ static int s_fed_init(s_fed_t *f, const char *dir, size_t n, size_t dim, size_t 
         char sdir[4200];
         snprintf(sdir, sizeof sdir, "%s/%s", dir, f->ids[i]);
         if (service_mkdir_p(sdir, 0700) != 0) return -1;
+        /* a node takes part only with a privacy ledger, as in a deployment (DP is off here:
+         * the ledger admits each round without spending) */
+        char lpath[4300];
+        snprintf(lpath, sizeof lpath, "%s/ledger.db", sdir);
+        if (!(f->ledger[i] = ledger_open(lpath, 100.0, 1e-5, LEDGER_CREATE))) return -1;
         round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
         node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
-                               .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk};
+                               .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
+                               .ledger = f->ledger[i]};
         if (!(f->node[i] = node_round_new(&o, &tr, f->client[i]))) return -1;
         /* the server learns a plain-mode client's route from its first message */
         Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;

@@ -2,7 +2,7 @@
 # .h/.c pair, not editing this file:
 #   common/*.c           -> build/libmedfl.a (shared by all programs and tests)
 #   common/*.cu          -> CUDA backend, only when nvcc is found and USE_CUDA != 0
-#   node/*.c             -> bin/medfl-node
+#   node/*.c, node/engine/*.c -> bin/medfl-node (engine: the ML engine, node-only)
 #   aggregator/*.c       -> bin/medfl-aggregator
 #   tests/bench/*.c      -> bin/medfl-bench
 #   tests/unit/test_*.c  -> build/tests/test_* (cmocka), run by `make test`
@@ -26,7 +26,7 @@ SANFLAGS :=
 endif
 
 CC      ?= cc
-PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd
+PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -65,7 +65,8 @@ PROTO_C := $(BUILD)/proto/medfl.pb-c.c
 PROTO_H := $(BUILD)/proto/medfl.pb-c.h
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC)) $(BUILD)/proto/medfl.pb-c.o $(CU_OBJ)
-NODE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard node/*.c))
+# node/engine/*.c: the ML engine (model families, backends, tokenizers, model files), node-only
+NODE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard node/*.c node/engine/*.c))
 AGG_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard aggregator/*.c))
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/bench/*.c))
 # Programs' modules other than main.c are linked into unit tests too.
@@ -129,8 +130,10 @@ $(BIN)/medfl-bench: $(BENCH_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@$(if $(V),,echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# tests/unit/testlib.c: fixture helpers shared by the unit tests, linked into each of them.
-TESTLIB_OBJ := $(BUILD)/tests/unit/testlib.o
+# tests/unit/testlib.c: fixture helpers shared by the unit tests, and fedlib.c: the in-process
+# federation harness; linked into each unit and attack-suite test.
+TESTLIB_OBJ := $(BUILD)/tests/unit/testlib.o $(BUILD)/tests/unit/fedlib.o
+.SECONDARY: $(TESTLIB_OBJ)
 $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TESTLIB_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  LD      $@")
@@ -174,7 +177,8 @@ FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 # once; each target then links its harness with -fsanitize=fuzzer.
 FUZZ_SAN := -fsanitize=address,undefined
 FUZZ_CFLAGS := -std=c11 -g -O1 -D_GNU_SOURCE -pthread -I. -Ibuild-fuzz $(PKG_CFLAGS) $(FUZZ_SAN)
-FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c))
+FUZZ_LIB_SRC := $(COMMON_SRC) $(filter-out node/main.c,$(wildcard node/*.c node/engine/*.c)) \
+                $(filter-out aggregator/main.c,$(wildcard aggregator/*.c))
 FUZZ_LIB_OBJ := $(patsubst %.c,build-fuzz/obj/%.o,$(FUZZ_LIB_SRC)) build-fuzz/obj/proto/medfl.pb-c.o
 fuzz: $(FUZZ_BIN)
 .SECONDARY: $(FUZZ_LIB_OBJ)

@@ -45,8 +45,9 @@ const cfg_option_t agg_config_table[] = {
      "fraction of the selected nodes whose update must reach the sum, else the round aborts"},
     {"federation.secure_aggregation", CFG_BOOL, O(fed_secure), 0, 0, "on", true, NULL,
      "on: the aggregator learns only the weighted sum (SecAgg); off: plain updates"},
-    {"federation.threshold", CFG_DOUBLE, O(fed_threshold), 0.01, 1, "0.5", true, NULL,
-     "SecAgg threshold t as a fraction of the k + 1 holders of a node's shares (at least 2)"},
+    {"federation.threshold", CFG_DOUBLE, O(fed_threshold), 0, 1, "0", true, NULL,
+     "SecAgg threshold t as a fraction of the k + 1 holders of a node's shares; 0 = a strict "
+     "majority, floor((k + 1) / 2) + 1; a fraction must exceed 0.5 (nodes refuse less)"},
     {"federation.neighbours", CFG_INT, O(fed_neighbours), 0, 4096, "0", true, NULL,
      "SecAgg+ neighbours k per node; 0 = 2 ceil(log2 n), or the complete graph when smaller"},
     {"federation.select_wait_ms", CFG_INT, O(fed_select_wait_ms), 0, 3600000, "1000", true, NULL,
@@ -70,12 +71,17 @@ const cfg_option_t agg_config_table[] = {
     {"federation.weighting", CFG_ENUM, O(fed_weighting), 0, 0, "contribution", true,
      "uniform|contribution",
      "node weights: equal, or from records, reported quality and reliability"},
+    {"federation.update_norm_max", CFG_DOUBLE, O(fed_update_norm_max), 0, 1e12, "0", true, NULL,
+     "plain rounds: an update whose L2 norm exceeds this is scaled down to it (logged); "
+     "0 = compression.clip x sqrt(coordinates), the box secure rounds clip every update to"},
     {"federation.genesis_zero_dim", CFG_INT, O(fed_genesis_dim), 0, 1e8, "0", false, NULL,
      "testing without a model: an empty version store gets a zero vector of this size"},
-    {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 100, "0.0005", true, NULL,
-     "local learning rate sent in RoundStart"},
-    {"federation.local_steps", CFG_INT, O(fed_local_steps), 1, 1e6, "20", true, NULL,
-     "local optimizer steps per round"},
+    {"federation.lr", CFG_DOUBLE, O(fed_lr), 0, 100, "20", true, NULL,
+     "local learning rate sent in RoundStart: 20 for the nodes' default, plain SGD on the "
+     "classification head; LoRA with AdamW wants about 1e-3"},
+    {"federation.local_steps", CFG_INT, O(fed_local_steps), 1, 1e6, "1", true, NULL,
+     "local optimizer steps per round; 1 with the nodes' sgd makes FedAvg equal centralized "
+     "DP-SGD on the union of the sites' batches (no client drift; allows distributed noise)"},
     {"federation.batch_size", CFG_INT, O(fed_batch_size), 1, 4096, "16", true, NULL,
      "local batch size (expected batch under DP: sample_rate x records)"},
     {"federation.max_seq_len", CFG_INT, O(fed_max_seq_len), 8, 8192, "128", true, NULL,
@@ -85,12 +91,13 @@ const cfg_option_t agg_config_table[] = {
      "between writing a version and journaling it; 0 = off (production)"},
     {"privacy.dp", CFG_BOOL, O(dp_enabled), 0, 0, "on", true, NULL,
      "DP-SGD on the nodes (each node's ledger admits or declines every round)"},
-    {"privacy.noise_multiplier", CFG_DOUBLE, O(dp_noise), 0, 1000, "1.0", true, NULL,
-     "sigma of DP-SGD"},
+    {"privacy.noise_multiplier", CFG_DOUBLE, O(dp_noise), 0, 1000, "1.4", true, NULL,
+     "sigma of DP-SGD; with sample_rate 0.5 and one local step, 10 rounds cost each node "
+     "epsilon 7.1 (delta 1e-5) of its privacy.epsilon_budget"},
     {"privacy.clip_norm", CFG_DOUBLE, O(dp_clip), 0, 1e6, "1.0", true, NULL,
      "per-example L2 clipping norm C"},
-    {"privacy.sample_rate", CFG_DOUBLE, O(dp_sample_rate), 0, 1, "0.02", true, NULL,
-     "Poisson sampling rate q"},
+    {"privacy.sample_rate", CFG_DOUBLE, O(dp_sample_rate), 0, 1, "0.5", true, NULL,
+     "Poisson sampling rate q: a node's expected batch is q x its training records"},
     {"privacy.delta", CFG_DOUBLE, O(dp_delta), 0, 0.1, "1e-5", true, NULL,
      "delta of the (epsilon, delta) guarantee"},
     {"privacy.distributed", CFG_BOOL, O(dp_distributed), 0, 0, "off", true, NULL,
@@ -107,8 +114,9 @@ const cfg_option_t agg_config_table[] = {
     {"compression.k_frac", CFG_DOUBLE, O(comp_k_frac), 0, 1, "0", true, NULL,
      "fraction of coordinates sent (topk, randk); 0 = the scheme's default (topk 0.044, "
      "randk 0.25: docs/compression.md)"},
-    {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.05", true, NULL,
-     "secure modes: each weighted coordinate is clipped to [-clip, clip]"},
+    {"compression.clip", CFG_DOUBLE, O(comp_clip), 1e-9, 1e6, "0.5", true, NULL,
+     "secure modes: each weighted coordinate is clipped to [-clip, clip]; 0.5 holds the "
+     "head's SGD steps at federation.lr 20 (LoRA's small AdamW deltas fit 0.05)"},
     {"metrics.listen", CFG_STRING, O(metrics_listen), 0, 0, "127.0.0.1:9750", false, NULL,
      "Prometheus endpoint (GET /metrics): ADDRESS:PORT, loopback by default because the "
      "metrics tell who takes part and with what weight" METRICS_LISTEN_HELP_SUFFIX},
@@ -133,6 +141,14 @@ int agg_config_load(agg_config_t *cfg, const char *path)
         return medfl_error_set(MEDFL_ECONFIG, "%s: keys 'federation.min_nodes' (%lld) and "
                                "'federation.max_nodes' (%lld): min exceeds max", path,
                                (long long)cfg->fed_min_nodes, (long long)cfg->fed_max_nodes);
+    /* A threshold of half the holders or less lets an active aggregator split the holders
+     * and unmask one node (docs/secure-aggregation.md); nodes would refuse every round. */
+    if (cfg->fed_threshold > 0 && cfg->fed_threshold <= 0.5)
+        return medfl_error_set(MEDFL_ECONFIG, "%s: key 'federation.threshold': %g is not a strict "
+                               "majority of the holders of each node's shares; it must be above "
+                               "0.5, or 0 for floor((k + 1) / 2) + 1 (nodes refuse a smaller "
+                               "threshold: an active aggregator could unmask one node)", path,
+                               cfg->fed_threshold);
     if (cfg->fed_secure && strcmp(cfg->comp_scheme, "topk") == 0)
         return medfl_error_set(MEDFL_ECONFIG, "%s: key 'compression.scheme': topk sends "
                                "different coordinates per node and cannot be summed under "

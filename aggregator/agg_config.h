@@ -28,7 +28,7 @@ typedef struct {
     int64_t fed_min_nodes, fed_max_nodes;
     double fed_quorum;             /* fraction of the selected nodes whose update must count */
     bool fed_secure;
-    double fed_threshold;          /* secagg t as a fraction of the k + 1 share holders */
+    double fed_threshold;          /* secagg t: fraction > 0.5 of the k + 1 holders, 0 = majority */
     int64_t fed_neighbours;        /* SecAgg+ k; 0 = default for n */
     int64_t fed_select_wait_ms, fed_keys_ms, fed_shares_ms, fed_train_ms, fed_unmask_ms;
     int64_t fed_eval_ms, fed_retry_ms;
@@ -36,6 +36,7 @@ typedef struct {
     double fed_server_lr;
     char fed_weighting[CFG_STR_MAX];
     int64_t fed_genesis_dim;
+    double fed_update_norm_max;    /* plain rounds: L2 bound per update; 0 = clip x sqrt(n) */
     double fed_lr;
     int64_t fed_local_steps, fed_batch_size, fed_max_seq_len;
     int64_t fed_debug_hold_ms;     /* TESTS ONLY: pause at each phase start / after a commit */

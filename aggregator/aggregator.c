@@ -272,12 +272,19 @@ static void s_housekeeping(aggregator_t *self)
     for (size_t i = 0; i < self->n_peers;) {
         agg_peer_t *p = &self->peers[i];
         int64_t silent = now - p->last_rx_ms;
-        if (silent <= self->cfg.heartbeat_timeout_ms) {
+        /* The transport drops a node whose send queue filled up (it does not read): its
+         * session ends too, so no round waits for it. */
+        bool dropped = !wire_server_has_peer(self->server, p->node_id);
+        if (silent <= self->cfg.heartbeat_timeout_ms && !dropped) {
             i++;
             continue;
         }
-        LOG_WARN(NET, "node %s silent for %lld ms: marked disconnected", p->node_id,
-                 (long long)silent);
+        if (dropped)
+            LOG_WARN(NET, "node %s dropped by the transport (not reading, or gone): marked "
+                     "disconnected", p->node_id);
+        else
+            LOG_WARN(NET, "node %s silent for %lld ms: marked disconnected", p->node_id,
+                     (long long)silent);
         if (store_node_set_connected(self->store, p->node_id, false) != 0)
             LOG_WARN(AGG, "registry: %s", medfl_error_message());
         s_peer_remove(self, p);

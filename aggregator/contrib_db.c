@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aggregator/agg_config.h"
 #include "common/cli.h"
 
 #include "common/error.h"
@@ -318,24 +319,33 @@ static int s_print_row(void *ctx, const contrib_row_t *row)
 int cmd_weights(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("Usage: medfl-aggregator weights [--state DIR] [--node ID]\n\n"
+        printf("Usage: medfl-aggregator weights [-c CONFIG | --state DIR] [--node ID]\n\n"
                "Prints each round's contribution weight of each node with its components:\n"
                "sample count, size = sqrt(n), robust z of the reported validation loss, quality\n"
                "factor, reliability and leave-one-out factor (docs/contribution-weighting.md).\n"
+               "  -c CONFIG     aggregator config: its state_dir\n"
                "  --state DIR   aggregator state_dir (default /var/lib/medfl/aggregator)\n"
                "  --node ID     only this node's history\n");
         return 0;
     }
-    const char *state = "/var/lib/medfl/aggregator", *node = NULL;
+    const char *state = NULL, *node = NULL, *config = NULL;
     for (int i = 1; i < argc; i++) {
         if ((strcmp(argv[i], "--state") == 0 || strcmp(argv[i], "--node") == 0) && i + 1 < argc) {
             if (argv[i][2] == 's') state = argv[++i];
             else node = argv[++i];
+        } else if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+            config = argv[++i];
         } else {
             medfl_error_set(MEDFL_EINVAL, "unexpected argument '%s'", argv[i]);
             return cli_fail("medfl-aggregator weights");
         }
     }
+    agg_config_t cfg;
+    if (config && !state) {
+        if (agg_config_load(&cfg, config) != 0) return cli_fail("medfl-aggregator weights");
+        state = cfg.state_dir;
+    }
+    if (!state) state = "/var/lib/medfl/aggregator";
     char path[4096];
     contrib_db_path(state, path, sizeof path);
     contrib_db_t *db = contrib_db_open_readonly(path);

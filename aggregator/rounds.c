@@ -23,13 +23,14 @@
 
 #define ROUNDS_GENESIS_TENSOR "synthetic.w"
 #define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
+#define ROUNDS_SYNC_MAX 16           /* catch-up versions per node per round start */
 
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
     uint8_t ipk[32];
     uint64_t n_records;
     double weight;
-    bool declined, keys, shares, input, unmask, eval;
+    bool declined, keys, shares, input, signed_set, unmask, eval;
     uint64_t bytes_up, bytes_down;
 } part_t;
 
@@ -89,6 +90,7 @@ struct rounds_t {
     size_t n_in;
     uint64_t new_version;
     double commit_weight;     /* weight total of new_version's sum */
+    double headroom;          /* distributed-noise headroom per node (update units), 0 = none */
 
     metrics_t *metrics;       /* NULL when metrics are off */
     int64_t started_ms;       /* monotonic start of the round in progress */
@@ -96,7 +98,8 @@ struct rounds_t {
 
 const char *rounds_phase_name(rounds_phase_t p)
 {
-    static const char *names[] = {"idle", "keys", "shares", "input", "unmask", "eval", "done"};
+    static const char *names[] = {"idle", "keys", "shares", "input", "consistency", "unmask",
+                                  "eval", "done"};
     return (unsigned)p < sizeof names / sizeof *names ? names[p] : "?";
 }
 
@@ -438,7 +441,11 @@ static size_t s_announce(rounds_t *self, uint64_t v, uint64_t round_id, char *co
 }
 
 /* Sends a node the versions of the head's chain newer than what it holds, oldest first
- * (a node installs a version only on top of its parent). */
+ * (a node installs a version only on top of its parent), at most ROUNDS_SYNC_MAX per round
+ * start: a node that says it holds nothing (model_version 0) must not make each round start
+ * queue the whole history for it (issue #16). A node further behind declines this round
+ * (base mismatch) and gets the next versions at the next round start; s_announce records
+ * what was sent. Stops at the first send that fails (the node is gone or not reading). */
 static void s_sync_node(rounds_t *self, part_t *p)
 {
     known_t *k = s_known(self, p->id);
@@ -453,8 +460,15 @@ static void s_sync_node(rounds_t *self, part_t *p)
         v = m->parent;
         vs_manifest_destroy(&m);
     }
+    if (n > ROUNDS_SYNC_MAX)
+        LOG_INFO(AGG, "round %" PRIu64 ": node %s is %zu versions behind: sending the next %d "
+                 "this round", self->round_id, p->id, n, ROUNDS_SYNC_MAX);
     char *ids[1] = {p->id};
-    while (n > 0) p->bytes_down += s_announce(self, chain[--n], 0, ids, 1);
+    for (size_t sent = 0; n > 0 && sent < ROUNDS_SYNC_MAX; sent++) {
+        size_t bytes = s_announce(self, chain[--n], 0, ids, 1);
+        if (!bytes || !wire_server_has_peer(self->server, p->id)) break;
+        p->bytes_down += bytes;
+    }
 }
 
 /* ---- sending ------------------------------------------------------------------------------ */
@@ -694,6 +708,7 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
     uint8_t *ipks = NULL;
     ProtobufCBinaryData *pks = NULL;
     if (fed_dp_ring(headroom, &self->cc) != 0) goto fail;
+    self->headroom = headroom;
 
     self->m = self->numel;
     if (self->enc == FED_LEVELS) {
@@ -710,8 +725,11 @@ static void s_start(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, 
         uint32_t k = (uint32_t)cfg->fed_neighbours;
         if (k == 0 || k >= n) k = secagg_default_neighbours((uint32_t)n);
         if (k >= n) k = (uint32_t)n - 1;
-        uint32_t t = (uint32_t)ceil(cfg->fed_threshold * (double)(k + 1));
-        if (t < 2) t = 2;
+        /* 0 = a strict majority; a fraction is > 0.5 (agg_config_load), so ceil keeps t a
+         * strict majority too (the secagg params check refuses anything less) */
+        uint32_t t = cfg->fed_threshold > 0 ? (uint32_t)ceil(cfg->fed_threshold * (double)(k + 1))
+                                            : secagg_default_threshold(k);
+        if (t < secagg_default_threshold(k)) t = secagg_default_threshold(k);
         if (t > k + 1) t = k + 1;
         if (secagg_params_init(&self->sp, self->round_id, (uint32_t)n, k, t, self->m) != 0)
             goto fail;
@@ -953,6 +971,23 @@ static void s_finish_plain(rounds_t *self, int64_t now)
     free(sum);
 }
 
+/* The unmasked dense sum of honest inputs lies inside the ring's clip range: each node
+ * clipped every coordinate to [-clip, clip] before weighting, and its distributed noise is
+ * clamped to the headroom. The aggregator cannot see one node's input, only this sum; a sum
+ * outside means some node encoded out-of-range values (the ring cannot tell), and committing
+ * it would poison the version, so the round is aborted instead. Levels rounds have the same
+ * check inside compress_secagg_decode_sum. 0, or -1 (MEDFL_EPROTO) naming the coordinate. */
+static int s_sum_out_of_range(const rounds_t *self, const float *sum, double w, uint32_t n3)
+{
+    double bound = w * self->fx.clip + n3 * self->headroom + (n3 + 1) / self->fx.scale;
+    for (size_t i = 0; i < self->numel; i++)
+        if (!(fabs((double)sum[i]) <= bound * (1 + 1e-6)))
+            return medfl_error_set(MEDFL_EPROTO, "unmasked sum out of the ring's clip range at "
+                                   "coordinate %zu (bound %.4g for weight %.4g): some input was "
+                                   "not clipped; nothing committed", i, bound, w);
+    return 0;
+}
+
 static void s_finish_secure(rounds_t *self, int64_t now)
 {
     uint32_t *ring = calloc(self->m ? self->m : 1, sizeof *ring);
@@ -997,8 +1032,65 @@ static void s_finish_secure(rounds_t *self, int64_t now)
         s_abort(self, now, "decoding the unmasked sum: %s", medfl_error_message());
         return;
     }
+    if (self->enc == FED_DENSE && s_sum_out_of_range(self, sum, w, n3) != 0) {
+        free(sum);
+        s_abort(self, now, "%s", medfl_error_message());
+        return;
+    }
     s_commit(self, sum, w, now);
     free(sum);
+}
+
+/* Consistency check (Bonawitz et al. round 3): the survivor set, the same for every survivor,
+ * which each signs before any share is revealed. */
+static void s_send_survivors(rounds_t *self, int64_t now)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    Medfl__ConsistencyCheck cc;
+    if (secagg_server_survivors(self->ss, &buf, &len) != 0 ||
+        fed_survivors_to_proto(buf, len, self->roster, self->n_parts, &cc) != 0) {
+        free(buf);
+        s_abort(self, now, "consistency check: %s", medfl_error_message());
+        return;
+    }
+    free(buf);
+    for (size_t i = 0; i < self->n_parts; i++)
+        if (self->parts[i].input)
+            s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK, &cc.base, NULL,
+                   0, NULL);
+    LOG_INFO(AGG, "round %" PRIu64 ": consistency check: %zu survivors asked to sign the "
+             "survivor set", self->round_id, cc.n_survivors);
+    fed_proto_free_survivors(&cc);
+    s_enter(self, ROUNDS_CONSISTENCY, now, self->cfg->fed_unmask_ms);
+}
+
+/* Each signer gets the survivors, the dropped nodes and its neighbourhood's signatures. */
+static void s_send_unmask(rounds_t *self, int64_t now)
+{
+    size_t sent = 0, n_surv = 0, n_drop = 0;
+    for (size_t i = 0; i < self->n_parts; i++) {
+        if (!self->parts[i].signed_set) continue;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        Medfl__UnmaskRequest ur;
+        if (secagg_server_unmask_request(self->ss, (uint32_t)i, &buf, &len) != 0 ||
+            fed_unmask_req_to_proto(buf, len, self->roster, self->n_parts, &ur) != 0) {
+            free(buf);
+            s_abort(self, now, "unmask request for node %s: %s", self->parts[i].id,
+                    medfl_error_message());
+            return;
+        }
+        free(buf);
+        if (s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base, NULL, 0,
+                   NULL) == 0)
+            sent++;
+        n_surv = ur.n_survivors, n_drop = ur.n_dropped;
+        fed_proto_free_unmask_req(&ur);
+    }
+    LOG_INFO(AGG, "round %" PRIu64 ": unmask request to %zu signers: %zu survivors, %zu dropped",
+             self->round_id, sent, n_surv, n_drop);
+    s_enter(self, ROUNDS_UNMASK, now, self->cfg->fed_unmask_ms);
 }
 
 static void s_close_phase(rounds_t *self, int64_t now)
@@ -1072,26 +1164,14 @@ static void s_close_phase(rounds_t *self, int64_t now)
             s_abort(self, now, "%s", medfl_error_message());
             return;
         }
-        {
-            uint8_t *buf = NULL;
-            size_t len = 0;
-            Medfl__UnmaskRequest ur;
-            if (secagg_server_unmask_request(self->ss, &buf, &len) != 0 ||
-                fed_unmask_req_to_proto(buf, len, self->roster, self->n_parts, &ur) != 0) {
-                free(buf);
-                s_abort(self, now, "unmask request: %s", medfl_error_message());
-                return;
-            }
-            free(buf);
-            for (size_t i = 0; i < self->n_parts; i++)
-                if (self->parts[i].input)
-                    s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, &ur.base,
-                           NULL, 0, NULL);
-            LOG_INFO(AGG, "round %" PRIu64 ": unmask request: %zu survivors, %zu dropped",
-                     self->round_id, ur.n_survivors, ur.n_dropped);
-            fed_proto_free_unmask_req(&ur);
+        s_send_survivors(self, now);
+        return;
+    case ROUNDS_CONSISTENCY:
+        if (secagg_server_close_signatures(self->ss) != 0) {
+            s_abort(self, now, "%s", medfl_error_message());
+            return;
         }
-        s_enter(self, ROUNDS_UNMASK, now, cfg->fed_unmask_ms);
+        s_send_unmask(self, now);
         return;
     case ROUNDS_UNMASK:
         s_finish_secure(self, now);
@@ -1124,7 +1204,8 @@ static bool s_phase_complete(const rounds_t *self)
             want += self->secure ? p->shares : !p->declined;
             got += p->input;
             break;
-        case ROUNDS_UNMASK: want += p->input; got += p->unmask; break;
+        case ROUNDS_CONSISTENCY: want += p->input; got += p->signed_set; break;
+        case ROUNDS_UNMASK: want += p->signed_set; got += p->unmask; break;
         case ROUNDS_EVAL: want += p->input; got += p->eval; break;
         default: return false;
         }
@@ -1204,7 +1285,9 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
                                (self->phase == ROUNDS_SHARES && p->keys && !p->shares) ||
                                (self->phase == ROUNDS_INPUT && !p->declined && !p->input &&
                                 (!self->secure || p->shares)) ||
-                               (self->phase == ROUNDS_UNMASK && p->input && !p->unmask);
+                               (self->phase == ROUNDS_CONSISTENCY && p->input &&
+                                !p->signed_set) ||
+                               (self->phase == ROUNDS_UNMASK && p->signed_set && !p->unmask);
                 if (missing)
                     LOG_WARN(AGG, "round %" PRIu64 ": node %s missed the %s deadline: dropped",
                              self->round_id, p->id, rounds_phase_name(self->phase));
@@ -1223,6 +1306,7 @@ static bool s_round_type(Medfl__MsgType t)
     case MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS:
     case MEDFL__MSG_TYPE__MSG_SHARE_KEYS:
     case MEDFL__MSG_TYPE__MSG_MASKED_INPUT:
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
     case MEDFL__MSG_TYPE__MSG_UPDATE:
     case MEDFL__MSG_TYPE__MSG_EVAL_REPORT:
@@ -1242,6 +1326,7 @@ static const char *s_decline_name(Medfl__DeclineReason r)
     case MEDFL__DECLINE_REASON__DECLINE_INSUFFICIENT_DATA: return "insufficient data";
     case MEDFL__DECLINE_REASON__DECLINE_OPERATOR: return "paused by operator";
     case MEDFL__DECLINE_REASON__DECLINE_DEVICE: return "device unavailable";
+    case MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY: return "privacy policy";
     default: return "unspecified";
     }
 }
@@ -1254,17 +1339,180 @@ static void s_state_error(rounds_t *self, part_t *p, const char *what)
                            "message not expected in this phase of the round");
 }
 
-static void s_on_eval(rounds_t *self, part_t *p, const wire_msg_t *msg)
+/* ---- what this round accepts from a node ------------------------------------------------
+ * Every check below runs before a handler touches a byte of the bulk frame or hands a count
+ * to a decoder: the wire layer only knows that a message is well formed, the round knows
+ * what it asked for. The expectation comes from the round's own settings, never from the
+ * message (issue #16: a TOPK header over a 64-byte bulk made the dense handler read 4 m). */
+
+/* Largest plain top-k payload accepted for n coordinates: an index (4 B) and a value (up to
+ * 4 B) per coordinate plus headers. A generous bound; compress_plain_decode checks the rest. */
+static size_t s_topk_max_bytes(uint64_t n) { return 64 + 8 * (size_t)n; }
+
+/* What the round expects in an Update (plain) or MaskedInput (secure) header and bulk frame. */
+typedef struct {
+    Medfl__TensorDtype dtype;
+    uint64_t n_elements; /* 0: must equal the bulk length (byte payloads) */
+    size_t min_bytes, max_bytes;
+} expect_t;
+
+static void s_expect(const rounds_t *self, expect_t *e)
+{
+    if (self->enc == FED_DENSE) {
+        /* plain: float32 per coordinate; secure: one ring element per coordinate */
+        e->dtype = self->secure ? MEDFL__TENSOR_DTYPE__DTYPE_U32 : MEDFL__TENSOR_DTYPE__DTYPE_F32;
+        e->n_elements = self->secure ? self->m : self->numel;
+        e->min_bytes = e->max_bytes = 4 * (size_t)e->n_elements;
+    } else if (self->enc == FED_TOPK) {
+        e->dtype = MEDFL__TENSOR_DTYPE__DTYPE_I8;
+        e->n_elements = 0;
+        e->min_bytes = 1;
+        e->max_bytes = s_topk_max_bytes(self->numel);
+    } else {
+        e->dtype = MEDFL__TENSOR_DTYPE__DTYPE_I8;
+        e->n_elements = 0;
+        e->min_bytes = e->max_bytes = compress_round_payload_bytes(self->cr);
+    }
+}
+
+static const char *s_scheme_name(Medfl__CompressionScheme s)
+{
+    switch (s) {
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE: return "none";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK: return "topk";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE: return "quantize";
+    case MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK: return "randk";
+    default: return "unknown";
+    }
+}
+
+static bool s_scheme_fits(const rounds_t *self, const Medfl__Compression *c)
+{
+    Medfl__CompressionScheme s = c ? c->scheme : MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE;
+    switch (self->enc) {
+    case FED_DENSE: return s == MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE;
+    case FED_TOPK: return s == MEDFL__COMPRESSION_SCHEME__COMPRESSION_TOPK;
+    default:
+        return s == MEDFL__COMPRESSION_SCHEME__COMPRESSION_QUANTIZE ||
+               s == MEDFL__COMPRESSION_SCHEME__COMPRESSION_RANDK;
+    }
+}
+
+/* Refuses (logged, Error PROTOCOL to the node) an input whose header or bulk frame is not
+ * what this round asked for. Names the field and the sizes, never a value. 0 / -1. */
+static int s_check_input(rounds_t *self, part_t *p, const wire_msg_t *msg)
+{
+    const char *what = wire_type_name(msg->type);
+    const Medfl__Compression *comp;
+    Medfl__TensorDtype dtype;
+    uint64_t n;
+    if (msg->type == MEDFL__MSG_TYPE__MSG_UPDATE) {
+        comp = msg->body.update->compression;
+        dtype = msg->body.update->dtype;
+        n = msg->body.update->n_elements;
+    } else {
+        comp = msg->body.masked_input->compression;
+        dtype = msg->body.masked_input->dtype;
+        n = msg->body.masked_input->n_elements;
+    }
+    expect_t e;
+    s_expect(self, &e);
+    char why[200] = "";
+    if (!s_scheme_fits(self, comp))
+        snprintf(why, sizeof why, "compression %s is not this round's",
+                 s_scheme_name(comp ? comp->scheme : MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE));
+    else if (dtype != e.dtype)
+        snprintf(why, sizeof why, "dtype %d, the round expects %d", (int)dtype, (int)e.dtype);
+    else if (e.n_elements ? n != e.n_elements : n != msg->bulk_len)
+        snprintf(why, sizeof why, "n_elements %" PRIu64 ", the round expects %" PRIu64, n,
+                 e.n_elements ? e.n_elements : (uint64_t)msg->bulk_len);
+    else if (!msg->bulk || msg->bulk_len < e.min_bytes || msg->bulk_len > e.max_bytes)
+        snprintf(why, sizeof why, "bulk frame of %zu bytes, the round expects %zu..%zu",
+                 msg->bulk_len, e.min_bytes, e.max_bytes);
+    if (!why[0]) return 0;
+    LOG_WARN(AGG, "round %" PRIu64 ": %s from node %s refused: %s", self->round_id, what, p->id,
+             why);
+    wire_server_send_error(self->server, p->id, self->round_id,
+                           MEDFL__ERROR_CODE__ERROR_PROTOCOL, "input does not match the round");
+    return -1;
+}
+
+/* Count fields of the secure-aggregation messages, bounded by this round's roster before a
+ * translator walks them (the wire layer bounds them by WIRE's node limit only). */
+static int s_check_count(rounds_t *self, part_t *p, const char *what, size_t n)
+{
+    if (n <= self->n_parts) return 0;
+    LOG_WARN(AGG, "round %" PRIu64 ": %s from node %s refused: %zu entries for a roster of %zu",
+             self->round_id, what, p->id, n, self->n_parts);
+    wire_server_send_error(self->server, p->id, self->round_id,
+                           MEDFL__ERROR_CODE__ERROR_PROTOCOL, "more entries than participants");
+    return -1;
+}
+
+/* The L2 bound of one plain update: federation.update_norm_max, or the norm of the box
+ * [-compression.clip, clip]^n that secure rounds clip every update to. */
+static double s_norm_max(const rounds_t *self)
+{
+    double b = self->cfg->fed_update_norm_max;
+    return b > 0 ? b : self->cfg->comp_clip * sqrt((double)self->numel);
+}
+
+/* Scales a plain update down to the round's norm bound (logged): what one node can move the
+ * average by is bounded, whatever it sends. Returns the factor applied (1 when inside). */
+static double s_clip_norm(rounds_t *self, const part_t *p, const float *v, size_t n)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)v[i] * (double)v[i];
+    double norm = sqrt(ss), max = s_norm_max(self);
+    if (norm <= max) return 1.0;
+    LOG_WARN(AGG, "round %" PRIu64 ": update from node %s has L2 norm %.4g above the bound %.4g "
+             "(federation.update_norm_max): scaled down to it", self->round_id, p->id, norm, max);
+    return max / norm;
+}
+
+/* An evaluation report counts only from a node that contributed to the round whose version
+ * it evaluates, while that round collects evaluations, once, with values that can be true.
+ * Anything else is refused and logged (never stored: each row is an fsync on this thread
+ * and `status` shows the latest round's reports). */
+static void s_on_eval(rounds_t *self, const wire_msg_t *msg)
 {
     const Medfl__EvalReport *e = msg->body.eval_report;
+    const char *who = msg->node_id;
+    part_t *p = self->round_id && msg->round_id == self->round_id ? s_part(self, who) : NULL;
+    char why[160] = "";
+    if (!self->round_id || msg->round_id != self->round_id || self->phase != ROUNDS_EVAL ||
+        self->commit_pending)
+        snprintf(why, sizeof why, "round %" PRIu64 " is not collecting evaluations (current round "
+                 "%" PRIu64 ", phase %s)", msg->round_id, self->round_id,
+                 rounds_phase_name(self->phase));
+    else if (!p || !p->input)
+        snprintf(why, sizeof why, "the node did not contribute to round %" PRIu64, self->round_id);
+    else if (e->version != self->new_version)
+        snprintf(why, sizeof why, "it names version %" PRIu64 ", round %" PRIu64 " produced %" PRIu64,
+                 e->version, self->round_id, self->new_version);
+    else if (!isfinite(e->loss) || !(e->accuracy >= 0 && e->accuracy <= 1) ||
+             !(e->macro_f1 >= 0 && e->macro_f1 <= 1))
+        snprintf(why, sizeof why, "loss, accuracy or macro-F1 out of range");
+    else if (e->n == 0 || (p->n_records > 0 && e->n > p->n_records)) /* 0: not announced */
+        snprintf(why, sizeof why, "%" PRIu64 " examples evaluated, the node announced %" PRIu64
+                 " records", e->n, p->n_records);
+    else if (p->eval)
+        snprintf(why, sizeof why, "a second report for round %" PRIu64, self->round_id);
+    if (why[0]) {
+        LOG_WARN(AGG, "evaluation report from node %s for round %" PRIu64 " refused: %s", who,
+                 msg->round_id, why);
+        wire_server_send_error(self->server, who, msg->round_id, MEDFL__ERROR_CODE__ERROR_STATE,
+                               "evaluation report refused");
+        return;
+    }
+    p->eval = true;
     LOG_INFO(AGG, "round %" PRIu64 ": node %s evaluated version %" PRIu64 ": loss %.4f accuracy "
-             "%.4f macro-F1 %.4f n %" PRIu64, msg->round_id, msg->node_id, e->version, e->loss,
+             "%.4f macro-F1 %.4f n %" PRIu64, msg->round_id, who, e->version, e->loss,
              e->accuracy, e->macro_f1, e->n);
     if (s_exec(self->db, "INSERT OR REPLACE INTO round_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               "iitdddii", (int64_t)msg->round_id, (int64_t)e->version, msg->node_id, e->loss,
+               "iitdddii", (int64_t)msg->round_id, (int64_t)e->version, who, e->loss,
                e->accuracy, e->macro_f1, (int64_t)e->n, (int64_t)time(NULL)) != 0)
         LOG_ERROR(AGG, "%s", medfl_error_message());
-    if (p) p->eval = true;
 }
 
 static void s_add_plain(rounds_t *self, part_t *p, const wire_msg_t *msg)
@@ -1279,28 +1527,23 @@ static void s_add_plain(rounds_t *self, part_t *p, const wire_msg_t *msg)
         return;
     }
     double w = p->weight; /* the aggregator's weight, not what the node claims */
-    if (self->enc == FED_DENSE) {
-        if (u->dtype != MEDFL__TENSOR_DTYPE__DTYPE_F32 || u->n_elements != self->numel) {
-            s_state_error(self, p, "dense update of the wrong shape");
+    if (self->enc == FED_DENSE || self->enc == FED_TOPK) {
+        float *dense = calloc(self->numel ? self->numel : 1, sizeof *dense);
+        if (!dense) {
+            LOG_ERROR(AGG, "round %" PRIu64 ": out of memory for the update of node %s",
+                      self->round_id, p->id);
             return;
         }
-        for (size_t i = 0; i < self->numel; i++) {
-            float v;
-            memcpy(&v, msg->bulk + 4 * i, 4);
-            if (!isfinite(v)) {
-                s_state_error(self, p, "update with non-finite values");
-                return;
-            }
-        }
-        for (size_t i = 0; i < self->numel; i++) {
-            float v;
-            memcpy(&v, msg->bulk + 4 * i, 4);
-            self->acc[i] += w * (double)v;
-        }
-    } else if (self->enc == FED_TOPK) {
-        float *dense = calloc(self->numel, sizeof *dense);
-        if (!dense ||
-            compress_plain_decode(msg->bulk, msg->bulk_len, (uint32_t)self->numel, dense) != 0) {
+        if (self->enc == FED_DENSE) { /* size checked by s_check_input: 4 numel bytes */
+            memcpy(dense, msg->bulk, self->numel * sizeof *dense);
+            for (size_t i = 0; i < self->numel; i++)
+                if (!isfinite(dense[i])) {
+                    free(dense);
+                    s_state_error(self, p, "update with non-finite values");
+                    return;
+                }
+        } else if (compress_plain_decode(msg->bulk, msg->bulk_len, (uint32_t)self->numel,
+                                         dense) != 0) {
             LOG_WARN(AGG, "round %" PRIu64 ": update from node %s: %s: rejected", self->round_id,
                      p->id, medfl_error_message());
             free(dense);
@@ -1308,7 +1551,8 @@ static void s_add_plain(rounds_t *self, part_t *p, const wire_msg_t *msg)
                                    MEDFL__ERROR_CODE__ERROR_PROTOCOL, "malformed compressed update");
             return;
         }
-        for (size_t i = 0; i < self->numel; i++) self->acc[i] += w * (double)dense[i];
+        double f = s_clip_norm(self, p, dense, self->numel);
+        for (size_t i = 0; i < self->numel; i++) self->acc[i] += w * f * (double)dense[i];
         free(dense);
     } else {
         uint32_t *ring = calloc(self->m, sizeof *ring);
@@ -1377,8 +1621,7 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     const char *who = msg->node_id;
     part_t *p = self->round_id && msg->round_id == self->round_id ? s_part(self, who) : NULL;
     if (msg->type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT) {
-        /* Late reports (after the eval deadline) are still recorded: they cost nothing. */
-        s_on_eval(self, p && self->phase == ROUNDS_EVAL ? p : NULL, msg);
+        s_on_eval(self, msg);
         return 1;
     }
     if (msg->type == MEDFL__MSG_TYPE__MSG_DECLINE) {
@@ -1397,9 +1640,10 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
             if (k) k->budget_out = true;
         }
         if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
-            /* It lacks versions we assumed it had: the next round re-sends the chain. */
+            /* It lacks versions we assumed it had: the next round re-sends the chain. One
+             * still catching up (sent part of the chain, ROUNDS_SYNC_MAX) goes on from there. */
             known_t *k = s_known(self, who);
-            if (k) k->version = 0;
+            if (k && (!p || k->version >= self->head)) k->version = 0;
         }
         return 1;
     }
@@ -1436,7 +1680,7 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
             s_state_error(self, p, "update");
             break;
         }
-        s_add_plain(self, p, msg);
+        if (s_check_input(self, p, msg) == 0) s_add_plain(self, p, msg);
         break;
     case MEDFL__MSG_TYPE__MSG_ADVERTISE_KEYS:
         if (!self->secure || self->phase != ROUNDS_KEYS || p->keys) {
@@ -1456,6 +1700,7 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
             s_state_error(self, p, "ShareKeys");
             break;
         }
+        if (s_check_count(self, p, "ShareKeys", msg->body.share_keys->n_shares) != 0) break;
         rc = fed_shares_from_proto(SECAGG_MSG_SHARE_KEYS, msg->body.share_keys->shares,
                                    msg->body.share_keys->n_shares, self->round_id, (uint32_t)idx,
                                    self->roster, self->n_parts, &buf, &len);
@@ -1470,13 +1715,28 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
             s_state_error(self, p, "MaskedInput");
             break;
         }
-        s_add_masked(self, p, (uint32_t)idx, msg);
+        if (s_check_input(self, p, msg) == 0) s_add_masked(self, p, (uint32_t)idx, msg);
+        break;
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
+        if (!self->secure || self->phase != ROUNDS_CONSISTENCY || !p->input || p->signed_set) {
+            s_state_error(self, p, "ConsistencySignature");
+            break;
+        }
+        rc = fed_survivor_sig_from_proto(msg->body.consistency_signature, self->round_id,
+                                         (uint32_t)idx, &buf, &len);
+        if (rc == 0) rc = secagg_server_add_signature(self->ss, buf, len);
+        if (rc == 0) p->signed_set = true;
+        else
+            LOG_WARN(AGG, "round %" PRIu64 ": survivor-set signature of node %s refused: %s",
+                     self->round_id, who, medfl_error_message());
         break;
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE:
-        if (!self->secure || self->phase != ROUNDS_UNMASK || !p->input || p->unmask) {
+        if (!self->secure || self->phase != ROUNDS_UNMASK || !p->signed_set || p->unmask) {
             s_state_error(self, p, "UnmaskResponse");
             break;
         }
+        if (s_check_count(self, p, "UnmaskResponse", msg->body.unmask_response->n_shares) != 0)
+            break;
         rc = fed_unmask_resp_from_proto(msg->body.unmask_response, self->round_id, (uint32_t)idx,
                                         self->roster, self->n_parts, &buf, &len);
         if (rc == 0) rc = secagg_server_add_unmask(self->ss, buf, len);

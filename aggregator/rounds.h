@@ -5,8 +5,9 @@
  *           Hello again or the config is reloaded; with too few left the daemon idles and
  *           `status` says why)
  *   secure:  KEYS (AdvertiseKeys) -> KeysBroadcast -> SHARES (ShareKeys) -> SharesDelivery
- *            -> INPUT (local training + MaskedInput) -> UnmaskRequest -> UNMASK
- *            (UnmaskResponse) -> weighted sum
+ *            -> INPUT (local training + MaskedInput) -> ConsistencyCheck -> CONSISTENCY
+ *            (ConsistencySignature over the survivor set) -> UnmaskRequest with the signatures
+ *            -> UNMASK (UnmaskResponse) -> weighted sum
  *   plain:   INPUT (Update) -> weighted sum
  *   -> server step (FedAvg/FedAdam, aggregator/strategy) -> signed version v + 1
  *   -> VersionAnnounce -> EVAL (EvalReports until all in or the deadline) -> IDLE
@@ -43,6 +44,7 @@ typedef enum {
     ROUNDS_KEYS,     /* secure: collecting AdvertiseKeys */
     ROUNDS_SHARES,   /* secure: collecting ShareKeys */
     ROUNDS_INPUT,    /* collecting MaskedInput (secure) or Update (plain) */
+    ROUNDS_CONSISTENCY, /* secure: collecting signatures over the survivor set */
     ROUNDS_UNMASK,   /* secure: collecting UnmaskResponse */
     ROUNDS_EVAL,     /* version announced, collecting EvalReports */
     ROUNDS_DONE,     /* federation.rounds reached */

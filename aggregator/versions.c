@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aggregator/agg_config.h"
 #include "common/adapter_file.h"
 #include "common/cli.h"
 #include "common/error.h"
@@ -291,6 +292,8 @@ done:
 /* ---------------------------------------------------------------- commands */
 
 typedef struct {
+    const char *config;
+    agg_config_t cfg; /* loaded when -c is given */
     const char *state;
     const char *key_dir;
     const char *pubkey;
@@ -333,9 +336,7 @@ static int s_parse(int argc, char **argv, s_args_t *a)
             a->force = true;
             continue;
         } else if (strcmp(o, "-c") == 0 || strcmp(o, "--config") == 0) {
-            return medfl_error_set(MEDFL_EUNSUPPORTED,
-                                   "'%s': this build reads no aggregator config; give --state DIR "
-                                   "(the config's state_dir) and --key-dir DIR", o);
+            slot = &a->config;
         } else if (o[0] == '-' && o[1]) {
             return medfl_error_set(MEDFL_EINVAL, "unknown option '%s'", o);
         } else {
@@ -345,6 +346,12 @@ static int s_parse(int argc, char **argv, s_args_t *a)
         }
         if (i + 1 >= argc) return medfl_error_set(MEDFL_EINVAL, "option '%s' needs a value", o);
         *slot = argv[++i];
+    }
+    /* -c supplies state_dir and key_dir; --state / --key-dir given beside it win. */
+    if (a->config) {
+        if (agg_config_load(&a->cfg, a->config) != 0) return -1;
+        if (!a->state) a->state = a->cfg.state_dir;
+        if (!a->key_dir) a->key_dir = a->cfg.key_dir;
     }
     if (!a->state) a->state = "/var/lib/medfl/aggregator";
     return 0;
@@ -392,11 +399,12 @@ static vs_store_t *s_open_store(const s_args_t *a, bool create)
 int cmd_versions(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("Usage: " S_PROG " versions [--state DIR] [--key-dir DIR | --pubkey HEX|FILE]\n\n"
+        printf("Usage: " S_PROG " versions [-c CONFIG] [--state DIR] [--key-dir DIR | --pubkey HEX|FILE]\n\n"
                "Lists the signed version chain: version (* = head, where the next round starts),\n"
                "parent, round, participants, hash prefix, creation time (UTC) and aggregated\n"
                "metrics. With the aggregator's public key every version is verified (signature,\n"
                "tensors, metadata, chain to genesis) and the listing fails on the first refusal.\n"
+               "  -c CONFIG       aggregator config: state_dir and key_dir from it\n"
                "  --state DIR     aggregator state_dir (default /var/lib/medfl/aggregator)\n"
                "  --key-dir DIR   folder holding identity.pub\n"
                "  --pubkey K      Ed25519 public key as 64 hex digits or a file holding them\n");
@@ -456,11 +464,12 @@ int cmd_versions(int argc, char **argv)
 int cmd_rollback(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("Usage: " S_PROG " rollback VERSION [--state DIR] [--key-dir DIR | --pubkey K]\n\n"
+        printf("Usage: " S_PROG " rollback VERSION [-c CONFIG | --state DIR] [--key-dir DIR | --pubkey K]\n\n"
                "Moves the head back to VERSION: the next round starts from it and the version it\n"
                "produces has VERSION as its parent. Nothing is deleted: later versions stay in\n"
                "the history. With a public key, VERSION's chain is verified first. Takes effect\n"
-               "at the next round of a running aggregator.\n");
+               "at the next round of a running aggregator. -c CONFIG takes state_dir and key_dir\n"
+               "from the aggregator's config.\n");
         return 0;
     }
     s_args_t a;
@@ -487,13 +496,13 @@ int cmd_rollback(int argc, char **argv)
 int cmd_export(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("Usage: " S_PROG " export VERSION --peft DIR [--state DIR] [--key-dir DIR | --pubkey K]\n"
+        printf("Usage: " S_PROG " export VERSION --peft DIR [-c CONFIG | --state DIR] [--key-dir DIR | --pubkey K]\n"
                "       [--lora-alpha A] [--base-model NAME] [--model-prefix bert] [--no-head]\n\n"
                "Writes DIR/adapter_model.safetensors and DIR/adapter_config.json so that\n"
                "PeftModel.from_pretrained(AutoModelForSequenceClassification(BASE), DIR) loads the\n"
                "version (task SEQ_CLS, the classifier as a module to save unless --no-head).\n"
                "lora_alpha and the base model default to the version's attributes. With a public\n"
-               "key the version is verified first.\n");
+               "key (--key-dir, or key_dir of -c CONFIG) the version is verified first.\n");
         return 0;
     }
     s_args_t a;
@@ -531,18 +540,19 @@ int cmd_export(int argc, char **argv)
 int cmd_init_version(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        printf("Usage: " S_PROG " init-version --from ADAPTER --key-dir DIR [--state DIR]\n"
+        printf("Usage: " S_PROG " init-version --from ADAPTER [-c CONFIG | --key-dir DIR --state DIR]\n"
                "       [--lora-alpha A] [--base-model NAME] [--model-prefix bert] [--force]\n\n"
                "Seeds the federation: writes a signed version (round 0, parent = current head)\n"
                "from a PEFT adapter (a folder with adapter_model.safetensors and\n"
                "adapter_config.json, or a .safetensors file), e.g. one trained locally. Refuses a\n"
-               "store that already holds versions unless --force. Signs with DIR/identity.key.\n");
+               "store that already holds versions unless --force. Signs with identity.key of\n"
+               "--key-dir (or key_dir of -c CONFIG) into --state (or state_dir of CONFIG).\n");
         return 0;
     }
     s_args_t a;
     if (s_parse(argc, argv, &a) < 0) return cli_fail(S_PROG " init-version");
     if (!a.from || !a.key_dir || a.n_pos) {
-        medfl_error_set(MEDFL_EINVAL, "expected --from ADAPTER and --key-dir DIR");
+        medfl_error_set(MEDFL_EINVAL, "expected --from ADAPTER and --key-dir DIR (or -c CONFIG)");
         return cli_fail(S_PROG " init-version");
     }
     uint8_t sk[VS_SK_BYTES];

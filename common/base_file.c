@@ -16,6 +16,7 @@ struct base_file_t {
     h5io_t *h5;
     base_config_t cfg;
     char hash[BASE_HASH_HEX];
+    char model_name[256];
 };
 
 int base_config_validate(const base_config_t *c, const char *o)
@@ -135,7 +136,7 @@ static const named_tensor_t *s_find(const named_tensor_t *t, size_t n, const cha
 
 int base_file_write(const char *path, const base_config_t *cfg, const char *const *vocab,
                     size_t n_vocab, const named_tensor_t *tensors, size_t n_tensors,
-                    const char *source)
+                    const char *source, const char *model_name)
 {
     if (sodium_init() < 0) return medfl_error_set(MEDFL_ECRYPTO, "libsodium init failed");
     if (base_config_validate(cfg, path) < 0) return -1;
@@ -180,6 +181,7 @@ int base_file_write(const char *path, const base_config_t *cfg, const char *cons
              h5io_set_attr_i64(h, "/", "format_version", BASE_FILE_VERSION) |
              h5io_set_attr_str(h, "/", "weights_hash", hex) |
              h5io_set_attr_str(h, "/", "source", source ? source : "") |
+             h5io_set_attr_str(h, "/", "model_name", model_name ? model_name : "") |
              h5io_set_attr_str(h, "/config", "model_type", cfg->model_type) |
              h5io_set_attr_str(h, "/config", "hidden_act", cfg->hidden_act) |
              h5io_set_attr_i64(h, "/config", "hidden_size", cfg->hidden_size) |
@@ -244,6 +246,12 @@ base_file_t *base_file_open(const char *path)
     if (h5io_get_attr_str(h, "/", "weights_hash", &hash) < 0) goto fail;
     snprintf(self->hash, sizeof self->hash, "%s", hash);
     free(hash);
+    /* Files imported before model_name existed have none: "" (exports fall back to a path). */
+    char *name = NULL;
+    if (h5io_has_attr(h, "/", "model_name") && h5io_get_attr_str(h, "/", "model_name", &name) < 0)
+        goto fail;
+    snprintf(self->model_name, sizeof self->model_name, "%s", name ? name : "");
+    free(name);
     base_config_t *c = &self->cfg;
     if (s_attr_copy(h, "model_type", c->model_type, sizeof c->model_type) < 0 ||
         s_attr_copy(h, "hidden_act", c->hidden_act, sizeof c->hidden_act) < 0 ||
@@ -267,6 +275,11 @@ fail:
 }
 
 const base_config_t *base_file_config(const base_file_t *self) { return &self->cfg; }
+const char *base_file_model_name(const base_file_t *self)
+{
+    return self->model_name;
+}
+
 const char *base_file_hash(const base_file_t *self) { return self->hash; }
 
 int base_file_read_config(const char *path, base_config_t *cfg)

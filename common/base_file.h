@@ -5,7 +5,9 @@
  *   /                 attrs format = "medfl-base-model", format_version = 1,
  *                     weights_hash (hex BLAKE2b-256 of names, shapes and float32 data in the
  *                     canonical tensor order; adapters record it to refuse a wrong base),
- *                     source (where it was imported from)
+ *                     source (where it was imported from), model_name (the model's
+ *                     Hugging Face id, e.g. "sentence-transformers/all-MiniLM-L6-v2", that
+ *                     PEFT exports name as base_model_name_or_path; "" when unknown)
  *   /config           attrs model_type, hidden_act, hidden_size, num_hidden_layers,
  *                     num_attention_heads, intermediate_size, vocab_size,
  *                     max_position_embeddings, type_vocab_size, pad_token_id (int64),
@@ -61,7 +63,7 @@ int base_tensor_specs(const base_config_t *cfg, base_tensor_spec_t **specs, size
  * shapes. Temp file + fsync + rename. */
 int base_file_write(const char *path, const base_config_t *cfg, const char *const *vocab,
                     size_t n_vocab, const named_tensor_t *tensors, size_t n_tensors,
-                    const char *source);
+                    const char *source, const char *model_name);
 
 typedef struct base_file_t base_file_t;
 
@@ -70,6 +72,8 @@ base_file_t *base_file_open(const char *path);
 void base_file_destroy(base_file_t **self_p);
 const base_config_t *base_file_config(const base_file_t *self);
 const char *base_file_hash(const base_file_t *self);
+/* The model_name attribute ("" when the file has none). */
+const char *base_file_model_name(const base_file_t *self);
 /* Convenience: just the config of a file. */
 int base_file_read_config(const char *path, base_config_t *cfg);
 /* Reads one weight by HF name into dst, checking the shape. */

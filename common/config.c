@@ -136,8 +136,22 @@ int cfg_set(const cfg_option_t *table, void *out, const char *key, const char *v
     return s_assign(o, out, value, origin, NULL);
 }
 
-static int s_load(const cfg_option_t *table, void *out, const char *path, bool subset)
+/* Whether any option of table lives in [section]. */
+static bool s_section_known(const cfg_option_t *table, const char *section)
 {
+    size_t n = strlen(section);
+    for (const cfg_option_t *o = table; o->name; o++)
+        if (strncmp(o->name, section, n) == 0 && o->name[n] == '.') return true;
+    return false;
+}
+
+/* whole: the table the file as a whole must obey. Keys of whole that table lacks are
+ * another command's and skipped; keys of neither (typos) are errors, as in the program
+ * that owns the file. */
+static int s_load(const cfg_option_t *table, const cfg_option_t *whole, void *out,
+                  const char *path)
+{
+    bool subset = whole != table;
     char base_dir[CFG_STR_MAX] = "";
     const char *slash = strrchr(path, '/');
     if (slash && (size_t)(slash - path) < sizeof base_dir) {
@@ -183,6 +197,13 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
             }
             *close = '\0';
             snprintf(section, sizeof section, "%s", s_trim(s + 1));
+            /* "[trian]" would otherwise only be caught by its first key, or never when
+             * it is empty; name the section itself. */
+            if (!s_section_known(whole, section)) {
+                rc = medfl_error_set(MEDFL_ECONFIG, "%s: unknown section '[%s]'", origin,
+                                     section);
+                break;
+            }
             continue;
         }
         char *eq = strchr(s, '=');
@@ -213,7 +234,7 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
         else
             snprintf(full, sizeof full, "%s", key);
         const cfg_option_t *o = cfg_find(table, full);
-        if (!o && subset) continue; /* another program's key: its own loader checks it */
+        if (!o && subset && cfg_find(whole, full)) continue; /* another command's key */
         if (!o) {
             rc = medfl_error_set(MEDFL_ECONFIG, "%s: unknown key '%s'", origin, full);
             break;
@@ -241,12 +262,13 @@ static int s_load(const cfg_option_t *table, void *out, const char *path, bool s
 
 int cfg_load(const cfg_option_t *table, void *out, const char *path)
 {
-    return s_load(table, out, path, false);
+    return s_load(table, table, out, path);
 }
 
-int cfg_load_subset(const cfg_option_t *table, void *out, const char *path)
+int cfg_load_subset(const cfg_option_t *table, const cfg_option_t *whole, void *out,
+                    const char *path)
 {
-    return s_load(table, out, path, true);
+    return s_load(table, whole, out, path);
 }
 
 bool cfg_option_differs(const cfg_option_t *o, const void *a, const void *b)
@@ -279,7 +301,19 @@ int cfg_diff_nonreloadable(const cfg_option_t *table, const void *a, const void 
     return count;
 }
 
-static void s_write_option(const cfg_option_t *o, const char *key, FILE *out)
+/* The value of o in a loaded config, written as the file would hold it. */
+static void s_format_value(const cfg_option_t *o, const void *cfg, char *out, size_t size)
+{
+    const char *field = (const char *)cfg + o->offset;
+    switch (o->type) {
+    case CFG_INT: snprintf(out, size, "%lld", (long long)*(const int64_t *)field); break;
+    case CFG_DOUBLE: snprintf(out, size, "%.17g", *(const double *)field); break;
+    case CFG_BOOL: snprintf(out, size, "%s", *(const bool *)field ? "true" : "false"); break;
+    default: snprintf(out, size, "%s", field); break;
+    }
+}
+
+static void s_write_option(const cfg_option_t *o, const char *key, const void *cfg, FILE *out)
 {
     fprintf(out, "# %s\n", o->help ? o->help : "");
     if (o->type == CFG_INT)
@@ -293,17 +327,28 @@ static void s_write_option(const cfg_option_t *o, const char *key, FILE *out)
     else
         fprintf(out, "# %s", o->type == CFG_PATH ? "path (relative to this file)" : "text");
     fprintf(out, "%s\n", o->reloadable ? "; reloadable with SIGHUP" : "; needs a restart");
-    if (o->def)
+    char value[CFG_STR_MAX + 32];
+    if (cfg) {
+        s_format_value(o, cfg, value, sizeof value);
+        /* quoted so that a value holding " #" reads back unchanged */
+        fprintf(out, "%s%s = \"%s\"\n\n", value[0] ? "" : "# ", key, value);
+    } else if (o->def) {
         fprintf(out, "%s%s = %s\n\n", o->def[0] ? "" : "# ", key, o->def);
-    else
+    } else {
         fprintf(out, "%s =   # required\n\n", key);
+    }
 }
 
 void cfg_write_example(const cfg_option_t *table, FILE *out)
 {
+    cfg_write_values(table, NULL, out);
+}
+
+void cfg_write_values(const cfg_option_t *table, const void *cfg, FILE *out)
+{
     /* Keys without a section must precede the first [section] header. */
     for (const cfg_option_t *o = table; o->name; o++)
-        if (!strchr(o->name, '.')) s_write_option(o, o->name, out);
+        if (!strchr(o->name, '.')) s_write_option(o, o->name, cfg, out);
     char section[128] = "";
     for (const cfg_option_t *o = table; o->name; o++) {
         const char *dot = strchr(o->name, '.');
@@ -314,6 +359,32 @@ void cfg_write_example(const cfg_option_t *table, FILE *out)
             fprintf(out, "[%s]\n", sec);
             snprintf(section, sizeof section, "%s", sec);
         }
-        s_write_option(o, dot + 1, out);
+        s_write_option(o, dot + 1, cfg, out);
     }
+}
+
+unsigned cfg_line_of(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[CFG_LINE_MAX], section[128] = "";
+    unsigned lineno = 0, found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = s_trim(line);
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (close) *close = '\0';
+            snprintf(section, sizeof section, "%s", s_trim(s + 1));
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!*s || *s == '#' || *s == ';' || !eq) continue;
+        *eq = '\0';
+        char full[256];
+        snprintf(full, sizeof full, "%s%s%s", section, section[0] ? "." : "", s_trim(s));
+        if (strcmp(full, key) == 0) found = lineno;
+    }
+    fclose(f);
+    return found;
 }

@@ -6,7 +6,8 @@
  * File syntax:   # comment          ; comment
  *                [section]          key = value        key = "quoted value"
  * A key inside [section] is named "section.key" in the table. Errors name file, line and
- * key: "node.conf:12: key 'train.epochs': value 0 below minimum 1". */
+ * key: "node.conf:12: key 'train.epochs': value 0 below minimum 1". Unknown keys and
+ * sections are errors: a typo must not silently leave an option at its default. */
 #ifndef MEDFL_CONFIG_H
 #define MEDFL_CONFIG_H
 
@@ -48,12 +49,14 @@ int cfg_set_defaults(const cfg_option_t *table, void *out);
 int cfg_load(const cfg_option_t *table, void *out, const char *path)
     __attribute__((warn_unused_result));
 
-/* Like cfg_load, but keys absent from table are skipped: for tools that read a few options
- * of another program's config (e.g. `medfl-node privacy -c node.conf` reads the privacy
- * keys while the daemon is stopped). Syntax errors and bad values of the table's keys are
- * still errors naming file, line and key. */
-int cfg_load_subset(const cfg_option_t *table, void *out, const char *path)
-    __attribute__((warn_unused_result));
+/* Like cfg_load, but for commands that read a few options of a program's config (e.g.
+ * `medfl-node privacy -c node.conf` reads the privacy keys while the daemon is stopped):
+ * keys of whole (the program's full table) that table lacks are skipped; a key or
+ * [section] that whole does not know is an error naming file, line and key, so a typo is
+ * refused by every command that reads the file, not only by the daemon. Syntax errors and
+ * bad values of the table's keys are errors naming file, line and key. */
+int cfg_load_subset(const cfg_option_t *table, const cfg_option_t *whole, void *out,
+                    const char *path) __attribute__((warn_unused_result));
 
 /* Applies one "key=value" override (CLI --set), same checks as the file. */
 int cfg_set(const cfg_option_t *table, void *out, const char *key, const char *value,
@@ -68,7 +71,15 @@ bool cfg_option_differs(const cfg_option_t *opt, const void *a, const void *b);
 
 /* Writes every option as a commented example config (help, bounds, default). */
 void cfg_write_example(const cfg_option_t *table, FILE *out);
+/* The same, with the values of a loaded config (cfg) in place of the defaults: what a
+ * config file means once defaults are filled in (`example-config -c FILE`). */
+void cfg_write_values(const cfg_option_t *table, const void *cfg, FILE *out);
 
 const cfg_option_t *cfg_find(const cfg_option_t *table, const char *name);
+
+/* Line of path where `key` ("section.key") is set, 0 when it is not (or the file cannot be
+ * read): for checks made after loading (rules tying options together, or a value another
+ * module validates) that must still name FILE:LINE. */
+unsigned cfg_line_of(const char *path, const char *key);
 
 #endif

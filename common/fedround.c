@@ -370,20 +370,96 @@ done:
     return rc;
 }
 
-/* ---- UnmaskRequest ---- */
+/* ---- ConsistencyCheck, ConsistencySignature, UnmaskRequest ---- */
 
 static int s_names(const uint32_t *idx, uint32_t count, char *const *roster, size_t n,
-                   char ***names)
+                   const char *what, char ***names)
 {
     *names = calloc(count ? count : 1, sizeof **names);
     if (!*names) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
     for (uint32_t i = 0; i < count; i++) {
         if (idx[i] >= n)
-            return medfl_error_set(MEDFL_EPROTO, "unmask request: node %u outside the roster",
-                                   idx[i]);
+            return medfl_error_set(MEDFL_EPROTO, "%s: node %u outside the roster", what, idx[i]);
         (*names)[i] = roster[idx[i]];
     }
     return 0;
+}
+
+static int s_indices(char *const *names, size_t count, char *const *roster, size_t n,
+                     const char *what, uint32_t **out)
+{
+    *out = calloc(count ? count : 1, sizeof **out);
+    if (!*out) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (size_t i = 0; i < count; i++)
+        if (s_index(roster, n, names[i], what, &(*out)[i]) != 0) return -1;
+    qsort(*out, count, sizeof **out, s_cmp_u32);
+    return 0;
+}
+
+int fed_survivors_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
+                           Medfl__ConsistencyCheck *out)
+{
+    medfl__consistency_check__init(out);
+    secagg_survivors_t sv;
+    if (secagg_survivors_decode(buf, len, &sv) != 0) return -1;
+    int rc = s_names(sv.nodes, sv.count, roster, n, "consistency check", &out->survivors);
+    out->n_survivors = sv.count;
+    secagg_survivors_clear(&sv);
+    if (rc != 0) fed_proto_free_survivors(out);
+    return rc;
+}
+
+void fed_proto_free_survivors(Medfl__ConsistencyCheck *m)
+{
+    if (!m) return;
+    free(m->survivors);
+    m->survivors = NULL;
+    m->n_survivors = 0;
+}
+
+int fed_survivors_from_proto(const Medfl__ConsistencyCheck *in, uint64_t round_id,
+                             char *const *roster, size_t n, uint8_t **out, size_t *out_len)
+{
+    secagg_survivors_t sv = {.round_id = round_id};
+    int rc = -1;
+    if (s_indices(in->survivors, in->n_survivors, roster, n, "consistency check", &sv.nodes) ==
+        0) {
+        sv.count = (uint32_t)in->n_survivors;
+        rc = secagg_survivors_encode(&sv, out, out_len);
+    }
+    free(sv.nodes);
+    return rc;
+}
+
+int fed_survivor_sig_to_proto(const uint8_t *buf, size_t len, Medfl__ConsistencySignature *out)
+{
+    medfl__consistency_signature__init(out);
+    secagg_survivor_sig_t sg;
+    if (secagg_survivor_sig_decode(buf, len, &sg) != 0) return -1;
+    out->signature.data = malloc(SECAGG_SIG_BYTES);
+    if (!out->signature.data) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    memcpy(out->signature.data, sg.s.sig, SECAGG_SIG_BYTES);
+    out->signature.len = SECAGG_SIG_BYTES;
+    return 0;
+}
+
+void fed_proto_free_survivor_sig(Medfl__ConsistencySignature *m)
+{
+    if (!m) return;
+    free(m->signature.data);
+    m->signature.data = NULL;
+    m->signature.len = 0;
+}
+
+int fed_survivor_sig_from_proto(const Medfl__ConsistencySignature *in, uint64_t round_id,
+                                uint32_t sender, uint8_t **out, size_t *out_len)
+{
+    if (in->signature.len != SECAGG_SIG_BYTES)
+        return medfl_error_set(MEDFL_EPROTO, "consistency signature: %zu bytes, expected %d",
+                               in->signature.len, SECAGG_SIG_BYTES);
+    secagg_survivor_sig_t sg = {.round_id = round_id, .s.node = sender};
+    memcpy(sg.s.sig, in->signature.data, SECAGG_SIG_BYTES);
+    return secagg_survivor_sig_encode(&sg, out, out_len);
 }
 
 int fed_unmask_req_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
@@ -393,11 +469,31 @@ int fed_unmask_req_to_proto(const uint8_t *buf, size_t len, char *const *roster,
     secagg_unmask_req_t r;
     memset(&r, 0, sizeof r);
     if (secagg_unmask_req_decode(buf, len, &r) != 0) return -1;
-    int rc = s_names(r.survivors, r.n_survivors, roster, n, &out->survivors);
+    int rc = s_names(r.survivors, r.n_survivors, roster, n, "unmask request", &out->survivors);
     out->n_survivors = r.n_survivors;
     if (rc == 0) {
-        rc = s_names(r.dropped, r.n_dropped, roster, n, &out->dropped);
+        rc = s_names(r.dropped, r.n_dropped, roster, n, "unmask request", &out->dropped);
         out->n_dropped = r.n_dropped;
+    }
+    if (rc == 0 && !(out->signatures = calloc(r.n_sigs ? r.n_sigs : 1, sizeof *out->signatures)))
+        rc = medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    for (uint32_t i = 0; rc == 0 && i < r.n_sigs; i++) {
+        if (r.sigs[i].node >= n) {
+            rc = medfl_error_set(MEDFL_EPROTO, "unmask request: signature of node %u outside "
+                                 "the roster", r.sigs[i].node);
+            break;
+        }
+        Medfl__SurvivorSignature *e = calloc(1, sizeof *e + SECAGG_SIG_BYTES);
+        if (!e) {
+            rc = medfl_error_set(MEDFL_ENOMEM, "out of memory");
+            break;
+        }
+        medfl__survivor_signature__init(e);
+        memcpy(e + 1, r.sigs[i].sig, SECAGG_SIG_BYTES);
+        e->node_id = roster[r.sigs[i].node];
+        e->signature.data = (uint8_t *)(e + 1);
+        e->signature.len = SECAGG_SIG_BYTES;
+        out->signatures[out->n_signatures++] = e;
     }
     secagg_unmask_req_clear(&r);
     if (rc != 0) fed_proto_free_unmask_req(out);
@@ -409,19 +505,16 @@ void fed_proto_free_unmask_req(Medfl__UnmaskRequest *m)
     if (!m) return;
     free(m->survivors);
     free(m->dropped);
+    for (size_t i = 0; m->signatures && i < m->n_signatures; i++) free(m->signatures[i]);
+    free(m->signatures);
     m->survivors = m->dropped = NULL;
-    m->n_survivors = m->n_dropped = 0;
+    m->signatures = NULL;
+    m->n_survivors = m->n_dropped = m->n_signatures = 0;
 }
 
-static int s_indices(char *const *names, size_t count, char *const *roster, size_t n,
-                     uint32_t **out)
+static int s_cmp_set_sig(const void *a, const void *b)
 {
-    *out = calloc(count ? count : 1, sizeof **out);
-    if (!*out) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
-    for (size_t i = 0; i < count; i++)
-        if (s_index(roster, n, names[i], "unmask request", &(*out)[i]) != 0) return -1;
-    qsort(*out, count, sizeof **out, s_cmp_u32);
-    return 0;
+    return s_cmp_u32(&((const secagg_set_sig_t *)a)->node, &((const secagg_set_sig_t *)b)->node);
 }
 
 int fed_unmask_req_from_proto(const Medfl__UnmaskRequest *in, uint64_t round_id,
@@ -431,15 +524,34 @@ int fed_unmask_req_from_proto(const Medfl__UnmaskRequest *in, uint64_t round_id,
     memset(&r, 0, sizeof r);
     r.round_id = round_id;
     int rc = -1;
-    if (s_indices(in->survivors, in->n_survivors, roster, n, &r.survivors) != 0 ||
-        s_indices(in->dropped, in->n_dropped, roster, n, &r.dropped) != 0)
+    if (s_indices(in->survivors, in->n_survivors, roster, n, "unmask request", &r.survivors) != 0 ||
+        s_indices(in->dropped, in->n_dropped, roster, n, "unmask request", &r.dropped) != 0)
         goto done;
     r.n_survivors = (uint32_t)in->n_survivors;
     r.n_dropped = (uint32_t)in->n_dropped;
+    r.sigs = calloc(in->n_signatures ? in->n_signatures : 1, sizeof *r.sigs);
+    if (!r.sigs) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < in->n_signatures; i++) {
+        const Medfl__SurvivorSignature *e = in->signatures[i];
+        if (s_index(roster, n, e->node_id, "unmask request signature", &r.sigs[i].node) != 0)
+            goto done;
+        if (e->signature.len != SECAGG_SIG_BYTES) {
+            medfl_error_set(MEDFL_EPROTO, "unmask request: signature of %zu bytes, expected %d",
+                            e->signature.len, SECAGG_SIG_BYTES);
+            goto done;
+        }
+        memcpy(r.sigs[i].sig, e->signature.data, SECAGG_SIG_BYTES);
+    }
+    r.n_sigs = (uint32_t)in->n_signatures;
+    qsort(r.sigs, r.n_sigs, sizeof *r.sigs, s_cmp_set_sig);
     rc = secagg_unmask_req_encode(&r, out, out_len);
 done:
     free(r.survivors);
     free(r.dropped);
+    free(r.sigs);
     return rc;
 }
 

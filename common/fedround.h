@@ -86,6 +86,16 @@ int fed_shares_from_proto(secagg_msg_type_t type, Medfl__EncryptedShare *const *
                           size_t n_shares, uint64_t round_id, uint32_t owner,
                           char *const *roster, size_t n, uint8_t **out, size_t *out_len) FED_WUR;
 
+/* ConsistencyCheck (the survivor set) and ConsistencySignature (the sender's signature). */
+int fed_survivors_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
+                           Medfl__ConsistencyCheck *out) FED_WUR;
+int fed_survivors_from_proto(const Medfl__ConsistencyCheck *in, uint64_t round_id,
+                             char *const *roster, size_t n, uint8_t **out, size_t *out_len) FED_WUR;
+int fed_survivor_sig_to_proto(const uint8_t *buf, size_t len, Medfl__ConsistencySignature *out)
+    FED_WUR;
+int fed_survivor_sig_from_proto(const Medfl__ConsistencySignature *in, uint64_t round_id,
+                                uint32_t sender, uint8_t **out, size_t *out_len) FED_WUR;
+
 int fed_unmask_req_to_proto(const uint8_t *buf, size_t len, char *const *roster, size_t n,
                             Medfl__UnmaskRequest *out) FED_WUR;
 int fed_unmask_req_from_proto(const Medfl__UnmaskRequest *in, uint64_t round_id,
@@ -100,6 +110,8 @@ int fed_unmask_resp_from_proto(const Medfl__UnmaskResponse *in, uint64_t round_i
 /* Releases what the *_to_proto functions allocated inside a message (not the message). */
 void fed_proto_free_broadcast(Medfl__KeysBroadcast *m);
 void fed_proto_free_shares(Medfl__EncryptedShare **shares, size_t n);
+void fed_proto_free_survivors(Medfl__ConsistencyCheck *m);
+void fed_proto_free_survivor_sig(Medfl__ConsistencySignature *m);
 void fed_proto_free_unmask_req(Medfl__UnmaskRequest *m);
 void fed_proto_free_unmask_resp(Medfl__UnmaskResponse *m); /* wipes the shares */
 

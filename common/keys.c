@@ -102,8 +102,11 @@ int keys_z85_decode(const char *text, uint8_t out[KEYS_CURVE_BYTES], const char 
     while (*text == ' ' || *text == '\t') text++;
     size_t len = strcspn(text, " \t\r\n");
     if (len != KEYS_Z85_LEN || text[len + strspn(text + len, " \t\r\n")] != '\0')
-        return medfl_error_set(MEDFL_EFORMAT, "%s: expected a CURVE key of %d Z85 characters",
-                               what, KEYS_Z85_LEN);
+        return medfl_error_set(MEDFL_EFORMAT,
+                               "%s: expected a CURVE key of %d Z85 characters on one line, "
+                               "found %zu characters%s",
+                               what, KEYS_Z85_LEN, len,
+                               text[len + strspn(text + len, " \t\r\n")] ? " and more text" : "");
     memcpy(buf, text, KEYS_Z85_LEN);
     buf[KEYS_Z85_LEN] = '\0';
     uint8_t *ok = zmq_z85_decode(out, buf);
@@ -288,14 +291,76 @@ int keys_keygen(const char *dir, bool overwrite, FILE *out, char curve_z85[KEYS_
     return 0;
 }
 
+/* True when text could be (part of) a key pasted where a file name was expected: long,
+ * every character in Z85's alphabet, upper and lower case and digits mixed as random text
+ * has them and file names rarely do. Such text is never echoed: it may be a secret key. */
+static bool s_looks_like_key(const char *text)
+{
+    static const char z85[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              ".-:+=^!/*?&<>()[]{}@%$#";
+    size_t len = strlen(text);
+    bool upper = false, lower = false, digit = false;
+    for (const char *c = text; *c; c++) {
+        upper |= *c >= 'A' && *c <= 'Z';
+        lower |= *c >= 'a' && *c <= 'z';
+        digit |= *c >= '0' && *c <= '9';
+    }
+    return len >= 24 && strspn(text, z85) == len && upper && lower && digit;
+}
+
+/* The part of a missing path below its deepest existing folder: what the operator typed
+ * when a path option's value arrives with the config's folder in front. Z85 keys contain
+ * '/', so a pasted key may look like several path components; none of them exists. */
+static const char *s_missing_part(const char *path)
+{
+    const char *part = path;
+    char prefix[4096];
+    for (const char *p = strchr(path, '/'); p; p = strchr(p + 1, '/')) {
+        size_t n = (size_t)(p - path);
+        struct stat sb;
+        if (n >= sizeof prefix) break;
+        memcpy(prefix, path, n);
+        prefix[n] = '\0';
+        if (n > 0 && (stat(prefix, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
+        part = p + 1;
+    }
+    return part;
+}
+
 int keys_load_curve_public(const char *value_or_path, uint8_t out[KEYS_CURVE_BYTES])
 {
     /* Z85's alphabet includes '/' and '.', so a 40-character path may also be valid Z85:
      * an existing file wins, then the text form is recognised by decoding. */
-    if (access(value_or_path, F_OK) != 0 && strlen(value_or_path) == KEYS_Z85_LEN &&
-        keys_z85_decode(value_or_path, out, "public key") == 0)
+    size_t len = strlen(value_or_path);
+    if (len == 0)
+        return medfl_error_set(MEDFL_EINVAL, "empty: give the path of a curve.pub file or the "
+                                             "%d-character Z85 key it holds", KEYS_Z85_LEN);
+    bool exists = access(value_or_path, F_OK) == 0;
+    if (!exists && len == KEYS_Z85_LEN && keys_z85_decode(value_or_path, out, "public key") == 0)
         return 0;
+    /* A key pasted into a path option arrives with the config's folder in front. */
+    const char *base = exists ? value_or_path : s_missing_part(value_or_path);
+    if (!exists && s_looks_like_key(base)) {
+        size_t n = strlen(base);
+        return medfl_error_set(
+            MEDFL_EFORMAT, "%s (%zu characters, not shown) is not a file, and %s (a CURVE public "
+            "key is exactly %d Z85 characters, as in curve.pub; a key option takes the key, a "
+            "file option the path of curve.pub)",
+            base == value_or_path ? "the value" : "its file name", n,
+            n != KEYS_Z85_LEN ? "has the wrong length for a key"
+            : base == value_or_path ? "is 40 characters but not valid Z85"
+                                    : "looks like a key given where a file path belongs",
+            KEYS_Z85_LEN);
+    }
     char text[KEYS_FILE_MAX];
-    if (s_read_text(value_or_path, text, sizeof text, false) != 0) return -1;
-    return keys_z85_decode(text, out, value_or_path);
+    if (s_read_text(value_or_path, text, sizeof text, false) != 0) {
+        if (medfl_error_code() == MEDFL_ENOTFOUND)
+            medfl_error_set(MEDFL_ENOTFOUND, "%s: no such file (expected the path of a curve.pub "
+                            "file, or the %d-character Z85 key it holds)", value_or_path,
+                            KEYS_Z85_LEN);
+        return -1;
+    }
+    int rc = keys_z85_decode(text, out, value_or_path);
+    sodium_memzero(text, sizeof text);
+    return rc;
 }

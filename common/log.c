@@ -2,7 +2,13 @@
  *   2026-11-21T23:10:00.123Z INFO  NET    node hospital-a connected
  * and JSON lines like
  *   {"ts":"...","level":"info","domain":"net","program":"medfl-node","msg":"..."}
- * Each line is formatted into a local buffer and written with one fwrite under a mutex. */
+ * Each line is formatted into a local buffer and written with one fwrite under a mutex.
+ *
+ * Messages carry text that came from peers, files and the command line (node ids, file
+ * names, error details). A newline in such text would forge a second log line ("\nFAKE
+ * INFO ..."), an ESC sequence would rewrite a terminal. So every formatted message has its
+ * control characters (C0, DEL, and the C1 range U+0080..U+009F in UTF-8) replaced by
+ * visible \xNN escapes before it is framed, here, so that no call site can forget it. */
 #include "common/log.h"
 
 #include <pthread.h>
@@ -25,6 +31,34 @@ static const char *const s_level_names[] = {"debug", "info", "warn", "error"};
 static const char *const s_domain_names[LOG_DOM_COUNT] = {
     "main", "net", "crypto", "train", "agg", "config", "privacy", "data"};
 
+/* Control bytes to "\xNN" (C1 controls: each of their two UTF-8 bytes). Stops early rather
+ * than cut an escape in half; out is always NUL-terminated. */
+static void s_escape_controls(const char *s, char *out, size_t out_size)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        unsigned char c = *p;
+        int c1 = c == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F;
+        if (c < 0x20 || c == 0x7F || c1) {
+            size_t need = c1 ? 8 : 4;
+            if (o + need >= out_size) break;
+            for (int k = 0; k <= c1; k++) {
+                unsigned char b = p[k];
+                out[o++] = '\\';
+                out[o++] = 'x';
+                out[o++] = hex[b >> 4];
+                out[o++] = hex[b & 15];
+            }
+            p += c1;
+        } else {
+            if (o + 1 >= out_size) break;
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+}
+
 void log_configure(FILE *sink, log_level_t min_level, log_format_t format)
 {
     pthread_mutex_lock(&s_lock);
@@ -38,7 +72,7 @@ void log_set_identity(const char *program, const char *instance)
 {
     pthread_mutex_lock(&s_lock);
     snprintf(s_program, sizeof s_program, "%s", program ? program : "medfl");
-    snprintf(s_instance, sizeof s_instance, "%s", instance ? instance : "");
+    s_escape_controls(instance ? instance : "", s_instance, sizeof s_instance);
     pthread_mutex_unlock(&s_lock);
 }
 
@@ -106,13 +140,15 @@ static void s_timestamp(char *buf, size_t size)
 void log_write(log_level_t level, log_domain_t domain, const char *fmt, ...)
 {
     if (level < s_min_level) return;
+    char raw[LOG_LINE_MAX];
     char msg[LOG_LINE_MAX];
     char line[LOG_LINE_MAX * 2];
     char ts[40];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    s_escape_controls(raw, msg, sizeof msg);
     s_timestamp(ts, sizeof ts);
 
     pthread_mutex_lock(&s_lock);

@@ -13,7 +13,11 @@
  * swap them between nodes or rounds. Every secret is wiped once its last use is over.
  * AdvertiseKeys signatures (Ed25519, identity key) cover
  *   "medfl-secagg-keys-v2" || round || context || node || c_pk || s_pk
- * where context is secagg_params_t.context, the digest of the round start the signer got. */
+ * where context is secagg_params_t.context, the digest of the round start the signer got.
+ * ConsistencyCheck signatures (identity key, Bonawitz et al. round 3) cover
+ *   "medfl-secagg-survivors-v1" || round || context || |U3| || U3 (sorted roster indices)
+ * and a node reveals shares only after t valid ones from its neighbourhood over the very U3
+ * it signed: an aggregator cannot show different survivor sets to different holders. */
 #include "common/secagg.h"
 
 #include <math.h>
@@ -38,6 +42,7 @@ static const char s_enc_label[] = "medfl-secagg-enc-v1";
 static const char s_mask_label[] = "medfl-secagg-mask-v1";
 static const char s_graph_label[] = "medfl-secagg-graph-v1";
 static const char s_ad_label[] = "medfl-secagg-share-v1";
+static const char s_set_label[] = "medfl-secagg-survivors-v1";
 
 static void s_le32(uint8_t *b, uint32_t v)
 {
@@ -65,6 +70,23 @@ uint32_t secagg_default_threshold(uint32_t k)
     return (k + 1) / 2 + 1 > k + 1 ? k + 1 : (k + 1) / 2 + 1;
 }
 
+/* Why a strict majority: the aggregator asks the k + 1 holders of node u's shares for b_u
+ * shares or for s_sk_u shares. With t <= (k + 1) / 2 it can ask two disjoint sets of t
+ * holders, telling one "u survived" and the other "u dropped", and get both secrets, so
+ * u's input in clear. With t > (k + 1) / 2 any two such sets share an honest holder, who
+ * reveals one kind only (and the signed survivor set makes the split visible anyway). */
+int secagg_threshold_check(uint32_t k, uint32_t t)
+{
+    uint32_t min = secagg_default_threshold(k);
+    if (t < min || t > k + 1)
+        return medfl_error_set(MEDFL_EPERM, "secagg params: threshold t = %u of the k + 1 = %u "
+                               "holders of each node's shares is not a strict majority (needs "
+                               "%u..%u): an aggregator could ask two disjoint sets of holders for "
+                               "both secrets of one node and unmask its input", t, k + 1, min,
+                               k + 1);
+    return 0;
+}
+
 int secagg_params_validate(const secagg_params_t *p)
 {
     if (p->n < 2 || p->n > SECAGG_MAX_NODES)
@@ -73,9 +95,7 @@ int secagg_params_validate(const secagg_params_t *p)
     if (p->k != p->n - 1 && (p->k < 2 || p->k > p->n - 2 || p->k % 2))
         return medfl_error_set(MEDFL_EINVAL, "secagg params: k = %u must be n-1 = %u or even "
                                "in 2..%u", p->k, p->n - 1, p->n - 2);
-    if (p->t < 1 || p->t > p->k + 1)
-        return medfl_error_set(MEDFL_EINVAL, "secagg params: t = %u outside 1..k+1 = %u", p->t,
-                               p->k + 1);
+    if (secagg_threshold_check(p->k, p->t) < 0) return -1;
     if (p->m < 1 || p->m > SECAGG_MAX_PARAMS)
         return medfl_error_set(MEDFL_EINVAL, "secagg params: m = %llu outside 1..%u",
                                (unsigned long long)p->m, SECAGG_MAX_PARAMS);
@@ -401,6 +421,29 @@ static int s_verify_keys(uint64_t round_id, const uint8_t context[SECAGG_CONTEXT
     return 0;
 }
 
+/* label || round || context || count || survivors (u32 LE each): what a ConsistencyCheck
+ * signature covers. Freed by the caller. */
+static uint8_t *s_set_msg(uint64_t round_id, const uint8_t context[SECAGG_CONTEXT_BYTES],
+                          const uint32_t *nodes, uint32_t count, size_t *len)
+{
+    size_t o = sizeof s_set_label - 1;
+    *len = o + 8 + SECAGG_CONTEXT_BYTES + 4 + 4 * (size_t)count;
+    uint8_t *m = malloc(*len);
+    if (!m) {
+        medfl_error_set(MEDFL_ENOMEM, "secagg: survivor set of %u nodes", count);
+        return NULL;
+    }
+    memcpy(m, s_set_label, o);
+    s_le64(m + o, round_id);
+    o += 8;
+    memcpy(m + o, context, SECAGG_CONTEXT_BYTES);
+    o += SECAGG_CONTEXT_BYTES;
+    s_le32(m + o, count);
+    o += 4;
+    for (uint32_t i = 0; i < count; i++, o += 4) s_le32(m + o, nodes[i]);
+    return m;
+}
+
 static void s_ad(uint8_t ad[sizeof s_ad_label - 1 + 16], uint64_t round_id, uint32_t sender,
                  uint32_t recipient)
 {
@@ -454,6 +497,10 @@ struct secagg_client_t {
     shamir_share_t *held_b, *held_sk; /* n each: our share of node v's b_v / s_sk_v */
     uint32_t *nbr;        /* k sorted neighbours */
     uint32_t n_nbr;
+    uint32_t *u3;         /* the survivor set this node signed (sorted) */
+    uint32_t n_u3;
+    uint8_t *revealed;    /* n: kind + 1 of the share of node v this node revealed, 0 = none;
+                           * kept after the reveal so the whole round is covered */
 };
 
 static void s_client_wipe(secagg_client_t *c)
@@ -507,8 +554,9 @@ secagg_client_t *secagg_client_new(const secagg_params_t *p, uint32_t self,
     c->held_b = calloc(n, sizeof *c->held_b);
     c->held_sk = calloc(n, sizeof *c->held_sk);
     c->nbr = malloc(p->k * sizeof *c->nbr);
+    c->revealed = calloc(n, 1);
     if (!c->id_pks || !c->peer_c_pk || !c->peer_s_pk || !c->in_u1 || !c->in_u2 || !c->held_b ||
-        !c->held_sk || !c->nbr)
+        !c->held_sk || !c->nbr || !c->revealed)
         goto oom;
     memcpy(c->id_pks, identity_pks, n * 32);
     memcpy(c->id_sk, identity_sk, sizeof c->id_sk);
@@ -534,6 +582,8 @@ void secagg_client_destroy(secagg_client_t **self_p)
     free(c->held_b);
     free(c->held_sk);
     free(c->nbr);
+    free(c->u3);
+    free(c->revealed);
     sodium_memzero(c, sizeof *c);
     free(c);
     *self_p = NULL;
@@ -542,6 +592,11 @@ void secagg_client_destroy(secagg_client_t **self_p)
 secagg_client_state_t secagg_client_state(const secagg_client_t *c)
 {
     return c->state;
+}
+
+int secagg_client_revealed(const secagg_client_t *c, uint32_t node)
+{
+    return node < c->p.n && c->revealed[node] ? c->revealed[node] - 1 : -1;
 }
 
 static int s_client_expect(secagg_client_t *c, secagg_client_state_t want, const char *what)
@@ -573,8 +628,7 @@ int secagg_client_advertise(secagg_client_t *c, uint8_t **out, size_t *out_len)
     uint8_t msg[S_SIG_MSG_BYTES];
     s_sig_msg(msg, c->p.round_id, c->p.context, &a.keys);
     crypto_sign_detached(a.keys.sig, NULL, msg, sizeof msg, c->id_sk);
-    /* the identity key is only needed for this signature */
-    sodium_memzero(c->id_sk, sizeof c->id_sk);
+    /* the identity key signs once more: the survivor set (secagg_client_sign_survivors) */
     if (secagg_advertise_encode(&a, out, out_len) < 0) return s_client_abort(c);
     c->state = SECAGG_C_ADVERTISED;
     return 0;
@@ -775,10 +829,121 @@ int secagg_client_masked_input(secagg_client_t *c, const uint32_t *x, uint8_t **
     return 0;
 }
 
+/* Self and neighbours: the holders of this node's shares, whose signatures count. */
+static bool s_client_holder(const secagg_client_t *c, uint32_t v)
+{
+    return v == c->self || secagg_graph_adjacent(c->g, c->self, v);
+}
+
+static bool s_in_sorted(const uint32_t *list, uint32_t count, uint32_t v)
+{
+    return bsearch(&v, list, count, sizeof *list, s_cmp_u32) != NULL;
+}
+
+int secagg_client_sign_survivors(secagg_client_t *c, const uint8_t *in, size_t in_len,
+                                 uint8_t **out, size_t *out_len)
+{
+    if (c->state == SECAGG_C_SIGNED || c->state == SECAGG_C_DONE) {
+        medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing a second survivor set in round "
+                        "%llu: a node signs one survivor set per round (two would let the "
+                        "aggregator show different survivors to different holders)", c->self,
+                        (unsigned long long)c->p.round_id);
+        return s_client_abort(c);
+    }
+    if (s_client_expect(c, SECAGG_C_MASKED, "ConsistencyCheck") < 0) return -1;
+    secagg_survivors_t sv;
+    if (secagg_survivors_decode(in, in_len, &sv) < 0) return s_client_abort(c);
+    int rc = -1;
+    uint8_t *msg = NULL;
+    size_t msg_len = 0;
+    if (s_client_round(c, sv.round_id, "ConsistencyCheck") < 0) goto done;
+    uint32_t holders = 0;
+    for (uint32_t i = 0; i < sv.count; i++) {
+        if (sv.nodes[i] >= c->p.n) {
+            medfl_error_set(MEDFL_EPROTO, "secagg client %u: ConsistencyCheck names node %u "
+                            "outside the roster", c->self, sv.nodes[i]);
+            goto done;
+        }
+        holders += s_client_holder(c, sv.nodes[i]);
+    }
+    if (!s_in_sorted(sv.nodes, sv.count, c->self)) {
+        medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing a survivor set that does not "
+                        "list this node, which sent its masked input", c->self);
+        goto done;
+    }
+    if (holders < c->p.t) {
+        medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing a survivor set with %u of this "
+                        "node's neighbourhood, threshold %u", c->self, holders, c->p.t);
+        goto done;
+    }
+    secagg_survivor_sig_t sg = {.round_id = c->p.round_id, .s.node = c->self};
+    if (!(msg = s_set_msg(c->p.round_id, c->p.context, sv.nodes, sv.count, &msg_len))) goto done;
+    crypto_sign_detached(sg.s.sig, NULL, msg, msg_len, c->id_sk);
+    sodium_memzero(c->id_sk, sizeof c->id_sk); /* its last use */
+    if (secagg_survivor_sig_encode(&sg, out, out_len) < 0) goto done;
+    c->u3 = sv.nodes;
+    c->n_u3 = sv.count;
+    sv.nodes = NULL;
+    c->state = SECAGG_C_SIGNED;
+    rc = 0;
+done:
+    free(msg);
+    secagg_survivors_clear(&sv);
+    return rc < 0 ? s_client_abort(c) : 0;
+}
+
+/* Before anything is revealed: the request names exactly the survivor set this node signed,
+ * and carries at least t valid signatures over it from distinct surviving holders (self and
+ * neighbours). Any signature that does not verify is refused outright: an honest aggregator
+ * forwards only signatures it verified itself. */
+static int s_check_consistency(secagg_client_t *c, const secagg_unmask_req_t *rq)
+{
+    if (rq->n_survivors != c->n_u3 ||
+        (c->n_u3 && memcmp(rq->survivors, c->u3, c->n_u3 * sizeof *c->u3) != 0))
+        return medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing UnmaskRequest: its "
+                               "survivor set (%u nodes) is not the one this node signed (%u "
+                               "nodes)", c->self, rq->n_survivors, c->n_u3);
+    size_t len = 0;
+    uint8_t *msg = s_set_msg(c->p.round_id, c->p.context, c->u3, c->n_u3, &len);
+    if (!msg) return -1;
+    uint32_t valid = 0;
+    int rc = 0;
+    for (uint32_t i = 0; i < rq->n_sigs && rc == 0; i++) {
+        uint32_t v = rq->sigs[i].node;
+        if (v >= c->p.n || !s_client_holder(c, v) || !s_in_sorted(c->u3, c->n_u3, v))
+            rc = medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing UnmaskRequest: it "
+                                 "forwards a survivor-set signature of node %u, not a surviving "
+                                 "member of this node's neighbourhood", c->self, v);
+        else if (crypto_sign_verify_detached(rq->sigs[i].sig, msg, len,
+                                             c->id_pks + 32 * (size_t)v) != 0)
+            rc = medfl_error_set(MEDFL_ECRYPTO, "secagg client %u: refusing UnmaskRequest: node "
+                                 "%u's signature does not verify over the survivor set this node "
+                                 "signed (the aggregator showed it another set)", c->self, v);
+        else
+            valid++;
+    }
+    free(msg);
+    if (rc == 0 && valid < c->p.t)
+        rc = medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing UnmaskRequest: %u valid "
+                             "signatures over the survivor set from this node's neighbourhood, "
+                             "threshold %u (without them the aggregator may have shown other "
+                             "survivors to other holders)", c->self, valid, c->p.t);
+    return rc;
+}
+
 int secagg_client_handle_unmask(secagg_client_t *c, const uint8_t *in, size_t in_len,
                                 uint8_t **out, size_t *out_len)
 {
-    if (s_client_expect(c, SECAGG_C_MASKED, "UnmaskRequest") < 0) return -1;
+    if (c->state == SECAGG_C_DONE) {
+        /* not an abort: what was revealed stays recorded, and nothing more will be */
+        uint32_t shown = 0;
+        for (uint32_t v = 0; v < c->p.n; v++) shown += c->revealed[v] != 0;
+        return medfl_error_set(MEDFL_EPERM, "secagg client %u: refusing a second UnmaskRequest "
+                               "in round %llu: this node already revealed %u shares and reveals "
+                               "once per round (another request could ask for the other share "
+                               "of a peer)", c->self, (unsigned long long)c->p.round_id, shown);
+    }
+    if (s_client_expect(c, SECAGG_C_SIGNED, "UnmaskRequest") < 0) return -1;
     secagg_unmask_req_t rq;
     if (secagg_unmask_req_decode(in, in_len, &rq) < 0) return s_client_abort(c);
     int rc = -1;
@@ -791,6 +956,7 @@ int secagg_client_handle_unmask(secagg_client_t *c, const uint8_t *in, size_t in
         goto done;
     }
     if (s_client_round(c, rq.round_id, "UnmaskRequest") < 0) goto done;
+    if (s_check_consistency(c, &rq) < 0) goto done;
     for (int pass = 0; pass < 2; pass++) {
         uint32_t cnt = pass ? rq.n_dropped : rq.n_survivors;
         const uint32_t *list = pass ? rq.dropped : rq.survivors;
@@ -839,6 +1005,8 @@ int secagg_client_handle_unmask(secagg_client_t *c, const uint8_t *in, size_t in
     }
     rs.count = cnt;
     if (secagg_unmask_resp_encode(&rs, out, out_len) < 0) goto done;
+    for (uint32_t i = 0; i < cnt; i++)
+        c->revealed[rs.entries[i].node] = (uint8_t)(rs.entries[i].kind + 1);
     c->state = SECAGG_C_DONE;
     s_client_wipe(c);
     rc = 0;
@@ -861,9 +1029,12 @@ struct secagg_server_t {
     secagg_keys_t *keys;     /* n, valid where has[PHASE_KEYS] */
     secagg_cipher_t **cts;   /* per sender: its ShareKeys entries, increasing recipient */
     uint32_t *n_cts;
-    uint8_t *has[5];         /* per phase 1..4: node took part */
-    uint32_t *set[5];        /* sorted participants of phase 1..4 */
-    uint32_t set_n[5];
+    uint8_t *has[6];         /* per phase 1..5: node took part */
+    uint32_t *set[6];        /* sorted participants of phase 1..5 */
+    uint32_t set_n[6];
+    uint8_t (*sigs)[SECAGG_SIG_BYTES]; /* n: survivor-set signatures, valid where has[4] */
+    uint8_t *set_msg;        /* what those signatures cover (built at close_masked) */
+    size_t set_msg_len;
     uint8_t *is_surv, *is_drop;
     uint32_t *sum;           /* m: running sum of masked inputs */
     uint64_t *rev_x;         /* n * (k+1): share points received per node */
@@ -902,10 +1073,11 @@ secagg_server_t *secagg_server_new(const secagg_params_t *p, const uint8_t *iden
     s->n_rev_b = calloc(n, sizeof *s->n_rev_b);
     s->n_rev_sk = calloc(n, sizeof *s->n_rev_sk);
     s->nbuf = malloc(p->k * sizeof *s->nbuf);
+    s->sigs = calloc(n, sizeof *s->sigs);
     if (!s->id_pks || !s->keys || !s->cts || !s->n_cts || !s->is_surv || !s->is_drop ||
-        !s->n_rev_b || !s->n_rev_sk || !s->nbuf)
+        !s->n_rev_b || !s->n_rev_sk || !s->nbuf || !s->sigs)
         goto oom;
-    for (int i = 1; i <= 4; i++) {
+    for (int i = 1; i <= 5; i++) {
         s->has[i] = calloc(n, 1);
         s->set[i] = calloc(n, sizeof *s->set[i]);
         if (!s->has[i] || !s->set[i]) goto oom;
@@ -935,10 +1107,12 @@ void secagg_server_destroy(secagg_server_t **self_p)
         for (uint32_t i = 0; i < s->p.n; i++) free(s->cts[i]);
     free(s->cts);
     free(s->n_cts);
-    for (int i = 1; i <= 4; i++) {
+    for (int i = 1; i <= 5; i++) {
         free(s->has[i]);
         free(s->set[i]);
     }
+    free(s->sigs);
+    free(s->set_msg);
     free(s->is_surv);
     free(s->is_drop);
     free(s->sum);
@@ -958,7 +1132,7 @@ secagg_server_state_t secagg_server_state(const secagg_server_t *s)
 
 const uint32_t *secagg_server_set(const secagg_server_t *s, int phase, uint32_t *count)
 {
-    if (phase < 1 || phase > 4) {
+    if (phase < 1 || phase > 5) {
         *count = 0;
         return NULL;
     }
@@ -1123,7 +1297,8 @@ static int s_cmp_cipher(const void *key, const void *elem)
 int secagg_server_shares_delivery(secagg_server_t *s, uint32_t recipient, uint8_t **out,
                                   size_t *out_len)
 {
-    if (s->state != SECAGG_S_MASKED && s->state != SECAGG_S_UNMASK && s->state != SECAGG_S_DONE)
+    if (s->state != SECAGG_S_MASKED && s->state != SECAGG_S_CONSISTENCY &&
+        s->state != SECAGG_S_UNMASK && s->state != SECAGG_S_DONE)
         return medfl_error_set(MEDFL_ESTATE, "secagg server: SharesDelivery before shares closed "
                                "or after abort");
     if (recipient >= s->p.n || !s->has[2][recipient])
@@ -1226,23 +1401,81 @@ int secagg_server_close_masked(secagg_server_t *s)
         medfl_error_set(MEDFL_ENOMEM, "secagg server: %zu share slots", cap);
         return s_server_abort(s);
     }
+    s->set_msg = s_set_msg(s->p.round_id, s->p.context, s->set[3], s->set_n[3], &s->set_msg_len);
+    if (!s->set_msg) return s_server_abort(s);
+    s->state = SECAGG_S_CONSISTENCY;
+    return 0;
+}
+
+int secagg_server_survivors(secagg_server_t *s, uint8_t **out, size_t *out_len)
+{
+    if (s_server_expect(s, SECAGG_S_CONSISTENCY, "ConsistencyCheck") < 0) return -1;
+    secagg_survivors_t sv = {.round_id = s->p.round_id, .count = s->set_n[3],
+                             .nodes = s->set[3]};
+    return secagg_survivors_encode(&sv, out, out_len);
+}
+
+int secagg_server_add_signature(secagg_server_t *s, const uint8_t *in, size_t len)
+{
+    if (s_server_expect(s, SECAGG_S_CONSISTENCY, "ConsistencySignature") < 0) return -1;
+    secagg_survivor_sig_t sg;
+    if (secagg_survivor_sig_decode(in, len, &sg) < 0) return -1;
+    uint32_t u = sg.s.node;
+    if (s_server_msg(s, sg.round_id, u, 4, "ConsistencySignature") < 0) return -1;
+    if (crypto_sign_verify_detached(sg.s.sig, s->set_msg, s->set_msg_len,
+                                    s->id_pks + 32 * (size_t)u) != 0)
+        return medfl_error_set(MEDFL_ECRYPTO, "secagg round %llu: node %u's signature does not "
+                               "verify over the survivor set this server sent (%u nodes)",
+                               (unsigned long long)s->p.round_id, u, s->set_n[3]);
+    memcpy(s->sigs[u], sg.s.sig, SECAGG_SIG_BYTES);
+    s->has[4][u] = 1;
+    return 0;
+}
+
+int secagg_server_close_signatures(secagg_server_t *s)
+{
+    if (s_server_expect(s, SECAGG_S_CONSISTENCY, "closing ConsistencySignature") < 0) return -1;
+    if (s_close_phase(s, 4, "signed the survivor set") < 0) return -1;
+    /* every holder that will be asked for shares checks t signatures of its neighbourhood,
+     * and every node to unmask needs t answering holders: both need t signers per holder set */
+    for (uint32_t u = 0; u < s->p.n; u++) {
+        if (!s->is_surv[u] && !s->is_drop[u]) continue;
+        uint32_t h = s_holders_in(s, u, 4);
+        if (h < s->p.t) {
+            medfl_error_set(MEDFL_ESTATE, "secagg round %llu aborted: only %u holders of node "
+                            "%u's shares signed the survivor set, threshold %u",
+                            (unsigned long long)s->p.round_id, h, u, s->p.t);
+            LOG_WARN(AGG, "%s", medfl_error_message());
+            return s_server_abort(s);
+        }
+    }
     s->state = SECAGG_S_UNMASK;
     return 0;
 }
 
-int secagg_server_unmask_request(secagg_server_t *s, uint8_t **out, size_t *out_len)
+int secagg_server_unmask_request(secagg_server_t *s, uint32_t recipient, uint8_t **out,
+                                 size_t *out_len)
 {
     if (s_server_expect(s, SECAGG_S_UNMASK, "UnmaskRequest") < 0) return -1;
+    if (recipient >= s->p.n || !s->has[4][recipient])
+        return medfl_error_set(MEDFL_EINVAL, "secagg server: node %u did not sign the survivor "
+                               "set", recipient);
     secagg_unmask_req_t rq = {.round_id = s->p.round_id};
     rq.survivors = malloc(s->p.n * sizeof *rq.survivors);
     rq.dropped = malloc(s->p.n * sizeof *rq.dropped);
+    rq.sigs = malloc((s->p.k + 1) * sizeof *rq.sigs);
     int rc = -1;
-    if (!rq.survivors || !rq.dropped) {
+    if (!rq.survivors || !rq.dropped || !rq.sigs) {
         medfl_error_set(MEDFL_ENOMEM, "secagg server: UnmaskRequest");
     } else {
         for (uint32_t u = 0; u < s->p.n; u++) {
             if (s->is_surv[u]) rq.survivors[rq.n_survivors++] = u;
             if (s->is_drop[u]) rq.dropped[rq.n_dropped++] = u;
+            /* the recipient's neighbourhood's signatures (itself included), increasing */
+            if (s->has[4][u] && (u == recipient || secagg_graph_adjacent(s->g, recipient, u))) {
+                rq.sigs[rq.n_sigs].node = u;
+                memcpy(rq.sigs[rq.n_sigs++].sig, s->sigs[u], SECAGG_SIG_BYTES);
+            }
         }
         rc = secagg_unmask_req_encode(&rq, out, out_len);
     }
@@ -1257,7 +1490,7 @@ int secagg_server_add_unmask(secagg_server_t *s, const uint8_t *in, size_t len)
     if (secagg_unmask_resp_decode(in, len, &rs) < 0) return -1;
     uint32_t u = rs.sender;
     int rc = -1;
-    if (s_server_msg(s, rs.round_id, u, 4, "UnmaskResponse") < 0) goto done;
+    if (s_server_msg(s, rs.round_id, u, 5, "UnmaskResponse") < 0) goto done;
     /* validate everything before storing anything */
     for (uint32_t i = 0; i < rs.count; i++) {
         const secagg_reveal_t *e = &rs.entries[i];
@@ -1279,7 +1512,7 @@ int secagg_server_add_unmask(secagg_server_t *s, const uint8_t *in, size_t len)
         s->rev[slot] = e->share;
         (*cnt)++;
     }
-    s->has[4][u] = 1;
+    s->has[5][u] = 1;
     rc = 0;
 done:
     secagg_unmask_resp_clear(&rs);
@@ -1348,10 +1581,10 @@ static int s_derive_pairs(s_pair_t *pairs, size_t np, uint64_t round_id, int thr
 int secagg_server_finish(secagg_server_t *s, uint32_t *sum)
 {
     if (s_server_expect(s, SECAGG_S_UNMASK, "finish") < 0) return -1;
-    uint32_t c4 = 0, t = s->p.t, n = s->p.n, n_drop = 0;
+    uint32_t c5 = 0, t = s->p.t, n = s->p.n, n_drop = 0;
     for (uint32_t u = 0; u < n; u++)
-        if (s->has[4][u]) s->set[4][c4++] = u;
-    s->set_n[4] = c4;
+        if (s->has[5][u]) s->set[5][c5++] = u;
+    s->set_n[5] = c5;
     for (uint32_t u = 0; u < n; u++) {
         uint32_t have = s->is_surv[u] ? s->n_rev_b[u] : s->is_drop[u] ? s->n_rev_sk[u] : t;
         if (have < t) {

@@ -15,10 +15,14 @@
  *     S: secagg_server_close_shares; for u in U2: secagg_server_shares_delivery(u)
  *   2 C: secagg_client_handle_shares(SharesDelivery); secagg_client_masked_input(x) ->
  *        MaskedInput                                            S: secagg_server_add_masked
- *     S: secagg_server_close_masked; secagg_server_unmask_request -> UnmaskRequest to U3
- *   3 C: secagg_client_handle_unmask(UnmaskRequest) -> UnmaskResponse
+ *     S: secagg_server_close_masked; secagg_server_survivors -> ConsistencyCheck (U3) to U3
+ *   3 C: secagg_client_sign_survivors(ConsistencyCheck) -> ConsistencySignature
+ *                                                               S: secagg_server_add_signature
+ *     S: secagg_server_close_signatures; for u in U4 (signers):
+ *        secagg_server_unmask_request(u) -> UnmaskRequest (U3, dropped, u's holders' signatures)
+ *   4 C: secagg_client_handle_unmask(UnmaskRequest) -> UnmaskResponse
  *                                                               S: secagg_server_add_unmask
- *     S: secagg_server_finish(sum) once all of U3 answered or at the deadline.
+ *     S: secagg_server_finish(sum) once all of U4 answered or at the deadline.
  * Any close_*() / finish() with fewer than t participants (or, in SecAgg+, fewer than t
  * shares for a node that must be unmasked) aborts the round: nothing more is revealed.
  * Every function returns 0 / -1 with medfl_error_set(); a client that returns -1 has
@@ -37,15 +41,21 @@
 /* ---- parameters and the neighbour graph ---------------------------------------------- */
 
 /* SecAgg+ default degree: the smallest even k >= 2 * ceil(log2 n), or n - 1 (complete graph)
- * when that is not smaller. Default threshold: a strict majority of the k + 1 holders. */
+ * when that is not smaller. Default threshold: a strict majority of the k + 1 holders,
+ * floor((k + 1) / 2) + 1, which is also the least threshold any party accepts. */
 uint32_t secagg_default_neighbours(uint32_t n);
 uint32_t secagg_default_threshold(uint32_t k);
+/* 0 when t is a strict majority of the k + 1 holders of a node's shares (t in
+ * secagg_default_threshold(k)..k+1), else -1 (MEDFL_EPERM) saying why a smaller t lets an
+ * active aggregator unmask one node. */
+int secagg_threshold_check(uint32_t k, uint32_t t) SECAGG_WUR;
 
 /* Fills p with a fresh random graph seed; k = 0 picks secagg_default_neighbours(n), t = 0
  * secagg_default_threshold(k). Validates. */
 int secagg_params_init(secagg_params_t *p, uint64_t round_id, uint32_t n, uint32_t k, uint32_t t,
                        uint64_t m);
-/* n in 2..SECAGG_MAX_NODES, k = n - 1 or even in 2..n-2, 1 <= t <= k + 1, 1 <= m <= max. */
+/* n in 2..SECAGG_MAX_NODES, k = n - 1 or even in 2..n-2, t a strict majority of k + 1
+ * (secagg_threshold_check), 1 <= m <= max. */
 int secagg_params_validate(const secagg_params_t *p) SECAGG_WUR;
 
 /* Harary graph H(k, n) on a ring whose order is a random permutation derived from the graph
@@ -92,8 +102,9 @@ typedef enum {
     SECAGG_C_ADVERTISED,  /* next: handle_keys */
     SECAGG_C_SHARED,      /* next: handle_shares */
     SECAGG_C_READY,       /* next: masked_input */
-    SECAGG_C_MASKED,      /* next: handle_unmask */
-    SECAGG_C_DONE,
+    SECAGG_C_MASKED,      /* next: sign_survivors */
+    SECAGG_C_SIGNED,      /* next: handle_unmask */
+    SECAGG_C_DONE,        /* revealed; a second UnmaskRequest is refused */
     SECAGG_C_ABORTED,
 } secagg_client_state_t;
 
@@ -119,12 +130,23 @@ int secagg_client_handle_shares(secagg_client_t *c, const uint8_t *in, size_t in
  * ring elements. Wipes s_sk_u, c_sk_u and b_u afterwards. */
 int secagg_client_masked_input(secagg_client_t *c, const uint32_t *x, uint8_t **out,
                                size_t *out_len) SECAGG_WUR;
-/* Round 3: refuses (aborts, wipes) if a node is both survivor and dropped, if this node is
- * not a survivor or is listed as dropped, if fewer than t survivors are listed, if a listed
- * neighbour never shared keys with us, or on a second request. Otherwise reveals b shares
- * of surviving holders-set members and s_sk shares of dropped neighbours, then wipes all. */
+/* Round 3 (ConsistencyCheck, Bonawitz et al. 2017 round 3): signs the survivor set U3 with the
+ * identity key over (round, context, U3) -> ConsistencySignature, and remembers U3. Refuses
+ * (aborts, wipes) a set that does not list this node or holds fewer than t of its
+ * neighbourhood, and any second survivor set in the round. Wipes the identity key. */
+int secagg_client_sign_survivors(secagg_client_t *c, const uint8_t *in, size_t in_len,
+                                 uint8_t **out, size_t *out_len) SECAGG_WUR;
+/* Round 4: before revealing anything, refuses (aborts, wipes) unless the request's survivors
+ * are exactly the U3 this node signed and it carries >= t valid signatures over that U3 from
+ * distinct surviving holders (self and neighbours), with no signature that fails. Then
+ * refuses if a node is both survivor and dropped, if this node is not a survivor, if a listed
+ * neighbour never shared keys with us. Otherwise reveals b shares of surviving holders-set
+ * members and s_sk shares of dropped neighbours, records what it revealed, wipes all. A
+ * second request in the round is refused (-1, MEDFL_EPERM) and reveals nothing. */
 int secagg_client_handle_unmask(secagg_client_t *c, const uint8_t *in, size_t in_len,
                                 uint8_t **out, size_t *out_len) SECAGG_WUR;
+/* The kind (secagg_reveal_kind_t) of node's share this client revealed, -1 for none. */
+int secagg_client_revealed(const secagg_client_t *c, uint32_t node);
 
 /* ---- server ------------------------------------------------------------------------ */
 
@@ -132,6 +154,7 @@ typedef enum {
     SECAGG_S_KEYS = 0,   /* collecting AdvertiseKeys */
     SECAGG_S_SHARES,     /* collecting ShareKeys */
     SECAGG_S_MASKED,     /* collecting MaskedInput */
+    SECAGG_S_CONSISTENCY,/* collecting ConsistencySignature over U3 */
     SECAGG_S_UNMASK,     /* collecting UnmaskResponse */
     SECAGG_S_DONE,
     SECAGG_S_ABORTED,
@@ -168,13 +191,21 @@ int secagg_server_add_masked_values(secagg_server_t *s, uint64_t round_id, uint3
 /* sum[i] += values_le[i] mod 2^32 for m little-endian u32 values. */
 void secagg_add_le(uint32_t *sum, const uint8_t *values_le, uint64_t m);
 int secagg_server_close_masked(secagg_server_t *s) SECAGG_WUR;
-int secagg_server_unmask_request(secagg_server_t *s, uint8_t **out, size_t *out_len) SECAGG_WUR;
+/* The ConsistencyCheck (U3), the same for every survivor. */
+int secagg_server_survivors(secagg_server_t *s, uint8_t **out, size_t *out_len) SECAGG_WUR;
+/* Verifies a survivor's signature over the U3 this server sent before storing it. */
+int secagg_server_add_signature(secagg_server_t *s, const uint8_t *in, size_t len) SECAGG_WUR;
+/* Aborts unless every node to unmask has >= t signers among its holders. */
+int secagg_server_close_signatures(secagg_server_t *s) SECAGG_WUR;
+/* recipient's UnmaskRequest: U3, the dropped nodes, and the signatures of its holders. */
+int secagg_server_unmask_request(secagg_server_t *s, uint32_t recipient, uint8_t **out,
+                                 size_t *out_len) SECAGG_WUR;
 int secagg_server_add_unmask(secagg_server_t *s, const uint8_t *in, size_t len) SECAGG_WUR;
 /* Reconstructs, removes the masks, writes the m-element sum of the survivors' inputs. */
 int secagg_server_finish(secagg_server_t *s, uint32_t *sum) SECAGG_WUR;
 
-/* Participants of a phase (1 = U1 advertised, 2 = U2 shared, 3 = U3 masked, 4 = U4
- * answered the unmask request), sorted; NULL for another phase. */
+/* Participants of a phase (1 = U1 advertised, 2 = U2 shared, 3 = U3 masked, 4 = U4 signed
+ * the survivor set, 5 = U5 answered the unmask request), sorted; NULL for another phase. */
 const uint32_t *secagg_server_set(const secagg_server_t *s, int phase, uint32_t *count);
 /* How many shares of node's self-mask seed (b) and mask key (sk) the server has received:
  * the protocol guarantees that at most one of them is non-zero. */

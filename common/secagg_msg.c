@@ -12,6 +12,7 @@
 static const char *const s_names[] = {
     "?", "AdvertiseKeys", "KeysBroadcast", "ShareKeys", "SharesDelivery",
     "MaskedInput", "UnmaskRequest", "UnmaskResponse", "SecAggParams",
+    "ConsistencyCheck", "ConsistencySignature",
 };
 
 /* ---- little-endian cursor ------------------------------------------------------------ */
@@ -87,7 +88,7 @@ int secagg_msg_peek(const uint8_t *buf, size_t len, secagg_msg_type_t *type, uin
     if (buf[2] != SECAGG_WIRE_VERSION)
         return medfl_error_set(MEDFL_EPROTO, "secagg message: version %u, expected %u", buf[2],
                                SECAGG_WIRE_VERSION);
-    if (buf[3] < SECAGG_MSG_ADVERTISE_KEYS || buf[3] > SECAGG_MSG_PARAMS)
+    if (buf[3] < SECAGG_MSG_ADVERTISE_KEYS || buf[3] > SECAGG_MSG_SURVIVORS_SIG)
         return medfl_error_set(MEDFL_EPROTO, "secagg message: unknown type %u", buf[3]);
     s_r_t r = {buf + 4, buf + len};
     if (type) *type = (secagg_msg_type_t)buf[3];
@@ -378,15 +379,100 @@ static int s_get_list(s_r_t *r, secagg_msg_type_t T, const char *field, uint32_t
     return 0;
 }
 
+int secagg_survivors_encode(const secagg_survivors_t *m, uint8_t **out, size_t *len)
+{
+    s_w_t w;
+    *len = SECAGG_HDR_BYTES + 4 + 4 * (size_t)m->count;
+    if (!(*out = s_alloc(*len, SECAGG_MSG_SURVIVORS, m->round_id, &w))) return -1;
+    s_put32(&w, m->count);
+    for (uint32_t i = 0; i < m->count; i++) s_put32(&w, m->nodes[i]);
+    return 0;
+}
+
+int secagg_survivors_decode(const uint8_t *buf, size_t len, secagg_survivors_t *m)
+{
+    const secagg_msg_type_t T = SECAGG_MSG_SURVIVORS;
+    s_r_t r;
+    memset(m, 0, sizeof *m);
+    if (s_open(buf, len, T, 4, &r, &m->round_id) < 0) return -1;
+    if (s_get_list(&r, T, "survivors", &m->count, &m->nodes) < 0 ||
+        s_exact(&r, T, 0, "survivors") < 0) {
+        secagg_survivors_clear(m);
+        return -1;
+    }
+    return 0;
+}
+
+void secagg_survivors_clear(secagg_survivors_t *m)
+{
+    if (!m) return;
+    free(m->nodes);
+    m->nodes = NULL;
+    m->count = 0;
+}
+
+#define S_SET_SIG_BYTES (4 + SECAGG_SIG_BYTES)
+
+int secagg_survivor_sig_encode(const secagg_survivor_sig_t *m, uint8_t **out, size_t *len)
+{
+    s_w_t w;
+    *len = SECAGG_HDR_BYTES + S_SET_SIG_BYTES;
+    if (!(*out = s_alloc(*len, SECAGG_MSG_SURVIVORS_SIG, m->round_id, &w))) return -1;
+    s_put32(&w, m->s.node);
+    s_putb(&w, m->s.sig, SECAGG_SIG_BYTES);
+    return 0;
+}
+
+int secagg_survivor_sig_decode(const uint8_t *buf, size_t len, secagg_survivor_sig_t *m)
+{
+    const secagg_msg_type_t T = SECAGG_MSG_SURVIVORS_SIG;
+    s_r_t r;
+    memset(m, 0, sizeof *m);
+    if (s_open(buf, len, T, 0, &r, &m->round_id) < 0 ||
+        s_exact(&r, T, S_SET_SIG_BYTES, "header") < 0)
+        return -1;
+    m->s.node = s_get32(&r);
+    s_getb(&r, m->s.sig, SECAGG_SIG_BYTES);
+    return s_node(T, m->s.node, "sender");
+}
+
 int secagg_unmask_req_encode(const secagg_unmask_req_t *m, uint8_t **out, size_t *len)
 {
     s_w_t w;
-    *len = SECAGG_HDR_BYTES + 8 + 4 * ((size_t)m->n_survivors + m->n_dropped);
+    *len = SECAGG_HDR_BYTES + 12 + 4 * ((size_t)m->n_survivors + m->n_dropped) +
+           (size_t)m->n_sigs * S_SET_SIG_BYTES;
     if (!(*out = s_alloc(*len, SECAGG_MSG_UNMASK_REQUEST, m->round_id, &w))) return -1;
     s_put32(&w, m->n_survivors);
     for (uint32_t i = 0; i < m->n_survivors; i++) s_put32(&w, m->survivors[i]);
     s_put32(&w, m->n_dropped);
     for (uint32_t i = 0; i < m->n_dropped; i++) s_put32(&w, m->dropped[i]);
+    s_put32(&w, m->n_sigs);
+    for (uint32_t i = 0; i < m->n_sigs; i++) {
+        s_put32(&w, m->sigs[i].node);
+        s_putb(&w, m->sigs[i].sig, SECAGG_SIG_BYTES);
+    }
+    return 0;
+}
+
+/* The forwarded survivor-set signatures: count, then (node, signature), nodes increasing. */
+static int s_get_sigs(s_r_t *r, secagg_msg_type_t T, uint32_t *count, secagg_set_sig_t **sigs)
+{
+    if (s_left(r) < 4)
+        return medfl_error_set(MEDFL_EPROTO, "%s: truncated before 'signatures'", s_names[T]);
+    uint32_t c = s_get32(r);
+    if (s_count(T, c, "signatures") < 0 || s_exact(r, T, (size_t)c * S_SET_SIG_BYTES,
+                                                   "signatures") < 0)
+        return -1;
+    *sigs = calloc(c ? c : 1, sizeof **sigs);
+    if (!*sigs) return medfl_error_set(MEDFL_ENOMEM, "%s: %u signatures", s_names[T], c);
+    *count = c;
+    for (uint32_t i = 0; i < c; i++) {
+        (*sigs)[i].node = s_get32(r);
+        s_getb(r, (*sigs)[i].sig, SECAGG_SIG_BYTES);
+        if ((*sigs)[i].node >= SECAGG_MAX_NODES || (i > 0 && (*sigs)[i].node <= (*sigs)[i - 1].node))
+            return medfl_error_set(MEDFL_EPROTO, "%s: 'signatures'[%u] = node %u invalid or not "
+                                   "increasing", s_names[T], i, (*sigs)[i].node);
+    }
     return 0;
 }
 
@@ -395,10 +481,10 @@ int secagg_unmask_req_decode(const uint8_t *buf, size_t len, secagg_unmask_req_t
     const secagg_msg_type_t T = SECAGG_MSG_UNMASK_REQUEST;
     s_r_t r;
     memset(m, 0, sizeof *m);
-    if (s_open(buf, len, T, 8, &r, &m->round_id) < 0) return -1;
+    if (s_open(buf, len, T, 12, &r, &m->round_id) < 0) return -1;
     if (s_get_list(&r, T, "survivors", &m->n_survivors, &m->survivors) < 0 ||
         s_get_list(&r, T, "dropped", &m->n_dropped, &m->dropped) < 0 ||
-        s_exact(&r, T, 0, "dropped") < 0) {
+        s_get_sigs(&r, T, &m->n_sigs, &m->sigs) < 0) {
         secagg_unmask_req_clear(m);
         return -1;
     }
@@ -410,8 +496,10 @@ void secagg_unmask_req_clear(secagg_unmask_req_t *m)
     if (!m) return;
     free(m->survivors);
     free(m->dropped);
+    free(m->sigs);
     m->survivors = m->dropped = NULL;
-    m->n_survivors = m->n_dropped = 0;
+    m->sigs = NULL;
+    m->n_survivors = m->n_dropped = m->n_sigs = 0;
 }
 
 #define S_REVEAL_BYTES (4 + 1 + SHAMIR_SHARE_BYTES)

@@ -36,6 +36,8 @@ typedef enum {
     SECAGG_MSG_UNMASK_REQUEST = 6, /* server -> client, round 3 input */
     SECAGG_MSG_UNMASK_RESPONSE = 7,/* client -> server, round 3 */
     SECAGG_MSG_PARAMS = 8,         /* server -> client, round announcement */
+    SECAGG_MSG_SURVIVORS = 9,      /* server -> client, consistency check input (U3) */
+    SECAGG_MSG_SURVIVORS_SIG = 10, /* client -> server, its signature over U3 */
 } secagg_msg_type_t;
 
 /* Public round parameters, fixed by the aggregator when it opens a round. Node ids are
@@ -95,12 +97,34 @@ typedef struct {
     const uint8_t *values_le; /* m little-endian uint32, borrowed from the decoded buffer */
 } secagg_masked_t;
 
+/* ConsistencyCheck (Bonawitz et al. round 3): the survivor set U3 the server will unmask,
+ * which every survivor signs before anyone reveals a share. */
+typedef struct {
+    uint64_t round_id;
+    uint32_t count;
+    uint32_t *nodes; /* strictly increasing */
+} secagg_survivors_t;
+
+/* A node's Ed25519 signature (identity key) over the round, its context and U3: sent alone
+ * as ConsistencySignature (node = sender), forwarded inside UnmaskRequest. */
+typedef struct {
+    uint32_t node;
+    uint8_t sig[SECAGG_SIG_BYTES];
+} secagg_set_sig_t;
+
+typedef struct {
+    uint64_t round_id;
+    secagg_set_sig_t s;
+} secagg_survivor_sig_t;
+
 typedef struct {
     uint64_t round_id;
     uint32_t n_survivors; /* U3: sent a masked input; reveal shares of their self-mask seed */
     uint32_t *survivors;
     uint32_t n_dropped;   /* U2 \ U3: shared keys but no masked input; reveal s_sk shares */
     uint32_t *dropped;
+    uint32_t n_sigs;      /* the recipient's neighbourhood's signatures over U3 */
+    secagg_set_sig_t *sigs; /* strictly increasing node */
 } secagg_unmask_req_t;
 
 typedef enum { SECAGG_REVEAL_B = 0, SECAGG_REVEAL_SK = 1 } secagg_reveal_kind_t;
@@ -150,6 +174,15 @@ void secagg_shares_clear(secagg_shares_t *m);
 size_t secagg_masked_size(uint64_t m);
 void secagg_masked_write_header(uint8_t *buf, uint64_t round_id, uint32_t sender, uint64_t m);
 int secagg_masked_decode(const uint8_t *buf, size_t len, secagg_masked_t *m)
+    __attribute__((warn_unused_result));
+
+int secagg_survivors_encode(const secagg_survivors_t *m, uint8_t **out, size_t *len);
+int secagg_survivors_decode(const uint8_t *buf, size_t len, secagg_survivors_t *m)
+    __attribute__((warn_unused_result));
+void secagg_survivors_clear(secagg_survivors_t *m);
+
+int secagg_survivor_sig_encode(const secagg_survivor_sig_t *m, uint8_t **out, size_t *len);
+int secagg_survivor_sig_decode(const uint8_t *buf, size_t len, secagg_survivor_sig_t *m)
     __attribute__((warn_unused_result));
 
 int secagg_unmask_req_encode(const secagg_unmask_req_t *m, uint8_t **out, size_t *len);

@@ -60,8 +60,11 @@ store_t *store_open(const char *path)
     }
     /* Tools and daemon wait up to 5 s for each other's write transactions. */
     sqlite3_busy_timeout(self->db, 5000);
+    /* synchronous=FULL: under WAL, NORMAL does not fsync at commit, so a committed revoke
+     * could be lost on power failure and a revoked node let back in. Registry writes are
+     * rare; durability matters more than their speed. */
     char *err = NULL;
-    if (sqlite3_exec(self->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
+    if (sqlite3_exec(self->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
                      &err) != SQLITE_OK ||
         sqlite3_exec(self->db, s_schema, NULL, NULL, &err) != SQLITE_OK) {
         medfl_error_set(MEDFL_EDB, "%s: cannot initialise registry: %s", path,

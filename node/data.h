@@ -15,11 +15,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum { DATA_FORMAT_JSONL = 0, DATA_FORMAT_CSV } data_format_t;
 
 /* Default byte guard per record text; the tokenizer truncates tokens, this bounds memory. */
 #define DATA_DEFAULT_MAX_TEXT_BYTES (1u << 20)
+/* Bad records listed one by one when the caller collects them (records_opts_t.bad_out). */
+#define DATA_DEFAULT_BAD_MAX 100
 
 typedef struct {
     char *text;        /* NUL-terminated, valid UTF-8 */
@@ -38,6 +41,12 @@ typedef struct {
     bool skip_unknown_labels;    /* drop (and count) records whose label is not in labels */
     bool skip_empty_text;        /* drop (and count) records whose text is empty */
     size_t max_text_bytes;       /* 0 = DATA_DEFAULT_MAX_TEXT_BYTES */
+    /* NULL: the first bad record stops the read. Else each bad record's error (file, line,
+     * record, field; never a value) is written to bad_out as "error: ..." -- the first
+     * bad_max (0 = DATA_DEFAULT_BAD_MAX) of them, then a count -- the read goes on, and it
+     * fails at the end naming how many were bad (check-data: every problem in one run). */
+    FILE *bad_out;
+    size_t bad_max;
 } records_opts_t;
 
 typedef struct records_t records_t;

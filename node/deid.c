@@ -10,6 +10,11 @@
  * lab values never take) and only then for the identifier itself. What this cannot catch
  * (bare names without any context, free-text places) is written down in docs/deid.md.
  *
+ * The matchers run on a normalised copy of the text (Unicode spaces, line breaks, dashes,
+ * quotes, fullwidth forms and zero-width characters folded to ASCII; see "normalisation"
+ * below), with a map back to the original bytes, so that a no-break space or an en dash
+ * cannot hide an identifier and redaction still replaces the original bytes.
+ *
  * Nothing here logs or prints matched text: reports name records and rules only. */
 #include "node/deid.h"
 
@@ -18,10 +23,12 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "node/commands.h"
+#include "node/node_config.h"
 
 static const char *s_rule_names[DEID_RULE_COUNT] = {
     "NAME", "DATE", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "ACCOUNT", "URL", "IP",
@@ -69,7 +76,9 @@ static int s_alnum(unsigned char c) { return s_alpha(c) || s_digit(c); }
 static int s_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 static int s_lower(unsigned char c) { return (c >= 'a' && c <= 'z'); }
 static int s_hex(unsigned char c) { return s_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-static int s_space(unsigned char c) { return c == ' ' || c == '\t'; }
+/* After normalisation every space is ' ' and every line break '\n'; a line break
+ * separates words like a space ("Dr.\nSmith" wrapped by an editor). */
+static int s_space(unsigned char c) { return c == ' ' || c == '\n'; }
 static unsigned char s_lc(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c; }
 
 typedef struct {
@@ -852,6 +861,55 @@ static size_t s_exact_any(const s_scan_t *s, size_t i, const char *const *list)
     return 0;
 }
 
+/* A street suffix at p: as listed ("Street", "St."), or in capitals ("STREET", "ST.") or
+ * lower case ("street", "ave.") when it is a whole word of 4+ letters or a dotted
+ * abbreviation -- "st", "dr", "way" and "row" are lower-case words, and "ST" (segment),
+ * "CT" (scan), "DR" capitals in clinical text. */
+static size_t s_street_suffix(const s_scan_t *s, size_t p)
+{
+    for (const char *const *w = s_street_suffixes; *w; w++) {
+        size_t L = strlen(*w);
+        if (!s_lit(s, p, *w) || !((*w)[L - 1] == '.' || s_wend(s, p + L))) continue;
+        int exact = memcmp(s->t + p, *w, L) == 0, caps = 1, lower = 1;
+        for (size_t j = 0; j < L; j++) {
+            if (s_lower(s->t[p + j])) caps = 0;
+            if (s_upper(s->t[p + j])) lower = 0;
+        }
+        if (exact || ((caps || lower) && (L >= 4 || (*w)[L - 1] == '.'))) return L;
+    }
+    return 0;
+}
+
+static int s_not_name_ex(const s_scan_t *s, size_t i, size_t k, int general_only);
+
+/* A lower-case word that can be part of a street name ("elm" in "42 elm street"): not a
+ * function word, unit or count noun, so "2 blocks down the road" and "took 2 pills on the
+ * street" stay clean. Returns its length or 0. */
+static size_t s_street_lowword(const s_scan_t *s, size_t p)
+{
+    static const char *const stop[] = {
+        "the", "a", "an", "of", "on", "in", "at", "to", "by", "for", "from", "with", "and",
+        "or", "down", "up", "across", "along", "near", "off", "over", "past", "per", "into",
+        "onto", "around", "behind", "outside", "inside", "is", "was", "are", "were", "be",
+        "his", "her", "their", "our", "my", "your", "this", "that", "same", "old", "new",
+        "block", "blocks", "mile", "miles", "feet", "foot", "ft", "yards", "yard", "meters",
+        "km", "times", "time", "days", "day", "weeks", "week", "months", "month", "years",
+        "year", "hours", "hour", "minutes", "min", "mg", "ml", "mcg", "mm", "cm", "kg", "lb",
+        "lbs", "cc", "meq", "mmol", "mmhg", "ms", "sec", "units", "unit", "tabs",
+        "tablets", "tablet", "pills", "pill", "caps", "capsules", "doses", "dose", "steps",
+        "flights", "stairs", "floors", "floor", "houses", "doors", "cars", "people",
+        "patients", "children", "kids", "dogs", "cats", "cigarettes", "packs", "drinks",
+        "beers", "glasses", "cups", "cans", "episodes", "falls", "lanes", "way", "ways", NULL};
+    if (!s_wstart(s, p) || !s_lower(s_at(s, p))) return 0;
+    size_t k = 0;
+    while (p + k < s->len && (s_lower(s->t[p + k]) || s->t[p + k] >= 0x80)) k++;
+    if (k < 2 || !s_wend(s, p + k)) return 0;
+    for (const char *const *w = stop; *w; w++)
+        if (strlen(*w) == k && memcmp(s->t + p, *w, k) == 0) return 0;
+    if (s_not_name_ex(s, p, k, 1)) return 0;
+    return k;
+}
+
 static void s_rule_street(s_scan_t *s)
 {
     for (size_t i = 0; i < s->len; i++) {
@@ -865,8 +923,13 @@ static void s_rule_street(s_scan_t *s)
         p = s_skip_ws(s, p);
         size_t words = 0, end = 0;
         while (words < 5) {
+            if (words > 0) {
+                size_t sk = s_street_suffix(s, p);
+                if (sk) { end = p + sk; break; }
+            }
             size_t d = s_exact_any(s, p, s_directions);
             size_t k = d ? d : s_capword(s, p);
+            if (!k && words < 3) k = s_street_lowword(s, p);
             if (!k) {
                 /* Numbered streets: "5th Avenue", "42nd Street" */
                 size_t nd = s_ndigits(s, p);
@@ -876,10 +939,6 @@ static void s_rule_street(s_scan_t *s)
                     k = nd + 2;
             }
             if (!k) break;
-            if (words > 0) {
-                size_t sk = s_exact_any(s, p, s_street_suffixes);
-                if (sk) { end = p + sk; break; }
-            }
             words++;
             p += k;
             if (!s_space(s_at(s, p))) break;
@@ -945,11 +1004,31 @@ static size_t s_zip_digits(const s_scan_t *s, size_t p)
     return s_num_right_ok(s, p + 5) ? 5 : 0;
 }
 
+/* A state written in lower case ("boston ma 02115", "austin, texas 78701"); the prepositions
+ * and words that are also state codes ("in", "or", "me", "oh", "hi", "ok", "id") are not
+ * taken in lower case. Returns its length or 0. */
+static size_t s_state_lower(const s_scan_t *s, size_t i)
+{
+    static const char *const words[] = {"in", "or", "me", "oh", "hi", "ok", "id", NULL};
+    for (const char *const *w = s_states; *w; w++) {
+        size_t L = strlen(*w);
+        if (!s_lit(s, i, *w) || !s_wend(s, i + L)) continue;
+        int lower = 1;
+        for (size_t j = 0; j < L; j++) if (s_upper(s->t[i + j])) lower = 0;
+        if (!lower) continue;
+        for (const char *const *x = words; *x; x++) if (strlen(*x) == L && s_lit(s, i, *x)) return 0;
+        return L;
+    }
+    return 0;
+}
+
 static void s_rule_zip(s_scan_t *s)
 {
     for (size_t i = 0; i < s->len; i++) {
-        if (!s_wstart(s, i) || !s_upper(s->t[i])) continue;
-        size_t k = s_exact_any(s, i, s_states);
+        if (!s_wstart(s, i) || !s_alpha(s->t[i])) continue;
+        size_t k = s_upper(s->t[i]) ? s_exact_any(s, i, s_states) : 0;
+        int lower = 0;
+        if (!k && s_lower(s->t[i])) lower = (k = s_state_lower(s, i)) > 0;
         if (!k) continue;
         size_t p = i + k;
         if (!s_space(s_at(s, p))) continue;
@@ -963,6 +1042,17 @@ static void s_rule_zip(s_scan_t *s)
         if (comma) { b--; while (b > 0 && s_space(s->t[b - 1])) b--; }
         size_t c = b;
         while (c > 0 && (s_alpha(s->t[c - 1]) || s->t[c - 1] == '.' || s->t[c - 1] == '\'')) c--;
+        if (lower) {
+            /* In lower case the place needs the comma of an address: "boston, ma 02115" or
+             * "42 elm street, boston ma 02115" -- not "heparin in 10000 units". */
+            size_t d = c;
+            while (d > 0 && s_space(s->t[d - 1])) d--;
+            if (c == b || !(comma || (d > 0 && s->t[d - 1] == ','))) continue;
+            s_add(s, DEID_ADDRESS, c, i + k);
+            s_add(s, DEID_ZIP, p, p + z);
+            i = p + z;
+            continue;
+        }
         /* Up to two more capitalised words of the city ("Salt Lake City"). */
         size_t city = c;
         int capital = c < b && s_upper(s->t[c]);
@@ -1159,15 +1249,46 @@ static size_t s_name_token(const s_scan_t *s, size_t i, int caps_ok)
     return k;
 }
 
-/* A sequence of 1-4 name tokens separated by single spaces. check_first: 1 = the first
- * token must not be a known non-name word or eponym, 2 = not a general word (eponyms are
- * surnames after a title: "Doctor Wilson"), 0 = no check. A later general word ends the
- * sequence. Returns the end or 0. */
+/* Lower-case surname particles ("van der Berg", "de la Cruz", "bin Said") at i, with the
+ * space after them; returns that length or 0. A particle only counts when a name token
+ * follows it (the caller checks). */
+static size_t s_particle(const s_scan_t *s, size_t i)
+{
+    static const char *const particles[] = {"van", "von", "der", "den", "de", "del", "della",
+                                            "di", "da", "du", "dos", "das", "la", "le", "ten",
+                                            "ter", "bin", "ibn", "al", "el", "st.", NULL};
+    if (!s_wstart(s, i) || !s_lower(s_at(s, i))) return 0;
+    for (const char *const *w = particles; *w; w++) {
+        size_t L = strlen(*w);
+        if (i + L < s->len && memcmp(s->t + i, *w, L) == 0 && s_space(s->t[i + L]))
+            return L + 1;
+    }
+    return 0;
+}
+
+/* Skips particles at p when a name token follows them; returns where the token starts. */
+static size_t s_skip_particles(const s_scan_t *s, size_t p, int caps_ok)
+{
+    size_t q = p;
+    for (int n = 0; n < 3; n++) {
+        size_t k = s_particle(s, q);
+        if (!k) break;
+        q += k;
+    }
+    return q != p && s_name_token(s, q, caps_ok) ? q : p;
+}
+
+/* A sequence of 1-4 name tokens separated by single spaces (or a line break), surname
+ * particles between or before them included. check_first: 1 = the first token must not be
+ * a known non-name word or eponym, 2 = not a general word (eponyms are surnames after a
+ * title: "Doctor Wilson"), 0 = no check. A later general word ends the sequence. Returns
+ * the end or 0. */
 static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_first, int *ntok)
 {
     size_t end = 0;
     int tokens = 0, full = 0;
     while (tokens < 4) {
+        p = s_skip_particles(s, p, caps_ok);
         size_t k = s_name_token(s, p, caps_ok);
         if (!k) break;
         int initial = k == 2 && s->t[p + 1] == '.';
@@ -1178,7 +1299,8 @@ static size_t s_name_seq(const s_scan_t *s, size_t p, int caps_ok, int check_fir
         if (!initial) full = 1;
         end = p + k;
         size_t q = end;
-        if (!s_space(s_at(s, q)) || !s_upper(s_at(s, q + 1))) break;
+        if (!s_space(s_at(s, q))) break;
+        if (!s_upper(s_at(s, q + 1)) && s_skip_particles(s, q + 1, caps_ok) == q + 1) break;
         p = q + 1;
     }
     if (ntok) *ntok = tokens;
@@ -1192,10 +1314,16 @@ static void s_rule_name(s_scan_t *s)
 {
     /* Titles: exact case so that "MS" (multiple sclerosis) and "dr" inside words do not
      * count; the next word must look like a name ("Dr. visit" does not). */
-    static const char *const titles[] = {"Dr.", "Dr", "DR.", "Doctor", "doctor", "Mr.", "Mr",
-                                         "MR.", "Mrs.", "Mrs", "MRS.", "Ms.", "Ms", "Miss",
+    static const char *const titles[] = {"Dr.", "Dr", "DR.", "DR", "Doctor", "doctor", "Mr.",
+                                         "Mr", "MR.", "MR", "Mrs.", "Mrs", "MRS.", "MRS", "Ms.",
+                                         "Ms", "Miss", "MISS",
                                          "Mx.", "Prof.", "Professor", "Sr.", "Sister", "Nurse",
                                          "Rev.", "Father", NULL};
+    /* Case-insensitive forms: dotted abbreviations and whole words only, so that "MS"
+     * (multiple sclerosis) and "dr" or "mr" inside abbreviations never count; not "ms."
+     * either, which ends "46 ms." (milliseconds) before a sentence. */
+    static const char *const titles_any_case[] = {"doctor", "professor", "mrs.", "mr.", "dr.",
+                                                  "mx.", "prof.", NULL};
     static const char *const after_title_not[] = {"Visit", "Visits", "Office", "Appointment",
                                                   "Note", "Notes", "Orders", "Order", "Appt",
                                                   "Consult", NULL};
@@ -1233,8 +1361,9 @@ static void s_rule_name(s_scan_t *s)
     for (size_t i = 0; i < s->len; i++) {
         if (!s_wstart(s, i) || !s_alpha(s->t[i])) continue;
         size_t k;
-        /* 1. Titles */
-        if ((k = s_exact_any(s, i, titles))) {
+        /* 1. Titles, also in other cases ("dr. Smith", "DR SMITH", "MRS. JONES"): a
+         * lower-case title is checked strictly below. */
+        if ((k = s_exact_any(s, i, titles)) || (k = s_kw_any(s, i, titles_any_case))) {
             size_t p = i + k;
             if (s_space(s_at(s, p))) {
                 p = s_skip_ws(s, p);
@@ -1375,6 +1504,148 @@ static void s_rule_name(s_scan_t *s)
     }
 }
 
+/* ---------------------------------------------------------------- normalisation */
+
+/* The matchers read ASCII punctuation, spaces and digits. Real notes (and exports from
+ * word processors, PDFs and EHR viewers) write the same things with other code points: a
+ * no-break or thin space in "Dr. Smith", an en dash or non-breaking hyphen in
+ * "555-123-4567", a line break between title and name, fullwidth digits, a zero-width space
+ * inside a word, a curly apostrophe in "O'Brien". Each of these alone used to hide PHI from
+ * every rule. So the text is first rewritten into a normal form -- each such character
+ * becomes its ASCII counterpart or disappears -- and the rules run on that, while a map
+ * from every normalised byte back to the original bytes it came from lets spans (and so
+ * redaction) cover exactly the right original bytes. Only what changes matching is folded
+ * (the NFKC cases that matter: fullwidth and mathematical letters and digits, ligatures);
+ * other non-ASCII characters (José, Müller) pass through unchanged. */
+typedef struct {
+    unsigned char *t; /* normalised text */
+    size_t len;
+    uint32_t *from;   /* from[i], to[i]: original bytes of the character byte i came from */
+    uint32_t *to;
+} s_norm_t;
+
+/* One UTF-8 character at i: its code point and length; an invalid byte decodes to itself
+ * with bit 31 set, so it passes through. */
+static size_t s_utf8_next(const unsigned char *t, size_t len, size_t i, uint32_t *cp)
+{
+    unsigned c = t[i];
+    size_t need = c < 0x80 ? 0 : (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2
+                : (c >= 0xF0 && c <= 0xF4) ? 3 : 4;
+    if (need == 0) { *cp = c; return 1; }
+    if (need == 4 || len - i <= need) { *cp = c | 0x80000000u; return 1; }
+    uint32_t v = c & (0x3Fu >> need);
+    for (size_t k = 1; k <= need; k++) {
+        if ((t[i + k] & 0xC0) != 0x80) { *cp = c | 0x80000000u; return 1; }
+        v = (v << 6) | (t[i + k] & 0x3F);
+    }
+    *cp = v;
+    return need + 1;
+}
+
+/* What code point cp becomes: writes up to 3 ASCII bytes into out and returns their count,
+ * 0 to drop it, or -1 to keep its original bytes. */
+static int s_fold(uint32_t cp, char *out)
+{
+    if (cp == '\t') { out[0] = ' '; return 1; }
+    if (cp == '\r' || cp == 0x0B || cp == 0x0C || cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
+        out[0] = '\n';
+        return 1;
+    }
+    if (cp < 0x80) return -1;
+    /* Space separators (Zs): no-break, en/em/thin/hair/narrow/figure spaces, ideographic. */
+    if (cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F ||
+        cp == 0x205F || cp == 0x3000) {
+        out[0] = ' ';
+        return 1;
+    }
+    /* Invisible: zero-width space/joiners, word joiner, BOM, soft hyphen, bidi controls. */
+    if ((cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
+        (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF ||
+        cp == 0xAD || cp == 0x180E || cp == 0x034F)
+        return 0;
+    /* Hyphens and dashes, minus signs. */
+    if ((cp >= 0x2010 && cp <= 0x2015) || cp == 0x2212 || cp == 0xFE58 || cp == 0xFE63 ||
+        cp == 0x2043) {
+        out[0] = '-';
+        return 1;
+    }
+    if (cp == 0x2018 || cp == 0x2019 || cp == 0x201B || cp == 0x2032 || cp == 0x02BC ||
+        cp == 0x02B9 || cp == 0x00B4 || cp == 0x0060) {
+        out[0] = '\'';
+        return 1;
+    }
+    if (cp == 0x201C || cp == 0x201D || cp == 0x201F || cp == 0x2033) { out[0] = '"'; return 1; }
+    if (cp == 0x2024 || cp == 0xFE52) { out[0] = '.'; return 1; }
+    if (cp == 0x2044 || cp == 0x2215) { out[0] = '/'; return 1; }
+    if (cp == 0xFE6B) { out[0] = '@'; return 1; }
+    /* Fullwidth ASCII (NFKC). */
+    if (cp >= 0xFF01 && cp <= 0xFF5E) { out[0] = (char)(cp - 0xFEE0); return 1; }
+    /* Mathematical alphanumerics (bold, italic, script, ... A-Z a-z and digits; NFKC). */
+    if (cp >= 0x1D400 && cp <= 0x1D6A3) {
+        uint32_t k = (cp - 0x1D400) % 52;
+        out[0] = (char)(k < 26 ? 'A' + k : 'a' + (k - 26));
+        return 1;
+    }
+    if (cp >= 0x1D7CE && cp <= 0x1D7FF) { out[0] = (char)('0' + (cp - 0x1D7CE) % 10); return 1; }
+    /* Latin ligatures ff fi fl ffi ffl st (NFKC). */
+    static const char *const lig[] = {"ff", "fi", "fl", "ffi", "ffl", "st", "st"};
+    if (cp >= 0xFB00 && cp <= 0xFB06) {
+        size_t n = strlen(lig[cp - 0xFB00]);
+        memcpy(out, lig[cp - 0xFB00], n);
+        return (int)n;
+    }
+    return -1;
+}
+
+static void s_norm_free(s_norm_t *n)
+{
+    free(n->t);
+    free(n->from);
+    free(n->to);
+    memset(n, 0, sizeof *n);
+}
+
+/* The normal form never grows: each character becomes at most as many bytes as it had
+ * ("\r\n" becomes one "\n"). */
+static int s_normalise(const char *text, size_t len, s_norm_t *n)
+{
+    memset(n, 0, sizeof *n);
+    if (len >= UINT32_MAX)
+        return medfl_error_set(MEDFL_EINVAL, "de-identification scan: text of %zu bytes is too "
+                               "long", len);
+    n->t = malloc(len + 1);
+    n->from = malloc((len + 1) * sizeof *n->from);
+    n->to = malloc((len + 1) * sizeof *n->to);
+    if (!n->t || !n->from || !n->to) {
+        s_norm_free(n);
+        return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+    }
+    const unsigned char *t = (const unsigned char *)text;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t k = s_utf8_next(t, len, i, &cp);
+        if (cp == '\r' && i + 1 < len && t[i + 1] == '\n') k = 2;
+        char buf[4];
+        int m = (cp & 0x80000000u) ? -1 : s_fold(cp, buf);
+        if (m < 0) {
+            memcpy(n->t + o, t + i, k);
+            m = (int)k;
+        } else {
+            memcpy(n->t + o, buf, (size_t)m);
+        }
+        for (int j = 0; j < m; j++) {
+            n->from[o + (size_t)j] = (uint32_t)i;
+            n->to[o + (size_t)j] = (uint32_t)(i + k);
+        }
+        o += (size_t)m;
+        i += k;
+    }
+    n->t[o] = '\0';
+    n->len = o;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- scan, redact */
 
 static int s_cmp_span(const void *a, const void *b)
@@ -1387,7 +1658,11 @@ static int s_cmp_span(const void *a, const void *b)
 
 int deid_scan(const char *text, size_t len, deid_span_t **spans_out, size_t *n_out)
 {
-    s_scan_t s = {(const unsigned char *)text, len, NULL, 0, 0, 0};
+    *spans_out = NULL;
+    *n_out = 0;
+    s_norm_t norm;
+    if (s_normalise(text, len, &norm) != 0) return -1;
+    s_scan_t s = {norm.t, norm.len, NULL, 0, 0, 0};
     s_rule_email(&s);
     s_rule_url(&s);
     s_rule_ip(&s);
@@ -1404,10 +1679,16 @@ int deid_scan(const char *text, size_t len, deid_span_t **spans_out, size_t *n_o
     s_rule_name(&s);
     if (s.oom) {
         free(s.v);
-        *spans_out = NULL;
-        *n_out = 0;
+        s_norm_free(&norm);
         return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
     }
+    /* Back to original bytes: a span starts where its first character started and ends
+     * where its last character ended. */
+    for (size_t i = 0; i < s.n; i++) {
+        s.v[i].end = norm.to[s.v[i].end - 1];
+        s.v[i].start = norm.from[s.v[i].start];
+    }
+    s_norm_free(&norm);
     if (s.n) qsort(s.v, s.n, sizeof *s.v, s_cmp_span);
     /* Two matchers may find the same span (SSN pattern and "SSN:" keyword): keep one. */
     size_t m = 0;
@@ -1486,32 +1767,76 @@ static void s_print_rules(FILE *out, uint32_t mask)
     }
 }
 
+/* Label names are shared by many records: scan each once. A label is a category name,
+ * but a misconfigured column can put names or note text there, and a label reaches the
+ * model (and the consortium's class list) just like text. */
+static int s_label_masks(const records_t *set, uint32_t **masks_out)
+{
+    size_t n = records_n_labels(set);
+    *masks_out = NULL;
+    if (n == 0) return 0;
+    uint32_t *m = calloc(n, sizeof *m);
+    if (!m) return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = records_label_name(set, (int)i);
+        m[i] = deid_scan_mask(name, strlen(name));
+        if (m[i] >> DEID_RULE_COUNT) {
+            free(m);
+            return medfl_error_set(MEDFL_ENOMEM, "de-identification scan: out of memory");
+        }
+    }
+    *masks_out = m;
+    return 0;
+}
+
 int deid_gate_records(records_t *set, deid_policy_t policy, FILE *out, size_t *flagged_out,
                       uint32_t *rules_seen_out)
 {
-    size_t flagged = 0;
-    uint32_t seen = 0;
-    if (policy != DEID_POLICY_OFF) {
-        for (size_t i = 0; i < records_count(set); i++) {
-            record_t *r = records_at(set, i);
-            uint32_t mask = deid_scan_mask(r->text, r->text_len);
-            if (!mask) continue;
-            if (mask >> DEID_RULE_COUNT)
-                return medfl_error_set(MEDFL_ENOMEM, "record %zu: de-identification scan: out "
-                                       "of memory", r->record_no);
-            flagged++;
-            seen |= mask;
-            if (out) {
-                fprintf(out, "record %zu: ", r->record_no);
-                s_print_rules(out, mask);
-                fputc('\n', out);
+    size_t flagged = 0, label_flagged = 0;
+    uint32_t seen = 0, label_seen = 0;
+    uint32_t *lmask = NULL;
+    if (policy != DEID_POLICY_OFF && s_label_masks(set, &lmask) != 0) return -1;
+    for (size_t i = 0; policy != DEID_POLICY_OFF && i < records_count(set); i++) {
+        record_t *r = records_at(set, i);
+        uint32_t mask = deid_scan_mask(r->text, r->text_len);
+        uint32_t lm = lmask && r->label >= 0 ? lmask[r->label] : 0;
+        if (!mask && !lm) continue;
+        if (mask >> DEID_RULE_COUNT) {
+            free(lmask);
+            return medfl_error_set(MEDFL_ENOMEM, "record %zu: de-identification scan: out "
+                                   "of memory", r->record_no);
+        }
+        flagged++;
+        seen |= mask | lm;
+        if (lm) { label_flagged++; label_seen |= lm; }
+        if (out) {
+            fprintf(out, "record %zu: ", r->record_no);
+            s_print_rules(out, mask);
+            if (lm) {
+                fprintf(out, "%slabel: ", mask ? "; " : "");
+                s_print_rules(out, lm);
             }
-            if (policy == DEID_POLICY_REDACT && deid_redact(&r->text, &r->text_len) < 0)
-                return -1;
+            fputc('\n', out);
+        }
+        if (mask && policy == DEID_POLICY_REDACT && deid_redact(&r->text, &r->text_len) < 0) {
+            free(lmask);
+            return -1;
         }
     }
+    free(lmask);
     if (flagged_out) *flagged_out = flagged;
     if (rules_seen_out) *rules_seen_out = seen;
+    /* A label is a class name: redacting it would merge or rename classes. */
+    if (label_flagged && policy == DEID_POLICY_REDACT) {
+        char rules[128] = "";
+        for (int k = 0, o = 0; k < DEID_RULE_COUNT; k++)
+            if (label_seen & (1u << k))
+                o += snprintf(rules + o, sizeof rules - (size_t)o, "%s%s", o ? "," : "",
+                              s_rule_names[k]);
+        return medfl_error_set(MEDFL_EFORMAT, "%zu records have a label that looks like PHI "
+                               "(%s); labels cannot be redacted: fix the label column",
+                               label_flagged, rules);
+    }
     return 0;
 }
 
@@ -1553,8 +1878,8 @@ int data_config_to_opts(const data_config_t *cfg, const char *records_path,
     return 0;
 }
 
-/* check-data reads only its own keys from node.conf; the rest of the file belongs to the
- * node's full option table, which validates it when the node starts. */
+/* check-data reads only its own keys from node.conf and skips the daemon's others; keys
+ * and sections unknown to the node's whole table (typos) are refused with file and line. */
 typedef struct {
     data_config_t data;
 } s_check_config_t;
@@ -1563,62 +1888,6 @@ static const cfg_option_t s_check_options[] = {
     DEID_CFG_OPTIONS(s_check_config_t, data),
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
-
-static char *s_trim(char *s)
-{
-    while (*s == ' ' || *s == '\t') s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
-        s[--n] = '\0';
-    return s;
-}
-
-static int s_load_check_config(const char *path, s_check_config_t *cfg, bool *have_records)
-{
-    if (cfg_set_defaults(s_check_options, cfg) != 0) return -1;
-    FILE *f = fopen(path, "r");
-    if (!f) return medfl_error_set(MEDFL_ECONFIG, "%s: cannot open: %m", path);
-    char line[4096], section[128] = "";
-    unsigned lineno = 0;
-    int rc = 0;
-    *have_records = false;
-    while (rc == 0 && fgets(line, sizeof line, f)) {
-        lineno++;
-        char *s = s_trim(line);
-        if (!*s || *s == '#' || *s == ';') continue;
-        if (*s == '[') {
-            char *close = strchr(s, ']');
-            if (close) { *close = '\0'; snprintf(section, sizeof section, "%s", s_trim(s + 1)); }
-            continue;
-        }
-        char *eq = strchr(s, '=');
-        if (!eq) continue;
-        *eq = '\0';
-        char *key = s_trim(s), *value = s_trim(eq + 1);
-        char full[256];
-        snprintf(full, sizeof full, "%s%s%s", section, section[0] ? "." : "", key);
-        if (!cfg_find(s_check_options, full)) continue;
-        if (*value == '"') {
-            char *endq = strrchr(value + 1, '"');
-            if (endq) { *endq = '\0'; value++; }
-        } else {
-            char *hash = strstr(value, " #");
-            if (hash) { *hash = '\0'; value = s_trim(value); }
-        }
-        char origin[600];
-        snprintf(origin, sizeof origin, "%s:%u", path, lineno);
-        if (strcmp(full, "data.records") == 0 && value[0] != '/' && strrchr(path, '/')) {
-            char buf[CFG_STR_MAX * 2];
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)(strrchr(path, '/') - path), path, value);
-            rc = cfg_set(s_check_options, cfg, full, buf, origin);
-        } else {
-            rc = cfg_set(s_check_options, cfg, full, value, origin);
-        }
-        if (strcmp(full, "data.records") == 0) *have_records = true;
-    }
-    fclose(f);
-    return rc;
-}
 
 static void s_check_usage(FILE *out)
 {
@@ -1645,10 +1914,12 @@ static void s_check_usage(FILE *out)
             "  --redacted-out FILE     with --policy redact: write the redacted records as JSONL\n");
 }
 
+/* Redacted clinical text is still clinical text: written 0600 through the atomic writer,
+ * so a crash never leaves half a file and nobody else on the host can read it. */
 static int s_write_redacted(const records_t *set, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return medfl_error_set(MEDFL_EIO, "%s: cannot create: %m", path);
+    atomic_file_t *f = atomic_file_new(path, 0600);
+    if (!f) return -1;
     int rc = 0;
     for (size_t i = 0; i < records_count(set) && rc == 0; i++) {
         const record_t *r = records_get(set, i);
@@ -1662,10 +1933,13 @@ static int s_write_redacted(const records_t *set, const char *path)
         char *js = cJSON_PrintUnformatted(o);
         cJSON_Delete(o);
         if (!js) { rc = medfl_error_set(MEDFL_ENOMEM, "out of memory"); break; }
-        if (fprintf(f, "%s\n", js) < 0) rc = medfl_error_set(MEDFL_EIO, "%s: write error", path);
+        size_t n = strlen(js);
+        js[n] = '\n'; /* replaces the NUL: written by length */
+        rc = atomic_file_write(f, js, n + 1);
         free(js);
     }
-    if (fclose(f) != 0 && rc == 0) rc = medfl_error_set(MEDFL_EIO, "%s: write error", path);
+    if (rc == 0) return atomic_file_commit(&f);
+    atomic_file_destroy(&f);
     return rc;
 }
 
@@ -1707,9 +1981,9 @@ int cmd_check_data(int argc, char **argv)
         }
         *slot = argv[++i];
     }
-    bool have_records = false;
-    if (conf && s_load_check_config(conf, &cfg, &have_records) != 0) return cli_fail("medfl-node");
-    if (!records && !have_records) {
+    if (conf && cfg_load_subset(s_check_options, node_config_table, &cfg, conf) != 0)
+        return cli_fail("medfl-node");
+    if (!records && !cfg.data.records[0]) {
         fprintf(stderr, "medfl-node check-data: give -c node.conf (with data.records) or "
                         "--records FILE\n");
         return 2;
@@ -1737,6 +2011,9 @@ int cmd_check_data(int argc, char **argv)
     size_t n_labels = 0;
     if (data_config_to_opts(&cfg.data, NULL, &opts, &label_list, &n_labels) != 0)
         return cli_fail("medfl-node");
+    /* Every bad record is listed (the first DATA_DEFAULT_BAD_MAX, then a count) so that one
+     * run tells the data steward all that is wrong with the export. */
+    opts.bad_out = stderr;
     records_t *set = records_new();
     int status = 0;
     if (!set) {

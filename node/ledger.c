@@ -338,7 +338,13 @@ int ledger_admit_round(ledger_t *self, int64_t round_id, double q, double sigma,
     char why[LEDGER_REASON_MAX] = "";
     if (rc == 0) {
         admitted = after <= self->budget;
-        if (!admitted)
+        if (!admitted && isinf(before))
+            snprintf(why, sizeof why,
+                     "privacy budget: this node contributed rounds without DP (rows of epsilon "
+                     "inf in its ledger): no (epsilon, delta) bound holds any more, so round "
+                     "%lld (q=%g, sigma=%g, %lld steps) is declined without training",
+                     (long long)round_id, q, sigma, (long long)steps);
+        else if (!admitted)
             snprintf(why, sizeof why,
                      "privacy budget: round %lld (q=%g, sigma=%g, %lld steps) would raise "
                      "epsilon from %.4f to %.4f at delta=%g, above this node's budget %.4f; "
@@ -379,6 +385,27 @@ int ledger_record_declined(ledger_t *self, int64_t round_id, double q, double si
         return -1;
     }
     LOG_WARN(PRIVACY, "round %lld declined: %s", (long long)round_id, reason);
+    return 0;
+}
+
+int ledger_record_no_dp(ledger_t *self, int64_t round_id, int64_t steps, const char *reason)
+{
+    if (steps < 0)
+        return medfl_error_set(MEDFL_EINVAL, "%s: planned round steps=%lld: must be >= 0",
+                               self->path, (long long)steps);
+    if (!reason || !*reason)
+        return medfl_error_set(MEDFL_EINVAL, "%s: a round without DP needs a reason", self->path);
+    /* q = 1, σ = 0: the accountant prices the row at infinite RDP (no noise, no privacy),
+     * so the composition over the history says what it is. */
+    if (s_exec(self, "BEGIN IMMEDIATE", "starting transaction") != 0) return -1;
+    int rc = s_insert(self, round_id, LEDGER_ADMITTED, 1.0, 0.0, steps, INFINITY, reason);
+    if (rc == 0) rc = s_exec(self, "COMMIT", "committing round");
+    if (rc != 0) {
+        sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    LOG_WARN(PRIVACY, "round %lld contributed WITHOUT differential privacy (epsilon infinite): %s",
+             (long long)round_id, reason);
     return 0;
 }
 
@@ -455,6 +482,8 @@ int ledger_foreach(ledger_t *self, int (*fn)(const ledger_entry_t *entry, void *
         e.budget = sqlite3_column_double(st, 9);
         const char *why = (const char *)sqlite3_column_text(st, 10);
         snprintf(e.reason, sizeof e.reason, "%s", why ? why : "");
+        /* Only ledger_record_no_dp writes an admitted row at σ = 0 with infinite ε. */
+        e.no_dp = e.status == LEDGER_ADMITTED && e.sigma == 0 && isinf(e.epsilon);
         if ((out = fn(&e, arg)) != 0) break;
     }
     if (out == 0 && rc != SQLITE_DONE) out = s_db_error(self, "reading rounds");

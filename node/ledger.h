@@ -37,7 +37,8 @@ typedef struct {
     double epsilon;     /* admitted: cumulative ε after this round; declined: the ε it would
                            have reached */
     double budget;      /* the budget in force at the decision */
-    char reason[LEDGER_REASON_MAX]; /* declined rounds: why */
+    char reason[LEDGER_REASON_MAX]; /* declined rounds: why; rounds without DP: that */
+    bool no_dp;         /* a round contributed WITHOUT DP (ledger_record_no_dp) */
 } ledger_entry_t;
 
 /* Opens (or creates) the ledger at path for a node whose config says epsilon_budget and
@@ -69,6 +70,14 @@ int ledger_admit_round(ledger_t *self, int64_t round_id, double q, double sigma,
 /* Appends a DECLINED row for a reason decided elsewhere (e.g. too few records). */
 int ledger_record_declined(ledger_t *self, int64_t round_id, double q, double sigma,
                            int64_t steps, const char *reason);
+
+/* Appends the row of a round this node contributes WITHOUT differential privacy (its policy,
+ * privacy.require_dp = false, allows it), before it trains: status ADMITTED, q = 1, σ = 0,
+ * ε = +inf, with the reason. No (ε, δ) bound covers a raw update, and the ledger says so:
+ * from this row on the composed ε is infinite (ledger_spent), so every later DP round is
+ * declined for budget; the privacy guarantee of the data cannot be restored. */
+int ledger_record_no_dp(ledger_t *self, int64_t round_id, int64_t steps, const char *reason)
+    __attribute__((warn_unused_result));
 
 /* ε spent so far by the admitted rounds (0 when none) and the order that gave it. */
 int ledger_spent(ledger_t *self, double *eps, double *opt_order);

@@ -107,6 +107,7 @@ static int s_rounds_setup(node_t *self)
         .identity_pk = self->keys->sign_public,
         .agg_sign_pk = agg_pk,
         .ledger = self->ledger,
+        .policy = &cfg->policy,
         .distributed_noise = cfg->train.distributed_noise,
         .distributed_colluders = (uint32_t)cfg->train.distributed_colluders,
     };
@@ -259,7 +260,11 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
     keys_key_id(self->keys->curve_public, self->key_id);
     const char *agg_key = cfg->agg_public_key[0] ? cfg->agg_public_key : cfg->agg_public_key_file;
     if (keys_load_curve_public(agg_key, self->agg_public) != 0) {
-        medfl_error_prefix("aggregator public key: ");
+        const char *key = cfg->agg_public_key[0] ? "aggregator.public_key" : "aggregator.public_key_file";
+        if (config_path)
+            medfl_error_prefix("%s:%u: key '%s': ", config_path, cfg_line_of(config_path, key), key);
+        else
+            medfl_error_prefix("key '%s': ", key);
         goto fail;
     }
     if (s_resolve_device(cfg->device, self->device, sizeof self->device) != 0) {
@@ -277,18 +282,24 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
             self->n_records = 0;
         }
     }
+    char agg_id[KEYS_ID_LEN + 1];
+    keys_key_id(self->agg_public, agg_id);
     wire_options_default(&self->wire_opts);
     self->wire_opts.heartbeat_ivl_ms = (int)cfg->heartbeat_ivl_ms;
     int64_t timeout = cfg->heartbeat_ivl_ms * cfg->heartbeat_misses;
     self->wire_opts.heartbeat_timeout_ms = timeout > 1000000000 ? 1000000000 : (int)timeout;
+    if (cfg->agg_public_key[0])
+        snprintf(self->wire_opts.server_key_origin, sizeof self->wire_opts.server_key_origin,
+                 "aggregator.public_key (key id %s)", agg_id);
+    else
+        snprintf(self->wire_opts.server_key_origin, sizeof self->wire_opts.server_key_origin,
+                 "aggregator.public_key_file (%s)", cfg->agg_public_key_file);
     if (s_connect(self) != 0) goto fail;
     if (s_metrics_setup(self) != 0) goto fail;
     if (s_rounds_setup(self) != 0) goto fail;
     if (self->round)
         metrics_set(self->metrics, "model_version", NULL,
                     (double)node_round_model_version(self->round));
-    char agg_id[KEYS_ID_LEN + 1];
-    keys_key_id(self->agg_public, agg_id);
     LOG_INFO(NET, "node %s (key %s) connecting to %s (aggregator key %s); device %s, %llu records",
              cfg->node_id, self->key_id, cfg->agg_endpoint, agg_id, self->device,
              (unsigned long long)self->n_records);

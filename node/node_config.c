@@ -33,6 +33,20 @@ const cfg_option_t node_config_table[] = {
      "after this many heartbeat periods without any reply the node says hello again"},
     DEID_CFG_OPTIONS(node_config_t, data),
     TRAIN_CFG_OPTIONS(node_config_t, train),
+    /* The node's privacy policy: what a round start must ask for before this node trains
+     * (node/round.c, docs/privacy.md section 11). Defaults are the safe side. */
+    {"privacy.require_dp", CFG_BOOL, O(policy.require_dp), 0, 0, "true", false, NULL,
+     "decline every federated round that does not ask for DP-SGD; off lets the aggregator "
+     "take raw updates (each such round is recorded in the ledger with epsilon infinite)"},
+    {"privacy.min_noise_multiplier", CFG_DOUBLE, O(policy.min_noise_multiplier), 0, 1e6,
+     "0.5", false, NULL,
+     "decline rounds whose noise multiplier sigma, as this node's ledger charges it (with "
+     "distributed noise: the accounted sigma), is below this"},
+    {"privacy.max_sample_rate", CFG_DOUBLE, O(policy.max_sample_rate), 1e-9, 1, "1", false,
+     NULL, "decline rounds whose Poisson sampling rate q is above this"},
+    {"privacy.max_clip_norm", CFG_DOUBLE, O(policy.max_clip_norm), 0, 1e6, "0", false, NULL,
+     "decline rounds whose per-example clipping norm C is above this; 0 = any C (epsilon "
+     "does not depend on C: the noise scales with it)"},
     {"aggregator.identity_key", CFG_STRING, O(agg_identity_key), 0, 0, "", false, NULL,
      "the aggregator's Ed25519 identity key (64 hex digits, or the path of its identity.pub): "
      "model versions must carry its signature; empty = this node takes part in no round"},
@@ -60,7 +74,7 @@ int node_config_load(node_config_t *cfg, const char *path)
     memset(cfg, 0, sizeof *cfg);
     if (cfg_load(node_config_table, cfg, path) != 0) return -1;
     if (store_node_id_check(cfg->node_id) != 0)
-        return medfl_error_prefix("%s: key 'node_id': ", path);
+        return medfl_error_prefix("%s:%u: key 'node_id': ", path, cfg_line_of(path, "node_id"));
     bool has_key = cfg->agg_public_key[0] != '\0';
     bool has_file = cfg->agg_public_key_file[0] != '\0';
     if (has_key == has_file)
@@ -88,4 +102,13 @@ const char *node_config_take_path(int *argc, char **argv)
         }
     }
     return path;
+}
+
+int node_config_path_of(const char *path, const char *key, const char *def, char *out)
+{
+    const cfg_option_t table[] = {
+        {key, CFG_PATH, 0, 0, 0, def, false, NULL, NULL},
+        {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
+    };
+    return cfg_load_subset(table, node_config_table, out, path);
 }

@@ -9,6 +9,7 @@
 
 #include "common/config.h"
 #include "node/deid.h"
+#include "node/round.h"
 #include "node/train.h"
 
 #define NODE_CONFIG_DEFAULT_PATH "/etc/medfl/node.conf"
@@ -25,6 +26,7 @@ typedef struct {
     int64_t heartbeat_misses;
     data_config_t data;   /* [data] and [deid]: shared with check-data */
     train_config_t train; /* [model], [train], [privacy] */
+    node_round_policy_t policy; /* [privacy] require_dp, min_noise_multiplier, max_* */
     /* federated rounds (node/round.c) */
     char agg_identity_key[CFG_STR_MAX];
     char round_trainer[CFG_STR_MAX];
@@ -45,5 +47,11 @@ int node_config_load(node_config_t *cfg, const char *path) __attribute__((warn_u
 
 /* "-c FILE" / "--config FILE" anywhere in argv, removed from it; default path otherwise. */
 const char *node_config_take_path(int *argc, char **argv);
+
+/* One path-valued key of a node config (resolved against the config's folder; def when
+ * the file does not set it), the rest of the file ignored: for tools that need only that
+ * key (import-model's model.base, synth's state_dir) on a node not yet fully configured.
+ * out holds CFG_STR_MAX bytes. */
+int node_config_path_of(const char *path, const char *key, const char *def, char *out);
 
 #endif

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/cli.h"
 #include "common/config.h"
@@ -25,6 +26,7 @@
 #include "common/error.h"
 #include "node/commands.h"
 #include "node/ledger.h"
+#include "node/node_config.h"
 
 #define PROG "medfl-node privacy"
 #define LEDGER_FILE "privacy_ledger.db"
@@ -32,6 +34,9 @@
 typedef struct {
     char state_dir[CFG_STR_MAX];
     double epsilon_budget;
+    bool dp;                 /* privacy.enabled */
+    double noise_multiplier; /* privacy.noise_multiplier, the per-round plan's sigma */
+    double sample_rate;      /* privacy.sample_rate, the plan's q */
     double delta;
 } privacy_conf_t;
 
@@ -45,6 +50,12 @@ static const cfg_option_t s_privacy_options[] = {
      "10", true, NULL, "total epsilon this node may ever spend"},
     {"privacy.delta", CFG_DOUBLE, offsetof(privacy_conf_t, delta), 1e-15, 0.1, "1e-5", false,
      NULL, "delta of the (epsilon, delta) guarantee; well below 1 / number of records"},
+    {"privacy.enabled", CFG_BOOL, offsetof(privacy_conf_t, dp), 0, 0, "false", false, NULL,
+     "train with DP-SGD"},
+    {"privacy.noise_multiplier", CFG_DOUBLE, offsetof(privacy_conf_t, noise_multiplier), 0, 1e6,
+     "0", false, NULL, "sigma"},
+    {"privacy.sample_rate", CFG_DOUBLE, offsetof(privacy_conf_t, sample_rate), 0, 1, "0", false,
+     NULL, "Poisson sampling rate q"},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 
@@ -59,7 +70,11 @@ static void s_usage(FILE *out)
             "  " PROG " -c node.conf            (or --ledger FILE --budget E --delta D)\n"
             "        prints this node's spent and remaining budget and its round history;\n"
             "        add --sample-rate Q --steps N [--noise-multiplier S] to check a plan;\n"
-            "        add --init to create an empty ledger (pins delta before the first round)\n"
+            "        add --init to create an empty ledger (pins delta before the first round);\n"
+            "        with -c also the plan of the config (privacy.noise_multiplier,\n"
+            "        privacy.sample_rate): epsilon per round of --round-steps N DP-SGD steps\n"
+            "        (default 20, the aggregator's federation.local_steps) and the rounds the\n"
+            "        remaining budget affords; before the first round over an empty ledger\n"
             "Options:\n"
             "  --conversion improved|classic   RDP to (epsilon, delta) conversion\n"
             "                                  (default improved: Balle et al. 2020, as Opacus)\n"
@@ -90,7 +105,7 @@ static int s_number(const char *opt, const char *text, double *out)
 static int s_read_node_conf(const char *path, privacy_conf_t *out)
 {
     memset(out, 0, sizeof *out);
-    return cfg_load_subset(s_privacy_options, out, path);
+    return cfg_load_subset(s_privacy_options, node_config_table, out, path);
 }
 
 static int s_print_entry(const ledger_entry_t *e, void *arg)
@@ -101,9 +116,11 @@ static int s_print_entry(const ledger_entry_t *e, void *arg)
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* no-dp: a raw update the node's policy let out (epsilon inf, docs/privacy.md §11) */
+    const char *status = e->no_dp ? "no-dp"
+                         : e->status == LEDGER_ADMITTED ? "admitted" : "declined";
     printf("  round %lld  %s  %-8s  q=%g sigma=%g steps=%lld  epsilon=%.4f  budget=%g%s%s\n",
-           (long long)e->round_id, when,
-           e->status == LEDGER_ADMITTED ? "admitted" : "declined", e->q, e->sigma,
+           (long long)e->round_id, when, status, e->q, e->sigma,
            (long long)e->steps, e->epsilon, e->budget, e->reason[0] ? "  reason: " : "",
            e->reason);
     return 0;
@@ -111,18 +128,76 @@ static int s_print_entry(const ledger_entry_t *e, void *arg)
 
 typedef struct {
     double q, sigma, target, delta, budget, tol;
-    long long steps;
+    long long steps, round_steps;
     bool has_q, has_sigma, has_target, has_delta, has_budget, has_steps, init;
     const char *config, *ledger;
     dp_conversion_t conv;
 } privacy_args_t;
 
+#define S_ROUNDS_MAX 10000000LL
+/* DP-SGD steps of one round when --round-steps is not given: the aggregator's default
+ * federation.local_steps (its RoundStart sets a live round's). */
+#define S_ROUND_STEPS 20
+
+/* Epsilon of k rounds of `steps` DP-SGD steps each at the config's (q, sigma). */
+static int s_rounds_epsilon(const privacy_conf_t *pc, long long steps, long long k, double delta,
+                            dp_conversion_t conv, double *eps)
+{
+    size_t n;
+    const double *orders = dp_default_orders(&n);
+    double *rdp = calloc(n, sizeof *rdp), order;
+    if (!rdp) return medfl_error_set(MEDFL_ENOMEM, "out of memory");
+    int rc = dp_compute_rdp(pc->sample_rate, pc->noise_multiplier, (int64_t)(k * steps), orders,
+                            n, rdp) != 0 ||
+             dp_rdp_to_epsilon(orders, rdp, n, delta, conv, eps, &order) != 0 ? -1 : 0;
+    free(rdp);
+    return rc;
+}
+
+/* The plan a config implies, printed beside the ledger: epsilon of one round of `steps`
+ * DP-SGD steps at the config's q and sigma, and how many such rounds the remaining budget
+ * affords (composition by RDP over all of them, as the ledger accounts). The aggregator's
+ * RoundStart decides a live round's q, sigma and steps; the config's values are what this
+ * node's officer planned with (privacy.noise_multiplier, privacy.sample_rate). */
+static int s_print_plan(const privacy_conf_t *pc, double remaining, double delta,
+                        long long steps, dp_conversion_t conv)
+{
+    if (!pc->dp) {
+        printf("plan: privacy.enabled = false: rounds spend no epsilon (no DP guarantee)\n");
+        return 0;
+    }
+    if (!(pc->noise_multiplier > 0) || !(pc->sample_rate > 0)) {
+        printf("plan: privacy.noise_multiplier and privacy.sample_rate not both set in the "
+               "config: the per-round epsilon depends on the aggregator's RoundStart\n");
+        return 0;
+    }
+    double eps1;
+    long long lo = 0, hi = 1;
+    if (s_rounds_epsilon(pc, steps, 1, delta, conv, &eps1) != 0) return -1;
+    for (double e; hi < S_ROUNDS_MAX; lo = hi, hi *= 2) {
+        if (s_rounds_epsilon(pc, steps, hi, delta, conv, &e) != 0) return -1;
+        if (e > remaining) break;
+    }
+    while (hi - lo > 1) { /* lo rounds fit, hi do not */
+        long long mid = lo + (hi - lo) / 2;
+        double e;
+        if (s_rounds_epsilon(pc, steps, mid, delta, conv, &e) != 0) return -1;
+        *(e <= remaining ? &lo : &hi) = mid;
+    }
+    printf("plan_sample_rate: %g\nplan_noise_multiplier: %g\nplan_steps_per_round: %lld\n",
+           pc->sample_rate, pc->noise_multiplier, steps);
+    printf("plan_epsilon_per_round: %.6f\n", eps1);
+    printf("plan_rounds_affordable: %lld%s\n", lo, lo >= S_ROUNDS_MAX ? "+" : "");
+    return 0;
+}
+
 static int s_ledger_mode(const privacy_args_t *a)
 {
     char path[CFG_STR_MAX + 64];
     double budget = a->budget, delta = a->delta;
+    privacy_conf_t pc;
+    memset(&pc, 0, sizeof pc);
     if (a->config) {
-        privacy_conf_t pc;
         if (s_read_node_conf(a->config, &pc) != 0) return cli_fail(PROG);
         snprintf(path, sizeof path, "%s/%s", pc.state_dir, LEDGER_FILE);
         budget = pc.epsilon_budget;
@@ -130,7 +205,11 @@ static int s_ledger_mode(const privacy_args_t *a)
     } else {
         snprintf(path, sizeof path, "%s", a->ledger);
     }
-    ledger_t *l = ledger_open(path, budget, delta, a->init ? LEDGER_CREATE : LEDGER_OPEN_EXISTING);
+    /* Before the first round the node has no ledger yet: the officer still sees the plan,
+     * over an empty ledger that is never written (SQLite's :memory:). */
+    bool absent = a->config && !a->init && access(path, F_OK) != 0;
+    ledger_t *l = ledger_open(absent ? ":memory:" : path, budget, delta,
+                              a->init || absent ? LEDGER_CREATE : LEDGER_OPEN_EXISTING);
     if (!l) return cli_fail(PROG);
     double spent, order, remaining;
     int64_t adm = 0, dec = 0;
@@ -139,7 +218,8 @@ static int s_ledger_mode(const privacy_args_t *a)
         ledger_destroy(&l);
         return cli_fail(PROG);
     }
-    printf("ledger: %s\n", path);
+    printf("ledger: %s%s\n", path, absent ? " (not created yet: the node creates it before its "
+                                            "first round; shown empty)" : "");
     printf("delta: %g\n", delta);
     printf("budget: %g\n", budget);
     printf("spent: %.6f\n", spent);
@@ -164,6 +244,9 @@ static int s_ledger_mode(const privacy_args_t *a)
             if (rc == 0) printf("noise_multiplier_for_remaining: %.6g\n", sigma);
         }
     }
+    if (rc == 0 && a->config)
+        rc = s_print_plan(&pc, remaining, delta, a->round_steps ? a->round_steps : S_ROUND_STEPS,
+                          a->conv);
     ledger_destroy(&l);
     return rc == 0 ? 0 : cli_fail(PROG);
 }
@@ -208,7 +291,7 @@ int cmd_privacy(int argc, char **argv)
         s_usage(stdout);
         return 0;
     }
-    enum { O_Q = 1000, O_SIGMA, O_STEPS, O_DELTA, O_TARGET, O_CONV, O_TOL, O_LEDGER, O_BUDGET, O_INIT };
+    enum { O_Q = 1000, O_SIGMA, O_STEPS, O_DELTA, O_TARGET, O_CONV, O_TOL, O_LEDGER, O_BUDGET, O_INIT, O_RSTEPS };
     static const struct option opts[] = {
         {"sample-rate", required_argument, NULL, O_Q},
         {"noise-multiplier", required_argument, NULL, O_SIGMA},
@@ -220,6 +303,7 @@ int cmd_privacy(int argc, char **argv)
         {"ledger", required_argument, NULL, O_LEDGER},
         {"budget", required_argument, NULL, O_BUDGET},
         {"init", no_argument, NULL, O_INIT},
+        {"round-steps", required_argument, NULL, O_RSTEPS},
         {"config", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0},
     };
@@ -238,6 +322,7 @@ int cmd_privacy(int argc, char **argv)
         case O_TARGET: name = "--target-epsilon"; break;
         case O_TOL: name = "--tolerance"; break;
         case O_BUDGET: name = "--budget"; break;
+        case O_RSTEPS: name = "--round-steps"; break;
         case O_CONV:
             if (dp_conversion_parse(optarg, &a.conv) != 0)
                 return s_bad("--conversion '%s': expected 'improved' or 'classic'", optarg);
@@ -276,6 +361,10 @@ int cmd_privacy(int argc, char **argv)
         case O_BUDGET:
             if (!(v > 0)) return s_bad("--budget %s: must be > 0", optarg);
             a.budget = v; a.has_budget = true; break;
+        case O_RSTEPS:
+            if (!(v >= 1 && v <= 1e9 && v == floor(v)))
+                return s_bad("--round-steps %s: must be a whole number >= 1", optarg);
+            a.round_steps = (long long)v; break;
         }
     }
     if (optind < argc) return s_bad("unexpected argument '%s'", argv[optind]);

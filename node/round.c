@@ -32,6 +32,7 @@ struct node_round_t {
     char residual_path[1100];
     uint8_t identity_sk[64], identity_pk[32], agg_pk[32];
     ledger_t *ledger;
+    node_round_policy_t policy; /* privacy.require_dp, min_noise_multiplier, max_* */
     bool distributed_noise;   /* privacy.distributed_noise */
     uint32_t colluders;       /* privacy.distributed_colluders */
     dp_rng_t *noise_rng;      /* ring noise (OS CSPRNG), created on first use */
@@ -44,6 +45,9 @@ struct node_round_t {
     metrics_t *metrics;       /* NULL when metrics are off */
     uint64_t m_round;         /* round joined last, until its version arrives */
     int64_t m_joined_ms;
+    uint64_t unmasked_round;  /* the last round whose UnmaskRequest this node answered or
+                               * refused: a node reveals shares once per round, so a second
+                               * request cannot ask for the other share of a peer */
 
     /* the round in progress */
     uint64_t round_id;
@@ -130,11 +134,13 @@ static void s_metrics_version(node_round_t *self, uint64_t rid, uint64_t v)
     self->m_round = 0;
 }
 
-static void s_metrics_trained(node_round_t *self, uint64_t n_examples, int64_t t0_ms)
+/* processed: examples that went through the model in this round's steps (not the weight the
+ * update carries, which is the size of the training split). */
+static void s_metrics_trained(node_round_t *self, uint64_t processed, int64_t t0_ms)
 {
     double s = (double)(service_now_ms() - t0_ms) / 1000.0;
-    metrics_add(self->metrics, "training_examples_total", NULL, (double)n_examples);
-    if (s > 0) metrics_set(self->metrics, "training_examples_per_second", NULL, n_examples / s);
+    metrics_add(self->metrics, "training_examples_total", NULL, (double)processed);
+    if (s > 0) metrics_set(self->metrics, "training_examples_per_second", NULL, processed / s);
 }
 
 /* ---- round state ---- */
@@ -213,7 +219,9 @@ static int s_train_and_send(node_round_t *self)
     int64_t t0_ms = service_now_ms();
     if (self->trainer.train(self->trainer.ctx, self->base, n, &self->hp, delta, &n_examples) != 0)
         goto done;
-    s_metrics_trained(self, n_examples, t0_ms);
+    s_metrics_trained(self, self->trainer.examples_processed
+                                ? self->trainer.examples_processed(self->trainer.ctx)
+                                : n_examples, t0_ms);
     bool ef = self->enc != FED_DENSE && self->cc.error_feedback;
     if (self->headroom > 0 && !self->noise_rng && !(self->noise_rng = dp_rng_new())) goto done;
     if (self->enc != FED_DENSE && !ef) {
@@ -426,6 +434,93 @@ static int s_shared_noise(node_round_t *self, const Medfl__RoundStart *rs,
     return 0;
 }
 
+void node_round_policy_default(node_round_policy_t *p)
+{
+    *p = (node_round_policy_t){.require_dp = true, .min_noise_multiplier = 0.5,
+                               .max_sample_rate = 1.0, .max_clip_norm = 0};
+}
+
+/* The node's privacy policy against the round's DP parameters as this node would train them
+ * (sigma_acc: the sigma its ledger would charge, less than the round's sigma when it adds
+ * only a share in the ring). 0 inside the policy, -1 with the reason. The numbers named are
+ * round parameters, never data. */
+static int s_policy_check(const node_round_t *self, const round_hparams_t *hp, double sigma_acc,
+                          char *why, size_t why_len)
+{
+    const node_round_policy_t *p = &self->policy;
+    if (!hp->dp) {
+        if (!p->require_dp) return 0;
+        snprintf(why, why_len, "privacy policy: the round asks for no DP-SGD and this node's "
+                 "privacy.require_dp is on: it sends DP-noised updates only");
+        return -1;
+    }
+    if (!isfinite(sigma_acc) || !(sigma_acc >= p->min_noise_multiplier))
+        snprintf(why, why_len, "privacy policy: the round's noise multiplier %g (accounted "
+                 "sigma %g) is below this node's privacy.min_noise_multiplier %g",
+                 hp->noise_multiplier, sigma_acc, p->min_noise_multiplier);
+    else if (!(hp->sample_rate > 0 && hp->sample_rate <= p->max_sample_rate))
+        snprintf(why, why_len, "privacy policy: the round's sample rate %g is not in (0, %g] "
+                 "(privacy.max_sample_rate)", hp->sample_rate, p->max_sample_rate);
+    else if (!isfinite(hp->clip_norm) || !(hp->clip_norm > 0) ||
+             (p->max_clip_norm > 0 && hp->clip_norm > p->max_clip_norm))
+        snprintf(why, why_len, "privacy policy: the round's clip norm %g is not in (0, %g] "
+                 "(privacy.max_clip_norm)", hp->clip_norm,
+                 p->max_clip_norm > 0 ? p->max_clip_norm : INFINITY);
+    else if (self->ledger && !(hp->delta <= ledger_delta(self->ledger)))
+        snprintf(why, why_len, "privacy policy: the round states delta %g, above this node's "
+                 "privacy.delta %g", hp->delta, ledger_delta(self->ledger));
+    else
+        return 0;
+    return -1;
+}
+
+/* The policy, then the ledger, decide before anything is trained, and the ledger records
+ * every decision (also a policy decline: the privacy officer's audit shows what the
+ * aggregator asked for). 0: train; -1: declined (Decline sent). */
+static int s_admit(node_round_t *self, uint64_t rid, const round_hparams_t *hp, double sigma_acc)
+{
+    char reason[LEDGER_REASON_MAX] = "";
+    if (!self->ledger) {
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET,
+                  "no privacy ledger configured");
+        return -1;
+    }
+    if (s_policy_check(self, hp, sigma_acc, reason, sizeof reason) != 0) {
+        /* Hostile values cannot be stored as numbers; the reason still names them. */
+        bool ok = hp->dp && hp->sample_rate >= 0 && hp->sample_rate <= 1 && sigma_acc >= 0 &&
+                  isfinite(sigma_acc);
+        if (ledger_record_declined(self->ledger, (int64_t)rid, ok ? hp->sample_rate : 1.0,
+                                   ok ? sigma_acc : 0.0, hp->local_steps, reason) != 0)
+            LOG_ERROR(PRIVACY, "round %" PRIu64 ": the policy decline is not in the ledger: %s",
+                      rid, medfl_error_message());
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY, reason);
+        return -1;
+    }
+    if (!hp->dp) {
+        snprintf(reason, sizeof reason, "no DP: the round asks for no DP-SGD and this node's "
+                 "privacy.require_dp is off; the update leaves without noise, no epsilon bounds it");
+        if (ledger_record_no_dp(self->ledger, (int64_t)rid, hp->local_steps, reason) == 0) {
+            metrics_set(self->metrics, "privacy_epsilon_spent", NULL, INFINITY);
+            return 0;
+        }
+        snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
+        return -1;
+    }
+    double eps = 0;
+    int adm = ledger_admit_round(self->ledger, (int64_t)rid, hp->sample_rate, sigma_acc,
+                                 hp->local_steps, &eps, reason, sizeof reason);
+    if (adm < 0) snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
+    if (adm != 1) {
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
+        return -1;
+    }
+    LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
+             rid, eps);
+    metrics_set(self->metrics, "privacy_epsilon_spent", NULL, eps);
+    return 0;
+}
+
 static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
 {
     const Medfl__RoundStart *rs = msg->body.round_start;
@@ -487,6 +582,16 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     vs_manifest_destroy(&m);
 
     bool secure = sa->enabled;
+    /* Before the ledger charges anything: a threshold that is no strict majority of a
+     * neighbourhood lets an active aggregator unmask one node (docs/secure-aggregation.md). */
+    if (secure && secagg_threshold_check(sa->neighbours ? sa->neighbours
+                                                        : (uint32_t)sa->n_participants - 1,
+                                         sa->threshold) != 0) {
+        snprintf(text, sizeof text, "secure aggregation refused: %s", medfl_error_message());
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);
+        return;
+    }
     fed_encoding_t enc;
     compress_config_t cc;
     if (fed_compression(rs->compression, secure, (uint32_t)numel, &enc, &cc) != 0) {
@@ -526,8 +631,17 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
             return;
         }
         char why[400] = "";
-        if (s_shared_noise(self, rs, &hp, enc, &cc, numel, &shared_std, &sigma_acc, why,
-                           sizeof why) == 0) {
+        int shared = s_shared_noise(self, rs, &hp, enc, &cc, numel, &shared_std, &sigma_acc, why,
+                                    sizeof why);
+        /* The policy's floor is on the accounted sigma: a share plan below it falls back to
+         * all of sigma here, which the floor then checks like any round. */
+        if (shared == 0 && !(sigma_acc >= self->policy.min_noise_multiplier)) {
+            snprintf(why, sizeof why, "its accounted sigma %.6g would be below this node's "
+                     "privacy.min_noise_multiplier %g", sigma_acc,
+                     self->policy.min_noise_multiplier);
+            shared = -1;
+        }
+        if (shared == 0) {
             LOG_INFO(PRIVACY, "round %" PRIu64 ": distributed noise: this node adds std %.4g in "
                      "the ring (sigma %g split over %u honest contributors); accounted sigma "
                      "%.4f", rid, shared_std, hp.noise_multiplier,
@@ -541,24 +655,9 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         }
     }
 
-    /* The ledger decides before anything is trained (and records the decision). */
-    if (hp.dp) {
-        char reason[LEDGER_REASON_MAX] = "";
-        double eps = 0;
-        int adm = self->ledger ? ledger_admit_round(self->ledger, (int64_t)rid, hp.sample_rate,
-                                                    sigma_acc, hp.local_steps, &eps,
-                                                    reason, sizeof reason)
-                               : 0;
-        if (!self->ledger) snprintf(reason, sizeof reason, "no privacy ledger configured");
-        if (adm < 0) snprintf(reason, sizeof reason, "ledger: %s", medfl_error_message());
-        if (adm != 1) {
-            free(base);
-            s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET, reason);
-            return;
-        }
-        LOG_INFO(PRIVACY, "round %" PRIu64 " admitted by the privacy ledger: epsilon after it %.4f",
-                 rid, eps);
-        metrics_set(self->metrics, "privacy_epsilon_spent", NULL, eps);
+    if (s_admit(self, rid, &hp, sigma_acc) != 0) {
+        free(base);
+        return;
     }
 
     self->round_id = rid;
@@ -690,18 +789,41 @@ static void s_on_shares(node_round_t *self, const wire_msg_t *msg)
     if (s_train_and_send(self) != 0) s_end_round(self);
 }
 
+static void s_on_survivors(node_round_t *self, const wire_msg_t *msg)
+{
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    Medfl__ConsistencySignature cs = MEDFL__CONSISTENCY_SIGNATURE__INIT;
+    if (fed_survivors_from_proto(msg->body.consistency_check, self->round_id, self->roster,
+                                 self->n_roster, &in, &in_len) != 0 ||
+        secagg_client_sign_survivors(self->sc, in, in_len, &out, &out_len) != 0 ||
+        fed_survivor_sig_to_proto(out, out_len, &cs) != 0 ||
+        s_send(self, MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE, &cs.base, NULL, 0, NULL) != 0) {
+        LOG_ERROR(CRYPTO, "round %" PRIu64 ": survivor set refused, leaving the round: %s",
+                  self->round_id, medfl_error_message());
+        s_end_round(self);
+    } else {
+        LOG_INFO(NET, "round %" PRIu64 ": survivor set of %zu nodes signed",
+                 self->round_id, msg->body.consistency_check->n_survivors);
+    }
+    fed_proto_free_survivor_sig(&cs);
+    free(in);
+    free(out);
+}
+
 static void s_on_unmask(node_round_t *self, const wire_msg_t *msg)
 {
     uint8_t *in = NULL, *out = NULL;
     size_t in_len = 0, out_len = 0;
     Medfl__UnmaskResponse ur = MEDFL__UNMASK_RESPONSE__INIT;
+    self->unmasked_round = self->round_id;
     if (fed_unmask_req_from_proto(msg->body.unmask_request, self->round_id, self->roster,
                                   self->n_roster, &in, &in_len) != 0 ||
         secagg_client_handle_unmask(self->sc, in, in_len, &out, &out_len) != 0 ||
         fed_unmask_resp_to_proto(out, out_len, self->roster, self->n_roster, &ur) != 0 ||
         s_send(self, MEDFL__MSG_TYPE__MSG_UNMASK_RESPONSE, &ur.base, NULL, 0, NULL) != 0)
-        LOG_ERROR(NET, "round %" PRIu64 ": unmask request refused: %s", self->round_id,
-                  medfl_error_message());
+        LOG_ERROR(CRYPTO, "round %" PRIu64 ": unmask request refused, no share revealed: %s",
+                  self->round_id, medfl_error_message());
     else
         LOG_INFO(NET, "round %" PRIu64 ": unmask response sent (%zu shares)", self->round_id,
                  ur.n_shares);
@@ -765,7 +887,16 @@ int node_round_on_message(node_round_t *self, const wire_msg_t *msg)
         return 1;
     case MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST:
     case MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY:
+    case MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK:
     case MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST:
+        if (msg->type == MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST && msg->round_id &&
+            msg->round_id == self->unmasked_round) {
+            LOG_ERROR(CRYPTO, "round %" PRIu64 ": second unmask request refused: this node "
+                      "already answered the round's unmask request and reveals shares once "
+                      "per round (a second request could ask for the other share of a peer)",
+                      msg->round_id);
+            return 1;
+        }
         if (!self->round_id || msg->round_id != self->round_id || !self->sc) {
             LOG_WARN(NET, "%s for round %" PRIu64 " ignored: this node is not in it (current %" PRIu64
                      ")", wire_type_name(msg->type), msg->round_id, self->round_id);
@@ -773,6 +904,7 @@ int node_round_on_message(node_round_t *self, const wire_msg_t *msg)
         }
         if (msg->type == MEDFL__MSG_TYPE__MSG_KEYS_BROADCAST) s_on_keys(self, msg);
         else if (msg->type == MEDFL__MSG_TYPE__MSG_SHARES_DELIVERY) s_on_shares(self, msg);
+        else if (msg->type == MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK) s_on_survivors(self, msg);
         else s_on_unmask(self, msg);
         return 1;
     case MEDFL__MSG_TYPE__MSG_ERROR:
@@ -813,6 +945,10 @@ node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_
     memcpy(self->identity_pk, opts->identity_pk, 32);
     memcpy(self->agg_pk, opts->agg_sign_pk, 32);
     self->ledger = opts->ledger;
+    if (opts->policy)
+        self->policy = *opts->policy;
+    else
+        node_round_policy_default(&self->policy);
     self->distributed_noise = opts->distributed_noise;
     self->colluders = opts->distributed_colluders;
     self->trainer = *trainer;
@@ -1049,7 +1185,7 @@ static int s_synth_eval(void *ctx, const float *x, size_t n, double *loss, doubl
 
 void synth_trainer_bind(synth_trainer_t *s, round_trainer_t *t)
 {
-    t->check_layout = NULL;
+    memset(t, 0, sizeof *t); /* every optional callback absent (callers pass stack memory) */
     t->ctx = s;
     t->train = s_synth_train;
     t->evaluate = s_synth_eval;

@@ -1,6 +1,8 @@
 /* The node's side of a federated round, driven from node/node.c's loop:
  *
  *   RoundStart -> base version held and verified? (else Decline BASE_MISMATCH)
+ *              -> DP parameters inside this node's privacy policy? (else Decline
+ *                 PRIVACY_POLICY, recorded in the ledger, no training)
  *              -> privacy ledger admits the round? (else Decline PRIVACY_BUDGET, no training)
  *   plain:  train -> compress (error feedback) -> Update
  *   secure: AdvertiseKeys -> (KeysBroadcast) ShareKeys -> (SharesDelivery) train ->
@@ -50,8 +52,13 @@ typedef struct {
 typedef struct {
     void *ctx;
     /* delta[n] = local - global after local training that starts from global[n]. */
+    /* *n_examples is the node's weight in the round (the model trainer: its training split). */
     int (*train)(void *ctx, const float *global, size_t n, const round_hparams_t *hp, float *delta,
                  uint64_t *n_examples);
+    /* Optional: examples the last train() call actually processed (the sum of its batch
+     * sizes, Poisson draws included), for the throughput metrics; NULL = *n_examples is
+     * that count. */
+    uint64_t (*examples_processed)(void *ctx);
     /* Validation metrics of the trainable vector x[n]. */
     int (*evaluate)(void *ctx, const float *x, size_t n, double *loss, double *accuracy,
                     double *macro_f1, uint64_t *n_eval);
@@ -64,13 +71,30 @@ typedef struct {
     int (*linear_step)(void *ctx, const round_hparams_t *hp, double *scale);
 } round_trainer_t;
 
+/* The hospital's own rules for a round's DP parameters (privacy.* in node.conf), checked
+ * against every RoundStart before anything is trained: WHY the node decides and not the
+ * aggregator is that the aggregator is who the rules protect against (a consortium config,
+ * or a compromised aggregator, that turns DP off would otherwise get raw updates). */
+typedef struct {
+    bool require_dp;             /* privacy.require_dp: decline rounds without DP-SGD */
+    double min_noise_multiplier; /* privacy.min_noise_multiplier: floor on the ACCOUNTED sigma
+                                    (with distributed noise: what the ledger charges) */
+    double max_sample_rate;      /* privacy.max_sample_rate: ceiling on q */
+    double max_clip_norm;        /* privacy.max_clip_norm: ceiling on C; 0 = none */
+} node_round_policy_t;
+
+/* The policy of a node.conf without privacy.* policy keys (the safe default): DP required,
+ * sigma >= 0.5, any q, any C. */
+void node_round_policy_default(node_round_policy_t *p);
+
 typedef struct {
     const char *node_id;
     const char *state_dir;        /* versions/ and residual.bin live here */
     const uint8_t *identity_sk;   /* 64 bytes: signs this node's secagg keys */
     const uint8_t *identity_pk;   /* 32 bytes */
     const uint8_t *agg_sign_pk;   /* 32 bytes: the aggregator's Ed25519 key, verifies versions */
-    ledger_t *ledger;             /* may be NULL: DP rounds are then declined */
+    ledger_t *ledger;             /* may be NULL: every round is then declined */
+    const node_round_policy_t *policy; /* copied; NULL = node_round_policy_default */
     bool distributed_noise;       /* privacy.distributed_noise */
     uint32_t distributed_colluders;
 } node_round_opts_t;

@@ -31,6 +31,7 @@ struct model_trainer_t {
     double node_lr;     /* train.lr: used when a round sends no learning rate */
     long node_batch;    /* train.batch_size: used when a round sends no batch size */
     long node_seq;      /* train.max_seq_len: the records were tokenized at this length */
+    uint64_t processed; /* examples the last round's steps went through (the metrics') */
     size_t packed;      /* sum of the trainable tensors' sizes */
     float *pad, *pad_delta;
 };
@@ -171,7 +172,9 @@ static int s_check_n(const model_trainer_t *m, size_t n)
 /* The round's hyperparameters (RoundStart) rule, so every participant trains alike and the
  * operator tunes the federation in one place; a value the round does not send (0) falls
  * back to the node's own [train] setting. The log line says which one was used. Records
- * were tokenized once at load, so max_seq_len stays the node's. */
+ * were tokenized once at load, so max_seq_len stays the node's. Under DP-SGD the batches
+ * are Poisson draws at the round's q, q x N examples on average: the batch size then only
+ * sizes the memory chunks, so the line gives the expected batch instead. */
 static int s_round_hparams(model_trainer_t *m, const round_hparams_t *hp)
 {
     double lr = hp->lr > 0 ? hp->lr : m->node_lr;
@@ -182,9 +185,17 @@ static int s_round_hparams(model_trainer_t *m, const round_hparams_t *hp)
     if (hp->max_seq_len && (long)hp->max_seq_len != m->node_seq)
         snprintf(seq, sizeof seq, "; the round's max_seq_len %u is not applied (records were "
                  "tokenized at train.max_seq_len %ld when loaded)", hp->max_seq_len, m->node_seq);
+    const char *lr_from = hp->lr > 0 ? "from the round" : "node train.lr: the round sent none";
+    if (hp->dp) {
+        size_t ntr = trainer_split_size(m->t, TRAIN_SPLIT_TRAIN);
+        LOG_INFO(TRAIN, "round %llu: lr %g (%s), DP-SGD Poisson batches at q %g (from the round): "
+                 "expected batch %.1f = q x %zu training records, %u local steps (round)%s",
+                 (unsigned long long)hp->round_id, lr, lr_from, hp->sample_rate,
+                 hp->sample_rate * (double)ntr, ntr, hp->local_steps, seq);
+        return 0;
+    }
     LOG_INFO(TRAIN, "round %llu: lr %g (%s), batch size %ld (%s), %u local steps (round)%s",
-             (unsigned long long)hp->round_id, lr,
-             hp->lr > 0 ? "from the round" : "node train.lr: the round sent none", batch,
+             (unsigned long long)hp->round_id, lr, lr_from, batch,
              hp->batch_size > 0 ? "from the round" : "node train.batch_size: the round sent none",
              hp->local_steps, seq);
     return 0;
@@ -194,6 +205,7 @@ static int s_train(void *ctx, const float *global, size_t n, const round_hparams
                    float *delta, uint64_t *n_examples)
 {
     model_trainer_t *m = ctx;
+    m->processed = 0;
     if (s_check_n(m, n) != 0) return -1;
     if (s_round_hparams(m, hp) != 0) return -1;
     if (trainer_set_dp(m->t, hp->dp, hp->dp ? hp->sample_rate : 1.0, hp->noise_multiplier,
@@ -209,8 +221,9 @@ static int s_train(void *ctx, const float *global, size_t n, const round_hparams
     s_pack(m, m->pad_delta, delta);
     if (hp->tick) hp->tick(hp->tick_ctx);
     *n_examples = st.examples_total;
-    LOG_INFO(TRAIN, "round %llu: %ld steps in %.1f s, mean loss %.4f%s",
-             (unsigned long long)hp->round_id, st.steps, st.seconds, st.mean_loss,
+    m->processed = st.examples;
+    LOG_INFO(TRAIN, "round %llu: %ld steps (%zu examples) in %.1f s, mean loss %.4f%s",
+             (unsigned long long)hp->round_id, st.steps, st.examples, st.seconds, st.mean_loss,
              st.dp ? " (DP-SGD)" : "");
     return 0;
 }
@@ -259,8 +272,15 @@ static int s_linear_step(void *ctx, const round_hparams_t *hp, double *scale)
     return trainer_linear_step(m->t, (long)hp->local_steps, scale);
 }
 
+static uint64_t s_processed(void *ctx)
+{
+    return ((const model_trainer_t *)ctx)->processed;
+}
+
 void model_trainer_bind(model_trainer_t *m, round_trainer_t *t)
 {
+    memset(t, 0, sizeof *t); /* callbacks added later start absent (callers pass stack memory) */
+    t->examples_processed = s_processed;
     t->linear_step = s_linear_step;
     t->check_layout = s_check_layout;
     t->ctx = m;
@@ -311,7 +331,7 @@ int cmd_init_adapter(int argc, char **argv)
     }
     node_config_t cfg;
     if (cfg_set_defaults(node_config_table, &cfg) != 0 ||
-        cfg_load_subset(node_config_table, &cfg, conf) != 0)
+        cfg_load_subset(node_config_table, node_config_table, &cfg, conf) != 0)
         return cli_fail("medfl-node init-adapter");
     trainer_t *t = s_trainer(&cfg, false);
     if (!t) return cli_fail("medfl-node init-adapter");
@@ -407,7 +427,7 @@ int cmd_export_adapter(int argc, char **argv)
     }
     node_config_t cfg;
     if (cfg_set_defaults(node_config_table, &cfg) != 0 ||
-        cfg_load_subset(node_config_table, &cfg, conf) != 0)
+        cfg_load_subset(node_config_table, node_config_table, &cfg, conf) != 0)
         return cli_fail("medfl-node export-adapter");
     uint8_t pk[32];
     char dir[CFG_STR_MAX + 16];

@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "node/commands.h"
+#include "node/node_config.h"
 
 /* ---------------------------------------------------------------- vocabulary */
 
@@ -720,8 +721,9 @@ int synth_write(const synth_opts_t *opts, const char *dir)
 static void s_synth_usage(FILE *out)
 {
     fprintf(out,
-            "Usage: medfl-node synth --sites K --records-per-site N --seed S -o DIR\n"
+            "Usage: medfl-node synth --sites K --records-per-site N --seed S (-o DIR | -c CONFIG)\n"
             "                        [--format jsonl|csv] [--alpha A] [--test-per-site M]\n\n"
+            "With -c node.conf and no -o, DIR is STATE_DIR/synth of that config.\n"
             "Writes synthetic de-identified clinical notes labelled with a specialty for K\n"
             "sites: DIR/site-K/{train,valid,test}.jsonl (70/15/15), DIR/pooled-test.jsonl (all\n"
             "sites' test sets) and DIR/labels.txt. Sites differ in label mix (Dirichlet with\n"
@@ -751,7 +753,8 @@ int cmd_synth(int argc, char **argv)
     }
     synth_opts_t o;
     synth_opts_init(&o);
-    const char *dir = NULL;
+    const char *dir = NULL, *config = NULL;
+    char state_synth[CFG_STR_MAX + 8];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) {
@@ -778,6 +781,8 @@ int cmd_synth(int argc, char **argv)
             o.seed = s;
         } else if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) {
             dir = v;
+        } else if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            config = v;
         } else if (strcmp(a, "--format") == 0) {
             if (data_format_parse(v, &o.format) != 0) return cli_fail("medfl-node");
         } else if (strcmp(a, "--test-per-site") == 0) {
@@ -796,8 +801,15 @@ int cmd_synth(int argc, char **argv)
             return 2;
         }
     }
+    if (!dir && config) { /* -c: into the node's state folder */
+        char state[CFG_STR_MAX];
+        if (node_config_path_of(config, "state_dir", "/var/lib/medfl/node", state) != 0)
+            return cli_fail("medfl-node synth");
+        snprintf(state_synth, sizeof state_synth, "%s/synth", state);
+        dir = state_synth;
+    }
     if (!dir) {
-        fprintf(stderr, "medfl-node synth: -o DIR is required\n");
+        fprintf(stderr, "medfl-node synth: -o DIR (or -c node.conf) is required\n");
         s_synth_usage(stderr);
         return 2;
     }

@@ -75,6 +75,7 @@ struct trainer_t {
     model_t *m;
     tokenizer_t *tok;
     char base_hash[BASE_HASH_HEX];
+    char base_name[256]; /* the base's Hugging Face id, "" when base.h5 records none */
     char **labels;
     size_t n_labels;
     size_t P;               /* trainable floats */
@@ -168,6 +169,7 @@ trainer_t *trainer_new(const train_config_t *cfg, const char *device, const char
     }
     const base_config_t *bc = base_file_config(bf);
     snprintf(t->base_hash, sizeof t->base_hash, "%s", base_file_hash(bf));
+    snprintf(t->base_name, sizeof t->base_name, "%s", base_file_model_name(bf));
     model_config_t mc;
     model_config_default(&mc);
     mc.vocab_size = (int)bc->vocab_size;
@@ -286,8 +288,10 @@ int trainer_set_records(trainer_t *t, const records_t *set, bool whole)
                                records_n_labels(set), t->n_labels);
     for (size_t k = 0; k < t->n_labels; k++)
         if (strcmp(records_label_name(set, (int)k), t->labels[k]) != 0)
-            return medfl_error_set(MEDFL_ECONFIG, "records: label %zu is '%s', the model's is '%s'",
-                                   k, records_label_name(set, (int)k), t->labels[k]);
+            /* Neither name is shown: the records' label set may come from the data. */
+            return medfl_error_set(MEDFL_ECONFIG, "records: label %zu differs from the model's "
+                                   "label %zu (the label sets must list the same names in the "
+                                   "same order; compare data.labels with the model's)", k, k);
     size_t T = (size_t)t->T;
     t->ids = malloc(n * T * sizeof(int32_t));
     t->mask = malloc(n * T * sizeof(int32_t));
@@ -1028,7 +1032,10 @@ int trainer_save(trainer_t *t, const char *path, bool with_optimizer)
     a.alpha = mc->lora_alpha;
     snprintf(a.pooling, sizeof a.pooling, "%s", mc->pooling == POOL_CLS ? "cls" : "mean");
     snprintf(a.base_hash, sizeof a.base_hash, "%s", t->base_hash);
-    snprintf(a.base_model_name, sizeof a.base_model_name, "%s", t->cfg.base);
+    /* PEFT's base_model_name_or_path: the Hugging Face id import-model recorded, else (a
+     * base imported before it did) the local path. */
+    snprintf(a.base_model_name, sizeof a.base_model_name, "%s",
+             t->base_name[0] ? t->base_name : t->cfg.base);
     const char *targets[MODEL_N_TARGETS];
     for (int i = 0; i < MODEL_N_TARGETS; i++)
         if (mc->lora_targets & (1u << i)) targets[a.n_targets++] = s_target_names[i];

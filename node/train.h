@@ -70,8 +70,11 @@ typedef struct {
      "LoRA rank"},                                                                            \
     {"model.lora.alpha", CFG_DOUBLE, offsetof(T, m.lora_alpha), 1e-3, 1e4, "16", false, NULL, \
      "LoRA alpha (scaling alpha / r)"},                                                       \
-    {"model.lora.targets", CFG_STRING, offsetof(T, m.lora_targets), 0, 0, "query,value",      \
-     false, NULL, "LoRA targets: query,key,value,attn_out,ffn_in,ffn_out or all"},            \
+    {"model.lora.targets", CFG_STRING, offsetof(T, m.lora_targets), 0, 0, "none", false,     \
+     NULL, "LoRA targets: query,key,value,attn_out,ffn_in,ffn_out or all; none = only the "  \
+     "classification head trains, on the frozen encoder (the default: under DP-SGD at a few " \
+     "hundred records per site, noise on LoRA's many parameters drowns the signal, "          \
+     "docs/privacy.md section 7a)"},                                                          \
     {"model.labels_top_k", CFG_INT, offsetof(T, m.labels_top_k), 0, 100000, "0", false, NULL, \
      "label set = the K most frequent labels of data.records (others skipped); 0 = use "      \
      "data.labels. Federated nodes must share data.labels instead"},                          \
@@ -82,9 +85,11 @@ typedef struct {
      "with --checkpoint); 0 = run all epochs"},                                               \
     {"train.batch_size", CFG_INT, offsetof(T, m.batch_size), 1, 4096, "16", false, NULL,      \
      "examples per step (DP: expected examples per step)"},                                   \
-    {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 100, "5e-4", false, NULL,                \
-     "peak AdamW learning rate (of the LoRA parameters when train.head_lr is set)"},         \
-    {"train.optimizer", CFG_ENUM, offsetof(T, m.optimizer), 0, 0, "adamw", false, "adamw|sgd", \
+    {"train.lr", CFG_DOUBLE, offsetof(T, m.lr), 1e-8, 100, "20", false, NULL,                  \
+     "peak learning rate (of the LoRA parameters when train.head_lr is set); in rounds the "  \
+     "aggregator's federation.lr replaces it. 20 suits sgd on the head; LoRA with adamw "     \
+     "wants about 1e-3"},                                                                     \
+    {"train.optimizer", CFG_ENUM, offsetof(T, m.optimizer), 0, 0, "sgd", false, "adamw|sgd",  \
      "AdamW, or plain SGD (p -= lr g): under DP with secure aggregation, sgd with one local "  \
      "step per round makes the federation equal centralized DP-SGD (docs/privacy.md)"},      \
     {"train.lr_schedule", CFG_ENUM, offsetof(T, m.lr_schedule), 0, 0, "linear", false,       \

@@ -4,8 +4,9 @@
  * WHY they read node.conf with cfg_load_subset: a hospital tries local training before it is
  * enrolled (no aggregator key yet), so these commands read only [data], [deid], [model],
  * [train], [privacy] and `device` -- with the same option rows, bounds and messages as the
- * daemon's table -- and ignore the rest. ONE node.conf serves check-data, train-local, eval,
- * privacy and run. */
+ * daemon's table -- and skip the daemon's other keys; a key or section the daemon's table
+ * does not know (a typo) is refused with file and line, as `run` would. ONE node.conf
+ * serves check-data, train-local, eval, privacy and run. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include "node/commands.h"
 #include "node/data.h"
 #include "node/deid.h"
+#include "node/node_config.h"
 #include "node/train.h"
 
 #define PROG "medfl-node"
@@ -81,7 +83,7 @@ static int s_parse(int argc, char **argv, s_args_t *a, const char *usage)
 static int s_load_conf(const s_args_t *a, s_conf_t *c)
 {
     memset(c, 0, sizeof *c);
-    if (cfg_load_subset(s_options, c, a->config) != 0) return -1;
+    if (cfg_load_subset(s_options, node_config_table, c, a->config) != 0) return -1;
     const char *origin = "command line";
     if ((a->records && cfg_set(s_options, c, "data.records", a->records, origin) != 0) ||
         (a->epochs && cfg_set(s_options, c, "train.epochs", a->epochs, origin) != 0) ||

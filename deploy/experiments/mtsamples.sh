@@ -38,7 +38,10 @@ policy = redact
 [model]
 base = minilm.h5
 labels_top_k = 10
+# LoRA with AdamW (the node's defaults train the head only with SGD)
+lora.targets = query,value
 [train]
+optimizer = adamw
 epochs = ${EPOCHS:-1}
 batch_size = $3
 lr = $4

@@ -161,15 +161,18 @@ static int s_fed_init(s_fed_t *f, const char *dir, size_t n, size_t dim, size_t 
         char sdir[4200];
         snprintf(sdir, sizeof sdir, "%s/%s", dir, f->ids[i]);
         if (service_mkdir_p(sdir, 0700) != 0) return -1;
-        /* a node takes part only with a privacy ledger, as in a deployment (DP is off here:
-         * the ledger admits each round without spending) */
+        /* a node takes part only with a privacy ledger and a policy admitting the round, as
+         * in a deployment (DP is off here: the ledger admits each round without spending) */
         char lpath[4300];
         snprintf(lpath, sizeof lpath, "%s/ledger.db", sdir);
         if (!(f->ledger[i] = ledger_open(lpath, 100.0, 1e-5, LEDGER_CREATE))) return -1;
         round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
+        node_round_policy_t policy; /* rounds without DP: this measures the protocol */
+        node_round_policy_default(&policy);
+        policy.require_dp = false;
         node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
                                .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
-                               .ledger = f->ledger[i]};
+                               .ledger = f->ledger[i], .policy = &policy};
         if (!(f->node[i] = node_round_new(&o, &tr, f->client[i]))) return -1;
         /* the server learns a plain-mode client's route from its first message */
         Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;

@@ -163,12 +163,26 @@ int bench_secagg(int argc, char **argv)
         server_cpu += s_cpu_now() - c0;
         free(b), b = NULL;
     }
-    if (secagg_server_close_masked(srv) < 0 || secagg_server_unmask_request(srv, &rq, &rq_len) < 0)
+    if (secagg_server_close_masked(srv) < 0 || secagg_server_survivors(srv, &rq, &rq_len) < 0)
         goto out;
+    /* consistency check: every survivor signs the survivor set */
+    for (uint32_t u = 0; u < n; u++) {
+        if (drop[u]) continue;
+        if (secagg_client_sign_survivors(cl[u], rq, rq_len, &b, &l) < 0 ||
+            secagg_server_add_signature(srv, b, l) < 0)
+            goto out;
+        bytes[u] += (double)l;
+        free(b), b = NULL;
+    }
+    free(rq), rq = NULL;
+    if (secagg_server_close_signatures(srv) < 0) goto out;
     double unmask_s = 0;
     for (uint32_t u = 0; u < n; u++) {
         if (drop[u]) continue;
-        if (secagg_client_handle_unmask(cl[u], rq, rq_len, &b, &l) < 0) goto out;
+        if (secagg_server_unmask_request(srv, u, &rq, &rq_len) < 0) goto out;
+        int rc = secagg_client_handle_unmask(cl[u], rq, rq_len, &b, &l);
+        free(rq), rq = NULL;
+        if (rc < 0) goto out;
         bytes[u] += (double)l;
         t0 = bench_now();
         c0 = s_cpu_now();

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "node/data.h"
+#include "common/error.h"
 #include "node/deid.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -43,7 +44,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
         size_t flagged;
-        if (deid_gate_records(set, DEID_POLICY_REDACT, NULL, &flagged, NULL) != 0) abort();
+        /* Redact fails (only) on a label that looks like PHI: labels are not rewritten. */
+        if (deid_gate_records(set, DEID_POLICY_REDACT, NULL, &flagged, NULL) != 0 &&
+            medfl_error_code() != MEDFL_EFORMAT)
+            abort();
         records_split_t split;
         if (records_split(set, sel, 0.1, 0.1, &split) == 0) records_split_free(&split);
     }
@@ -55,7 +59,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(copy, buf, len);
         copy[len] = '\0';
         size_t clen = len;
-        deid_redact(&copy, &clen);
+        deid_span_t *v;
+        size_t n;
+        if (deid_scan(copy, len, &v, &n) == 0) {
+            for (size_t k = 0; k < n; k++)
+                if (v[k].start >= v[k].end || v[k].end > len) abort();
+            free(v);
+        }
+        if (deid_redact(&copy, &clen) >= 0 && strlen(copy) > clen) abort();
         free(copy);
     }
     return 0;

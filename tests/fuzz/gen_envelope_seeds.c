@@ -51,7 +51,13 @@ int main(void) {
     out("masked_input", MEDFL__MSG_TYPE__MSG_MASKED_INPUT, 7, "hospital-a", &mi.base);
     char *surv[] = {"hospital-a", "hospital-b"}; char *drop[] = {"hospital-c"};
     Medfl__UnmaskRequest ur = MEDFL__UNMASK_REQUEST__INIT; ur.n_survivors = 2; ur.survivors = surv; ur.n_dropped = 1; ur.dropped = drop;
+    Medfl__SurvivorSignature ss = MEDFL__SURVIVOR_SIGNATURE__INIT; ss.node_id = "hospital-a"; ss.signature.data = sig; ss.signature.len = 64;
+    Medfl__SurvivorSignature *ssp[1] = {&ss}; ur.n_signatures = 1; ur.signatures = ssp;
     out("unmask_request", MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST, 7, "aggregator", &ur.base);
+    Medfl__ConsistencyCheck cck = MEDFL__CONSISTENCY_CHECK__INIT; cck.n_survivors = 2; cck.survivors = surv;
+    out("consistency_check", MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK, 7, "aggregator", &cck.base);
+    Medfl__ConsistencySignature csg = MEDFL__CONSISTENCY_SIGNATURE__INIT; csg.signature.data = sig; csg.signature.len = 64;
+    out("consistency_signature", MEDFL__MSG_TYPE__MSG_CONSISTENCY_SIGNATURE, 7, "hospital-a", &csg.base);
     Medfl__UnmaskShare us = MEDFL__UNMASK_SHARE__INIT; us.node_id = "hospital-c"; us.kind = MEDFL__SHARE_KIND__SHARE_MASK_KEY; us.share.data = sig; us.share.len = 48;
     Medfl__UnmaskShare *uss[] = {&us};
     Medfl__UnmaskResponse uresp = MEDFL__UNMASK_RESPONSE__INIT; uresp.n_shares = 1; uresp.shares = uss;

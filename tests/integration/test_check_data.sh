@@ -2,7 +2,9 @@
 # `medfl-node check-data` end to end on the de-identification corpus: output format
 # (`record N: RULE[,RULE...]`, `records: N`, `flagged_records: K`), exit codes per policy
 # (3 = flagged under refuse), -c node.conf with other sections present, redaction output,
-# schema errors, synthetic CSV records — and no planted PHI string in stdout or stderr.
+# schema errors (every bad record listed, never a field value), labels scanned like text,
+# gzip'd records, config typos refused with file:line and key by every command reading
+# node.conf, synthetic CSV records — and no planted PHI string in stdout or stderr.
 set -u
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -13,7 +15,7 @@ corpus=tests/data/deid
 # Lines must name records and rules only.
 check_format() {
   local out=$1 n=$2
-  grep -Ev '^record [0-9]+: [A-Z_89]+(,[A-Z_89]+)*$|^records: [0-9]+$|^flagged_records: [0-9]+$|^skipped_records: [0-9]+$' "$out" \
+  grep -Ev '^record [0-9]+: [A-Z_89]+(,[A-Z_89]+)*(; label: [A-Z_89]+(,[A-Z_89]+)*)?$|^record [0-9]+: label: [A-Z_89]+(,[A-Z_89]+)*$|^records: [0-9]+$|^flagged_records: [0-9]+$|^skipped_records: [0-9]+$' "$out" \
     && die "unexpected output line(s) in $out"
   tail -n 2 "$out" | head -n 1 | grep -qx "records: $n" || die "no 'records: $n' line"
   tail -n 1 "$out" | grep -Eq '^flagged_records: [0-9]+$' || die "no flagged_records line last"
@@ -48,7 +50,7 @@ mkdir -p "$T/conf/data"
 cp "$corpus/phi.jsonl" "$T/conf/data/records.jsonl"
 cat >"$T/conf/node.conf" <<'EOF'
 # node config: check-data reads [data] and [deid] only
-name = hospital-a
+node_id = hospital-a
 [train]
 epochs = 3
 [data]
@@ -64,6 +66,8 @@ EOF
 [ $rc -eq 0 ] || die "redact: exit $rc ($(cat "$T/redact.err"))"
 check_format "$T/redact.out" "$(grep -c . "$corpus/phi.jsonl")"
 no_phi "$T/redact.out" "$T/redact.err" "$T/redacted.jsonl"
+[ "$(stat -c %a "$T/redacted.jsonl")" = 600 ] || die "redacted records not written 0600"
+ls "$T"/redacted.jsonl.tmp.* >/dev/null 2>&1 && die "temporary file left next to the redacted records"
 "$node" check-data --records "$T/redacted.jsonl" >"$T/re.out" 2>&1; rc=$?
 [ $rc -eq 0 ] || die "redacted records still flagged (exit $rc)"
 grep -qx 'flagged_records: 0' "$T/re.out" || die "redacted records still flagged"
@@ -85,7 +89,8 @@ grep -q "bad.jsonl:2: record 2: invalid JSON" "$T/bad.out" || die "error does no
 printf '{"text": "ok", "label": "cardiology"}\n{"text": "x", "label": "oncology"}\n' >"$T/lab.jsonl"
 "$node" check-data --records "$T/lab.jsonl" --labels cardiology >"$T/lab.out" 2>&1; rc=$?
 [ $rc -eq 1 ] || die "unknown label: exit $rc"
-grep -q "lab.jsonl:2: record 2: field 'label': unknown label 'oncology'" "$T/lab.out" || die "unknown label message"
+grep -q "lab.jsonl:2: record 2: field 'label': unknown label" "$T/lab.out" || die "unknown label message"
+grep -q oncology "$T/lab.out" && die "unknown label message echoes the field value"
 "$node" check-data --records "$T/lab.jsonl" --labels cardiology --skip-unknown-labels >"$T/lab2.out" 2>/dev/null; rc=$?
 [ $rc -eq 0 ] || die "skip unknown labels: exit $rc"
 grep -qx 'skipped_records: 1' "$T/lab2.out" || die "skipped records not counted"
@@ -97,5 +102,74 @@ grep -qx 'skipped_records: 1' "$T/lab2.out" || die "skipped records not counted"
   || die "synth --format csv"
 "$node" check-data --records "$T/synth/site-2/train.csv" >"$T/synth.out" 2>&1; rc=$?
 [ $rc -eq 0 ] || die "synthetic CSV records flagged or unreadable (exit $rc): $(tail -3 "$T/synth.out")"
+
+# 7. every bad record is reported (not only the first), never with a field value; exit 1
+cat >"$T/bad3.jsonl" <<'EOF'
+{"text": "ok", "label": "cardiology"}
+{"text": "a", "label": "Jane Roe"}
+{"text": 42, "label": "cardiology"}
+{"text": "ok", "label": "cardiology"}
+{"text": "Seen by Dr. Smith, MRN 7654321", "label": "cardiology"
+EOF
+"$node" check-data --records "$T/bad3.jsonl" --labels cardiology >"$T/bad3.out" 2>"$T/bad3.err"; rc=$?
+[ $rc -eq 1 ] || die "3 bad records: exit $rc"
+for l in "bad3.jsonl:2: record 2: field 'label': unknown label" \
+         "bad3.jsonl:3: record 3: field 'text': expected a string" \
+         "bad3.jsonl:5: record 5: invalid JSON" "bad3.jsonl: 3 bad records"; do
+  grep -qF "$l" "$T/bad3.err" || die "bad records: '$l' not reported: $(cat "$T/bad3.err")"
+done
+grep -E 'Jane|Roe|Smith|7654321' "$T/bad3.out" "$T/bad3.err" && die "bad-record report echoes a field value"
+# bounded: 150 bad records list the first 100 and count the rest
+for i in $(seq 150); do echo '{"text": 1, "label": "cardiology"}'; done >"$T/bad150.jsonl"
+"$node" check-data --records "$T/bad150.jsonl" --labels cardiology >/dev/null 2>"$T/bad150.err"; rc=$?
+[ $rc -eq 1 ] || die "150 bad records: exit $rc"
+[ "$(grep -c "expected a string" "$T/bad150.err")" -eq 100 ] || die "not exactly 100 bad records listed"
+grep -q "and 50 more bad records" "$T/bad150.err" || die "bad records beyond 100 not counted"
+grep -q "150 bad records" "$T/bad150.err" || die "total of bad records not given"
+
+# 8. labels are scanned like text: a name in the label column is flagged (refuse: exit 3;
+#    redact cannot rewrite a class name: exit 1), never echoed
+printf '{"text": "stable, no complaints", "label": "Dr. Smith"}\n{"text": "ok", "label": "cardiology"}\n' >"$T/labphi.jsonl"
+"$node" check-data --records "$T/labphi.jsonl" >"$T/labphi.out" 2>"$T/labphi.err"; rc=$?
+[ $rc -eq 3 ] || die "PHI in a label: exit $rc, expected 3"
+grep -qx 'record 1: label: NAME' "$T/labphi.out" || die "label PHI not reported: $(cat "$T/labphi.out")"
+check_format "$T/labphi.out" 2
+"$node" check-data --records "$T/labphi.jsonl" --policy redact >"$T/labphi2.out" 2>"$T/labphi2.err"; rc=$?
+[ $rc -eq 1 ] || die "PHI in a label under redact: exit $rc, expected 1"
+grep -q "labels cannot be redacted" "$T/labphi2.err" || die "label redact refusal not explained"
+grep -q Smith "$T/labphi.out" "$T/labphi.err" "$T/labphi2.out" "$T/labphi2.err" && die "label PHI echoed"
+
+# 9. gzip'd records are read (JSONL and CSV) and give the same report as the plain file
+gzip -c "$corpus/phi.jsonl" >"$T/phi.jsonl.gz"
+"$node" check-data --records "$T/phi.jsonl.gz" >"$T/gz.out" 2>"$T/gz.err"; rc=$?
+[ $rc -eq 3 ] || die "gzip'd JSONL: exit $rc ($(cat "$T/gz.err"))"
+cmp -s "$T/gz.out" "$T/phi.out" || die "gzip'd JSONL reported differently from the plain file"
+gzip -c "$T/synth/site-2/train.csv" >"$T/train.csv.gz"
+"$node" check-data --records "$T/train.csv.gz" >"$T/gzcsv.out" 2>&1; rc=$?
+[ $rc -eq 0 ] || die "gzip'd CSV: exit $rc: $(tail -3 "$T/gzcsv.out")"
+grep -q "^records: [1-9]" "$T/gzcsv.out" || die "gzip'd CSV: no records"
+"$node" check-data --records "$T/synth/site-2/train.csv" >"$T/plaincsv.out" 2>&1
+cmp -s "$T/gzcsv.out" "$T/plaincsv.out" || die "gzip'd CSV reported differently from the plain file"
+head -c 300 "$T/phi.jsonl.gz" >"$T/cut.jsonl.gz"
+"$node" check-data --records "$T/cut.jsonl.gz" >"$T/cut.out" 2>&1; rc=$?
+[ $rc -eq 1 ] || die "truncated gzip: exit $rc"
+grep -q "cut.jsonl.gz: read error" "$T/cut.out" || die "truncated gzip not reported as a read error"
+
+# 10. a typo in node.conf is refused with FILE:LINE and the key by every command reading
+#     it (check-data, train-local, eval, privacy), not only by `run`
+typo() { # $1 = sed script making the typo, $2 = expected message, $3 = its line
+  sed "$1" "$T/conf/node.conf" >"$T/conf/typo.conf"
+  for cmd in "check-data -c $T/conf/typo.conf" "train-local -c $T/conf/typo.conf" \
+             "eval -c $T/conf/typo.conf --adapter $T/none.h5" "privacy -c $T/conf/typo.conf"; do
+    # shellcheck disable=SC2086
+    "$node" $cmd >"$T/typo.out" 2>&1; rc=$?
+    [ $rc -ne 0 ] || die "$cmd accepted a config with $2"
+    grep -qF "typo.conf:$3: $2" "$T/typo.out" || die "$cmd: '$2' at line $3 not named: $(cat "$T/typo.out")"
+  done
+}
+typo 's/^records = /record = /' "unknown key 'data.record'" 6
+typo 's/^label_field = label$/label = label/' "unknown key 'data.label'" 8
+typo 's/^\[deid\]$/[model]\nlora.target = q\n[deid]/' "unknown key 'model.lora.target'" 11
+typo 's/^\[train\]$/[trian]/' "unknown section '[trian]'" 3
 
 echo "PASS $name"

@@ -7,7 +7,7 @@
 # the aggregator's chain verifies, every node holds and verifies the same head, each node's
 # privacy ledger recorded the rounds, evaluation reports arrived, the head version
 # differs from the genesis (the federation trained something), and each node trained with
-# the round's lr and batch size (RoundStart), not its own train.lr / train.batch_size.
+# the round's lr and DP sampling rate (RoundStart), not its own train.lr.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
@@ -96,7 +96,9 @@ policy = redact
 [model]
 base = ../base.h5
 lora.r = 4
+lora.targets = query,value
 [train]
+optimizer = adamw
 batch_size = 8
 lr = 3e-3
 max_seq_len = 48
@@ -156,13 +158,14 @@ if [ $ok = 1 ] && grep -q "evaluated version 4" "$T/agg/agg.log"; then
 else
   fail "ledger or evaluation missing" "$T/n1/privacy.out" "$T/agg/agg.log"
 fi
-# the round's hyperparameters (lr 3e-3, batch 8 from [federation]) drove every node's trainer
+# the round's hyperparameters (lr 3e-3, DP sampling rate 0.1 from [federation] and [privacy])
+# drove every node's trainer; under DP the batch is the Poisson draw, q x the training records
 ok=1
 for i in 1 2 3; do
-  [ "$(grep -c "round [0-9]*: lr 0.003 (from the round), batch size 8 (from the round), 4 local steps" "$T/n$i/node.log")" -ge 3 ] || ok=0
+  [ "$(grep -c "round [0-9]*: lr 0.003 (from the round), DP-SGD Poisson batches at q 0.1 (from the round): expected batch [0-9.]* = q x [0-9]* training records, 4 local steps" "$T/n$i/node.log")" -ge 3 ] || ok=0
 done
 if [ $ok = 1 ]; then
-  pass "every node trained each round with the round's lr and batch size (logged)"
+  pass "every node trained each round with the round's lr and DP sampling rate (logged)"
 else
   fail "nodes did not use the round's hyperparameters" "$T/n1/node.log"
 fi

@@ -32,7 +32,9 @@ policy = refuse
 [model]
 base = base.h5
 lora.r = 4
+lora.targets = query,value
 [train]
+optimizer = adamw
 epochs = 2
 batch_size = 8
 lr = 3e-3
@@ -106,7 +108,7 @@ for k in loss accuracy macro_f1 n; do
     [ "$(block "$k" "$T/part.h5" "$T/multi.eval")" = "$(val "$k" "$T/part.eval")" ] ||
     die "two-adapter eval $k differs from single evals"
 done
-sed 's/^lora.r = 4$/lora.r = 4\nlora.targets = none/' "$T/node.conf" >"$T/head.conf"
+sed 's/^lora.targets = query,value$/lora.targets = none/' "$T/node.conf" >"$T/head.conf"
 for s in 1 2; do
   "$node" train-local -c "$T/head.conf" --epochs "$s" -o "$T/head$s.h5" >/dev/null 2>&1 || die "head-only train-local"
   "$node" eval -c "$T/head.conf" --adapter "$T/head$s.h5" >"$T/head$s.eval" 2>/dev/null || die "head-only eval"
@@ -126,8 +128,10 @@ bad_both=$("$node" train-local -c "$T/both.conf" 2>&1 >/dev/null) && die "data.l
 echo "$bad_both" | grep -q "only one" || die "data.labels + labels_top_k: $bad_both"
 
 # 3. DP-SGD: sigma from the accountant's inverse, epsilon within the target
-sed 's/^threads = 1$/threads = 1\n[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0/' \
-  "$T/node.conf" >"$T/dp.conf"
+# ([privacy] goes at the end: inserted mid-[train], it swallowed `seed = 3` as privacy.seed,
+# which went unnoticed until train-local refused unknown keys)
+{ cat "$T/node.conf"; printf '[privacy]\nenabled = true\ntarget_epsilon = 5\ndelta = 1e-5\nclip_norm = 1.0\n'; } \
+  >"$T/dp.conf"
 "$node" train-local -c "$T/dp.conf" --device cpu -o "$T/dp.h5" >"$T/dp.out" 2>"$T/dp.err" \
   || die "train-local DP: $(tail -3 "$T/dp.err")"
 eps=$(val dp_epsilon "$T/dp.out"); sigma=$(val dp_noise_multiplier "$T/dp.out")

@@ -31,7 +31,9 @@ policy = refuse
 [model]
 base = base.h5
 lora.r = 4
+lora.targets = query,value
 [train]
+optimizer = adamw
 epochs = 40
 batch_size = 8
 lr = 3e-3

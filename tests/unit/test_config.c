@@ -146,18 +146,61 @@ static void test_example_is_loadable(void **state)
     assert_int_equal(c.epochs, 3);
 }
 
+/* The whole program's table: the demo table's options plus keys of other commands. */
+typedef struct {
+    demo_config_t demo;
+    int64_t foreign;
+    char other_key[CFG_STR_MAX];
+} whole_config_t;
+
+static const cfg_option_t s_whole[] = {
+    {"train.epochs", CFG_INT, offsetof(whole_config_t, demo.epochs), 1, 1000, "3", true, NULL, "epochs"},
+    {"train.lr", CFG_DOUBLE, offsetof(whole_config_t, demo.lr), 1e-7, 1, "0.001", true, NULL, "lr"},
+    {"secure", CFG_BOOL, offsetof(whole_config_t, demo.secure), 0, 0, "true", false, NULL, "secagg"},
+    {"device", CFG_ENUM, offsetof(whole_config_t, demo.device), 0, 0, "auto", false, "auto|cpu|cuda", "dev"},
+    {"records", CFG_PATH, offsetof(whole_config_t, demo.records), 0, 0, "data.jsonl", false, NULL, "recs"},
+    {"name", CFG_STRING, offsetof(whole_config_t, demo.name), 0, 0, NULL, false, NULL, "node id"},
+    {"foreign", CFG_INT, offsetof(whole_config_t, foreign), 0, 10, "0", false, NULL, "other"},
+    {"other.key", CFG_STRING, offsetof(whole_config_t, other_key), 0, 0, "", false, NULL, "other"},
+    {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
+};
+
 static void test_subset_skips_foreign_keys(void **state)
 {
     (void)state;
     demo_config_t c;
     const char *p = s_write("subset.conf", "name = a\nforeign = 1\n[other]\nkey = x\n[train]\nepochs = 4\n");
     assert_int_equal(cfg_load(s_table, &c, p), -1); /* the full loader refuses */
-    assert_int_equal(cfg_load_subset(s_table, &c, p), 0);
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), 0);
     assert_int_equal(c.epochs, 4);
     /* Known keys are still checked. */
     p = s_write("subset.conf", "name = a\nforeign = 1\n[train]\nepochs = 0\n");
-    assert_int_equal(cfg_load_subset(s_table, &c, p), -1);
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), -1);
     assert_non_null(strstr(medfl_error_message(), "subset.conf:4: key 'train.epochs'"));
+}
+
+/* A typo is refused by a command reading part of the file, as by the program owning it. */
+static void test_subset_refuses_typos(void **state)
+{
+    (void)state;
+    demo_config_t c;
+    const char *p = s_write("typo.conf", "name = a\n[train]\nepochs = 4\nepoch = 5\n");
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "typo.conf:4: unknown key 'train.epoch'"));
+    /* A key of a known section that no command knows. */
+    p = s_write("typo.conf", "name = a\n[other]\nkey = x\nkye = y\n");
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "typo.conf:4: unknown key 'other.kye'"));
+    /* A misspelt section is named even when empty, in both loaders. */
+    p = s_write("typo.conf", "name = a\n[trian]\n");
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "typo.conf:2: unknown section '[trian]'"));
+    assert_int_equal(cfg_load(s_table, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "typo.conf:2: unknown section '[trian]'"));
+    /* A top-level typo. */
+    p = s_write("typo.conf", "name = a\nrecord = x.jsonl\n");
+    assert_int_equal(cfg_load_subset(s_table, s_whole, &c, p), -1);
+    assert_non_null(strstr(medfl_error_message(), "typo.conf:2: unknown key 'record'"));
 }
 
 static void test_error_table(void **state)
@@ -209,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_reload_diff),
         cmocka_unit_test(test_example_is_loadable),
         cmocka_unit_test(test_subset_skips_foreign_keys),
+        cmocka_unit_test(test_subset_refuses_typos),
         cmocka_unit_test(test_error_table),
         cmocka_unit_test(test_log_json),
     };

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "common/error.h"
 #include "node/data.h"
@@ -122,11 +124,15 @@ static void test_jsonl_errors(void **state)
     EXPECT_ERR("{\"label\": \"neurology\"}\n", &o, "in.data:1:", "field 'text' is missing");
     EXPECT_ERR("{\"text\": \"ok\", \"label\": \"neurology\"}\n\n{\"text\": \"a\"}\n", &o,
                "in.data:3:", "record 2", "field 'label' is missing");
+    /* A field value is never echoed (a label column may hold a name or note text). */
     EXPECT_ERR("{\"text\": \"a\", \"label\": \"oncology\"}\n", &o, "field 'label'",
-               "unknown label 'oncology'");
-    /* A label column holding note text is not echoed into the error (it may be PHI). */
+               "unknown label (8 bytes, value not shown");
+    assert_null(strstr(medfl_error_message(), "oncology"));
+    EXPECT_ERR("{\"text\": \"a\", \"label\": \"Jane Roe\"}\n", &o, "in.data:1:", "record 1",
+               "field 'label'", "unknown label");
+    assert_null(strstr(medfl_error_message(), "Jane"));
     s_expect_error("{\"text\": \"a\", \"label\": \"Seen by Dr. Smith on 03/14/2021\"}\n", 58, &o,
-                   "unknown label (31 bytes, not shown", NULL);
+                   "unknown label (31 bytes, value not shown", NULL);
     assert_null(strstr(medfl_error_message(), "Smith"));
     EXPECT_ERR("[\"text\", \"label\"]\n", &o, "expected a JSON object, got array");
     EXPECT_ERR("{\"text\": \"a\", \"label\": \"neurology\"} {\"x\": 1}\n", &o,
@@ -322,6 +328,105 @@ static void test_files_and_top_labels(void **state)
     assert_int_equal(data_format_parse("xml", &f), -1);
 }
 
+/* With bad_out, every bad record is listed (file, line, record, field; never a value), the
+ * read goes on, and it fails at the end with the count. */
+static void s_bad_records(data_format_t fmt, const char *buf, size_t max, size_t n_bad,
+                          const char *const *frags, const char *const *forbidden)
+{
+    records_opts_t o = s_opts(fmt);
+    char *out = NULL;
+    size_t out_len = 0;
+    o.bad_out = open_memstream(&out, &out_len);
+    o.bad_max = max;
+    records_t *set = records_new();
+    assert_int_equal(records_load_buffer(set, "in.data", buf, strlen(buf), &o), -1);
+    assert_int_equal(records_count(set), 0);
+    char want[64];
+    snprintf(want, sizeof want, "in.data: %zu bad record", n_bad);
+    if (!strstr(medfl_error_message(), want))
+        fail_msg("error '%s' lacks '%s'", medfl_error_message(), want);
+    fclose(o.bad_out);
+    for (; *frags; frags++)
+        if (!strstr(out, *frags)) fail_msg("bad-record list lacks '%s':\n%s", *frags, out);
+    for (; *forbidden; forbidden++)
+        if (strstr(out, *forbidden) || strstr(medfl_error_message(), *forbidden))
+            fail_msg("'%s' echoed:\n%s", *forbidden, out);
+    free(out);
+    records_destroy(&set);
+}
+
+static void test_bad_records_all_listed(void **state)
+{
+    (void)state;
+    const char *jsonl = "{\"text\": \"ok\", \"label\": \"neurology\"}\n"
+                        "{\"text\": \"a\", \"label\": \"Jane Roe\"}\n"
+                        "{\"text\": \"ok\", \"label\": \"cardiology\"}\n"
+                        "{\"text\": 5, \"label\": \"neurology\"}\n"
+                        "{\"text\": \"MRN 1234567 trunc\n"
+                        "{\"text\": \"ok\", \"label\": \"neurology\"}\n";
+    const char *const frags[] = {"error: in.data:2: record 2: field 'label': unknown label",
+                                 "error: in.data:4: record 4: field 'text': expected a string",
+                                 "error: in.data:5: record 5: invalid JSON", NULL};
+    const char *const forbidden[] = {"Jane", "Roe", "1234567", NULL};
+    s_bad_records(DATA_FORMAT_JSONL, jsonl, 0, 3, frags, forbidden);
+    /* Bounded: the first bad_max, then how many more. */
+    const char *const frags2[] = {"in.data:2:", "in.data:4:", "... and 1 more bad records", NULL};
+    const char *const none[] = {"in.data:5:", NULL};
+    s_bad_records(DATA_FORMAT_JSONL, jsonl, 2, 3, frags2, none);
+    /* CSV: a short row, an unknown label, an empty text. */
+    const char *csv = "text,label\nok,neurology\nonly one field\na,Jane Roe\n,cardiology\nok,neurology\n";
+    const char *const frags3[] = {"in.data:3: record 2: expected 2 fields",
+                                  "in.data:4: record 3: field 'label': unknown label",
+                                  "in.data:5: record 4: field 'text' is empty", NULL};
+    const char *const forbidden3[] = {"Jane", "only one", NULL};
+    s_bad_records(DATA_FORMAT_CSV, csv, 0, 3, frags3, forbidden3);
+}
+
+static const char *s_write_gz(const char *name, const char *content, size_t cut)
+{
+    static char path[700];
+    snprintf(path, sizeof path, "%s/%s", s_dir, name);
+    gzFile g = gzopen(path, "wb");
+    assert_non_null(g);
+    assert_int_equal(gzwrite(g, content, (unsigned)strlen(content)), (int)strlen(content));
+    assert_int_equal(gzclose(g), Z_OK);
+    if (cut) {
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(truncate(path, st.st_size - (off_t)cut), 0);
+    }
+    return path;
+}
+
+static void test_gzip_records(void **state)
+{
+    (void)state;
+    data_format_t f;
+    assert_int_equal(data_format_guess("a/train.jsonl.gz", &f), 0);
+    assert_int_equal(f, DATA_FORMAT_JSONL);
+    assert_int_equal(data_format_guess("a/train.CSV.GZ", &f), 0);
+    assert_int_equal(f, DATA_FORMAT_CSV);
+    assert_int_equal(data_format_guess("a/train.gz", &f), -1);
+    assert_int_equal(data_format_guess(".gz", &f), -1);
+
+    const char *csv = "text,label\nfirst note,neurology\nsecond note,cardiology\n";
+    records_opts_t o = s_opts(DATA_FORMAT_CSV);
+    records_t *set = records_new();
+    const char *p = s_write_gz("notes.csv.gz", csv, 0);
+    assert_int_equal(records_load_file(set, p, &o), 0);
+    assert_int_equal(records_count(set), 2);
+    assert_string_equal(records_get(set, 1)->text, "second note");
+    assert_int_equal(records_get(set, 1)->line, 3);
+    unlink(p);
+    /* A truncated gzip stream is a read error, not a silently shorter file. */
+    p = s_write_gz("cut.csv.gz", csv, 12);
+    assert_int_equal(records_load_file(set, p, &o), -1);
+    assert_non_null(strstr(medfl_error_message(), "cut.csv.gz: read error"));
+    assert_int_equal(records_count(set), 0);
+    unlink(p);
+    records_destroy(&set);
+}
+
 static void test_labels_parse(void **state)
 {
     (void)state;
@@ -428,6 +533,8 @@ int main(void)
         cmocka_unit_test(test_csv_good),
         cmocka_unit_test(test_csv_errors),
         cmocka_unit_test(test_files_and_top_labels),
+        cmocka_unit_test(test_bad_records_all_listed),
+        cmocka_unit_test(test_gzip_records),
         cmocka_unit_test(test_labels_parse),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_utf8_and_rng),

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,125 @@ static void test_corpus_false_positive_rate(void **state)
     print_message("false_positive_rate: %.4f (%d/%d clean records flagged)\n", fpr, st.flagged,
                   st.records);
     assert_true(fpr <= 0.02);
+}
+
+/* ---------------------------------------------------------------- Unicode variants */
+
+/* tests/data/deid/unicode_variants.jsonl (tests/ref/make_deid_unicode_corpus.py): the same
+ * identifiers written with no-break/thin/ideographic spaces, line breaks, dashes, fullwidth
+ * forms, zero-width characters, other cases, surname particles. Every one must be flagged
+ * by the right rule over its whole byte span (recall 1.0), and redaction must remove every
+ * word of it while leaving the clinical text around it byte for byte. */
+typedef struct {
+    int variants, covered, redacted_ok;
+    int by_rule[DEID_RULE_COUNT];
+} s_uni_t;
+
+/* Whether word occurs in text as a whole word (not inside a longer ASCII word). */
+static int s_has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(text, word); p; p = strstr(p + 1, word)) {
+        int left = p == text || !isalnum((unsigned char)p[-1]);
+        int right = !isalnum((unsigned char)p[n]);
+        if (left && right) return 1;
+    }
+    return 0;
+}
+
+static void s_unicode_record(cJSON *o, void *ctx)
+{
+    s_uni_t *st = ctx;
+    const char *text = cJSON_GetObjectItem(o, "text")->valuestring;
+    const char *variant = cJSON_GetObjectItem(o, "variant")->valuestring;
+    size_t len = strlen(text);
+    deid_rule_t rule;
+    assert_int_equal(deid_rule_parse(cJSON_GetObjectItem(o, "rule")->valuestring, &rule), 0);
+    size_t a = (size_t)cJSON_GetObjectItem(o, "start")->valuedouble;
+    size_t b = (size_t)cJSON_GetObjectItem(o, "end")->valuedouble;
+    assert_true(a < b && b <= len);
+    st->variants++;
+    st->by_rule[rule]++;
+    deid_span_t *v;
+    size_t n;
+    assert_int_equal(deid_scan(text, len, &v, &n), 0);
+    int hit = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].rule == rule && v[i].start <= a && b <= v[i].end) hit = 1;
+    free(v);
+    st->covered += hit;
+    if (!hit)
+        print_message("missed %s (%s): \"%.*s\"\n", deid_rule_name(rule), variant,
+                      (int)(b - a), text + a);
+    /* Redaction: no word of the PHI left, the text around it intact. */
+    char *copy = strdup(text);
+    size_t clen = len;
+    assert_true(deid_redact(&copy, &clen) >= 0);
+    const char *prefix = cJSON_GetObjectItem(o, "prefix")->valuestring;
+    const char *suffix = cJSON_GetObjectItem(o, "suffix")->valuestring;
+    int ok = strncmp(copy, prefix, strlen(prefix)) == 0 && clen >= strlen(suffix) &&
+             strcmp(copy + clen - strlen(suffix), suffix) == 0;
+    const cJSON *tok;
+    cJSON_ArrayForEach(tok, cJSON_GetObjectItem(o, "tokens"))
+        if (s_has_word(copy, tok->valuestring)) ok = 0;
+    st->redacted_ok += ok;
+    if (!ok) print_message("redaction (%s, %s): %s\n", deid_rule_name(rule), variant, copy);
+    free(copy);
+}
+
+static void test_unicode_variants_recall(void **state)
+{
+    (void)state;
+    s_uni_t st = {0};
+    int n = s_each_line("tests/data/deid/unicode_variants.jsonl", s_unicode_record, &st);
+    assert_true(n >= 100);
+    for (int r = 0; r < DEID_RULE_COUNT; r++) assert_true(st.by_rule[r] >= 3);
+    print_message("unicode variants: %d/%d flagged with the right rule, %d redacted cleanly\n",
+                  st.covered, st.variants, st.redacted_ok);
+    assert_int_equal(st.covered, st.variants);
+    assert_int_equal(st.redacted_ok, st.variants);
+}
+
+static void s_unicode_negative(cJSON *o, void *ctx)
+{
+    int *flagged = ctx;
+    const char *text = cJSON_GetObjectItem(o, "text")->valuestring;
+    deid_span_t *v;
+    size_t n;
+    assert_int_equal(deid_scan(text, strlen(text), &v, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        print_message("false positive %s: \"%.*s\" in: %s\n", deid_rule_name(v[i].rule),
+                      (int)(v[i].end - v[i].start), text + v[i].start, text);
+    *flagged += n > 0;
+    free(v);
+}
+
+static void test_unicode_negatives(void **state)
+{
+    (void)state;
+    int flagged = 0;
+    int n = s_each_line("tests/data/deid/unicode_negatives.jsonl", s_unicode_negative, &flagged);
+    assert_true(n >= 20);
+    assert_int_equal(flagged, 0);
+}
+
+/* Spans are in original bytes: a redaction of text full of multi-byte separators replaces
+ * exactly the identifier, and a zero-width character inside it goes with it. */
+static void test_unicode_redaction_offsets(void **state)
+{
+    (void)state;
+    char *t = strdup("\u00e9t\u00e9: Dr.\u00a0S\u200bmith\u2009\u2014 call 555\u2013123\u20134567.");
+    size_t len = strlen(t);
+    assert_int_equal(deid_redact(&t, &len), 2);
+    assert_string_equal(t, "\u00e9t\u00e9: Dr.\u00a0[NAME]\u2009\u2014 call [PHONE].");
+    assert_int_equal(strlen(t), len);
+    free(t);
+    /* CRLF between title and name; invalid UTF-8 bytes pass through without a crash. */
+    t = strdup("Dr.\r\nSmith \xff\xfe Dr. \xc3");
+    len = strlen(t);
+    assert_int_equal(deid_redact(&t, &len), 1);
+    assert_string_equal(t, "Dr.\r\n[NAME] \xff\xfe Dr. \xc3");
+    free(t);
 }
 
 /* ---------------------------------------------------------------- targeted cases */
@@ -362,6 +482,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_corpus_recall_and_redaction),
         cmocka_unit_test(test_corpus_false_positive_rate),
+        cmocka_unit_test(test_unicode_variants_recall),
+        cmocka_unit_test(test_unicode_negatives),
+        cmocka_unit_test(test_unicode_redaction_offsets),
         cmocka_unit_test(test_rules_positive),
         cmocka_unit_test(test_rules_clinical_negatives),
         cmocka_unit_test(test_redact_output),

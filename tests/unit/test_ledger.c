@@ -284,6 +284,65 @@ static void test_append_only_and_bad_plans(void **state)
     ledger_destroy(&l);
 }
 
+typedef struct {
+    int rows, no_dp;
+    double eps, sigma, q;
+    char reason[LEDGER_REASON_MAX];
+} no_dp_t;
+
+static int s_no_dp(const ledger_entry_t *e, void *arg)
+{
+    no_dp_t *w = arg;
+    w->rows++;
+    if (!e->no_dp) return 0;
+    w->no_dp++;
+    w->eps = e->epsilon, w->sigma = e->sigma, w->q = e->q;
+    snprintf(w->reason, sizeof w->reason, "%s", e->reason);
+    return 0;
+}
+
+/* A round contributed without DP (the node's policy allows it): an admitted row at q = 1,
+ * sigma = 0 with epsilon infinite, which the composition then shows (spent = inf, remaining
+ * 0, every later DP round declined); it survives a reopen. */
+static void test_no_dp_round_recorded(void **state)
+{
+    (void)state;
+    const char *path = s_file("nodp.db");
+    ledger_t *l = ledger_open(path, 4.0, 1e-5, LEDGER_CREATE);
+    assert_non_null(l);
+    assert_int_equal(ledger_admit_round(l, 1, 0.01, 1.0, 100, NULL, NULL, 0), 1);
+    double spent = 0;
+    assert_int_equal(ledger_spent(l, &spent, NULL), 0);
+    assert_true(spent > 0 && isfinite(spent));
+    assert_int_equal(ledger_record_no_dp(l, 2, 3, ""), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EINVAL);
+    assert_int_equal(ledger_record_no_dp(l, 2, -1, "no DP"), -1);
+    assert_int_equal(ledger_record_no_dp(l, 2, 3, "no DP: policy allows it"), 0);
+    ledger_destroy(&l);
+
+    l = ledger_open(path, 4.0, 1e-5, LEDGER_OPEN_EXISTING);
+    assert_non_null(l);
+    assert_int_equal(ledger_spent(l, &spent, NULL), 0);
+    assert_true(isinf(spent));
+    double remaining = 1;
+    assert_int_equal(ledger_remaining(l, &remaining), 0);
+    assert_true(remaining == 0.0);
+    char reason[LEDGER_REASON_MAX];
+    assert_int_equal(ledger_admit_round(l, 3, 0.01, 1.0, 1, NULL, reason, sizeof reason), 0);
+    assert_non_null(strstr(reason, "contributed rounds without DP"));
+    no_dp_t w = {0};
+    assert_int_equal(ledger_foreach(l, s_no_dp, &w), 0);
+    assert_int_equal(w.rows, 3);
+    assert_int_equal(w.no_dp, 1);
+    assert_true(isinf(w.eps) && w.sigma == 0.0 && w.q == 1.0);
+    assert_string_equal(w.reason, "no DP: policy allows it");
+    int64_t adm, dec;
+    assert_int_equal(ledger_count(l, &adm, &dec), 0);
+    assert_int_equal(adm, 2);
+    assert_int_equal(dec, 1);
+    ledger_destroy(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -292,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_delta_mismatch_refused),
         cmocka_unit_test(test_missing_corrupt_foreign),
         cmocka_unit_test(test_append_only_and_bad_plans),
+        cmocka_unit_test(test_no_dp_round_recorded),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

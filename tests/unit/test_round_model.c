@@ -9,7 +9,11 @@
  * - a round sending lr 0 (absent) gives the delta of the node's train.lr;
  * - the log line names the source of lr and batch size;
  * - a round's batch size reaches the data stream (batch 1 gives another update than the
- *   full batch) and an out-of-range one is refused. */
+ *   full batch) and an out-of-range one is refused;
+ * - examples_processed (the node's training_examples_total metric) is the sum of the batches
+ *   the steps went through, the last batch of an epoch included, while the update's weight
+ *   stays the training split; under DP the log gives the expected Poisson batch q x N.
+ * LoRA with AdamW is set explicitly: the node's defaults train the head only with SGD. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -86,8 +90,8 @@ static int s_setup(void **state)
     if (!f) return -1;
     fprintf(f, "node_id = hospital-1\n[aggregator]\nendpoint = tcp://127.0.0.1:1\n"
                "[data]\nrecords = notes.jsonl\nlabels = pulm,ortho,derm\n"
-               "[model]\nbase = base.h5\nlora.r = 4\n"
-               "[train]\nlr = %g\nbatch_size = 64\nmax_seq_len = 16\nthreads = 1\n"
+               "[model]\nbase = base.h5\nlora.r = 4\nlora.targets = query,value\n"
+               "[train]\noptimizer = adamw\nlr = %g\nbatch_size = 64\nmax_seq_len = 16\nthreads = 1\n"
                "valid_fraction = 0.2\nseed = 7\nwarmup_fraction = 0\n", NODE_LR);
     fclose(f);
     return 0;
@@ -110,12 +114,14 @@ static void s_open(fixture_t *fx)
 {
     node_config_t cfg;
     assert_int_equal(cfg_set_defaults(node_config_table, &cfg), 0);
-    if (cfg_load_subset(node_config_table, &cfg, s_conf) != 0)
+    if (cfg_load_subset(node_config_table, node_config_table, &cfg, s_conf) != 0)
         fail_msg("config: %s", medfl_error_message());
     fx->m = model_trainer_new(&cfg);
     if (!fx->m) fail_msg("model trainer: %s", medfl_error_message());
     assert_int_equal(model_trainer_records(fx->m), 24);
+    memset(&fx->tr, 0xA5, sizeof fx->tr); /* the daemon binds into stack memory */
     model_trainer_bind(fx->m, &fx->tr);
+    assert_non_null(fx->tr.examples_processed);
     /* a version whose size is not the model's is refused before training */
     float one = 0;
     uint64_t ne = 0;
@@ -225,11 +231,71 @@ static void test_round_batch_size(void **state)
     s_close(&fx);
 }
 
+/* One round of `steps` local steps; returns examples_processed, checks the weight. */
+static uint64_t s_processed_after(fixture_t *fx, uint64_t round_id, uint32_t batch,
+                                  uint32_t steps, bool dp)
+{
+    float *delta = calloc(fx->n, sizeof *delta);
+    assert_non_null(delta);
+    round_hparams_t hp = {0};
+    hp.round_id = round_id;
+    hp.lr = ROUND_LR;
+    hp.batch_size = batch;
+    hp.local_steps = steps;
+    hp.dp = dp;
+    hp.noise_multiplier = 1.0;
+    hp.clip_norm = 1.0;
+    hp.sample_rate = 0.5;
+    uint64_t ne = 0;
+    if (fx->tr.train(fx->tr.ctx, fx->global, fx->n, &hp, delta, &ne) != 0)
+        fail_msg("round %llu: %s", (unsigned long long)round_id, medfl_error_message());
+    assert_int_equal(ne, 24); /* the weight: the training split, whatever was processed */
+    free(delta);
+    assert_non_null(fx->tr.examples_processed);
+    return fx->tr.examples_processed(fx->tr.ctx);
+}
+
+static void test_round_examples_processed(void **state)
+{
+    (void)state;
+    /* the synthetic trainer has no examples_processed (n_examples is its count): binding
+     * into garbage leaves it and every other optional callback absent, not garbage */
+    synth_trainer_t *syn = synth_trainer_new("hospital-1", 10, 0);
+    assert_non_null(syn);
+    round_trainer_t st;
+    memset(&st, 0xA5, sizeof st);
+    synth_trainer_bind(syn, &st);
+    assert_null(st.examples_processed);
+    assert_null(st.linear_step);
+    assert_null(st.check_layout);
+    synth_trainer_destroy(&syn);
+    fixture_t fx;
+    s_open(&fx);
+    /* 24 training records in batches of 10: an epoch is 10, 10, 4 */
+    assert_int_equal(s_processed_after(&fx, 1, 10, 2, false), 20);
+    /* the data stream goes on: the epoch's last batch (4), then the next epoch's first (10) */
+    assert_int_equal(s_processed_after(&fx, 2, 10, 2, false), 14);
+    assert_int_equal(s_processed_after(&fx, 3, 1, 3, false), 3);
+    /* DP-SGD: Poisson draws at q 0.5 of 24, 12 expected a step; the log says so */
+    uint64_t dp = s_processed_after(&fx, 4, 10, 8, true);
+    assert_true(testlib_log_has("round 4: lr 0.001 (from the round), DP-SGD Poisson batches at "
+                                "q 0.5 (from the round): expected batch 12.0 = q x 24 training "
+                                "records, 8 local steps"));
+    assert_false(testlib_log_has("round 4: lr 0.001 (from the round), batch size"));
+    /* 8 draws of Binomial(24, 0.5): mean 96, sd 5.7; 60..132 fails once in 10^9 */
+    assert_true(dp >= 60 && dp <= 132);
+    char line[80];
+    snprintf(line, sizeof line, "round 4: 8 steps (%llu examples)", (unsigned long long)dp);
+    assert_true(testlib_log_has(line));
+    s_close(&fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_lr_reaches_optimizer),
         cmocka_unit_test(test_round_batch_size),
+        cmocka_unit_test(test_round_examples_processed),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

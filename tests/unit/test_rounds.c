@@ -30,256 +30,23 @@
 #include "common/wire.h"
 #include "node/ledger.h"
 #include "node/round.h"
+#include "tests/unit/fedlib.h"
 #include "tests/unit/testlib.h"
 
-#define MAX_NODES 4
-#define DIM 8
-
 static const char *s_root; /* testlib_setup's folder */
-static int s_case;
-
-typedef struct {
-    int index;
-    bool fail_train;
-    int calls;
-    float starts[4][DIM]; /* the vector each of the first 4 local trainings started from */
-} test_trainer_t;
-
-/* delta_u[i] = 0.001 (u + 1) (i + 1): distinct per node, inside every clip used below. */
-static int s_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
-                   float *delta, uint64_t *n_examples)
-{
-    (void)hp;
-    test_trainer_t *t = ctx;
-    if (t->fail_train) return medfl_error_set(MEDFL_EDEVICE, "test trainer told to fail");
-    if (n == DIM && t->calls < 4) memcpy(t->starts[t->calls], global, sizeof t->starts[0]);
-    t->calls++;
-    for (size_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(t->index + 1) * (float)(i + 1);
-    *n_examples = 10;
-    return 0;
-}
-
-static int s_eval(void *ctx, const float *x, size_t n, double *loss, double *acc, double *f1,
-                  uint64_t *n_eval)
-{
-    (void)ctx;
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += x[i];
-    *loss = s;
-    *acc = 0.5;
-    *f1 = 0.5;
-    *n_eval = 4;
-    return 0;
-}
-
-typedef struct {
-    char dir[700];
-    agg_config_t cfg;
-    wire_server_t *server;
-    rounds_t *rounds;
-    uint8_t agg_sk[64], agg_pk[32];
-    size_t n;
-    char ids[MAX_NODES][16];
-    uint8_t sk[MAX_NODES][64], pk[MAX_NODES][32];
-    test_trainer_t tt[MAX_NODES];
-    wire_client_t *client[MAX_NODES];
-    node_round_t *node[MAX_NODES];
-    ledger_t *ledger[MAX_NODES];
-    bool dead[MAX_NODES];
-    rounds_peer_t peers[MAX_NODES];
-    /* drop node `drop` when the aggregator enters phase `drop_at` (IDLE = never) */
-    int drop;
-    rounds_phase_t drop_at;
-    uint64_t drop_round;
-    /* a dishonest aggregator: node `tamper` (-1 = none) receives its RoundStarts with
-     * dp.record_weight_max multiplied by tamper_rwm */
-    int tamper;
-    double tamper_rwm;
-} fed_t;
-
-/* The node's round state over its existing connection (a restarted node process reads
- * the same state folder). */
-static void s_node_round(fed_t *f, size_t i)
-{
-    char sdir[800];
-    snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
-    round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
-    node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
-                             .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
-                             .ledger = f->ledger[i]};
-    f->node[i] = node_round_new(&o, &tr, f->client[i]);
-    assert_non_null(f->node[i]);
-}
-
-static void s_node_start(fed_t *f, size_t i, double budget)
-{
-    wire_options_t opts;
-    wire_options_default(&opts);
-    f->client[i] = wire_client_new(wire_server_endpoint(f->server), NULL, NULL, NULL, f->ids[i],
-                                   &opts);
-    assert_non_null(f->client[i]);
-    char path[800], sdir[800];
-    snprintf(sdir, sizeof sdir, "%s/%s", f->dir, f->ids[i]);
-    assert_int_equal(service_mkdir_p(sdir, 0700), 0);
-    snprintf(path, sizeof path, "%s/ledger.db", sdir);
-    if (!f->ledger[i]) f->ledger[i] = ledger_open(path, budget, 1e-5, LEDGER_CREATE);
-    assert_non_null(f->ledger[i]);
-    f->tt[i].index = (int)i;
-    s_node_round(f, i);
-    /* The server learns a plain-mode client's route from its first message. */
-    Medfl__Heartbeat hb = MEDFL__HEARTBEAT__INIT;
-    assert_int_equal(wire_client_send(f->client[i], MEDFL__MSG_TYPE__MSG_HEARTBEAT, 0, &hb.base,
-                                      NULL, 0, NULL, NULL), 0);
-    f->dead[i] = false;
-}
-
-static void s_agg_start(fed_t *f)
-{
-    char db[800], vdir[800];
-    snprintf(db, sizeof db, "%s/journal.db", f->dir);
-    snprintf(vdir, sizeof vdir, "%s/versions", f->dir);
-    f->rounds = rounds_new(&f->cfg, f->server, db, vdir, f->agg_sk, f->agg_pk);
-    assert_non_null(f->rounds);
-}
-
-#define S_ALL_TINY 1000 /* tiny: every node's budget is tiny */
-
-static void s_fed_init_budget(fed_t *f, size_t n, bool secure, const char *scheme, int tiny)
-{
-    memset(f, 0, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "%s/case%d", s_root, ++s_case);
-    assert_int_equal(service_mkdir_p(f->dir, 0700), 0);
-    assert_int_equal(cfg_set_defaults(agg_config_table, &f->cfg), 0);
-    f->cfg.fed_rounds = 3;
-    f->cfg.fed_min_nodes = (int64_t)n;
-    f->cfg.fed_max_nodes = 10;
-    f->cfg.fed_secure = secure;
-    f->cfg.fed_select_wait_ms = 0;
-    f->cfg.fed_keys_ms = f->cfg.fed_shares_ms = f->cfg.fed_unmask_ms = TESTLIB_PHASE_MS;
-    f->cfg.fed_train_ms = TESTLIB_PHASE_MS;
-    f->cfg.fed_eval_ms = TESTLIB_PHASE_MS;
-    f->cfg.fed_retry_ms = 0;
-    f->cfg.fed_genesis_dim = DIM;
-    f->cfg.dp_enabled = false;
-    snprintf(f->cfg.fed_weighting, sizeof f->cfg.fed_weighting, "uniform");
-    snprintf(f->cfg.comp_scheme, sizeof f->cfg.comp_scheme, "%s", scheme);
-    f->cfg.comp_clip = 0.05;
-    f->cfg.comp_bits = 12;
-    crypto_sign_keypair(f->agg_pk, f->agg_sk);
-    wire_options_t opts;
-    wire_options_default(&opts);
-    f->server = wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &opts);
-    assert_non_null(f->server);
-    s_agg_start(f);
-    f->n = n;
-    f->drop = -1;
-    f->tamper = -1;
-    for (size_t i = 0; i < n; i++) {
-        snprintf(f->ids[i], sizeof f->ids[i], "h%zu", i);
-        crypto_sign_keypair(f->pk[i], f->sk[i]);
-        f->peers[i].node_id = f->ids[i];
-        f->peers[i].identity_pk = f->pk[i];
-        f->peers[i].n_records = 100;
-        s_node_start(f, i, (int)i == tiny || tiny == S_ALL_TINY ? 0.001 : 100.0);
-    }
-}
-
-static void s_fed_init(fed_t *f, size_t n, bool secure, const char *scheme)
-{
-    s_fed_init_budget(f, n, secure, scheme, -1);
-}
-
-static void s_fed_free(fed_t *f)
-{
-    for (size_t i = 0; i < f->n; i++) {
-        node_round_destroy(&f->node[i]);
-        wire_client_destroy(&f->client[i]);
-        ledger_destroy(&f->ledger[i]);
-    }
-    rounds_destroy(&f->rounds);
-    wire_server_destroy(&f->server);
-}
-
-/* One loop iteration: deadlines, one server message, every live client's messages. */
-static void s_step(fed_t *f)
-{
-    rounds_peer_t live[MAX_NODES];
-    size_t n_live = 0;
-    for (size_t i = 0; i < f->n; i++)
-        if (!f->dead[i] && wire_server_has_peer(f->server, f->ids[i])) live[n_live++] = f->peers[i];
-    rounds_tick(f->rounds, live, n_live, service_now_ms());
-    if (f->drop >= 0 && !f->dead[f->drop] && rounds_phase(f->rounds) == f->drop_at &&
-        rounds_current(f->rounds) == f->drop_round)
-        f->dead[f->drop] = true;
-    for (int k = 0; k < 8; k++) {
-        wire_msg_t msg;
-        memset(&msg, 0, sizeof msg);
-        int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
-        if (rc == 1) (void)rounds_on_message(f->rounds, &msg, service_now_ms());
-        wire_msg_close(&msg);
-        if (rc != 1) break;
-    }
-    for (size_t i = 0; i < f->n; i++) {
-        if (f->dead[i]) continue;
-        for (;;) {
-            wire_msg_t msg;
-            memset(&msg, 0, sizeof msg);
-            int rc = wire_client_recv(f->client[i], &msg, 0);
-            if (rc == 1 && (int)i == f->tamper && msg.type == MEDFL__MSG_TYPE__MSG_ROUND_START &&
-                msg.body.round_start->dp)
-                msg.body.round_start->dp->record_weight_max *= f->tamper_rwm;
-            if (rc == 1) (void)node_round_on_message(f->node[i], &msg);
-            wire_msg_close(&msg);
-            if (rc != 1) break;
-        }
-    }
-}
-
-static void s_run_until_completed(fed_t *f, uint64_t completed, int64_t max_ms)
-{
-    int64_t end = service_now_ms() + max_ms;
-    while (rounds_completed(f->rounds) < completed && service_now_ms() < end) s_step(f);
-    assert_int_equal(rounds_completed(f->rounds), completed);
-}
-
-/* Head vector must be base + the weighted mean of the contributors' deltas, per round. */
-static void s_check_head(fed_t *f, const double *expected, double tol)
-{
-    size_t numel = 0;
-    const float *g = rounds_global(f->rounds, &numel);
-    assert_non_null(g);
-    assert_int_equal(numel, DIM);
-    for (size_t i = 0; i < DIM; i++) {
-        if (fabs(g[i] - expected[i]) > tol)
-            fail_msg("coordinate %zu: %.6f, expected %.6f", i, (double)g[i], expected[i]);
-    }
-}
-
-/* mean over the contributor set (bit u set) of delta_u, equal weights */
-static void s_mean_delta(unsigned set, double *out)
-{
-    int c = 0;
-    for (int u = 0; u < MAX_NODES; u++) c += (set >> u) & 1;
-    for (size_t i = 0; i < DIM; i++) {
-        double s = 0;
-        for (int u = 0; u < MAX_NODES; u++)
-            if ((set >> u) & 1) s += 0.001 * (u + 1) * (double)(i + 1);
-        out[i] = s / c;
-    }
-}
 
 static void s_three_rounds(bool secure, const char *scheme, double tol)
 {
     fed_t f;
-    s_fed_init(&f, 3, secure, scheme);
-    s_run_until_completed(&f, 3, 20000);
-    double per[DIM], want[DIM];
-    s_mean_delta(0x7, per);
-    for (size_t i = 0; i < DIM; i++) want[i] = 3 * per[i];
-    s_check_head(&f, want, tol);
+    fed_init(&f, s_root, 3, secure, scheme);
+    fed_run_until_completed(&f, 3, 20000);
+    double per[FED_DIM], want[FED_DIM];
+    fed_mean_delta(0x7, per);
+    for (size_t i = 0; i < FED_DIM; i++) want[i] = 3 * per[i];
+    fed_check_head(&f, want, tol);
     /* genesis + 3 versions, every node on the last one, chain verifies on each node */
     assert_int_equal(rounds_head_version(f.rounds), 4);
-    for (int k = 0; k < 200; k++) s_step(&f); /* let the last announce land */
+    for (int k = 0; k < 200; k++) fed_step(&f); /* let the last announce land */
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(node_round_model_version(f.node[i]), 4);
         assert_int_equal(node_round_contributed(f.node[i]), 3);
@@ -288,7 +55,7 @@ static void s_three_rounds(bool secure, const char *scheme, double tol)
         assert_int_equal(versions_verify(vdir, 4, f.agg_pk), 0);
     }
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_DONE);
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static void test_plain_dense(void **state)
@@ -301,21 +68,21 @@ static void test_plain_topk(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, false, "topk");
+    fed_init(&f, s_root, 3, false, "topk");
     f.cfg.comp_k_frac = 0.5;
-    s_run_until_completed(&f, 1, 20000);
+    fed_run_until_completed(&f, 1, 20000);
     size_t numel = 0;
     const float *g = rounds_global(f.rounds, &numel);
-    assert_int_equal(numel, DIM);
-    float v2[DIM];
+    assert_int_equal(numel, FED_DIM);
+    float v2[FED_DIM];
     memcpy(v2, g, sizeof v2);
-    s_run_until_completed(&f, 2, 20000);
+    fed_run_until_completed(&f, 2, 20000);
     /* Round 2 trains from version 2 itself, not from version 2 + the error-feedback residual
      * (which holds the unsent coordinates 0..3 of node 0 here): measured worse with the real
      * model (docs/compression.md, "Where local training starts"). */
-    test_trainer_t *t0 = &f.tt[0];
+    fed_trainer_t *t0 = &f.tt[0];
     assert_true(t0->calls >= 2);
-    for (size_t i = 0; i < DIM; i++) {
+    for (size_t i = 0; i < FED_DIM; i++) {
         assert_true(t0->starts[0][i] == 0.0f); /* genesis */
         if (t0->starts[1][i] != v2[i])
             fail_msg("coordinate %zu: round 2 started from %.7f, version 2 holds %.7f", i,
@@ -330,7 +97,7 @@ static void test_plain_topk(void **state)
     }
     assert_true(moved > 0.01);
     assert_true(testlib_log_has("compression topk (4 of 8 coordinates)"));
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static void test_secure_dense(void **state)
@@ -351,16 +118,16 @@ static void test_secure_quantize(void **state)
 static void s_dropout_case(rounds_phase_t at, unsigned contributors)
 {
     fed_t f;
-    s_fed_init(&f, 4, true, "none");
+    fed_init(&f, s_root, 4, true, "none");
     f.cfg.fed_rounds = 1;
     f.drop = 3;
     f.drop_at = at;
     f.drop_round = 1;
-    s_run_until_completed(&f, 1, 20000);
-    double want[DIM];
-    s_mean_delta(contributors, want);
-    s_check_head(&f, want, 1e-5);
-    s_fed_free(&f);
+    fed_run_until_completed(&f, 1, 20000);
+    double want[FED_DIM];
+    fed_mean_delta(contributors, want);
+    fed_check_head(&f, want, 1e-5);
+    fed_free(&f);
 }
 
 static void test_dropout_before_keys(void **state)
@@ -394,22 +161,22 @@ static void test_too_few_survivors_abort(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, true, "none");
+    fed_init(&f, s_root, 3, true, "none");
     f.cfg.fed_rounds = 1;
     f.cfg.fed_quorum = 1.0; /* every selected node must contribute */
     f.drop = 2;
     f.drop_at = ROUNDS_INPUT;
     f.drop_round = 1;
     int64_t end = service_now_ms() + 5000;
-    while (!testlib_log_has("round 1 aborted") && service_now_ms() < end) s_step(&f);
+    while (!testlib_log_has("round 1 aborted") && service_now_ms() < end) fed_step(&f);
     assert_true(testlib_log_has("round 1 aborted in phase input: 2 of 3 masked inputs arrived"));
     assert_int_equal(rounds_completed(f.rounds), 0);
     assert_int_equal(rounds_head_version(f.rounds), 1); /* nothing committed */
     /* the next round (node 2 stays away) completes with the quorum relaxed */
     f.cfg.fed_quorum = 0.5;
     f.cfg.fed_min_nodes = 2;
-    s_run_until_completed(&f, 1, 20000);
-    s_fed_free(&f);
+    fed_run_until_completed(&f, 1, 20000);
+    fed_free(&f);
 }
 
 static void test_decline_privacy_budget(void **state)
@@ -417,10 +184,10 @@ static void test_decline_privacy_budget(void **state)
     (void)state;
     fed_t f;
     /* node 2's ledger has a tiny budget: it must decline, not train */
-    s_fed_init_budget(&f, 3, true, "none", 2);
+    fed_init_budget(&f, s_root, 3, true, "none", 2);
     f.cfg.dp_enabled = true;
     f.cfg.fed_rounds = 1;
-    s_run_until_completed(&f, 1, 20000);
+    fed_run_until_completed(&f, 1, 20000);
     assert_int_equal(node_round_declined(f.node[2]), 1);
     assert_int_equal(node_round_contributed(f.node[2]), 0);
     assert_true(testlib_log_has("node h2 declined round 1: privacy budget: round"));
@@ -430,10 +197,10 @@ static void test_decline_privacy_budget(void **state)
     assert_int_equal(declined, 1);
     assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
     assert_int_equal(admitted, 1);
-    double want[DIM];
-    s_mean_delta(0x3, want);
-    s_check_head(&f, want, 1e-5);
-    s_fed_free(&f);
+    double want[FED_DIM];
+    fed_mean_delta(0x3, want);
+    fed_check_head(&f, want, 1e-5);
+    fed_free(&f);
 }
 
 /* Every node out of budget: after the round they all declined, no round starts (the old
@@ -443,19 +210,19 @@ static void test_all_out_of_budget_idles(void **state)
     (void)state;
     fed_t f;
     testlib_log_reset();
-    s_fed_init_budget(&f, 2, true, "none", S_ALL_TINY);
+    fed_init_budget(&f, s_root, 2, true, "none", FED_ALL_TINY);
     f.cfg.dp_enabled = true;
     f.cfg.fed_rounds = 0; /* forever */
     f.cfg.fed_retry_ms = 0;
     int64_t end = service_now_ms() + 5000;
     while (!testlib_log_has("no round starts: all nodes out of privacy budget") && service_now_ms() < end)
-        s_step(&f);
+        fed_step(&f);
     assert_true(testlib_log_has("node h0 declined round 1: privacy budget"));
     assert_true(testlib_log_has("node h1 declined round 1: privacy budget"));
     assert_true(testlib_log_has("no round starts: all nodes out of privacy budget"));
     /* 1 s more with retry_ms 0: still no second round */
     end = service_now_ms() + 1000;
-    while (service_now_ms() < end) s_step(&f);
+    while (service_now_ms() < end) fed_step(&f);
     assert_false(testlib_log_has("round 2 started"));
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_IDLE);
     assert_int_equal(rounds_current(f.rounds), 0);
@@ -468,10 +235,10 @@ static void test_all_out_of_budget_idles(void **state)
     /* SIGHUP: the nodes are asked again (they decline again, the ledgers hold) */
     rounds_on_reload(f.rounds);
     end = service_now_ms() + 5000;
-    while (!testlib_log_has("node h1 declined round 2") && service_now_ms() < end) s_step(&f);
+    while (!testlib_log_has("node h1 declined round 2") && service_now_ms() < end) fed_step(&f);
     assert_true(testlib_log_has("round 2 started"));
     assert_true(testlib_log_has("node h1 declined round 2: privacy budget"));
-    for (int k = 0; k < 100; k++) s_step(&f);
+    for (int k = 0; k < 100; k++) fed_step(&f);
     assert_false(testlib_log_has("round 3 started"));
     int64_t admitted = 0, declined = 0;
     assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
@@ -479,13 +246,13 @@ static void test_all_out_of_budget_idles(void **state)
     assert_int_equal(declined, 2);
     /* a restarted aggregator forgets who was out of budget: status no longer says so */
     rounds_destroy(&f.rounds);
-    s_agg_start(&f);
+    fed_agg_start(&f);
     memset(out, 0, sizeof out);
     mem = fmemopen(out, sizeof out - 1, "w");
     assert_int_equal(rounds_print_status(db, mem), 0);
     fclose(mem);
     assert_non_null(strstr(out, "phase: idle\n"));
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 /* A dishonest aggregator sends node h2 a smaller dp.record_weight_max than the others (the
@@ -498,13 +265,13 @@ static void test_tampered_round_start_refused(void **state)
     (void)state;
     fed_t f;
     testlib_log_reset();
-    s_fed_init(&f, 3, true, "none");
+    fed_init(&f, s_root, 3, true, "none");
     f.cfg.fed_rounds = 1;
     f.cfg.dp_enabled = true;
     f.cfg.dp_distributed = true;
     f.tamper = 2;
     f.tamper_rwm = 0.5;
-    s_run_until_completed(&f, 1, 20000);
+    fed_run_until_completed(&f, 1, 20000);
     assert_true(testlib_log_has("round 1: distributed noise offered"));
     assert_true(testlib_log_has("round 1: keys of node h2 refused: secagg round 1: keys of node 2: "
                                 "signature does not verify against its enrolled identity key and "
@@ -515,26 +282,26 @@ static void test_tampered_round_start_refused(void **state)
     assert_int_equal(node_round_contributed(f.node[0]), 1);
     assert_int_equal(node_round_contributed(f.node[1]), 1);
     assert_int_equal(node_round_contributed(f.node[2]), 0);
-    double want[DIM];
-    s_mean_delta(0x3, want);
-    s_check_head(&f, want, 1e-4);
-    s_fed_free(&f);
+    double want[FED_DIM];
+    fed_mean_delta(0x3, want);
+    fed_check_head(&f, want, 1e-4);
+    fed_free(&f);
 }
 
 static void test_stale_update_rejected(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, false, "none");
+    fed_init(&f, s_root, 3, false, "none");
     f.cfg.fed_rounds = 1;
-    s_run_until_completed(&f, 1, 20000);
-    for (int k = 0; k < 50; k++) s_step(&f);
+    fed_run_until_completed(&f, 1, 20000);
+    for (int k = 0; k < 50; k++) fed_step(&f);
     /* node 0 replays an update for round 1, which is over */
-    float v[DIM] = {0};
+    float v[FED_DIM] = {0};
     Medfl__Update u = MEDFL__UPDATE__INIT;
     u.base_version = 1;
     u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_F32;
-    u.n_elements = DIM;
+    u.n_elements = FED_DIM;
     assert_int_equal(wire_client_send(f.client[0], MEDFL__MSG_TYPE__MSG_UPDATE, 1, &u.base, v,
                                       sizeof v, NULL, NULL), 0);
     bool got = false;
@@ -553,24 +320,24 @@ static void test_stale_update_rejected(void **state)
     assert_true(got);
     assert_true(testlib_log_has("UPDATE from node h0 for round 1 rejected: round 1 is not in progress"));
     assert_int_equal(rounds_head_version(f.rounds), 2); /* nothing added */
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static void test_base_mismatch_decline(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, false, "none");
+    fed_init(&f, s_root, 3, false, "none");
     f.cfg.fed_rounds = 2;
-    s_run_until_completed(&f, 1, 20000);
+    fed_run_until_completed(&f, 1, 20000);
     /* a node whose store lost its versions gets catch-up copies before the next round */
     node_round_destroy(&f.node[1]);
     char cmd[900];
     snprintf(cmd, sizeof cmd, "rm -rf '%s/h1/versions'", f.dir);
     assert_int_equal(system(cmd), 0);
-    s_node_round(&f, 1);
+    fed_node_round(&f, 1);
     rounds_on_hello(f.rounds, "h1", 0);
-    s_run_until_completed(&f, 2, 20000);
+    fed_run_until_completed(&f, 2, 20000);
     assert_int_equal(node_round_contributed(f.node[1]), 1);
     assert_int_equal(node_round_declined(f.node[1]), 0);
     /* a RoundStart naming a base the node lacks is declined, not trained on */
@@ -592,29 +359,29 @@ static void test_base_mismatch_decline(void **state)
     assert_int_equal(node_round_on_message(f.node[0], &fake), 1);
     assert_int_equal(node_round_declined(f.node[0]), 1);
     assert_true(testlib_log_has("declining round 99: base version 77 is not installed here"));
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static void test_journal_recovery(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, true, "none");
+    fed_init(&f, s_root, 3, true, "none");
     f.cfg.fed_rounds = 2;
-    s_run_until_completed(&f, 1, 20000);
+    fed_run_until_completed(&f, 1, 20000);
     /* run round 2 into its shares phase, then "crash" the aggregator */
     int64_t end = service_now_ms() + 5000;
     while (!(rounds_current(f.rounds) == 2 && rounds_phase(f.rounds) == ROUNDS_SHARES) &&
            service_now_ms() < end)
-        s_step(&f);
+        fed_step(&f);
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_SHARES);
     rounds_destroy(&f.rounds);
-    s_agg_start(&f);
+    fed_agg_start(&f);
     assert_true(testlib_log_has("round 2: aggregator restarted during phase shares: journaled as aborted"));
     assert_int_equal(rounds_completed(f.rounds), 1);
     assert_int_equal(rounds_head_version(f.rounds), 2);
     /* nodes follow the new round 3 (abandoning 2), and the federation finishes */
-    s_run_until_completed(&f, 2, 20000);
+    fed_run_until_completed(&f, 2, 20000);
     assert_int_equal(rounds_head_version(f.rounds), 3);
     char vdir[800], db[800];
     snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
@@ -631,7 +398,7 @@ static void test_journal_recovery(void **state)
     fclose(mem);
     assert_non_null(strstr(out, "rounds_completed: 2\n"));
     assert_non_null(strstr(out, "rounds_aborted: 1\n"));
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 /* A crash between writing a version and journaling it (held open by the test-only
@@ -643,16 +410,16 @@ static void test_crash_after_version_write(void **state)
     (void)state;
     fed_t f;
     testlib_log_reset();
-    s_fed_init(&f, 3, true, "none");
+    fed_init(&f, s_root, 3, true, "none");
     f.cfg.fed_rounds = 2;
     f.cfg.fed_debug_hold_ms = 150;
     int64_t end = service_now_ms() + 10000;
     while (!testlib_log_has("round 1: version 2 written, journal update held") && service_now_ms() < end)
-        s_step(&f);
+        fed_step(&f);
     assert_true(testlib_log_has("round 1: version 2 written, journal update held 150 ms"));
     assert_int_equal(rounds_phase(f.rounds), ROUNDS_UNMASK); /* the journal has no version yet */
     rounds_destroy(&f.rounds);
-    s_agg_start(&f);
+    fed_agg_start(&f);
     assert_true(testlib_log_has("round 1: aggregator restarted during phase unmask after version 2 was "
                           "committed: journaled as completed"));
     assert_int_equal(rounds_completed(f.rounds), 1);
@@ -660,8 +427,8 @@ static void test_crash_after_version_write(void **state)
     for (size_t i = 0; i < 3; i++) assert_int_equal(node_round_model_version(f.node[i]), 1);
     /* the nodes never saw version 2: the next round sends it first */
     for (size_t i = 0; i < 3; i++) rounds_on_hello(f.rounds, f.ids[i], 1);
-    s_run_until_completed(&f, 2, 20000);
-    for (int k = 0; k < 200; k++) s_step(&f);
+    fed_run_until_completed(&f, 2, 20000);
+    for (int k = 0; k < 200; k++) fed_step(&f);
     assert_int_equal(rounds_head_version(f.rounds), 3);
     char vdir[800];
     for (size_t i = 0; i < 3; i++) {
@@ -671,22 +438,22 @@ static void test_crash_after_version_write(void **state)
     }
     snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
     assert_int_equal(versions_verify(vdir, 3, f.agg_pk), 0);
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static void test_failing_trainer_is_a_dropout(void **state)
 {
     (void)state;
     fed_t f;
-    s_fed_init(&f, 3, false, "none");
+    fed_init(&f, s_root, 3, false, "none");
     f.cfg.fed_rounds = 1;
     f.tt[1].fail_train = true;
-    s_run_until_completed(&f, 1, 20000);
-    double want[DIM];
-    s_mean_delta(0x5, want);
-    s_check_head(&f, want, 1e-6);
+    fed_run_until_completed(&f, 1, 20000);
+    double want[FED_DIM];
+    fed_mean_delta(0x5, want);
+    fed_check_head(&f, want, 1e-6);
     assert_true(testlib_log_has("no update sent: test trainer told to fail"));
-    s_fed_free(&f);
+    fed_free(&f);
 }
 
 static int s_setup(void **state)

@@ -43,9 +43,11 @@ typedef struct {
     int index;
     bool honour_stop; /* SIGTERM arrives in the first step; asks hp->should_stop like the
                          real trainers */
+    uint64_t processed; /* examples the last call went through: 3 a step */
 } test_trainer_t;
 
-/* delta_u[i] = 0.001 (u + 1) (i + 1); 4 examples a step. */
+/* delta_u[i] = 0.001 (u + 1) (i + 1); weight 4 examples a step, 3 of them processed (the
+ * model trainer's weight is its training split, what it processes the sum of its batches). */
 static int s_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
                    float *delta, uint64_t *n_examples)
 {
@@ -61,7 +63,13 @@ static int s_train(void *ctx, const float *global, size_t n, const round_hparams
     usleep(2000); /* a measurable training time for examples/s */
     for (size_t i = 0; i < n; i++) delta[i] = 0.001f * (float)(t->index + 1) * (float)(i + 1);
     *n_examples = 4ull * hp->local_steps;
+    t->processed = 3ull * hp->local_steps;
     return 0;
+}
+
+static uint64_t s_processed(void *ctx)
+{
+    return ((const test_trainer_t *)ctx)->processed;
 }
 
 static int s_eval(void *ctx, const float *x, size_t n, double *loss, double *acc, double *f1,
@@ -171,7 +179,9 @@ static void s_fed_init(fed_t *f, bool secure, const char *scheme)
         f->ledger[i] = ledger_open(path, 100.0, 1e-5, LEDGER_CREATE);
         assert_non_null(f->ledger[i]);
         f->tt[i].index = (int)i;
-        round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval};
+        /* node 0 has no examples_processed: its metric counts the weight n_examples */
+        round_trainer_t tr = {.ctx = &f->tt[i], .train = s_train, .evaluate = s_eval,
+                              .examples_processed = i ? s_processed : NULL};
         node_round_opts_t o = {.node_id = f->ids[i], .state_dir = sdir, .identity_sk = f->sk[i],
                                  .identity_pk = f->pk[i], .agg_sign_pk = f->agg_pk,
                                  .ledger = f->ledger[i]};
@@ -309,7 +319,8 @@ static void test_stop_in_eval_completes(void **state)
         assert_true(s_get(f.node_m[i], "rounds_joined_total", NULL) == 1);
         assert_true(s_get(f.node_m[i], "rounds_completed_total", NULL) == 1);
         assert_true(s_get(f.node_m[i], "model_version", NULL) == 2);
-        assert_true(s_get(f.node_m[i], "training_examples_total", NULL) == 20);
+        /* 5 local steps: 3 examples processed a step, not the weight (4 a step) */
+        assert_true(s_get(f.node_m[i], "training_examples_total", NULL) == (i ? 15 : 20));
         assert_true(s_get(f.node_m[i], "training_examples_per_second", NULL) > 0);
         assert_true(s_get(f.node_m[i], "last_round_duration_seconds", NULL) > 0);
     }

@@ -1,6 +1,7 @@
 /* Secure aggregation (common/secagg, secagg_msg, shamir): in-process protocol runs with the
  * complete graph (n = 3, 10, 50) and SecAgg+ (n = 50, k = 10) under dropouts at every phase,
- * exact sums, aborts below threshold, the refusal to reveal both shares of a node, fresh
+ * exact sums, aborts below threshold, thresholds below a strict majority refused, the signed
+ * survivor set (consistency check), the refusal to reveal both shares of a node, fresh
  * masks per round, signature and ciphertext tampering, a node sent another round context
  * (its keys refused by the server and its neighbours), a masked vector decoded by the
  * caller straight into the server's sum, fixed-point bounds, Shamir, the neighbour graph and
@@ -24,8 +25,9 @@
 
 #define M 1000
 
-/* drop phase of a node: it stops before the given step */
-enum { KEEP = 0, BEFORE_ADVERTISE, BEFORE_SHARE, BEFORE_MASKED, BEFORE_UNMASK };
+/* drop phase of a node: it stops before the given step (BEFORE_UNMASK: before signing the
+ * survivor set; BEFORE_REVEAL: signs it, then never answers the unmask request) */
+enum { KEEP = 0, BEFORE_ADVERTISE, BEFORE_SHARE, BEFORE_MASKED, BEFORE_UNMASK, BEFORE_REVEAL };
 
 typedef struct {
     uint32_t n, k, t;
@@ -35,7 +37,8 @@ typedef struct {
     const uint8_t *graph_seed; /* fixed seed or NULL */
     uint8_t *captured;         /* if set: node 0's masked values (M * 4 bytes) */
     /* results */
-    int aborted_at;            /* 0 = finished; 1..4 = close_keys/shares/masked/finish failed */
+    int aborted_at;            /* 0 = finished; 1..5 = close_keys/shares/masked/signatures/finish
+                                * failed */
     uint32_t sum[M];
     uint32_t expect[M];
 } run_t;
@@ -62,6 +65,41 @@ static void s_check_disjoint(const secagg_server_t *s, uint32_t n)
         secagg_server_revealed(s, u, &nb, &nsk);
         assert_false(nb > 0 && nsk > 0);
     }
+}
+
+/* The consistency check: the server's survivor set, signed by every survivor not in skip
+ * (n flags, or NULL); returns secagg_server_close_signatures' result. */
+static int s_sign_all(secagg_server_t *srv, secagg_client_t **cl, const uint8_t *skip)
+{
+    uint8_t *sv, *b;
+    size_t sv_len, l;
+    assert_int_equal(secagg_server_survivors(srv, &sv, &sv_len), 0);
+    secagg_survivors_t set;
+    assert_int_equal(secagg_survivors_decode(sv, sv_len, &set), 0);
+    for (uint32_t i = 0; i < set.count; i++) {
+        uint32_t u = set.nodes[i];
+        if (skip && skip[u]) continue;
+        assert_int_equal(secagg_client_sign_survivors(cl[u], sv, sv_len, &b, &l), 0);
+        assert_int_equal(secagg_client_state(cl[u]), SECAGG_C_SIGNED);
+        assert_int_equal(secagg_server_add_signature(srv, b, l), 0);
+        free(b);
+    }
+    secagg_survivors_clear(&set);
+    free(sv);
+    return secagg_server_close_signatures(srv);
+}
+
+/* Node u answers its own unmask request into the server. */
+static void s_answer(secagg_server_t *srv, secagg_client_t *c, uint32_t u)
+{
+    uint8_t *rq, *b;
+    size_t rq_len, l;
+    assert_int_equal(secagg_server_unmask_request(srv, u, &rq, &rq_len), 0);
+    assert_int_equal(secagg_client_handle_unmask(c, rq, rq_len, &b, &l), 0);
+    assert_int_equal(secagg_client_state(c), SECAGG_C_DONE);
+    assert_int_equal(secagg_server_add_unmask(srv, b, l), 0);
+    secagg_buf_free(b, l);
+    free(rq);
 }
 
 /* Runs one round in-process; the server output must equal the plain sum of U3's inputs. */
@@ -130,29 +168,29 @@ static void s_run(run_t *r)
     }
     if (secagg_server_close_masked(srv) < 0) {
         r->aborted_at = 3;
-        assert_int_equal(secagg_server_unmask_request(srv, &buf, &len), -1);
+        assert_int_equal(secagg_server_survivors(srv, &buf, &len), -1);
         goto out;
     }
     memset(r->expect, 0, sizeof r->expect);
     for (uint32_t u = 0; u < n; u++)
-        if (!drop[u] || drop[u] == BEFORE_UNMASK)
+        if (!drop[u] || drop[u] >= BEFORE_UNMASK)
             for (uint32_t i = 0; i < M; i++) r->expect[i] += in[(size_t)u * M + i];
-    /* round 3 */
-    uint8_t *rq;
-    size_t rq_len;
-    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
-    for (uint32_t u = 0; u < n; u++) {
-        if (drop[u] && drop[u] != BEFORE_UNMASK) continue;
-        if (drop[u] == BEFORE_UNMASK) continue;
-        assert_int_equal(secagg_client_handle_unmask(cl[u], rq, rq_len, &buf, &len), 0);
-        assert_int_equal(secagg_client_state(cl[u]), SECAGG_C_DONE);
-        assert_int_equal(secagg_server_add_unmask(srv, buf, len), 0);
-        secagg_buf_free(buf, len);
+    /* round 3: the consistency check */
+    uint8_t *unsigned_ = calloc(n, 1);
+    for (uint32_t u = 0; u < n; u++) unsigned_[u] = drop[u] == BEFORE_UNMASK;
+    int signed_rc = s_sign_all(srv, cl, unsigned_);
+    free(unsigned_);
+    if (signed_rc < 0) {
+        r->aborted_at = 4;
+        assert_int_equal(secagg_server_unmask_request(srv, 0, &buf, &len), -1);
+        goto out;
     }
-    free(rq);
+    /* round 4 */
+    for (uint32_t u = 0; u < n; u++)
+        if (!drop[u]) s_answer(srv, cl[u], u);
     s_check_disjoint(srv, n);
     if (secagg_server_finish(srv, r->sum) < 0) {
-        r->aborted_at = 4;
+        r->aborted_at = 5;
         goto out;
     }
     assert_int_equal(secagg_server_state(srv), SECAGG_S_DONE);
@@ -188,7 +226,7 @@ static void test_n3_every_phase(void **state)
     s_run(&r);
     assert_int_equal(r.aborted_at, 0);
     /* n - t = 1 dropout at each phase in turn */
-    for (uint8_t ph = BEFORE_ADVERTISE; ph <= BEFORE_UNMASK; ph++) {
+    for (uint8_t ph = BEFORE_ADVERTISE; ph <= BEFORE_REVEAL; ph++) {
         for (uint32_t who = 0; who < 3; who++) {
             uint8_t drop[3] = {0};
             drop[who] = ph;
@@ -236,13 +274,13 @@ static void test_n10_below_threshold_aborts(void **state)
         assert_int_equal(r.aborted_at, ph);
         assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
     }
-    /* mixed: 3 never mask, 2 never answer -> 5 answers < t at the end */
+    /* mixed: 3 never mask, 2 sign but never answer -> 5 answers < t at the end */
     memset(drop, 0, sizeof drop);
     drop[0] = drop[1] = drop[2] = BEFORE_MASKED;
-    drop[3] = drop[4] = BEFORE_UNMASK;
+    drop[3] = drop[4] = BEFORE_REVEAL;
     r.round_id++;
     s_run(&r);
-    assert_int_equal(r.aborted_at, 4);
+    assert_int_equal(r.aborted_at, 5);
 }
 
 static void test_n50_complete(void **state)
@@ -563,15 +601,8 @@ static void test_round_context_mismatch_refused(void **state)
         free(b);
     }
     assert_int_equal(secagg_server_close_masked(srv), 0);
-    uint8_t *rq;
-    size_t rq_len;
-    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
-    for (uint32_t i = 0; i < cnt; i++) {
-        assert_int_equal(secagg_client_handle_unmask(cl[u1[i]], rq, rq_len, &b, &l), 0);
-        assert_int_equal(secagg_server_add_unmask(srv, b, l), 0);
-        secagg_buf_free(b, l);
-    }
-    free(rq);
+    assert_int_equal(s_sign_all(srv, cl, NULL), 0);
+    for (uint32_t i = 0; i < cnt; i++) s_answer(srv, cl[u1[i]], u1[i]);
     uint32_t sum[MX];
     assert_int_equal(secagg_server_finish(srv, sum), 0);
     assert_memory_equal(sum, want, sizeof sum);
@@ -612,15 +643,25 @@ static void test_tampered_ciphertext_rejected(void **state)
     }
 }
 
+/* Node who's unmask request with the given survivors / dropped, carrying the signatures the
+ * server would forward to it (none when bare); one signature flipped when forge. */
 static int s_request(fix_t *f, uint32_t who, const uint32_t *surv, uint32_t ns,
-                     const uint32_t *drop, uint32_t nd)
+                     const uint32_t *drop, uint32_t nd, bool bare, bool forge)
 {
-    secagg_unmask_req_t rq = {.round_id = f->p.round_id, .n_survivors = ns,
-                              .survivors = (uint32_t *)surv, .n_dropped = nd,
-                              .dropped = (uint32_t *)drop};
     uint8_t *b, *out = NULL;
     size_t l, ol = 0;
+    secagg_unmask_req_t rq;
+    assert_int_equal(secagg_server_unmask_request(f->srv, who, &b, &l), 0);
+    assert_int_equal(secagg_unmask_req_decode(b, l, &rq), 0);
+    free(b);
+    free(rq.survivors);
+    free(rq.dropped);
+    rq.survivors = (uint32_t *)surv, rq.n_survivors = ns;
+    rq.dropped = (uint32_t *)drop, rq.n_dropped = nd;
+    if (bare) rq.n_sigs = 0;
+    if (forge) rq.sigs[rq.n_sigs - 1].sig[7] ^= 0x20;
     assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
+    free(rq.sigs);
     int rc = secagg_client_handle_unmask(f->cl[who], b, l, &out, &ol);
     free(b);
     if (rc == 0) {
@@ -636,6 +677,13 @@ static int s_request(fix_t *f, uint32_t who, const uint32_t *surv, uint32_t ns,
     return rc;
 }
 
+static void s_expect_refusal(int rc, medfl_err_t code, const char *text)
+{
+    assert_int_equal(rc, -1);
+    assert_int_equal(medfl_error_code(), code);
+    if (!strstr(medfl_error_message(), text)) fail_msg("'%s' lacks '%s'", medfl_error_message(), text);
+}
+
 static void test_honest_node_refuses_double_reveal(void **state)
 {
     (void)state;
@@ -644,23 +692,33 @@ static void test_honest_node_refuses_double_reveal(void **state)
     s_fix_keys(&f);
     s_fix_shares(&f);
     s_fix_masked(&f);
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    assert_int_equal(s_sign_all(f.srv, f.cl, NULL), 0); /* every node signed U3 = {0..4} */
+    const uint32_t all[] = {0, 1, 2, 3, 4};
     /* node 2 both survivor and dropped */
-    const uint32_t both_s[] = {0, 1, 2, 3}, both_d[] = {2};
-    assert_int_equal(s_request(&f, 0, both_s, 4, both_d, 1), -1);
-    assert_int_equal(medfl_error_code(), MEDFL_EPERM);
+    const uint32_t both_d[] = {2};
+    s_expect_refusal(s_request(&f, 0, all, 5, both_d, 1, false, false), MEDFL_EPERM,
+                     "both as survivor and as dropped");
     assert_int_equal(secagg_client_state(f.cl[0]), SECAGG_C_ABORTED);
-    /* the requester itself declared dropped (its s_sk would be asked of others) */
+    /* survivors other than the set it signed (the requester "dropped") */
     const uint32_t s1[] = {0, 2, 3, 4}, d1[] = {1};
-    assert_int_equal(s_request(&f, 1, s1, 4, d1, 1), -1);
-    /* fewer survivors than t */
-    const uint32_t s2[] = {2, 3}, d2[] = {0, 1, 4};
-    assert_int_equal(s_request(&f, 2, s2, 2, d2, 3), -1);
-    /* a valid request is answered once, a second (different) one is refused */
-    const uint32_t s3[] = {0, 1, 3, 4}, d3[] = {2};
-    assert_int_equal(s_request(&f, 3, s3, 4, d3, 1), 0);
-    const uint32_t s4[] = {0, 1, 2, 3, 4};
-    assert_int_equal(s_request(&f, 3, s4, 5, NULL, 0), -1);
-    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    s_expect_refusal(s_request(&f, 1, s1, 4, d1, 1, false, false), MEDFL_EPERM,
+                     "not the one this node signed");
+    /* no signatures forwarded, then a forged one */
+    s_expect_refusal(s_request(&f, 2, all, 5, NULL, 0, true, false), MEDFL_EPERM,
+                     "0 valid signatures");
+    s_expect_refusal(s_request(&f, 4, all, 5, NULL, 0, false, true), MEDFL_ECRYPTO,
+                     "does not verify");
+    assert_int_equal(secagg_client_revealed(f.cl[4], 0), -1);
+    /* a valid request is answered once; a second (asking for node 0's mask key) is refused
+     * and what was revealed stays recorded */
+    assert_int_equal(s_request(&f, 3, all, 5, NULL, 0, false, false), 0);
+    assert_int_equal(secagg_client_revealed(f.cl[3], 0), SECAGG_REVEAL_B);
+    const uint32_t s4[] = {1, 2, 3, 4}, d4[] = {0};
+    s_expect_refusal(s_request(&f, 3, s4, 4, d4, 1, false, false), MEDFL_EPERM,
+                     "second UnmaskRequest");
+    assert_int_equal(secagg_client_revealed(f.cl[3], 0), SECAGG_REVEAL_B);
+    assert_int_equal(secagg_client_state(f.cl[3]), SECAGG_C_DONE);
     s_fix_close(&f);
 
     /* the server rejects an answer holding a share it did not ask for */
@@ -669,6 +727,7 @@ static void test_honest_node_refuses_double_reveal(void **state)
     s_fix_shares(&f);
     s_fix_masked(&f);
     assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    assert_int_equal(s_sign_all(f.srv, f.cl, NULL), 0);
     secagg_unmask_resp_t rs = {.round_id = 801, .sender = 0, .count = 1};
     secagg_reveal_t e = {.node = 1, .kind = SECAGG_REVEAL_SK};
     rs.entries = &e;
@@ -761,17 +820,63 @@ static void test_masked_values_decoded_into_sum(void **state)
     uint32_t n3 = 0;
     secagg_server_set(f.srv, 3, &n3);
     assert_int_equal(n3, 4);
-    uint8_t *rq, *b;
-    size_t rq_len, l;
-    assert_int_equal(secagg_server_unmask_request(f.srv, &rq, &rq_len), 0);
-    for (uint32_t u = 0; u < 4; u++) {
-        assert_int_equal(secagg_client_handle_unmask(f.cl[u], rq, rq_len, &b, &l), 0);
-        assert_int_equal(secagg_server_add_unmask(f.srv, b, l), 0);
-        secagg_buf_free(b, l);
-    }
-    free(rq);
+    assert_int_equal(s_sign_all(f.srv, f.cl, NULL), 0);
+    for (uint32_t u = 0; u < 4; u++) s_answer(f.srv, f.cl[u], u);
     assert_int_equal(secagg_server_finish(f.srv, sum), 0);
     assert_memory_equal(sum, expect, sizeof sum);
+    s_fix_close(&f);
+}
+
+/* The consistency check itself: one survivor set per round, listing the signer; the server
+ * takes only signatures over the set it sent; too few signers abort before any reveal. */
+static void test_survivor_set_signed_once(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 5, 820);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    s_fix_masked(&f);
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    uint8_t *b, *o;
+    size_t l, ol;
+    /* a set without the signer, a set of fewer than t of its neighbourhood */
+    const uint32_t no0[] = {1, 2, 3, 4}, two[] = {0, 1};
+    secagg_survivors_t sv = {.round_id = 820, .count = 4, .nodes = (uint32_t *)no0};
+    assert_int_equal(secagg_survivors_encode(&sv, &b, &l), 0);
+    s_expect_refusal(secagg_client_sign_survivors(f.cl[0], b, l, &o, &ol), MEDFL_EPERM,
+                     "does not list this node");
+    free(b);
+    sv = (secagg_survivors_t){.round_id = 820, .count = 2, .nodes = (uint32_t *)two};
+    assert_int_equal(secagg_survivors_encode(&sv, &b, &l), 0);
+    s_expect_refusal(secagg_client_sign_survivors(f.cl[1], b, l, &o, &ol), MEDFL_EPERM,
+                     "threshold 3");
+    free(b);
+    /* node 2 signs the set {1,2,3,4}: the server, which sent {0..4}, refuses it */
+    sv = (secagg_survivors_t){.round_id = 820, .count = 4, .nodes = (uint32_t *)no0};
+    assert_int_equal(secagg_survivors_encode(&sv, &b, &l), 0);
+    assert_int_equal(secagg_client_sign_survivors(f.cl[2], b, l, &o, &ol), 0);
+    free(b);
+    s_expect_refusal(secagg_server_add_signature(f.srv, o, ol), MEDFL_ECRYPTO,
+                     "does not verify over the survivor set");
+    free(o);
+    /* node 3 signs the real set once, and refuses a second set */
+    assert_int_equal(secagg_server_survivors(f.srv, &b, &l), 0);
+    assert_int_equal(secagg_client_sign_survivors(f.cl[3], b, l, &o, &ol), 0);
+    assert_int_equal(secagg_server_add_signature(f.srv, o, ol), 0);
+    assert_int_equal(secagg_server_add_signature(f.srv, o, ol), -1); /* duplicate */
+    free(o);
+    s_expect_refusal(secagg_client_sign_survivors(f.cl[3], b, l, &o, &ol), MEDFL_EPERM,
+                     "second survivor set");
+    assert_int_equal(secagg_client_state(f.cl[3]), SECAGG_C_ABORTED);
+    assert_int_equal(secagg_client_sign_survivors(f.cl[4], b, l, &o, &ol), 0);
+    assert_int_equal(secagg_server_add_signature(f.srv, o, ol), 0);
+    free(o);
+    free(b);
+    /* 2 signers < t = 3: abort, nothing to unmask */
+    s_expect_refusal(secagg_server_close_signatures(f.srv), MEDFL_ESTATE, "signed the survivor set");
+    assert_int_equal(secagg_server_state(f.srv), SECAGG_S_ABORTED);
+    assert_int_equal(secagg_server_unmask_request(f.srv, 4, &b, &l), -1);
     s_fix_close(&f);
 }
 
@@ -789,8 +894,9 @@ static void test_protocol_order_enforced(void **state)
     s_fix_keys(&f);
     /* duplicate keys and keys after close */
     assert_int_equal(secagg_client_advertise(f.cl[0], &b, &l), -1);
-    /* no unmask request before the masked inputs are closed */
-    assert_int_equal(secagg_server_unmask_request(f.srv, &b, &l), -1);
+    /* no survivor set nor unmask request before the masked inputs are closed */
+    assert_int_equal(secagg_server_survivors(f.srv, &b, &l), -1);
+    assert_int_equal(secagg_server_unmask_request(f.srv, 0, &b, &l), -1);
     /* wrong round in a KeysBroadcast */
     secagg_broadcast_t bc = {.round_id = 901, .count = 0};
     assert_int_equal(secagg_broadcast_encode(&bc, &b, &l), 0);
@@ -828,9 +934,11 @@ static void test_corrupted_reveal_aborts(void **state)
     assert_int_equal(secagg_server_add_masked(f.srv, b, l), -1); /* too late */
     assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
     free(b);
-    assert_int_equal(secagg_server_unmask_request(f.srv, &rq, &rq_len), 0);
+    assert_int_equal(s_sign_all(f.srv, f.cl, NULL), 0);
     for (uint32_t u = 0; u < 4; u++) {
+        assert_int_equal(secagg_server_unmask_request(f.srv, u, &rq, &rq_len), 0);
         assert_int_equal(secagg_client_handle_unmask(f.cl[u], rq, rq_len, &b, &l), 0);
+        free(rq);
         if (u == 0) {
             secagg_unmask_resp_t rs;
             assert_int_equal(secagg_unmask_resp_decode(b, l, &rs), 0);
@@ -851,7 +959,6 @@ static void test_corrupted_reveal_aborts(void **state)
         assert_int_equal(secagg_server_add_unmask(f.srv, b, l), 0);
         secagg_buf_free(b, l);
     }
-    free(rq);
     uint32_t sum[64];
     assert_int_equal(secagg_server_finish(f.srv, sum), -1);
     assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
@@ -901,16 +1008,9 @@ static void test_long_vector_threads(void **state)
         free(b);
     }
     assert_int_equal(secagg_server_close_masked(srv), 0);
-    uint8_t *rq;
-    size_t rq_len;
-    assert_int_equal(secagg_server_unmask_request(srv, &rq, &rq_len), 0);
-    for (uint32_t u = 0; u < n; u++) {
-        if (u == 2) continue;
-        assert_int_equal(secagg_client_handle_unmask(cl[u], rq, rq_len, &b, &l), 0);
-        assert_int_equal(secagg_server_add_unmask(srv, b, l), 0);
-        secagg_buf_free(b, l);
-    }
-    free(rq);
+    assert_int_equal(s_sign_all(srv, cl, NULL), 0);
+    for (uint32_t u = 0; u < n; u++)
+        if (u != 2) s_answer(srv, cl[u], u);
     assert_int_equal(secagg_server_finish(srv, sum), 0);
     assert_memory_equal(sum, want, m * 4);
     for (uint32_t u = 0; u < n; u++) secagg_client_destroy(&cl[u]);
@@ -1070,6 +1170,23 @@ static void test_graph(void **state)
     assert_int_equal(secagg_params_init(&p, 1, 50, 9, 5, 10), -1);  /* odd k < n - 1 */
     assert_int_equal(secagg_params_init(&p, 1, 50, 10, 12, 10), -1); /* t > k + 1 */
     assert_int_equal(secagg_params_init(&p, 1, 1, 0, 0, 10), -1);
+    /* t must be a strict majority of the k + 1 holders (issue #16: t = 2 of 4 let an active
+     * aggregator collect both secrets of one node from two halves) */
+    assert_int_equal(secagg_params_init(&p, 1, 4, 3, 2, 10), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EPERM);
+    assert_non_null(strstr(medfl_error_message(), "not a strict majority"));
+    assert_int_equal(secagg_params_init(&p, 1, 4, 3, 3, 10), 0);
+    assert_int_equal(secagg_params_init(&p, 1, 6, 5, 3, 10), -1);
+    assert_int_equal(secagg_params_init(&p, 1, 6, 5, 4, 10), 0);
+    assert_int_equal(secagg_params_init(&p, 1, 50, 10, 5, 10), -1); /* 5 of 11 */
+    assert_int_equal(secagg_params_init(&p, 1, 2, 1, 1, 10), -1);
+    assert_int_equal(secagg_params_init(&p, 1, 2, 1, 2, 10), 0);
+    assert_int_equal(secagg_params_init(&p, 1, 4, 3, 0, 10), 0); /* 0 = the default */
+    assert_int_equal(p.t, 3);
+    assert_int_equal(secagg_default_threshold(1), 2);
+    assert_int_equal(secagg_default_threshold(2), 2);
+    assert_int_equal(secagg_default_threshold(3), 3);
+    assert_int_equal(secagg_default_threshold(5), 4);
     assert_int_equal(secagg_default_neighbours(500), 18);
     assert_int_equal(secagg_default_neighbours(100), 14);
     assert_int_equal(secagg_default_neighbours(5), 4);
@@ -1122,6 +1239,18 @@ static int s_dec_req(const uint8_t *b, size_t l)
     int rc = secagg_unmask_req_decode(b, l, &m);
     secagg_unmask_req_clear(&m);
     return rc;
+}
+static int s_dec_sv(const uint8_t *b, size_t l)
+{
+    secagg_survivors_t m;
+    int rc = secagg_survivors_decode(b, l, &m);
+    secagg_survivors_clear(&m);
+    return rc;
+}
+static int s_dec_sig(const uint8_t *b, size_t l)
+{
+    secagg_survivor_sig_t m;
+    return secagg_survivor_sig_decode(b, l, &m);
 }
 static int s_dec_resp(const uint8_t *b, size_t l)
 {
@@ -1184,14 +1313,47 @@ static void test_codecs_strict(void **state)
     free(b);
 
     uint32_t sv[3] = {0, 2, 5}, dr[1] = {3};
+    secagg_survivors_t set = {.round_id = 5, .count = 3, .nodes = sv}, setq;
+    assert_int_equal(secagg_survivors_encode(&set, &b, &l), 0);
+    s_strict(b, l, s_dec_sv);
+    assert_int_equal(secagg_survivors_decode(b, l, &setq), 0);
+    assert_int_equal(setq.count, 3);
+    assert_memory_equal(setq.nodes, sv, sizeof sv);
+    secagg_survivors_clear(&setq);
+    free(b);
+    secagg_survivor_sig_t sg = {.round_id = 5, .s.node = 2}, sgq;
+    sg.s.sig[63] = 0x99;
+    assert_int_equal(secagg_survivor_sig_encode(&sg, &b, &l), 0);
+    s_strict(b, l, s_dec_sig);
+    assert_int_equal(secagg_survivor_sig_decode(b, l, &sgq), 0);
+    assert_memory_equal(&sgq, &sg, sizeof sg);
+    free(b);
+    sg.s.node = SECAGG_MAX_NODES; /* not a node id */
+    assert_int_equal(secagg_survivor_sig_encode(&sg, &b, &l), 0);
+    assert_int_equal(s_dec_sig(b, l), -1);
+    free(b);
+    secagg_set_sig_t sigs[2] = {{.node = 0}, {.node = 5}};
+    sigs[1].sig[0] = 0x77;
     secagg_unmask_req_t rq = {.round_id = 5, .n_survivors = 3, .survivors = sv, .n_dropped = 1,
-                              .dropped = dr};
+                              .dropped = dr, .n_sigs = 2, .sigs = sigs}, rqq;
     assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
     s_strict(b, l, s_dec_req);
+    assert_int_equal(secagg_unmask_req_decode(b, l, &rqq), 0);
+    assert_int_equal(rqq.n_sigs, 2);
+    assert_memory_equal(rqq.sigs, sigs, sizeof sigs);
+    secagg_unmask_req_clear(&rqq);
     free(b);
+    sigs[1].node = 0; /* signatures not increasing */
+    assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
+    assert_int_equal(s_dec_req(b, l), -1);
+    free(b);
+    sigs[1].node = 5;
     sv[2] = 2;
     assert_int_equal(secagg_unmask_req_encode(&rq, &b, &l), 0);
     assert_int_equal(s_dec_req(b, l), -1);
+    free(b);
+    assert_int_equal(secagg_survivors_encode(&set, &b, &l), 0); /* survivors not increasing */
+    assert_int_equal(s_dec_sv(b, l), -1);
     free(b);
 
     secagg_reveal_t rv[2] = {{.node = 1, .kind = 0}, {.node = 2, .kind = 1}};
@@ -1252,6 +1414,7 @@ int main(void)
         cmocka_unit_test(test_round_context_mismatch_refused),
         cmocka_unit_test(test_tampered_ciphertext_rejected),
         cmocka_unit_test(test_honest_node_refuses_double_reveal),
+        cmocka_unit_test(test_survivor_set_signed_once),
         cmocka_unit_test(test_protocol_order_enforced),
         cmocka_unit_test(test_masked_values_decoded_into_sum),
         cmocka_unit_test(test_corrupted_reveal_aborts),

@@ -99,7 +99,9 @@ static train_config_t s_cfg(void)
     train_config_t c;
     train_config_defaults(&c);
     snprintf(c.base, sizeof c.base, "%s", s_base);
-    c.lora_r = 4;
+    c.lora_r = 4; /* LoRA with AdamW: the defaults train the head only with SGD */
+    snprintf(c.lora_targets, sizeof c.lora_targets, "query,value");
+    snprintf(c.optimizer, sizeof c.optimizer, "adamw");
     c.max_seq_len = 16;
     c.batch_size = 8;
     c.lr = 5e-3;

@@ -434,7 +434,13 @@ static void test_bulk_rules(void **state)
     c.bits = 8;
     u.compression = &c;
     u.n_elements = 10;
-    assert_int_equal(wire_check_bulk(&d, true, 13, 1000), 0); /* compressed: own layout */
+    /* compressed: the header still describes the frame (issue #16: a QUANTIZE/TOPK header
+     * over m float32 with a short frame made the aggregator read past it) */
+    assert_int_equal(wire_check_bulk(&d, true, 13, 1000), -1);
+    assert_non_null(strstr(medfl_error_message(), "does not hold 10 elements of 4 bytes"));
+    u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_I8; /* how nodes send a payload: its bytes */
+    u.n_elements = 13;
+    assert_int_equal(wire_check_bulk(&d, true, 13, 1000), 0);
     d.type = MEDFL__MSG_TYPE__MSG_HELLO;
     assert_int_equal(wire_check_bulk(&d, true, 1, 1000), -1);
     assert_non_null(strstr(medfl_error_message(), "unexpected bulk"));

@@ -129,7 +129,7 @@ int testlib_write_tiny_bert(const char *path, const char *const *words, size_t n
             ts[i].data[j] = ln && !bias ? 1.0f : bias ? 0.0f : (float)((u - 0.5) * 0.2);
         }
     }
-    int rc = base_file_write(path, &c, vocab, nv, ts, ns, source);
+    int rc = base_file_write(path, &c, vocab, nv, ts, ns, source, "tiny-random-bert");
     for (size_t i = 0; i < ns; i++) free(ts[i].data);
     free(ts);
     free(specs);

@@ -35,6 +35,8 @@ typedef struct {
     int64_t last_written_s;  /* last_seen already written to the registry */
     uint8_t identity_pk[KEYS_SIGN_PUBLIC_BYTES]; /* pinned identity, checked at hello */
     uint64_t n_records;      /* announced in hello */
+    bool connected;          /* false: silent past heartbeat_timeout_ms; kept so that a node
+                              * that was only busy is re-admitted by its next message */
 } agg_peer_t;
 
 struct aggregator_t {
@@ -55,6 +57,8 @@ struct aggregator_t {
     rounds_peer_t *round_peers;
     metrics_t *metrics; /* NULL when metrics.listen = off or the endpoint failed */
     uint64_t m_sent, m_received; /* wire traffic already added to the counters */
+    uint8_t allow_digest[32]; /* of the allowlist last handed to wire: reloads log changes only */
+    int lock_fd;        /* state folder lock, held for the process lifetime */
 };
 
 static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
@@ -64,11 +68,27 @@ static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
     return NULL;
 }
 
+static size_t s_connected_count(const aggregator_t *self)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < self->n_peers; i++) n += self->peers[i].connected;
+    return n;
+}
+
+static void s_peer_set_connected(aggregator_t *self, agg_peer_t *p, bool on)
+{
+    p->connected = on;
+    if (store_node_set_connected(self->store, p->node_id, on) != 0 &&
+        medfl_error_code() != MEDFL_ENOTFOUND)
+        LOG_WARN(AGG, "registry: %s", medfl_error_message());
+    metrics_set(self->metrics, "connected_nodes", NULL, (double)s_connected_count(self));
+}
+
 static void s_peer_remove(aggregator_t *self, agg_peer_t *p)
 {
     size_t i = (size_t)(p - self->peers);
     self->peers[i] = self->peers[--self->n_peers];
-    metrics_set(self->metrics, "connected_nodes", NULL, (double)self->n_peers);
+    metrics_set(self->metrics, "connected_nodes", NULL, (double)s_connected_count(self));
 }
 
 static agg_peer_t *s_peer_add(aggregator_t *self, const char *node_id)
@@ -88,7 +108,6 @@ static agg_peer_t *s_peer_add(aggregator_t *self, const char *node_id)
     p = &self->peers[self->n_peers++];
     memset(p, 0, sizeof *p);
     snprintf(p->node_id, sizeof p->node_id, "%s", node_id);
-    metrics_set(self->metrics, "connected_nodes", NULL, (double)self->n_peers);
     return p;
 }
 
@@ -106,15 +125,31 @@ static int s_reload_allowlist(aggregator_t *self)
         return medfl_error_set(MEDFL_ENOMEM, "out of memory for the allowlist");
     }
     size_t n_allow = 0;
+    /* The registry changes for many reasons (this daemon's own journal and last_seen writes
+     * among them): the allowlist is logged only when its set of (node, key) changed. */
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, sizeof self->allow_digest);
     for (size_t i = 0; i < n; i++) {
         if (nodes[i].revoked_at) continue;
         snprintf(allow[n_allow].node_id, sizeof allow[n_allow].node_id, "%s", nodes[i].node_id);
         memcpy(allow[n_allow].public_key, nodes[i].curve_public, WIRE_KEY_LEN);
+        crypto_generichash_update(&h, (const uint8_t *)allow[n_allow].node_id,
+                                  sizeof allow[n_allow].node_id);
+        crypto_generichash_update(&h, allow[n_allow].public_key, WIRE_KEY_LEN);
         n_allow++;
+    }
+    uint8_t digest[sizeof self->allow_digest];
+    crypto_generichash_final(&h, digest, sizeof digest);
+    if (sodium_memcmp(digest, self->allow_digest, sizeof digest) == 0) {
+        LOG_DEBUG(NET, "registry changed, allowlist unchanged (%zu active)", n_allow);
+        free(allow);
+        free(nodes);
+        return 0;
     }
     int rc = wire_server_set_allowlist(self->server, allow, n_allow);
     free(allow);
     if (rc == 0) {
+        memcpy(self->allow_digest, digest, sizeof digest);
         LOG_INFO(NET, "allowlist loaded: %zu enrolled node(s) active, %zu revoked", n_allow,
                  n - n_allow);
         for (size_t i = 0; i < self->n_peers;) {
@@ -131,9 +166,7 @@ static int s_reload_allowlist(aggregator_t *self)
                      p->node_id, p->key_id);
             wire_server_send_error(self->server, p->node_id, 0, MEDFL__ERROR_CODE__ERROR_REVOKED,
                                    "this node's enrollment was revoked");
-            if (store_node_set_connected(self->store, p->node_id, false) != 0 &&
-                medfl_error_code() != MEDFL_ENOTFOUND)
-                LOG_WARN(AGG, "registry: %s", medfl_error_message());
+            s_peer_set_connected(self, p, false);
             s_peer_remove(self, p);
         }
     }
@@ -203,6 +236,8 @@ static void s_on_hello(aggregator_t *self, const wire_msg_t *msg)
         return;
     }
     snprintf(p->key_id, sizeof p->key_id, "%s", key_id);
+    p->connected = true;
+    metrics_set(self->metrics, "connected_nodes", NULL, (double)s_connected_count(self));
     p->last_rx_ms = service_now_ms();
     p->last_written_s = now_s;
     memcpy(p->identity_pk, hello->identity_pk.data, KEYS_SIGN_PUBLIC_BYTES);
@@ -222,6 +257,15 @@ static void s_on_hello(aggregator_t *self, const wire_msg_t *msg)
              device[0] ? device : "?", (unsigned long long)n_records, software[0] ? software : "?");
 }
 
+/* A round message; an evaluation the round accepted also goes into the contribution
+ * history that weighs the next rounds. 1 when the type belongs to rounds. */
+static int s_round_message(aggregator_t *self, wire_msg_t *msg)
+{
+    if (rounds_on_message(self->rounds, msg, service_now_ms()) != 1) return 0;
+    rounds_record_eval(self->rounds, msg);
+    return 1;
+}
+
 static void s_on_message(aggregator_t *self, wire_msg_t *msg)
 {
     agg_peer_t *p = s_peer_find(self, msg->node_id);
@@ -229,7 +273,7 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
         s_on_hello(self, msg);
         return;
     }
-    if (!p && rounds_on_message(self->rounds, msg, service_now_ms()) == 1) {
+    if (!p && s_round_message(self, msg) == 1) {
         /* A round message from an enrolled node (CURVE proved who it is) whose session
          * timed out while it trained without sending heartbeats: the round still counts
          * it; the node says hello again by itself once its loop runs. */
@@ -238,10 +282,23 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
     if (!p) {
         /* Typically a node whose session predates a restart of this daemon: asking for a
          * hello lets it re-establish the session at once. */
-        LOG_INFO(NET, "%s from node %s before its hello: asking it to say hello",
-                 wire_type_name(msg->type), msg->node_id);
+        if (msg->type == MEDFL__MSG_TYPE__MSG_HEARTBEAT) /* routine: a node's first
+                                                             * heartbeat can overtake its hello */
+            LOG_DEBUG(NET, "HEARTBEAT from node %s before its hello: asking it to say hello",
+                      msg->node_id);
+        else
+            LOG_INFO(NET, "%s from node %s before its hello: asking it to say hello",
+                     wire_type_name(msg->type), msg->node_id);
         s_send_error(self, msg->node_id, MEDFL__ERROR_CODE__ERROR_STATE, "say hello first");
         return;
+    }
+    if (!p->connected) {
+        /* Marked disconnected for silence, but its session is intact (CURVE proved the
+         * sender): it was busy, not gone. Re-admitted without a new hello, which would also
+         * drop it from the round it is working on. */
+        LOG_INFO(NET, "node %s heard again after %lld ms of silence: session resumed",
+                 p->node_id, (long long)(service_now_ms() - p->last_rx_ms));
+        s_peer_set_connected(self, p, true);
     }
     p->last_rx_ms = service_now_ms();
     int64_t now_s = (int64_t)time(NULL);
@@ -258,7 +315,7 @@ static void s_on_message(aggregator_t *self, wire_msg_t *msg)
                  msg->body.error->text ? msg->body.error->text : "");
         break;
     default:
-        if (rounds_on_message(self->rounds, msg, service_now_ms()) == 1) break;
+        if (s_round_message(self, msg) == 1) break;
         LOG_WARN(NET, "unexpected %s from node %s: not handled by the aggregator",
                  wire_type_name(msg->type), p->node_id);
         s_send_error(self, p->node_id, MEDFL__ERROR_CODE__ERROR_STATE, "no round in progress");
@@ -273,21 +330,20 @@ static void s_housekeeping(aggregator_t *self)
         agg_peer_t *p = &self->peers[i];
         int64_t silent = now - p->last_rx_ms;
         /* The transport drops a node whose send queue filled up (it does not read): its
-         * session ends too, so no round waits for it. */
-        bool dropped = !wire_server_has_peer(self->server, p->node_id);
-        if (silent <= self->cfg.heartbeat_timeout_ms && !dropped) {
-            i++;
+         * session ends too, so no round waits for it; it must say hello again. */
+        if (!wire_server_has_peer(self->server, p->node_id)) {
+            LOG_WARN(NET, "node %s dropped by the transport (not reading, or gone): session "
+                     "ended", p->node_id);
+            s_peer_set_connected(self, p, false);
+            s_peer_remove(self, p);
             continue;
         }
-        if (dropped)
-            LOG_WARN(NET, "node %s dropped by the transport (not reading, or gone): marked "
-                     "disconnected", p->node_id);
-        else
-            LOG_WARN(NET, "node %s silent for %lld ms: marked disconnected", p->node_id,
-                     (long long)silent);
-        if (store_node_set_connected(self->store, p->node_id, false) != 0)
-            LOG_WARN(AGG, "registry: %s", medfl_error_message());
-        s_peer_remove(self, p);
+        i++;
+        /* A silent node keeps its session record: its next message re-admits it. */
+        if (!p->connected || silent <= self->cfg.heartbeat_timeout_ms) continue;
+        LOG_WARN(NET, "node %s silent for %lld ms: marked disconnected", p->node_id,
+                 (long long)silent);
+        s_peer_set_connected(self, p, false);
     }
     if (now >= self->next_poll_ms) {
         self->next_poll_ms = now + self->cfg.registry_poll_ms;
@@ -382,9 +438,13 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
         return NULL;
     }
     self->cfg = *cfg;
+    self->lock_fd = -1;
     snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     char path[CFG_STR_MAX + 32];
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
+    /* Before anything touches the state: a second daemon must not journal the first one's
+     * round as aborted nor overwrite its pid and endpoint. */
+    if ((self->lock_fd = service_lock_state(cfg->state_dir)) < 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
     if (!self->keys) goto fail;
     agg_config_registry_path(cfg, path, sizeof path);
@@ -444,6 +504,7 @@ void aggregator_destroy(aggregator_t **self_p)
     store_destroy(&self->store);
     keys_destroy(&self->keys);
     free(self->peers);
+    service_unlock_state(&self->lock_fd); /* last: the state is closed */
     free(self);
     *self_p = NULL;
 }
@@ -459,12 +520,15 @@ static void s_rounds_tick(aggregator_t *self)
     rounds_peer_t *rp = realloc(self->round_peers, (self->n_peers + 1) * sizeof *rp);
     if (!rp) return;
     self->round_peers = rp;
+    size_t n = 0;
     for (size_t i = 0; i < self->n_peers; i++) {
-        rp[i].node_id = self->peers[i].node_id;
-        rp[i].identity_pk = self->peers[i].identity_pk;
-        rp[i].n_records = self->peers[i].n_records;
+        if (!self->peers[i].connected) continue;
+        rp[n].node_id = self->peers[i].node_id;
+        rp[n].identity_pk = self->peers[i].identity_pk;
+        rp[n].n_records = self->peers[i].n_records;
+        n++;
     }
-    rounds_tick(self->rounds, rp, self->n_peers, service_now_ms());
+    rounds_tick(self->rounds, rp, n, service_now_ms());
 }
 
 int aggregator_step(aggregator_t *self, int timeout_ms)
@@ -539,7 +603,7 @@ int aggregator_run(aggregator_t *self)
 
 size_t aggregator_session_count(const aggregator_t *self)
 {
-    return self->n_peers;
+    return s_connected_count(self);
 }
 
 rounds_t *aggregator_rounds(aggregator_t *self)

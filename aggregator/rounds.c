@@ -14,6 +14,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "aggregator/contrib_db.h"
 #include "aggregator/strategy.h"
 #include "aggregator/versions.h"
 #include "common/error.h"
@@ -24,6 +25,7 @@
 #define ROUNDS_GENESIS_TENSOR "synthetic.w"
 #define ROUNDS_MAX_PARTICIPANTS 1024 /* wire bound on repeated per-node fields */
 #define ROUNDS_SYNC_MAX 16           /* catch-up versions per node per round start */
+#define ROUNDS_RECENT_REPORTS 3      /* evaluations averaged into a node's quality */
 
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
@@ -31,13 +33,13 @@ typedef struct {
     uint64_t n_records;
     double weight;
     bool declined, keys, shares, input, signed_set, unmask, eval;
+    bool dropped;             /* said Hello again mid-round: restarted, its round state gone */
     uint64_t bytes_up, bytes_down;
 } part_t;
 
 typedef struct {
     char id[WIRE_NODE_ID_MAX + 1];
     uint64_t version;     /* latest version the node is known to hold */
-    double reliability;   /* EMA of "completed when selected" */
     bool budget_out;      /* declined its last round for privacy budget: not selected until
                            * it says Hello again or the configuration is reloaded */
 } known_t;
@@ -46,6 +48,7 @@ struct rounds_t {
     const agg_config_t *cfg;
     wire_server_t *server;
     sqlite3 *db;
+    contrib_db_t *contrib;    /* weights, reports, reliability, bytes, epsilon (contrib.db) */
     vs_store_t *vs;
     uint8_t sk[64], pk[32];
 
@@ -55,7 +58,6 @@ struct rounds_t {
     bool commit_pending;      /* version written, journal + announce held (tests) */
     int64_t idle_until_ms;
     int64_t min_reached_ms;   /* when min_nodes were first seen connected, 0 = not yet */
-    bool warned_no_version;
     uint64_t round_id, last_round_id, completed;
 
     part_t *parts;
@@ -339,12 +341,34 @@ static known_t *s_known(rounds_t *self, const char *id)
     known_t *k = &self->known[self->n_known++];
     memset(k, 0, sizeof *k);
     snprintf(k->id, sizeof k->id, "%s", id);
-    k->reliability = 1.0;
     return k;
+}
+
+static bool s_in_round(const rounds_t *self)
+{
+    return self->round_id && self->phase != ROUNDS_IDLE && self->phase != ROUNDS_DONE;
+}
+
+static part_t *s_part(rounds_t *self, const char *id);
+
+/* A participant that says Hello during the round started a new session: a restarted node
+ * lost its round state (secure-aggregation keys, the RoundStart), so nothing more will come
+ * from it for this round. It is dropped now, exactly as if it had disconnected in this
+ * phase, so the phase closes as soon as the others have answered instead of at the
+ * deadline; it is selected again from the next round. */
+static void s_drop_rehello(rounds_t *self, const char *node_id)
+{
+    part_t *p = s_in_round(self) ? s_part(self, node_id) : NULL;
+    if (!p || p->declined || p->dropped) return;
+    p->dropped = true;
+    LOG_WARN(AGG, "round %" PRIu64 ": node %s said hello again during phase %s (a new session: "
+             "its round state is gone): dropped from this round, it is selected again from the "
+             "next", self->round_id, node_id, rounds_phase_name(self->phase));
 }
 
 void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version)
 {
+    s_drop_rehello(self, node_id);
     known_t *k = s_known(self, node_id);
     if (!k) return;
     k->version = model_version;
@@ -367,21 +391,50 @@ void rounds_on_reload(rounds_t *self)
                  "again", cleared);
 }
 
+#define S_HEAD_PREFIX "head version: " /* idle reasons about the version store */
+
 /* Journals (for `status`, another process) and logs, once per change, why connected nodes
- * get no round; "" clears it. */
-static void s_set_idle_reason(rounds_t *self, const char *reason)
+ * get no round, and what lets rounds resume; "" clears it. */
+static void s_set_idle_reason(rounds_t *self, const char *reason, const char *resume)
 {
     if (strcmp(self->idle_reason, reason) == 0) return;
+    bool had_version = strncmp(self->idle_reason, S_HEAD_PREFIX, strlen(S_HEAD_PREFIX)) != 0;
     snprintf(self->idle_reason, sizeof self->idle_reason, "%s", reason);
     int rc = reason[0] ? s_exec(self->db, "INSERT OR REPLACE INTO rounds_idle VALUES (1, ?, ?)",
                                 "ti", reason, (int64_t)time(NULL))
                        : s_exec(self->db, "DELETE FROM rounds_idle", "");
     if (rc != 0) LOG_ERROR(AGG, "%s", medfl_error_message());
     if (reason[0])
-        LOG_WARN(AGG, "no round starts: %s; rounds resume when a node with budget connects, a "
-                 "node restarts or reconnects, or the configuration is reloaded (SIGHUP)", reason);
-    else
+        LOG_WARN(AGG, "no round starts: %s; %s", reason, resume);
+    else if (had_version)
         LOG_INFO(AGG, "rounds resume: enough connected nodes have privacy budget");
+    else
+        LOG_INFO(AGG, "rounds resume: head version v%" PRIu64, vs_store_head(self->vs));
+}
+
+#define S_BUDGET_RESUME "rounds resume when a node with budget connects, a node restarts or " \
+                        "reconnects, or the configuration is reloaded (SIGHUP)"
+
+/* Another process may have moved the head since this one last looked: `rollback V` (HEAD
+ * file) or `init-version` (the first version). A readdir and a small file read, once per
+ * round start (and per retry while there is no version), so the running daemon follows
+ * without a restart. */
+static int s_follow_store(rounds_t *self)
+{
+    uint64_t before = vs_store_head(self->vs);
+    if (vs_store_refresh(self->vs) != 0) {
+        LOG_ERROR(AGG, "version store: %s", medfl_error_message());
+        return -1;
+    }
+    uint64_t head = vs_store_head(self->vs), latest = vs_store_latest(self->vs);
+    if (head == before) return 0;
+    if (head < latest)
+        LOG_INFO(AGG, "head moved to v%" PRIu64 " by rollback (latest v%" PRIu64 " kept): next "
+                 "round starts from v%" PRIu64, head, latest, head);
+    else
+        LOG_INFO(AGG, "head moved to v%" PRIu64 " (written by another process, e.g. "
+                 "init-version): next round starts from v%" PRIu64, head, head);
+    return 0;
 }
 
 static part_t *s_part(rounds_t *self, const char *id)
@@ -524,13 +577,22 @@ static void s_enter(rounds_t *self, rounds_phase_t phase, int64_t now, int64_t d
              hold > 0 ? " (held open by federation.debug_phase_hold_ms, a test setting)" : "");
 }
 
-static void s_update_reliability(rounds_t *self)
+/* The round's end in the contribution history: whether each selected node delivered its
+ * update (the reliability EMA; a node that declined is not counted either way: declining for
+ * budget or a base mismatch is not unreliability) and its bytes on the wire. Upserts keyed by
+ * (round, node), so a replay after a crash counts nothing twice. */
+static void s_record_history(rounds_t *self)
 {
+    contrib_params_t cp;
+    contrib_params_default(&cp);
     for (size_t i = 0; i < self->n_parts; i++) {
-        known_t *k = s_known(self, self->parts[i].id);
-        if (k && !self->parts[i].declined)
-            k->reliability = contrib_reliability_update(k->reliability, self->parts[i].input,
-                                                        0.3);
+        const part_t *p = &self->parts[i];
+        if ((!p->declined &&
+             contrib_db_record_participation(self->contrib, self->round_id, p->id, p->input,
+                                             cp.ema_alpha) != 0) ||
+            contrib_db_record_round_stats(self->contrib, self->round_id, p->id, p->bytes_up,
+                                          p->bytes_down, NAN) != 0)
+            LOG_ERROR(AGG, "contribution history: %s", medfl_error_message());
     }
 }
 
@@ -563,7 +625,7 @@ static void s_abort(rounds_t *self, int64_t now, const char *fmt, ...)
         if (!self->parts[i].declined)
             wire_server_send_error(self->server, self->parts[i].id, self->round_id,
                                    MEDFL__ERROR_CODE__ERROR_UNKNOWN_ROUND, text);
-    s_update_reliability(self);
+    s_record_history(self);
     s_after_round(self, now, self->cfg->fed_retry_ms);
 }
 
@@ -572,8 +634,12 @@ static int s_cmp_peer(const void *a, const void *b)
     return strcmp(((const rounds_peer_t *)a)->node_id, ((const rounds_peer_t *)b)->node_id);
 }
 
-/* Per-node weights: equal, or aggregator/strategy's contribution weights from records and
- * reliability (quality enters once nodes report it; none here yet). Normalised to sum 1. */
+/* Per-node weights of the round (docs/contribution-weighting.md): equal, or the contribution
+ * weights from the history in contrib.db — the records each node announced, the mean loss it
+ * reported for its latest evaluations (a node whose validation data disagrees with the
+ * others', e.g. mislabelled, reports an outlying loss) and its reliability — computed,
+ * logged and stored for the round by contrib_db_compute_round, so `weights` and `report`
+ * read what the round used. Normalised to sum 1; equal weights when that fails. */
 static void s_weights(rounds_t *self)
 {
     size_t n = self->n_parts;
@@ -581,27 +647,28 @@ static void s_weights(rounds_t *self)
     if (!uniform) {
         contrib_params_t cp;
         contrib_params_default(&cp);
-        contrib_input_t *in = calloc(n, sizeof *in);
+        const char **ids = calloc(n, sizeof *ids);
+        double *records = calloc(n, sizeof *records);
         contrib_output_t *out = calloc(n, sizeof *out);
-        if (in && out) {
+        if (ids && records && out) {
             for (size_t i = 0; i < n; i++) {
-                known_t *k = s_known(self, self->parts[i].id);
-                in[i].node = self->parts[i].id;
-                in[i].n_samples = (double)self->parts[i].n_records;
-                in[i].reliability = k ? k->reliability : 1.0;
-                in[i].loo = 1.0;
+                ids[i] = self->parts[i].id;
+                records[i] = (double)self->parts[i].n_records;
             }
-            if (contrib_weights(&cp, in, n, out) == 0) {
+            if (contrib_db_compute_round(self->contrib, &cp, self->round_id, ids, records, NULL,
+                                         n, ROUNDS_RECENT_REPORTS, out) == 0)
                 for (size_t i = 0; i < n; i++) self->parts[i].weight = out[i].weight;
-            } else {
-                LOG_WARN(AGG, "contribution weights: %s; using equal weights",
-                         medfl_error_message());
+            else
                 uniform = true;
-            }
         } else {
+            medfl_error_set(MEDFL_ENOMEM, "out of memory for %zu weights", n);
             uniform = true;
         }
-        free(in);
+        if (uniform)
+            LOG_WARN(AGG, "round %" PRIu64 ": contribution weights: %s; using equal weights",
+                     self->round_id, medfl_error_message());
+        free(ids);
+        free(records);
         free(out);
     }
     if (uniform)
@@ -856,6 +923,19 @@ static void s_publish(rounds_t *self, int64_t now);
 /* Commits the server step over the weighted sum S (numel floats) and W, announces it. */
 static void s_commit(rounds_t *self, const float *sum, double weight_total, int64_t now)
 {
+    /* A rollback (or another writer) moved the head during the round: the sum was trained on
+     * the round's base, so committing it on the new head would mix two histories, and on the
+     * old one would silently undo the rollback. The next round starts from the new head. */
+    if (s_follow_store(self) != 0) {
+        s_abort(self, now, "version store: %s", medfl_error_message());
+        return;
+    }
+    if (vs_store_head(self->vs) != self->head) {
+        s_abort(self, now, "head moved to v%" PRIu64 " during the round (rollback or another "
+                "writer); the round trained on v%" PRIu64 ": next round starts from v%" PRIu64,
+                vs_store_head(self->vs), self->head, vs_store_head(self->vs));
+        return;
+    }
     strategy_params_t sp;
     strategy_kind_t kind = STRATEGY_FEDAVG;
     if (strategy_kind_parse(self->cfg->fed_strategy, &kind) != 0) kind = STRATEGY_FEDAVG;
@@ -1056,7 +1136,7 @@ static void s_send_survivors(rounds_t *self, int64_t now)
     }
     free(buf);
     for (size_t i = 0; i < self->n_parts; i++)
-        if (self->parts[i].input)
+        if (self->parts[i].input && !self->parts[i].dropped)
             s_send(self, &self->parts[i], MEDFL__MSG_TYPE__MSG_CONSISTENCY_CHECK, &cc.base, NULL,
                    0, NULL);
     LOG_INFO(AGG, "round %" PRIu64 ": consistency check: %zu survivors asked to sign the "
@@ -1105,6 +1185,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
         uint32_t n1 = 0;
         const uint32_t *u1 = secagg_server_set(self->ss, 1, &n1);
         for (uint32_t i = 0; i < n1; i++) {
+            if (self->parts[u1[i]].dropped) continue; /* its keys still serve the others */
             uint8_t *buf = NULL;
             size_t len = 0;
             Medfl__KeysBroadcast kb;
@@ -1131,6 +1212,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
         uint32_t n2 = 0;
         const uint32_t *u2 = secagg_server_set(self->ss, 2, &n2);
         for (uint32_t i = 0; i < n2; i++) {
+            if (self->parts[u2[i]].dropped) continue;
             uint8_t *buf = NULL;
             size_t len = 0;
             Medfl__SharesDelivery sd = MEDFL__SHARES_DELIVERY__INIT;
@@ -1182,7 +1264,7 @@ static void s_close_phase(rounds_t *self, int64_t now)
                  self->round_id, self->new_version, reports);
         self->completed++;
         s_journal_end(self, "completed", NULL);
-        s_update_reliability(self);
+        s_record_history(self);
         s_after_round(self, now, 0);
         return;
     }
@@ -1197,6 +1279,7 @@ static bool s_phase_complete(const rounds_t *self)
     size_t want = 0, got = 0;
     for (size_t i = 0; i < self->n_parts; i++) {
         const part_t *p = &self->parts[i];
+        if (p->dropped) continue; /* nothing more is awaited from it (what it sent counts) */
         switch (self->phase) {
         case ROUNDS_KEYS: want += !p->declined; got += p->keys; break;
         case ROUNDS_SHARES: want += p->keys; got += p->shares; break;
@@ -1251,24 +1334,29 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
             else if (n_out > 0 && n_el + n_out >= need)
                 snprintf(reason, sizeof reason, "%zu of %zu connected nodes out of privacy budget, "
                          "%zu with budget left, a round needs %zu", n_out, n_el + n_out, n_el, need);
-            s_set_idle_reason(self, reason);
+            s_set_idle_reason(self, reason, S_BUDGET_RESUME);
             self->min_reached_ms = 0;
             return;
         }
-        s_set_idle_reason(self, "");
         if (!self->min_reached_ms) self->min_reached_ms = now;
         if (n_el < (size_t)self->cfg->fed_max_nodes &&
             now - self->min_reached_ms < self->cfg->fed_select_wait_ms)
             return;
+        (void)s_follow_store(self); /* logged; s_load_head reports what is unusable */
         if (s_load_head(self) != 0) {
-            if (!self->warned_no_version)
-                LOG_WARN(AGG, "no round can start: %s (seed one with `medfl-aggregator "
-                         "init-version`)", medfl_error_message());
-            self->warned_no_version = true;
-            self->idle_until_ms = now + self->cfg->fed_retry_ms;
+            char reason[256];
+            if (medfl_error_code() == MEDFL_ENOTFOUND)
+                snprintf(reason, sizeof reason, S_HEAD_PREFIX "no model version yet (seed one "
+                         "with `medfl-aggregator init-version`)");
+            else
+                snprintf(reason, sizeof reason, S_HEAD_PREFIX "%s", medfl_error_message());
+            s_set_idle_reason(self, reason, "a round starts once the version store has a head "
+                              "version, checked every federation.retry_ms");
+            self->idle_until_ms = now + (self->cfg->fed_retry_ms > 250 ? self->cfg->fed_retry_ms
+                                                                       : 250);
             return;
         }
-        self->warned_no_version = false;
+        s_set_idle_reason(self, "", "");
         s_start(self, cand, n_el, now);
         return;
     }
@@ -1281,13 +1369,13 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
         if (self->phase != ROUNDS_EVAL)
             for (size_t i = 0; i < self->n_parts; i++) {
                 const part_t *p = &self->parts[i];
-                bool missing = (self->phase == ROUNDS_KEYS && !p->declined && !p->keys) ||
+                bool missing = !p->dropped && ((self->phase == ROUNDS_KEYS && !p->declined && !p->keys) ||
                                (self->phase == ROUNDS_SHARES && p->keys && !p->shares) ||
                                (self->phase == ROUNDS_INPUT && !p->declined && !p->input &&
                                 (!self->secure || p->shares)) ||
                                (self->phase == ROUNDS_CONSISTENCY && p->input &&
                                 !p->signed_set) ||
-                               (self->phase == ROUNDS_UNMASK && p->signed_set && !p->unmask);
+                               (self->phase == ROUNDS_UNMASK && p->signed_set && !p->unmask));
                 if (missing)
                     LOG_WARN(AGG, "round %" PRIu64 ": node %s missed the %s deadline: dropped",
                              self->round_id, p->id, rounds_phase_name(self->phase));
@@ -1753,6 +1841,34 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
     return 1;
 }
 
+/* Takes an evaluation the round accepted (rounds_on_message wrote its row to round_evals,
+ * which is the one check of what a node reports) into the contribution history: the loss
+ * feeds the node's quality in the next rounds' weights, epsilon the report. A report the
+ * round refused leaves no row and is ignored here. */
+void rounds_record_eval(rounds_t *self, const wire_msg_t *msg)
+{
+    if (msg->type != MEDFL__MSG_TYPE__MSG_EVAL_REPORT || !msg->body.eval_report) return;
+    const Medfl__EvalReport *e = msg->body.eval_report;
+    sqlite3_stmt *st = NULL;
+    bool accepted = false;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT 1 FROM round_evals WHERE round_id = ? AND node_id = ? AND"
+                           " version = ? AND loss IS ?", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (int64_t)msg->round_id);
+        sqlite3_bind_text(st, 2, msg->node_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (int64_t)e->version);
+        sqlite3_bind_double(st, 4, e->loss);
+        accepted = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    if (!accepted || !isfinite(e->loss) || e->n > INT64_MAX) return;
+    double eps = isfinite(e->epsilon_spent) && e->epsilon_spent >= 0 ? e->epsilon_spent : NAN;
+    if (contrib_db_record_report(self->contrib, msg->node_id, e->version, e->loss, e->accuracy,
+                                 e->macro_f1, (int64_t)e->n) != 0 ||
+        contrib_db_record_round_stats(self->contrib, msg->round_id, msg->node_id, 0, 0, eps) != 0)
+        LOG_ERROR(AGG, "contribution history: %s", medfl_error_message());
+}
+
 /* ---- object ------------------------------------------------------------------------------ */
 
 rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char *db_path,
@@ -1782,6 +1898,16 @@ rounds_t *rounds_new(const agg_config_t *cfg, wire_server_t *server, const char 
     }
     /* Who was out of budget is not remembered across a restart: every node is asked again. */
     if (s_exec(self->db, "DELETE FROM rounds_idle", "") != 0) goto fail;
+    {
+        /* contrib.db next to the journal: in the daemon, <state_dir>/contrib.db, where
+         * `weights` and `report` read it (contrib_db_path). */
+        char cpath[4096];
+        const char *slash = strrchr(db_path, '/');
+        int dlen = slash ? (int)(slash - db_path) : 1;
+        snprintf(cpath, sizeof cpath, "%.*s/contrib.db", dlen, slash ? db_path : ".");
+        self->contrib = contrib_db_open(cpath);
+        if (!self->contrib) goto fail;
+    }
     self->vs = vs_store_open(versions_dir, true);
     if (!self->vs) goto fail;
     if (s_recover(self) != 0) goto fail;
@@ -1801,6 +1927,7 @@ void rounds_destroy(rounds_t **self_p)
     rounds_t *self = *self_p;
     s_release_round(self);
     if (self->db) sqlite3_close(self->db);
+    contrib_db_destroy(&self->contrib);
     vs_store_destroy(&self->vs);
     vs_manifest_destroy(&self->head_m);
     free(self->global);

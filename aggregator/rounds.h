@@ -62,7 +62,8 @@ typedef struct {
 typedef struct rounds_t rounds_t;
 
 /* cfg must outlive the object (the daemon's config, so SIGHUP changes apply from the next
- * round). db_path: the registry database that holds the journal. versions_dir: the signed
+ * round). db_path: the registry database that holds the journal (the contribution history,
+ * contrib.db, is kept next to it). versions_dir: the signed
  * version store (created when missing). sign_sk / sign_pk: the aggregator's Ed25519 identity
  * (versions are signed with it). Recovers the journal: a round left open by a crash is closed
  * as aborted, or as completed when its version is in the store. */
@@ -88,6 +89,11 @@ void rounds_on_reload(rounds_t *self);
  * Returns 1 when the type belongs to rounds (handled, refused with an Error, or logged),
  * 0 for types this module does not handle. */
 int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now_ms);
+
+/* Call after rounds_on_message for every EvalReport: one the round accepted is stored in the
+ * contribution history (contrib.db next to the journal: its loss weighs the node's next
+ * rounds, its epsilon goes into `report`); one it refused is ignored. */
+void rounds_record_eval(rounds_t *self, const wire_msg_t *msg);
 
 rounds_phase_t rounds_phase(const rounds_t *self);
 uint64_t rounds_current(const rounds_t *self); /* round in progress, 0 when none */

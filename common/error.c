@@ -25,6 +25,7 @@ static const char *const s_names[MEDFL_ERR_COUNT] = {
     [MEDFL_ESTATE] = "invalid state",
     [MEDFL_EDEVICE] = "device error",
     [MEDFL_EDB] = "database error",
+    [MEDFL_EBUSY] = "in use by another process",
 };
 
 static _Thread_local medfl_err_t s_code = MEDFL_OK;

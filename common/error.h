@@ -24,6 +24,7 @@ typedef enum {
     MEDFL_ESTATE,      /* operation not valid in the current state */
     MEDFL_EDEVICE,     /* compute device unavailable or failed */
     MEDFL_EDB,         /* SQLite store error */
+    MEDFL_EBUSY,       /* held by another process (a daemon's state-folder lock) */
     MEDFL_ERR_COUNT
 } medfl_err_t;
 

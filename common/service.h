@@ -55,9 +55,25 @@ typedef struct {
     void (*destroy)(void *daemon);
 } service_daemon_t;
 
-/* Returns the process exit status: run's, or 1 when setup or start failed (the error is
- * printed as "program: message" and, once the log is set up, logged). */
+/* Returns the process exit status: run's, SERVICE_EXIT_LOCKED when another process holds
+ * the state folder (service_lock_state), or 1 when setup or start failed otherwise (the
+ * error is printed as "program: message" and, once the log is set up, logged). */
 int service_run_daemon(const service_daemon_t *d);
+
+/* Exit status of a daemon refused because another process holds its state folder. 3 is the
+ * node's "revoked", so systemd units can tell the two apart (RestartPreventExitStatus). */
+#define SERVICE_EXIT_LOCKED 4
+#define SERVICE_LOCK_FILE "daemon.lock"
+
+/* Takes an exclusive flock(2) on <state_dir>/daemon.lock (created 0600) for the lifetime of
+ * the process and writes its pid into it. A second daemon on the same state folder would
+ * journal the first one's live round as aborted and overwrite its pid and endpoint in the
+ * registry, so it is refused: MEDFL_EBUSY with the holder's pid. The kernel releases the
+ * lock when the process exits, however it dies, so a stale lock file never blocks a
+ * restart. Returns the descriptor to keep open (service_unlock_state), -1 on error. */
+int service_lock_state(const char *state_dir) __attribute__((warn_unused_result));
+/* Releases the lock and closes *fd (no-op for -1); sets *fd to -1. */
+void service_unlock_state(int *fd);
 
 /* Creates path and its missing parents with mode (existing folders are kept). */
 int service_mkdir_p(const char *path, mode_t mode) __attribute__((warn_unused_result));

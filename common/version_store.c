@@ -770,6 +770,13 @@ vs_store_t *vs_store_open(const char *dir, bool create) { return s_open(dir, cre
 
 vs_store_t *vs_store_open_readonly(const char *dir) { return s_open(dir, false, false); }
 
+int vs_store_refresh(vs_store_t *s)
+{
+    /* No cleaning: a temporary file here may be another process's write in progress. */
+    if (s_scan(s, false) < 0 || s_read_head(s) < 0) return -1;
+    return 0;
+}
+
 void vs_store_destroy(vs_store_t **self_p)
 {
     if (!self_p || !*self_p) return;

@@ -6,6 +6,8 @@
 #include "node/node.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,25 @@
 #include "node/round_model.h"
 
 #define NODE_RECV_SLICE_MS 200
+
+/* Heartbeats while the trainer works. One training step (or an evaluation) can outlast the
+ * aggregator's heartbeat timeout, and the step-boundary tick (round_hparams_t.tick) cannot
+ * speak during a step. ZeroMQ sockets are not thread-safe, so the simplest correct design is
+ * a hand-over rather than sharing: for the duration of a train/evaluate call the socket
+ * belongs to a keepalive thread alone, which sends the due heartbeats (wire_client_tick);
+ * the main thread, busy computing, does not touch it (its step tick is switched off for the
+ * call). pthread_create and pthread_join are the full memory barriers ZeroMQ requires when a
+ * socket changes threads. Messages from the aggregator wait in the socket meanwhile and are
+ * read by the main loop afterwards, exactly as before. */
+typedef struct {
+    round_trainer_t inner;   /* the real trainer (synthetic or model) */
+    wire_client_t *client;   /* the node's connection: the keepalive thread's while it runs */
+    int period_ms;           /* how often the thread checks whether a heartbeat is due */
+    pthread_mutex_t lock;    /* guards stop; the socket needs no lock (one user at a time) */
+    pthread_cond_t wake;
+    bool stop;
+    pthread_t thread;
+} keepalive_t;
 
 struct node_t {
     node_config_t cfg;
@@ -51,6 +72,8 @@ struct node_t {
     node_round_t *round;     /* NULL when no aggregator.identity_key is configured */
     metrics_t *metrics;      /* NULL when metrics.listen = off or the endpoint failed */
     uint64_t m_sent, m_received; /* wire traffic already added to the counters */
+    int lock_fd;             /* state folder lock, held for the process lifetime */
+    keepalive_t keepalive;   /* wraps the trainer handed to the round */
 };
 
 #define NODE_LEDGER_FILE "privacy_ledger.db" /* as `medfl-node privacy` reads it */
@@ -73,6 +96,97 @@ int node_load_agg_identity(const char *value, uint8_t out[KEYS_SIGN_PUBLIC_BYTES
     return keys_hex_decode_public(text, out, value);
 }
 
+static void *s_keepalive_main(void *arg)
+{
+    keepalive_t *ka = arg;
+    pthread_mutex_lock(&ka->lock);
+    while (!ka->stop) {
+        if (wire_client_tick(ka->client) < 0)
+            LOG_DEBUG(NET, "heartbeat during training: %s", medfl_error_message());
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)ka->period_ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&ka->wake, &ka->lock, &until);
+    }
+    pthread_mutex_unlock(&ka->lock);
+    return NULL;
+}
+
+/* Hands the socket to the keepalive thread; false when no thread could start (the caller
+ * then keeps the step-boundary tick, as before). Signals stay with the main thread, whose
+ * loop polls the flags they set. */
+static bool s_keepalive_start(keepalive_t *ka)
+{
+    ka->stop = false;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&ka->thread, NULL, s_keepalive_main, ka);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) LOG_WARN(NET, "no heartbeat thread during training: %s", strerror(rc));
+    return rc == 0;
+}
+
+static void s_keepalive_stop(keepalive_t *ka)
+{
+    pthread_mutex_lock(&ka->lock);
+    ka->stop = true;
+    pthread_cond_signal(&ka->wake);
+    pthread_mutex_unlock(&ka->lock);
+    pthread_join(ka->thread, NULL); /* the socket is the main thread's again */
+}
+
+static int s_ka_train(void *ctx, const float *global, size_t n, const round_hparams_t *hp,
+                      float *delta, uint64_t *n_examples)
+{
+    keepalive_t *ka = ctx;
+    round_hparams_t mine = *hp;
+    bool threaded = s_keepalive_start(ka);
+    if (threaded) mine.tick = NULL; /* the thread owns the socket now */
+    int rc = ka->inner.train(ka->inner.ctx, global, n, &mine, delta, n_examples);
+    if (threaded) s_keepalive_stop(ka);
+    return rc;
+}
+
+static int s_ka_evaluate(void *ctx, const float *x, size_t n, double *loss, double *accuracy,
+                         double *macro_f1, uint64_t *n_eval)
+{
+    keepalive_t *ka = ctx;
+    bool threaded = s_keepalive_start(ka);
+    int rc = ka->inner.evaluate(ka->inner.ctx, x, n, loss, accuracy, macro_f1, n_eval);
+    if (threaded) s_keepalive_stop(ka);
+    return rc;
+}
+
+static int s_ka_check_layout(void *ctx, const vs_manifest_t *m)
+{
+    keepalive_t *ka = ctx;
+    return ka->inner.check_layout(ka->inner.ctx, m);
+}
+
+static int s_ka_linear_step(void *ctx, const round_hparams_t *hp, double *scale)
+{
+    keepalive_t *ka = ctx;
+    return ka->inner.linear_step(ka->inner.ctx, hp, scale);
+}
+
+/* The trainer the round sees: inner's functions, each train/evaluate call under a
+ * keepalive thread. */
+static round_trainer_t s_keepalive_wrap(keepalive_t *ka, const round_trainer_t *inner,
+                                        wire_client_t *client, int64_t heartbeat_ivl_ms)
+{
+    ka->inner = *inner;
+    ka->client = client;
+    ka->period_ms = heartbeat_ivl_ms / 4 < 20 ? 20 : heartbeat_ivl_ms / 4 > 250
+                                                        ? 250 : (int)(heartbeat_ivl_ms / 4);
+    round_trainer_t t = {.ctx = ka, .train = s_ka_train, .evaluate = s_ka_evaluate};
+    if (inner->check_layout) t.check_layout = s_ka_check_layout;
+    if (inner->linear_step) t.linear_step = s_ka_linear_step;
+    return t;
+}
+
 /* Rounds need the aggregator's identity (versions are signed with it), the privacy ledger
  * and a trainer; without the identity key the node only keeps its session. */
 static int s_rounds_setup(node_t *self)
@@ -88,7 +202,7 @@ static int s_rounds_setup(node_t *self)
     snprintf(path, sizeof path, "%s/" NODE_LEDGER_FILE, cfg->state_dir);
     self->ledger = ledger_open(path, cfg->train.epsilon_budget, cfg->train.delta, LEDGER_CREATE);
     if (!self->ledger) return -1;
-    round_trainer_t trainer;
+    round_trainer_t trainer = {0};
     if (strcmp(cfg->round_trainer, "synthetic") == 0) {
         self->synth = synth_trainer_new(cfg->node_id, (uint32_t)cfg->synth_records,
                                         (uint32_t)cfg->synth_step_ms);
@@ -117,7 +231,9 @@ static int s_rounds_setup(node_t *self)
         metrics_set(self->metrics, "privacy_epsilon_spent", NULL, spent);
     else
         LOG_WARN(PRIVACY, "privacy ledger: %s", medfl_error_message());
-    self->round = node_round_new(&opts, &trainer, self->client);
+    round_trainer_t kept = s_keepalive_wrap(&self->keepalive, &trainer, self->client,
+                                            self->cfg.heartbeat_ivl_ms);
+    self->round = node_round_new(&opts, &kept, self->client);
     if (!self->round) return -1;
     node_round_set_metrics(self->round, self->metrics);
     return 0;
@@ -253,8 +369,13 @@ node_t *node_new(const node_config_t *cfg, const char *config_path)
         return NULL;
     }
     self->cfg = *cfg;
+    self->lock_fd = -1;
+    pthread_mutex_init(&self->keepalive.lock, NULL);
+    pthread_cond_init(&self->keepalive.wake, NULL);
     snprintf(self->config_path, sizeof self->config_path, "%s", config_path ? config_path : "");
     if (service_mkdir_p(cfg->state_dir, 0700) != 0) goto fail;
+    /* Two nodes on one state folder would share a privacy ledger and a version store. */
+    if ((self->lock_fd = service_lock_state(cfg->state_dir)) < 0) goto fail;
     self->keys = keys_load(cfg->key_dir);
     if (!self->keys) goto fail;
     keys_key_id(self->keys->curve_public, self->key_id);
@@ -320,6 +441,9 @@ void node_destroy(node_t **self_p)
     ledger_destroy(&self->ledger);
     wire_client_destroy(&self->client);
     keys_destroy(&self->keys);
+    service_unlock_state(&self->lock_fd); /* last: the state is closed */
+    pthread_cond_destroy(&self->keepalive.wake);
+    pthread_mutex_destroy(&self->keepalive.lock);
     free(self);
     *self_p = NULL;
 }
@@ -432,15 +556,6 @@ int node_run(node_t *self)
             LOG_WARN(NET, "no welcome within %lld ms: saying hello again", (long long)silence_ms);
             self->need_hello = true;
         }
-        if (self->welcomed) {
-            int64_t quiet = wire_client_ms_since_rx(self->client);
-            if (quiet > silence_ms) {
-                LOG_WARN(NET, "nothing from the aggregator for %lld ms: saying hello again",
-                         (long long)quiet);
-                self->welcomed = false;
-                self->need_hello = true;
-            }
-        }
         /* Before the first handshake a hello would only wait in libzmq's queue. */
         if (self->need_hello && conns > 0) {
             if (s_send_hello(self) == 0)
@@ -456,6 +571,16 @@ int node_run(node_t *self)
             return NODE_EXIT_REVOKED;
         }
         wire_msg_close(&msg);
+        /* Judged only after a receive found nothing waiting: after a long training the
+         * aggregator's answers are still queued, and a hello then would be a false alarm
+         * that also drops this node from the round it just trained for. */
+        int64_t quiet = wire_client_ms_since_rx(self->client);
+        if (rc == 0 && self->welcomed && quiet > silence_ms) {
+            LOG_WARN(NET, "nothing from the aggregator for %lld ms: saying hello again",
+                     (long long)quiet);
+            self->welcomed = false;
+            self->need_hello = true;
+        }
         s_metrics_sync(self);
     }
     /* Drain: training already gave up at its next step (round_hparams_t.should_stop); what

@@ -3,7 +3,8 @@
 # the configs and guides they go with (grep assertions, always run):
 #   - the writable state folder (StateDirectory=, ReadWritePaths=) is the example config's
 #     state_dir, since ProtectSystem=strict makes every other path read-only;
-#   - the node does not restart after exit status 3 (revoked): RestartPreventExitStatus=3;
+#   - the node does not restart after exit status 3 (revoked) or 4 (state folder locked by a
+#     running node), the aggregator not after 4: RestartPreventExitStatus;
 #   - Documentation= names a file the guide's "Install as a service" step installs, and
 #     that step installs this unit;
 # and, when systemd-analyze exists, they verify cleanly (against the binaries under test).
@@ -33,8 +34,10 @@ for role in node aggregator; do
     die "$guide does not install the documentation $doc that the unit names"
   grep -q "deploy/systemd/medfl-$role.service" "$guide" || die "$guide does not install $unit"
 done
-grep -qx "RestartPreventExitStatus=3" deploy/systemd/medfl-node.service ||
-  die "medfl-node.service restarts a revoked node (no RestartPreventExitStatus=3)"
+grep -qx "RestartPreventExitStatus=3 4" deploy/systemd/medfl-node.service ||
+  die "medfl-node.service restarts a revoked node or one locked out of its state folder (no RestartPreventExitStatus=3 4)"
+grep -qx "RestartPreventExitStatus=4" deploy/systemd/medfl-aggregator.service ||
+  die "medfl-aggregator.service retries against a daemon that holds its state folder (no RestartPreventExitStatus=4)"
 grep -q "RestartPreventExitStatus=3" docs/operator-guide-node.md ||
   die "the node guide does not explain RestartPreventExitStatus=3"
 if ! command -v systemd-analyze >/dev/null; then

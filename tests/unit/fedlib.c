@@ -144,6 +144,7 @@ static void s_init(fed_t *f, const char *root, size_t n, bool secure, const char
     f->n = n;
     f->drop = -1;
     f->tamper = -1;
+    f->bad_eval = -1;
     for (size_t i = 0; i < n; i++) {
         snprintf(f->ids[i], sizeof f->ids[i], "h%zu", i);
         crypto_sign_keypair(f->pk[i], f->sk[i]);
@@ -197,7 +198,11 @@ void fed_step(fed_t *f)
         wire_msg_t msg;
         memset(&msg, 0, sizeof msg);
         int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
-        if (rc == 1) (void)rounds_on_message(f->rounds, &msg, service_now_ms());
+        if (rc == 1 && msg.type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT && f->bad_eval >= 0 &&
+            strcmp(msg.node_id, f->ids[f->bad_eval]) == 0)
+            msg.body.eval_report->loss += 1.0;
+        if (rc == 1 && rounds_on_message(f->rounds, &msg, service_now_ms()) == 1)
+            rounds_record_eval(f->rounds, &msg); /* as the daemon does */
         wire_msg_close(&msg);
         if (rc != 1) break;
     }

@@ -66,6 +66,9 @@ struct fed_s {
      * dp.record_weight_max multiplied by tamper_rwm */
     int tamper;
     double tamper_rwm;
+    /* node `bad_eval` (-1 = none) reports every evaluation loss 1.0 higher than measured, as
+     * a hospital with mislabelled validation data would */
+    int bad_eval;
     fed_intercept_fn intercept; /* NULL: deliver everything as sent */
     void *intercept_ctx;
     /* Node i's privacy policy (privacy.require_dp ...): fed_init gives every node one that

@@ -284,6 +284,31 @@ static void test_bad_messages_then_hello(void **state)
     assert_int_equal(store_node_get(tool, "site-1", &n), 0);
     assert_false(n.connected);
     assert_true(testlib_log_has("marked disconnected"));
+
+    /* It was only busy: its next heartbeat re-admits it, without "say hello first". */
+    testlib_log_reset();
+    Medfl__Heartbeat busy = MEDFL__HEARTBEAT__INIT;
+    assert_int_equal(wire_encode(MEDFL__MSG_TYPE__MSG_HEARTBEAT, 0, "site-1", &busy.base, &obuf,
+                                 &olen), 0);
+    s_send_raw(&fx, obuf, olen, 0);
+    free(obuf);
+    end = service_now_ms() + 3000;
+    while (aggregator_session_count(fx.agg) != 1 && service_now_ms() < end) s_pump(&fx, 20);
+    assert_int_equal(aggregator_session_count(fx.agg), 1);
+    assert_true(testlib_log_has("site-1 heard again after"));
+    assert_false(testlib_log_has("before its hello"));
+    assert_int_equal(store_node_get(tool, "site-1", &n), 0);
+    assert_true(n.connected);
+
+    /* Registry writes that leave the allowlist as it was are not logged at INFO. */
+    testlib_log_reset();
+    assert_int_equal(store_meta_set(tool, "note", "x"), 0);
+    s_pump(&fx, 400);
+    assert_true(testlib_log_has("allowlist unchanged"));
+    assert_false(testlib_log_has("allowlist loaded"));
+    assert_int_equal(store_enroll(tool, "site-9", fx.server_keys->curve_public, NULL, false), 0);
+    s_pump(&fx, 400);
+    assert_true(testlib_log_has("allowlist loaded: 2 enrolled node(s) active"));
     store_destroy(&tool);
     s_stop(&fx);
 }

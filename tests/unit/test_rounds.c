@@ -22,6 +22,7 @@
 #include <sodium.h>
 
 #include "aggregator/agg_config.h"
+#include "aggregator/contrib_db.h"
 #include "aggregator/rounds.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -468,6 +469,182 @@ static int s_teardown(void **state)
     return testlib_teardown();
 }
 
+typedef struct {
+    uint64_t round;
+    double w[FED_MAX_NODES];
+    double rel[FED_MAX_NODES];
+    int rows;
+} weights_seen_t;
+
+static int s_weight_row(void *ctx, const contrib_row_t *row)
+{
+    weights_seen_t *ws = ctx;
+    if (row->round != ws->round) return 0;
+    int i = row->node[1] - '0';
+    ws->w[i] = row->c.weight;
+    ws->rel[i] = row->c.reliability;
+    ws->rows++;
+    return 0;
+}
+
+static weights_seen_t s_weights_of(contrib_db_t *db, uint64_t round)
+{
+    weights_seen_t ws = {.round = round};
+    assert_int_equal(contrib_db_history(db, NULL, s_weight_row, &ws), 0);
+    return ws;
+}
+
+/* Contribution weighting in the running round machine (federation.weighting =
+ * contribution): every round is weighed from contrib.db next to the journal, the weights go
+ * into the RoundStarts and the history. h1 announces 4x the records of the others; h2
+ * reports evaluation losses far from the others' (mislabelled validation data); h3 drops
+ * out of round 3. Round 1 (no reports yet): h1 weighs most, the rest equal. Round 4: h2
+ * weighs least, h1 most; h3's reliability fell and, other things equal, lowers its weight. */
+static void test_contribution_weights_live(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 4, false, "none");
+    snprintf(f.cfg.fed_weighting, sizeof f.cfg.fed_weighting, "contribution");
+    f.cfg.fed_rounds = 4;
+    f.cfg.fed_min_nodes = 3;
+    f.cfg.fed_max_nodes = 4;
+    f.cfg.fed_select_wait_ms = 300;
+    f.peers[1].n_records = 400;
+    f.bad_eval = 2;
+    f.drop = 3;
+    f.drop_at = ROUNDS_INPUT;
+    f.drop_round = 3;
+    fed_run_until_completed(&f, 4, 30000);
+
+    char path[800];
+    snprintf(path, sizeof path, "%s/contrib.db", f.dir);
+    contrib_db_t *db = contrib_db_open(path);
+    assert_non_null(db);
+    weights_seen_t r1 = s_weights_of(db, 1);
+    assert_int_equal(r1.rows, 4);
+    assert_true(r1.w[1] > r1.w[0] + 0.05);
+    assert_float_equal(r1.w[0], r1.w[2], 1e-9);
+    assert_float_equal(r1.w[0], r1.w[3], 1e-9);
+    assert_float_equal(r1.w[0] + r1.w[1] + r1.w[2] + r1.w[3], 1.0, 1e-9);
+
+    weights_seen_t r4 = s_weights_of(db, 4);
+    assert_int_equal(r4.rows, 3); /* h3 is gone */
+    assert_true(r4.w[2] < r4.w[0] && r4.w[2] < r4.w[1]);
+    assert_true(r4.w[1] > r4.w[0]);
+    assert_float_equal(r4.w[0] + r4.w[1] + r4.w[2], 1.0, 1e-9);
+    assert_true(testlib_log_has("round 4 weight h2"));
+
+    /* Reliability: h3 missed round 3, everyone else completed every round. */
+    double rel = 0;
+    assert_int_equal(contrib_db_reliability(db, "h3", &rel), 0);
+    assert_true(rel < 0.75);
+    assert_int_equal(contrib_db_reliability(db, "h0", &rel), 0);
+    assert_float_equal(rel, 1.0, 1e-12);
+    /* Equal records, both without an outlying report: the unreliable node weighs less. */
+    const char *ids[2] = {"h0", "h3"};
+    double recs[2] = {100, 100};
+    contrib_params_t cp;
+    contrib_params_default(&cp);
+    cp.cap = 1.0; /* two nodes: the default cap (0.5) would make them equal */
+    contrib_output_t out[2];
+    assert_int_equal(contrib_db_compute_round(db, &cp, 99, ids, recs, NULL, 2, 3, out), 0);
+    assert_true(out[1].weight < out[0].weight);
+
+    /* The accepted evaluation reports fed the quality: h2's are the outliers. */
+    double l0 = 0, l2 = 0;
+    bool has0 = false, has2 = false;
+    assert_int_equal(contrib_db_recent_loss(db, "h0", 3, &l0, &has0), 0);
+    assert_int_equal(contrib_db_recent_loss(db, "h2", 3, &l2, &has2), 0);
+    assert_true(has0 && has2);
+    assert_float_equal(l2 - l0, 1.0, 1e-6);
+    contrib_db_destroy(&db);
+    fed_free(&f);
+}
+
+/* A participant that says Hello again mid-round (it restarted: its round state is gone) is
+ * dropped at once: the round completes with the others long before the phase deadlines
+ * (20 s here) instead of waiting for them. */
+static void s_rehello_case(rounds_phase_t at, bool secure)
+{
+    fed_t f;
+    fed_init(&f, s_root, 4, secure, "none");
+    f.cfg.fed_rounds = 1;
+    f.cfg.fed_keys_ms = f.cfg.fed_shares_ms = f.cfg.fed_train_ms = f.cfg.fed_unmask_ms = 20000;
+    testlib_log_reset();
+    f.drop = 3; /* the old process is gone from phase `at` on: nothing more from it */
+    f.drop_at = at;
+    f.drop_round = 1;
+    int64_t start = service_now_ms();
+    while (!f.dead[3] && service_now_ms() - start < 5000) fed_step(&f);
+    assert_true(f.dead[3]);
+    assert_int_equal(rounds_phase(f.rounds), at);
+    rounds_on_hello(f.rounds, "h3", 0); /* ... and the new one says hello */
+    assert_true(testlib_log_has("node h3 said hello again during phase"));
+    int64_t t0 = service_now_ms();
+    fed_run_until_completed(&f, 1, 8000);
+    assert_true(service_now_ms() - t0 < 5000);
+    assert_false(testlib_log_has("missed the"));
+    fed_free(&f);
+}
+
+static void test_rehello_drops_participant(void **state)
+{
+    (void)state;
+    s_rehello_case(ROUNDS_KEYS, true);
+    s_rehello_case(ROUNDS_SHARES, true);
+    s_rehello_case(ROUNDS_INPUT, false);
+}
+
+/* `rollback` (another process: its own store object) while the aggregator runs: the next
+ * round starts from the rolled-back head and its version's parent is that head; a rollback
+ * during a round aborts that round instead of undoing the rollback. */
+static void test_follows_rollback(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    fed_run_until_completed(&f, 1, 10000); /* v1 genesis, v2 */
+    while (rounds_phase(f.rounds) != ROUNDS_IDLE) fed_step(&f);
+    char vdir[800];
+    snprintf(vdir, sizeof vdir, "%s/versions", f.dir);
+    vs_store_t *other = vs_store_open(vdir, false);
+    assert_non_null(other);
+    assert_int_equal(vs_store_rollback(other, 1), 0);
+    testlib_log_reset();
+    fed_run_until_completed(&f, 2, 10000);
+    assert_true(testlib_log_has("head moved to v1 by rollback (latest v2 kept): next round starts "
+                                "from v1"));
+    assert_true(testlib_log_has("round 2 started from version 1"));
+    vs_manifest_t *m = vs_store_manifest(other, 3);
+    assert_non_null(m);
+    assert_int_equal(m->parent, 1);
+    vs_manifest_destroy(&m);
+
+    /* Mid-round: the round in progress is aborted, the next starts from the new head. */
+    f.cfg.fed_rounds = 3;
+    f.cfg.fed_train_ms = 20000;
+    f.drop = 2; /* keeps round 3 in its input phase until the rollback */
+    f.drop_at = ROUNDS_INPUT;
+    f.drop_round = 3;
+    int64_t end = service_now_ms() + 5000;
+    while (!f.dead[2] && service_now_ms() < end) fed_step(&f);
+    assert_int_equal(vs_store_refresh(other), 0);
+    assert_int_equal(vs_store_rollback(other, 2), 0);
+    f.cfg.fed_min_nodes = 2;
+    f.dead[2] = false;
+    rounds_on_hello(f.rounds, "h2", 3); /* drops it: the round closes with the other two */
+    end = service_now_ms() + 8000;
+    while (!testlib_log_has("aborted in phase input: head moved to v2 during the round") &&
+           service_now_ms() < end)
+        fed_step(&f);
+    assert_true(testlib_log_has("aborted in phase input: head moved to v2 during the round"));
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    vs_store_destroy(&other);
+    fed_free(&f);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1) cmocka_set_test_filter(argv[1]);
@@ -489,6 +666,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_journal_recovery),
         cmocka_unit_test(test_crash_after_version_write),
         cmocka_unit_test(test_failing_trainer_is_a_dropout),
+        cmocka_unit_test(test_contribution_weights_live),
+        cmocka_unit_test(test_rehello_drops_participant),
+        cmocka_unit_test(test_follows_rollback),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

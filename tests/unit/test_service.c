@@ -138,12 +138,74 @@ static void test_run_daemon(void **state)
     assert_non_null(strstr(medfl_error_message(), "log.level"));
 }
 
+/* The state-folder lock: a second holder (another open file description, as a second
+ * process would have) is refused with MEDFL_EBUSY naming the holder's pid, the first keeps
+ * it, a release lets the next one in, and a daemon refused by it exits SERVICE_EXIT_LOCKED. */
+static bool s_lock_in_create;
+static void *s_locking_new(const void *cfg, const char *path)
+{
+    (void)path;
+    int fd = service_lock_state((const char *)cfg);
+    if (fd < 0) return NULL;
+    s_lock_in_create = true;
+    service_unlock_state(&fd);
+    return NULL;
+}
+
+static void test_state_lock(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/medfl-test-lock-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    int a = service_lock_state(dir);
+    assert_true(a >= 0);
+    char path[128], text[32] = "";
+    snprintf(path, sizeof path, "%s/" SERVICE_LOCK_FILE, dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(text, sizeof text, f));
+    fclose(f);
+    assert_int_equal(atol(text), (long)getpid());
+
+    assert_int_equal(service_lock_state(dir), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EBUSY);
+    char want[48];
+    snprintf(want, sizeof want, "pid %ld", (long)getpid());
+    assert_non_null(strstr(medfl_error_message(), want));
+    assert_non_null(strstr(medfl_error_message(), dir));
+
+    /* A daemon whose create is refused by the lock exits with the distinct status. */
+    service_daemon_t d = {.program = "medfl-test", .instance = "t", .config_path = "fake.conf",
+                          .log_level = "error", .log_format = "text", .log_file = "",
+                          .cfg = dir, .create = s_locking_new, .run = s_fake_run,
+                          .destroy = s_fake_destroy};
+    assert_int_equal(service_run_daemon(&d), SERVICE_EXIT_LOCKED);
+    assert_false(s_lock_in_create);
+
+    service_unlock_state(&a);
+    assert_int_equal(a, -1);
+    service_unlock_state(&a); /* idempotent */
+    int b = service_lock_state(dir);
+    assert_true(b >= 0);
+    service_unlock_state(&b);
+
+    /* A folder that does not exist is an I/O error naming the path, not "busy". */
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/nope", dir);
+    assert_int_equal(service_lock_state(missing), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_EIO);
+    assert_non_null(strstr(medfl_error_message(), "nope"));
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_signals_set_flags),
         cmocka_unit_test(test_notify),
         cmocka_unit_test(test_run_daemon),
+        cmocka_unit_test(test_state_lock),
     };
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
 }

@@ -770,11 +770,22 @@ vs_store_t *vs_store_open(const char *dir, bool create) { return s_open(dir, cre
 
 vs_store_t *vs_store_open_readonly(const char *dir) { return s_open(dir, false, false); }
 
+static int s_versions_add(vs_store_t *s, uint64_t v);
+
 int vs_store_refresh(vs_store_t *s)
 {
-    /* No cleaning: a temporary file here may be another process's write in progress. */
-    if (s_scan(s, false) < 0 || s_read_head(s) < 0) return -1;
-    return 0;
+    /* Another process numbers on from the latest version (commit, init-version), so what it
+     * added is found by probing the next numbers' manifests: O(1) per call where a folder
+     * scan costs O(versions), and the daemon calls this twice a round. Nothing is removed: a
+     * temporary file here may be another process's write in progress. */
+    for (;;) {
+        char path[4096];
+        uint64_t next = vs_store_latest(s) + 1;
+        s_paths(s->dir, next, NULL, path, sizeof path);
+        if (access(path, F_OK) != 0) break;
+        if (s_versions_add(s, next) < 0) return -1;
+    }
+    return s_read_head(s);
 }
 
 void vs_store_destroy(vs_store_t **self_p)

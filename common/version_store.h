@@ -126,9 +126,10 @@ vs_store_t *vs_store_open(const char *dir, bool create);
  * (a temporary file may be the owner's write in progress) and never writes. */
 vs_store_t *vs_store_open_readonly(const char *dir);
 void vs_store_destroy(vs_store_t **self_p);
-/* Re-reads the folder's versions and HEAD, which other processes change (`rollback`,
- * `init-version`): a long-lived reader calls it before relying on vs_store_head. Unlike
- * open, it removes nothing. */
+/* Picks up what other processes changed (`rollback` writes HEAD, `init-version` and commits
+ * add versions numbered on from the latest): probes the manifests after the latest known and
+ * re-reads HEAD, in O(1) (no folder scan: a daemon calls it every round). A long-lived
+ * reader calls it before relying on vs_store_head. Unlike open, it removes nothing. */
 int vs_store_refresh(vs_store_t *s) __attribute__((warn_unused_result));
 const char *vs_store_dir(const vs_store_t *s);
 

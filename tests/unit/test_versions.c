@@ -458,6 +458,36 @@ static void test_verify_cached(void **state)
     vs_store_destroy(&s);
 }
 
+/* A daemon's store follows what other processes did (commits, init-version, rollback)
+ * through vs_store_refresh, which probes the numbers after its latest and re-reads HEAD. */
+static void test_refresh_follows_other_writers(void **state)
+{
+    fx_t *fx = *state;
+    vs_store_t *daemon = s_chain(fx, 2);
+    vs_store_t *tool = vs_store_open(fx->store, false);
+    assert_non_null(tool);
+    s_commit_one(fx, tool, 3);
+    s_commit_one(fx, tool, 4);
+    assert_int_equal(vs_store_rollback(tool, 3), 0);
+    assert_int_equal(vs_store_latest(daemon), 2); /* not yet seen */
+    assert_int_equal(vs_store_refresh(daemon), 0);
+    assert_int_equal(vs_store_latest(daemon), 4);
+    assert_true(vs_store_has(daemon, 3) && vs_store_has(daemon, 4));
+    assert_int_equal(vs_store_head(daemon), 3);
+    assert_int_equal(vs_store_verify_cached(daemon, 4, fx->pk, NULL, NULL), 0);
+    /* its own next commit goes on from what it now knows, parented on the head */
+    float flat[N_FLAT];
+    vs_manifest_t *m = s_manifest(5, flat, 5);
+    assert_int_equal(vs_store_commit(daemon, m, flat, fx->sk), 0);
+    assert_int_equal(m->version, 5);
+    assert_int_equal(m->parent, 3);
+    vs_manifest_destroy(&m);
+    assert_int_equal(vs_store_refresh(daemon), 0); /* nothing new: unchanged */
+    assert_int_equal(vs_store_latest(daemon), 5);
+    vs_store_destroy(&tool);
+    vs_store_destroy(&daemon);
+}
+
 static void test_transfer_install(void **state)
 {
     fx_t *fx = *state;
@@ -773,6 +803,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crash_leaves_no_half_version, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_rollback_keeps_history, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_verify_cached, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_follows_other_writers, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_transfer_install, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_manifest_parse_errors, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_commit_refuses_nonfinite, s_setup, s_teardown),

@@ -310,13 +310,8 @@ static int s_tree_load(s_tree_t *t, const char *state_dir)
     for (size_t i = 0; i < n; i++) {
         vs_manifest_t *m = vs_store_manifest(s, vs[i]);
         if (!m) goto done;
-        t->v[i] = (s_ver_t){m->version, m->parent, m->round, false};
+        t->v[i] = (s_ver_t){m->version, m->parent, m->round, false}; /* parent < version */
         vs_manifest_destroy(&m);
-        if (t->v[i].parent >= t->v[i].version) {
-            medfl_error_set(MEDFL_EFORMAT, "%s: v%06" PRIu64 " names parent %" PRIu64
-                            ", which is not older", dir, t->v[i].version, t->v[i].parent);
-            goto done;
-        }
     }
     t->n = n;
     t->head = vs_store_head(s);

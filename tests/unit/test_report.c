@@ -329,6 +329,24 @@ static void test_empty_and_errors(void **state)
     assert_int_equal(report_write(r, "/nonexistent-dir/r.html"), -1);
     assert_non_null(strstr(medfl_error_message(), "/nonexistent-dir/r.html"));
     report_destroy(&r);
+
+    /* A damaged manifest in the version store (the history of the first test): refused,
+     * naming the file and the field, not drawn as some other tree. */
+    char path[300];
+    snprintf(path, sizeof path, "%s/versions/v000003.json", s_dir);
+    if (access(path, F_OK) != 0) s_fill_history(); /* this test run alone */
+    char *json = s_slurp(path);
+    char *p = strstr(json, "\"parent\":\t2");
+    assert_non_null(p);
+    p[10] = '9';
+    FILE *f = fopen(path, "w");
+    fputs(json, f);
+    fclose(f);
+    free(json);
+    r = report_new(NULL);
+    assert_int_equal(report_load_state(r, s_dir), -1);
+    assert_non_null(strstr(medfl_error_message(), "v000003.json: field 'parent' = 9 must be below"));
+    report_destroy(&r);
 }
 
 int main(void)

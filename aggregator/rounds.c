@@ -42,6 +42,9 @@ typedef struct {
     uint64_t version;     /* latest version the node is known to hold */
     bool budget_out;      /* declined its last round for privacy budget: not selected until
                            * it says Hello again or the configuration is reloaded */
+    bool policy_out;      /* declined it for its privacy policy (the round's DP settings are
+                           * outside what the hospital allows): likewise, since every retry
+                           * with the same settings would be declined (and cost a ledger row) */
 } known_t;
 
 struct rounds_t {
@@ -373,22 +376,22 @@ void rounds_on_hello(rounds_t *self, const char *node_id, uint64_t model_version
     if (!k) return;
     k->version = model_version;
     /* A (re)started node may have had its privacy budget raised: ask it again. */
-    if (k->budget_out)
-        LOG_INFO(AGG, "node %s (out of privacy budget at its last round) said hello: it will be "
-                 "asked again", node_id);
-    k->budget_out = false;
+    if (k->budget_out || k->policy_out)
+        LOG_INFO(AGG, "node %s (%s at its last round) said hello: it will be asked again",
+                 node_id, k->budget_out ? "out of privacy budget" : "declined for its privacy policy");
+    k->budget_out = k->policy_out = false;
 }
 
 void rounds_on_reload(rounds_t *self)
 {
     size_t cleared = 0;
     for (size_t i = 0; i < self->n_known; i++) {
-        cleared += self->known[i].budget_out;
-        self->known[i].budget_out = false;
+        cleared += self->known[i].budget_out || self->known[i].policy_out;
+        self->known[i].budget_out = self->known[i].policy_out = false;
     }
     if (cleared)
-        LOG_INFO(AGG, "configuration reloaded: %zu node(s) out of privacy budget will be asked "
-                 "again", cleared);
+        LOG_INFO(AGG, "configuration reloaded: %zu node(s) out of privacy budget or declining for "
+                 "their privacy policy will be asked again", cleared);
 }
 
 #define S_HEAD_PREFIX "head version: " /* idle reasons about the version store */
@@ -413,7 +416,8 @@ static void s_set_idle_reason(rounds_t *self, const char *reason, const char *re
 }
 
 #define S_BUDGET_RESUME "rounds resume when a node with budget connects, a node restarts or " \
-                        "reconnects, or the configuration is reloaded (SIGHUP)"
+                        "reconnects, or the configuration is reloaded (SIGHUP: e.g. DP settings " \
+                        "the nodes' privacy policies accept)"
 
 /* Another process may have moved the head since this one last looked: `rollback V` (HEAD
  * file) or `init-version` (the first version). A readdir and a small file read, once per
@@ -1309,13 +1313,13 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
      * quorum, and an all-exhausted federation idles instead of retrying forever. */
     rounds_peer_t *el = realloc(self->eligible, (n_peers ? n_peers : 1) * sizeof *el);
     if (el) self->eligible = el;
-    size_t n_el = 0, n_out = 0;
+    size_t n_el = 0, n_out = 0, n_policy = 0;
     for (size_t i = 0; i < n_peers; i++) {
         known_t *k = s_known(self, peers[i].node_id);
-        if (k && k->budget_out) n_out++;
+        if (k && (k->budget_out || k->policy_out)) n_out++, n_policy += k->policy_out;
         else if (el) self->eligible[n_el++] = peers[i];
     }
-    if (!el) n_el = n_peers, n_out = 0; /* out of memory: select from everyone */
+    if (!el) n_el = n_peers, n_out = n_policy = 0; /* out of memory: select from everyone */
     const rounds_peer_t *cand = el ? self->eligible : peers;
 
     if (self->phase == ROUNDS_DONE) {
@@ -1329,7 +1333,12 @@ void rounds_tick(rounds_t *self, const rounds_peer_t *peers, size_t n_peers, int
         size_t need = self->cfg->fed_min_nodes > 2 ? (size_t)self->cfg->fed_min_nodes : 2;
         if (n_el < need) {
             char reason[256] = "";
-            if (n_out > 0 && n_el == 0)
+            if (n_policy > 0 && n_el + n_out >= need)
+                snprintf(reason, sizeof reason, "%zu of %zu connected nodes decline this "
+                         "federation's privacy settings (their privacy policy), %zu out of "
+                         "budget, %zu eligible, a round needs %zu", n_policy, n_el + n_out,
+                         n_out - n_policy, n_el, need);
+            else if (n_out > 0 && n_el == 0)
                 snprintf(reason, sizeof reason, "all nodes out of privacy budget");
             else if (n_out > 0 && n_el + n_out >= need)
                 snprintf(reason, sizeof reason, "%zu of %zu connected nodes out of privacy budget, "
@@ -1723,9 +1732,11 @@ int rounds_on_message(rounds_t *self, wire_msg_t *msg, int64_t now)
         LOG_WARN(AGG, "node %s declined round %llu: %s", who, (unsigned long long)msg->round_id,
                  reason);
         if (p) p->declined = true;
-        if (p && d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET) {
+        if (p && (d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET ||
+                  d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY)) {
             known_t *k = s_known(self, who);
-            if (k) k->budget_out = true;
+            if (k && d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_BUDGET) k->budget_out = true;
+            if (k && d->reason == MEDFL__DECLINE_REASON__DECLINE_PRIVACY_POLICY) k->policy_out = true;
         }
         if (d->reason == MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH) {
             /* It lacks versions we assumed it had: the next round re-sends the chain. One

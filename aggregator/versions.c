@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <sodium.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 
 #include "aggregator/agg_config.h"
 #include "common/adapter_file.h"
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -119,12 +121,232 @@ static int s_cmp_layout(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* ---------------------------------------------------------------- labels */
+
+/* The version attribute "labels": the label names as a compact JSON array, in head order. */
+static int s_set_labels_attr(vs_manifest_t *m, char **labels, size_t n, const char *origin)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && i < n; i++)
+        if (!cJSON_AddItemToArray(arr, cJSON_CreateString(labels[i]))) {
+            cJSON_Delete(arr);
+            arr = NULL;
+        }
+    char *text = arr ? cJSON_PrintUnformatted(arr) : NULL;
+    cJSON_Delete(arr);
+    if (!text) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", origin);
+    int rc = 0;
+    if (strlen(text) > 4096)
+        rc = medfl_error_set(MEDFL_EUNSUPPORTED, "%s: the %zu label names take %zu bytes; a version "
+                             "attribute holds at most 4096", origin, n, strlen(text));
+    else
+        rc = vs_manifest_set_attr(m, "labels", text);
+    free(text);
+    return rc;
+}
+
+/* Labels of a version in head order (NULL, 0 when it records none); the attribute is signed
+ * but still checked, as any input: a JSON array of distinct, non-empty names. */
+static int s_get_labels_attr(const vs_manifest_t *m, char ***labels_out, size_t *n_out)
+{
+    *labels_out = NULL;
+    *n_out = 0;
+    const char *text = vs_manifest_attr(m, "labels");
+    if (!text) return 0;
+    cJSON *arr = cJSON_Parse(text);
+    size_t n = cJSON_IsArray(arr) ? (size_t)cJSON_GetArraySize(arr) : 0;
+    char **labels = calloc(n ? n : 1, sizeof *labels);
+    int rc = -1;
+    if (!cJSON_IsArray(arr) || !labels) {
+        medfl_error_set(labels ? MEDFL_EFORMAT : MEDFL_ENOMEM,
+                        "v%06llu: attribute 'labels' is not a JSON array of names",
+                        (unsigned long long)m->version);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *it = cJSON_GetArrayItem(arr, (int)i);
+        if (!cJSON_IsString(it) || !(labels[i] = strdup(it->valuestring))) {
+            medfl_error_set(MEDFL_EFORMAT, "v%06llu: attribute 'labels': entry %zu is not a string",
+                            (unsigned long long)m->version, i);
+            goto done;
+        }
+    }
+    char origin[64];
+    snprintf(origin, sizeof origin, "v%06llu: attribute 'labels'", (unsigned long long)m->version);
+    if (adapter_labels_check(labels, n, origin) < 0) goto done;
+    *labels_out = labels;
+    *n_out = n;
+    labels = NULL;
+    rc = 0;
+done:
+    adapter_labels_free(&labels, n);
+    cJSON_Delete(arr);
+    return rc;
+}
+
+/* label_config.json beside adapter_config.json (what `medfl-node init-adapter` writes), when
+ * present: its labels and pooling become the attributes "labels" and "pooling", which every
+ * later version inherits from its parent (versions_next). The labels must be as many as the
+ * classifier's rows. */
+static int s_read_label_config(const char *cfg_path, vs_manifest_t *m)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", cfg_path);
+    char *slash = strrchr(path, '/');
+    snprintf(slash ? slash + 1 : path, sizeof path - (size_t)(slash ? slash + 1 - path : 0),
+             ADAPTER_LABEL_CONFIG);
+    char **labels = NULL, pooling[8];
+    size_t n = 0;
+    if (adapter_label_config_read(path, &labels, &n, pooling) < 0) {
+        if (medfl_error_code() != MEDFL_ENOTFOUND) return -1;
+        medfl_error_clear();
+        return 0;
+    }
+    int rc = 0;
+    long head = vs_manifest_find_tensor(m, "classifier.weight");
+    if (n && head >= 0 && m->tensors[head].shape[0] != (int64_t)n)
+        rc = medfl_error_set(MEDFL_EFORMAT, "%s: %zu labels, but the classifier has %lld rows", path,
+                             n, (long long)m->tensors[head].shape[0]);
+    if (rc == 0 && n) rc = s_set_labels_attr(m, labels, n, path);
+    if (rc == 0 && pooling[0]) rc = vs_manifest_set_attr(m, "pooling", pooling);
+    adapter_labels_free(&labels, n);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- export */
 
-int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *dir,
-                         const char *prefix, double lora_alpha, const char *base_model,
-                         bool include_head)
+/* Markdown list of the labels: "0 `A`, 1 `B`, ..." (a backtick inside a name would end the
+ * code span early, so those names are written as a double-backtick span). */
+static void s_readme_labels(FILE *f, char **labels, size_t n)
 {
+    for (size_t i = 0; i < n; i++) {
+        bool tick = strchr(labels[i], '`') != NULL;
+        fprintf(f, "%s%zu %s%s%s", i ? ", " : "", i, tick ? "`` " : "`", labels[i], tick ? " ``" : "`");
+    }
+}
+
+/* A Python string literal of s (quotes, backslashes and control characters escaped). */
+static void s_py_string(const char *s, char *out, size_t size)
+{
+    size_t k = 0;
+    out[k++] = '"';
+    for (; *s && k + 6 < size; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[k++] = '\\';
+            out[k++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            k += (size_t)snprintf(out + k, size - k, "\\x%02x", c);
+        } else {
+            out[k++] = (char)c;
+        }
+    }
+    out[k++] = '"';
+    out[k] = '\0';
+}
+
+/* The README's Python recipe: PEFT loads the adapter into BertForSequenceClassification, but
+ * the prediction pools as medfl did and applies the exported classifier to that. */
+static void s_readme_snippet(FILE *f, const char *base_py, const char *dir_py, const char *prefix,
+                             const char *pooling, bool labels, long long k)
+{
+    fprintf(f, "## Predicting as medfl does\n\n"
+            "`BertForSequenceClassification` classifies `tanh(pooler.dense(h[CLS]))`, which is "
+            "neither of medfl's poolings: **`model(**inputs).logits` is not this model's "
+            "prediction**. Pool the encoder's output yourself and apply the exported classifier:\n\n"
+            "```python\n"
+            "import json, torch\n"
+            "from peft import PeftModel\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            "BASE, DIR = %s, %s  # DIR: this folder\n", base_py, dir_py);
+    if (labels)
+        fprintf(f, "lc = json.load(open(f\"{DIR}/label_config.json\"))\n"
+                "id2label = {int(i): name for i, name in lc[\"id2label\"].items()}  # JSON keys are strings\n"
+                "base = AutoModelForSequenceClassification.from_pretrained(\n"
+                "    BASE, num_labels=len(id2label), id2label=id2label, label2id=lc[\"label2id\"])\n");
+    else
+        fprintf(f, "base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=%lld)\n", k);
+    fprintf(f, "model = PeftModel.from_pretrained(base, DIR).eval()\n"
+            "tok = AutoTokenizer.from_pretrained(BASE)\n"
+            "enc = tok([\"a clinical note\"], padding=True, truncation=True, max_length=128,\n"
+            "          return_tensors=\"pt\")  # max_length: the nodes' train.max_seq_len\n"
+            "with torch.no_grad():\n"
+            "    hidden = model.base_model.model.%s(**enc).last_hidden_state  # LoRA applied\n", prefix);
+    if (strcmp(pooling, "cls") != 0)
+        fprintf(f, "    # mean pooling%s: average over the attention mask\n"
+                "    mask = enc[\"attention_mask\"].unsqueeze(-1).to(hidden.dtype)\n"
+                "    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)\n",
+                *pooling ? "" : " (medfl's default; the version does not record its pooling)");
+    if (strcmp(pooling, "mean") != 0)
+        fprintf(f, "    %spooled = hidden[:, 0]  # cls pooling: the [CLS] state, no pooler\n",
+                *pooling ? "" : "# ");
+    fprintf(f, "    logits = model.base_model.model.classifier(pooled)\n"
+            "%s\n"
+            "```\n", labels ? "print([id2label[i] for i in logits.argmax(-1).tolist()])"
+                             : "print(logits.argmax(-1).tolist())  # class ids: no label names recorded");
+}
+
+/* README.md of an export: what a reader needs to use the adapter correctly, above all the
+ * pooling, which BertForSequenceClassification does not do as medfl does. */
+static int s_write_readme(const char *dir, const vs_manifest_t *m, const versions_export_opts_t *o,
+                          const char *base_model, const char *pooling, double lora_alpha,
+                          char **labels, size_t n_labels)
+{
+    char *text = NULL, hex[2 * VS_HASH_BYTES + 1], path[4200];
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return medfl_error_set(MEDFL_ENOMEM, "%s: README: out of memory", dir);
+    vs_hex(m->hash, VS_HASH_BYTES, hex);
+    long head = vs_manifest_find_tensor(m, "classifier.weight");
+    long long k = head >= 0 ? (long long)m->tensors[head].shape[0] : (long long)n_labels;
+    const char *prefix = o->prefix ? o->prefix : "bert";
+    char base_py[8300], dir_py[8300];
+    s_py_string(base_model ? base_model : "BASE_MODEL_NAME", base_py, sizeof base_py);
+    s_py_string(dir, dir_py, sizeof dir_py);
+    fprintf(f, "# medfl model version %llu\n\n"
+            "A LoRA adapter for Hugging Face PEFT, exported by `medfl-aggregator export` from the\n"
+            "consortium's signed model version %llu (round %llu, parent %llu, hash `%s`%s).\n\n",
+            (unsigned long long)m->version, (unsigned long long)m->version,
+            (unsigned long long)m->round, (unsigned long long)m->parent, hex,
+            o->verified ? ", verified before export" : ", NOT verified: exported without the public key");
+    fprintf(f, "- **Base model**: %s%s%s\n", base_model ? "`" : "",
+            base_model ? base_model : "not recorded in this version (export again with --base-model NAME)",
+            base_model ? "` (`base_model_name_or_path` in adapter_config.json)" : "");
+    fprintf(f, "- **Task**: single-label text classification into %lld classes (softmax; PEFT "
+            "task_type SEQ_CLS)%s\n", k,
+            o->include_head ? ", classifier included as a module to save"
+                            : "; the classifier is NOT included (exported with --no-head)");
+    fprintf(f, "- **Labels** (id name, `id2label` in label_config.json): ");
+    if (n_labels) s_readme_labels(f, labels, n_labels);
+    else fprintf(f, "not recorded in this version (it was not seeded by `medfl-node init-adapter`)");
+    fprintf(f, "\n- **Pooling** (`medfl_pooling` in label_config.json): ");
+    if (!strcmp(pooling, "mean"))
+        fprintf(f, "**mean**: the classifier reads the average of the encoder's last hidden states "
+                "over the attention mask ([CLS] and [SEP] included, padding excluded), as "
+                "sentence-transformers pools\n");
+    else if (!strcmp(pooling, "cls"))
+        fprintf(f, "**cls**: the classifier reads the last hidden state of [CLS] directly, without "
+                "BERT's pooler (no dense layer, no tanh)\n");
+    else
+        fprintf(f, "**not recorded** in this version; medfl nodes pool as their `model.pooling` "
+                "says (default mean). Export again with --pooling mean|cls once you know it\n");
+    fprintf(f, "- **LoRA**: lora_alpha %g, tensors and rank in adapter_model.safetensors / "
+            "adapter_config.json\n\n", lora_alpha);
+    s_readme_snippet(f, base_py, dir_py, prefix, pooling, n_labels > 0, k);
+    if (fclose(f) != 0 || !text) {
+        free(text);
+        return medfl_error_set(MEDFL_ENOMEM, "%s: README: out of memory", dir);
+    }
+    snprintf(path, sizeof path, "%s/README.md", dir);
+    int rc = atomic_file_replace(path, text, len, 0644);
+    free(text);
+    return rc;
+}
+
+int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *dir,
+                         const versions_export_opts_t *o)
+{
+    double lora_alpha = o->lora_alpha;
     if (lora_alpha <= 0) {
         const char *a = vs_manifest_attr(m, "lora_alpha");
         char *end = NULL;
@@ -134,9 +356,27 @@ int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *
                                    "v%06llu: no valid 'lora_alpha' attribute; give --lora-alpha",
                                    (unsigned long long)m->version);
     }
-    if (!base_model) base_model = vs_manifest_attr(m, "base_model");
+    const char *base_model = o->base_model ? o->base_model : vs_manifest_attr(m, "base_model");
+    const char *pooling = o->pooling ? o->pooling : vs_manifest_attr(m, "pooling");
+    if (!pooling) pooling = "";
+    if (*pooling && strcmp(pooling, "mean") != 0 && strcmp(pooling, "cls") != 0)
+        return medfl_error_set(MEDFL_EINVAL, "v%06llu: pooling '%.16s' is not mean or cls",
+                               (unsigned long long)m->version, pooling);
+    char **labels = NULL;
+    size_t n_labels = 0;
+    if (s_get_labels_attr(m, &labels, &n_labels) < 0) return -1;
+    long head = vs_manifest_find_tensor(m, "classifier.weight");
+    if (n_labels && head >= 0 && m->tensors[head].shape[0] != (int64_t)n_labels) {
+        adapter_labels_free(&labels, n_labels);
+        return medfl_error_set(MEDFL_EFORMAT, "v%06llu: %zu labels, but the classifier has %lld rows",
+                               (unsigned long long)m->version, n_labels,
+                               (long long)m->tensors[head].shape[0]);
+    }
     named_tensor_t *list = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *list);
-    if (!list) return medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
+    if (!list) {
+        adapter_labels_free(&labels, n_labels);
+        return medfl_error_set(MEDFL_ENOMEM, "export: out of memory");
+    }
     for (size_t i = 0; i < m->n_tensors; i++) {
         const vs_tensor_info_t *t = &m->tensors[i];
         list[i].name = t->name;
@@ -144,11 +384,14 @@ int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *
         memcpy(list[i].shape, t->shape, sizeof list[i].shape);
         list[i].data = (float *)(flat + t->offset);
     }
-    adapter_peft_opts_t o = {.task = ADAPTER_PEFT_SEQ_CLS, .prefix = prefix,
-                             .include_head = include_head, .lora_alpha = lora_alpha,
-                             .base_model = base_model};
-    int rc = adapter_peft_write(dir, list, m->n_tensors, &o);
+    adapter_peft_opts_t po = {.task = ADAPTER_PEFT_SEQ_CLS, .prefix = o->prefix,
+                              .include_head = o->include_head, .lora_alpha = lora_alpha,
+                              .base_model = base_model};
+    int rc = adapter_peft_write(dir, list, m->n_tensors, &po);
+    if (rc == 0) rc = adapter_label_config_write(dir, labels, n_labels, pooling);
+    if (rc == 0) rc = s_write_readme(dir, m, o, base_model, pooling, lora_alpha, labels, n_labels);
     if (rc < 0) medfl_error_prefix("v%06llu: ", (unsigned long long)m->version);
+    adapter_labels_free(&labels, n_labels);
     free(list);
     return rc;
 }
@@ -272,6 +515,7 @@ int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_o
             if (vs_manifest_set_attr(m, "target_modules", list) < 0) goto done;
         }
     }
+    if (s_read_label_config(cfg_path, m) < 0) goto done;
     *m_out = m;
     *flat_out = flat;
     m = NULL;
@@ -301,6 +545,7 @@ typedef struct {
     const char *from;
     const char *base_model;
     const char *prefix;
+    const char *pooling;
     double lora_alpha;
     bool no_head, force;
     const char *pos[4];
@@ -322,6 +567,7 @@ static int s_parse(int argc, char **argv, s_args_t *a)
         else if (strcmp(o, "--from") == 0 || strcmp(o, "--from-adapter") == 0) slot = &a->from;
         else if (strcmp(o, "--base-model") == 0) slot = &a->base_model;
         else if (strcmp(o, "--model-prefix") == 0) slot = &a->prefix;
+        else if (strcmp(o, "--pooling") == 0) slot = &a->pooling;
         else if (strcmp(o, "--lora-alpha") == 0) {
             if (i + 1 >= argc) return medfl_error_set(MEDFL_EINVAL, "option '%s' needs a value", o);
             char *end;
@@ -396,12 +642,79 @@ static vs_store_t *s_open_store(const s_args_t *a, bool create)
     return vs_store_open(dir, create);
 }
 
+/* ---------------------------------------------------------------- evaluation column */
+
+/* The nodes' evaluation reports of each version, from the round journal (table round_evals
+ * of <state_dir>/registry.db, written by aggregator/rounds): opened read-only with a busy
+ * timeout, so listing is safe while the daemon runs (WAL readers do not block its writer). */
+typedef struct {
+    sqlite3 *db;
+    sqlite3_stmt *st;
+} s_evals_t;
+
+static void s_evals_open(s_evals_t *e, const char *state)
+{
+    memset(e, 0, sizeof *e);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/registry.db", state);
+    if (access(path, F_OK) != 0) return; /* no federation has run: nothing evaluated */
+    /* accuracy and macro-F1 weighted by the records each node evaluated on; a report
+     * without one of them does not count in that mean */
+    const char *sql = "SELECT SUM(accuracy * n) / SUM(CASE WHEN accuracy IS NULL THEN NULL ELSE n END),"
+                      " SUM(macro_f1 * n) / SUM(CASE WHEN macro_f1 IS NULL THEN NULL ELSE n END)"
+                      " FROM round_evals WHERE version = ? AND n > 0";
+    if (sqlite3_open_v2(path, &e->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_busy_timeout(e->db, 5000) != SQLITE_OK ||
+        sqlite3_prepare_v2(e->db, sql, -1, &e->st, NULL) != SQLITE_OK) {
+        /* a journal from before evaluations were recorded has no round_evals: not an error */
+        if (!e->db || !strstr(sqlite3_errmsg(e->db), "no such table"))
+            fprintf(stderr, S_PROG " versions: %s: evaluation reports not readable (%s); "
+                    "ACCURACY and MACRO_F1 show '-'\n", path, e->db ? sqlite3_errmsg(e->db) : "out of memory");
+        sqlite3_close(e->db);
+        e->db = NULL;
+    }
+}
+
+/* "0.8731" or "-" (no report, or a value that is not a fraction) into out[8]. */
+static void s_eval_cell(sqlite3_stmt *st, int col, char out[8])
+{
+    double v = sqlite3_column_double(st, col);
+    if (sqlite3_column_type(st, col) == SQLITE_NULL || !(v >= 0 && v <= 1)) snprintf(out, 8, "-");
+    else snprintf(out, 8, "%.4f", v);
+}
+
+static void s_evals_get(s_evals_t *e, uint64_t version, char acc[8], char f1[8])
+{
+    snprintf(acc, 8, "-");
+    snprintf(f1, 8, "-");
+    if (!e->st) return;
+    sqlite3_reset(e->st);
+    sqlite3_bind_int64(e->st, 1, (sqlite3_int64)version);
+    int rc = sqlite3_step(e->st);
+    if (rc == SQLITE_ROW) {
+        s_eval_cell(e->st, 0, acc);
+        s_eval_cell(e->st, 1, f1);
+    } else if (rc != SQLITE_DONE) {
+        fprintf(stderr, S_PROG " versions: evaluation reports of v%llu not readable: %s\n",
+                (unsigned long long)version, sqlite3_errmsg(e->db));
+    }
+}
+
+static void s_evals_close(s_evals_t *e)
+{
+    sqlite3_finalize(e->st);
+    sqlite3_close(e->db);
+    memset(e, 0, sizeof *e);
+}
+
 int cmd_versions(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
         printf("Usage: " S_PROG " versions [-c CONFIG] [--state DIR] [--key-dir DIR | --pubkey HEX|FILE]\n\n"
                "Lists the signed version chain: version (* = head, where the next round starts),\n"
-               "parent, round, participants, hash prefix, creation time (UTC) and aggregated\n"
+               "parent, round, participants, hash prefix, creation time (UTC), the accuracy and\n"
+               "macro-F1 the nodes reported for the version (means weighted by their evaluation\n"
+               "records, from the round journal in registry.db; '-' when none) and aggregated\n"
                "metrics. With the aggregator's public key every version is verified (signature,\n"
                "tensors, metadata, chain to genesis) and the listing fails on the first refusal.\n"
                "  -c CONFIG       aggregator config: state_dir and key_dir from it\n"
@@ -423,8 +736,10 @@ int cmd_versions(int argc, char **argv)
     size_t n;
     const uint64_t *vs = vs_store_versions(s, &n);
     uint64_t head = vs_store_head(s);
-    printf("%-8s %-7s %-6s %-12s %-16s %-20s %s\n", "VERSION", "PARENT", "ROUND", "PARTICIPANTS",
-           "HASH", "CREATED", "METRICS");
+    s_evals_t evals;
+    s_evals_open(&evals, a.state);
+    printf("%-8s %-7s %-6s %-12s %-16s %-20s %-8s %-8s %s\n", "VERSION", "PARENT", "ROUND",
+           "PARTICIPANTS", "HASH", "CREATED", "ACCURACY", "MACRO_F1", "METRICS");
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         vs_manifest_t *m = NULL;
@@ -449,14 +764,18 @@ int cmd_versions(int argc, char **argv)
                      m->metrics[k].value);
         }
         snprintf(ver, sizeof ver, "%s%llu", vs[i] == head ? "*" : " ", (unsigned long long)m->version);
-        printf("%-8s %-7llu %-6llu %-12zu %-16s %-20s %s\n", ver, (unsigned long long)m->parent,
-               (unsigned long long)m->round, m->n_participants, hex, when, metrics[0] ? metrics : "-");
+        char acc[8], f1[8];
+        s_evals_get(&evals, m->version, acc, f1);
+        printf("%-8s %-7llu %-6llu %-12zu %-16s %-20s %-8s %-8s %s\n", ver,
+               (unsigned long long)m->parent, (unsigned long long)m->round, m->n_participants, hex,
+               when, acc, f1, metrics[0] ? metrics : "-");
         vs_manifest_destroy(&m);
     }
     if (rc == 0) {
         printf("versions: %zu\nhead: %llu\n", n, (unsigned long long)head);
         if (have_pk) printf("verified: %zu\n", n);
     }
+    s_evals_close(&evals);
     vs_store_destroy(&s);
     return rc;
 }
@@ -497,12 +816,17 @@ int cmd_export(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
         printf("Usage: " S_PROG " export VERSION --peft DIR [-c CONFIG | --state DIR] [--key-dir DIR | --pubkey K]\n"
-               "       [--lora-alpha A] [--base-model NAME] [--model-prefix bert] [--no-head]\n\n"
+               "       [--lora-alpha A] [--base-model NAME] [--pooling mean|cls] [--model-prefix bert]\n"
+               "       [--no-head]\n\n"
                "Writes DIR/adapter_model.safetensors and DIR/adapter_config.json so that\n"
                "PeftModel.from_pretrained(AutoModelForSequenceClassification(BASE), DIR) loads the\n"
-               "version (task SEQ_CLS, the classifier as a module to save unless --no-head).\n"
-               "lora_alpha and the base model default to the version's attributes. With a public\n"
-               "key (--key-dir, or key_dir of -c CONFIG) the version is verified first.\n");
+               "version (task SEQ_CLS, the classifier as a module to save unless --no-head), plus\n"
+               "DIR/label_config.json (id2label, label2id, medfl_pooling) and DIR/README.md (base\n"
+               "model, labels, task, pooling, and how to predict as medfl does: medfl's head reads\n"
+               "mean- or CLS-pooled hidden states, not BERT's pooler). lora_alpha, the base model,\n"
+               "the labels and the pooling come from the version's attributes; the options\n"
+               "override them. With a public key (--key-dir, or key_dir of -c CONFIG) the version\n"
+               "is verified first.\n");
         return 0;
     }
     s_args_t a;
@@ -515,8 +839,15 @@ int cmd_export(int argc, char **argv)
         return cli_fail(S_PROG " export");
     }
     if (s_parse_version(a.pos[0], &v) < 0) return cli_fail(S_PROG " export");
+    if (a.pooling && strcmp(a.pooling, "mean") != 0 && strcmp(a.pooling, "cls") != 0) {
+        medfl_error_set(MEDFL_EINVAL, "--pooling '%s': expected mean or cls", a.pooling);
+        return cli_fail(S_PROG " export");
+    }
     vs_store_t *s = s_open_store(&a, false);
     if (!s) return cli_fail(S_PROG " export");
+    versions_export_opts_t o = {.prefix = a.prefix, .lora_alpha = a.lora_alpha,
+                                .base_model = a.base_model, .pooling = a.pooling,
+                                .include_head = !a.no_head, .verified = have_pk};
     vs_manifest_t *m = NULL;
     float *flat = NULL;
     int rc = 0;
@@ -525,11 +856,15 @@ int cmd_export(int argc, char **argv)
                         (unsigned long long)v);
         rc = cli_fail(S_PROG " export");
     } else if ((have_pk ? vs_store_verify(s, v, pk, &m, &flat) : vs_store_load(s, v, &m, &flat)) < 0 ||
-               versions_export_peft(m, flat, a.peft, a.prefix, a.lora_alpha, a.base_model, !a.no_head) < 0) {
+               versions_export_peft(m, flat, a.peft, &o) < 0) {
         rc = cli_fail(S_PROG " export");
     } else {
-        printf("exported: v%llu -> %s (%zu tensors, %zu parameters%s)\n", (unsigned long long)v, a.peft,
-               m->n_tensors, m->numel, have_pk ? ", verified" : "");
+        const char *labels = vs_manifest_attr(m, "labels");
+        const char *pooling = a.pooling ? a.pooling : vs_manifest_attr(m, "pooling");
+        printf("exported: v%llu -> %s (%zu tensors, %zu parameters%s)\nlabels: %s\npooling: %s\n",
+               (unsigned long long)v, a.peft, m->n_tensors, m->numel, have_pk ? ", verified" : "",
+               labels ? "recorded (label_config.json)" : "not recorded",
+               pooling ? pooling : "not recorded (give --pooling mean|cls)");
     }
     vs_manifest_destroy(&m);
     free(flat);

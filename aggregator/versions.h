@@ -24,18 +24,27 @@ void versions_dir(const char *state_dir, char *out, size_t size);
 int versions_read_hex_key(const char *path_or_hex, uint8_t *out, size_t n, bool secret)
     __attribute__((warn_unused_result));
 
-/* Writes adapter_model.safetensors + adapter_config.json of a version's tensors into dir
- * (created when missing) for AutoModelForSequenceClassification, through the common PEFT
- * writer (common/adapter_file, task SEQ_CLS; `prefix` is the encoder's attribute, "bert").
- * lora_alpha <= 0 takes the manifest's "lora_alpha" attribute; base_model NULL takes
- * "base_model". include_head exports classifier.* as a module to save. */
+typedef struct {
+    const char *prefix;      /* the encoder's attribute in the model; NULL = "bert" */
+    double lora_alpha;       /* <= 0: the manifest's "lora_alpha" attribute */
+    const char *base_model;  /* NULL: the "base_model" attribute (may be absent) */
+    const char *pooling;     /* "mean" | "cls"; NULL: the "pooling" attribute (may be absent) */
+    bool include_head;       /* export classifier.* as a module to save */
+    bool verified;           /* said in the README: the chain was verified before export */
+} versions_export_opts_t;
+
+/* Writes a version's tensors into dir (created when missing) for
+ * AutoModelForSequenceClassification: adapter_model.safetensors + adapter_config.json through
+ * the common PEFT writer (common/adapter_file, task SEQ_CLS), label_config.json (the
+ * "labels" attribute as id2label/label2id, and the pooling) and README.md (base model,
+ * labels, task, pooling, and how to predict as medfl does). */
 int versions_export_peft(const vs_manifest_t *m, const float *flat, const char *dir,
-                         const char *prefix, double lora_alpha, const char *base_model,
-                         bool include_head) __attribute__((warn_unused_result));
+                         const versions_export_opts_t *opts) __attribute__((warn_unused_result));
 
 /* Reads a PEFT adapter (a folder with adapter_model.safetensors and adapter_config.json, or
  * a .safetensors file) into a manifest (tensor table in the model's layout order, attributes
- * lora_r, lora_alpha, target_modules, base_model) and a flat vector. */
+ * lora_r, lora_alpha, target_modules, base_model; labels and pooling from a label_config.json
+ * beside adapter_config.json, as `medfl-node init-adapter` writes it) and a flat vector. */
 int versions_read_peft(const char *path, const char *prefix, vs_manifest_t **m_out, float **flat_out)
     __attribute__((warn_unused_result));
 

@@ -546,3 +546,226 @@ int adapter_export_peft(const adapter_t *a, const char *dir)
     cJSON_Delete(hj);
     return rc;
 }
+
+/* ---------------------------------------------------------------- label config */
+
+#define S_LABEL_CONFIG_MAX (32u << 20)
+
+typedef struct {
+    const char *name;
+    size_t pos;
+} s_label_pos_t;
+
+/* By name, then position: equal names end up adjacent, the earlier one first. */
+static int s_cmp_label_pos(const void *a, const void *b)
+{
+    const s_label_pos_t *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+int adapter_labels_check(char *const *labels, size_t n, const char *o)
+{
+    if (n > ADAPTER_MAX_LABELS)
+        return medfl_error_set(MEDFL_EFORMAT, "%s: %zu labels (at most %d)", o, n, ADAPTER_MAX_LABELS);
+    for (size_t i = 0; i < n; i++) {
+        const char *l = labels[i];
+        size_t len = l ? strlen(l) : 0;
+        if (len == 0 || len > ADAPTER_MAX_LABEL)
+            return medfl_error_set(MEDFL_EFORMAT, "%s: label %zu is empty or longer than %d bytes",
+                                   o, i, ADAPTER_MAX_LABEL);
+        for (size_t k = 0; k < len; k++)
+            if ((unsigned char)l[k] < 0x20 || l[k] == 0x7f)
+                return medfl_error_set(MEDFL_EFORMAT, "%s: label %zu holds a control character", o, i);
+    }
+    /* K may reach 10^5 (ICD codes): sort (name, position) pairs rather than compare pairwise. */
+    if (n < 2) return 0;
+    s_label_pos_t *sorted = malloc(n * sizeof *sorted);
+    if (!sorted) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", o);
+    for (size_t i = 0; i < n; i++) sorted[i] = (s_label_pos_t){labels[i], i};
+    qsort(sorted, n, sizeof *sorted, s_cmp_label_pos);
+    int rc = 0;
+    for (size_t i = 1; i < n && rc == 0; i++)
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0)
+            rc = medfl_error_set(MEDFL_EFORMAT, "%s: labels %zu and %zu are the same name", o,
+                                 sorted[i - 1].pos, sorted[i].pos);
+    free(sorted);
+    return rc;
+}
+
+void adapter_labels_free(char ***labels, size_t n)
+{
+    if (!labels || !*labels) return;
+    for (size_t i = 0; i < n; i++) free((*labels)[i]);
+    free(*labels);
+    *labels = NULL;
+}
+
+int adapter_label_config_write(const char *dir, char *const *labels, size_t n, const char *pooling)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/" ADAPTER_LABEL_CONFIG, dir);
+    if (adapter_labels_check(labels, n, path) < 0) return -1;
+    if (pooling && *pooling && strcmp(pooling, "mean") != 0 && strcmp(pooling, "cls") != 0)
+        return medfl_error_set(MEDFL_EINVAL, "%s: pooling '%s' is not mean or cls", path, pooling);
+    cJSON *root = cJSON_CreateObject();
+    char *text = NULL;
+    bool ok = root != NULL;
+    if (ok && n) {
+        cJSON *id2label = cJSON_AddObjectToObject(root, "id2label");
+        cJSON *label2id = cJSON_AddObjectToObject(root, "label2id");
+        ok = id2label && label2id;
+        for (size_t i = 0; ok && i < n; i++) {
+            char id[24];
+            snprintf(id, sizeof id, "%zu", i);
+            ok = cJSON_AddStringToObject(id2label, id, labels[i]) &&
+                 cJSON_AddNumberToObject(label2id, labels[i], (double)i);
+        }
+        ok = ok && cJSON_AddNumberToObject(root, "num_labels", (double)n);
+    }
+    ok = ok && cJSON_AddStringToObject(root, "problem_type", "single_label_classification");
+    if (ok && pooling && *pooling) ok = cJSON_AddStringToObject(root, "medfl_pooling", pooling) != NULL;
+    else if (ok) ok = cJSON_AddNullToObject(root, "medfl_pooling") != NULL;
+    if (ok) text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        free(text);
+        return medfl_error_set(MEDFL_EIO, "%s: cannot create folder: %s", dir, strerror(errno));
+    }
+    int rc = atomic_file_replace(path, text, strlen(text), 0644);
+    free(text);
+    return rc;
+}
+
+/* "0", "1", ... exactly: no sign, no leading zero, no spaces; -1 otherwise or >= n. */
+static long s_label_id(const char *key, size_t n)
+{
+    if (!key[0] || (key[0] == '0' && key[1]) || strlen(key) > 9) return -1;
+    long v = 0;
+    for (const char *c = key; *c; c++) {
+        if (*c < '0' || *c > '9') return -1;
+        v = v * 10 + (*c - '0');
+    }
+    return (size_t)v < n ? v : -1;
+}
+
+static int s_read_id2label(const char *path, const cJSON *id2label, char ***out, size_t *n_out)
+{
+    if (!cJSON_IsObject(id2label))
+        return medfl_error_set(MEDFL_EFORMAT, "%s: key 'id2label' is not an object", path);
+    size_t n = (size_t)cJSON_GetArraySize(id2label);
+    if (n > ADAPTER_MAX_LABELS)
+        return medfl_error_set(MEDFL_EFORMAT, "%s: key 'id2label' holds %zu labels (at most %d)",
+                               path, n, ADAPTER_MAX_LABELS);
+    char **labels = calloc(n ? n : 1, sizeof *labels);
+    if (!labels) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+    const cJSON *it;
+    size_t k = 0;
+    cJSON_ArrayForEach(it, id2label) {
+        long id = s_label_id(it->string, n);
+        if (id < 0 || labels[id] || !cJSON_IsString(it)) {
+            adapter_labels_free(&labels, n);
+            return medfl_error_set(MEDFL_EFORMAT,
+                                   "%s: key 'id2label': entry %zu is not a string under an id "
+                                   "0..%zu given once", path, k, n ? n - 1 : 0);
+        }
+        if (!(labels[id] = strdup(it->valuestring))) {
+            adapter_labels_free(&labels, n);
+            return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+        }
+        k++;
+    }
+    char origin[4300];
+    snprintf(origin, sizeof origin, "%s: key 'id2label'", path);
+    if (adapter_labels_check(labels, n, origin) < 0) {
+        adapter_labels_free(&labels, n);
+        return -1;
+    }
+    *out = labels;
+    *n_out = n;
+    return 0;
+}
+
+/* label2id must name every label with its id and nothing else. */
+static int s_check_label2id(const char *path, const cJSON *label2id, char **labels, size_t n)
+{
+    if (!cJSON_IsObject(label2id) || (size_t)cJSON_GetArraySize(label2id) != n)
+        return medfl_error_set(MEDFL_EFORMAT, "%s: key 'label2id' is not an object of %zu entries "
+                               "(one per id2label entry)", path, n);
+    for (size_t i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(label2id, labels[i]);
+        if (!cJSON_IsNumber(v) || v->valuedouble != (double)i)
+            return medfl_error_set(MEDFL_EFORMAT, "%s: key 'label2id' does not map the label of id "
+                                   "%zu back to %zu", path, i, i);
+    }
+    return 0;
+}
+
+int adapter_label_config_read(const char *path, char ***labels_out, size_t *n_out, char pooling[8])
+{
+    *labels_out = NULL;
+    *n_out = 0;
+    pooling[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return medfl_error_set(errno == ENOENT ? MEDFL_ENOTFOUND : MEDFL_EIO, "%s: cannot open: %s",
+                               path, strerror(errno));
+    char *text = malloc(S_LABEL_CONFIG_MAX + 1);
+    size_t len = text ? fread(text, 1, S_LABEL_CONFIG_MAX + 1, f) : 0;
+    bool err = ferror(f);
+    fclose(f);
+    if (!text) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", path);
+    int rc = 0;
+    if (err || len > S_LABEL_CONFIG_MAX)
+        rc = medfl_error_set(err ? MEDFL_EIO : MEDFL_EFORMAT, "%s: %s", path,
+                             err ? "read failed" : "larger than 32 MiB");
+    else
+        rc = adapter_label_config_parse(text, len, path, labels_out, n_out, pooling);
+    free(text);
+    return rc;
+}
+
+int adapter_label_config_parse(const char *text, size_t len, const char *path, char ***labels_out,
+                               size_t *n_out, char pooling[8])
+{
+    *labels_out = NULL;
+    *n_out = 0;
+    pooling[0] = '\0';
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    char **labels = NULL;
+    size_t n = 0;
+    int rc = -1;
+    if (!cJSON_IsObject(root)) {
+        medfl_error_set(MEDFL_EFORMAT, "%s: not a JSON object", path);
+        goto done;
+    }
+    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(root, "id2label");
+    const cJSON *label2id = cJSON_GetObjectItemCaseSensitive(root, "label2id");
+    const cJSON *num = cJSON_GetObjectItemCaseSensitive(root, "num_labels");
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(root, "medfl_pooling");
+    if (id2label && s_read_id2label(path, id2label, &labels, &n) < 0) goto done;
+    if (label2id && s_check_label2id(path, label2id, labels, n) < 0) goto done;
+    if (num && (!cJSON_IsNumber(num) || num->valuedouble != (double)n)) {
+        medfl_error_set(MEDFL_EFORMAT, "%s: key 'num_labels' is not the %zu labels of 'id2label'",
+                        path, n);
+        goto done;
+    }
+    if (pool && !cJSON_IsNull(pool)) {
+        if (!cJSON_IsString(pool) || (strcmp(pool->valuestring, "mean") != 0 &&
+                                      strcmp(pool->valuestring, "cls") != 0)) {
+            medfl_error_set(MEDFL_EFORMAT, "%s: key 'medfl_pooling' is not \"mean\", \"cls\" or null",
+                            path);
+            goto done;
+        }
+        snprintf(pooling, 8, "%s", pool->valuestring);
+    }
+    *labels_out = labels;
+    *n_out = n;
+    labels = NULL;
+    rc = 0;
+done:
+    adapter_labels_free(&labels, n);
+    cJSON_Delete(root);
+    return rc;
+}

@@ -105,4 +105,36 @@ int adapter_peft_write(const char *dir, const named_tensor_t *tensors, size_t n,
 /* FEATURE_EXTRACTION export of an adapter, with medfl_head.* beside when it has a head. */
 int adapter_export_peft(const adapter_t *a, const char *dir);
 
+/* ---- label config (label_config.json beside a SEQ_CLS PEFT folder) ----
+ * The class names and pooling of a classifier, in the keys a Hugging Face config.json uses,
+ * so a user can pass them to AutoModelForSequenceClassification.from_pretrained (ids as
+ * ints: JSON keys are strings) and medfl can read them back:
+ *   {"id2label": {"0": "A", ...}, "label2id": {"A": 0, ...}, "num_labels": K,
+ *    "problem_type": "single_label_classification", "medfl_pooling": "mean" | "cls" | null}
+ * Written by `medfl-node init-adapter` (the genesis adapter) and `medfl-aggregator export`,
+ * read by `medfl-aggregator init-version`. id2label/label2id/num_labels are left out when
+ * the labels are unknown (n_labels 0); medfl_pooling is null when the pooling is. */
+#define ADAPTER_LABEL_CONFIG "label_config.json"
+#define ADAPTER_MAX_LABEL 256      /* bytes of one label name */
+#define ADAPTER_MAX_LABELS 100000
+
+/* Checks a label list: 1..ADAPTER_MAX_LABELS names (or none), each non-empty, at most
+ * ADAPTER_MAX_LABEL bytes, without control characters, all different. Errors name the
+ * position, never the label (origin prefixes them). */
+int adapter_labels_check(char *const *labels, size_t n, const char *origin);
+/* Writes dir/label_config.json (crash-safe). pooling: "mean", "cls", or NULL/"" (unknown). */
+int adapter_label_config_write(const char *dir, char *const *labels, size_t n_labels,
+                               const char *pooling) __attribute__((warn_unused_result));
+/* Reads a label config (or any config.json with id2label): ids must be exactly 0..K-1,
+ * label2id (when present) its inverse, num_labels (when present) K, medfl_pooling (when
+ * present and not null) mean or cls; other keys are ignored. Labels in id order into
+ * *labels (release with adapter_labels_free), pooling "" when absent. MEDFL_ENOTFOUND
+ * when the file does not exist, MEDFL_EFORMAT naming the file and key otherwise. */
+int adapter_label_config_read(const char *path, char ***labels, size_t *n_labels,
+                              char pooling[8]) __attribute__((warn_unused_result));
+/* The same from text in memory; `origin` names it in errors. */
+int adapter_label_config_parse(const char *text, size_t len, const char *origin, char ***labels,
+                               size_t *n_labels, char pooling[8]) __attribute__((warn_unused_result));
+void adapter_labels_free(char ***labels, size_t n);
+
 #endif

@@ -13,5 +13,6 @@ int cmd_train_local(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_init_adapter(int argc, char **argv);
 int cmd_export_adapter(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

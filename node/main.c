@@ -10,6 +10,7 @@ static const cli_command_t s_commands[] = {
     {"privacy", cmd_privacy, "privacy budget: what-if calculator, spent/remaining, history"},
     {"train-local", cmd_train_local, "fine-tune the adapters on the local records (-c node.conf)"},
     {"eval", cmd_eval, "evaluate a saved adapter: loss, accuracy, macro-F1"},
+    {"tokenize", cmd_tokenize, "print the token ids of each standard-input line (--model BASE)"},
     {"init-adapter", cmd_init_adapter, "write the initial adapter a federation starts from (PEFT)"},
     {"export-adapter", cmd_export_adapter, "write a verified global version as an adapter file"},
     {"run", cmd_node_run, "run the hospital node (-c node.conf)"},

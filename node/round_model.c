@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/adapter_file.h"
+#include "common/atomic_file.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -310,8 +311,9 @@ int cmd_init_adapter(int argc, char **argv)
     if (cli_wants_help(argc, argv)) {
         printf("Usage: %s\n\n"
                "Writes the freshly initialised adapter of this node's model (model.base,\n"
-               "model.lora.*, data.labels, train.seed) as a PEFT folder (adapter_model.safetensors\n"
-               "with SequenceClassification names, adapter_config.json) that\n"
+               "model.lora.*, model.pooling, data.labels, train.seed) as a PEFT folder\n"
+               "(adapter_model.safetensors with SequenceClassification names, adapter_config.json,\n"
+               "label_config.json: data.labels as id2label/label2id, and the pooling) that\n"
                "`medfl-aggregator init-version --from DIR` turns into the federation's first\n"
                "version. Every node of a federation must use the same model settings.\n", usage);
         return 0;
@@ -374,16 +376,20 @@ int cmd_init_adapter(int argc, char **argv)
     cJSON_AddNumberToObject(js, "lora_alpha", a.alpha);
     cJSON *tm = cJSON_AddArrayToObject(js, "target_modules");
     for (size_t i = 0; i < a.n_targets; i++) cJSON_AddItemToArray(tm, cJSON_CreateString(a.targets[i]));
-    text = cJSON_Print(js);
-    snprintf(path, sizeof path, "%s/adapter_config.json", out);
-    FILE *f = fopen(path, "w");
-    if (!f || !text || fputs(text, f) < 0 || fclose(f) != 0) {
-        medfl_error_set(MEDFL_EIO, "%s: cannot write", path);
+    if (!(text = cJSON_Print(js))) {
+        medfl_error_set(MEDFL_ENOMEM, "out of memory");
         goto done;
     }
+    snprintf(path, sizeof path, "%s/adapter_config.json", out);
+    /* The label names (data.labels, in head order) and pooling travel with the genesis:
+     * init-version records them in the version, export hands them to Hugging Face users. */
+    if (atomic_file_replace(path, text, strlen(text), 0644) < 0 ||
+        adapter_label_config_write(out, a.labels, a.n_labels, a.pooling) < 0)
+        goto done;
     size_t numel = 0;
     for (size_t i = 0; i < a.n_tensors; i++) numel += named_tensor_numel(&a.tensors[i]);
-    printf("adapter: %s\ntensors: %zu\nparameters: %zu\n", out, a.n_tensors, numel);
+    printf("adapter: %s\ntensors: %zu\nparameters: %zu\nlabels: %zu\npooling: %s\n", out,
+           a.n_tensors, numel, a.n_labels, a.pooling);
     rc = 0;
 done:
     if (renamed)

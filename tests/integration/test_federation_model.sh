@@ -6,8 +6,10 @@
 # with secure aggregation, DP-SGD and random-k compression. Checks: rounds_completed: 3,
 # the aggregator's chain verifies, every node holds and verifies the same head, each node's
 # privacy ledger recorded the rounds, evaluation reports arrived, the head version
-# differs from the genesis (the federation trained something), and each node trained with
-# the round's lr and DP sampling rate (RoundStart), not its own train.lr.
+# differs from the genesis (the federation trained something), the head's export names the
+# consortium's labels and pooling (carried from the genesis through every round's version),
+# `versions` shows its accuracy, and each node trained with the round's lr and DP sampling
+# rate (RoundStart), not its own train.lr.
 set -u
 : "${MEDFL_BIN:?MEDFL_BIN must name the folder with the medfl binaries}"
 AGG="$MEDFL_BIN/medfl-aggregator"
@@ -157,6 +159,21 @@ if [ $ok = 1 ] && grep -q "evaluated version 4" "$T/agg/agg.log"; then
   pass "ledgers recorded every round; nodes evaluated the last version"
 else
   fail "ledger or evaluation missing" "$T/n1/privacy.out" "$T/agg/agg.log"
+fi
+# the consortium's labels (data.labels, recorded at init-adapter -> init-version) and pooling are
+# carried by every round's version into the export of the head, with the nodes' evaluation
+"$AGG" export 4 --peft "$T/export" --state "$T/agg/state" --key-dir "$T/agg/keys" >"$T/export.out" 2>&1
+got=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print(",".join(c["id2label"][str(i)] for i in range(c["num_labels"])), c["medfl_pooling"])' \
+  "$T/export/label_config.json" 2>&1)
+head_acc() { "$AGG" versions --state "$T/agg/state" 2>/dev/null | awk '$1 == "*4" { print $7 }'; }
+wait_until 30 eval '[[ "$(head_acc)" =~ ^[01]\.[0-9]{4}$ ]]'  # the nodes' reports of v4 may still arrive
+acc=$(head_acc)
+if [ "$got" = "$labels mean" ] && grep -q '^- \*\*Pooling\*\* .*\*\*mean\*\*' "$T/export/README.md" &&
+   [[ "$acc" =~ ^[01]\.[0-9]{4}$ ]]; then
+  pass "the head's export names the consortium's labels in order and mean pooling; versions shows its accuracy $acc"
+else
+  fail "labels/pooling not carried to the export ($got) or no accuracy ('$acc')" "$T/export.out" "$T/agg/agg.log"
 fi
 # the round's hyperparameters (lr 3e-3, DP sampling rate 0.1 from [federation] and [privacy])
 # drove every node's trainer; under DP the batch is the Poisson draw, q x the training records

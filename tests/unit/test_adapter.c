@@ -1,7 +1,9 @@
 /* Adapter files: write/read round trip with and without optimizer state, validation of
  * shapes against r and labels, refusal of foreign or future files, and the PEFT export:
  * names, adapter_config.json fields, the target_modules regex for the FFN output, and (when
- * python3 with peft is installed) loading by PEFT itself via tests/ref/check_peft_export.py. */
+ * python3 with peft is installed) loading by PEFT itself via tests/ref/check_peft_export.py;
+ * label_config.json (labels and pooling beside a PEFT folder) written, read, and refused when
+ * malformed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -473,6 +475,111 @@ static void test_peft_seq_cls(void **state)
     assert_false(adapter_lora_parts("classifier.weight", &layer, mod, sizeof mod, &which));
 }
 
+static void s_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* label_config.json: written in head order with id2label/label2id as Hugging Face reads them,
+ * read back exactly, and every malformed file refused with the file and key named, never a
+ * label's value. */
+static void test_label_config(void **state)
+{
+    (void)state;
+    char dir[200], path[300];
+    snprintf(dir, sizeof dir, "%s/labels", s_dir);
+    char *want[] = {"cardiology", "neuro \"logy\"", "orthop\xc3\xa6" "dics"};
+    assert_int_equal(adapter_label_config_write(dir, want, 3, "cls"), 0);
+    snprintf(path, sizeof path, "%s/" ADAPTER_LABEL_CONFIG, dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char text[4096];
+    size_t len = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[len] = '\0';
+    cJSON *j = cJSON_Parse(text);
+    assert_non_null(j);
+    const cJSON *id2label = cJSON_GetObjectItemCaseSensitive(j, "id2label");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(id2label, "1")->valuestring, want[1]);
+    const cJSON *label2id = cJSON_GetObjectItemCaseSensitive(j, "label2id");
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(label2id, want[2])->valueint, 2);
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(j, "num_labels")->valueint, 3);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "medfl_pooling")->valuestring, "cls");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "problem_type")->valuestring,
+                        "single_label_classification");
+    cJSON_Delete(j);
+    char **got = NULL, pooling[8];
+    size_t n = 0;
+    assert_int_equal(adapter_label_config_read(path, &got, &n, pooling), 0);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < 3; i++) assert_string_equal(got[i], want[i]);
+    assert_string_equal(pooling, "cls");
+    adapter_labels_free(&got, n);
+    assert_null(got);
+
+    /* unknown labels and pooling: neither id2label nor a pooling, and that reads back */
+    assert_int_equal(adapter_label_config_write(dir, NULL, 0, NULL), 0);
+    assert_int_equal(adapter_label_config_read(path, &got, &n, pooling), 0);
+    assert_int_equal(n, 0);
+    assert_string_equal(pooling, "");
+    /* a Hugging Face config.json (ids out of order, other keys) is a label config too */
+    s_write_text(path, "{\"architectures\": [\"BertForSequenceClassification\"], \"hidden_size\": 32,"
+                       " \"id2label\": {\"1\": \"b\", \"0\": \"a\"}, \"label2id\": {\"a\": 0, \"b\": 1}}");
+    assert_int_equal(adapter_label_config_read(path, &got, &n, pooling), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(got[0], "a");
+    assert_string_equal(got[1], "b");
+    adapter_labels_free(&got, n);
+
+    snprintf(path, sizeof path, "%s/none.json", dir);
+    assert_int_equal(adapter_label_config_read(path, &got, &n, pooling), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ENOTFOUND);
+
+    struct {
+        const char *text, *key;
+    } bad[] = {
+        {"[\"secretlabel\"]", "not a JSON object"},
+        {"{\"id2label\": {\"0\": \"secretlabel\",", "not a JSON object"},
+        {"{\"id2label\": [\"secretlabel\"]}", "'id2label'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"2\": \"b\"}}", "'id2label'"},   /* gap */
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"0\": \"b\"}}", "'id2label'"},   /* id twice */
+        {"{\"id2label\": {\"00\": \"secretlabel\", \"1\": \"b\"}}", "'id2label'"},  /* not canonical */
+        {"{\"id2label\": {\"-1\": \"secretlabel\", \"0\": \"b\"}}", "'id2label'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": 5}}", "'id2label'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": \"\"}}", "label 1 is empty"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": \"secretlabel\"}}", "labels 0 and 1"},
+        {"{\"id2label\": {\"0\": \"secret\\nlabel\"}}", "control character"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": \"b\"}, \"label2id\": {\"secretlabel\": 1, \"b\": 0}}",
+         "'label2id'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": \"b\"}, \"label2id\": {\"secretlabel\": 0}}",
+         "'label2id'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\", \"1\": \"b\"}, \"num_labels\": 3}", "'num_labels'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\"}, \"medfl_pooling\": \"max\"}", "'medfl_pooling'"},
+        {"{\"id2label\": {\"0\": \"secretlabel\"}, \"medfl_pooling\": 1}", "'medfl_pooling'"},
+    };
+    snprintf(path, sizeof path, "%s/bad.json", dir);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        s_write_text(path, bad[i].text);
+        got = NULL;
+        if (adapter_label_config_read(path, &got, &n, pooling) != -1)
+            fail_msg("bad label config %zu accepted", i);
+        assert_null(got);
+        assert_int_equal(medfl_error_code(), MEDFL_EFORMAT);
+        const char *msg = medfl_error_message();
+        if (!strstr(msg, path) || !strstr(msg, bad[i].key) || strstr(msg, "secret"))
+            fail_msg("bad label config %zu: message '%s' should name the file and %s, not a label",
+                     i, msg, bad[i].key);
+    }
+    /* the writer refuses what the reader would */
+    char *dup[] = {"a", "b", "a"};
+    assert_int_equal(adapter_label_config_write(dir, dup, 3, "mean"), -1);
+    assert_non_null(strstr(medfl_error_message(), "labels 0 and 2"));
+    assert_int_equal(adapter_label_config_write(dir, want, 3, "max"), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_peft_export),
         cmocka_unit_test(test_peft_seq_cls),
+        cmocka_unit_test(test_label_config),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

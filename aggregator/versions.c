@@ -951,7 +951,9 @@ int versions_next(vs_store_t *s, const uint8_t sk[VS_SK_BYTES], const strategy_p
     float *x = NULL;
     strategy_t *opt = NULL;
     int rc = -1;
-    if (vs_store_verify(s, head, pk, &base, &x) < 0) goto done;
+    /* Every round: the head's own checks plus its link to what this store verified before
+     * (the whole chain only on the first call), so a round does not cost O(versions). */
+    if (vs_store_verify_cached(s, head, pk, &base, &x) < 0) goto done;
     if (numel != base->numel) {
         medfl_error_set(MEDFL_EINVAL, "round %llu: weighted sum has %zu floats, head v%llu has %zu",
                         (unsigned long long)round, numel, (unsigned long long)head, base->numel);

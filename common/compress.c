@@ -1184,8 +1184,10 @@ int compress_secagg_pack(const compress_round_t *round, const uint32_t *ring, ui
     return 0;
 }
 
-int compress_secagg_unpack(const compress_round_t *round, const uint8_t *buf, size_t len,
-                           uint32_t *ring)
+/* Every check comes before the first element is written, so `add` leaves ring untouched on
+ * failure (the aggregator decodes straight into its running sum). */
+static int s_secagg_unpack(const compress_round_t *round, const uint8_t *buf, size_t len,
+                           uint32_t *ring, bool add)
 {
     if (!round || !ring)
         return medfl_error_set(MEDFL_EINVAL, "compress: secagg_unpack: NULL argument");
@@ -1239,11 +1241,24 @@ int compress_secagg_unpack(const compress_round_t *round, const uint8_t *buf, si
             acc |= (uint64_t)p[in++] << have;
             have += 8;
         }
-        ring[j] = (uint32_t)(acc & mask);
+        if (add) ring[j] += (uint32_t)(acc & mask);
+        else ring[j] = (uint32_t)(acc & mask);
         acc >>= w;
         have -= w;
     }
     return 0;
+}
+
+int compress_secagg_unpack(const compress_round_t *round, const uint8_t *buf, size_t len,
+                           uint32_t *ring)
+{
+    return s_secagg_unpack(round, buf, len, ring, false);
+}
+
+int compress_secagg_unpack_add(const compress_round_t *round, const uint8_t *buf, size_t len,
+                               uint32_t *acc)
+{
+    return s_secagg_unpack(round, buf, len, acc, true);
 }
 
 int compress_secagg_decode_sum(const compress_round_t *round, const uint32_t *ring_sum,

@@ -168,6 +168,10 @@ int compress_secagg_pack(const compress_round_t *round, const uint32_t *ring, ui
  * Writes k ring elements (zero-extended to 32 bits) to ring. */
 int compress_secagg_unpack(const compress_round_t *round, const uint8_t *buf, size_t len,
                            uint32_t *ring);
+/* The same decoder adding the k elements into acc (mod 2^32) instead: one pass from the
+ * payload into a running sum. On failure acc is unchanged (every check precedes the sum). */
+int compress_secagg_unpack_add(const compress_round_t *round, const uint8_t *buf, size_t len,
+                               uint32_t *acc);
 /* From the unmasked ring sum of n_nodes nodes' levels (any representative mod 2^32; it is
  * reduced mod 2^width here) to the dense sum of their decoded weighted updates, scaled by
  * n/k when the round says so. A sum above n_nodes * (2^b - 1) cannot come from honest

@@ -655,27 +655,6 @@ done:
 
 /* ---- MaskedInput ---- */
 
-int fed_masked_build(uint64_t round_id, uint32_t sender, const uint32_t *ring, uint64_t m,
-                     uint8_t **out, size_t *out_len)
-{
-    size_t len = secagg_masked_size(m);
-    uint8_t *buf = malloc(len);
-    if (!buf) return medfl_error_set(MEDFL_ENOMEM, "out of memory for a masked input of %llu",
-                                     (unsigned long long)m);
-    secagg_masked_write_header(buf, round_id, sender, m);
-    uint8_t *p = buf + (len - 4 * m);
-    for (uint64_t i = 0; i < m; i++) {
-        uint32_t v = ring[i];
-        p[4 * i] = (uint8_t)v;
-        p[4 * i + 1] = (uint8_t)(v >> 8);
-        p[4 * i + 2] = (uint8_t)(v >> 16);
-        p[4 * i + 3] = (uint8_t)(v >> 24);
-    }
-    *out = buf;
-    *out_len = len;
-    return 0;
-}
-
 int fed_masked_values(const uint8_t *buf, size_t len, uint64_t m, uint32_t *ring)
 {
     secagg_masked_t mi;

@@ -115,11 +115,9 @@ void fed_proto_free_survivor_sig(Medfl__ConsistencySignature *m);
 void fed_proto_free_unmask_req(Medfl__UnmaskRequest *m);
 void fed_proto_free_unmask_resp(Medfl__UnmaskResponse *m); /* wipes the shares */
 
-/* Masked vector: m ring elements <-> little-endian bytes of a secagg MaskedInput message
- * (header written here). */
-int fed_masked_build(uint64_t round_id, uint32_t sender, const uint32_t *ring, uint64_t m,
-                     uint8_t **out, size_t *out_len) FED_WUR;
-/* Extracts the m values of a client's MaskedInput bytes into ring (room for m). */
+/* Extracts the m values of a client's MaskedInput bytes into ring (room for m). The
+ * aggregator needs no converse: it decodes a node's payload straight into the secagg
+ * server's sum (secagg_server_add_masked_values). */
 int fed_masked_values(const uint8_t *buf, size_t len, uint64_t m, uint32_t *ring) FED_WUR;
 
 /* Sum mod 2^32 of a vector, logged by both sides so a test can check the secure sum. */

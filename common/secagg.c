@@ -1326,28 +1326,46 @@ int secagg_server_shares_delivery(secagg_server_t *s, uint32_t recipient, uint8_
     return rc;
 }
 
-int secagg_server_add_masked(secagg_server_t *s, const uint8_t *in, size_t len)
+int secagg_server_add_masked_values(secagg_server_t *s, uint64_t round_id, uint32_t sender,
+                                    uint64_t m, secagg_add_fn add, void *ctx)
 {
     if (s_server_expect(s, SECAGG_S_MASKED, "MaskedInput") < 0) return -1;
-    secagg_masked_t mi;
-    if (secagg_masked_decode(in, len, &mi) < 0) return -1;
-    if (s_server_msg(s, mi.round_id, mi.sender, 3, "MaskedInput") < 0) return -1;
-    if (mi.m != s->p.m)
+    if (s_server_msg(s, round_id, sender, 3, "MaskedInput") < 0) return -1;
+    if (m != s->p.m)
         return medfl_error_set(MEDFL_EPROTO, "secagg server: MaskedInput of node %u has %llu "
-                               "values, expected %llu", mi.sender, (unsigned long long)mi.m,
+                               "values, expected %llu", sender, (unsigned long long)m,
                                (unsigned long long)s->p.m);
-    const uint8_t *v = mi.values_le;
-    uint32_t *sum = s->sum;
-    for (uint64_t i = 0; i < mi.m; i++) {
+    if (add(ctx, s->sum, m) < 0) return -1;
+    s->has[3][sender] = 1;
+    return 0;
+}
+
+/* secagg_add_fn over little-endian u32 values (a MaskedInput's payload); cannot fail. */
+static int s_add_le(void *ctx, uint32_t *sum, uint64_t m)
+{
+    secagg_add_le(sum, ctx, m);
+    return 0;
+}
+
+void secagg_add_le(uint32_t *sum, const uint8_t *values_le, uint64_t m)
+{
+    for (uint64_t i = 0; i < m; i++) {
         uint32_t x;
-        memcpy(&x, v + 4 * i, 4);
+        memcpy(&x, values_le + 4 * i, 4);
 #if S_BIG_ENDIAN
         x = __builtin_bswap32(x);
 #endif
         sum[i] += x;
     }
-    s->has[3][mi.sender] = 1;
-    return 0;
+}
+
+int secagg_server_add_masked(secagg_server_t *s, const uint8_t *in, size_t len)
+{
+    if (s_server_expect(s, SECAGG_S_MASKED, "MaskedInput") < 0) return -1;
+    secagg_masked_t mi;
+    if (secagg_masked_decode(in, len, &mi) < 0) return -1;
+    return secagg_server_add_masked_values(s, mi.round_id, mi.sender, mi.m, s_add_le,
+                                           (void *)mi.values_le);
 }
 
 /* Holders of node u's shares that are in `phase`: u itself and its neighbours. */

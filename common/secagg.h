@@ -180,6 +180,16 @@ int secagg_server_shares_delivery(secagg_server_t *s, uint32_t recipient, uint8_
                                   size_t *out_len) SECAGG_WUR;
 /* Adds the masked vector into the running sum at once (no per-node copy is kept). */
 int secagg_server_add_masked(secagg_server_t *s, const uint8_t *in, size_t len) SECAGG_WUR;
+/* The same for a masked vector that arrives in another encoding (the aggregator's wire
+ * payload): after the checks of a MaskedInput (phase, round, sender in U2 and not yet in U3,
+ * m values), add(ctx, sum, m) decodes it straight into the running sum, one pass and no
+ * copy. add must either add all m values mod 2^32 and return 0, or return -1 (error set)
+ * without having changed sum; the sender then does not count as having sent its input. */
+typedef int (*secagg_add_fn)(void *ctx, uint32_t *sum, uint64_t m);
+int secagg_server_add_masked_values(secagg_server_t *s, uint64_t round_id, uint32_t sender,
+                                    uint64_t m, secagg_add_fn add, void *ctx) SECAGG_WUR;
+/* sum[i] += values_le[i] mod 2^32 for m little-endian u32 values. */
+void secagg_add_le(uint32_t *sum, const uint8_t *values_le, uint64_t m);
 int secagg_server_close_masked(secagg_server_t *s) SECAGG_WUR;
 /* The ConsistencyCheck (U3), the same for every survivor. */
 int secagg_server_survivors(secagg_server_t *s, uint8_t **out, size_t *out_len) SECAGG_WUR;

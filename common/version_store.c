@@ -32,10 +32,23 @@
 #define S_BLOB_MAGIC "MFLVER01"
 static const char s_sig_domain[] = "medfl-version-sig-v1";
 
+/* A version whose chain to genesis was verified through this store object, with its hash. */
+typedef struct {
+    uint64_t version;
+    uint8_t hash[VS_HASH_BYTES];
+} s_verified_t;
+
 struct vs_store_t {
     char *dir;
     uint64_t *versions;
-    size_t n_versions;
+    size_t n_versions, cap_versions;
+    /* Verified versions, sorted by number, all under the key verified_pk: a later version is
+     * verified by checking its own link against the hash held here, without re-reading the
+     * chain below (vs_store_verify_cached). Files are never trusted through this cache: the
+     * version being verified is always read and checked, only ancestors' hashes come from it. */
+    s_verified_t *verified;
+    size_t n_verified, cap_verified;
+    uint8_t verified_pk[VS_PK_BYTES];
     uint64_t head_file;    /* from HEAD, 0 when absent */
     uint64_t head_latest;  /* latest version when HEAD was written */
 };
@@ -663,7 +676,7 @@ static int s_scan(vs_store_t *s, bool clean)
                                "%s: cannot open version store: %s", s->dir, strerror(errno));
     free(s->versions);
     s->versions = NULL;
-    s->n_versions = 0;
+    s->n_versions = s->cap_versions = 0;
     size_t cap = 0;
     struct dirent *e;
     int rc = 0;
@@ -689,6 +702,7 @@ static int s_scan(vs_store_t *s, bool clean)
         }
         s->versions[s->n_versions++] = v;
     }
+    s->cap_versions = cap;
     closedir(d);
     if (rc < 0) return rc;
     if (s->n_versions) qsort(s->versions, s->n_versions, sizeof *s->versions, s_cmp_u64);
@@ -736,7 +750,7 @@ static int s_read_head(vs_store_t *s)
     return 0;
 }
 
-vs_store_t *vs_store_open(const char *dir, bool create)
+static vs_store_t *s_open(const char *dir, bool create, bool clean)
 {
     if (create && mkdir(dir, 0700) < 0 && errno != EEXIST) {
         medfl_error_set(MEDFL_EIO, "%s: cannot create version store: %s", dir, strerror(errno));
@@ -748,20 +762,36 @@ vs_store_t *vs_store_open(const char *dir, bool create)
         medfl_error_set(MEDFL_ENOMEM, "out of memory");
         return NULL;
     }
-    if (s_scan(s, true) < 0 || s_read_head(s) < 0) vs_store_destroy(&s);
+    if (s_scan(s, clean) < 0 || s_read_head(s) < 0) vs_store_destroy(&s);
     return s;
 }
 
+vs_store_t *vs_store_open(const char *dir, bool create) { return s_open(dir, create, true); }
+
+vs_store_t *vs_store_open_readonly(const char *dir) { return s_open(dir, false, false); }
+
+static int s_versions_add(vs_store_t *s, uint64_t v);
+
 int vs_store_refresh(vs_store_t *s)
 {
-    /* No cleaning: a temporary file here may be another process's write in progress. */
-    if (s_scan(s, false) < 0 || s_read_head(s) < 0) return -1;
-    return 0;
+    /* Another process numbers on from the latest version (commit, init-version), so what it
+     * added is found by probing the next numbers' manifests: O(1) per call where a folder
+     * scan costs O(versions), and the daemon calls this twice a round. Nothing is removed: a
+     * temporary file here may be another process's write in progress. */
+    for (;;) {
+        char path[4096];
+        uint64_t next = vs_store_latest(s) + 1;
+        s_paths(s->dir, next, NULL, path, sizeof path);
+        if (access(path, F_OK) != 0) break;
+        if (s_versions_add(s, next) < 0) return -1;
+    }
+    return s_read_head(s);
 }
 
 void vs_store_destroy(vs_store_t **self_p)
 {
     if (!self_p || !*self_p) return;
+    free((*self_p)->verified);
     free((*self_p)->versions);
     free((*self_p)->dir);
     free(*self_p);
@@ -884,6 +914,27 @@ int vs_store_load(const vs_store_t *s, uint64_t version, vs_manifest_t **m_out, 
     return 0;
 }
 
+/* Records a version just written (its manifest renamed into place) in the sorted list. Not a
+ * rescan of the folder: that costs O(versions) per round, and this object is the store's only
+ * writer (commit numbers come from its own list). */
+static int s_versions_add(vs_store_t *s, uint64_t v)
+{
+    if (vs_store_has(s, v)) return 0;
+    if (s->n_versions == s->cap_versions) {
+        size_t cap = s->cap_versions ? 2 * s->cap_versions : 16;
+        uint64_t *nv = realloc(s->versions, cap * sizeof *nv);
+        if (!nv) return medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", s->dir);
+        s->versions = nv;
+        s->cap_versions = cap;
+    }
+    size_t i = s->n_versions;
+    while (i > 0 && s->versions[i - 1] > v) i--;
+    memmove(&s->versions[i + 1], &s->versions[i], (s->n_versions - i) * sizeof *s->versions);
+    s->versions[i] = v;
+    s->n_versions++;
+    return 0;
+}
+
 /* Writes tensors then manifest; the manifest's rename is the commit point. */
 static int s_write_version(vs_store_t *s, const vs_manifest_t *m, const float *flat)
 {
@@ -915,7 +966,7 @@ static int s_write_version(vs_store_t *s, const vs_manifest_t *m, const float *f
     int rc = atomic_file_replace(jpath, json, strlen(json), 0644);
     free(json);
     if (rc < 0) return -1;
-    return s_scan(s, false);
+    return s_versions_add(s, m->version);
 }
 
 int vs_store_commit(vs_store_t *s, vs_manifest_t *m, const float *flat, const uint8_t sk[VS_SK_BYTES])
@@ -954,8 +1005,52 @@ int vs_store_commit(vs_store_t *s, vs_manifest_t *m, const float *flat, const ui
     return 0;
 }
 
-int vs_store_verify(const vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
-                    vs_manifest_t **m_out, float **flat_out)
+/* ---------------------------------------------------------------- verification cache */
+
+static const s_verified_t *s_verified_find(const vs_store_t *s, uint64_t v,
+                                           const uint8_t pk[VS_PK_BYTES])
+{
+    if (!s->n_verified || sodium_memcmp(s->verified_pk, pk, VS_PK_BYTES) != 0) return NULL;
+    size_t lo = 0, hi = s->n_verified;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->verified[mid].version < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < s->n_verified && s->verified[lo].version == v ? &s->verified[lo] : NULL;
+}
+
+/* Records the versions of a verified walk (walk[0] the newest). Appending is the usual case:
+ * a new version is newer than every verified one. Out of memory only loses the shortcut. */
+static void s_verified_add(vs_store_t *s, const s_verified_t *walk, size_t n,
+                           const uint8_t pk[VS_PK_BYTES])
+{
+    if (s->n_verified && sodium_memcmp(s->verified_pk, pk, VS_PK_BYTES) != 0)
+        s->n_verified = 0; /* verified under another key: says nothing under this one */
+    memcpy(s->verified_pk, pk, VS_PK_BYTES);
+    for (size_t k = n; k-- > 0;) {
+        if (s_verified_find(s, walk[k].version, pk)) continue;
+        if (s->n_verified == s->cap_verified) {
+            size_t cap = s->cap_verified ? 2 * s->cap_verified : 64;
+            s_verified_t *nv = realloc(s->verified, cap * sizeof *nv);
+            if (!nv) return;
+            s->verified = nv;
+            s->cap_verified = cap;
+        }
+        size_t i = s->n_verified;
+        while (i > 0 && s->verified[i - 1].version > walk[k].version) i--;
+        memmove(&s->verified[i + 1], &s->verified[i], (s->n_verified - i) * sizeof *s->verified);
+        s->verified[i] = walk[k];
+        s->n_verified++;
+    }
+}
+
+/* Walks from `version` towards genesis, checking each version in isolation (vs_check) and
+ * each link (the child's parent number and parent_hash against the parent's verified hash).
+ * With use_cache the walk ends at the first ancestor already verified through this object:
+ * its hash, held in memory, closes the link. */
+static int s_verify(vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
+                    bool use_cache, vs_manifest_t **m_out, float **flat_out)
 {
     if (!vs_store_has(s, version))
         return medfl_error_set(MEDFL_ENOTFOUND, "%s: version %llu does not exist", s->dir,
@@ -963,14 +1058,24 @@ int vs_store_verify(const vs_store_t *s, uint64_t version, const uint8_t pk[VS_P
     uint64_t v = version;
     vs_manifest_t *child = NULL, *top = NULL;
     float *top_flat = NULL;
+    s_verified_t *walk = NULL;
+    size_t n_walk = 0, cap_walk = 0;
     int rc = -1;
-    /* Walk from the version down to genesis; each link compares the child's parent_hash
-     * with the parent's own verified hash. */
     while (v) {
-        vs_manifest_t *m = NULL;
-        float *flat = NULL;
         char origin[64];
         snprintf(origin, sizeof origin, "v%06llu", (unsigned long long)v);
+        const s_verified_t *known = child && use_cache ? s_verified_find(s, v, pk) : NULL;
+        if (known) {
+            if (sodium_memcmp(child->parent_hash, known->hash, VS_HASH_BYTES) != 0) {
+                medfl_error_set(MEDFL_ECRYPTO,
+                                "chain broken: parent_hash of v%06llu does not match the hash of %s",
+                                (unsigned long long)child->version, origin);
+                goto done;
+            }
+            break;
+        }
+        vs_manifest_t *m = NULL;
+        float *flat = NULL;
         if (!vs_store_has(s, v)) {
             medfl_error_set(MEDFL_ECRYPTO, "chain broken: parent %s of v%06llu is missing", origin,
                             (unsigned long long)child->version);
@@ -994,11 +1099,24 @@ int vs_store_verify(const vs_store_t *s, uint64_t version, const uint8_t pk[VS_P
         if (ok == 0 && m->parent == 0 && !sodium_is_zero(m->parent_hash, VS_HASH_BYTES))
             ok = medfl_error_set(MEDFL_ECRYPTO, "chain broken: genesis %s has a non-zero parent_hash",
                                  origin);
+        /* a verified version's number cannot hold another hash: the signer signed two */
+        const s_verified_t *seen = ok == 0 ? s_verified_find(s, v, pk) : NULL;
+        if (seen && sodium_memcmp(seen->hash, m->hash, VS_HASH_BYTES) != 0)
+            ok = medfl_error_set(MEDFL_ECRYPTO, "%s changed on disk since it was verified", origin);
+        if (ok == 0 && n_walk == cap_walk) {
+            cap_walk = cap_walk ? 2 * cap_walk : 8;
+            s_verified_t *nw = realloc(walk, cap_walk * sizeof *nw);
+            if (nw) walk = nw;
+            else ok = medfl_error_set(MEDFL_ENOMEM, "%s: out of memory", origin);
+        }
         if (ok < 0) {
             vs_manifest_destroy(&m);
             free(flat);
             goto done;
         }
+        walk[n_walk].version = v;
+        memcpy(walk[n_walk].hash, m->hash, VS_HASH_BYTES);
+        n_walk++;
         if (!top) {
             top = m;
             top_flat = flat;
@@ -1009,14 +1127,28 @@ int vs_store_verify(const vs_store_t *s, uint64_t version, const uint8_t pk[VS_P
         child = m;
         v = m->parent;
     }
+    s_verified_add(s, walk, n_walk, pk);
     rc = 0;
 done:
+    free(walk);
     if (child && child != top) vs_manifest_destroy(&child);
     if (rc == 0 && m_out) *m_out = top;
     else vs_manifest_destroy(&top);
     if (rc == 0 && flat_out) *flat_out = top_flat;
     else free(top_flat);
     return rc;
+}
+
+int vs_store_verify(vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
+                    vs_manifest_t **m_out, float **flat_out)
+{
+    return s_verify(s, version, pk, false, m_out, flat_out);
+}
+
+int vs_store_verify_cached(vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
+                           vs_manifest_t **m_out, float **flat_out)
+{
+    return s_verify(s, version, pk, true, m_out, flat_out);
 }
 
 int versions_verify(const char *dir, uint64_t version, const uint8_t pk[VS_PK_BYTES])

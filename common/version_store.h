@@ -122,10 +122,14 @@ typedef struct vs_store_t vs_store_t;
 /* Opens (create: makes the folder, 0700) a store. Leftover temporary files of an
  * interrupted write and tensor files without a manifest are removed (logged). */
 vs_store_t *vs_store_open(const char *dir, bool create);
+/* For another process reading a store its owner may be writing (`report`): removes nothing
+ * (a temporary file may be the owner's write in progress) and never writes. */
+vs_store_t *vs_store_open_readonly(const char *dir);
 void vs_store_destroy(vs_store_t **self_p);
-/* Re-reads the folder's versions and HEAD, which other processes change (`rollback`,
- * `init-version`): a long-lived reader calls it before relying on vs_store_head. Unlike
- * open, it removes nothing. */
+/* Picks up what other processes changed (`rollback` writes HEAD, `init-version` and commits
+ * add versions numbered on from the latest): probes the manifests after the latest known and
+ * re-reads HEAD, in O(1) (no folder scan: a daemon calls it every round). A long-lived
+ * reader calls it before relying on vs_store_head. Unlike open, it removes nothing. */
 int vs_store_refresh(vs_store_t *s) __attribute__((warn_unused_result));
 const char *vs_store_dir(const vs_store_t *s);
 
@@ -155,9 +159,21 @@ vs_manifest_t *vs_store_manifest(const vs_store_t *s, uint64_t version);
 int vs_store_load(const vs_store_t *s, uint64_t version, vs_manifest_t **m_out, float **flat_out);
 
 /* Verifies a version and its whole chain down to genesis (signature, tensors, metadata,
- * each parent link). On success, optionally returns the version's manifest and tensors. */
-int vs_store_verify(const vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
+ * each parent link). On success, optionally returns the version's manifest and tensors.
+ * What `versions verify`, rollback and exports use: it reads every version again. The store
+ * object remembers the hashes of the versions it verified (see vs_store_verify_cached). */
+int vs_store_verify(vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
                     vs_manifest_t **m_out, float **flat_out) __attribute__((warn_unused_result));
+/* The same guarantee at the cost of the new links only, for the daemons' per-round checks:
+ * the version itself is always read and checked (signature, tensors, metadata), then the walk
+ * towards genesis stops at the first ancestor this object verified before under the same key,
+ * whose parent link is checked against the hash held in memory. The first call on a freshly
+ * opened store walks the whole chain (the check at startup), later ones cost O(1) per new
+ * version instead of O(versions). A version whose number was verified with another hash is
+ * refused (changed on disk, or the signer signed two). */
+int vs_store_verify_cached(vs_store_t *s, uint64_t version, const uint8_t pk[VS_PK_BYTES],
+                           vs_manifest_t **m_out, float **flat_out)
+    __attribute__((warn_unused_result));
 
 /* Convenience for callers holding only a folder: opens, verifies, closes. */
 int versions_verify(const char *dir, uint64_t version, const uint8_t pk[VS_PK_BYTES])

@@ -562,7 +562,9 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
     vs_manifest_destroy(&bm);
     float *base = NULL;
     vs_manifest_t *m = NULL;
-    if (vs_store_verify(self->vs, rs->base_version, self->agg_pk, &m, &base) != 0) {
+    /* the base and its link to the versions verified at earlier rounds (the whole chain
+     * at the first round after start) */
+    if (vs_store_verify_cached(self->vs, rs->base_version, self->agg_pk, &m, &base) != 0) {
         snprintf(text, sizeof text, "base version %" PRIu64 " does not verify: %s",
                  rs->base_version, medfl_error_message());
         s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_BASE_MISMATCH, text);

@@ -17,6 +17,7 @@ int bench_dp(int argc, char **argv);
 int bench_wire(int argc, char **argv);
 int bench_compress(int argc, char **argv);
 int bench_secagg(int argc, char **argv);
+int bench_rounds(int argc, char **argv);
 int bench_quant(int argc, char **argv);
 
 #endif

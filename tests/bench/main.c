@@ -9,6 +9,7 @@ static const cli_command_t s_benches[] = {
     {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {"compress", bench_compress, "update compression: wire ratio, speed, accuracy cost"},
     {"secagg", bench_secagg, "secure aggregation round in-process: mask, unmask, bytes"},
+    {"rounds", bench_rounds, "round overhead as a federation ages: first vs last rounds of R"},
     {"quant", bench_quant, "de-quantizing matmul (Q4_1, Q8_0) vs sgemm at SmolLM2's MLP shape"},
     {NULL, NULL, NULL},
 };

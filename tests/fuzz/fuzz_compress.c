@@ -2,7 +2,8 @@
  * node: compress_peek, compress_plain_decode of versions 1 (varint gaps, int8) and 2
  * (Rice-coded gaps, b-bit values, implied lengths) with n taken from the header, capped so the
  * fuzzer cannot make us allocate gigabytes, and compress_secagg_unpack + decode_sum against
- * a fixed round. Any crash, sanitizer report or out-of-range index is a bug; rejection with
+ * a fixed round, with compress_secagg_unpack_add giving the same verdict and leaving its sum
+ * untouched when it refuses. Any crash, sanitizer report or out-of-range index is a bug; rejection with
  * a medfl error is the expected outcome for almost all inputs. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,9 +43,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!s_round)
             abort();
     }
-    uint32_t ring[33];
+    uint32_t ring[33], acc[33];
     float dense[33];
-    if (compress_secagg_unpack(s_round, data, size, ring) == 0) {
+    for (uint32_t j = 0; j < 33; j++)
+        acc[j] = 0xFFFFFF00u + j;
+    int rc = compress_secagg_unpack(s_round, data, size, ring);
+    /* the aggregator's adding decoder: the same verdict; untouched sum when refused */
+    if (compress_secagg_unpack_add(s_round, data, size, acc) != rc)
+        abort();
+    for (uint32_t j = 0; j < compress_round_k(s_round); j++)
+        if (acc[j] != 0xFFFFFF00u + j + (rc == 0 ? ring[j] : 0))
+            abort();
+    if (rc == 0) {
         for (uint32_t j = 0; j < compress_round_k(s_round); j++)
             if (ring[j] >> compress_round_width(s_round))
                 abort();

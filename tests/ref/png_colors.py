@@ -2,7 +2,9 @@
 """Counts the pixels of given colours in a PNG (8-bit RGB or RGBA, non-interlaced, as
 Chromium's screenshots are), with a small tolerance for anti-aliasing. Standard library only,
 so tests need no imaging package.
-usage: png_colors.py FILE.png RRGGBB... -> one line "RRGGBB COUNT" per colour."""
+usage: png_colors.py [--runs] FILE.png RRGGBB... -> one line "RRGGBB COUNT" per colour;
+with --runs a third column, the longest horizontal run of the colour in any row (how wide
+a drawn line is on the screen, e.g. a chart's axis)."""
 import struct
 import sys
 import zlib
@@ -46,17 +48,27 @@ def decode(path):
 
 
 def main():
-    w, h, bpp, rows = decode(sys.argv[1])
-    wanted = [tuple(int(c[k:k + 2], 16) for k in (0, 2, 4)) for c in sys.argv[2:]]
-    counts = [0] * len(wanted)
+    args = sys.argv[1:]
+    runs = args[:1] == ["--runs"]
+    if runs:
+        args = args[1:]
+    w, h, bpp, rows = decode(args[0])
+    names = args[1:]
+    wanted = [tuple(int(c[k:k + 2], 16) for k in (0, 2, 4)) for c in names]
+    counts, longest = [0] * len(wanted), [0] * len(wanted)
     for line in rows:
+        run = [0] * len(wanted)
         for x in range(0, w * bpp, bpp):
             px = line[x], line[x + 1], line[x + 2]
             for k, col in enumerate(wanted):
                 if abs(px[0] - col[0]) <= 12 and abs(px[1] - col[1]) <= 12 and abs(px[2] - col[2]) <= 12:
                     counts[k] += 1
-    for c, n in zip(sys.argv[2:], counts):
-        print(c, n)
+                    run[k] += 1
+                    longest[k] = max(longest[k], run[k])
+                else:
+                    run[k] = 0
+    for c, n, r in zip(names, counts, longest):
+        print(c, n, r) if runs else print(c, n)
 
 
 if __name__ == "__main__":

@@ -1049,6 +1049,18 @@ static void test_secagg_rejects_malformed(void **state)
     t[len - 1] |= 0x80;
     assert_int_equal(compress_secagg_unpack(r, t, len, out), -1);
     assert_non_null(strstr(medfl_error_message(), "padding"));
+    /* the adding decoder (the aggregator's, into its running sum): adds the same values mod
+     * 2^32, and a refused payload (here the bad padding, checked after everything else)
+     * leaves the sum untouched */
+    uint32_t acc[101], before[101];
+    for (uint32_t j = 0; j < k; j++) acc[j] = 0xFFFFFFF0u + j;
+    memcpy(before, acc, sizeof acc);
+    assert_int_equal(compress_secagg_unpack_add(r, t, len, acc), -1);
+    assert_memory_equal(acc, before, k * sizeof *acc);
+    assert_int_equal(compress_secagg_unpack_add(r2, buf, len, acc), -1);
+    assert_memory_equal(acc, before, k * sizeof *acc);
+    assert_int_equal(compress_secagg_unpack_add(r, buf, len, acc), 0);
+    for (uint32_t j = 0; j < k; j++) assert_int_equal(acc[j], (uint32_t)(before[j] + out[j]));
     /* plain payload to the secagg decoder and vice versa */
     float dense[101];
     assert_int_equal(compress_plain_decode(buf, len, n, dense), -1);

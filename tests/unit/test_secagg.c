@@ -3,8 +3,9 @@
  * exact sums, aborts below threshold, thresholds below a strict majority refused, the signed
  * survivor set (consistency check), the refusal to reveal both shares of a node, fresh
  * masks per round, signature and ciphertext tampering, a node sent another round context
- * (its keys refused by the server and its neighbours), fixed-point bounds, Shamir, the
- * neighbour graph and the strict message parsers. */
+ * (its keys refused by the server and its neighbours), a masked vector decoded by the
+ * caller straight into the server's sum, fixed-point bounds, Shamir, the neighbour graph and
+ * the strict message parsers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -741,6 +742,91 @@ static void test_honest_node_refuses_double_reveal(void **state)
     s_fix_close(&f);
 }
 
+/* secagg_add_fn over big-endian values: a masked vector in an encoding other than the
+ * MaskedInput message's, decoded straight into the sum. */
+typedef struct {
+    const uint8_t *be;
+    int calls;
+    bool fail;
+} be_ctx_t;
+
+static int s_add_be(void *ctx, uint32_t *sum, uint64_t m)
+{
+    be_ctx_t *c = ctx;
+    c->calls++;
+    if (c->fail) return medfl_error_set(MEDFL_EPROTO, "test decoder told to fail");
+    for (uint64_t i = 0; i < m; i++)
+        sum[i] += (uint32_t)c->be[4 * i] << 24 | (uint32_t)c->be[4 * i + 1] << 16 |
+                  (uint32_t)c->be[4 * i + 2] << 8 | (uint32_t)c->be[4 * i + 3];
+    return 0;
+}
+
+/* The aggregator's one-pass path: a masked vector decoded by the caller into the server's sum
+ * gives the exact sum; the MaskedInput checks (round, roster, duplicate, length) come before
+ * the decoder runs, and a decoder that fails leaves the node out of U3, free to send again. */
+static void test_masked_values_decoded_into_sum(void **state)
+{
+    (void)state;
+    fix_t f;
+    s_fix_open(&f, 4, 950);
+    s_fix_keys(&f);
+    s_fix_shares(&f);
+    uint32_t x[4][64], expect[64] = {0}, sum[64];
+    uint8_t be[64 * 4];
+    for (uint32_t u = 0; u < 4; u++)
+        for (uint32_t i = 0; i < 64; i++) {
+            x[u][i] = 0x01000000u * u + 977u * i + 3u;
+            expect[i] += x[u][i];
+        }
+    for (uint32_t u = 0; u < 4; u++) {
+        uint8_t *b;
+        size_t l;
+        assert_int_equal(secagg_server_shares_delivery(f.srv, u, &b, &l), 0);
+        assert_int_equal(secagg_client_handle_shares(f.cl[u], b, l), 0);
+        free(b);
+        assert_int_equal(secagg_client_masked_input(f.cl[u], x[u], &b, &l), 0);
+        if (u == 3) { /* the message path, for comparison */
+            assert_int_equal(secagg_server_add_masked(f.srv, b, l), 0);
+            free(b);
+            continue;
+        }
+        secagg_masked_t mi;
+        assert_int_equal(secagg_masked_decode(b, l, &mi), 0);
+        for (uint32_t i = 0; i < 64; i++) {
+            uint32_t v;
+            memcpy(&v, mi.values_le + 4 * i, 4);
+            be[4 * i] = (uint8_t)(v >> 24), be[4 * i + 1] = (uint8_t)(v >> 16);
+            be[4 * i + 2] = (uint8_t)(v >> 8), be[4 * i + 3] = (uint8_t)v;
+        }
+        free(b);
+        be_ctx_t c = {.be = be, .fail = true};
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 950, u, 64, s_add_be, &c), -1);
+        assert_int_equal(c.calls, 1);
+        c.fail = false;
+        /* refused before decoding: other round, outside the roster, wrong length */
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 951, u, 64, s_add_be, &c), -1);
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 950, 7, 64, s_add_be, &c), -1);
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 950, u, 63, s_add_be, &c), -1);
+        assert_int_equal(medfl_error_code(), MEDFL_EPROTO);
+        assert_int_equal(c.calls, 1);
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 950, u, 64, s_add_be, &c), 0);
+        assert_int_equal(c.calls, 2);
+        /* a second input from the same node never reaches the decoder */
+        assert_int_equal(secagg_server_add_masked_values(f.srv, 950, u, 64, s_add_be, &c), -1);
+        assert_non_null(strstr(medfl_error_message(), "duplicate"));
+        assert_int_equal(c.calls, 2);
+    }
+    assert_int_equal(secagg_server_close_masked(f.srv), 0);
+    uint32_t n3 = 0;
+    secagg_server_set(f.srv, 3, &n3);
+    assert_int_equal(n3, 4);
+    assert_int_equal(s_sign_all(f.srv, f.cl, NULL), 0);
+    for (uint32_t u = 0; u < 4; u++) s_answer(f.srv, f.cl[u], u);
+    assert_int_equal(secagg_server_finish(f.srv, sum), 0);
+    assert_memory_equal(sum, expect, sizeof sum);
+    s_fix_close(&f);
+}
+
 /* The consistency check itself: one survivor set per round, listing the signer; the server
  * takes only signatures over the set it sent; too few signers abort before any reveal. */
 static void test_survivor_set_signed_once(void **state)
@@ -1330,6 +1416,7 @@ int main(void)
         cmocka_unit_test(test_honest_node_refuses_double_reveal),
         cmocka_unit_test(test_survivor_set_signed_once),
         cmocka_unit_test(test_protocol_order_enforced),
+        cmocka_unit_test(test_masked_values_decoded_into_sum),
         cmocka_unit_test(test_corrupted_reveal_aborts),
         cmocka_unit_test(test_long_vector_threads),
     };

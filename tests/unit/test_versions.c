@@ -3,7 +3,8 @@
  * (even when correctly re-signed) are each refused with their own error; an interrupted
  * write leaves no half version; rollback keeps history and parents the next version;
  * transfer blobs install on a node store only with their parent and intact; PEFT export and
- * import round-trip against the PEFT-written fixture. Each test uses its own folder. */
+ * import round-trip against the PEFT-written fixture; the per-round cached check reads only
+ * new versions and their links, the full walk stays available. Each test uses its own folder. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -351,6 +352,142 @@ static void test_rollback_keeps_history(void **state)
     vs_manifest_destroy(&m);
     assert_int_equal(vs_store_verify(s, 5, fx->pk, NULL, NULL), 0);
     vs_store_destroy(&s);
+}
+
+/* Re-signs version v's manifest after `edit` changed it (an aggregator key signing what it
+ * should not), so the version is consistent in isolation. */
+static void s_resign(fx_t *fx, vs_store_t *s, uint64_t v, void (*edit)(vs_manifest_t *m))
+{
+    vs_manifest_t *m = NULL;
+    float *flat = NULL;
+    assert_int_equal(vs_store_load(s, v, &m, &flat), 0);
+    edit(m);
+    assert_int_equal(vs_compute_hashes(m, flat, m->tensors_digest, m->hash), 0);
+    uint8_t msg[20 + VS_HASH_BYTES];
+    memcpy(msg, "medfl-version-sig-v1", 20);
+    memcpy(msg + 20, m->hash, VS_HASH_BYTES);
+    crypto_sign_detached(m->signature, NULL, msg, sizeof msg, fx->sk);
+    assert_int_equal(vs_check(m, flat, fx->pk, "resigned"), 0);
+    char path[256], *json = vs_manifest_to_json(m);
+    s_path(fx, v, "json", path, sizeof path);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs(json, f);
+    fclose(f);
+    free(json);
+    free(flat);
+    vs_manifest_destroy(&m);
+}
+
+static void s_flip_parent_hash(vs_manifest_t *m) { m->parent_hash[0] ^= 0xff; }
+static void s_other_alpha(vs_manifest_t *m) { assert_int_equal(vs_manifest_set_attr(m, "lora_alpha", "32"), 0); }
+
+static void s_commit_one(fx_t *fx, vs_store_t *s, int seed)
+{
+    float flat[N_FLAT];
+    vs_manifest_t *m = s_manifest((uint64_t)seed, flat, seed);
+    assert_int_equal(vs_store_commit(s, m, flat, fx->sk), 0);
+    vs_manifest_destroy(&m);
+}
+
+static void s_expect_cached_refused(vs_store_t *s, uint64_t v, const uint8_t *pk, const char *needle)
+{
+    assert_int_equal(vs_store_verify_cached(s, v, pk, NULL, NULL), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ECRYPTO);
+    if (!strstr(medfl_error_message(), needle)) fail_msg("message '%s' lacks '%s'", medfl_error_message(), needle);
+}
+
+/* The daemons' per-round check: the first call on an opened store walks the whole chain;
+ * later calls check the new version and its link to the hash verified before, without
+ * reading older versions again (shown by damaging one: only the full walk still sees it). */
+static void test_verify_cached(void **state)
+{
+    fx_t *fx = *state;
+    vs_store_t *s = s_chain(fx, 3);
+    char p1[256];
+    s_path(fx, 1, "json", p1, sizeof p1);
+    s_edit(p1, "\"round\":\t1", "\"round\":\t9");
+    s_expect_cached_refused(s, 3, fx->pk, "v000001: metadata altered"); /* first call: all */
+    s_edit(p1, "\"round\":\t9", "\"round\":\t1");
+    vs_manifest_t *m = NULL;
+    float *flat = NULL;
+    assert_int_equal(vs_store_verify_cached(s, 3, fx->pk, &m, &flat), 0);
+    assert_int_equal(m->version, 3);
+    assert_true(flat[4] == (float)(300 + 4) * 0.01f);
+    vs_manifest_destroy(&m);
+    free(flat);
+
+    /* v4 on top: its own checks and its link to v3's remembered hash, nothing below */
+    s_commit_one(fx, s, 4);
+    s_edit(p1, "\"round\":\t1", "\"round\":\t9");
+    assert_int_equal(vs_store_verify_cached(s, 4, fx->pk, NULL, NULL), 0);
+    s_expect_refused(s, 4, fx->pk, "v000001: metadata altered"); /* the full walk reads it */
+    s_edit(p1, "\"round\":\t9", "\"round\":\t1");
+
+    /* the version verified is always read and checked itself */
+    s_commit_one(fx, s, 5);
+    char p5[256];
+    s_path(fx, 5, "json", p5, sizeof p5);
+    s_edit(p5, "\"lora_alpha\":\t\"16\"", "\"lora_alpha\":\t\"32\"");
+    s_expect_cached_refused(s, 5, fx->pk, "v000005: metadata altered");
+    s_edit(p5, "\"lora_alpha\":\t\"32\"", "\"lora_alpha\":\t\"16\"");
+    /* signed, but its parent_hash is not the verified v4's: the link fails on the cache */
+    s_resign(fx, s, 5, s_flip_parent_hash);
+    s_expect_cached_refused(s, 5, fx->pk, "chain broken: parent_hash of v000005 does not match "
+                                          "the hash of v000004");
+    /* a verified number signed again with other contents: refused as changed */
+    s_resign(fx, s, 4, s_other_alpha);
+    s_expect_cached_refused(s, 4, fx->pk, "v000004 changed on disk since it was verified");
+    /* another key: nothing remembered under the first one counts */
+    uint8_t pk2[VS_PK_BYTES], sk2[VS_SK_BYTES];
+    crypto_sign_keypair(pk2, sk2);
+    s_expect_cached_refused(s, 3, pk2, "not by the aggregator's key");
+    vs_store_destroy(&s);
+
+    /* reopened (a restart): the first call walks everything again and finds v4 and v5 */
+    s = vs_store_open(fx->store, false);
+    assert_non_null(s);
+    s_expect_cached_refused(s, 5, fx->pk, "chain broken: parent_hash of v000005");
+    assert_int_equal(vs_store_verify_cached(s, 3, fx->pk, NULL, NULL), 0);
+    /* after a rollback the new version links to an older verified one */
+    assert_int_equal(vs_store_rollback(s, 2), 0);
+    s_commit_one(fx, s, 6);
+    s_edit(p1, "\"round\":\t1", "\"round\":\t9");
+    assert_int_equal(vs_store_verify_cached(s, 6, fx->pk, &m, NULL), 0);
+    assert_int_equal(m->parent, 2);
+    vs_manifest_destroy(&m);
+    s_expect_refused(s, 6, fx->pk, "v000001: metadata altered");
+    vs_store_destroy(&s);
+}
+
+/* A daemon's store follows what other processes did (commits, init-version, rollback)
+ * through vs_store_refresh, which probes the numbers after its latest and re-reads HEAD. */
+static void test_refresh_follows_other_writers(void **state)
+{
+    fx_t *fx = *state;
+    vs_store_t *daemon = s_chain(fx, 2);
+    vs_store_t *tool = vs_store_open(fx->store, false);
+    assert_non_null(tool);
+    s_commit_one(fx, tool, 3);
+    s_commit_one(fx, tool, 4);
+    assert_int_equal(vs_store_rollback(tool, 3), 0);
+    assert_int_equal(vs_store_latest(daemon), 2); /* not yet seen */
+    assert_int_equal(vs_store_refresh(daemon), 0);
+    assert_int_equal(vs_store_latest(daemon), 4);
+    assert_true(vs_store_has(daemon, 3) && vs_store_has(daemon, 4));
+    assert_int_equal(vs_store_head(daemon), 3);
+    assert_int_equal(vs_store_verify_cached(daemon, 4, fx->pk, NULL, NULL), 0);
+    /* its own next commit goes on from what it now knows, parented on the head */
+    float flat[N_FLAT];
+    vs_manifest_t *m = s_manifest(5, flat, 5);
+    assert_int_equal(vs_store_commit(daemon, m, flat, fx->sk), 0);
+    assert_int_equal(m->version, 5);
+    assert_int_equal(m->parent, 3);
+    vs_manifest_destroy(&m);
+    assert_int_equal(vs_store_refresh(daemon), 0); /* nothing new: unchanged */
+    assert_int_equal(vs_store_latest(daemon), 5);
+    vs_store_destroy(&tool);
+    vs_store_destroy(&daemon);
 }
 
 static void test_transfer_install(void **state)
@@ -723,6 +860,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tampered_parent_hash, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_crash_leaves_no_half_version, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_rollback_keeps_history, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_verify_cached, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_refresh_follows_other_writers, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_transfer_install, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_manifest_parse_errors, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_commit_refuses_nonfinite, s_setup, s_teardown),

@@ -188,4 +188,23 @@ if "$AGG" report -c "$AC" -o "$T/report.html" >"$T/report.out" 2>&1 && grep -q "
 else
   fail "report" "$T/report.out"
 fi
+# the report of this live federation, as a browser shows it: headless Chromium at 1280 px;
+# each hospital's colour (the report's first three palette entries) drawn, the charts as wide
+# as the page, the bytes chart on a log axis
+if command -v chromium >/dev/null 2>&1; then
+  HOME=$T timeout 120 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+    --window-size=1280,4200 --screenshot="$T/report.png" "file://$T/report.html" >/dev/null 2>&1
+  python3 tests/ref/png_colors.py --runs "$T/report.png" 0072B2 E69F00 009E73 444444 >"$T/colors.txt" 2>&1
+  read -r _ n1 _ _ n2 _ _ n3 _ _ _ axis <<<"$(tr '\n' ' ' <"$T/colors.txt")"
+  bytes=$(awk '/<section id="bytes">/,/<\/section>/' "$T/report.html")
+  if [ "${n1:-0}" -gt 200 ] && [ "${n2:-0}" -gt 200 ] && [ "${n3:-0}" -gt 200 ] &&
+     [ "${axis:-0}" -gt 1000 ] && grep -q "log" <<<"$bytes" && grep -q ">[0-9.]* kB<" <<<"$bytes"; then
+    pass "the live report in Chromium: three hospitals in three colours ($n1/$n2/$n3 px), charts ${axis} px wide of 1280, bytes on a log axis in kB"
+  else
+    fail "live report rendering: colours $n1/$n2/$n3 px, axis ${axis:-?} px" "$T/colors.txt"
+  fi
+  [ -n "${KEEP_REPORT_PNG:-}" ] && cp "$T/report.png" "$KEEP_REPORT_PNG"
+else
+  echo "SKIP live report rendering: chromium not installed (deploy/install-deps.sh adds it)"
+fi
 it_summary

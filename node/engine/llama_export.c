@@ -302,11 +302,15 @@ int llama_export_peft_tensors(const llama_config_t *cfg, const named_tensor_t *t
         medfl_error_set(MEDFL_ENOMEM, "%s: PEFT export: out of memory", dir);
         goto done;
     }
+    char path[4200];
+    if (strlen(dir) > sizeof path - 64) {
+        medfl_error_set(MEDFL_EINVAL, "PEFT export: folder path longer than %zu bytes", sizeof path - 64);
+        goto done;
+    }
     if (s_prepare_dir(dir) < 0) goto done;
     /* Sorted by name, as PEFT's own save_file writes the header. */
     memcpy(sorted, tensors, n * sizeof *sorted);
     qsort(sorted, n, sizeof *sorted, s_cmp_name);
-    char path[4200];
     const char *meta[] = {"format", "pt"};
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (safetensors_write_f32(path, sorted, n, meta, 1) < 0) goto done;

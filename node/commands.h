@@ -14,5 +14,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_init_adapter(int argc, char **argv);
 int cmd_export_adapter(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

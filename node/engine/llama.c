@@ -7,9 +7,11 @@
  *   activation arena allocated once per (B, T); s_layer_forward and s_layer_backward side by
  *   side with shapes in comments.
  * - Every frozen base product goes through s_base_mm / s_base_mm_t / s_base_rows, which take a
- *   weight reference (s_weight: type, rows, cols, data). Today the type is always F32 and the
- *   product is one sgemm; a quantized base adds a case there (quant_matmul: Y = X W^T,
- *   quant_matmul_t: dX = dY W) and nothing else changes.
+ *   weight reference (s_weight: ggml type, rows, cols, data). F32 is one sgemm; a quantized
+ *   matrix (GGUF blocks, usually borrowed from the mmap'd file: llama_new_quant +
+ *   llama_base_set_quant) goes through quant_matmul (Y = X W^T) / quant_matmul_t (dX = dY W),
+ *   which de-quantize a panel of rows at a time; an embedding lookup de-quantizes one row.
+ *   Nothing else knows how the base is stored.
  * - Memory: the attention probabilities [B, H, T, T] are NOT stored per layer; the forward
  *   keeps each row's log-sum-exp [B, H, T] and the backward rebuilds P = exp(s S - lse) with
  *   one batched product (flash-attention style), so stored attention state is O(T), not
@@ -30,6 +32,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "node/engine/quant.h"
 
 enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN };
 
@@ -46,12 +49,14 @@ static const char *s_target_peft[LLAMA_N_TARGETS] = {"q_proj",    "k_proj",  "v_
  * (8 MB), whatever the vocabulary. */
 #define S_HEAD_SLICE_FLOATS (2u << 20)
 
-/* A frozen base matrix [rows = out, cols = in] and how it is stored. */
-typedef enum { S_W_F32 = 0 } s_wtype;
+/* A frozen base matrix [rows = out, cols = in] and how it is stored: a ggml type id
+ * (QUANT_F32 or a block type of node/engine/quant.h) and row-major data of that type. NULL
+ * data: not set yet (a quantized base before its loader ran). */
 typedef struct {
-    s_wtype type;
+    uint32_t type;
     int rows, cols;
-    const float *f32;
+    const void *data;
+    void *owned; /* data copied by llama_base_set_quant (row order given), freed with m */
 } s_weight;
 
 typedef struct {
@@ -93,6 +98,12 @@ struct llama {
     s_weight embed, lm_head;
     const float *norm_f;
     s_layer_w *lw;
+    bool ref_base;       /* llama_new_quant: matrices are references, not in `base` */
+    float *mm_tmp;       /* scratch of a quantized product with beta = 1 */
+    size_t mm_tmp_cap;
+    bool mm_failed;      /* a quantized product ran out of memory (sticky until checked) */
+    void *keep;          /* llama_keep: an object the borrowed weights live in */
+    void (*keep_release)(void *);
 
     /* trainable */
     model_tensor_t *tr_t;
@@ -245,7 +256,7 @@ int llama_lora_targets_parse(const char *list, unsigned *out)
 /* ------------------------------------------------------------------ sizes tables */
 
 static int s_add_tensor(model_tensor_t **tab, size_t *n, size_t *cap, size_t *numel,
-                        const char *name, int d0, int d1)
+                        const char *name, int d0, int d1, bool in_buffer)
 {
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 64;
@@ -265,7 +276,8 @@ static int s_add_tensor(model_tensor_t **tab, size_t *n, size_t *cap, size_t *nu
     t->shape[1] = d1 > 0 ? d1 : 0;
     t->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
     t->offset = *numel; /* packed: the flat trainable vector is exactly the parameters */
-    *numel += t->numel;
+    if (in_buffer)
+        *numel += t->numel;
     return 0;
 }
 
@@ -278,7 +290,8 @@ static int s_build_base_table(llama_t *m)
     char nm[160];
     int C = c->hidden, F = c->ffn;
 #define ADD(d0, d1)                                                                          \
-    if (s_add_tensor(&m->base_t, &m->n_base_t, &cap, &m->base_numel, nm, d0, d1) != 0)       \
+    if (s_add_tensor(&m->base_t, &m->n_base_t, &cap, &m->base_numel, nm, d0, d1,            \
+                     !(m->ref_base && d1 > 0)) != 0)                                         \
         return -1;
 #define ADDL(fmt, d0, d1)                                                                    \
     snprintf(nm, sizeof nm, "model.layers.%d." fmt, l);                                      \
@@ -331,12 +344,12 @@ static int s_build_trainable_table(llama_t *m)
             *lo = (s_lora){.on = true, .in = in[t], .out = out[t]};
             snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", l,
                      s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in) != 0)
+            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in, true) != 0)
                 return -1;
             lo->off_a = m->tr_t[m->n_tr_t - 1].offset;
             snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", l,
                      s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r) != 0)
+            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r, true) != 0)
                 return -1;
             lo->off_b = m->tr_t[m->n_tr_t - 1].offset;
         }
@@ -357,10 +370,36 @@ static float *s_base_named(llama_t *m, const char *name)
     return t ? m->base + t->offset : NULL; /* never NULL: names come from the table */
 }
 
+/* A matrix's reference: into `base` (F32), or unset until llama_base_set_quant (ref_base). */
 static s_weight s_w_f32(llama_t *m, const char *name)
 {
     const model_tensor_t *t = s_find(m->base_t, m->n_base_t, name);
-    return (s_weight){S_W_F32, t->shape[0], t->shape[1], m->base + t->offset};
+    return (s_weight){QUANT_F32, t->shape[0], t->shape[1],
+                      m->ref_base ? NULL : m->base + t->offset, NULL};
+}
+
+/* The reference slot of a base matrix by name; NULL for vectors (norms, biases). */
+static s_weight *s_weight_slot(llama_t *m, const char *name)
+{
+    if (strcmp(name, "model.embed_tokens.weight") == 0)
+        return &m->embed;
+    if (strcmp(name, "lm_head.weight") == 0)
+        return m->cfg.tie_embeddings ? NULL : &m->lm_head;
+    int l, end = 0;
+    char suffix[64];
+    if (sscanf(name, "model.layers.%d.%63s%n", &l, suffix, &end) != 2 || name[end] != '\0' ||
+        l < 0 || l >= m->cfg.n_layers)
+        return NULL;
+    s_layer_w *w = &m->lw[l];
+    static const char *names[] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                  "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                                  "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                  "mlp.down_proj.weight"};
+    s_weight *slots[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->wg, &w->wu, &w->wd};
+    for (int i = 0; i < 7; i++)
+        if (strcmp(suffix, names[i]) == 0)
+            return slots[i];
+    return NULL;
 }
 
 static void s_cut_base(llama_t *m)
@@ -420,7 +459,7 @@ static void s_rope_init(llama_t *m)
 
 /* ------------------------------------------------------------------ lifecycle */
 
-llama_t *llama_new(const llama_config_t *cfg, backend_t *be)
+static llama_t *s_new(const llama_config_t *cfg, backend_t *be, bool ref_base)
 {
     if (cfg == NULL || be == NULL) {
         medfl_error_set(MEDFL_EINVAL, "llama_new: config and backend are required");
@@ -441,6 +480,7 @@ llama_t *llama_new(const llama_config_t *cfg, backend_t *be)
     }
     m->cfg = *cfg;
     m->be = be;
+    m->ref_base = ref_base;
     m->scaling = cfg->lora_alpha / (float)cfg->lora_r;
     m->D = cfg->head_dim ? cfg->head_dim : cfg->hidden / cfg->n_heads;
     m->QD = cfg->n_heads * m->D;
@@ -452,7 +492,7 @@ llama_t *llama_new(const llama_config_t *cfg, backend_t *be)
     if (!m->lw || !m->act || !m->inv_freq || s_build_base_table(m) != 0 ||
         s_build_trainable_table(m) != 0)
         goto fail;
-    m->base = be->alloc(be, m->base_numel * sizeof(float));
+    m->base = be->alloc(be, (m->base_numel ? m->base_numel : 1) * sizeof(float));
     m->params = be->alloc(be, m->tr_numel * sizeof(float));
     m->grads = be->alloc(be, m->tr_numel * sizeof(float));
     m->adam_m = be->alloc(be, m->tr_numel * sizeof(float));
@@ -469,6 +509,26 @@ fail:
     llama_destroy(&m);
     return NULL;
 }
+
+llama_t *llama_new(const llama_config_t *cfg, backend_t *be)
+{
+    return s_new(cfg, be, false);
+}
+
+llama_t *llama_new_quant(const llama_config_t *cfg, backend_t *be)
+{
+    return s_new(cfg, be, true);
+}
+
+void llama_keep(llama_t *m, void *obj, void (*release)(void *))
+{
+    if (m->keep_release)
+        m->keep_release(m->keep);
+    m->keep = obj;
+    m->keep_release = release;
+}
+
+bool llama_base_quantized(const llama_t *m) { return m->ref_base; }
 
 static void s_free_batch(llama_t *m)
 {
@@ -500,9 +560,21 @@ void llama_destroy(llama_t **self_p)
     free(m->base_t);
     free(m->tr_t);
     free(m->lora);
+    free(m->embed.owned);
+    if (!m->cfg.tie_embeddings)
+        free(m->lm_head.owned);
+    for (int l = 0; m->lw && l < m->cfg.n_layers; l++) {
+        s_layer_w *w = &m->lw[l];
+        s_weight *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->wg, &w->wu, &w->wd};
+        for (int i = 0; i < 7; i++)
+            free(ws[i]->owned);
+    }
     free(m->lw);
     free(m->act);
     free(m->inv_freq);
+    free(m->mm_tmp);
+    if (m->keep_release)
+        m->keep_release(m->keep);
     s_free_batch(m);
     free(m);
 }
@@ -545,6 +617,9 @@ int llama_base_set(llama_t *m, const char *name, const float *data, size_t n)
     const model_tensor_t *t = s_base_checked(m, name, n);
     if (t == NULL)
         return -1;
+    if (m->ref_base && t->ndim == 2)
+        return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s' of a quantized base is set "
+                               "with llama_base_set_quant", t->name);
     if (data == NULL)
         return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s': no data", t->name);
     for (size_t i = 0; i < n; i++)
@@ -555,11 +630,84 @@ int llama_base_set(llama_t *m, const char *name, const float *data, size_t n)
     return 0;
 }
 
+int llama_base_set_quant(llama_t *m, const char *name, uint32_t type, const void *data,
+                         size_t n_bytes, const int32_t *row_order)
+{
+    const model_tensor_t *t = llama_base_find(m, name);
+    if (t == NULL)
+        return medfl_error_set(MEDFL_ENOTFOUND, "llama: no base tensor named '%.120s'",
+                               name ? name : "(null)");
+    s_weight *w = m->ref_base ? s_weight_slot(m, t->name) : NULL;
+    if (w == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s' is not a matrix of a quantized "
+                               "base (llama_new_quant)", t->name);
+    if (!quant_supported(type))
+        return medfl_error_set(MEDFL_EUNSUPPORTED, "llama: tensor '%s': type %s is not "
+                               "supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1)", t->name,
+                               quant_type_name(type));
+    size_t rb = quant_row_bytes(type, (size_t)w->cols);
+    if (rb == 0)
+        return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s': rows of %d values are not "
+                               "whole %s blocks", t->name, w->cols, quant_type_name(type));
+    if (data == NULL || n_bytes != rb * (size_t)w->rows)
+        return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s' needs %zu bytes of %s, got %zu",
+                               t->name, rb * (size_t)w->rows, quant_type_name(type), n_bytes);
+    void *own = NULL;
+    if (row_order) {
+        if (!(own = malloc(n_bytes)))
+            return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for tensor '%s'",
+                                   t->name);
+        for (int r = 0; r < w->rows; r++) {
+            if (row_order[r] < 0 || row_order[r] >= w->rows) {
+                free(own);
+                return medfl_error_set(MEDFL_EINVAL, "llama: tensor '%s': row order entry %d "
+                                       "out of range", t->name, r);
+            }
+            memcpy((char *)own + (size_t)r * rb, (const char *)data + (size_t)row_order[r] * rb,
+                   rb);
+        }
+    }
+    free(w->owned);
+    w->type = type;
+    w->owned = own;
+    w->data = own ? own : data;
+    if (w == &m->embed && m->cfg.tie_embeddings)
+        m->lm_head = (s_weight){w->type, w->rows, w->cols, w->data, NULL};
+    return 0;
+}
+
+/* Every matrix of a quantized base set (checked before a forward). */
+static int s_base_ready(const llama_t *m)
+{
+    if (!m->ref_base)
+        return 0;
+    for (size_t i = 0; i < m->n_base_t; i++) {
+        const model_tensor_t *t = &m->base_t[i];
+        const s_weight *w = t->ndim == 2 ? s_weight_slot((llama_t *)m, t->name) : NULL;
+        if (w && w->data == NULL)
+            return medfl_error_set(MEDFL_ESTATE, "llama: base tensor '%s' was never set",
+                                   t->name);
+    }
+    return 0;
+}
+
 int llama_base_get(const llama_t *m, const char *name, float *out, size_t n)
 {
     const model_tensor_t *t = s_base_checked(m, name, n);
     if (t == NULL)
         return -1;
+    const s_weight *w = m->ref_base && t->ndim == 2 ? s_weight_slot((llama_t *)m, t->name) : NULL;
+    if (w) {
+        if (w->data == NULL)
+            return medfl_error_set(MEDFL_ESTATE, "llama: base tensor '%s' was never set",
+                                   t->name);
+        size_t rb = quant_row_bytes(w->type, (size_t)w->cols);
+        for (int r = 0; r < w->rows; r++)
+            if (quant_dequantize_row(w->type, (const char *)w->data + (size_t)r * rb,
+                                     out + (size_t)r * w->cols, (size_t)w->cols) != 0)
+                return -1;
+        return 0;
+    }
     m->be->download(m->be, out, m->base + t->offset, n * sizeof(float));
     return 0;
 }
@@ -589,6 +737,8 @@ void llama_base_init_random(llama_t *m, uint64_t seed, float std)
     uint64_t st = seed;
     for (size_t i = 0; i < m->n_base_t; i++) {
         const model_tensor_t *t = &m->base_t[i];
+        if (m->ref_base && t->ndim == 2)
+            continue; /* references: set by a loader */
         float *p = m->base + t->offset; /* CPU backend: host memory */
         bool norm = strstr(t->name, "norm.weight") != NULL;
         for (size_t j = 0; j < t->numel; j++)
@@ -800,42 +950,86 @@ size_t llama_stored_bytes(const llama_t *m) { return m->stored_floats * sizeof(f
 
 /* ------------------------------------------------------------------ frozen base products */
 
+/* Scratch for a quantized product with beta = 1 (quant_matmul overwrites its output). */
+static float *s_mm_tmp(llama_t *m, size_t n)
+{
+    if (n > m->mm_tmp_cap) {
+        float *t = realloc(m->mm_tmp, n * sizeof(float));
+        if (t == NULL)
+            return NULL;
+        m->mm_tmp = t;
+        m->mm_tmp_cap = n;
+    }
+    return m->mm_tmp;
+}
+
 /* Y[n, w.rows] = X[n, w.cols] @ W^T + beta * Y (beta 0 or 1). THE place every frozen base
- * product goes through; a quantized weight de-quantizes tile by tile here (and adds into Y
- * for beta = 1). */
+ * product goes through: F32 is one sgemm; a quantized weight de-quantizes panel by panel in
+ * quant_matmul (into a scratch added to Y for beta = 1). An allocation failure inside sets
+ * mm_failed, which the public entry points turn into -1. */
 static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
                       float beta)
 {
-    switch (w->type) {
-    case S_W_F32:
-        m->be->sgemm(m->be, false, true, n, w->rows, w->cols, 1.0f, X, w->cols, w->f32, w->cols,
-                     beta, Y, w->rows);
-        break;
+    if (w->type == QUANT_F32) {
+        m->be->sgemm(m->be, false, true, n, w->rows, w->cols, 1.0f, X, w->cols, w->data,
+                     w->cols, beta, Y, w->rows);
+        return;
     }
+    size_t ny = (size_t)n * w->rows;
+    float *out = beta != 0.0f ? s_mm_tmp(m, ny) : Y;
+    if (out == NULL ||
+        quant_matmul(w->type, w->data, (size_t)w->rows, (size_t)w->cols, X, (size_t)n, out) != 0) {
+        m->mm_failed = true;
+        return;
+    }
+    if (out != Y)
+        for (size_t i = 0; i < ny; i++)
+            Y[i] += out[i];
 }
 
 /* dX[n, w.cols] = dY[n, w.rows] @ W + beta * dX: the input gradient of s_base_mm. */
 static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
                         float beta)
 {
-    switch (w->type) {
-    case S_W_F32:
-        m->be->sgemm(m->be, false, false, n, w->cols, w->rows, 1.0f, dY, w->rows, w->f32,
+    if (w->type == QUANT_F32) {
+        m->be->sgemm(m->be, false, false, n, w->cols, w->rows, 1.0f, dY, w->rows, w->data,
                      w->cols, beta, dX, w->cols);
-        break;
+        return;
+    }
+    size_t nx = (size_t)n * w->cols;
+    float *out = beta != 0.0f ? s_mm_tmp(m, nx) : dX;
+    if (out == NULL || quant_matmul_t(w->type, w->data, (size_t)w->rows, (size_t)w->cols, dY,
+                                      (size_t)n, out) != 0) {
+        m->mm_failed = true;
+        return;
+    }
+    if (out != dX)
+        for (size_t i = 0; i < nx; i++)
+            dX[i] += out[i];
+}
+
+/* out[i, :] = W[ids[i], :] (the embedding lookup; ids validated): a quantized table
+ * de-quantizes just the rows looked up. */
+static void s_base_rows(const s_weight *w, const int32_t *ids, int n, float *out)
+{
+    size_t rb = quant_row_bytes(w->type, (size_t)w->cols);
+    for (int i = 0; i < n; i++) {
+        const char *src = (const char *)w->data + (size_t)ids[i] * rb;
+        float *dst = out + (size_t)i * w->cols;
+        if (w->type == QUANT_F32)
+            memcpy(dst, src, rb);
+        else
+            quant_dequantize_row(w->type, src, dst, (size_t)w->cols); /* type checked at set */
     }
 }
 
-/* out[i, :] = W[ids[i], :] (the embedding lookup; ids validated). */
-static void s_base_rows(const s_weight *w, const int32_t *ids, int n, float *out)
+/* -1 with an error when a quantized product failed since the last call. */
+static int s_mm_check(llama_t *m)
 {
-    switch (w->type) {
-    case S_W_F32:
-        for (int i = 0; i < n; i++)
-            memcpy(out + (size_t)i * w->cols, w->f32 + (size_t)ids[i] * w->cols,
-                   (size_t)w->cols * sizeof(float));
-        break;
-    }
+    if (!m->mm_failed)
+        return 0;
+    m->mm_failed = false;
+    return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory in a quantized base product");
 }
 
 /* ------------------------------------------------------------------ decoder kernels (host) */
@@ -1397,7 +1591,7 @@ static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *lo
                      bool train)
 {
     m->have_train = false;
-    if (s_check_batch(m, in, train) != 0)
+    if (s_base_ready(m) != 0 || s_check_batch(m, in, train) != 0)
         return -1;
     s_decode(m, in);
     int N = m->B * m->T, n_rows = 0;
@@ -1414,6 +1608,10 @@ static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *lo
         memset(m->dxf, 0, (size_t)N * m->cfg.hidden * sizeof(float));
         s_rmsnorm_bwd(m->dxf, m->dxn, m->xf, m->rstdf, m->norm_f, N, m->cfg.hidden);
         m->have_train = true;
+    }
+    if (s_mm_check(m) != 0) {
+        m->have_train = false;
+        return -1;
     }
     return 0;
 }
@@ -1454,7 +1652,7 @@ static int s_backward(llama_t *m, float *pe)
     for (int l = m->cfg.n_layers - 1; l >= low; l--)
         s_layer_backward(m, l, l > low);
     m->pe = NULL;
-    return 0;
+    return s_mm_check(m);
 }
 
 int llama_backward(llama_t *m)
@@ -1492,4 +1690,211 @@ void llama_adamw_reset(llama_t *m)
 {
     m->be->memset0(m->be, m->adam_m, m->tr_numel * sizeof(float));
     m->be->memset0(m->be, m->adam_v, m->tr_numel * sizeof(float));
+}
+
+/* ------------------------------------------------------------------ inference (KV cache) */
+
+/* Generation: one sequence, tokens appended to a cache of every layer's keys (after RoPE)
+ * and values, so each new token costs one pass over the weights and a dot product with the
+ * cached keys instead of a forward over the whole prefix. No training arena, no stored
+ * activations: a few rows of scratch sized for the tokens of the current call. */
+struct llama_kv {
+    int cap, len, L, KD;
+    float *k, *v;                 /* [L, cap, KD] */
+    size_t n_scratch;             /* tokens the scratch below holds */
+    float *x, *xn, *rstd, *q, *ctx, *tmp, *g, *u, *lu, *att;
+};
+
+llama_kv_t *llama_kv_new(const llama_t *m, int capacity)
+{
+    if (capacity < 1 || capacity > m->cfg.max_seq) {
+        medfl_error_set(MEDFL_EINVAL, "llama: KV cache of %d positions (1..%d)", capacity,
+                        m->cfg.max_seq);
+        return NULL;
+    }
+    llama_kv_t *kv = calloc(1, sizeof *kv);
+    size_t n = (size_t)m->cfg.n_layers * capacity * m->KD;
+    if (kv == NULL || !(kv->k = calloc(n, sizeof(float))) || !(kv->v = calloc(n, sizeof(float)))) {
+        llama_kv_destroy(&kv);
+        medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for a KV cache of %d positions",
+                        capacity);
+        return NULL;
+    }
+    kv->cap = capacity;
+    kv->L = m->cfg.n_layers;
+    kv->KD = m->KD;
+    return kv;
+}
+
+static void s_kv_free_scratch(llama_kv_t *kv)
+{
+    float **p[] = {&kv->x, &kv->xn, &kv->rstd, &kv->q, &kv->ctx, &kv->tmp, &kv->g, &kv->u,
+                   &kv->lu, &kv->att};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) {
+        free(*p[i]);
+        *p[i] = NULL;
+    }
+    kv->n_scratch = 0;
+}
+
+void llama_kv_destroy(llama_kv_t **kv_p)
+{
+    if (kv_p == NULL || *kv_p == NULL)
+        return;
+    llama_kv_t *kv = *kv_p;
+    *kv_p = NULL;
+    s_kv_free_scratch(kv);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+int llama_kv_len(const llama_kv_t *kv) { return kv->len; }
+void llama_kv_reset(llama_kv_t *kv) { kv->len = 0; }
+
+static int s_kv_scratch(const llama_t *m, llama_kv_t *kv, size_t n)
+{
+    if (n <= kv->n_scratch)
+        return 0;
+    s_kv_free_scratch(kv);
+    size_t C = m->cfg.hidden, F = m->cfg.ffn, QD = m->QD;
+    size_t wide = C > QD ? C : QD;
+    kv->x = malloc(n * C * sizeof(float));
+    kv->xn = malloc(n * C * sizeof(float));
+    kv->rstd = malloc(n * sizeof(float));
+    kv->q = malloc(n * QD * sizeof(float));
+    kv->ctx = malloc(n * QD * sizeof(float));
+    kv->tmp = malloc(n * wide * sizeof(float));
+    kv->g = malloc(n * F * sizeof(float));
+    kv->u = malloc(n * F * sizeof(float));
+    kv->lu = malloc(n * (size_t)m->cfg.lora_r * sizeof(float));
+    kv->att = malloc((size_t)kv->cap * sizeof(float));
+    if (!kv->x || !kv->xn || !kv->rstd || !kv->q || !kv->ctx || !kv->tmp || !kv->g || !kv->u ||
+        !kv->lu || !kv->att) {
+        s_kv_free_scratch(kv);
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for %zu decoding rows", n);
+    }
+    kv->n_scratch = n;
+    return 0;
+}
+
+/* RoPE of rows [n, nh * D] at positions p0 .. p0 + n - 1 (the angles s_rope_tables uses). */
+static void s_rope_at(const llama_t *m, float *X, int nh, int n, int p0)
+{
+    int D = m->D, half = D / 2;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < half; k++) {
+            float ang = m->inv_freq[k] * (float)(p0 + i);
+            float c = (float)cos((double)ang), sn = (float)sin((double)ang);
+            for (int h = 0; h < nh; h++) {
+                float *x = X + (size_t)i * nh * D + (size_t)h * D;
+                float a = x[k], b = x[k + half];
+                x[k] = a * c - b * sn;
+                x[k + half] = b * c + a * sn;
+            }
+        }
+}
+
+/* y [n, out] = x W^T (+ bias) (+ adapter t of layer l, using the trained parameters). */
+static void s_proj_inf(llama_t *m, llama_kv_t *kv, int l, int t, const s_weight *w,
+                       const float *bias, const float *x, float *y, int n)
+{
+    const s_lora *lo = &m->lora[l * LLAMA_N_TARGETS + t];
+    s_base_mm(m, w, x, n, y, 0.0f);
+    if (bias)
+        s_add_bias(y, bias, n, w->rows);
+    if (lo->on)
+        s_lora_fwd(m, lo, x, kv->lu, y, n);
+}
+
+/* Causal attention of n new rows (positions p0..) over the cache rows 0 .. p0 + i. */
+static void s_attend_cached(const llama_t *m, llama_kv_t *kv, int l, int n, int p0)
+{
+    int H = m->cfg.n_heads, D = m->D, KD = m->KD, QD = m->QD;
+    const float *K = kv->k + (size_t)l * kv->cap * KD, *Vc = kv->v + (size_t)l * kv->cap * KD;
+    float scale = 1.0f / sqrtf((float)D), *p = kv->att;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            const float *q = kv->q + (size_t)i * QD + (size_t)h * D;
+            size_t ko = (size_t)(h / m->G) * D;
+            int nk = p0 + i + 1;
+            float mx = -INFINITY;
+            for (int j = 0; j < nk; j++) {
+                const float *k = K + (size_t)j * KD + ko;
+                float dot = 0.0f;
+                for (int d = 0; d < D; d++)
+                    dot += q[d] * k[d];
+                p[j] = scale * dot;
+                mx = fmaxf(mx, p[j]);
+            }
+            double sum = 0.0;
+            for (int j = 0; j < nk; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float inv = (float)(1.0 / sum), *o = kv->ctx + (size_t)i * QD + (size_t)h * D;
+            memset(o, 0, (size_t)D * sizeof(float));
+            for (int j = 0; j < nk; j++) {
+                const float *v = Vc + (size_t)j * KD + ko;
+                float pj = p[j] * inv;
+                for (int d = 0; d < D; d++)
+                    o[d] += pj * v[d];
+            }
+        }
+}
+
+static void s_layer_decode(llama_t *m, llama_kv_t *kv, int l, int n, int p0)
+{
+    const llama_config_t *c = &m->cfg;
+    const s_layer_w *w = &m->lw[l];
+    int C = c->hidden, F = c->ffn, KD = m->KD;
+    float *kc = kv->k + ((size_t)l * kv->cap + p0) * KD;
+    float *vc = kv->v + ((size_t)l * kv->cap + p0) * KD;
+    s_rmsnorm_fwd(kv->xn, kv->rstd, kv->x, w->attn_norm, n, C, c->rms_eps);
+    s_proj_inf(m, kv, l, T_Q, &w->wq, w->bq, kv->xn, kv->q, n);
+    s_proj_inf(m, kv, l, T_K, &w->wk, w->bk, kv->xn, kc, n);
+    s_proj_inf(m, kv, l, T_V, &w->wv, w->bv, kv->xn, vc, n);
+    s_rope_at(m, kv->q, c->n_heads, n, p0);
+    s_rope_at(m, kc, c->n_kv_heads, n, p0);
+    s_attend_cached(m, kv, l, n, p0);
+    s_proj_inf(m, kv, l, T_O, &w->wo, NULL, kv->ctx, kv->tmp, n);
+    for (size_t i = 0; i < (size_t)n * C; i++)
+        kv->x[i] += kv->tmp[i];
+    s_rmsnorm_fwd(kv->xn, kv->rstd, kv->x, w->ffn_norm, n, C, c->rms_eps);
+    s_proj_inf(m, kv, l, T_GATE, &w->wg, NULL, kv->xn, kv->g, n);
+    s_proj_inf(m, kv, l, T_UP, &w->wu, NULL, kv->xn, kv->u, n);
+    s_swiglu_fwd(kv->g, kv->g, kv->u, (size_t)n * F);
+    s_proj_inf(m, kv, l, T_DOWN, &w->wd, NULL, kv->g, kv->tmp, n);
+    for (size_t i = 0; i < (size_t)n * C; i++)
+        kv->x[i] += kv->tmp[i];
+}
+
+int llama_decode(llama_t *m, llama_kv_t *kv, const int32_t *ids, int n, float *logits)
+{
+    const llama_config_t *c = &m->cfg;
+    if (ids == NULL || n < 1 || logits == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: needs ids (n >= 1) and logits");
+    if (kv->L != c->n_layers || kv->KD != m->KD)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: KV cache of another model");
+    if (n > kv->cap - kv->len)
+        return medfl_error_set(MEDFL_EINVAL, "llama_decode: %d more tokens exceed the KV "
+                               "cache (%d of %d positions used)", n, kv->len, kv->cap);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab)
+            return medfl_error_set(MEDFL_EINVAL, "llama_decode: token %d: id outside "
+                                   "vocabulary of %d", i, c->vocab);
+    if (s_base_ready(m) != 0 || s_kv_scratch(m, kv, (size_t)n) != 0)
+        return -1;
+    int p0 = kv->len, C = c->hidden;
+    s_base_rows(&m->embed, ids, n, kv->x);
+    for (int l = 0; l < c->n_layers; l++)
+        s_layer_decode(m, kv, l, n, p0);
+    /* only the last row's logits: RMSNorm_f then the lm_head */
+    const float *last = kv->x + (size_t)(n - 1) * C;
+    s_rmsnorm_fwd(kv->xn, kv->rstd, last, m->norm_f, 1, C, c->rms_eps);
+    s_base_mm(m, &m->lm_head, kv->xn, 1, logits, 0.0f);
+    if (s_mm_check(m) != 0)
+        return -1;
+    kv->len += n;
+    return 0;
 }

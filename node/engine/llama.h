@@ -111,6 +111,16 @@ typedef struct {
  * until set; trainable parameters zero until llama_init_trainable. */
 llama_t *llama_new(const llama_config_t *cfg, backend_t *be);
 void llama_destroy(llama_t **self_p);
+/* The same with a quantized, borrowed base: only the vectors (norms, biases) live in the
+ * model's buffer (llama_base_set); every matrix is a reference set with llama_base_set_quant
+ * (GGUF blocks, typically inside a mapped file kept alive with llama_keep). A forward before
+ * every matrix is set is an error naming the first missing one. */
+llama_t *llama_new_quant(const llama_config_t *cfg, backend_t *be);
+/* Hands the model an object its borrowed weights live in (the mapped GGUF file): release(obj)
+ * runs when the model is destroyed (or another object is kept). */
+void llama_keep(llama_t *m, void *obj, void (*release)(void *));
+/* true for a model made by llama_new_quant. */
+bool llama_base_quantized(const llama_t *m);
 const llama_config_t *llama_config(const llama_t *m);
 
 /* ---- base weights (frozen), Hugging Face LlamaForCausalLM / Qwen2ForCausalLM names ---- */
@@ -122,7 +132,15 @@ size_t llama_base_numel(const llama_t *m);
  * size. A non-finite value is refused (EINVAL naming the tensor, not the value). */
 int llama_base_set(llama_t *m, const char *name, const float *data, size_t n);
 int llama_base_get(const llama_t *m, const char *name, float *out, size_t n);
-/* Matrices N(0, std), norm weights 1 + N(0, 0.1), biases N(0, std): tests and benchmarks. */
+/* A matrix of a llama_new_quant model as rows of a ggml type (node/engine/quant.h: F32, F16,
+ * BF16, Q8_0, Q4_0, Q4_1), [rows = out, cols = in] row-major, n_bytes exactly. row_order NULL:
+ * data is borrowed (must outlive the model: llama_keep); else the rows are copied, row r of
+ * the model's matrix being row row_order[r] of data (the GGUF q/k un-permutation). -1 naming
+ * the tensor for an unknown name, a vector, an unsupported type, rows that are not whole
+ * blocks, or a size mismatch. llama_base_get de-quantizes such a matrix. */
+int llama_base_set_quant(llama_t *m, const char *name, uint32_t type, const void *data,
+                         size_t n_bytes, const int32_t *row_order);
+/* Matrices N(0, std) (a quantized base's matrices are left alone), norm weights 1 + N(0, 0.1), biases N(0, std): tests and benchmarks. */
 void llama_base_init_random(llama_t *m, uint64_t seed, float std);
 
 /* ---- trainable parameters (LoRA A/B per layer per target, PEFT names) ---- */
@@ -165,6 +183,19 @@ void llama_adamw_reset(llama_t *m);
 /* The RoPE inverse frequencies in use (n = head_dim / 2 floats), for checks against the
  * checkpoint's tooling; -1 when n differs. */
 int llama_rope_inv_freq(const llama_t *m, float *out, int n);
+
+/* ---- inference with a KV cache (generation) ---- */
+typedef struct llama_kv llama_kv_t;
+/* A cache for one sequence of up to capacity (<= max_seq) positions. */
+llama_kv_t *llama_kv_new(const llama_t *m, int capacity);
+void llama_kv_destroy(llama_kv_t **kv_p);
+int llama_kv_len(const llama_kv_t *kv);
+void llama_kv_reset(llama_kv_t *kv);
+/* Appends n tokens (the prompt at once, then one at a time) at positions llama_kv_len(kv)...,
+ * caching their keys and values, and writes the next-token logits of the LAST one (V floats)
+ * to logits. Base plus the current LoRA parameters; the training arena is not used. -1 for a
+ * full cache or an id outside the vocabulary (the cache is unchanged then). */
+int llama_decode(llama_t *m, llama_kv_t *kv, const int32_t *ids, int n, float *logits);
 
 /* Bytes of the activation arena and of the per-layer stored part of it (for reports). */
 size_t llama_arena_bytes(const llama_t *m);

@@ -48,6 +48,6 @@ rc=$?
 "$NODE" tokenize --model "$FIX/tiny.gguf" --bogus < /dev/null > /dev/null 2>&1
 [ $? -eq 2 ] && pass "unknown option: exit 2" || fail "unknown option"
 "$NODE" tokenize --model "$FIX/tiny_ref.jsonl" < /dev/null > /dev/null 2> "$T/err.txt"
-[ $? -eq 1 ] && grep -q "not a GGUF file" "$T/err.txt" && pass "not GGUF: refused" || fail "not GGUF" "$T/err.txt"
+[ $? -eq 1 ] && grep -q "not a GGUF model file" "$T/err.txt" && pass "not GGUF: refused" || fail "not GGUF" "$T/err.txt"
 "$NODE" tokenize --help | grep -q "usage: medfl-node tokenize" && pass "--help" || fail "--help"
 it_summary

@@ -1,4 +1,4 @@
-/* Byte-level BPE (node/engine/bpe, bpe_chat, bpe_gguf) against Hugging Face, id for id.
+/* Byte-level BPE (node/engine/bpe, bpe_chat, bpe_gguf over node/engine/gguf) against Hugging Face, id for id.
  *
  * Always: the tiny tokenizer of tests/ref/fixtures/bpe/tiny.gguf (made by
  * tests/ref/make_bpe_ref.py with `tokenizers`) on 360 strings under each pre-tokenizer
@@ -422,7 +422,7 @@ static void test_bad_gguf(void **state)
         unsigned char byte;
         const char *msg;
     } cases[] = {{0, 'X', "magic"}, {4, 9, "version"}, {16, 0xff, "truncated"},
-                 {24, 0xff, "past the end"}};
+                 {24, 0xff, "bytes long"}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         memcpy(copy, buf, size);
         copy[cases[c].at] = cases[c].byte;

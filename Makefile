@@ -1,7 +1,7 @@
 # medfl build. Everything is found by wildcard so that adding a module means adding a
 # .h/.c pair, not editing this file:
 #   common/*.c           -> build/libmedfl.a (shared by all programs and tests)
-#   common/*.cu          -> CUDA backend, only when nvcc is found and USE_CUDA != 0
+#   node/engine/*.cu     -> CUDA backend, only when nvcc is found and USE_CUDA != 0
 #   node/*.c, node/engine/*.c -> bin/medfl-node (engine: the ML engine, node-only)
 #   aggregator/*.c       -> bin/medfl-aggregator
 #   tests/bench/*.c      -> bin/medfl-bench
@@ -43,7 +43,7 @@ ifneq ($(NVCC),)
 HAVE_CUDA := 1
 endif
 endif
-CU_SRC := $(wildcard common/*.cu)
+CU_SRC := $(wildcard node/engine/*.cu)
 # Turing (T4), Ampere (A100/A10/A30), Hopper (H100) machine code + Hopper PTX that the driver
 # JIT-compiles for newer GPUs; override with e.g. make CUDA_ARCH="-arch=native".
 CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
@@ -54,7 +54,7 @@ CFLAGS  += -DMEDFL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 # --no-as-needed: every program carries the GPU backend (ldd shows libcublas), even one that
 # reaches it only through backend_new at run time
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed
-CU_OBJ  := $(patsubst common/%.cu,$(BUILD)/common/%.cu.o,$(CU_SRC))
+CU_OBJ  := $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 CUDA_MSG := CUDA toolkit found at $(CUDA_HOME): building the cuBLAS backend
 else
 CU_OBJ  :=
@@ -105,7 +105,7 @@ $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
 	@$(if $(V),,echo "  CC      $<")
 	$(Q)$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
 
-$(BUILD)/common/%.cu.o: common/%.cu
+$(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  NVCC    $<")
 	$(Q)$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC,-fno-threadsafe-statics,-fno-exceptions,-Wall,-Wextra -Werror all-warnings $(CUDA_ARCH) -MD -MP -MF $@.d -c $< -o $@

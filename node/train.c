@@ -26,13 +26,13 @@
 #include <unistd.h>
 
 #include "common/adapter_file.h"
-#include "common/backend.h"
-#include "common/base_file.h"
+#include "node/engine/backend.h"
+#include "node/engine/base_file.h"
 #include "common/dp.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "common/model.h"
-#include "common/tokenizer.h"
+#include "node/engine/model.h"
+#include "node/engine/tokenizer.h"
 
 typedef struct {
     train_config_t cfg;

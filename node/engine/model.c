@@ -15,7 +15,7 @@
  *   propagate a gradient into the embeddings.
  * Notation: B batch, T sequence, N = B*T rows, C hidden, NH heads, D = C/NH, F ffn, r rank,
  * K labels, s = alpha/r the LoRA scaling. */
-#include "common/model.h"
+#include "node/engine/model.h"
 
 #include <math.h>
 #include <stdio.h>

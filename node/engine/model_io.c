@@ -1,7 +1,7 @@
 /* Model <-> files glue (see model_io.h). Adapters are matched to the model by tensor name,
  * never by position, so a file written by another build or node with a different internal
  * ordering still loads into the right slots or fails naming the tensor. */
-#include "common/model_io.h"
+#include "node/engine/model_io.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -32,8 +32,7 @@
 #include "common/error.h"
 #include "node/engine/family.h"
 
-enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN };
-
+enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN }; /* target order of family_llama() */
 
 /* Rows of the lm_head computed at once: a slice of logits is at most this many floats
  * (8 MB), whatever the vocabulary. */

@@ -1,8 +1,10 @@
 # medfl build. Everything is found by wildcard so that adding a module means adding a
 # .h/.c pair, not editing this file:
 #   common/*.c           -> build/libmedfl.a (shared by all programs and tests)
-#   common/*.cu          -> CUDA backend, only when nvcc is found and USE_CUDA != 0
+#   node/engine/*.cu     -> CUDA backend, only when nvcc is found and USE_CUDA != 0
 #   node/*.c, node/engine/*.c -> bin/medfl-node (engine: the ML engine, node-only)
+# Only programs that carry the engine (medfl-node, medfl-bench, the tests) link OpenBLAS and
+# cuBLAS/cudart (ENGINE_LIBS); the aggregator and libmedfl.a are model-agnostic and link neither.
 #   aggregator/*.c       -> bin/medfl-aggregator
 #   tests/bench/*.c      -> bin/medfl-bench
 #   tests/unit/test_*.c  -> build/tests/test_* (cmocka), run by `make test`
@@ -26,9 +28,12 @@ SANFLAGS :=
 endif
 
 CC      ?= cc
-PKGS    := libzmq libsodium openblas hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd zlib
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKGS    := libzmq libsodium hdf5-serial libprotobuf-c sqlite3 libcjson libmicrohttpd zlib
+ENGINE_PKGS := openblas
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) $(ENGINE_PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ENGINE_BLAS := $(shell pkg-config --libs $(ENGINE_PKGS) 2>/dev/null)
+ENGINE_LIBS := $(ENGINE_BLAS)
 
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -pthread -I. -I$(BUILD) $(PKG_CFLAGS) $(SANFLAGS)
@@ -43,7 +48,7 @@ ifneq ($(NVCC),)
 HAVE_CUDA := 1
 endif
 endif
-CU_SRC := $(wildcard common/*.cu)
+CU_SRC := $(wildcard node/engine/*.cu)
 # Turing (T4), Ampere (A100/A10/A30), Hopper (H100) machine code + Hopper PTX that the driver
 # JIT-compiles for newer GPUs; override with e.g. make CUDA_ARCH="-arch=native".
 CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
@@ -51,10 +56,10 @@ CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=s
   -gencode arch=compute_90,code=compute_90
 ifeq ($(HAVE_CUDA),1)
 CFLAGS  += -DMEDFL_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-# --no-as-needed: every program carries the GPU backend (ldd shows libcublas), even one that
-# reaches it only through backend_new at run time
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed
-CU_OBJ  := $(patsubst common/%.cu,$(BUILD)/common/%.cu.o,$(CU_SRC))
+# --no-as-needed: every engine program carries the GPU backend (ldd shows libcublas), even
+# one that reaches it only through backend_new at run time
+ENGINE_LIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed
+CU_OBJ  := $(patsubst %.cu,$(BUILD)/%.cu.o,$(CU_SRC))
 CUDA_MSG := CUDA toolkit found at $(CUDA_HOME): building the cuBLAS backend
 else
 CU_OBJ  :=
@@ -64,9 +69,10 @@ endif
 PROTO_C := $(BUILD)/proto/medfl.pb-c.c
 PROTO_H := $(BUILD)/proto/medfl.pb-c.h
 COMMON_SRC := $(wildcard common/*.c)
-COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC)) $(BUILD)/proto/medfl.pb-c.o $(CU_OBJ)
-# node/engine/*.c: the ML engine (model families, backends, tokenizers, model files), node-only
-NODE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard node/*.c node/engine/*.c))
+COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC)) $(BUILD)/proto/medfl.pb-c.o
+# node/engine/*.c, *.cu: the ML engine (model families, backends, tokenizers, model files),
+# node-only
+NODE_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard node/*.c node/engine/*.c)) $(CU_OBJ)
 AGG_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard aggregator/*.c))
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/bench/*.c))
 # Programs' modules other than main.c are linked into unit tests too.
@@ -105,7 +111,7 @@ $(BUILD)/proto/medfl.pb-c.o: $(PROTO_C)
 	@$(if $(V),,echo "  CC      $<")
 	$(Q)$(CC) $(filter-out -Werror,$(CFLAGS)) -c $< -o $@
 
-$(BUILD)/common/%.cu.o: common/%.cu
+$(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  NVCC    $<")
 	$(Q)$(NVCC) -O2 -std=c++17 -I. -Xcompiler -fPIC,-fno-threadsafe-statics,-fno-exceptions,-Wall,-Wextra -Werror all-warnings $(CUDA_ARCH) -MD -MP -MF $@.d -c $< -o $@
@@ -118,7 +124,7 @@ $(LIB): $(COMMON_OBJ)
 $(BIN)/medfl-node: $(NODE_OBJ) $(LIB)
 	@mkdir -p $(BIN)
 	@$(if $(V),,echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LDLIBS)
 
 $(BIN)/medfl-aggregator: $(AGG_OBJ) $(LIB)
 	@mkdir -p $(BIN)
@@ -128,7 +134,7 @@ $(BIN)/medfl-aggregator: $(AGG_OBJ) $(LIB)
 $(BIN)/medfl-bench: $(BENCH_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(BIN)
 	@$(if $(V),,echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LDLIBS)
 
 # tests/unit/testlib.c: fixture helpers shared by the unit tests, and fedlib.c: the in-process
 # federation harness; linked into each unit and attack-suite test.
@@ -137,12 +143,12 @@ TESTLIB_OBJ := $(BUILD)/tests/unit/testlib.o $(BUILD)/tests/unit/fedlib.o
 $(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TESTLIB_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LDLIBS) -lcmocka
 
 $(BUILD)/tests/adv_%: $(BUILD)/tests/adversarial/adv_%.o $(TESTLIB_OBJ) $(NODE_LIB_OBJ) $(AGG_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@$(if $(V),,echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LDLIBS) -lcmocka
 
 unit: all $(UNIT_BIN)
 	@MEDFL_BIN=$(abspath $(BIN)) bash tests/run-unit.sh $(UNIT_BIN)
@@ -194,7 +200,7 @@ build-fuzz/obj/proto/medfl.pb-c.o: build-fuzz/proto/medfl.pb-c.c
 	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
 	@$(if $(V),,echo "  FUZZ    $@")
-	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm
+	$(Q)clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(ENGINE_BLAS) $(PKG_LIBS) -lm
 
 clean:
 	rm -rf build build-san build-fuzz bin

@@ -81,7 +81,7 @@ static const char *const s_target_order[] = {"attention.self.query", "attention.
                                              "attention.self.value", "attention.output.dense",
                                              "intermediate.dense", "output.dense"};
 
-/* Sort key reproducing the model's trainable layout (common/model: layers, targets in
+/* Sort key reproducing the model's trainable layout (node/engine/model: layers, targets in
  * bitmask order, A then B; then classifier weight, bias), so a seeded version's flat vector
  * is laid out as the nodes' own. */
 static void s_layout_key(const char *name, long key[4])

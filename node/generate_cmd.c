@@ -17,7 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/safetensors.h"

@@ -18,7 +18,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/safetensors.h"
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 #include "node/commands.h"
 #include "node/node_config.h"
 

@@ -15,7 +15,7 @@
 #include "common/cli.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "common/model.h"
+#include "node/engine/model.h"
 #include "common/safetensors.h"
 #include "common/version_store.h"
 #include "node/node.h"

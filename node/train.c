@@ -26,13 +26,14 @@
 #include <unistd.h>
 
 #include "common/adapter_file.h"
-#include "common/backend.h"
-#include "common/base_file.h"
+#include "node/engine/backend.h"
+#include "node/engine/base_file.h"
 #include "common/dp.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "common/model.h"
-#include "common/tokenizer.h"
+#include "node/engine/family.h"
+#include "node/engine/model.h"
+#include "node/engine/tokenizer.h"
 
 typedef struct {
     train_config_t cfg;
@@ -1019,9 +1020,6 @@ int trainer_majority_baseline(const trainer_t *t, int split, train_eval_t *out)
 
 /* ------------------------------------------------------------------ checkpoints */
 
-static const char *const s_target_names[MODEL_N_TARGETS] = {"query", "key", "value",
-                                                            "attn_out", "ffn_in", "ffn_out"};
-
 int trainer_save(trainer_t *t, const char *path, bool with_optimizer)
 {
     const model_config_t *mc = model_config(t->m);
@@ -1036,9 +1034,8 @@ int trainer_save(trainer_t *t, const char *path, bool with_optimizer)
      * base imported before it did) the local path. */
     snprintf(a.base_model_name, sizeof a.base_model_name, "%s",
              t->base_name[0] ? t->base_name : t->cfg.base);
-    const char *targets[MODEL_N_TARGETS];
-    for (int i = 0; i < MODEL_N_TARGETS; i++)
-        if (mc->lora_targets & (1u << i)) targets[a.n_targets++] = s_target_names[i];
+    const char *targets[FAMILY_MAX_TARGETS];
+    a.n_targets = family_targets_names(family_bert(), mc->lora_targets, targets);
     a.targets = (char **)targets;
     a.labels = t->labels;
     a.n_labels = t->n_labels;
@@ -1080,9 +1077,10 @@ int trainer_load(trainer_t *t, const char *path)
     const model_config_t *mc = model_config(t->m);
     int rc = 0;
     unsigned targets = 0;
-    for (size_t i = 0; i < a.n_targets; i++)
-        for (int k = 0; k < MODEL_N_TARGETS; k++)
-            if (strcmp(a.targets[i], s_target_names[k]) == 0) targets |= 1u << k;
+    for (size_t i = 0; i < a.n_targets; i++) {
+        int k = family_target_find(family_bert(), a.targets[i]);
+        if (k >= 0) targets |= 1u << k; /* an unknown name then mismatches model.lora below */
+    }
     if (a.base_hash[0] && strcmp(a.base_hash, t->base_hash) != 0)
         rc = medfl_error_set(MEDFL_ECONFIG, "%s: adapter belongs to base model %.16s…, "
                              "model.base is %.16s…", path, a.base_hash, t->base_hash);

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 #include "node/engine/bpe_unicode.h"
 
 enum { PRE_GPT2 = 1, PRE_SMOLLM, PRE_LLAMA3, PRE_QWEN2 };

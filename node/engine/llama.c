@@ -32,18 +32,10 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "node/engine/family.h"
 #include "node/engine/quant.h"
 
-enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN };
-
-static const char *s_target_module[LLAMA_N_TARGETS] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
-};
-static const char *s_target_short[LLAMA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-static const char *s_target_peft[LLAMA_N_TARGETS] = {"q_proj",    "k_proj",  "v_proj",
-                                                     "o_proj",    "gate_proj", "up_proj",
-                                                     "down_proj"};
+enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN }; /* target order of family_llama() */
 
 /* Rows of the lm_head computed at once: a slice of logits is at most this many floats
  * (8 MB), whatever the vocabulary. */
@@ -222,35 +214,7 @@ int llama_config_check(const llama_config_t *c)
 
 int llama_lora_targets_parse(const char *list, unsigned *out)
 {
-    unsigned mask = 0;
-    if (list == NULL || out == NULL)
-        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (!*p)
-            break;
-        size_t len = strcspn(p, ", ");
-        bool found = len == 3 && strncmp(p, "all", 3) == 0;
-        if (found)
-            mask |= LLAMA_LORA_ALL;
-        for (int t = 0; t < LLAMA_N_TARGETS && !found; t++)
-            if ((strlen(s_target_short[t]) == len && strncmp(p, s_target_short[t], len) == 0) ||
-                (strlen(s_target_peft[t]) == len && strncmp(p, s_target_peft[t], len) == 0)) {
-                mask |= 1u << t;
-                found = true;
-            }
-        if (!found)
-            return medfl_error_set(MEDFL_EINVAL,
-                                   "lora targets: unknown target '%.*s' (expected q_proj, "
-                                   "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj or "
-                                   "all)", (int)(len > 40 ? 40 : len), p);
-        p += len;
-    }
-    if (mask == 0)
-        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
-    *out = mask;
-    return 0;
+    return family_targets_parse(family_llama(), list, out);
 }
 
 /* ------------------------------------------------------------------ sizes tables */
@@ -342,14 +306,12 @@ static int s_build_trainable_table(llama_t *m)
             if (!(c->lora_targets & (1u << t)))
                 continue;
             *lo = (s_lora){.on = true, .in = in[t], .out = out[t]};
-            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_A.weight", l,
-                     s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in, true) != 0)
+            if (family_lora_name(family_llama(), l, t, 'A', nm, sizeof nm) != 0 ||
+                s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in, true) != 0)
                 return -1;
             lo->off_a = m->tr_t[m->n_tr_t - 1].offset;
-            snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.lora_B.weight", l,
-                     s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r, true) != 0)
+            if (family_lora_name(family_llama(), l, t, 'B', nm, sizeof nm) != 0 ||
+                s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r, true) != 0)
                 return -1;
             lo->off_b = m->tr_t[m->n_tr_t - 1].offset;
         }

@@ -2,7 +2,7 @@
  * forward, causal-LM loss over response tokens, backward of the LoRA parameters only,
  * per-example LoRA gradients for DP-SGD, AdamW.
  *
- * WHY this shape: the same llm.c style as the BERT encoder (common/model.h) -- each parameter
+ * WHY this shape: the same llm.c style as the BERT encoder (node/engine/model.h) -- each parameter
  * set is ONE contiguous buffer cut by a sizes table (the flat trainable vector is what the
  * node serialises, clips, masks and sums), forward and backward side by side with shapes in
  * comments, names from Hugging Face (base) and PEFT (LoRA) so importers and exporters work by
@@ -36,8 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/backend.h"
-#include "common/model.h" /* adamw_config_t, model_tensor_t */
+#include "node/engine/backend.h"
+#include "node/engine/model.h" /* adamw_config_t, model_tensor_t */
 
 /* LoRA targets, as a bitmask (PEFT module names q_proj ... down_proj). */
 enum {

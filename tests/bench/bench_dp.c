@@ -18,7 +18,7 @@
 #include "common/cli.h"
 #include "common/dp.h"
 #include "common/error.h"
-#include "common/model.h"
+#include "node/engine/model.h"
 #include "tests/bench/bench.h"
 
 static int s_usage(FILE *out, int rc)

@@ -10,10 +10,10 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/cli.h"
 #include "common/error.h"
-#include "common/model.h"
+#include "node/engine/model.h"
 #include "tests/bench/bench.h"
 
 static void s_usage(void)

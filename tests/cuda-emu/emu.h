@@ -1,4 +1,4 @@
-/* A host emulator for common/backend_cuda.cu: just enough of the CUDA runtime, cuBLAS and the
+/* A host emulator for node/engine/backend_cuda.cu: just enough of the CUDA runtime, cuBLAS and the
  * kernel execution model to run the backend's own code, unchanged, on a machine without a
  * GPU, so that test_backend_parity's GPU cases compare it against the CPU backend.
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs test_backend_parity with common/backend_cuda.cu compiled for the host emulator
+# Runs test_backend_parity with node/engine/backend_cuda.cu compiled for the host emulator
 # (tests/cuda-emu/emu.h) instead of a GPU: every "GPU" case then runs the backend's own
 # kernels and cuBLAS calls, unchanged except for the launch syntax, against the CPU backend.
 # WHY: see emu.h; this is how the CUDA backend is reviewed where no GPU exists.
@@ -15,7 +15,7 @@ tmp=$(mktemp -d /tmp/medfl-cuda-emu-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 # the only change to the source: kernel<<<cfg>>>(args) -> EMU_LAUNCH(kernel, cfg)(args)
 sed -E 's/([A-Za-z_][A-Za-z_0-9]*)<<<(.*)>>>\(/EMU_LAUNCH(\1, \2)(/' \
-  "${MEDFL_EMU_SRC:-common/backend_cuda.cu}" > "$tmp/backend_cuda_emu.cc"
+  "${MEDFL_EMU_SRC:-node/engine/backend_cuda.cu}" > "$tmp/backend_cuda_emu.cc"
 if grep -q '<<<' "$tmp/backend_cuda_emu.cc"; then
   echo "cuda-emu: a kernel launch was not rewritten:"; grep -n '<<<' "$tmp/backend_cuda_emu.cc"; exit 1
 fi
@@ -25,7 +25,8 @@ g++ -std=c++20 -O1 -g $san $defs -I. -Itests/cuda-emu/include -c "$tmp/backend_c
   -o "$tmp/backend_cuda_emu.o"
 pkgs="openblas hdf5-serial"
 cc -std=c11 -O1 -g $san -D_GNU_SOURCE -DMEDFL_HAVE_CUDA=1 -pthread -I. $(pkg-config --cflags $pkgs) \
-  -o "$tmp/test_backend_parity_emu" tests/unit/test_backend_parity.c common/backend.c \
-  common/backend_cpu.c common/model.c common/error.c common/log.c "$tmp/backend_cuda_emu.o" \
+  -o "$tmp/test_backend_parity_emu" tests/unit/test_backend_parity.c node/engine/backend.c \
+  node/engine/backend_cpu.c node/engine/model.c node/engine/family.c node/engine/llama.c \
+  common/error.c common/log.c "$tmp/backend_cuda_emu.o" \
   $(pkg-config --libs $pkgs) -lcmocka -lstdc++ -lm
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=0} "$tmp/test_backend_parity_emu"

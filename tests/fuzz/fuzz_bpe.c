@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 #include "node/engine/bpe.h"
 #include "node/engine/bpe_chat.h"
 #include "node/engine/bpe_gguf.h"

@@ -26,13 +26,13 @@ esac
 
 
 # the nvcc rule from a clean folder
-out=$(make --no-print-directory BUILD="$T/build" "$T/build/common/backend_cuda.cu.o" 2>&1) \
+out=$(make --no-print-directory BUILD="$T/build" "$T/build/node/engine/backend_cuda.cu.o" 2>&1) \
   || die "nvcc rule failed: $out"
-nm "$T/build/common/backend_cuda.cu.o" | grep -q ' T backend_cuda_new$' \
+nm "$T/build/node/engine/backend_cuda.cu.o" | grep -q ' T backend_cuda_new$' \
   || die "backend_cuda.cu.o does not export backend_cuda_new with C linkage"
 # the embedded fat binary names its targets (cuobjdump is not in every toolkit install)
 for sm in sm_75 sm_80 sm_90 compute_90; do
-  grep -aq "$sm" "$T/build/common/backend_cuda.cu.o" || die "no $sm code in backend_cuda.cu.o"
+  grep -aq "$sm" "$T/build/node/engine/backend_cuda.cu.o" || die "no $sm code in backend_cuda.cu.o"
 done
 
 # the programs under test

@@ -19,11 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
-#include "common/model.h"
+#include "node/engine/model.h"
 #ifdef MEDFL_HAVE_CUDA
-#include "common/backend_cuda.h"
+#include "node/engine/backend_cuda.h"
 #endif
 
 #define KERNEL_TOL 1e-4 /* one kernel: only summation order and libm differ */

@@ -21,11 +21,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/base_file.h"
+#include "node/engine/base_file.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/safetensors.h"
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 #include "node/commands.h"
 #include "node/importer.h"
 

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "node/engine/llama.h"

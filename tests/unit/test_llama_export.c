@@ -28,7 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "node/engine/gguf.h"

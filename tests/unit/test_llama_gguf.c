@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
 #include "common/safetensors.h"
 #include "node/engine/bpe_chat.h"

@@ -17,13 +17,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/backend.h"
-#include "common/base_file.h"
+#include "node/engine/backend.h"
+#include "node/engine/base_file.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "common/model.h"
-#include "common/model_io.h"
-#include "common/tokenizer.h"
+#include "node/engine/model.h"
+#include "node/engine/model_io.h"
+#include "node/engine/tokenizer.h"
 #include "node/importer.h"
 
 static char *s_find_minilm(void)

@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
-#include "common/model.h"
+#include "node/engine/model.h"
 
 #define FIXTURE "tests/ref/fixtures/model_tiny.h5"
 #define REL_TOL 1e-4

@@ -14,10 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "common/model_io.h"
+#include "node/engine/model_io.h"
 #include "node/importer.h"
 
 static char s_dir[] = "/tmp/medfl-test-modelio-XXXXXX";

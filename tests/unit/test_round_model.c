@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/base_file.h"
+#include "node/engine/base_file.h"
 #include "common/config.h"
 #include "common/error.h"
 #include "common/log.h"

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 
 #define FIX "tests/ref/fixtures/"
 

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/base_file.h"
+#include "node/engine/base_file.h"
 #include "common/error.h"
 
 static char s_dir[600];

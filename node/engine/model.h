@@ -7,7 +7,7 @@
  * layer, then the head), their gradients, AdamW m and v -- so the flat trainable vector is
  * what the node serialises, clips, masks and sums, and the optimizer is one loop. Every
  * tensor has its Hugging Face / PEFT name so that importers and exporters work by name.
- * All arithmetic goes through a backend_t (common/backend.h), so the cuBLAS backend runs the
+ * All arithmetic goes through a backend_t (node/engine/backend.h), so the cuBLAS backend runs the
  * same code.
  *
  * Typical use:
@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 
 /* LoRA targets, as a bitmask. */
 enum {

@@ -3,9 +3,9 @@
  * WHY: the node config and the CLIs name a device; this is the one place that turns the name
  * into a backend, so the fallback rule (auto -> cpu without a usable GPU, logged once per
  * process) and the error for an explicit but unavailable "cuda" are the same everywhere.
- * The CUDA side is reached only through common/backend_cuda.h, and only in builds with the
+ * The CUDA side is reached only through node/engine/backend_cuda.h, and only in builds with the
  * CUDA toolkit (MEDFL_HAVE_CUDA): a USE_CUDA=0 build references no CUDA symbol. */
-#include "common/backend.h"
+#include "node/engine/backend.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,7 +15,7 @@
 #include "common/log.h"
 
 #ifdef MEDFL_HAVE_CUDA
-#include "common/backend_cuda.h"
+#include "node/engine/backend_cuda.h"
 #endif
 
 /* "no GPU found" is said once per process, not once per model or round */

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "common/named_tensor.h"
-#include "common/tokenizer.h"
+#include "node/engine/tokenizer.h"
 
 #define BASE_FILE_FORMAT "medfl-base-model"
 #define BASE_FILE_VERSION 1

@@ -4,7 +4,7 @@
  * masked softmax, pooling, cross-entropy), AdamW, and the DP-SGD clipping helpers
  * (per-example row norms accumulated in double, weighted row sums).
  *
- * WHY: hospitals with a GPU train on it; the model (common/model.c) is written once against
+ * WHY: hospitals with a GPU train on it; the model (node/engine/model.c) is written once against
  * the backend table, so this file implements exactly the CPU backend's semantics
  * (backend_cpu.c is the reference, including the same accumulation types: double for
  * LayerNorm statistics, cross-entropy and row norms) so that CPU and GPU nodes compute the
@@ -30,8 +30,8 @@
 #include <time.h>
 
 extern "C" {
-#include "common/backend.h"
-#include "common/backend_cuda.h"
+#include "node/engine/backend.h"
+#include "node/engine/backend_cuda.h"
 #include "common/error.h"
 }
 

@@ -1,6 +1,6 @@
 /* Base model HDF5 file (see base_file.h). The canonical tensor list lives here, in one place,
  * so the importer, the file checks and the model loader agree on names and shapes. */
-#include "common/base_file.h"
+#include "node/engine/base_file.h"
 
 #include <math.h>
 #include <stdarg.h>

@@ -15,7 +15,7 @@
  *   propagate a gradient into the embeddings.
  * Notation: B batch, T sequence, N = B*T rows, C hidden, NH heads, D = C/NH, F ffn, r rank,
  * K labels, s = alpha/r the LoRA scaling. */
-#include "common/model.h"
+#include "node/engine/model.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -23,15 +23,9 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "node/engine/family.h"
 
-enum { T_Q = 0, T_K, T_V, T_AO, T_FI, T_FO };
-
-static const char *s_target_module[MODEL_N_TARGETS] = {
-    "attention.self.query", "attention.self.key", "attention.self.value",
-    "attention.output.dense", "intermediate.dense", "output.dense",
-};
-static const char *s_target_short[MODEL_N_TARGETS] = {"query",  "key",    "value",
-                                                      "attn_out", "ffn_in", "ffn_out"};
+enum { T_Q = 0, T_K, T_V, T_AO, T_FI, T_FO }; /* target order of family_bert() */
 
 typedef struct {
     float *wqkv, *bqkv; /* [3C, C] (query, key, value rows), [3C] */
@@ -140,45 +134,7 @@ int model_config_check(const model_config_t *c)
 
 int model_lora_targets_parse(const char *list, unsigned *out)
 {
-    static const char *peft_names[MODEL_N_TARGETS] = {
-        "query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"};
-    unsigned mask = 0;
-    const char *p = list;
-    if (list == NULL)
-        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
-    if (strcmp(list, "none") == 0) { /* head only: the encoder stays frozen whole */
-        *out = 0;
-        return 0;
-    }
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (!*p)
-            break;
-        size_t len = strcspn(p, ", ");
-        bool found = false;
-        if (len == 3 && strncmp(p, "all", 3) == 0) {
-            mask |= LORA_ALL;
-            found = true;
-        }
-        for (int t = 0; t < MODEL_N_TARGETS && !found; t++) {
-            if ((strlen(s_target_short[t]) == len && strncmp(p, s_target_short[t], len) == 0) ||
-                (strlen(peft_names[t]) == len && strncmp(p, peft_names[t], len) == 0)) {
-                mask |= 1u << t;
-                found = true;
-            }
-        }
-        if (!found)
-            return medfl_error_set(MEDFL_EINVAL,
-                                   "lora targets: unknown target '%.*s' (expected query, key, "
-                                   "value, attn_out, ffn_in, ffn_out, all, or none alone)",
-                                   (int)len, p);
-        p += len;
-    }
-    if (mask == 0)
-        return medfl_error_set(MEDFL_EINVAL, "lora targets: empty list");
-    *out = mask;
-    return 0;
+    return family_targets_parse(family_bert(), list, out);
 }
 
 /* ------------------------------------------------------------------ adamw schedule */
@@ -298,14 +254,12 @@ static int s_build_trainable_table(model_t *m)
             lo->on = true;
             lo->in = t == T_FO ? F : C;
             lo->out = t == T_FI ? F : C;
-            snprintf(nm, sizeof nm, "base_model.model.encoder.layer.%d.%s.lora_A.weight", l,
-                     s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in) != 0)
+            if (family_lora_name(family_bert(), l, t, 'A', nm, sizeof nm) != 0 ||
+                s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, r, lo->in) != 0)
                 return -1;
             lo->off_a = m->tr_t[m->n_tr_t - 1].offset;
-            snprintf(nm, sizeof nm, "base_model.model.encoder.layer.%d.%s.lora_B.weight", l,
-                     s_target_module[t]);
-            if (s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r) != 0)
+            if (family_lora_name(family_bert(), l, t, 'B', nm, sizeof nm) != 0 ||
+                s_add_tensor(&m->tr_t, &m->n_tr_t, &cap, &m->tr_numel, nm, lo->out, r) != 0)
                 return -1;
             lo->off_b = m->tr_t[m->n_tr_t - 1].offset;
         }

@@ -2,7 +2,7 @@
  * the few elementwise and row-wise kernels of a BERT encoder, LoRA and AdamW), behind one
  * table of function pointers.
  *
- * WHY: the model (common/model.c) is written once against this table; the CPU backend
+ * WHY: the model (node/engine/model.c) is written once against this table; the CPU backend
  * (backend_cpu.c, OpenBLAS) and the later cuBLAS backend implement the same table, so the
  * model's forward/backward never call BLAS or loops over tensors directly. All float
  * pointers handed to the kernels are "device" pointers obtained from backend->alloc (on the

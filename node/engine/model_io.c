@@ -1,7 +1,7 @@
 /* Model <-> files glue (see model_io.h). Adapters are matched to the model by tensor name,
  * never by position, so a file written by another build or node with a different internal
  * ordering still loads into the right slots or fails naming the tensor. */
-#include "common/model_io.h"
+#include "node/engine/model_io.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -9,9 +9,8 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "node/engine/family.h"
 
-static const char *const s_target_names[MODEL_N_TARGETS] = {"query",  "key",    "value",
-                                                            "attn_out", "ffn_in", "ffn_out"};
 
 void model_config_from_base(model_config_t *cfg, const base_config_t *b)
 {
@@ -45,10 +44,7 @@ int model_load_base(model_t *m, base_file_t *bf)
 
 size_t model_targets_names(unsigned targets, const char *names[MODEL_N_TARGETS])
 {
-    size_t n = 0;
-    for (int k = 0; k < MODEL_N_TARGETS; k++)
-        if (targets & (1u << k)) names[n++] = s_target_names[k];
-    return n;
+    return family_targets_names(family_bert(), targets, names);
 }
 
 int model_save_adapter(const model_t *m, const char *path, const char *const *labels,

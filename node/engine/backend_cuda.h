@@ -1,5 +1,5 @@
-/* CUDA backend (common/backend_cuda.cu): cuBLAS for every matrix product, small CUDA kernels
- * for the rest of the backend table (common/backend.h).
+/* CUDA backend (node/engine/backend_cuda.cu): cuBLAS for every matrix product, small CUDA kernels
+ * for the rest of the backend table (node/engine/backend.h).
  * WHY a separate header: the .cu is compiled by nvcc only when the CUDA toolkit is found
  * (Makefile, MEDFL_HAVE_CUDA); the C side (backend.c, tests) declares what it calls from it
  * here, with C linkage, and never includes a CUDA header itself. Nothing here exists in a
@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "common/backend.h"
+#include "node/engine/backend.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -6,7 +6,7 @@
  * milliseconds) instead of a pool that would sit beside OpenBLAS' own.
  * One CPU backend is driven by one thread at a time: OpenBLAS' thread count is process-wide
  * and sgemm_batched lowers it to 1 while it spreads small products over its own threads. */
-#include "common/backend.h"
+#include "node/engine/backend.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -1,4 +1,4 @@
-/* Glue between the model engine (common/model.h) and the files: the model's config from a
+/* Glue between the model engine (node/engine/model.h) and the files: the model's config from a
  * base model file, its frozen weights from that file, and the trainable LoRA + head tensors
  * saved to / loaded from adapter files by name. Kept apart from model.c and adapter_file.c so
  * that neither depends on the other; everything goes through their public APIs. */
@@ -8,8 +8,8 @@
 #include <stddef.h>
 
 #include "common/adapter_file.h"
-#include "common/base_file.h"
-#include "common/model.h"
+#include "node/engine/base_file.h"
+#include "node/engine/model.h"
 
 /* Copies the encoder sizes of a base file's config into cfg (other fields kept). */
 void model_config_from_base(model_config_t *cfg, const base_config_t *base);

@@ -26,7 +26,7 @@ g++ -std=c++20 -O1 -g $san $defs -I. -Itests/cuda-emu/include -c "$tmp/backend_c
 pkgs="openblas hdf5-serial"
 cc -std=c11 -O1 -g $san -D_GNU_SOURCE -DMEDFL_HAVE_CUDA=1 -pthread -I. $(pkg-config --cflags $pkgs) \
   -o "$tmp/test_backend_parity_emu" tests/unit/test_backend_parity.c node/engine/backend.c \
-  node/engine/backend_cpu.c node/engine/model.c node/engine/family.c node/engine/llama.c \
+  node/engine/backend_cpu.c node/engine/model.c node/engine/family.c node/engine/llama.c node/engine/quant.c \
   common/error.c common/log.c "$tmp/backend_cuda_emu.o" \
   $(pkg-config --libs $pkgs) -lcmocka -lstdc++ -lm
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=0} "$tmp/test_backend_parity_emu"

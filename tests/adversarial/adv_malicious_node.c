@@ -9,6 +9,8 @@
  *   a peer that never reads                 -> dropped, the loop never waits on it
  *   2 MiB SHARE_KEYS of a million entries   -> refused before protobuf decodes it (RSS flat)
  *   an update of huge norm (plain)          -> scaled down to federation.update_norm_max
+ *   an unclipped masked input (secure)      -> the unmasked sum is out of the ring's clip
+ *                                              range: the round aborts, nothing committed
  *   forged evaluation reports               -> refused unless from a contributor of the
  *                                              round collecting them, for its version, once
  *
@@ -31,6 +33,7 @@
 #include <zmq.h>
 
 #include "aggregator/rounds.h"
+#include "common/fedround.h"
 #include "common/service.h"
 #include "common/wire.h"
 #include "tests/unit/fedlib.h"
@@ -359,6 +362,60 @@ static void test_huge_update_clipped(void **state)
     fed_free(&f);
 }
 
+/* ---- 6b. an unclipped input under secure aggregation --------------------------------------- */
+
+/* h2 runs the honest protocol (keys, shares, signatures, unmask) but its masked input carries
+ * coordinate 0 beyond compression.clip. Masks are additive mod 2^32, so adding delta to the
+ * masked value y_0 is exactly what a node that encoded x_0 + delta (skipping the clamp of
+ * secagg_encode) would send: nothing before the unmasking can see it. */
+typedef struct {
+    uint32_t delta;
+    uint64_t round;
+    int poisoned;
+} poison_t;
+
+static void s_poison(fed_t *f, size_t i, wire_msg_t *msg, void *ctx)
+{
+    (void)f;
+    poison_t *p = ctx;
+    if (i != 2 || msg->type != MEDFL__MSG_TYPE__MSG_MASKED_INPUT || msg->round_id != p->round ||
+        !msg->bulk || msg->bulk_len < 4)
+        return;
+    uint8_t *b = zmq_msg_data(&msg->_bulk_msg); /* U32 little-endian, the bytes wire received */
+    uint32_t y = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    y += p->delta;
+    b[0] = (uint8_t)y, b[1] = (uint8_t)(y >> 8), b[2] = (uint8_t)(y >> 16), b[3] = (uint8_t)(y >> 24);
+    p->poisoned++;
+}
+
+static void test_unclipped_masked_input_aborts_round(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 3, true, "none");
+    f.cfg.fed_rounds = 2;
+    /* 2 clip in fixed point: the decoded sum is ~2 clip at coordinate 0, twice the bound */
+    secagg_fixed_t fx;
+    assert_int_equal(fed_fixed_params(3, f.cfg.comp_clip, &fx), 0);
+    poison_t p = {.delta = (uint32_t)llround(2 * f.cfg.comp_clip * fx.scale), .round = 1};
+    f.from_node = s_poison;
+    f.from_node_ctx = &p;
+    testlib_log_reset();
+    fed_run_until_completed(&f, 1, 30000);
+    assert_int_equal(p.poisoned, 1);
+    assert_true(testlib_log_has("round 1 aborted in phase unmask: unmasked sum out of the ring's "
+                                "clip range at coordinate 0 (bound 0.05 for weight 1)"));
+    assert_true(testlib_log_has("some input was not clipped; nothing committed"));
+    assert_false(testlib_log_has("round 1: version 2 committed"));
+    /* the next round (honest) committed version 2 = genesis + the mean of the three deltas */
+    assert_true(testlib_log_has("round 2: version 2 committed from 3 updates"));
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    double want[FED_DIM];
+    fed_mean_delta(0x7, want);
+    fed_check_head(&f, want, 1e-4);
+    fed_free(&f);
+}
+
 /* ---- 7. forged evaluation reports --------------------------------------------------------- */
 
 static long long s_count_evals(fed_t *f, const char *where)
@@ -462,6 +519,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_short_bulk_masked_input_refused),
         cmocka_unit_test(test_peer_that_never_reads),
         cmocka_unit_test(test_huge_update_clipped),
+        cmocka_unit_test(test_unclipped_masked_input_aborts_round),
         cmocka_unit_test(test_forged_eval_reports),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

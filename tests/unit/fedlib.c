@@ -198,6 +198,10 @@ void fed_step(fed_t *f)
         wire_msg_t msg;
         memset(&msg, 0, sizeof msg);
         int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
+        if (rc == 1 && f->from_node)
+            for (size_t i = 0; i < f->n; i++)
+                if (strcmp(msg.node_id, f->ids[i]) == 0)
+                    f->from_node(f, i, &msg, f->from_node_ctx);
         if (rc == 1 && msg.type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT && f->bad_eval >= 0 &&
             strcmp(msg.node_id, f->ids[f->bad_eval]) == 0)
             msg.body.eval_report->loss += 1.0;

@@ -4,6 +4,9 @@
  * is one attack that worked then; it asserts the refusal, the log line the operator sees,
  * and that the honest nodes' rounds are unharmed.
  *
+ *   a frame above what the model needs      -> its connection dropped by libzmq before the
+ *                                              frame is buffered (ZMQ_MAXMSGSIZE sized from
+ *                                              the head model), rounds go on
  *   short bulk under a compressed header    -> refused by wire, and by the round's handler
  *                                              when it gets past wire (no read past the frame)
  *   a peer that never reads                 -> dropped, the loop never waits on it
@@ -32,6 +35,7 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "aggregator/aggregator.h"
 #include "aggregator/rounds.h"
 #include "common/fedround.h"
 #include "common/service.h"
@@ -247,6 +251,78 @@ static void test_short_bulk_masked_input_refused(void **state)
     s_check_honest_mean(&f, 20, 1e-4);
     assert_true(testlib_log_has("rejected message from unknown node: MASKED_INPUT: bulk frame "
                                 "of 64 bytes does not hold 20 elements of 4 bytes"));
+    fed_free(&f);
+}
+
+/* ---- 1b. a frame larger than the round can need ------------------------------------------ */
+
+/* Waits up to max_ms for a ZMQ_EVENT_DISCONNECTED on the raw socket's monitor. */
+static bool s_raw_disconnected(void *mon, fed_t *f, int64_t max_ms)
+{
+    int64_t end = service_now_ms() + max_ms;
+    while (service_now_ms() < end) {
+        fed_step(f);
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            continue;
+        }
+        uint16_t event = 0;
+        memcpy(&event, zmq_msg_data(&ev), sizeof event);
+        zmq_msg_close(&ev);
+        zmq_msg_t addr;
+        zmq_msg_init(&addr);
+        (void)zmq_msg_recv(&addr, mon, 0);
+        zmq_msg_close(&addr);
+        if (event == ZMQ_EVENT_DISCONNECTED) return true;
+    }
+    return false;
+}
+
+static void test_frame_above_model_dropped(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    /* the daemon's limit for this model: 4 x 8 parameters + 64 KiB of bulk, the 4 MiB
+     * envelope limit being the larger; the old default let a 2 GiB frame through */
+    assert_int_equal(aggregator_bulk_max(&f.cfg, FED_DIM), 32 + AGG_BULK_HEADROOM);
+    raw_t r;
+    r.ctx = zmq_ctx_new();
+    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_socket_monitor(r.sock, "inproc://adv-frame-mon", ZMQ_EVENT_ALL), 0);
+    void *mon = zmq_socket(r.ctx, ZMQ_PAIR);
+    assert_int_equal(zmq_connect(mon, "inproc://adv-frame-mon"), 0);
+    assert_int_equal(zmq_connect(r.sock, wire_server_endpoint(f.server)), 0);
+    testlib_log_reset();
+    while (rounds_current(f.rounds) != 1) fed_step(&f);
+    /* h2's envelope, then a bulk frame 1 byte above the 4 MiB frame limit */
+    Medfl__Update u = MEDFL__UPDATE__INIT;
+    u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_F32;
+    u.n_elements = FED_DIM;
+    u.base_version = 1;
+    uint8_t body[64];
+    size_t blen = medfl__update__pack(&u, body);
+    size_t big = WIRE_ENVELOPE_MAX + 1;
+    uint8_t *bulk = calloc(1, big);
+    assert_non_null(bulk);
+    assert_int_equal(s_raw_send(&r, MEDFL__MSG_TYPE__MSG_UPDATE, 1, "h2", body, blen, ZMQ_SNDMORE), 0);
+    assert_int_equal(zmq_send(r.sock, bulk, big, 0), (int)big);
+    free(bulk);
+    /* libzmq closed the connection on the frame's size prefix */
+    assert_true(s_raw_disconnected(mon, &f, 10000));
+    fed_run_until_completed(&f, 2, 30000);
+    /* the frame never reached wire's decoder nor the round's handler */
+    assert_false(testlib_log_has("bulk frame of 4194305 bytes"));
+    assert_false(testlib_log_has("UPDATE from node h2 refused"));
+    assert_true(testlib_log_has("round 2: version 3 committed from 3 updates"));
+    zmq_socket_monitor(r.sock, NULL, 0);
+    zmq_close(mon);
+    s_raw_close(&r);
     fed_free(&f);
 }
 
@@ -514,6 +590,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         /* first: it measures the peak RSS, which later tests would raise */
         cmocka_unit_test(test_share_keys_million_entries),
+        cmocka_unit_test(test_frame_above_model_dropped),
         cmocka_unit_test(test_short_bulk_update_refused_by_wire),
         cmocka_unit_test(test_short_bulk_update_refused_by_round),
         cmocka_unit_test(test_short_bulk_masked_input_refused),

@@ -314,7 +314,7 @@ static void test_frame_above_model_dropped(void **state)
     assert_int_equal(zmq_send(r.sock, bulk, big, 0), (int)big);
     free(bulk);
     /* libzmq closed the connection on the frame's size prefix */
-    assert_true(s_raw_disconnected(mon, &f, 10000));
+    assert_true(s_raw_disconnected(mon, &f, 30000));
     fed_run_until_completed(&f, 2, 30000);
     /* the frame never reached wire's decoder nor the round's handler */
     assert_false(testlib_log_has("bulk frame of 4194305 bytes"));

@@ -25,8 +25,9 @@ const cfg_option_t agg_config_table[] = {
      "period of transport and application heartbeats, told to nodes in Welcome"},
     {"net.heartbeat_timeout_ms", CFG_INT, O(heartbeat_timeout_ms), 300, 3600000, "5000", false,
      NULL, "a node silent for this long is marked disconnected (at least 3 heartbeat intervals)"},
-    {"net.max_update_mib", CFG_INT, O(max_update_mib), 1, 4096, "2048", false, NULL,
-     "largest bulk frame (update tensors) accepted from a node, in MiB"},
+    {"net.max_update_mib", CFG_INT, O(max_update_mib), 0, 4096, "0", false, NULL,
+     "largest bulk frame (update tensors) accepted from a node, in MiB; 0 = derived from the "
+     "head model at start (4 bytes per parameter + 64 KiB)"},
     {"registry.poll_ms", CFG_INT, O(registry_poll_ms), 100, 60000, "1000", true, NULL,
      "how often the daemon checks the registry for enroll/revoke made by the tools"},
     {"log.level", CFG_ENUM, O(log_level), 0, 0, "info", true, "debug|info|warn|error",

@@ -22,6 +22,7 @@
 #include "common/metrics.h"
 #include "common/service.h"
 #include "common/store.h"
+#include "common/version_store.h"
 #include "common/wire.h"
 #include "aggregator/rounds.h"
 #include "aggregator/versions.h"
@@ -59,6 +60,8 @@ struct aggregator_t {
     uint64_t m_sent, m_received; /* wire traffic already added to the counters */
     uint8_t allow_digest[32]; /* of the allowlist last handed to wire: reloads log changes only */
     int lock_fd;        /* state folder lock, held for the process lifetime */
+    size_t bulk_max;    /* largest bulk frame, sized at start (aggregator_bulk_max) */
+    size_t bulk_warned; /* head parameter count already reported as above bulk_max */
 };
 
 static agg_peer_t *s_peer_find(aggregator_t *self, const char *node_id)
@@ -430,6 +433,25 @@ static int s_record_start(aggregator_t *self)
     return 0;
 }
 
+size_t aggregator_bulk_max(const agg_config_t *cfg, uint64_t numel)
+{
+    if (cfg->max_update_mib > 0) return (size_t)cfg->max_update_mib << 20;
+    return (size_t)(4 * numel) + AGG_BULK_HEADROOM;
+}
+
+/* Parameters of the model the first round will train: the head version, or the genesis the
+ * rounds will create (federation.genesis_zero_dim), or 0 with no model yet. */
+static uint64_t s_head_numel(const agg_config_t *cfg, const char *vdir)
+{
+    vs_store_t *vs = vs_store_open(vdir, true);
+    uint64_t numel = cfg->fed_genesis_dim > 0 ? (uint64_t)cfg->fed_genesis_dim : 0;
+    vs_manifest_t *m = vs ? vs_store_manifest(vs, vs_store_head(vs)) : NULL;
+    if (m) numel = m->numel;
+    vs_manifest_destroy(&m);
+    vs_store_destroy(&vs);
+    return numel;
+}
+
 aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
 {
     aggregator_t *self = calloc(1, sizeof *self);
@@ -457,7 +479,14 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
     wire_options_default(&opts);
     opts.heartbeat_ivl_ms = (int)cfg->heartbeat_ivl_ms;
     opts.heartbeat_timeout_ms = (int)cfg->heartbeat_timeout_ms;
-    opts.max_bulk = (size_t)cfg->max_update_mib << 20;
+    /* ZMQ_MAXMSGSIZE is read when a connection is made (libzmq copies the options at bind),
+     * so it is sized here, before the ROUTER binds, from the model the rounds train: libzmq
+     * then drops a peer announcing a bigger frame before buffering it. */
+    char vdir[CFG_STR_MAX + 16];
+    versions_dir(cfg->state_dir, vdir, sizeof vdir);
+    uint64_t numel = s_head_numel(cfg, vdir);
+    self->bulk_max = opts.max_bulk = aggregator_bulk_max(cfg, numel);
+    self->bulk_warned = (size_t)numel;
     self->server = wire_server_new(cfg->bind, self->keys->curve_secret, self->keys->curve_public,
                                    &opts);
     if (!self->server) goto fail;
@@ -467,8 +496,6 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
     if (s_reload_allowlist(self) != 0) goto fail;
     if (s_record_start(self) != 0) goto fail;
     {
-        char vdir[CFG_STR_MAX + 16];
-        versions_dir(cfg->state_dir, vdir, sizeof vdir);
         self->rounds = rounds_new(&self->cfg, self->server, path, vdir, self->keys->sign_secret,
                                   self->keys->sign_public);
         if (!self->rounds) goto fail;
@@ -479,6 +506,14 @@ aggregator_t *aggregator_new(const agg_config_t *cfg, const char *config_path)
     keys_key_id(self->keys->curve_public, key_id);
     LOG_INFO(NET, "aggregator %s listening on %s (instance %s, server key %s)", cfg->name,
              wire_server_endpoint(self->server), self->instance_hex, key_id);
+    size_t frame_max = self->bulk_max > WIRE_ENVELOPE_MAX ? self->bulk_max : WIRE_ENVELOPE_MAX;
+    if (cfg->max_update_mib > 0)
+        LOG_INFO(NET, "frames above %zu bytes are dropped by the transport (net.max_update_mib "
+                 "= %lld)", frame_max, (long long)cfg->max_update_mib);
+    else
+        LOG_INFO(NET, "frames above %zu bytes are dropped by the transport (net.max_update_mib "
+                 "= 0: 4 bytes x %llu parameters of the head version + %zu)", frame_max,
+                 (unsigned long long)numel, AGG_BULK_HEADROOM);
     return self;
 fail:
     aggregator_destroy(&self);
@@ -514,6 +549,22 @@ const char *aggregator_endpoint(const aggregator_t *self)
     return wire_server_endpoint(self->server);
 }
 
+/* A head that grew past the frame limit sized at start (init-version or rollback to another
+ * model): libzmq would drop every node sending a full update, and the limit cannot change on
+ * the bound ROUTER, so the operator is told once per model size to restart. */
+static void s_check_bulk_max(aggregator_t *self)
+{
+    size_t numel = 0;
+    if (self->cfg.max_update_mib > 0 || !rounds_global(self->rounds, &numel) ||
+        numel == self->bulk_warned)
+        return;
+    self->bulk_warned = numel;
+    if (aggregator_bulk_max(&self->cfg, numel) > self->bulk_max)
+        LOG_ERROR(NET, "the head version has %zu parameters, more than the frame limit sized at "
+                  "start (%zu bytes) holds: nodes' updates will be dropped by the transport "
+                  "until the aggregator is restarted", numel, self->bulk_max);
+}
+
 /* The rounds see the live sessions; deadlines are checked at every step. */
 static void s_rounds_tick(aggregator_t *self)
 {
@@ -529,6 +580,7 @@ static void s_rounds_tick(aggregator_t *self)
         n++;
     }
     rounds_tick(self->rounds, rp, n, service_now_ms());
+    s_check_bulk_max(self);
 }
 
 int aggregator_step(aggregator_t *self, int timeout_ms)

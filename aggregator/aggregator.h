@@ -7,9 +7,20 @@
 #ifndef MEDFL_AGGREGATOR_H
 #define MEDFL_AGGREGATOR_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "aggregator/agg_config.h"
 
 typedef struct aggregator_t aggregator_t;
+
+/* Room for the headers of compressed payloads above the 4 bytes per parameter of a dense one. */
+#define AGG_BULK_HEADROOM ((size_t)64 << 10)
+
+/* Largest bulk frame (wire_options_t.max_bulk, hence ZMQ_MAXMSGSIZE) a node may send for a
+ * model of numel parameters: net.max_update_mib when set, else 4 numel + AGG_BULK_HEADROOM
+ * (a dense F32 update or U32 masked input; compressed payloads are smaller). */
+size_t aggregator_bulk_max(const agg_config_t *cfg, uint64_t numel);
 
 /* Loads keys, opens the registry, binds the ROUTER, loads the allowlist and records the
  * bound endpoint (state_dir/endpoint and the registry) for tools and nodes. */

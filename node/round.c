@@ -1,7 +1,10 @@
 /* Node-side round participation (see round.h). One round at a time: a RoundStart with a
  * higher id replaces the one in progress (the aggregator restarted or gave up on it), an
  * Error UNKNOWN_ROUND for the current round ends it. Every failure wipes the secagg client
- * (its secrets) and leaves the node ready for the next round. */
+ * (its secrets) and leaves the node ready for the next round. Round ids only grow: the
+ * highest one this node took to its ledger is kept in STATE_DIR/last_round, and a RoundStart
+ * at or below it (a replay, which the ledger would charge again) is declined, restarts
+ * included. */
 #include "node/round.h"
 
 #include <errno.h>
@@ -25,11 +28,14 @@
 #include "common/version_store.h"
 
 #define RESIDUAL_MAGIC "MFLRES01"
+#define LAST_ROUND_MAX 32 /* bytes of STATE_DIR/last_round: a decimal id and a newline */
 
 struct node_round_t {
     char node_id[WIRE_NODE_ID_MAX + 1];
     char state_dir[1024];
     char residual_path[1100];
+    char last_round_path[1100];
+    uint64_t last_round;      /* highest round id taken to the ledger (STATE_DIR/last_round) */
     uint8_t identity_sk[64], identity_pk[32], agg_pk[32];
     ledger_t *ledger;
     node_round_policy_t policy; /* privacy.require_dp, min_noise_multiplier, max_* */
@@ -111,6 +117,47 @@ static int s_residual_save(node_round_t *self)
         return medfl_error_prefix("%s: cannot write the residual checkpoint: ",
                                   self->residual_path);
     }
+    return 0;
+}
+
+/* ---- the last round taken ---- */
+
+/* 0 with last_round set (0 when the file does not exist: a node that never took a round);
+ * -1 naming the file when it is unreadable or not a round id. */
+static int s_last_round_load(node_round_t *self)
+{
+    FILE *f = fopen(self->last_round_path, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0;
+        return medfl_error_set(MEDFL_EIO, "%s: %s", self->last_round_path, strerror(errno));
+    }
+    char buf[LAST_ROUND_MAX + 1];
+    size_t n = fread(buf, 1, LAST_ROUND_MAX, f);
+    bool more = fgetc(f) != EOF;
+    fclose(f);
+    buf[n] = '\0';
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (more || n == 0 || buf[0] < '0' || buf[0] > '9' || errno != 0 || strcmp(end, "\n") != 0)
+        return medfl_error_set(MEDFL_EFORMAT, "%s: not a round id (a decimal number and a "
+                               "newline); it guards against replayed rounds, restore it rather "
+                               "than delete it", self->last_round_path);
+    self->last_round = v;
+    return 0;
+}
+
+/* atomic_file: after a crash the file holds the old id or the new one. */
+static int s_last_round_save(node_round_t *self, uint64_t rid)
+{
+    char text[LAST_ROUND_MAX];
+    int len = snprintf(text, sizeof text, "%" PRIu64 "\n", rid);
+    atomic_file_t *f = atomic_file_new(self->last_round_path, 0600);
+    if (!f || atomic_file_write(f, text, (size_t)len) != 0 || atomic_file_commit(&f) != 0) {
+        atomic_file_destroy(&f);
+        return medfl_error_prefix("%s: ", self->last_round_path);
+    }
+    self->last_round = rid;
     return 0;
 }
 
@@ -530,6 +577,17 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
                  self->round_id);
         return;
     }
+    /* Round ids only grow (the aggregator journals every id it used): an id at or below
+     * the last this node took is a replay, whose fresh secrets leak nothing but which the
+     * ledger would charge again. */
+    if (rid <= self->last_round) {
+        char why[200];
+        snprintf(why, sizeof why, "round %" PRIu64 " is not after round %" PRIu64 ", the last "
+                 "this node took part in (%s): a replayed round start, nothing trained or "
+                 "charged", rid, self->last_round, self->last_round_path);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, why);
+        return;
+    }
     if (self->round_id) {
         LOG_WARN(NET, "round %" PRIu64 " abandoned: the aggregator started round %" PRIu64,
                  self->round_id, rid);
@@ -655,6 +713,14 @@ static void s_on_round_start(node_round_t *self, const wire_msg_t *msg)
         }
     }
 
+    /* Kept before the ledger sees the round: a crash between the two leaves a round this
+     * node declines if replayed, never one the ledger charges twice. */
+    if (s_last_round_save(self, rid) != 0) {
+        snprintf(text, sizeof text, "cannot keep the round id: %s", medfl_error_message());
+        free(base);
+        s_decline(self, rid, MEDFL__DECLINE_REASON__DECLINE_UNSPECIFIED, text);
+        return;
+    }
     if (s_admit(self, rid, &hp, sigma_acc) != 0) {
         free(base);
         return;
@@ -941,6 +1007,8 @@ node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_
     snprintf(self->node_id, sizeof self->node_id, "%s", opts->node_id);
     snprintf(self->state_dir, sizeof self->state_dir, "%s", opts->state_dir);
     snprintf(self->residual_path, sizeof self->residual_path, "%s/residual.bin", opts->state_dir);
+    snprintf(self->last_round_path, sizeof self->last_round_path, "%s/last_round",
+             opts->state_dir);
     memcpy(self->identity_sk, opts->identity_sk, 64);
     memcpy(self->identity_pk, opts->identity_pk, 32);
     memcpy(self->agg_pk, opts->agg_sign_pk, 32);
@@ -957,6 +1025,10 @@ node_round_t *node_round_new(const node_round_opts_t *opts, const round_trainer_
     snprintf(dir, sizeof dir, "%s/versions", opts->state_dir);
     self->vs = vs_store_open(dir, true);
     if (!self->vs) {
+        node_round_destroy(&self);
+        return NULL;
+    }
+    if (s_last_round_load(self) != 0) {
         node_round_destroy(&self);
         return NULL;
     }

@@ -11,7 +11,9 @@
  *   - split survivor views with a legal t: the survivor set a node signed differs from the
  *     one its unmask request names, or the signatures are withheld / forged: no share;
  *   - a second unmask request in a round (asking for the other share of a peer): refused;
- *   - federation.threshold at or below one half: refused when the config is loaded. */
+ *   - federation.threshold at or below one half: refused when the config is loaded;
+ *   - a RoundStart of a round the node already took part in, replayed (then again after the
+ *     node restarts): declined before the ledger sees it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +31,7 @@
 #include "common/error.h"
 #include "common/secagg.h"
 #include "common/service.h"
+#include "node/ledger.h"
 #include "tests/unit/fedlib.h"
 #include "tests/unit/testlib.h"
 
@@ -285,6 +288,108 @@ static void test_direct_split_views_reveal_nothing(void **state)
     secagg_server_destroy(&srv);
 }
 
+/* ---- a replayed RoundStart ------------------------------------------------------------ */
+
+/* Keeps node 0's RoundStart of round 1 (packed); when round 2's arrives, replays the old one
+ * first, restarts node 0 (a new process on the same state folder) and replays it again. */
+typedef struct {
+    uint8_t *packed;
+    size_t len;
+    int replayed;
+    double spent_before, spent_after;
+} replay_t;
+
+static void s_replay_once(fed_t *f, replay_t *r)
+{
+    wire_msg_t old;
+    memset(&old, 0, sizeof old);
+    old.type = MEDFL__MSG_TYPE__MSG_ROUND_START;
+    old.round_id = 1;
+    snprintf(old.node_id, sizeof old.node_id, "%s", WIRE_SERVER_SENDER);
+    old.body.round_start = medfl__round_start__unpack(NULL, r->len, r->packed);
+    assert_non_null(old.body.round_start);
+    (void)node_round_on_message(f->node[0], &old);
+    medfl__round_start__free_unpacked(old.body.round_start, NULL);
+    r->replayed++;
+}
+
+static void s_replay(fed_t *f, size_t i, wire_msg_t *msg, bool *deliver, void *ctx)
+{
+    (void)deliver;
+    replay_t *r = ctx;
+    if (i != 0 || msg->type != MEDFL__MSG_TYPE__MSG_ROUND_START) return;
+    if (msg->round_id == 1 && !r->packed) {
+        r->len = protobuf_c_message_get_packed_size(&msg->body.round_start->base);
+        r->packed = malloc(r->len);
+        assert_non_null(r->packed);
+        protobuf_c_message_pack(&msg->body.round_start->base, r->packed);
+    } else if (msg->round_id == 2 && r->packed && !r->replayed) {
+        assert_int_equal(ledger_spent(f->ledger[0], &r->spent_before, NULL), 0);
+        s_replay_once(f, r);
+        node_round_destroy(&f->node[0]);
+        fed_node_round(f, 0);
+        s_replay_once(f, r);
+        assert_int_equal(ledger_spent(f->ledger[0], &r->spent_after, NULL), 0);
+    }
+}
+
+static void test_replayed_round_start_refused(void **state)
+{
+    (void)state;
+    testlib_log_reset();
+    fed_t f;
+    replay_t r = {0};
+    fed_init(&f, s_root, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    /* DP rounds, so taking a round costs epsilon in the node's ledger */
+    f.cfg.dp_enabled = true;
+    f.cfg.dp_noise = 1.0;
+    f.cfg.dp_clip = 1.0;
+    f.cfg.dp_sample_rate = 0.01;
+    f.intercept = s_replay;
+    f.intercept_ctx = &r;
+    fed_run_until_completed(&f, 2, 30000);
+    assert_int_equal(r.replayed, 2);
+    assert_true(r.spent_before > 0);
+    /* neither replay (before and after the restart) cost anything */
+    assert_true(r.spent_after == r.spent_before);
+    assert_true(testlib_log_has("declining round 1: round 1 is not after round 1, the last this "
+                                "node took part in ("));
+    assert_true(testlib_log_has("a replayed round start, nothing trained or charged"));
+    int64_t admitted = 0, declined = 0;
+    assert_int_equal(ledger_count(f.ledger[0], &admitted, &declined), 0);
+    assert_int_equal(admitted, 2); /* rounds 1 and 2, once each */
+    /* the restarted node took round 2 as usual: every node contributed to version 3 */
+    assert_true(testlib_log_has("round 2: version 3 committed from 3 updates"));
+    free(r.packed);
+    fed_free(&f);
+}
+
+/* A last_round file that is not a round id stops the node from starting, naming the file. */
+static void test_last_round_file_corrupt(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 2, false, "none");
+    char path[800];
+    snprintf(path, sizeof path, "%s/h0/last_round", f.dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("12x\n", fp);
+    fclose(fp);
+    node_round_destroy(&f.node[0]);
+    round_trainer_t tr = {0};
+    char sdir[800];
+    snprintf(sdir, sizeof sdir, "%s/h0", f.dir);
+    node_round_opts_t o = {.node_id = "h0", .state_dir = sdir, .identity_sk = f.sk[0],
+                           .identity_pk = f.pk[0], .agg_sign_pk = f.agg_pk,
+                           .ledger = f.ledger[0]};
+    assert_null(node_round_new(&o, &tr, f.client[0]));
+    assert_non_null(strstr(medfl_error_message(), "/h0/last_round: not a round id"));
+    assert_null(strstr(medfl_error_message(), "12x"));
+    fed_free(&f);
+}
+
 /* ---- the operator's configuration ------------------------------------------------------- */
 
 static int s_load_threshold(const char *value, agg_config_t *cfg)
@@ -336,6 +441,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_second_unmask_request_refused),
         cmocka_unit_test(test_direct_split_views_reveal_nothing),
         cmocka_unit_test(test_threshold_config),
+        cmocka_unit_test(test_replayed_round_start_refused),
+        cmocka_unit_test(test_last_round_file_corrupt),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

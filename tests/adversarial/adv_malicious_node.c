@@ -4,11 +4,16 @@
  * is one attack that worked then; it asserts the refusal, the log line the operator sees,
  * and that the honest nodes' rounds are unharmed.
  *
+ *   a frame above what the model needs      -> its connection dropped by libzmq before the
+ *                                              frame is buffered (ZMQ_MAXMSGSIZE sized from
+ *                                              the head model), rounds go on
  *   short bulk under a compressed header    -> refused by wire, and by the round's handler
  *                                              when it gets past wire (no read past the frame)
  *   a peer that never reads                 -> dropped, the loop never waits on it
  *   2 MiB SHARE_KEYS of a million entries   -> refused before protobuf decodes it (RSS flat)
  *   an update of huge norm (plain)          -> scaled down to federation.update_norm_max
+ *   an unclipped masked input (secure)      -> the unmasked sum is out of the ring's clip
+ *                                              range: the round aborts, nothing committed
  *   forged evaluation reports               -> refused unless from a contributor of the
  *                                              round collecting them, for its version, once
  *
@@ -30,7 +35,9 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "aggregator/aggregator.h"
 #include "aggregator/rounds.h"
+#include "common/fedround.h"
 #include "common/service.h"
 #include "common/wire.h"
 #include "tests/unit/fedlib.h"
@@ -247,6 +254,78 @@ static void test_short_bulk_masked_input_refused(void **state)
     fed_free(&f);
 }
 
+/* ---- 1b. a frame larger than the round can need ------------------------------------------ */
+
+/* Waits up to max_ms for a ZMQ_EVENT_DISCONNECTED on the raw socket's monitor. */
+static bool s_raw_disconnected(void *mon, fed_t *f, int64_t max_ms)
+{
+    int64_t end = service_now_ms() + max_ms;
+    while (service_now_ms() < end) {
+        fed_step(f);
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            continue;
+        }
+        uint16_t event = 0;
+        memcpy(&event, zmq_msg_data(&ev), sizeof event);
+        zmq_msg_close(&ev);
+        zmq_msg_t addr;
+        zmq_msg_init(&addr);
+        (void)zmq_msg_recv(&addr, mon, 0);
+        zmq_msg_close(&addr);
+        if (event == ZMQ_EVENT_DISCONNECTED) return true;
+    }
+    return false;
+}
+
+static void test_frame_above_model_dropped(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 3, false, "none");
+    f.cfg.fed_rounds = 2;
+    /* the daemon's limit for this model: 4 x 8 parameters + 64 KiB of bulk, the 4 MiB
+     * envelope limit being the larger; the old default let a 2 GiB frame through */
+    assert_int_equal(aggregator_bulk_max(&f.cfg, FED_DIM), 32 + AGG_BULK_HEADROOM);
+    raw_t r;
+    r.ctx = zmq_ctx_new();
+    r.sock = zmq_socket(r.ctx, ZMQ_DEALER);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(r.sock, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_socket_monitor(r.sock, "inproc://adv-frame-mon", ZMQ_EVENT_ALL), 0);
+    void *mon = zmq_socket(r.ctx, ZMQ_PAIR);
+    assert_int_equal(zmq_connect(mon, "inproc://adv-frame-mon"), 0);
+    assert_int_equal(zmq_connect(r.sock, wire_server_endpoint(f.server)), 0);
+    testlib_log_reset();
+    while (rounds_current(f.rounds) != 1) fed_step(&f);
+    /* h2's envelope, then a bulk frame 1 byte above the 4 MiB frame limit */
+    Medfl__Update u = MEDFL__UPDATE__INIT;
+    u.dtype = MEDFL__TENSOR_DTYPE__DTYPE_F32;
+    u.n_elements = FED_DIM;
+    u.base_version = 1;
+    uint8_t body[64];
+    size_t blen = medfl__update__pack(&u, body);
+    size_t big = WIRE_ENVELOPE_MAX + 1;
+    uint8_t *bulk = calloc(1, big);
+    assert_non_null(bulk);
+    assert_int_equal(s_raw_send(&r, MEDFL__MSG_TYPE__MSG_UPDATE, 1, "h2", body, blen, ZMQ_SNDMORE), 0);
+    assert_int_equal(zmq_send(r.sock, bulk, big, 0), (int)big);
+    free(bulk);
+    /* libzmq closed the connection on the frame's size prefix */
+    assert_true(s_raw_disconnected(mon, &f, 30000));
+    fed_run_until_completed(&f, 2, 30000);
+    /* the frame never reached wire's decoder nor the round's handler */
+    assert_false(testlib_log_has("bulk frame of 4194305 bytes"));
+    assert_false(testlib_log_has("UPDATE from node h2 refused"));
+    assert_true(testlib_log_has("round 2: version 3 committed from 3 updates"));
+    zmq_socket_monitor(r.sock, NULL, 0);
+    zmq_close(mon);
+    s_raw_close(&r);
+    fed_free(&f);
+}
+
 /* ---- 4. a peer that never reads ------------------------------------------------------------ */
 
 static void test_peer_that_never_reads(void **state)
@@ -359,6 +438,60 @@ static void test_huge_update_clipped(void **state)
     fed_free(&f);
 }
 
+/* ---- 6b. an unclipped input under secure aggregation --------------------------------------- */
+
+/* h2 runs the honest protocol (keys, shares, signatures, unmask) but its masked input carries
+ * coordinate 0 beyond compression.clip. Masks are additive mod 2^32, so adding delta to the
+ * masked value y_0 is exactly what a node that encoded x_0 + delta (skipping the clamp of
+ * secagg_encode) would send: nothing before the unmasking can see it. */
+typedef struct {
+    uint32_t delta;
+    uint64_t round;
+    int poisoned;
+} poison_t;
+
+static void s_poison(fed_t *f, size_t i, wire_msg_t *msg, void *ctx)
+{
+    (void)f;
+    poison_t *p = ctx;
+    if (i != 2 || msg->type != MEDFL__MSG_TYPE__MSG_MASKED_INPUT || msg->round_id != p->round ||
+        !msg->bulk || msg->bulk_len < 4)
+        return;
+    uint8_t *b = zmq_msg_data(&msg->_bulk_msg); /* U32 little-endian, the bytes wire received */
+    uint32_t y = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    y += p->delta;
+    b[0] = (uint8_t)y, b[1] = (uint8_t)(y >> 8), b[2] = (uint8_t)(y >> 16), b[3] = (uint8_t)(y >> 24);
+    p->poisoned++;
+}
+
+static void test_unclipped_masked_input_aborts_round(void **state)
+{
+    (void)state;
+    fed_t f;
+    fed_init(&f, s_root, 3, true, "none");
+    f.cfg.fed_rounds = 2;
+    /* 2 clip in fixed point: the decoded sum is ~2 clip at coordinate 0, twice the bound */
+    secagg_fixed_t fx;
+    assert_int_equal(fed_fixed_params(3, f.cfg.comp_clip, &fx), 0);
+    poison_t p = {.delta = (uint32_t)llround(2 * f.cfg.comp_clip * fx.scale), .round = 1};
+    f.from_node = s_poison;
+    f.from_node_ctx = &p;
+    testlib_log_reset();
+    fed_run_until_completed(&f, 1, 30000);
+    assert_int_equal(p.poisoned, 1);
+    assert_true(testlib_log_has("round 1 aborted in phase unmask: unmasked sum out of the ring's "
+                                "clip range at coordinate 0 (bound 0.05 for weight 1)"));
+    assert_true(testlib_log_has("some input was not clipped; nothing committed"));
+    assert_false(testlib_log_has("round 1: version 2 committed"));
+    /* the next round (honest) committed version 2 = genesis + the mean of the three deltas */
+    assert_true(testlib_log_has("round 2: version 2 committed from 3 updates"));
+    assert_int_equal(rounds_head_version(f.rounds), 2);
+    double want[FED_DIM];
+    fed_mean_delta(0x7, want);
+    fed_check_head(&f, want, 1e-4);
+    fed_free(&f);
+}
+
 /* ---- 7. forged evaluation reports --------------------------------------------------------- */
 
 static long long s_count_evals(fed_t *f, const char *where)
@@ -457,11 +590,13 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         /* first: it measures the peak RSS, which later tests would raise */
         cmocka_unit_test(test_share_keys_million_entries),
+        cmocka_unit_test(test_frame_above_model_dropped),
         cmocka_unit_test(test_short_bulk_update_refused_by_wire),
         cmocka_unit_test(test_short_bulk_update_refused_by_round),
         cmocka_unit_test(test_short_bulk_masked_input_refused),
         cmocka_unit_test(test_peer_that_never_reads),
         cmocka_unit_test(test_huge_update_clipped),
+        cmocka_unit_test(test_unclipped_masked_input_aborts_round),
         cmocka_unit_test(test_forged_eval_reports),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

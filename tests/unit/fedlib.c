@@ -13,6 +13,7 @@
 
 #include <sodium.h>
 
+#include "aggregator/aggregator.h"
 #include "common/error.h"
 #include "common/service.h"
 #include "tests/unit/fedlib.h"
@@ -138,6 +139,8 @@ static void s_init(fed_t *f, const char *root, size_t n, bool secure, const char
     crypto_sign_keypair(f->agg_pk, f->agg_sk);
     wire_options_t opts;
     wire_options_default(&opts);
+    /* the frame limit the daemon derives at start for its genesis (net.max_update_mib = 0) */
+    opts.max_bulk = aggregator_bulk_max(&f->cfg, FED_DIM);
     f->server = wire_server_new("tcp://127.0.0.1:*", NULL, NULL, &opts);
     assert_non_null(f->server);
     fed_agg_start(f);
@@ -198,6 +201,10 @@ void fed_step(fed_t *f)
         wire_msg_t msg;
         memset(&msg, 0, sizeof msg);
         int rc = wire_server_recv(f->server, &msg, k == 0 ? 2 : 0);
+        if (rc == 1 && f->from_node)
+            for (size_t i = 0; i < f->n; i++)
+                if (strcmp(msg.node_id, f->ids[i]) == 0)
+                    f->from_node(f, i, &msg, f->from_node_ctx);
         if (rc == 1 && msg.type == MEDFL__MSG_TYPE__MSG_EVAL_REPORT && f->bad_eval >= 0 &&
             strcmp(msg.node_id, f->ids[f->bad_eval]) == 0)
             msg.body.eval_report->loss += 1.0;

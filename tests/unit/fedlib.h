@@ -3,10 +3,12 @@
  * node/round.c participants on plain-mode wire clients, all driven by one loop (fed_step),
  * with a deterministic test trainer whose deltas are known, so every committed version can
  * be checked against the exact weighted mean of the survivors' deltas. Adversaries plug in
- * through two hooks: `intercept` rewrites what the aggregator sends a node (a malicious
- * aggregator), and a rogue node runs no node_round at all: the test sees what the aggregator
+ * through three hooks: `intercept` rewrites what the aggregator sends a node (a malicious
+ * aggregator); a rogue node runs no node_round at all: the test sees what the aggregator
  * sends it and answers with crafted messages on its own enrolled connection (a malicious
- * node). Uses cmocka asserts: for tests only. */
+ * node); `from_node` rewrites what an honest node_round sent before the aggregator sees it
+ * (a malicious node that follows the protocol but lies in one field or value). Uses cmocka
+ * asserts: for tests only. */
 #ifndef MEDFL_FEDLIB_H
 #define MEDFL_FEDLIB_H
 
@@ -42,6 +44,10 @@ typedef void (*fed_intercept_fn)(fed_t *f, size_t i, wire_msg_t *msg, bool *deli
 /* A malicious node's ear: a rogue node (rogue[i]) runs no node_round; every message the
  * aggregator sends it goes here instead, and the test answers through f->client[i]. */
 typedef void (*fed_rogue_fn)(fed_t *f, size_t i, const wire_msg_t *msg, void *ctx);
+/* A malicious node's hand on its own traffic: called with every message the aggregator
+ * received from node i (msg->bulk may be rewritten in place through zmq_msg_data of
+ * msg->_bulk_msg), before the round sees it. */
+typedef void (*fed_from_node_fn)(fed_t *f, size_t i, wire_msg_t *msg, void *ctx);
 
 struct fed_s {
     char dir[700];
@@ -71,6 +77,8 @@ struct fed_s {
     int bad_eval;
     fed_intercept_fn intercept; /* NULL: deliver everything as sent */
     void *intercept_ctx;
+    fed_from_node_fn from_node; /* NULL: the aggregator gets what the nodes sent */
+    void *from_node_ctx;
     /* Node i's privacy policy (privacy.require_dp ...): fed_init gives every node one that
      * takes any round (DP not required, no floor or ceiling), as the round tests assume;
      * fed_node_policy gives one its own. */

@@ -368,7 +368,7 @@ fi
 # a configuration reload asks the exhausted node again
 before=$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")
 kill -HUP "${PIDS[d-agg]}"
-if wait_until 30 log_has "$D/agg/agg.log" "configuration reloaded: 1 node(s) out of privacy budget will be asked again" &&
+if wait_until 30 log_has "$D/agg/agg.log" "configuration reloaded: 1 node(s) out of privacy budget or declining for their privacy policy will be asked again" &&
    wait_until 30 eval '[ "$(grep -c "node hospital-1 declined round" "$D/agg/agg.log")" -gt "$before" ]'; then
   pass "D: after a configuration reload the exhausted node is asked again (and declines)"
 else

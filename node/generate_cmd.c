@@ -32,8 +32,8 @@
 static void s_usage(FILE *f)
 {
     fprintf(f,
-            "usage: medfl-node generate --model BASE [--adapter DIR] --prompt TEXT [--chat]\n"
-            "                           [--max-new-tokens N] [--temperature T --top-p P\n"
+            "usage: medfl-node generate (--model BASE | -c node.conf) [--adapter DIR] --prompt TEXT\n"
+            "                           [--chat] [--max-new-tokens N] [--temperature T --top-p P\n"
             "                           --seed S] [--threads N]\n"
             "\n"
             "Prints only the continuation of TEXT (then a newline). Greedy unless a\n"
@@ -41,6 +41,7 @@ static void s_usage(FILE *f)
             "\n"
             "  --model BASE          the decoder base: a GGUF file (import-model --gguf);\n"
             "                        base.h5 means the base.gguf beside it\n"
+            "  -c FILE               node config: the model is its model.base\n"
             "  --adapter DIR         a PEFT LoRA adapter (adapter_config.json and\n"
             "                        adapter_model.safetensors)\n"
             "  --chat                TEXT is a user message, formatted with the model's chat\n"
@@ -293,6 +294,7 @@ int cmd_generate(int argc, char **argv)
     enum { O_MODEL = 1000, O_ADAPTER, O_PROMPT, O_CHAT, O_MAXNEW, O_TEMP, O_TOPP, O_SEED, O_THR };
     static const struct option opts[] = {
         {"model", required_argument, NULL, O_MODEL},
+        {"config", required_argument, NULL, 'c'},
         {"adapter", required_argument, NULL, O_ADAPTER},
         {"prompt", required_argument, NULL, O_PROMPT},
         {"chat", no_argument, NULL, O_CHAT},
@@ -306,12 +308,14 @@ int cmd_generate(int argc, char **argv)
     s_args a = {.max_new = 64, .threads = 2, .top_p = 1.0};
     double x;
     int c;
+    const char *config = NULL;
     optind = 1;
     opterr = 0;
     medfl_error_clear();
-    while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: a.model = optarg; break;
+        case 'c': config = optarg; break;
         case O_ADAPTER: a.adapter = optarg; break;
         case O_PROMPT: a.prompt = optarg; break;
         case O_CHAT: a.chat = true; break;
@@ -338,14 +342,9 @@ int cmd_generate(int argc, char **argv)
         }
     }
     if (optind < argc) return s_bad("unexpected argument: ", argv[optind]);
-    if (!a.model) return s_bad("--model BASE is required", NULL);
+    if (!a.model && !config) return s_bad("--model BASE or -c node.conf is required", NULL);
     if (!a.prompt) return s_bad("--prompt TEXT is required", NULL);
     char path[4096];
-    size_t n = strlen(a.model);
-    struct stat sb;
-    /* base.h5 of a decoder node: the base.gguf import-model wrote beside it */
-    if (n >= 3 && strcmp(a.model + n - 3, ".h5") == 0 &&
-        import_gguf_target(a.model, path, sizeof path) == 0 && stat(path, &sb) == 0)
-        return s_generate(&a, path);
-    return s_generate(&a, a.model);
+    if (import_gguf_resolve_base(a.model, config, path, sizeof path) != 0) return cli_fail(PROG);
+    return s_generate(&a, path);
 }

@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "node/engine/bpe_gguf.h"
 #include "node/engine/llama_gguf.h"
+#include "node/node_config.h"
 
 int import_gguf_target(const char *out, char *target, size_t size)
 {
@@ -93,4 +95,22 @@ int import_gguf(const char *src, const char *target, char sha256_hex[65])
         sodium_bin2hex(sha256_hex, 65, h, sizeof h);
     }
     return rc;
+}
+
+int import_gguf_resolve_base(const char *model, const char *config, char *out, size_t size)
+{
+    char from_cfg[4096];
+    if (!model && config) {
+        if (node_config_path_of(config, "model.base", "base.h5", from_cfg) != 0) return -1;
+        model = from_cfg;
+    }
+    if (!model) return medfl_error_set(MEDFL_EINVAL, "--model BASE or -c node.conf is required");
+    size_t n = strlen(model);
+    struct stat sb;
+    if (n >= 3 && strcmp(model + n - 3, ".h5") == 0 && import_gguf_target(model, out, size) == 0 &&
+        stat(out, &sb) == 0)
+        return 0;
+    if (n + 1 > size) return medfl_error_set(MEDFL_EINVAL, "model path too long");
+    memcpy(out, model, n + 1);
+    return 0;
 }

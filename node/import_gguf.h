@@ -14,6 +14,12 @@
  * its extension (".h5") replaced by ".gguf" (base.h5 -> base.gguf). -1 when it does not fit. */
 int import_gguf_target(const char *out, char *target, size_t size);
 
+/* The decoder base a command works on: `model` when given (--model), else the config's
+ * model.base (-c FILE; model may then be NULL); a base.h5 path means the base.gguf that
+ * import-model --gguf wrote beside it, when that exists. -1 (error set) when neither is
+ * given or the config does not load. */
+int import_gguf_resolve_base(const char *model, const char *config, char *out, size_t size);
+
 /* Checks a GGUF decoder file completely (what the loader and the tokenizer will need). */
 int import_gguf_check(const char *path);
 

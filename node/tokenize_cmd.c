@@ -14,19 +14,22 @@
 #include "common/error.h"
 #include "node/commands.h"
 #include "node/engine/bpe_gguf.h"
+#include "node/import_gguf.h"
 
 #define PROG "medfl-node tokenize"
 
 static void s_usage(FILE *f)
 {
     fprintf(f,
-            "usage: medfl-node tokenize --model BASE [--pre NAME] [--no-parse-special]\n"
+            "usage: medfl-node tokenize (--model BASE | -c node.conf) [--pre NAME] [--no-parse-special]\n"
             "\n"
             "Reads text lines on standard input and prints each line's token ids,\n"
             "space-separated, one line per input line (the newline ending a line is not\n"
             "part of it; a carriage return is). No special tokens are added.\n"
             "\n"
-            "  --model BASE          the model: a GGUF file (byte-level BPE tokenizer)\n"
+            "  --model BASE          the model: a GGUF file (byte-level BPE tokenizer);\n"
+            "                        base.h5 means the base.gguf beside it\n"
+            "  -c FILE               node config: the model is its model.base\n"
             "  --pre NAME            override the file's pre-tokenizer (gpt-2, smollm,\n"
             "                        llama-bpe, qwen2)\n"
             "  --no-parse-special    special-token text such as <|im_end|> stays text\n"
@@ -93,17 +96,19 @@ int cmd_tokenize(int argc, char **argv)
     enum { O_MODEL = 1000, O_PRE, O_NOPARSE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, O_MODEL},
+        {"config", required_argument, NULL, 'c'},
         {"pre", required_argument, NULL, O_PRE},
         {"no-parse-special", no_argument, NULL, O_NOPARSE},
         {NULL, 0, NULL, 0},
     };
-    const char *model = NULL, *pre = NULL;
+    const char *model = NULL, *pre = NULL, *config = NULL;
     int flags = BPE_PARSE_SPECIAL, c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:", opts, NULL)) != -1) {
         switch (c) {
         case O_MODEL: model = optarg; break;
+        case 'c': config = optarg; break;
         case O_PRE: pre = optarg; break;
         case O_NOPARSE: flags = 0; break;
         case ':': return s_bad("option needs a value: ", argv[optind - 1]);
@@ -111,7 +116,10 @@ int cmd_tokenize(int argc, char **argv)
         }
     }
     if (optind < argc) return s_bad("unexpected argument: ", argv[optind]);
-    if (!model) return s_bad("--model BASE is required", NULL);
+    if (!model && !config) return s_bad("--model BASE or -c node.conf is required", NULL);
+    char path[4096];
+    if (import_gguf_resolve_base(model, config, path, sizeof path) != 0) return cli_fail(PROG);
+    model = path;
     bpe_gguf_t g;
     if (bpe_gguf_read(model, &g) < 0) return cli_fail(PROG);
     bpe_t *bpe = bpe_gguf_tokenizer(&g, pre);

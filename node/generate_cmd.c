@@ -26,6 +26,8 @@
 #include "node/engine/bpe_gguf.h"
 #include "node/engine/llama_gguf.h"
 #include "node/import_gguf.h"
+#include "node/llm_data.h"
+#include "node/llm_train.h"
 
 #define PROG "medfl-node generate"
 
@@ -57,85 +59,6 @@ static int s_bad(const char *what, const char *arg)
 {
     fprintf(stderr, PROG ": %s%s\n(" PROG " --help for usage)\n", what, arg ? arg : "");
     return 2;
-}
-
-/* ---- PEFT adapter */
-
-static int s_adapter_config(const char *dir, llama_gguf_opts_t *o)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return medfl_error_set(MEDFL_ENOTFOUND, "%s: cannot open", path);
-    char buf[65536];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(buf, n);
-    if (j == NULL)
-        return medfl_error_set(MEDFL_EFORMAT, "%s: not JSON (or over 64 KB)", path);
-    const cJSON *r = cJSON_GetObjectItem(j, "r"), *a = cJSON_GetObjectItem(j, "lora_alpha"),
-                *t = cJSON_GetObjectItem(j, "target_modules");
-    int rc = 0;
-    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 4096 ||
-        !cJSON_IsNumber(a) || !(a->valuedouble > 0) || !cJSON_IsArray(t))
-        rc = medfl_error_set(MEDFL_EFORMAT, "%s: needs r (1..4096), lora_alpha (> 0) and "
-                             "target_modules (a list)", path);
-    char list[512] = "";
-    const cJSON *e;
-    cJSON_ArrayForEach(e, t)
-    {
-        if (rc == 0 && (!cJSON_IsString(e) || strlen(list) + strlen(e->valuestring) + 2 >
-                                                  sizeof list))
-            rc = medfl_error_set(MEDFL_EFORMAT, "%s: target_modules: a bad entry", path);
-        if (rc == 0) {
-            strcat(list, list[0] ? "," : "");
-            strcat(list, e->valuestring);
-        }
-    }
-    if (rc == 0) {
-        o->lora_r = (int)r->valuedouble;
-        o->lora_alpha = (float)a->valuedouble;
-        if (llama_lora_targets_parse(list, &o->lora_targets) != 0)
-            rc = medfl_error_prefix("%s: target_modules: ", path);
-    }
-    cJSON_Delete(j);
-    return rc;
-}
-
-/* Every trainable tensor of m from the PEFT file (names without ".default"), nothing else. */
-static int s_adapter_load(llama_t *m, const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    safetensors_t *st = safetensors_open(path);
-    if (st == NULL)
-        return -1;
-    size_t n = llama_trainable_numel(m);
-    float *p = calloc(n ? n : 1, sizeof(float));
-    int rc = p ? 0 : medfl_error_set(MEDFL_ENOMEM, "out of memory");
-    if (rc == 0 && safetensors_count(st) != llama_trainable_count(m))
-        rc = medfl_error_set(MEDFL_EFORMAT, "%s: %zu tensors, the adapter of adapter_config.json "
-                             "has %zu", path, safetensors_count(st), llama_trainable_count(m));
-    for (size_t i = 0; rc == 0 && i < llama_trainable_count(m); i++) {
-        const model_tensor_t *t = llama_trainable_tensor(m, i);
-        const st_tensor_t *s = safetensors_find(st, t->name);
-        if (s == NULL)
-            rc = medfl_error_set(MEDFL_ENOTFOUND, "%s: tensor '%s' missing", path, t->name);
-        else if (s->ndim != 2 || s->shape[0] != t->shape[0] || s->shape[1] != t->shape[1])
-            rc = medfl_error_set(MEDFL_EFORMAT, "%s: tensor '%s' is not [%d, %d]", path,
-                                 t->name, t->shape[0], t->shape[1]);
-        else
-            rc = safetensors_read_f32(st, s, p + t->offset);
-    }
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        if (!isfinite(p[i]))
-            rc = medfl_error_set(MEDFL_EFORMAT, "%s: a value is not finite", path);
-    if (rc == 0)
-        rc = llama_trainable_set(m, p, n);
-    free(p);
-    safetensors_destroy(&st);
-    return rc;
 }
 
 /* ---- sampling */
@@ -197,7 +120,7 @@ typedef struct {
 static int s_generate(const s_args *a, const char *gguf_path)
 {
     llama_gguf_opts_t o = {0};
-    if (a->adapter && s_adapter_config(a->adapter, &o) != 0)
+    if (a->adapter && llm_adapter_config(a->adapter, &o) != 0)
         return cli_fail(PROG);
     backend_t *be = backend_cpu_new((int)a->threads);
     llama_t *m = be ? llama_from_gguf(gguf_path, &o, be) : NULL;
@@ -209,16 +132,13 @@ static int s_generate(const s_args *a, const char *gguf_path)
     float *lg = NULL;
     s_cand *cand = NULL;
     int rc = 1;
-    if (m == NULL || (a->adapter && s_adapter_load(m, a->adapter) != 0) ||
+    if (m == NULL || (a->adapter && llm_adapter_load(m, a->adapter) != 0) ||
         bpe_gguf_read(gguf_path, &g) != 0 || !(tok = bpe_gguf_tokenizer(&g, NULL)))
         goto done;
     if (a->chat) {
         bpe_msg_t msg = {"user", a->prompt};
-        if (!g.chat_template || bpe_chat_detect(g.chat_template, &chat) != 0) {
-            medfl_error_set(MEDFL_EUNSUPPORTED, "%s: no chat template this node knows (ChatML, "
-                            "Llama-3)", gguf_path);
+        if (llm_chat_format(&g, tok, gguf_path, &chat) != 0)
             goto done;
-        }
         if (bpe_chat_encode(tok, &chat, &msg, 1, true, &ids, NULL, NULL) != 0)
             goto done;
     } else if (bpe_encode(tok, a->prompt, strlen(a->prompt), BPE_PARSE_SPECIAL, &ids) != 0) {

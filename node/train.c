@@ -748,26 +748,31 @@ static double s_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void s_progress(trainer_t *t, long done, long total, double loss, size_t ex, double secs,
-                       bool final)
+void train_progress_print(const char *label, long done, long total, double loss, double rate,
+                          bool final)
 {
-    if (!t->progress) return;
-    double rate = secs > 0 ? (double)ex / secs : 0;
     if (isatty(STDERR_FILENO)) {
         int width = 24, fill = total > 0 ? (int)((double)done / (double)total * width) : width;
         char bar[32];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
         bar[width] = '\0';
-        fprintf(stderr, "\r%s [%s] step %ld/%ld  loss %.4f  %.1f ex/s ", t->progress_label, bar,
-                done, total, loss, rate);
+        fprintf(stderr, "\r%s [%s] step %ld/%ld  loss %.4f  %.1f ex/s ", label, bar, done, total,
+                loss, rate);
         if (final) fputc('\n', stderr);
         fflush(stderr);
     } else {
         long every = total >= 10 ? total / 10 : 1;
         if (final || done % every == 0)
-            LOG_INFO(TRAIN, "%s step %ld/%ld loss %.4f %.1f ex/s", t->progress_label, done, total,
-                     loss, rate);
+            LOG_INFO(TRAIN, "%s step %ld/%ld loss %.4f %.1f ex/s", label, done, total, loss, rate);
     }
+}
+
+static void s_progress(trainer_t *t, long done, long total, double loss, size_t ex, double secs,
+                       bool final)
+{
+    if (!t->progress) return;
+    train_progress_print(t->progress_label, done, total, loss, secs > 0 ? (double)ex / secs : 0,
+                         final);
 }
 
 int trainer_train_steps(trainer_t *t, long n_steps, train_stats_t *stats)

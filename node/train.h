@@ -143,6 +143,12 @@ enum { TRAIN_SPLIT_TRAIN = 0, TRAIN_SPLIT_VALID, TRAIN_SPLIT_TEST, TRAIN_SPLIT_A
 int train_split_parse(const char *name, int *out);
 const char *train_split_name(int split);
 
+/* The progress line of a training run: a bar redrawn on standard error when it is a
+ * terminal, else a log line every tenth of the steps (and at the end). Shared with the
+ * decoder trainer (node/llm_train.c). */
+void train_progress_print(const char *label, long done, long total, double loss, double rate,
+                          bool final);
+
 typedef struct trainer_t trainer_t;
 
 /* Opens the base model (cfg->base) on device ("auto" | "cpu" | "cuda") with a head of

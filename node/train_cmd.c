@@ -23,6 +23,7 @@
 #include "node/commands.h"
 #include "node/data.h"
 #include "node/deid.h"
+#include "node/llm_train.h"
 #include "node/node_config.h"
 #include "node/train.h"
 
@@ -195,6 +196,15 @@ int cmd_train_local(int argc, char **argv)
         return cli_fail(PROG);
     }
     if (s_load_conf(&a, &c) != 0) return cli_fail(PROG);
+    char gguf[4096];
+    if (llm_base_is_decoder(c.train.base, gguf, sizeof gguf)) {
+        if (a.checkpoint) {
+            medfl_error_set(MEDFL_EINVAL, "--checkpoint: not available for a decoder base yet");
+            return cli_fail(PROG);
+        }
+        return llm_train_local(&(llm_cmd_t){.train = &c.train, .data = &c.data,
+                                            .device = c.device, .out = a.out});
+    }
     records_opts_t opts;
     char **labels = NULL;
     size_t n_labels = 0;
@@ -339,12 +349,25 @@ int cmd_eval(int argc, char **argv)
     s_args_t a;
     s_conf_t c;
     if (s_parse(argc, argv, &a, usage) != 0) return cli_fail(PROG);
-    if (!a.adapter || a.epochs || a.out || a.checkpoint || a.max_steps ||
-        (a.records && a.split)) {
+    if (a.epochs || a.out || a.checkpoint || a.max_steps || (a.records && a.split)) {
         medfl_error_set(MEDFL_EINVAL, "usage: %s", usage);
         return cli_fail(PROG);
     }
     if (s_load_conf(&a, &c) != 0) return cli_fail(PROG);
+    char gguf[4096];
+    if (llm_base_is_decoder(c.train.base, gguf, sizeof gguf)) {
+        if (a.n_more) {
+            medfl_error_set(MEDFL_EINVAL, "one --adapter at a time for a decoder base");
+            return cli_fail(PROG);
+        }
+        return llm_eval(&(llm_cmd_t){.train = &c.train, .data = &c.data, .device = c.device,
+                                     .adapter = a.adapter, .split = a.split,
+                                     .whole = a.records != NULL});
+    }
+    if (!a.adapter) {
+        medfl_error_set(MEDFL_EINVAL, "usage: %s", usage);
+        return cli_fail(PROG);
+    }
     int split = TRAIN_SPLIT_VALID;
     if (a.records) split = TRAIN_SPLIT_ALL;
     else if (a.split && train_split_parse(a.split, &split) != 0) return cli_fail(PROG);

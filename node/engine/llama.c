@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/error.h"
 #include "node/engine/family.h"
@@ -38,8 +39,10 @@
 enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN }; /* target order of family_llama() */
 
 /* Rows of the lm_head computed at once: a slice of logits is at most this many floats
- * (8 MB), whatever the vocabulary. */
-#define S_HEAD_SLICE_FLOATS (2u << 20)
+ * (64 MB), whatever the vocabulary. Not smaller: a quantized head de-quantizes the whole
+ * [V, C] table once per slice, and at 8 MB (42 rows of SmolLM2's 49,152) that was 35% of a
+ * training step (docs/benchmarks.md, "Decoder training"). */
+#define S_HEAD_SLICE_FLOATS (16u << 20)
 
 /* A frozen base matrix [rows = out, cols = in] and how it is stored: a ggml type id
  * (QUANT_F32 or a block type of node/engine/quant.h) and row-major data of that type. NULL
@@ -146,6 +149,9 @@ struct llama {
     double *sqn;        /* [B] squared per-example norms being summed */
     float *gt;          /* [2, T, T] Gram scratch */
     size_t gt_cap;
+
+    /* be->profile: wall seconds in frozen base products of the layers, and in the head */
+    double prof_base, prof_head;
 };
 
 /* ------------------------------------------------------------------ config */
@@ -947,8 +953,8 @@ static float *s_mm_tmp(llama_t *m, size_t n)
  * product goes through: F32 is one sgemm; a quantized weight de-quantizes panel by panel in
  * quant_matmul (into a scratch added to Y for beta = 1). An allocation failure inside sets
  * mm_failed, which the public entry points turn into -1. */
-static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
-                      float beta)
+static void s_base_mm_raw(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
+                          float beta)
 {
     if (w->type == QUANT_F32) {
         m->be->sgemm(m->be, false, true, n, w->rows, w->cols, 1.0f, X, w->cols, w->data,
@@ -968,8 +974,8 @@ static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, floa
 }
 
 /* dX[n, w.cols] = dY[n, w.rows] @ W + beta * dX: the input gradient of s_base_mm. */
-static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
-                        float beta)
+static void s_base_mm_t_raw(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
+                            float beta)
 {
     if (w->type == QUANT_F32) {
         m->be->sgemm(m->be, false, false, n, w->cols, w->rows, 1.0f, dY, w->rows, w->data,
@@ -986,6 +992,31 @@ static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, f
     if (out != dX)
         for (size_t i = 0; i < nx; i++)
             dX[i] += out[i];
+}
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The two above, timed into prof_base when profiling (the head is timed as a whole). */
+static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y, float beta)
+{
+    double t0 = m->be->profile ? s_now() : 0.0;
+    s_base_mm_raw(m, w, X, n, Y, beta);
+    if (m->be->profile && w != &m->lm_head)
+        m->prof_base += s_now() - t0;
+}
+
+static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
+                        float beta)
+{
+    double t0 = m->be->profile ? s_now() : 0.0;
+    s_base_mm_t_raw(m, w, dY, n, dX, beta);
+    if (m->be->profile && w != &m->lm_head)
+        m->prof_base += s_now() - t0;
 }
 
 /* out[i, :] = W[ids[i], :] (the embedding lookup; ids validated): a quantized table
@@ -1710,7 +1741,10 @@ static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *lo
             m->rows[n_rows++] = i;
     if (train)
         memset(m->dxn, 0, (size_t)N * m->cfg.hidden * sizeof(float));
+    double t0 = m->be->profile ? s_now() : 0.0;
     double total = s_head(m, m->rows, n_rows, train, logits_out);
+    if (m->be->profile)
+        m->prof_head += s_now() - t0;
     if (loss && in->labels)
         *loss = (float)(total / m->n_lab_total);
     if (train) {
@@ -1875,6 +1909,14 @@ size_t llama_dp_book_bytes(const llama_t *m)
 }
 
 float *llama_grads(llama_t *m) { return m->grads; }
+
+void llama_profile_get(const llama_t *m, double *base_s, double *head_s)
+{
+    *base_s = m->prof_base;
+    *head_s = m->prof_head;
+}
+
+void llama_profile_reset(llama_t *m) { m->prof_base = m->prof_head = 0.0; }
 
 /* ------------------------------------------------------------------ optimizer */
 

@@ -205,6 +205,10 @@ int llama_norms_gram_count(const llama_t *m);
 size_t llama_dp_book_bytes(const llama_t *m);
 /* The gradient buffer itself (host, llama_trainable_numel floats): the DP noise goes there. */
 float *llama_grads(llama_t *m);
+/* With the backend's profile flag on: wall seconds spent in the frozen base products of the
+ * layers (de-quantizing included) and in the lm_head + cross-entropy, since the last reset. */
+void llama_profile_get(const llama_t *m, double *base_s, double *head_s);
+void llama_profile_reset(llama_t *m);
 
 /* AdamW on the trainable buffer, scheduled learning rate of 1-based step (head_lr unused). */
 void llama_adamw_step(llama_t *m, const adamw_config_t *cfg, long step);

@@ -33,11 +33,13 @@ static void s_usage(void)
 {
     printf("usage: medfl-bench train-llm [--threads N] [--steps N] [--warmup N] [--batch B]\n"
            "                             [--seq T] [--model FILE | --random] [--no-dp] [--dp]\n"
+           "                             [--profile]\n"
            "  SmolLM2-135M shape, Q4_1 base, LoRA r=8 alpha=16 on q_proj,v_proj, AdamW,\n"
            "  batch 4 x 256 random token ids, every position labelled.\n"
            "  --model FILE  the GGUF (default: $MEDFL_SMOLLM2_GGUF or " S_SMOLLM2_CACHE ")\n"
            "  --random      random weights of the same shape, quantized to Q4_1 in memory\n"
            "  --dp          DP-SGD steps alternate with plain steps (the default; --no-dp: none)\n"
+           "  --profile     plain steps' time by phase (base products, head, attention, LoRA, rest)\n"
            "  prints llm_train_tokens_per_s, llm_train_peak_rss_mb, dp_step_overhead\n");
 }
 
@@ -175,7 +177,7 @@ int bench_train_llm(int argc, char **argv)
         return 0;
     }
     int threads = 2, B = 4, T = 256, steps = 3, warmup = 1;
-    bool random = false, dp = true;
+    bool random = false, dp = true, profile = false;
     const char *model_arg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -196,6 +198,8 @@ int bench_train_llm(int argc, char **argv)
             random = true;
         else if (strcmp(a, "--dp") == 0)
             dp = true;
+        else if (strcmp(a, "--profile") == 0)
+            profile = true;
         else if (strcmp(a, "--no-dp") == 0)
             dp = false;
         else
@@ -263,9 +267,11 @@ int bench_train_llm(int argc, char **argv)
     long step = 0;
     for (int s = 0; rc == 0 && s < warmup + steps; s++) {
         float loss = 0;
+        be->profile = profile && s >= warmup; /* plain steps only */
         double t0 = bench_now();
         rc = s_plain_step(&r, ++step, &loss);
         double t1 = bench_now();
+        be->profile = false;
         if (rc == 0 && dp)
             rc = s_dp_step(&r, ++step, NULL);
         double t2 = bench_now();
@@ -288,6 +294,19 @@ int bench_train_llm(int argc, char **argv)
         printf("llm_train_step_s: %.3f s\n", med_plain);
         printf("llm_train_mean_loss: %.4f\n", loss_sum / steps);
         printf("llm_train_activation_arena_mb: %.1f MB\n", llama_arena_bytes(m) / 1048576.0);
+        if (profile) { /* sums over the timed plain steps, per step */
+            double base_s, head_s;
+            llama_profile_get(m, &base_s, &head_s);
+            double lora = be->prof.gemm - be->prof.gemm_batched, attn = be->prof.gemm_batched;
+            printf("llm_profile_base_matmul_s: %.3f s/step (frozen Q4_1 products, de-quantizing)\n",
+                   base_s / steps);
+            printf("llm_profile_head_s: %.3f s/step (lm_head products + cross-entropy)\n",
+                   head_s / steps);
+            printf("llm_profile_attention_gemm_s: %.3f s/step\n", attn / steps);
+            printf("llm_profile_lora_gemm_s: %.3f s/step\n", lora / steps);
+            printf("llm_profile_rest_s: %.3f s/step (RMSNorm, RoPE, softmax, SwiGLU, AdamW)\n",
+                   (plain_sum - base_s - head_s - attn - lora) / steps);
+        }
         if (dp) {
             double med_dp = s_median(td, steps);
             printf("llm_dp_step_s: %.3f s\n", med_dp);

@@ -36,9 +36,10 @@ def figs(path):
     for line in open(path):
         name, _, rest = line.partition(": ")
         try:
-            d.setdefault(name, []).append(float(rest.split()[0]))
+            v = float(rest.split()[0])
         except (ValueError, IndexError):
-            pass
+            continue
+        d.setdefault(name, []).append(v)
     return {k: statistics.median(v) for k, v in d.items()}
 c, t = figs(sys.argv[1]), figs(sys.argv[2])
 print("=== medians")

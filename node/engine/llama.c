@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/error.h"
 #include "node/engine/family.h"
@@ -38,8 +39,10 @@
 enum { T_Q = 0, T_K, T_V, T_O, T_GATE, T_UP, T_DOWN }; /* target order of family_llama() */
 
 /* Rows of the lm_head computed at once: a slice of logits is at most this many floats
- * (8 MB), whatever the vocabulary. */
-#define S_HEAD_SLICE_FLOATS (2u << 20)
+ * (64 MB), whatever the vocabulary. Not smaller: a quantized head de-quantizes the whole
+ * [V, C] table once per slice, and at 8 MB (42 rows of SmolLM2's 49,152) that was 35% of a
+ * training step (docs/benchmarks.md, "Decoder training"). */
+#define S_HEAD_SLICE_FLOATS (16u << 20)
 
 /* A frozen base matrix [rows = out, cols = in] and how it is stored: a ggml type id
  * (QUANT_F32 or a block type of node/engine/quant.h) and row-major data of that type. NULL
@@ -133,6 +136,22 @@ struct llama {
     int n_lab_total;
     bool have_train;
     float *pe;          /* per-example output during llama_backward_per_example, else NULL */
+
+    /* DP book-keeping (llama_per_example_norms -> llama_clipped_sum) */
+    llama_norm_method_t norm_method;
+    bool bk;            /* the running backward fills the book */
+    bool have_book;     /* the book belongs to the last forward and is not consumed */
+    float *book;        /* per adapter: materialised per-example gradients, or g, B^T g, x */
+    size_t book_cap;
+    size_t *book_off;   /* [L * LLAMA_N_TARGETS] each active adapter's entry in book */
+    unsigned char *gram; /* [L * LLAMA_N_TARGETS] 1: entry is Gram factors */
+    int n_gram;
+    double *sqn;        /* [B] squared per-example norms being summed */
+    float *gt;          /* [2, T, T] Gram scratch */
+    size_t gt_cap;
+
+    /* be->profile: wall seconds in frozen base products of the layers, and in the head */
+    double prof_base, prof_head;
 };
 
 /* ------------------------------------------------------------------ config */
@@ -535,6 +554,11 @@ void llama_destroy(llama_t **self_p)
     free(m->act);
     free(m->inv_freq);
     free(m->mm_tmp);
+    free(m->book);
+    free(m->book_off);
+    free(m->gram);
+    free(m->sqn);
+    free(m->gt);
     if (m->keep_release)
         m->keep_release(m->keep);
     s_free_batch(m);
@@ -929,8 +953,8 @@ static float *s_mm_tmp(llama_t *m, size_t n)
  * product goes through: F32 is one sgemm; a quantized weight de-quantizes panel by panel in
  * quant_matmul (into a scratch added to Y for beta = 1). An allocation failure inside sets
  * mm_failed, which the public entry points turn into -1. */
-static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
-                      float beta)
+static void s_base_mm_raw(llama_t *m, const s_weight *w, const float *X, int n, float *Y,
+                          float beta)
 {
     if (w->type == QUANT_F32) {
         m->be->sgemm(m->be, false, true, n, w->rows, w->cols, 1.0f, X, w->cols, w->data,
@@ -950,8 +974,8 @@ static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, floa
 }
 
 /* dX[n, w.cols] = dY[n, w.rows] @ W + beta * dX: the input gradient of s_base_mm. */
-static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
-                        float beta)
+static void s_base_mm_t_raw(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
+                            float beta)
 {
     if (w->type == QUANT_F32) {
         m->be->sgemm(m->be, false, false, n, w->cols, w->rows, 1.0f, dY, w->rows, w->data,
@@ -968,6 +992,31 @@ static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, f
     if (out != dX)
         for (size_t i = 0; i < nx; i++)
             dX[i] += out[i];
+}
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The two above, timed into prof_base when profiling (the head is timed as a whole). */
+static void s_base_mm(llama_t *m, const s_weight *w, const float *X, int n, float *Y, float beta)
+{
+    double t0 = m->be->profile ? s_now() : 0.0;
+    s_base_mm_raw(m, w, X, n, Y, beta);
+    if (m->be->profile && w != &m->lm_head)
+        m->prof_base += s_now() - t0;
+}
+
+static void s_base_mm_t(llama_t *m, const s_weight *w, const float *dY, int n, float *dX,
+                        float beta)
+{
+    double t0 = m->be->profile ? s_now() : 0.0;
+    s_base_mm_t_raw(m, w, dY, n, dX, beta);
+    if (m->be->profile && w != &m->lm_head)
+        m->prof_base += s_now() - t0;
 }
 
 /* out[i, :] = W[ids[i], :] (the embedding lookup; ids validated): a quantized table
@@ -1164,6 +1213,131 @@ static void s_lora_fwd(llama_t *m, const s_lora *lo, const float *x, float *u, f
     be->sgemm(be, false, true, N, lo->out, r, m->scaling, u, r, Bm, r, 1.0f, y, lo->out);
 }
 
+/* ---- DP book-keeping: per-example squared norms now, the clipped sum later ---- */
+
+/* Per-example gradient scale k_e = n / n_e (0 without a labelled position: g_e = 0). */
+static float s_k(const llama_t *m, int e)
+{
+    return m->n_lab[e] ? (float)m->n_lab_total / (float)m->n_lab[e] : 0.0f;
+}
+
+/* Floats of adapter lo's book entry: B per-example [out, r] + [r, in] gradients when
+ * materialised; g [N, out], B^T g [N, r] and x [N, in] when by Gram matrices. */
+static size_t s_book_floats(const llama_t *m, const s_lora *lo, bool gram)
+{
+    size_t r = (size_t)m->cfg.lora_r, N = (size_t)m->B * m->T;
+    return gram ? N * (lo->out + r + lo->in) : (size_t)m->B * r * (lo->out + lo->in);
+}
+
+/* Chooses each active adapter's method for the current (B, T) and sizes the book. Flops per
+ * example: materialising 2 T r (out + in); Gram T^2 (out + in + 2 r) (T^2 per dimension per
+ * Gram matrix, ignoring symmetry in both). */
+static int s_book_plan(llama_t *m)
+{
+    size_t na = (size_t)m->cfg.n_layers * LLAMA_N_TARGETS, total = 0, T = (size_t)m->T;
+    size_t r = (size_t)m->cfg.lora_r;
+    if (m->book_off == NULL) {
+        m->book_off = calloc(na, sizeof *m->book_off);
+        m->gram = calloc(na, 1);
+        if (m->book_off == NULL || m->gram == NULL)
+            return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for the DP book");
+    }
+    m->n_gram = 0;
+    for (size_t i = 0; i < na; i++) {
+        const s_lora *lo = &m->lora[i];
+        if (!lo->on)
+            continue;
+        double mat = 2.0 * T * r * (lo->out + lo->in), gr = (double)T * T * (lo->out + lo->in + 2 * r);
+        bool g = m->norm_method == LLAMA_NORMS_GRAM ||
+                 (m->norm_method == LLAMA_NORMS_AUTO && gr < mat);
+        m->gram[i] = g;
+        m->n_gram += g;
+        m->book_off[i] = total;
+        total += s_r16(s_book_floats(m, lo, g));
+    }
+    double *sqn = realloc(m->sqn, (size_t)m->B * sizeof *sqn);
+    if (sqn == NULL)
+        return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for the DP book");
+    m->sqn = sqn;
+    memset(sqn, 0, (size_t)m->B * sizeof *sqn);
+    size_t gt = m->n_gram ? 2 * T * T : 0;
+    if (gt > m->gt_cap) {
+        float *t = realloc(m->gt, gt * sizeof(float));
+        if (t == NULL)
+            return medfl_error_set(MEDFL_ENOMEM, "llama: out of memory for the DP Gram scratch");
+        m->gt = t;
+        m->gt_cap = gt;
+    }
+    if (total > m->book_cap) {
+        float *b = realloc(m->book, total * sizeof(float));
+        if (b == NULL)
+            return medfl_error_set(MEDFL_ENOMEM,
+                                   "llama: out of memory for the DP book (%zu MB)",
+                                   total * sizeof(float) >> 20);
+        m->book = b;
+        m->book_cap = total;
+    }
+    return 0;
+}
+
+/* sum_ij X[i, j] Y[i, j] over n floats, in double. */
+static double s_dot(const float *x, const float *y, size_t n)
+{
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++)
+        acc += (double)x[i] * y[i];
+    return acc;
+}
+
+/* G [T, T] = Y Y^T for Y = the T rows (of width w) of example e in Z [N, w]. */
+static void s_gram(llama_t *m, const float *Z, int w, int e, float *G)
+{
+    int T = m->T;
+    const float *Y = Z + (size_t)e * T * w;
+    m->be->sgemm(m->be, false, true, T, T, w, 1.0f, Y, w, Y, w, 0.0f, G, T);
+}
+
+/* Book mode of s_lora_bwd_weights: adds adapter lo's share of every ||g_e||^2 to sqn and
+ * keeps what llama_clipped_sum needs. */
+static void s_book_adapter(llama_t *m, const s_lora *lo, const float *x, const float *u,
+                           const float *dy, const float *dU)
+{
+    backend_t *be = m->be;
+    size_t i = (size_t)(lo - m->lora), T = (size_t)m->T, N = (size_t)m->B * T;
+    int r = m->cfg.lora_r;
+    float *bk = m->book + m->book_off[i];
+    if (m->gram[i]) {
+        /* ||dB_e||^2 = (s k)^2 <G(g), G(u)>,  ||dA_e||^2 = k^2 <G(B^T g s), G(x)> */
+        float *G1 = m->gt, *G2 = m->gt + T * T;
+        for (int e = 0; e < m->B; e++) {
+            double k = s_k(m, e);
+            if (k == 0.0)
+                continue;
+            s_gram(m, dy, lo->out, e, G1);
+            s_gram(m, u, r, e, G2);
+            double nb = s_dot(G1, G2, T * T) * m->scaling * m->scaling;
+            s_gram(m, dU, r, e, G1);
+            s_gram(m, x, lo->in, e, G2);
+            m->sqn[e] += k * k * (nb + s_dot(G1, G2, T * T));
+        }
+        memcpy(bk, dy, N * lo->out * sizeof(float));
+        memcpy(bk + N * lo->out, dU, N * r * sizeof(float));
+        memcpy(bk + N * (lo->out + r), x, N * lo->in * sizeof(float));
+        return;
+    }
+    /* materialised: example e's dB [out, r] then dA [r, in] at bk + e * r (out + in) */
+    size_t per = (size_t)r * (lo->out + lo->in);
+    for (int e = 0; e < m->B; e++) {
+        float k = s_k(m, e), *gb = bk + e * per, *ga = gb + (size_t)lo->out * r;
+        size_t r0 = (size_t)e * T;
+        be->sgemm(be, true, false, lo->out, r, (int)T, m->scaling * k, dy + r0 * lo->out,
+                  lo->out, u + r0 * r, r, 0.0f, gb, r);
+        be->sgemm(be, true, false, r, lo->in, (int)T, k, dU + r0 * r, r, x + r0 * lo->in,
+                  lo->in, 0.0f, ga, lo->in);
+        m->sqn[e] += s_dot(gb, gb, per);
+    }
+}
+
 /* Weight part of the adapter's backward, given dy [N, out], the saved u [N, r], the input
  * x [N, in]:  dU = s * dy @ B [N, r] (kept for s_lora_bwd_input);
  *   batch:        dB += s * dy^T @ u [out, r],   dA += dU^T @ x [r, in]
@@ -1176,6 +1350,10 @@ static void s_lora_bwd_weights(llama_t *m, const s_lora *lo, const float *x, con
     int r = m->cfg.lora_r;
     const float *Bm = m->params + lo->off_b;
     be->sgemm(be, false, false, N, r, lo->out, m->scaling, dy, lo->out, Bm, r, 0.0f, dU, r);
+    if (m->bk) {
+        s_book_adapter(m, lo, x, u, dy, dU);
+        return;
+    }
     if (m->pe == NULL) {
         be->sgemm(be, true, false, lo->out, r, N, m->scaling, dy, lo->out, u, r, 1.0f,
                   m->grads + lo->off_b, r);
@@ -1553,6 +1731,7 @@ static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *lo
                      bool train)
 {
     m->have_train = false;
+    m->have_book = false;
     if (s_base_ready(m) != 0 || s_check_batch(m, in, train) != 0)
         return -1;
     s_decode(m, in);
@@ -1562,7 +1741,10 @@ static int s_forward(llama_t *m, const llama_batch_t *in, float *loss, float *lo
             m->rows[n_rows++] = i;
     if (train)
         memset(m->dxn, 0, (size_t)N * m->cfg.hidden * sizeof(float));
+    double t0 = m->be->profile ? s_now() : 0.0;
     double total = s_head(m, m->rows, n_rows, train, logits_out);
+    if (m->be->profile)
+        m->prof_head += s_now() - t0;
     if (loss && in->labels)
         *loss = (float)(total / m->n_lab_total);
     if (train) {
@@ -1638,6 +1820,103 @@ int llama_labelled_count(const llama_t *m, int e)
         return medfl_error_set(MEDFL_EINVAL, "llama: no example %d in the last batch", e);
     return m->n_lab[e];
 }
+
+/* ------------------------------------------------------------------ DP-SGD (book-keeping) */
+
+void llama_set_norm_method(llama_t *m, llama_norm_method_t method) { m->norm_method = method; }
+
+int llama_per_example_norms(llama_t *m, float *norms_out)
+{
+    if (norms_out == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: norms buffer is NULL");
+    if (!m->have_train)
+        return medfl_error_set(MEDFL_ESTATE, "llama: per-example norms need llama_forward_train first");
+    m->have_book = false;
+    if (s_book_plan(m) != 0)
+        return -1;
+    m->bk = true;
+    int rc = s_backward(m, NULL);
+    m->bk = false;
+    if (rc != 0)
+        return -1;
+    for (int e = 0; e < m->B; e++)
+        norms_out[e] = (float)sqrt(m->sqn[e]);
+    m->have_book = true;
+    return 0;
+}
+
+/* grads += sum_e scales[e] g_e of one adapter from its book entry. */
+static void s_clipped_adapter(llama_t *m, size_t i, const float *scales)
+{
+    backend_t *be = m->be;
+    const s_lora *lo = &m->lora[i];
+    int r = m->cfg.lora_r, T = m->T, N = m->B * T;
+    float *bk = m->book + m->book_off[i];
+    float *gB = m->grads + lo->off_b, *gA = m->grads + lo->off_a;
+    if (!m->gram[i]) {
+        size_t nb = (size_t)lo->out * r, per = (size_t)r * (lo->out + lo->in);
+        for (int e = 0; e < m->B; e++) {
+            float w = scales[e];
+            const float *gb = bk + e * per, *ga = gb + nb;
+            if (w == 0.0f || m->n_lab[e] == 0)
+                continue;
+            for (size_t j = 0; j < nb; j++)
+                gB[j] += w * gb[j];
+            for (size_t j = 0; j < per - nb; j++)
+                gA[j] += w * ga[j];
+        }
+        return;
+    }
+    /* rows of e in g and B^T g scaled by scales[e] k_e, then the batch products */
+    float *dy = bk, *dU = bk + (size_t)N * lo->out, *x = dU + (size_t)N * r;
+    for (int e = 0; e < m->B; e++) {
+        float w = scales[e] * s_k(m, e);
+        size_t r0 = (size_t)e * T;
+        for (size_t j = r0 * lo->out; j < (r0 + T) * lo->out; j++)
+            dy[j] *= w;
+        for (size_t j = r0 * r; j < (r0 + T) * r; j++)
+            dU[j] *= w;
+    }
+    const float *u = m->act[i / LLAMA_N_TARGETS].lu[i % LLAMA_N_TARGETS];
+    be->sgemm(be, true, false, lo->out, r, N, m->scaling, dy, lo->out, u, r, 1.0f, gB, r);
+    be->sgemm(be, true, false, r, lo->in, N, 1.0f, dU, r, x, lo->in, 1.0f, gA, lo->in);
+}
+
+int llama_clipped_sum(llama_t *m, const float *scales)
+{
+    if (scales == NULL)
+        return medfl_error_set(MEDFL_EINVAL, "llama: clipping scales are NULL");
+    if (!m->have_book)
+        return medfl_error_set(MEDFL_ESTATE,
+                               "llama: clipped sum needs llama_per_example_norms on the last "
+                               "forward (and is formed once per batch)");
+    for (int e = 0; e < m->B; e++)
+        if (!isfinite(scales[e]) || scales[e] < 0.0f)
+            return medfl_error_set(MEDFL_EINVAL,
+                                   "llama: clipping scale of example %d is negative or not finite", e);
+    for (size_t i = 0; i < (size_t)m->cfg.n_layers * LLAMA_N_TARGETS; i++)
+        if (m->lora[i].on)
+            s_clipped_adapter(m, i, scales);
+    m->have_book = false;
+    return 0;
+}
+
+int llama_norms_gram_count(const llama_t *m) { return m->n_gram; }
+
+size_t llama_dp_book_bytes(const llama_t *m)
+{
+    return (m->book_cap + m->gt_cap) * sizeof(float) + (size_t)m->B * sizeof(double);
+}
+
+float *llama_grads(llama_t *m) { return m->grads; }
+
+void llama_profile_get(const llama_t *m, double *base_s, double *head_s)
+{
+    *base_s = m->prof_base;
+    *head_s = m->prof_head;
+}
+
+void llama_profile_reset(llama_t *m) { m->prof_base = m->prof_head = 0.0; }
 
 /* ------------------------------------------------------------------ optimizer */
 

@@ -176,6 +176,40 @@ int llama_backward_per_example(llama_t *m, float *per_example);
 /* Labelled positions of example e in the last forward with labels (n_e above). */
 int llama_labelled_count(const llama_t *m, int e);
 
+/* ---- DP-SGD without per-example gradients of the whole model (book-keeping) ----
+ * llama_per_example_norms runs the backward ONCE for the batch (the frozen base traversed
+ * once, as llama_backward) and writes norms_out[e] = || gradient of example e's own mean loss ||
+ * (the L2 norm of llama_backward_per_example's row e; 0 for an example without a labelled
+ * position) over all LoRA parameters. Per adapter it keeps what forms the clipped sum
+ * afterwards without another pass (Bu et al., "book-keeping"): adapter (l, t) with input x_t,
+ * output gradient g_t and u_t = A x_t over example e's T rows has
+ *     dB_e = s k_e sum_t g_t u_t^T [out, r],   dA_e = k_e sum_t (s B^T g_t) x_t^T [r, in]
+ * (k_e = n / n_e) and its squared norm is taken either by MATERIALISING those two small
+ * matrices (cost ~ 2 T r (out + in) per example; kept for the sum) or by the GRAM ("ghost")
+ * identity ||sum_t a_t b_t^T||^2 = sum_{t,t'} (a_t.a_t')(b_t.b_t') (cost ~ T^2 (out + in + 2r);
+ * g, B^T g and x kept), whichever costs less per adapter unless forced.
+ * llama_clipped_sum then ACCUMULATES sum_e scales[e] g_e into the gradient buffer (scales
+ * e.g. from dp_clip_scales: min(1, C / norm_e)); it consumes the book (a second call, or one
+ * after another forward, is an ESTATE error). */
+typedef enum {
+    LLAMA_NORMS_AUTO = 0,        /* per adapter, the cheaper one by the flop counts above */
+    LLAMA_NORMS_MATERIALISE = 1, /* every adapter materialised */
+    LLAMA_NORMS_GRAM = 2,        /* every adapter by Gram matrices */
+} llama_norm_method_t;
+void llama_set_norm_method(llama_t *m, llama_norm_method_t method);
+int llama_per_example_norms(llama_t *m, float *norms_out);
+int llama_clipped_sum(llama_t *m, const float *scales);
+/* Adapters the last llama_per_example_norms took by Gram matrices (of the active ones), and
+ * the bytes its book holds (for reports). */
+int llama_norms_gram_count(const llama_t *m);
+size_t llama_dp_book_bytes(const llama_t *m);
+/* The gradient buffer itself (host, llama_trainable_numel floats): the DP noise goes there. */
+float *llama_grads(llama_t *m);
+/* With the backend's profile flag on: wall seconds spent in the frozen base products of the
+ * layers (de-quantizing included) and in the lm_head + cross-entropy, since the last reset. */
+void llama_profile_get(const llama_t *m, double *base_s, double *head_s);
+void llama_profile_reset(llama_t *m);
+
 /* AdamW on the trainable buffer, scheduled learning rate of 1-based step (head_lr unused). */
 void llama_adamw_step(llama_t *m, const adamw_config_t *cfg, long step);
 void llama_adamw_reset(llama_t *m);

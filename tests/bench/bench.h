@@ -19,5 +19,6 @@ int bench_compress(int argc, char **argv);
 int bench_secagg(int argc, char **argv);
 int bench_rounds(int argc, char **argv);
 int bench_quant(int argc, char **argv);
+int bench_train_llm(int argc, char **argv);
 
 #endif

@@ -5,6 +5,8 @@
 
 static const cli_command_t s_benches[] = {
     {"train", bench_train, "LoRA training examples/s and peak RSS (MiniLM-sized)"},
+    {"train-llm", bench_train_llm,
+     "decoder LoRA training tok/s, peak RSS, DP-SGD step overhead (SmolLM2 shape, Q4_1)"},
     {"dp", bench_dp, "DP-SGD clip + noise cost on a MiniLM-sized LoRA vector"},
     {"wire", bench_wire, "64 MiB update node -> aggregator over loopback, CURVE vs bare libzmq"},
     {"compress", bench_compress, "update compression: wire ratio, speed, accuracy cost"},

